@@ -1,0 +1,296 @@
+"""What both backends share: the manager and group interfaces and their common logic."""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import ClassVar
+
+from .beancounters import build_beancounters
+from .errors import CgroupError
+from .fs import CgroupFS
+from .model import Beancounter, Resources, Usage
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
+_POLL = 0.02
+
+
+def check_name(name: str, what: str = "group name") -> str:
+    if not _NAME_RE.match(name) or name.startswith("cgroup."):
+        raise CgroupError(
+            f"invalid {what} {name!r}: use letters, digits and _.@:+- (not first), at most 128"
+        )
+    return name
+
+
+class CgroupManager(ABC):
+    """ctd's part of the cgroup tree: <own cgroup>/<base_name> in each hierarchy."""
+
+    version: ClassVar[int]
+
+    def __init__(self, base_name: str, fs: CgroupFS | None = None) -> None:
+        self.base_name = check_name(base_name, "base name")
+        self.fs = fs or CgroupFS()
+        # maxheld for counters the kernel has no peak file for; survives new group handles.
+        self._peaks: dict[tuple[str, str], int] = {}
+
+    @classmethod
+    def detect(cls, base_name: str = "ctd", *, proc_self: str = "/proc/self",
+               fs: CgroupFS | None = None, version: int | None = None) -> CgroupManager:
+        """Pick the backend for this host: v1 when any v1 controller is mounted, else v2."""
+        from .discovery import discover
+        from .v1 import V1Manager
+        from .v2 import V2Manager
+
+        hierarchies = discover(proc_self)
+        if not hierarchies:
+            raise CgroupError("no cgroup hierarchy holds this process "
+                              "(is /sys/fs/cgroup mounted?)")
+        has_v1 = any(h.controllers for h in hierarchies)
+        unified = [h for h in hierarchies if h.is_unified]
+        if version is None:
+            version = 1 if has_v1 else 2
+        if version == 1:
+            if not has_v1:
+                raise CgroupError("no cgroup v1 controller is mounted")
+            return V1Manager(base_name, hierarchies, fs=fs)
+        if version == 2:
+            if not unified:
+                raise CgroupError("no cgroup2 filesystem holds this process")
+            return V2Manager(base_name, unified[0], fs=fs)
+        raise CgroupError(f"cgroup version {version}: use 1 or 2")
+
+    @property
+    @abstractmethod
+    def controllers(self) -> frozenset[str]:
+        """Controllers ctd can use below its base."""
+
+    @abstractmethod
+    def base_dirs(self) -> dict[str, str]:
+        """Hierarchy key -> absolute directory of the base cgroup."""
+
+    @abstractmethod
+    def host_cpus(self) -> list[int]:
+        """CPUs the base cgroup may use."""
+
+    @abstractmethod
+    def ensure_base(self) -> None:
+        """Create the base cgroup(s) and prepare them for children (idempotent)."""
+
+    @abstractmethod
+    def group(self, name: str) -> CgroupGroup:
+        """A handle on <base>/<name>; no side effect."""
+
+    def list_groups(self) -> list[str]:
+        names: set[str] = set()
+        for d in self.base_dirs().values():
+            if self.fs.isdir(d):
+                names.update(self.fs.subdirs(d))
+        return sorted(names)
+
+    def remove_base(self, timeout: float = 5.0) -> None:
+        """rmdir the (empty) base everywhere; refuses while groups remain."""
+        left = self.list_groups()
+        if left:
+            raise CgroupError(f"cannot remove base {self.base_name!r}: groups remain: {left}")
+        deadline = time.monotonic() + timeout
+        for d in self.base_dirs().values():
+            rmdir_tree(self.fs, d, deadline)
+
+    def _track_peak(self, group: str, key: str, value: int | None) -> int | None:
+        if value is None:
+            return None
+        peak = max(value, self._peaks.get((group, key), value))
+        self._peaks[(group, key)] = peak
+        return peak
+
+    def _forget(self, group: str) -> None:
+        for k in [k for k in self._peaks if k[0] == group]:
+            del self._peaks[k]
+
+
+class CgroupGroup(ABC):
+    """One container's cgroup(s)."""
+
+    def __init__(self, manager: CgroupManager, name: str) -> None:
+        self.manager = manager
+        self.name = check_name(name)
+        self.fs = manager.fs
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} v{self.manager.version}>"
+
+    def dirs(self) -> dict[str, str]:
+        """Hierarchy key -> absolute directory of this group."""
+        return {k: os.path.join(d, self.name) for k, d in self.manager.base_dirs().items()}
+
+    def procs_files(self) -> list[str]:
+        return [os.path.join(d, "cgroup.procs") for d in self.dirs().values()]
+
+    def exists(self) -> bool:
+        # Any hierarchy counts, so a half-created group still gets destroyed.
+        return any(self.fs.isdir(d) for d in self.dirs().values())
+
+    @abstractmethod
+    def create(self) -> None: ...
+
+    @abstractmethod
+    def apply(self, res: Resources) -> None: ...
+
+    @abstractmethod
+    def usage(self) -> Usage: ...
+
+    @abstractmethod
+    def read_limits(self) -> Resources:
+        """The limits the kernel holds now (UNLIMITED where none)."""
+
+    @abstractmethod
+    def _set_frozen(self, frozen: bool) -> bool:
+        """Freeze/thaw; False when the host cannot freeze."""
+
+    @abstractmethod
+    def _kill_atomic(self) -> bool:
+        """SIGKILL the whole subtree in one kernel call (cgroup.kill); False if unsupported."""
+
+    def _require(self) -> dict[str, str]:
+        dirs = self.dirs()
+        if not all(self.fs.isdir(d) for d in dirs.values()):
+            raise CgroupError(f"cgroup {self.name!r} does not exist (call create() first)")
+        return dirs
+
+    def attach(self, pid: int) -> None:
+        for f in self.procs_files():
+            self.fs.write_checked(f, str(pid), f"attach pid {pid}")
+
+    def _walk(self) -> Iterator[str]:
+        """Every directory of the group in every hierarchy, nested ones included."""
+        stack = [d for d in self.dirs().values() if self.fs.isdir(d)]
+        while stack:
+            d = stack.pop()
+            yield d
+            try:
+                stack.extend(os.path.join(d, s) for s in self.fs.subdirs(d))
+            except FileNotFoundError:
+                pass
+
+    def pids(self) -> set[int]:
+        """Processes in the group or any cgroup the container made below it."""
+        found: set[int] = set()
+        for d in self._walk():
+            text = self.fs.read_opt(os.path.join(d, "cgroup.procs")) or ""
+            found.update(int(p) for p in text.split())
+        return found
+
+    def kill_all(self, sig: int = signal.SIGKILL, timeout: float = 5.0) -> int:
+        """Signal every process in the group; for SIGKILL also wait (up to timeout) until
+        the group is empty. Returns how many processes were seen."""
+        seen = self.pids()
+        if sig == signal.SIGKILL and self._kill_atomic():
+            pass
+        else:
+            # Frozen, nothing can fork between reading the list and signalling it.
+            frozen = sig == signal.SIGKILL and self._set_frozen(True)
+            try:
+                _signal_all(self.fs, seen, sig)
+            finally:
+                if frozen:
+                    self._set_frozen(False)
+        if sig != signal.SIGKILL:
+            return len(seen)
+        deadline = time.monotonic() + timeout
+        while (left := self.pids()) and time.monotonic() < deadline:
+            seen |= left
+            _signal_all(self.fs, left, sig)
+            time.sleep(_POLL)
+        return len(seen)
+
+    def freeze(self) -> None:
+        """Stop every process in the group (v1 freezer / v2 cgroup.freeze)."""
+        self._require()
+        if not self._set_frozen(True):
+            raise CgroupError("freeze: this host has no cgroup freezer")
+
+    def thaw(self) -> None:
+        self._require()
+        if not self._set_frozen(False):
+            raise CgroupError("thaw: this host has no cgroup freezer")
+
+    def destroy(self, timeout: float = 5.0) -> None:
+        """rmdir everywhere, nested cgroups first; EBUSY is retried until timeout."""
+        deadline = time.monotonic() + timeout
+        for d in self.dirs().values():
+            rmdir_tree(self.fs, d, deadline)
+        self.manager._forget(self.name)
+
+    def beancounters(self, res: Resources | None = None) -> list[Beancounter]:
+        """OpenVZ's /proc/user_beancounters rows; barrier/limit from `res` where it sets
+        them (what the user asked for), else what the kernel holds."""
+        limits = self.read_limits()
+        if res is not None:
+            limits = limits.merged(res)
+        return build_beancounters(self.usage(), limits)
+
+
+def make_dirs(fs: CgroupFS, dirs: list[str]) -> list[str]:
+    """mkdir each that is missing; returns the ones made. Undoes them on failure."""
+    made: list[str] = []
+    try:
+        for d in dirs:
+            try:
+                fs.mkdir(d)
+                made.append(d)
+            except FileExistsError:
+                if not fs.isdir(d):
+                    raise CgroupError(f"cannot create cgroup {d}: a file has that name")
+            except OSError as e:
+                raise CgroupError(f"cannot create cgroup {d}: {e.strerror}",
+                                  errno=e.errno, path=d) from e
+    except CgroupError:
+        undo_dirs(fs, made)
+        raise
+    return made
+
+
+def undo_dirs(fs: CgroupFS, made: list[str]) -> None:
+    for d in reversed(made):
+        try:
+            fs.rmdir(d)
+        except OSError:
+            pass
+
+
+def _signal_all(fs: CgroupFS, pids: set[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            fs.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def rmdir_tree(fs: CgroupFS, top: str, deadline: float) -> None:
+    """Remove a cgroup directory and the cgroups below it; gone already is fine."""
+    try:
+        children = fs.subdirs(top)
+    except FileNotFoundError:
+        return
+    for c in children:
+        rmdir_tree(fs, os.path.join(top, c), deadline)
+    while True:
+        try:
+            fs.rmdir(top)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.EBUSY or time.monotonic() >= deadline:
+                left = (fs.read_opt(os.path.join(top, "cgroup.procs")) or "").split()
+                raise CgroupError(
+                    f"cannot remove cgroup {top}: {e.strerror}"
+                    + (f" (processes left: {' '.join(left)})" if left else ""),
+                    errno=e.errno, path=top,
+                ) from e
+            time.sleep(_POLL)

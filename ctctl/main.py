@@ -1,0 +1,267 @@
+"""ctctl: the command line for ctd. It speaks only HTTP to ctd's socket."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from ctctl.client import ApiError, Client, default_socket
+from ctctl.output import emit, human_bytes, table
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                      show_default=True, help="output format")
+
+
+class CtlGroup(click.Group):
+    """Turns ApiError into one line on stderr and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ApiError as exc:
+            click.echo(f"ctctl: {exc.message}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("ctctl: interrupted", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=CtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--socket", "socket_path", default=default_socket, show_default="/run/ctd/ctd.sock or $CTD_SOCKET",
+              help="ctd's API socket")
+@click.pass_context
+def cli(ctx: click.Context, socket_path: str) -> None:
+    """Manage ctd's system containers."""
+    ctx.obj = Client(socket_path)
+
+
+def client() -> Client:
+    return click.get_current_context().find_object(Client)
+
+
+def complete_instance(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    try:
+        socket_path = ctx.find_root().params.get("socket_path") or default_socket()
+        names = [i["name"] for i in Client(socket_path, timeout=2).get("/1.0/instances")["instances"]]
+    except (ApiError, OSError):
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+INSTANCE = click.argument("instance", shell_complete=complete_instance)
+
+
+def _limits(ram: str | None, cpus: str | None, numproc: str | None) -> dict[str, str]:
+    return {k: v for k, v in (("ram", ram), ("cpus", cpus), ("numproc", numproc)) if v is not None}
+
+
+# ------------------------------------------------------------------ lifecycle
+
+@cli.command()
+@click.argument("name")
+@click.option("--template", "-t", required=True, help="template to create from (see 'ctctl template list')")
+@click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
+@click.option("--hostname", help="hostname inside (default: the name)")
+@click.option("--ram", help="memory limit, e.g. 512M, 1G, or barrier:limit")
+@click.option("--cpus", help="number of CPUs")
+@click.option("--numproc", help="process limit, e.g. 100 or 90:100")
+@click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
+def create(name: str, template: str, instance_id: int | None, hostname: str | None, ram: str | None,
+           cpus: str | None, numproc: str | None, privileged: bool) -> None:
+    """Create a container from a template."""
+    body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(ram, cpus, numproc)}
+    if instance_id is not None:
+        body["id"] = instance_id
+    if hostname:
+        body["hostname"] = hostname
+    if privileged:
+        body["privileged"] = True
+    result = client().run("POST", "/1.0/instances", body)
+    click.echo(f"Created {result['name']} (id {result['id']}, template {result['template']})")
+
+
+def _state(ref: str, action: str, timeout: float | None = None, force: bool = False) -> dict:
+    body: dict[str, Any] = {"action": action}
+    if timeout is not None:
+        body["timeout"] = timeout
+    if force:
+        body["force"] = True
+    return client().run("PUT", f"/1.0/instances/{ref}/state", body)
+
+
+@cli.command()
+@INSTANCE
+def start(instance: str) -> None:
+    """Start a container."""
+    result = _state(instance, "start")
+    click.echo(f"Started {result['name']} (init pid {result['pid']} on the host)")
+
+
+@cli.command()
+@INSTANCE
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="seconds to wait for a clean shutdown before killing")
+@click.option("--kill", is_flag=True, help="kill at once, no clean shutdown")
+def stop(instance: str, timeout: float, kill: bool) -> None:
+    """Stop a container (the template's shutdown signal, then SIGKILL after --timeout)."""
+    result = _state(instance, "stop", timeout, kill)
+    click.echo(f"Stopped {result['name']}")
+
+
+@cli.command()
+@INSTANCE
+@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option("--kill", is_flag=True)
+def restart(instance: str, timeout: float, kill: bool) -> None:
+    """Stop and start a container."""
+    result = _state(instance, "restart", timeout, kill)
+    click.echo(f"Restarted {result['name']} (init pid {result['pid']})")
+
+
+@cli.command()
+@INSTANCE
+@click.option("--force", "-f", is_flag=True, help="stop it first if it is running")
+def destroy(instance: str, force: bool) -> None:
+    """Destroy a container and its files."""
+    client().run("DELETE", f"/1.0/instances/{instance}", query={"force": "true"} if force else None)
+    click.echo(f"Destroyed {instance}")
+
+
+# ------------------------------------------------------------------ reading
+
+def _limits_text(limits: dict[str, Any]) -> str:
+    return ",".join(f"{k}={v}" for k, v in limits.items()) or "-"
+
+
+@cli.command(name="list")
+@FORMAT
+def list_(fmt: str) -> None:
+    """List instances."""
+    instances = client().get("/1.0/instances")["instances"]
+    emit(fmt, instances, lambda rows: table(
+        ["ID", "NAME", "TYPE", "STATE", "PID", "TEMPLATE", "LIMITS"],
+        [[i["id"], i["name"], i["type"], i["state"], i["pid"], i["template"], _limits_text(i["limits"])]
+         for i in rows]))
+
+
+@cli.command()
+@INSTANCE
+@FORMAT
+def status(instance: str, fmt: str) -> None:
+    """Show one instance."""
+    data = client().get(f"/1.0/instances/{instance}")["instance"]
+
+    def render(i: dict) -> str:
+        idmap = i.get("idmap")
+        rows = [("id", i["id"]), ("name", i["name"]), ("type", i["type"]), ("state", i["state"]),
+                ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
+                ("privileged", "yes" if i["privileged"] else "no"),
+                ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
+                ("limits", _limits_text(i["limits"])), ("created", i["created_at"])]
+        return "\n".join(f"{k + ':':<12} {'-' if v is None else v}" for k, v in rows)
+
+    emit(fmt, data, render)
+
+
+# ------------------------------------------------------------------ inside
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@INSTANCE
+@click.option("-t", "--tty", "use_tty", is_flag=True, help="allocate a terminal")
+@click.option("--env", "-e", multiple=True, help="KEY=VALUE for the command's environment")
+@click.option("--cwd", help="working directory inside (default /root)")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_(instance: str, use_tty: bool, env: tuple[str, ...], cwd: str | None, command: tuple[str, ...]) -> None:
+    """Run a command inside: ctctl exec NAME -- CMD [ARGS...]. Exits with its exit code."""
+    from ctctl.stream import run_exec
+    argv = list(command[1:] if command and command[0] == "--" else command)
+    if not argv:
+        raise click.UsageError("give the command after '--', e.g. ctctl exec NAME -- ps")
+    code = asyncio.run(run_exec(client().socket_path, instance, argv, list(env), cwd, use_tty))
+    sys.exit(code)
+
+
+@cli.command()
+@INSTANCE
+def enter(instance: str) -> None:
+    """An interactive root shell inside."""
+    from ctctl.stream import run_exec
+    shell = ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"]
+    sys.exit(asyncio.run(run_exec(client().socket_path, instance, shell, [], None, sys.stdin.isatty())))
+
+
+@cli.command()
+@INSTANCE
+def console(instance: str) -> None:
+    """Attach to the container's /dev/console (detach with Ctrl-])."""
+    from ctctl.stream import run_console
+    asyncio.run(run_console(client().socket_path, instance))
+
+
+# ------------------------------------------------------------------ templates
+
+@cli.group()
+def template() -> None:
+    """Build, list and delete templates."""
+
+
+@template.command(name="list")
+@FORMAT
+def template_list(fmt: str) -> None:
+    """Known recipes and built templates."""
+    rows = client().get("/1.0/templates")["templates"]
+    emit(fmt, rows, lambda ts: table(
+        ["NAME", "DISTRO", "RELEASE", "ARCH", "SIZE", "BUILT", "DESCRIPTION"],
+        [[t["name"], t["distro"], t["release"], t["arch"], human_bytes(t["size"]) if t["size"] else None,
+          t["built_at"] or "not built", t["description"]] for t in ts]))
+
+
+@template.command(name="build")
+@click.argument("name")
+def template_build(name: str) -> None:
+    """Build a template from its recipe in templates/."""
+    click.echo(f"Building template {name} ...")
+    result = client().run("POST", "/1.0/templates", {"name": name})
+    click.echo(f"Built {result['name']} ({human_bytes(result['size'])})")
+
+
+@template.command(name="delete")
+@click.argument("name")
+def template_delete(name: str) -> None:
+    """Delete a built template (refused while instances use it)."""
+    client().request("DELETE", f"/1.0/templates/{name}")
+    click.echo(f"Deleted template {name}")
+
+
+# ------------------------------------------------------------------ misc
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script: eval "$(ctctl completion bash)"."""
+    from click.shell_completion import get_completion_class
+    cls = get_completion_class(shell)
+    assert cls is not None
+    click.echo(cls(cli, {}, "ctctl", "_CTCTL_COMPLETE").source())
+
+
+def _register_optional() -> None:
+    try:
+        from ctctl.check import check
+    except ImportError:
+        return
+    cli.add_command(check)
+
+
+_register_optional()
+
+
+def main() -> None:
+    cli(prog_name="ctctl")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""exec and console over ctd's WebSocket endpoints (see ctd/api/stream.py for the framing)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import termios
+import tty as ttymod
+from typing import Any
+
+import aiohttp
+
+from ctctl.client import ApiError
+
+DETACH_KEY = b"\x1d"  # Ctrl-]
+
+
+@contextlib.contextmanager
+def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
+    if not os.isatty(fd):
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    try:
+        ttymod.setraw(fd)
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+async def _connect(socket_path: str, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path))
+    try:
+        ws = await session.ws_connect(f"http://localhost{path}", params=query, max_msg_size=1 << 22,
+                                      autoping=True, heartbeat=None)
+    except aiohttp.WSServerHandshakeError as exc:
+        await session.close()
+        raise ApiError(await _handshake_error(socket_path, path, query, exc), status=exc.status) from None
+    except aiohttp.ClientConnectorError as exc:
+        await session.close()
+        raise ApiError(f"cannot reach ctd at {socket_path} ({exc.os_error.strerror}); is it running?") from None
+    return session, ws
+
+
+async def _handshake_error(socket_path: str, path: str, query: list[tuple[str, str]], exc: Exception) -> str:
+    # The upgrade was refused: ask again as plain HTTP to read ctd's JSON error.
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path)) as session:
+        async with session.get(f"http://localhost{path}", params=query) as resp:
+            try:
+                return (await resp.json()).get("error", str(exc))
+            except (aiohttp.ContentTypeError, json.JSONDecodeError):
+                return str(exc)
+
+
+def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+    def pump() -> None:
+        while True:
+            try:
+                data = os.read(0, 65536)
+            except OSError:
+                data = b""
+            loop.call_soon_threadsafe(queue.put_nowait, data)
+            if not data:
+                return
+    import threading
+    threading.Thread(target=pump, daemon=True).start()
+
+
+async def run_exec(socket_path: str, ref: str, command: list[str], env: list[str], cwd: str | None,
+                   use_tty: bool) -> int:
+    query = [("cmd", c) for c in command] + [("env", e) for e in env]
+    if cwd:
+        query.append(("cwd", cwd))
+    if use_tty:
+        size = shutil.get_terminal_size()
+        query += [("tty", "1"), ("width", str(size.columns)), ("height", str(size.lines))]
+        term = os.environ.get("TERM")
+        if term:
+            query.append(("env", f"TERM={term}"))
+    session, ws = await _connect(socket_path, f"/1.0/instances/{ref}/exec", query)
+    loop = asyncio.get_running_loop()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    _stdin_reader(loop, stdin)
+    exit_code = 1
+
+    async def send_stdin() -> None:
+        while True:
+            data = await stdin.get()
+            if not data:
+                await ws.send_str(json.dumps({"type": "eof"}))
+                return
+            await ws.send_bytes(data)
+
+    def on_winch() -> None:
+        size = shutil.get_terminal_size()
+        asyncio.ensure_future(ws.send_str(json.dumps({"type": "resize", "width": size.columns,
+                                                      "height": size.lines})))
+
+    if use_tty and os.isatty(1):
+        loop.add_signal_handler(signal.SIGWINCH, on_winch)
+    sender = asyncio.create_task(send_stdin())
+    try:
+        with raw_terminal(0) if use_tty else contextlib.nullcontext():
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    out = sys.stdout.buffer if msg.data[0] == 1 else sys.stderr.buffer
+                    out.write(msg.data[1:])
+                    out.flush()
+                elif msg.type == aiohttp.WSMsgType.TEXT:
+                    control: dict[str, Any] = json.loads(msg.data)
+                    if control.get("type") == "exit":
+                        exit_code = int(control["code"])
+                    elif control.get("type") == "error":
+                        raise ApiError(control.get("error", "exec failed"))
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
+    finally:
+        sender.cancel()
+        await ws.close()
+        await session.close()
+    return exit_code
+
+
+async def run_console(socket_path: str, ref: str) -> None:
+    size = shutil.get_terminal_size()
+    session, ws = await _connect(socket_path, f"/1.0/instances/{ref}/console",
+                                 [("width", str(size.columns)), ("height", str(size.lines))])
+    loop = asyncio.get_running_loop()
+    stdin: asyncio.Queue[bytes] = asyncio.Queue()
+    _stdin_reader(loop, stdin)
+    sys.stderr.write(f"Connected to the console of {ref}; detach with Ctrl-]\r\n")
+    sys.stderr.flush()
+
+    async def send_stdin() -> None:
+        while True:
+            data = await stdin.get()
+            if not data or DETACH_KEY in data:
+                head = data.split(DETACH_KEY, 1)[0] if data else b""
+                if head:
+                    await ws.send_bytes(head)
+                await ws.close()
+                return
+            await ws.send_bytes(data)
+
+    sender = asyncio.create_task(send_stdin())
+    try:
+        with raw_terminal(0):
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY:
+                    sys.stdout.buffer.write(msg.data)
+                    sys.stdout.buffer.flush()
+                elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    break
+    finally:
+        sender.cancel()
+        await ws.close()
+        await session.close()
+    sys.stderr.write("\r\nDetached from the console.\r\n")

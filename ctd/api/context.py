@@ -1,0 +1,22 @@
+"""What the API handlers reach: one object, set up by the daemon."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctd.config import DaemonConfig
+from ctd.instance.manager import InstanceManager
+from ctd.operations import Operations
+from ctd.state import StateDB
+from ctd.template.manager import TemplateManager
+
+
+@dataclass
+class ApiContext:
+    config: DaemonConfig
+    db: StateDB
+    instances: InstanceManager
+    templates: TemplateManager
+    operations: Operations
+    info: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,55 @@
+"""The one table from error kinds to HTTP status codes, and the JSON error body."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+
+from ctd import errors
+
+log = logging.getLogger("ctd.api")
+
+STATUS: dict[type[errors.CtdError], int] = {
+    errors.InvalidRequest: 400,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.NotSupported: 501,
+    errors.OperationFailed: 500,
+    errors.CtdError: 500,
+}
+
+
+def status_for(exc: errors.CtdError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500
+
+
+def error_response(message: str, code: str, status: int) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        return await handler(request)
+    except errors.CtdError as exc:
+        return error_response(exc.message, exc.code, status_for(exc))
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status, "http")
+            reason = exc.text or exc.reason
+            if exc.status == 404:
+                reason = f"no such API path {request.path!r}; GET /1.0/openapi.json lists them"
+            elif exc.status == 405:
+                reason = f"{request.method} is not allowed on {request.path}"
+            return error_response(reason, code, exc.status)
+        raise
+    except json.JSONDecodeError as exc:
+        return error_response(f"the request body is not valid JSON: {exc}", "invalid", 400)
+    except Exception:  # noqa: BLE001 — never let a request take the daemon down
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response("internal error; see the ctd log", "internal", 500)

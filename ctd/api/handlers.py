@@ -1,0 +1,173 @@
+"""REST handlers: validate, then do the work (long work as an operation)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ctd import validate
+from ctd.api.context import ApiContext
+from ctd.errors import InvalidRequest
+from ctd.operations import Operation
+
+routes = web.RouteTableDef()
+CTX = web.AppKey("ctx", ApiContext)
+MAX_WAIT = 3600.0
+
+
+def ctx(request: web.Request) -> ApiContext:
+    return request.app[CTX]
+
+
+async def json_body(request: web.Request) -> Any:
+    if not request.can_read_body:
+        return {}
+    raw = await request.read()
+    try:
+        return json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+
+
+def accepted(op: Operation) -> web.Response:
+    return web.json_response({"operation": op.to_json()}, status=202,
+                             headers={"Location": f"/1.0/operations/{op.id}"})
+
+
+def flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name, "false").lower()
+    if value not in ("1", "0", "true", "false", "yes", "no"):
+        raise InvalidRequest(f"query parameter {name} must be true or false")
+    return value in ("1", "true", "yes")
+
+
+# ------------------------------------------------------------------ server
+
+@routes.get("/1.0")
+async def server_info(request: web.Request) -> web.Response:
+    return web.json_response(ctx(request).info)
+
+
+@routes.get("/1.0/openapi.json")
+async def openapi(request: web.Request) -> web.Response:
+    from ctd.api.schema import build_schema
+    return web.json_response(build_schema())
+
+
+# ------------------------------------------------------------------ instances
+
+@routes.get("/1.0/instances")
+async def list_instances(request: web.Request) -> web.Response:
+    return web.json_response({"instances": ctx(request).instances.list()})
+
+
+@routes.post("/1.0/instances")
+async def create_instance(request: web.Request) -> web.Response:
+    c = ctx(request)
+    checked = c.instances.check_create(await json_body(request))
+    return accepted(c.operations.start("create", checked["name"], c.instances.create(checked)))
+
+
+@routes.get("/1.0/instances/{ref}")
+async def get_instance(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"instance": c.instances.view(c.instances.get(request.match_info["ref"]))})
+
+
+@routes.delete("/1.0/instances/{ref}")
+async def delete_instance(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    force = flag(request, "force")
+    c.instances.check_destroy(rec, force)
+    return accepted(c.operations.start("destroy", rec.name, c.instances.destroy(rec, force)))
+
+
+@routes.put("/1.0/instances/{ref}/state")
+async def change_state(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    body = validate.body_fields(await json_body(request), {"action", "timeout", "force"}, {"action"})
+    action = body["action"]
+    timeout = validate.number(body, "timeout", c.config.stop_timeout, 0, 3600)
+    force = validate.boolean(body, "force")
+    if action == "start":
+        c.instances.check_start(rec)
+        work = c.instances.start(rec)
+    elif action == "stop":
+        work = c.instances.stop(rec, timeout, force)
+    elif action == "restart":
+        work = c.instances.restart(rec, timeout, force)
+    else:
+        raise InvalidRequest(f"unknown action {action!r}; use start, stop or restart")
+    return accepted(c.operations.start(action, rec.name, work))
+
+
+# ------------------------------------------------------------------ templates
+
+@routes.get("/1.0/templates")
+async def list_templates(request: web.Request) -> web.Response:
+    c = ctx(request)
+    built = {t.name: t for t in c.db.list_templates()}
+    out = []
+    for name, recipe in sorted(c.templates.recipes().items()):
+        rec = built.pop(name, None)
+        out.append({"name": name, "description": recipe.description, "distro": recipe.distro,
+                    "release": recipe.release, "built": rec is not None,
+                    "arch": rec.arch if rec else None, "size": rec.size if rec else None,
+                    "built_at": rec.built_at if rec else None})
+    for name, rec in sorted(built.items()):  # built from a recipe that is gone now
+        out.append({"name": name, "description": "", "distro": rec.distro, "release": rec.release,
+                    "built": True, "arch": rec.arch, "size": rec.size, "built_at": rec.built_at})
+    return web.json_response({"templates": out})
+
+
+@routes.post("/1.0/templates")
+async def build_template(request: web.Request) -> web.Response:
+    c = ctx(request)
+    body = validate.body_fields(await json_body(request), {"name"}, {"name"})
+    name = validate.instance_name(body["name"], "template name")
+    c.templates.recipe(name)  # 404 for an unknown recipe, before any work
+
+    async def work() -> dict:
+        rec = await asyncio.to_thread(c.templates.build_blocking, name)
+        c.db.add_template(rec)
+        return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
+
+    return accepted(c.operations.start("template-build", name, work()))
+
+
+@routes.delete("/1.0/templates/{name}")
+async def delete_template(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = validate.instance_name(request.match_info["name"], "template name")
+    c.templates.delete(name)
+    return web.json_response({"deleted": name})
+
+
+# ------------------------------------------------------------------ operations
+
+@routes.get("/1.0/operations")
+async def list_operations(request: web.Request) -> web.Response:
+    return web.json_response({"operations": [o.to_json() for o in ctx(request).operations.list()]})
+
+
+@routes.get("/1.0/operations/{id}")
+async def get_operation(request: web.Request) -> web.Response:
+    return web.json_response({"operation": ctx(request).operations.get(request.match_info["id"]).to_json()})
+
+
+@routes.get("/1.0/operations/{id}/wait")
+async def wait_operation(request: web.Request) -> web.Response:
+    raw = request.query.get("timeout", str(MAX_WAIT))
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"timeout must be a number of seconds, got {raw!r}") from None
+    if not 0 <= timeout <= MAX_WAIT:
+        raise InvalidRequest(f"timeout must be from 0 to {MAX_WAIT:g} seconds")
+    op = await ctx(request).operations.wait(request.match_info["id"], timeout)
+    return web.json_response({"operation": op.to_json()})

@@ -1,0 +1,133 @@
+"""The OpenAPI description of the REST API, served at /1.0/openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ctd import __version__
+from ctd.limits import LIMITS
+
+NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
+REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
+       "schema": {"type": "string", "pattern": "^([a-z0-9][a-z0-9-]{0,62})$"}}
+ERROR = {"type": "object", "required": ["error", "code"],
+         "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _responses(ok: int, ok_schema: dict[str, Any], *errors: int) -> dict[str, Any]:
+    out: dict[str, Any] = {str(ok): {"description": "success", **_json(ok_schema)}}
+    for code in errors:
+        out[str(code)] = {"description": "error", **_json({"$ref": "#/components/schemas/Error"})}
+    return out
+
+
+def build_schema() -> dict[str, Any]:
+    op_resp = {"type": "object", "properties": {"operation": {"$ref": "#/components/schemas/Operation"}}}
+    instance = {"$ref": "#/components/schemas/Instance"}
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "ctd", "version": __version__,
+                 "description": "System containers and virtual machines. Long work returns an "
+                                "operation; GET /1.0/operations/{id}/wait waits for it."},
+        "paths": {
+            "/1.0": {"get": {"summary": "server information", "responses": _responses(200, {"type": "object"})}},
+            "/1.0/instances": {
+                "get": {"summary": "list instances",
+                        "responses": _responses(200, {"type": "object", "properties": {
+                            "instances": {"type": "array", "items": instance}}})},
+                "post": {"summary": "create an instance (an operation)",
+                         "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/CreateInstance"})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}": {
+                "parameters": [REF],
+                "get": {"summary": "one instance", "responses": _responses(
+                    200, {"type": "object", "properties": {"instance": instance}}, 400, 404)},
+                "delete": {"summary": "destroy (an operation); refuses a running one unless force",
+                           "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
+                           "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/state": {
+                "parameters": [REF],
+                "put": {"summary": "start, stop or restart (an operation)",
+                        "requestBody": {"required": True, **_json({"$ref": "#/components/schemas/StateChange"})},
+                        "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/exec": {
+                "parameters": [REF],
+                "get": {"summary": "run a command (WebSocket upgrade; see ctd/api/stream.py for framing)",
+                        "parameters": [
+                            {"name": "cmd", "in": "query", "required": True, "style": "form", "explode": True,
+                             "schema": {"type": "array", "items": {"type": "string"}, "minItems": 1}},
+                            {"name": "env", "in": "query", "style": "form", "explode": True,
+                             "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}}},
+                            {"name": "cwd", "in": "query", "schema": {"type": "string"}},
+                            {"name": "tty", "in": "query", "schema": {"type": "boolean"}},
+                            {"name": "width", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                            {"name": "height", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                        ],
+                        "responses": _responses(101, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/console": {
+                "parameters": [REF],
+                "get": {"summary": "attach to /dev/console (WebSocket upgrade)",
+                        "responses": _responses(101, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/templates": {
+                "get": {"summary": "recipes and built templates", "responses": _responses(200, {"type": "object"})},
+                "post": {"summary": "build a template from its recipe (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404)},
+            },
+            "/1.0/templates/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
+                "delete": {"summary": "delete a built template", "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/operations": {"get": {"summary": "recent operations", "responses": _responses(200, {"type": "object"})}},
+            "/1.0/operations/{id}": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"summary": "one operation", "responses": _responses(200, op_resp, 404)},
+            },
+            "/1.0/operations/{id}/wait": {
+                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                               {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
+                "get": {"summary": "wait for an operation to finish", "responses": _responses(200, op_resp, 400, 404)},
+            },
+            "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},
+        },
+        "components": {"schemas": {
+            "Error": ERROR,
+            "Limits": {"type": "object", "additionalProperties": False,
+                       "properties": {k: {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": v}
+                                      for k, v in LIMITS.items()}},
+            "CreateInstance": {
+                "type": "object", "required": ["name", "template"], "additionalProperties": False,
+                "properties": {
+                    "name": NAME, "template": NAME,
+                    "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                    "hostname": {"type": "string"}, "privileged": {"type": "boolean"},
+                    "type": {"type": "string", "enum": ["container"]},
+                    "limits": {"$ref": "#/components/schemas/Limits"},
+                }},
+            "StateChange": {
+                "type": "object", "required": ["action"], "additionalProperties": False,
+                "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart"]},
+                               "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
+                               "force": {"type": "boolean", "description": "stop: kill at once"}}},
+            "Instance": {"type": "object", "properties": {
+                "id": {"type": "integer"}, "name": {"type": "string"}, "type": {"type": "string"},
+                "state": {"type": "string"}, "pid": {"type": "integer", "nullable": True},
+                "template": {"type": "string"}, "hostname": {"type": "string"},
+                "privileged": {"type": "boolean"}, "limits": {"type": "object"}}},
+            "Operation": {"type": "object", "properties": {
+                "id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": "string"},
+                "status": {"type": "string", "enum": ["running", "success", "failure"]},
+                "error": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}}},
+        }},
+    }

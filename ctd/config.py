@@ -1,0 +1,61 @@
+"""Daemon settings: embedded defaults, overridden by /etc/ctd/ctd.toml, overridden by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctd.errors import InvalidRequest
+
+DEFAULT_CONFIG_FILE = Path("/etc/ctd/ctd.toml")
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path = Path("/var/lib/ctd")
+    socket: Path = Path("/run/ctd/ctd.sock")
+    socket_group: str = "ctd"
+    # First host id handed to containers; each container takes 65536 ids from here up,
+    # skipping ranges that /etc/subuid or /etc/subgid give to host users.
+    idmap_base: int = 1_000_000
+    idmap_size: int = 65536
+    # cgroup directory ctd creates below its own cgroup in every hierarchy.
+    cgroup_name: str = "ctd"
+    stop_timeout: float = 30.0
+    templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "ctd.db"
+
+    @property
+    def storage_dir(self) -> Path:
+        return self.state_dir / "storage"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir / "run"
+
+
+def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig:
+    """Embedded defaults < the TOML file (if it exists) < command-line overrides."""
+    values: dict[str, object] = {}
+    file = path or DEFAULT_CONFIG_FILE
+    if file.exists():
+        with file.open("rb") as fh:
+            try:
+                values.update(tomllib.load(fh))
+            except tomllib.TOMLDecodeError as exc:
+                raise InvalidRequest(f"{file}: not valid TOML: {exc}") from exc
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name: f for f in dataclasses.fields(DaemonConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise InvalidRequest(f"{file}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    typed: dict[str, object] = {}
+    for name, value in values.items():
+        kind = known[name].type
+        typed[name] = Path(str(value)) if kind == "Path" else value
+    return DaemonConfig(**typed)  # type: ignore[arg-type]

@@ -1,0 +1,153 @@
+"""ctd start-up: config, spawner, state, drivers, recovery, API server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from ctd import __version__
+from ctd.config import DaemonConfig, load_config
+from ctd.errors import CtdError
+
+log = logging.getLogger("ctd")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="ctd", description="ctd: system containers and VMs (runs in the foreground)")
+    p.add_argument("--config", type=Path, help="settings file (default /etc/ctd/ctd.toml)")
+    p.add_argument("--state-dir", type=Path, help="state, storage and runtime files (default /var/lib/ctd)")
+    p.add_argument("--socket", type=Path, help="API socket (default /run/ctd/ctd.sock)")
+    p.add_argument("--log-level", default=os.environ.get("CTD_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"ctd {__version__}")
+    return p.parse_args(argv)
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd we are ready (Type=notify); a no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.sendto(message.encode(), address)
+        except OSError as exc:
+            log.warning("sd_notify failed: %s", exc)
+
+
+def take_lock(config: DaemonConfig) -> int:
+    config.state_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(config.state_dir, 0o711)
+    fd = os.open(config.state_dir / "ctd.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CtdError(f"another ctd is running on {config.state_dir}") from None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if os.geteuid() != 0:
+        print("ctd: must run as root (it creates namespaces, cgroups and mounts)", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(args.config, {"state_dir": args.state_dir, "socket": args.socket})
+    except CtdError as exc:
+        print(f"ctd: {exc.message}", file=sys.stderr)
+        return 1
+    # The spawner must be forked before anything starts a thread, and before the lock is
+    # taken (a forked child would hold the lock too).
+    from ctd.instance.container.spawner_client import SpawnerClient
+    spawner = SpawnerClient.fork()
+    try:
+        lock_fd = take_lock(config)
+    except CtdError as exc:
+        print(f"ctd: {exc.message}", file=sys.stderr)
+        spawner.close()
+        return 1
+    try:
+        return asyncio.run(serve(config, spawner))
+    except CtdError as exc:
+        print(f"ctd: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        spawner.close()
+        os.close(lock_fd)
+
+
+async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untyped-def]
+    from aiohttp import web
+
+    from cgroups import CgroupManager
+    from ctd.api.context import ApiContext
+    from ctd.api.server import make_app, prepare_socket_path, secure_socket
+    from ctd.instance.container.driver import ContainerDriver
+    from ctd.instance.manager import InstanceManager
+    from ctd.operations import Operations
+    from ctd.state import StateDB
+    from ctd.storage.dir import DirStorage
+    from ctd.template.manager import TemplateManager
+
+    loop = asyncio.get_running_loop()
+    spawner.attach(loop)
+    db = StateDB(config.db_path)
+    storage = DirStorage(config.storage_dir)
+    storage.prepare()
+    cgroups = CgroupManager.detect(base_name=config.cgroup_name)
+    templates = TemplateManager(config.templates_dir, db, storage)
+    containers = ContainerDriver(spawner, cgroups)
+    instances = InstanceManager(config, db, storage, templates, containers, cgroups)
+    report = await instances.recover()
+    info = {
+        "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
+        "storage": storage.info().__dict__, "cgroup_version": cgroups.version,
+        "cgroup_controllers": sorted(cgroups.controllers), "state_dir": str(config.state_dir),
+        "drivers": {"container": {"usable": True}, "vm": {"usable": False, "reason": "not implemented yet"}},
+        "recovered": report,
+    }
+    context = ApiContext(config, db, instances, templates, Operations(), info)
+    app = make_app(context)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    prepare_socket_path(config.socket, config.socket_group)
+    site = web.UnixSite(runner, str(config.socket))
+    await site.start()
+    secure_socket(config.socket, config.socket_group)
+
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("ctd %s listening on %s (state in %s, cgroup v%d)", __version__, config.socket,
+             config.state_dir, cgroups.version)
+    sd_notify("READY=1")
+    await stop.wait()
+    # Containers keep running; a new ctd adopts them.
+    log.info("shutting down; running containers stay up")
+    sd_notify("STOPPING=1")
+    await runner.cleanup()
+    if not containers.running:
+        with contextlib.suppress(Exception):
+            cgroups.remove_base()
+    try:
+        config.socket.unlink()
+    except FileNotFoundError:
+        pass
+    db.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

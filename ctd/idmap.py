@@ -1,0 +1,41 @@
+"""Allocation of each container's private 65536-id range on the host.
+
+Ranges never overlap each other, the host's system ids, or what /etc/subuid and /etc/subgid
+give to host users — so root in one container is nobody on the host and in any other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctd.errors import OperationFailed
+
+MAX_ID = 2**32 - 2  # 4294967295 is (uid_t)-1
+
+
+def subid_ranges(*files: Path) -> list[tuple[int, int]]:
+    """(start, count) from subuid/subgid-style files; unreadable or bad lines are skipped."""
+    ranges = []
+    for path in files:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                ranges.append((int(parts[1]), int(parts[2])))
+    return ranges
+
+
+def allocate(base: int, size: int, taken: set[int], reserved: list[tuple[int, int]]) -> int:
+    """The lowest range start >= base, aligned to size, overlapping nothing taken or reserved."""
+    start = base
+    while start + size - 1 <= MAX_ID:
+        end = start + size
+        clash = any(t < end and start < t + size for t in taken) or \
+            any(r < end and start < r + n for r, n in reserved)
+        if not clash:
+            return start
+        start += size
+    raise OperationFailed("no free id range left for a new container; destroy unused containers")

@@ -1,0 +1,324 @@
+"""The container driver: spec -> spawn through the spawner -> supervise by pidfd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cgroups import CgroupManager, Resources
+
+from ctd.errors import Conflict, OperationFailed
+from ctd.instance.container.console import Console
+from ctd.instance.container.spawner_client import SpawnerClient, first_reply
+from ctd.instance.container.spec import (
+    DEFAULT_PATH, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
+)
+from ctd.linux import capabilities, seccomp
+from ctd.linux.proc import start_time
+from ctd.state import InstanceRecord
+from ctd.template.recipe import signal_number
+
+TTY_GID = 5
+START_TIMEOUT = 20.0
+StoppedCallback = Callable[[str, "int | None"], None]  # (instance name, wait status or None)
+
+
+@dataclass
+class RunningContainer:
+    name: str
+    pid: int
+    pidfd: int
+    start_time: int
+    console: Console | None
+    adopted: bool = False
+    stopping: bool = False
+    exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass
+class ExecProcess:
+    pid: int
+    fds: list[int]  # ctd's ends: [stdin w, stdout r, stderr r], or [pty master]
+    exit_code: asyncio.Future
+    queue: asyncio.Queue
+
+
+def cgroup_name(instance: InstanceRecord) -> str:
+    return f"ct-{instance.name}"
+
+
+class ContainerDriver:
+    def __init__(self, spawner: SpawnerClient, cgroups: CgroupManager) -> None:
+        self.spawner = spawner
+        self.cgroups = cgroups
+        self.running: dict[str, RunningContainer] = {}
+        self.on_stopped: StoppedCallback | None = None
+        self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
+        self._waiting: dict[int, RunningContainer] = {}
+        spawner.on_exit = self._spawner_reaped
+
+    # ------------------------------------------------------------- spec
+
+    def build_spec(self, rec: InstanceRecord, rootfs: Path, console: bool = True) -> ContainerSpec:
+        if rec.privileged:
+            uid_map: list[IdMap] = []
+            gid_map: list[IdMap] = []
+        else:
+            assert rec.idmap_base is not None
+            uid_map = [IdMap(0, rec.idmap_base, 65536)]
+            gid_map = [IdMap(0, rec.idmap_base, 65536)]
+        return ContainerSpec(
+            name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
+            uid_map=uid_map, gid_map=gid_map,
+            cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
+            mounts=mount_plan(console=console),
+            env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
+            cap_drop=list(capabilities.DEFAULT_DROP),
+            seccomp_deny=list(seccomp.DEFAULT_DENY),
+            console=console,
+        )
+
+    # ------------------------------------------------------------- start
+
+    async def start(self, rec: InstanceRecord, rootfs: Path, resources: Resources) -> RunningContainer:
+        if rec.name in self.running:
+            raise Conflict(f"{rec.name} is already running")
+        init_path = rootfs / rec.init[0].lstrip("/")
+        if not os.path.lexists(init_path):
+            raise OperationFailed(f"{rec.name}: the root filesystem has no {rec.init[0]}; "
+                                  "the template is broken — reinstall or recreate the container")
+        group = self.cgroups.group(cgroup_name(rec))
+        with contextlib.ExitStack() as undo:
+            await asyncio.to_thread(group.create)
+            undo.callback(self._destroy_group_quietly, group)
+            await asyncio.to_thread(group.apply, resources)
+
+            master, slave = os.openpty()
+            undo.callback(os.close, master)
+            try:
+                if not rec.privileged:
+                    # Container root must own its console, or it can't even open it.
+                    os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
+                os.fchmod(slave, 0o620)
+                spec = self.build_spec(rec, rootfs)
+                queue = self.spawner.request("spawn", to_wire(spec), [slave])
+            finally:
+                os.close(slave)
+            reply, fds = await first_reply(queue, f"starting {rec.name}")
+            pid = reply["pid"]
+            go_w, err_r = fds
+            undo.callback(self._kill_quietly, pid)
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                pidfd = -1
+            try:
+                try:
+                    os.write(go_w, b"1")
+                except BrokenPipeError:
+                    pass
+                os.close(go_w)
+                failure = await read_to_eof(err_r, START_TIMEOUT)
+            finally:
+                os.close(err_r)
+            if failure or pidfd < 0:
+                if pidfd >= 0:
+                    os.close(pidfd)
+                raise OperationFailed(f"starting {rec.name}: {failure.decode(errors='replace') or 'init died at once'}")
+            undo.pop_all()
+        console = Console(master)
+        console.attach_loop(asyncio.get_running_loop())
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
+        self._watch(rc)
+        return rc
+
+    # ------------------------------------------------------------- adopt after a daemon restart
+
+    def adopt(self, rec: InstanceRecord) -> RunningContainer | None:
+        """Find a container that kept running while ctd was away; None if it is gone."""
+        if rec.pid is None or rec.pid_start is None or start_time(rec.pid) != rec.pid_start:
+            return None
+        try:
+            pidfd = os.pidfd_open(rec.pid)
+        except ProcessLookupError:
+            return None
+        if start_time(rec.pid) != rec.pid_start:  # recycled between the two checks
+            os.close(pidfd)
+            return None
+        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True)
+        self._watch(rc)
+        return rc
+
+    # ------------------------------------------------------------- exit tracking
+
+    def _watch(self, rc: RunningContainer) -> None:
+        self.running[rc.name] = rc
+        asyncio.get_running_loop().add_reader(rc.pidfd, self._pidfd_ready, rc)
+
+    def _spawner_reaped(self, pid: int, status: int) -> None:
+        rc = self._waiting.pop(pid, None)
+        if rc is not None:
+            self._finish(rc, status)
+        else:
+            self._statuses[pid] = status
+
+    def _pidfd_ready(self, rc: RunningContainer) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(rc.pidfd)
+        if rc.pid in self._statuses:
+            self._finish(rc, self._statuses.pop(rc.pid))
+        elif rc.adopted:
+            self._finish(rc, None)  # not our child any more: the status went to someone else
+        else:
+            # The spawner reaps it a moment later and tells us how it ended.
+            self._waiting[rc.pid] = rc
+            loop.call_later(2.0, self._give_up_waiting, rc)
+
+    def _give_up_waiting(self, rc: RunningContainer) -> None:
+        if self._waiting.pop(rc.pid, None) is not None:
+            self._finish(rc, None)
+
+    def _finish(self, rc: RunningContainer, status: int | None) -> None:
+        if rc.exited.done():
+            return
+        os.close(rc.pidfd)
+        if rc.console:
+            rc.console.close()
+        self.running.pop(rc.name, None)
+        rc.exited.set_result(status)
+        if self.on_stopped:
+            self.on_stopped(rc.name, status)
+
+    # ------------------------------------------------------------- stop
+
+    async def stop(self, rec: InstanceRecord, timeout: float, kill: bool) -> int | None:
+        rc = self.running.get(rec.name)
+        if rc is None:
+            return None
+        rc.stopping = True
+        if not kill:
+            self._signal(rc, signal_number(rec.stop_signal))
+            try:
+                return await asyncio.wait_for(asyncio.shield(rc.exited), timeout)
+            except TimeoutError:
+                pass
+        self._signal(rc, signal.SIGKILL)
+        return await rc.exited
+
+    @staticmethod
+    def _signal(rc: RunningContainer, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(rc.pidfd, sig)
+
+    async def cleanup(self, rec: InstanceRecord) -> None:
+        """After init is gone: end stragglers (exec sessions) and remove the cgroup."""
+        group = self.cgroups.group(cgroup_name(rec))
+        await asyncio.to_thread(self._destroy_group_quietly, group)
+
+    @staticmethod
+    def _destroy_group_quietly(group) -> None:  # type: ignore[no-untyped-def]
+        with contextlib.suppress(Exception):
+            if group.exists():
+                group.kill_all()
+                group.destroy()
+
+    @staticmethod
+    def _kill_quietly(pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------- exec
+
+    async def exec(self, rec: InstanceRecord, command: list[str], env: dict[str, str], cwd: str,
+                   tty: bool) -> ExecProcess:
+        rc = self.running.get(rec.name)
+        if rc is None:
+            raise Conflict(f"{rec.name} is not running; start it first with 'ctctl start {rec.name}'")
+        theirs: list[int] = []
+        ours: list[int] = []
+        try:
+            if tty:
+                master, slave = os.openpty()
+                if not rec.privileged:
+                    os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
+                theirs, ours = [slave], [master]
+            else:
+                for child_reads in (True, False, False):
+                    r, w = os.pipe2(os.O_CLOEXEC)
+                    theirs.append(r if child_reads else w)
+                    ours.append(w if child_reads else r)
+            full_env = {"PATH": DEFAULT_PATH, "HOME": "/root", "container": "ctd",
+                        "TERM": env.get("TERM", "xterm") if tty else "dumb", **env}
+            spec = ExecSpec(
+                init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
+                cwd=cwd, privileged=rec.privileged,
+                cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
+                cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
+            )
+            queue = self.spawner.request("exec", to_wire(spec), theirs)
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        try:
+            reply, _ = await first_reply(queue, f"exec in {rec.name}")
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        exit_code: asyncio.Future = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().create_task(self._await_exit(queue, exit_code))
+        return ExecProcess(reply["pid"], ours, exit_code, queue)
+
+    async def _await_exit(self, queue: asyncio.Queue, exit_code: asyncio.Future) -> None:
+        while True:
+            message, fds = await queue.get()
+            for fd in fds:
+                os.close(fd)
+            if "exit" in message:
+                exit_code.set_result(message["exit"])
+                self.spawner.forget(queue)
+                return
+            if "error" in message or "helper_exit" in message:
+                if not exit_code.done():
+                    exit_code.set_exception(OperationFailed(
+                        f"exec failed: {message.get('error', 'the exec helper died')}"))
+                return
+
+
+async def read_to_eof(fd: int, timeout: float) -> bytes:
+    """Everything written to a pipe until its last writer closes it (or exec()s, for CLOEXEC)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[bytes] = loop.create_future()
+    chunks: list[bytes] = []
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            data = b"" if exc.errno == errno.EIO else f"read error: {exc}".encode()
+        if data:
+            chunks.append(data)
+            return
+        loop.remove_reader(fd)
+        if not done.done():
+            done.set_result(b"".join(chunks))
+
+    loop.add_reader(fd, readable)
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except TimeoutError:
+        loop.remove_reader(fd)
+        raise OperationFailed(f"the container did not start within {timeout:.0f} s") from None

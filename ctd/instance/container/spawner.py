@@ -1,0 +1,405 @@
+"""The spawner: a single-threaded fork server that starts containers and exec sessions.
+
+ctd forks it at start-up, before the event loop and its threads exist, so every later fork
+happens from a process with one thread. It is a child subreaper: container inits end up as
+its children, and it reports their exit status to ctd. It dies with ctd (PDEATHSIG); the
+containers do not — a restarted ctd adopts them by pid and start time.
+
+Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
+  -> {"id", "op": "spawn", "spec"}  fds: [console pty slave]
+  <- {"id", "pid"}                  fds: [go pipe write end, exec-error pipe read end]
+  -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
+  <- {"id", "pid"} then {"id", "exit": code}
+  <- {"id", "error": text}          the request failed; nothing was left running
+  <- {"id", "helper_exit": status}  the helper process that served id is gone
+  <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import termios
+import traceback
+
+import prctl
+
+from ctd.instance.container.spec import (
+    ContainerSpec, ExecSpec, MountStep, StepKind, container_from_wire, exec_from_wire,
+)
+from ctd.linux import capabilities, seccomp
+from ctd.linux import syscalls as sc
+from ctd.linux.openat2 import open_in_root
+
+MAX_MESSAGE = 1 << 16
+MAX_FDS = 8
+CONTAINER_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
+                        | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP)
+
+
+def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+    data = json.dumps(message).encode()
+    if fds:
+        socket.send_fds(sock, [data], list(fds))
+    else:
+        sock.send(data)
+
+
+def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+# ---------------------------------------------------------------- the server loop
+
+def serve(sock: socket.socket, parent_pid: int) -> None:
+    """Run until ctd closes its end of the socket (or dies)."""
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent_pid:  # ctd died before PDEATHSIG was armed
+        os._exit(0)
+    prctl.set_child_subreaper(True)
+    prctl.set_name("ctd-spawner")
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
+    helpers: dict[int, int] = {}  # helper pid -> request id
+    while True:
+        ready, _, _ = select.select([sock, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            _reap(sock, helpers)
+        if sock in ready:
+            message, fds = recv(sock)
+            if message is None:
+                os._exit(0)
+            pid = _dispatch(sock, message, fds, (wake_r, wake_w))
+            for fd in fds:
+                os.close(fd)
+            if pid:
+                helpers[pid] = message["id"]
+
+
+def _reap(sock: socket.socket, helpers: dict[int, int]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in helpers:
+            send(sock, {"id": helpers.pop(pid), "helper_exit": status})
+        else:
+            send(sock, {"event": "exit", "pid": pid, "status": status})
+
+
+def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int]) -> int:
+    op = message.get("op")
+    if op == "ping":
+        send(sock, {"id": message["id"], "pong": os.getpid()})
+        return 0
+    if op not in ("spawn", "exec"):
+        send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
+        return 0
+    pid = os.fork()
+    if pid:
+        return pid
+    # The helper: never returns into the server loop.
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)
+        for fd in own_fds:
+            os.close(fd)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        prctl.set_child_subreaper(False)
+        if op == "spawn":
+            _spawn_container(sock, message["id"], container_from_wire(message["spec"]), fds)
+        else:
+            _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 — everything goes back to ctd as text
+        try:
+            send(sock, {"id": message["id"], "error": _describe(exc)})
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror if not exc.filename else f"{exc.strerror}: {exc.filename}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else "".join(traceback.format_exception(exc))[-500:]
+
+
+# ---------------------------------------------------------------- starting a container
+
+def _make_userns(spec: ContainerSpec) -> int:
+    """A user namespace with the container's id maps, held by an fd (its first process exits)."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(ready_r)
+            os.close(done_w)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    try:
+        if os.read(ready_r, 1) != b"1":
+            raise OSError("could not create the container's user namespace")
+        with open(f"/proc/{pid}/uid_map", "w") as fh:
+            fh.write("\n".join(m.line() for m in spec.uid_map))
+        with open(f"/proc/{pid}/gid_map", "w") as fh:
+            fh.write("\n".join(m.line() for m in spec.gid_map))
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(ready_r)
+        os.close(done_w)
+        os.waitpid(pid, 0)
+
+
+def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int]) -> None:
+    console_fd = fds[0] if spec.console else None
+    console_path = os.ttyname(console_fd) if console_fd is not None else None
+    sc.unshare(sc.CLONE_NEWNS)
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    for path in spec.cgroup_procs:
+        with open(path, "w") as fh:
+            fh.write(str(os.getpid()))
+    # As host root: a detached copy of the root filesystem, shown through the container's id
+    # mapping. init attaches it inside its own mount namespace, so it is not a locked mount
+    # there and pivot_root accepts it.
+    userns_fd = -1
+    if spec.privileged:
+        tree = sc.open_tree(spec.rootfs, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
+    else:
+        userns_fd = _make_userns(spec)
+        tree = sc.idmapped_clone(spec.rootfs, userns_fd)
+    # Stand in the root's directory as host root: the container's root user could not walk
+    # the host path (the storage directories are 0700). unshare(CLONE_NEWNS) below carries the
+    # working directory over into the container's mount namespace.
+    os.chdir(spec.rootfs)
+    if not spec.privileged:
+        # Become the container's root: every namespace made from here on belongs to the
+        # container's user namespace, and the host's mounts are locked in place.
+        sc.setns(userns_fd, sc.CLONE_NEWUSER)
+        os.close(userns_fd)
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    sc.unshare(CONTAINER_NAMESPACES)
+    sc.sethostname(spec.hostname)
+    go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        _container_init(sock, spec, tree, console_fd, console_path, go_r, err_w)
+    send(sock, {"id": req_id, "pid": pid}, [go_w, err_r])
+
+
+def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console_fd: int | None,
+                    console_path: str | None, go_r: int, err_w: int) -> None:
+    """pid 1 of the new pid namespace, until it execs the container's init."""
+    try:
+        sock.close()
+        # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
+        _close_fds_except({go_r, err_w, tree} | ({console_fd} if console_fd is not None else set()))
+        os.setsid()
+        sc.move_mount(tree, ".")
+        _run_mount_plan(tree, spec.mounts, console_path)
+        os.fchdir(tree)
+        os.close(tree)
+        sc.pivot_root(".", ".")
+        sc.umount2(".", sc.MNT_DETACH)
+        os.chdir("/")
+        if console_fd is not None:
+            os.close(console_fd)
+        if os.read(go_r, 1) != b"1":  # ctd gave up on this start
+            os._exit(0)
+        if spec.console:
+            tty = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+            fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+        else:
+            tty = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(tty, fd)
+        if tty > 2:
+            os.close(tty)
+        _close_fds_except({err_w})
+        capabilities.drop_bounding(spec.cap_drop)
+        if spec.seccomp_deny:
+            seccomp.install(spec.seccomp_deny)
+        os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            os.write(err_w, _describe(exc).encode()[:4000])
+        finally:
+            os._exit(127)
+
+
+def _run_mount_plan(root_fd: int, steps: list[MountStep], console_path: str | None) -> None:
+    for step in steps:
+        try:
+            _mount_step(root_fd, step, console_path)
+        except FileNotFoundError:
+            if not step.optional:
+                raise
+
+
+def _mount_step(root_fd: int, step: MountStep, console_path: str | None) -> None:
+    """One step; every container path is resolved inside the root, never through a symlink out."""
+    k = StepKind
+    if step.kind in (k.MKDIR, k.SYMLINK, k.BIND_FILE):
+        parent, leaf = os.path.split(step.target)
+        pfd = open_in_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            if step.kind is k.MKDIR:
+                try:
+                    os.mkdir(leaf, 0o755, dir_fd=pfd)
+                except FileExistsError:
+                    pass
+                return
+            if step.kind is k.SYMLINK:
+                try:
+                    os.symlink(step.source, leaf, dir_fd=pfd)
+                except FileExistsError:
+                    pass
+                return
+            source = console_path if step.source == "@console" else step.source
+            if not os.path.exists(source):
+                raise FileNotFoundError(source)
+            try:
+                os.close(os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=pfd))
+            except FileExistsError:
+                pass
+        finally:
+            os.close(pfd)
+        _mount_on(root_fd, step.target, source, None, sc.MS_BIND)
+        return
+    if step.kind is k.MOUNT:
+        _mount_on(root_fd, step.target, step.source, step.fstype, step.flags, step.data,
+                  source_in_root=bool(step.flags & sc.MS_BIND))
+        return
+    if step.kind is k.REMOUNT_RO:
+        target_fd = open_in_root(root_fd, step.target, os.O_PATH)
+        try:
+            where = f"/proc/self/fd/{target_fd}"
+            sc.mount(where, where, None, sc.MS_BIND | sc.MS_REC)
+        finally:
+            os.close(target_fd)
+        target_fd = open_in_root(root_fd, step.target, os.O_PATH)
+        try:
+            where = f"/proc/self/fd/{target_fd}"
+            sc.mount(None, where, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | step.flags)
+        finally:
+            os.close(target_fd)
+        return
+    raise ValueError(f"unknown mount step {step.kind}")
+
+
+def _mount_on(root_fd: int, target: str, source: str | None, fstype: str | None, flags: int,
+              data: str | None = None, source_in_root: bool = False) -> None:
+    target_fd = open_in_root(root_fd, target, os.O_PATH)
+    source_fd = None
+    try:
+        if source_in_root and source is not None:
+            source_fd = open_in_root(root_fd, source, os.O_PATH)
+            source = f"/proc/self/fd/{source_fd}"
+        sc.mount(source, f"/proc/self/fd/{target_fd}", fstype, flags, data)
+    finally:
+        os.close(target_fd)
+        if source_fd is not None:
+            os.close(source_fd)
+
+
+def _close_fds_except(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# ---------------------------------------------------------------- exec in a running container
+
+def _run_exec(sock: socket.socket, req_id: int, spec: ExecSpec, fds: list[int]) -> None:
+    # Nothing in the container may ptrace us or open our /proc/PID/exe (the host's Python)
+    # while we still run host code inside its namespaces.
+    prctl.set_dumpable(False)
+    for path in spec.cgroup_procs:
+        with open(path, "w") as fh:
+            fh.write(str(os.getpid()))
+    pidfd = os.pidfd_open(spec.init_pid)
+    flags = CONTAINER_NAMESPACES | (0 if spec.privileged else sc.CLONE_NEWUSER)
+    sc.setns(pidfd, flags)  # also sets our root and cwd to the container's
+    os.close(pidfd)
+    if not spec.privileged:
+        os.setgroups([])
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    pid = os.fork()
+    if pid == 0:
+        _exec_child(spec, fds)
+    for fd in fds:
+        os.close(fd)
+    send(sock, {"id": req_id, "pid": pid})
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    send(sock, {"id": req_id, "exit": code if code >= 0 else 128 - code})
+
+
+def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
+    try:
+        os.setsid()
+        stdio = fds if len(fds) == 3 else [fds[0]] * 3
+        for target, fd in zip((0, 1, 2), stdio):
+            os.dup2(fd, target)
+        if spec.tty:
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        _close_fds_except(set())
+        try:
+            os.chdir(spec.cwd)
+        except OSError:
+            os.chdir("/")
+        capabilities.drop_bounding(spec.cap_drop)
+        if spec.seccomp_deny:
+            seccomp.install(spec.seccomp_deny)
+        env = dict(e.split("=", 1) for e in spec.env)
+        try:
+            os.execvpe(spec.command[0], spec.command, env)
+        except FileNotFoundError:
+            os.write(2, f"ctd: {spec.command[0]}: command not found in the container\n".encode())
+            os._exit(127)
+        except PermissionError:
+            os.write(2, f"ctd: {spec.command[0]}: permission denied\n".encode())
+            os._exit(126)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            os.write(2, f"ctd: exec failed: {_describe(exc)}\n".encode())
+        finally:
+            os._exit(126)
+

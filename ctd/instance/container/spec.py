@@ -1,0 +1,148 @@
+"""What the spawner needs to start a container or run a command in one, and the mount plan.
+
+Everything here is plain data (JSON round-trips through the spawner socket) and pure
+functions, so the plan can be unit-tested without root.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import Enum
+
+from ctd.linux import syscalls as sc
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class StepKind(str, Enum):
+    MOUNT = "mount"          # mount(source, target, fstype, flags, data)
+    BIND_FILE = "bind-file"  # create an empty file at target, then bind source over it
+    MKDIR = "mkdir"
+    SYMLINK = "symlink"      # target -> source
+    REMOUNT_RO = "remount-ro"  # bind target onto itself, then remount it read-only
+
+
+@dataclass(frozen=True)
+class MountStep:
+    kind: StepKind
+    target: str  # path inside the container, absolute
+    source: str | None = None
+    fstype: str | None = None
+    flags: int = 0
+    data: str | None = None
+    optional: bool = False  # skip when the source or target is missing (e.g. /proc/sched_debug)
+
+
+@dataclass(frozen=True)
+class IdMap:
+    inside: int
+    outside: int
+    count: int
+
+    def line(self) -> str:
+        return f"{self.inside} {self.outside} {self.count}"
+
+
+@dataclass
+class ContainerSpec:
+    name: str
+    hostname: str
+    rootfs: str
+    init: list[str]
+    uid_map: list[IdMap]  # empty: privileged container, no user namespace
+    gid_map: list[IdMap]
+    cgroup_procs: list[str]
+    mounts: list[MountStep]
+    env: list[str] = field(default_factory=list)
+    cap_drop: list[str] = field(default_factory=list)
+    seccomp_deny: list[str] = field(default_factory=list)
+    console: bool = True  # an fd for /dev/console comes with the request
+
+    @property
+    def privileged(self) -> bool:
+        return not self.uid_map
+
+
+@dataclass
+class ExecSpec:
+    init_pid: int
+    command: list[str]
+    env: list[str]
+    cwd: str
+    privileged: bool
+    cgroup_procs: list[str]
+    cap_drop: list[str]
+    seccomp_deny: list[str]
+    tty: bool = False
+
+
+def to_wire(obj: ContainerSpec | ExecSpec) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def container_from_wire(raw: dict) -> ContainerSpec:
+    raw = dict(raw)
+    raw["uid_map"] = [IdMap(**m) for m in raw["uid_map"]]
+    raw["gid_map"] = [IdMap(**m) for m in raw["gid_map"]]
+    raw["mounts"] = [MountStep(**{**m, "kind": StepKind(m["kind"])}) for m in raw["mounts"]]
+    return ContainerSpec(**raw)
+
+
+def exec_from_wire(raw: dict) -> ExecSpec:
+    return ExecSpec(**raw)
+
+
+# Files under /proc that leak host information or control the host kernel: hidden behind
+# /dev/null (masked) or made read-only, in the spirit of LXC's proc:mixed and Docker's masks.
+MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/sched_debug", "/proc/kallsyms")
+MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger")
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+
+_NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+
+def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = ()) -> list[MountStep]:
+    """The container's /proc, /sys and /dev, executed inside its namespaces before pivot_root.
+
+    /proc/sys stays read-only except /proc/sys/net (the container's own network namespace),
+    /sys is read-only, and /dev is a private tmpfs holding only harmless devices.
+    """
+    k = StepKind
+    plan = [
+        MountStep(k.MOUNT, "/proc", "proc", "proc", _NOSUID_NODEV_NOEXEC),
+        # /proc/sys read-only with /proc/sys/net writable: bind net onto itself first, then a
+        # recursive bind of sys (which carries the net mount along) is remounted read-only.
+        MountStep(k.MOUNT, "/proc/sys/net", "/proc/sys/net", None, sc.MS_BIND, optional=True),
+        MountStep(k.REMOUNT_RO, "/proc/sys", flags=_NOSUID_NODEV_NOEXEC),
+        MountStep(k.MOUNT, "/sys", "sysfs", "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC),
+        MountStep(k.MOUNT, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC | sc.MS_STRICTATIME,
+                  "mode=755,size=65536k"),
+        MountStep(k.MKDIR, "/dev/pts"),
+        MountStep(k.MOUNT, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+                  "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        MountStep(k.SYMLINK, "/dev/ptmx", "pts/ptmx"),
+        MountStep(k.MKDIR, "/dev/shm"),
+        MountStep(k.MOUNT, "/dev/shm", "shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+        MountStep(k.MKDIR, "/dev/mqueue"),
+        MountStep(k.MOUNT, "/dev/mqueue", "mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, optional=True),
+    ]
+    plan += [MountStep(k.BIND_FILE, f"/dev/{d}", f"/dev/{d}") for d in DEVICES]
+    if console:
+        # source is filled in by the spawner: the host path of the console pty's slave.
+        plan.append(MountStep(k.BIND_FILE, "/dev/console", "@console"))
+    plan += [
+        MountStep(k.SYMLINK, "/dev/fd", "/proc/self/fd"),
+        MountStep(k.SYMLINK, "/dev/stdin", "/proc/self/fd/0"),
+        MountStep(k.SYMLINK, "/dev/stdout", "/proc/self/fd/1"),
+        MountStep(k.SYMLINK, "/dev/stderr", "/proc/self/fd/2"),
+    ]
+    plan += [MountStep(k.MOUNT, t, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755", optional=True)
+             for t in extra_tmpfs]
+    plan += [MountStep(k.BIND_FILE, p, "/dev/null", optional=True) for p in MASKED_FILES]
+    plan += [MountStep(k.MOUNT, p, "tmpfs", "tmpfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "size=0",
+                       optional=True) for p in MASKED_DIRS]
+    plan += [MountStep(k.REMOUNT_RO, p, flags=_NOSUID_NODEV_NOEXEC, optional=True) for p in READONLY_PATHS]
+    return plan

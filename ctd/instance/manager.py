@@ -1,0 +1,283 @@
+"""Instance lifecycle: validation, state rows, per-instance locks, undo on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+from cgroups import CgroupManager
+
+from ctd import idmap, limits as limits_mod, validate
+from ctd.config import DaemonConfig
+from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.guestfs import write_file
+from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
+from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
+from ctd.storage.base import StorageDriver
+from ctd.template.manager import TemplateManager
+
+log = logging.getLogger("ctd.instances")
+FIRST_AUTO_ID = 100
+
+
+class InstanceManager:
+    def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
+                 templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager) -> None:
+        self.config = config
+        self.db = db
+        self.storage = storage
+        self.templates = templates
+        self.containers = containers
+        self.cgroups = cgroups
+        self.host_cpus = cgroups.host_cpus()
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._reserved_names: set[str] = set()
+        self._reserved_ids: set[int] = set()
+        self._exit_tasks: dict[str, asyncio.Task] = {}
+        self._starting: set[str] = set()
+        containers.on_stopped = self._container_exited
+
+    # ------------------------------------------------------------- lookup
+
+    def get(self, ref: str | int) -> InstanceRecord:
+        validate.instance_ref(str(ref))
+        rec = self.db.get_instance(ref)
+        if rec is None:
+            raise NotFound(f"no instance named {ref!r}; 'ctctl list' shows the instances")
+        return rec
+
+    def lock(self, rec: InstanceRecord) -> asyncio.Lock:
+        return self._locks.setdefault(rec.id, asyncio.Lock())
+
+    def view(self, rec: InstanceRecord) -> dict[str, Any]:
+        rc = self.containers.running.get(rec.name)
+        shown_limits: dict[str, Any] = {}
+        for key, value in rec.limits.items():
+            shown_limits[key] = limits_mod.human_size(value) if key in ("ram", "ram_high") else value
+        return {
+            "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
+            "pid": rec.pid if rec.state is PowerState.RUNNING else None,
+            "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
+            "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
+                                                  "count": self.config.idmap_size},
+            "limits": shown_limits, "created_at": rec.created_at,
+            "console": bool(rc and rc.console),
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.view(r) for r in self.db.list_instances()]
+
+    # ------------------------------------------------------------- create
+
+    def check_create(self, body: Any) -> dict[str, Any]:
+        """Everything that can be checked before work starts; raises 4xx errors."""
+        body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type"},
+                                    {"name", "template"})
+        name = validate.instance_name(body["name"])
+        if body.get("type", "container") != "container":
+            raise InvalidRequest(f"type {body['type']!r} is not supported yet; use 'container'")
+        if not isinstance(body["template"], str) or not body["template"]:
+            raise InvalidRequest("template must be a template name, e.g. 'busybox'")
+        template = self.templates.get(validate.instance_name(body["template"], "template name"))
+        hostname = validate.hostname(body.get("hostname") or name)
+        privileged = validate.boolean(body, "privileged")
+        limits = limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus))
+        if self.db.get_instance(name) or name in self._reserved_names:
+            raise Conflict(f"an instance named {name!r} already exists; choose another name")
+        if body.get("id") is not None:
+            instance_id = validate.instance_id(body["id"])
+            if instance_id in self.db.used_ids() or instance_id in self._reserved_ids:
+                raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
+        else:
+            taken = self.db.used_ids() | self._reserved_ids
+            instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
+        self._reserved_names.add(name)
+        self._reserved_ids.add(instance_id)
+        return {"name": name, "id": instance_id, "template": template.name, "hostname": hostname,
+                "privileged": privileged, "limits": limits}
+
+    async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
+        name, instance_id = checked["name"], checked["id"]
+        try:
+            recipe = self.templates.recipe(checked["template"])
+            base = None
+            if not checked["privileged"]:
+                base = idmap.allocate(
+                    self.config.idmap_base, self.config.idmap_size, self.db.used_idmap_bases(),
+                    idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+            rec = InstanceRecord(
+                id=instance_id, name=name, type=InstanceType.CONTAINER, template=checked["template"],
+                hostname=checked["hostname"], privileged=checked["privileged"], idmap_base=base,
+                limits=checked["limits"], created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                init=list(recipe.init), stop_signal=recipe.stop_signal,
+            )
+            with contextlib.ExitStack() as undo:
+                rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
+                undo.callback(self.storage.delete_instance, name)
+                await asyncio.to_thread(self._setup_guest, rec, rootfs)
+                self.db.add_instance(rec)
+                undo.pop_all()
+            return self.view(rec)
+        finally:
+            self._reserved_names.discard(name)
+            self._reserved_ids.discard(instance_id)
+
+    @staticmethod
+    def _setup_guest(rec: InstanceRecord, rootfs: Path) -> None:
+        write_file(rootfs, "/etc/hostname", f"{rec.hostname}\n")
+        short = rec.hostname.split(".")[0]
+        names = rec.hostname if short == rec.hostname else f"{rec.hostname} {short}"
+        write_file(rootfs, "/etc/hosts",
+                   f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+    # ------------------------------------------------------------- start / stop
+
+    def check_start(self, rec: InstanceRecord) -> None:
+        if rec.state is PowerState.RUNNING or rec.name in self._starting:
+            raise Conflict(f"{rec.name} is already running")
+
+    async def start(self, rec: InstanceRecord) -> dict[str, Any]:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            self.check_start(rec)
+            await self._start_locked(rec)
+            return self.view(rec)
+
+    async def _start_locked(self, rec: InstanceRecord) -> None:
+        self._starting.add(rec.name)
+        try:
+            resources = limits_mod.to_resources(rec.limits, self.host_cpus, rec.id)
+            rc = await self.containers.start(rec, self.storage.rootfs(rec.name), resources)
+            rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, rc.pid, rc.start_time
+            self.db.update_instance(rec)
+        finally:
+            self._starting.discard(rec.name)
+
+    async def stop(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            await self._stop_locked(rec, timeout, kill)
+            return self.view(self.get(rec.id))
+
+    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> None:
+        if rec.name not in self.containers.running:
+            if rec.state is not PowerState.STOPPED:
+                await self._mark_stopped(rec)
+            return
+        rec.state = PowerState.STOPPING
+        self.db.update_instance(rec)
+        await self.containers.stop(rec, timeout, kill)
+        task = self._exit_tasks.get(rec.name)
+        if task is not None:
+            await asyncio.shield(task)
+
+    async def restart(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            await self._stop_locked(rec, timeout, kill)
+            rec = self.get(rec.id)
+            await self._start_locked(rec)
+            return self.view(rec)
+
+    def _container_exited(self, name: str, status: int | None) -> None:
+        rc_stopping = self.db.get_instance(name)
+        task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping))
+        self._exit_tasks[name] = task
+        task.add_done_callback(lambda t: self._exit_tasks.pop(name, None) if self._exit_tasks.get(name) is t else None)
+
+    async def _after_exit(self, name: str, status: int | None, rec: InstanceRecord | None) -> None:
+        if rec is None:
+            return
+        requested = rec.state is PowerState.STOPPING
+        await self._mark_stopped(rec)
+        # reboot(2) inside a pid namespace ends its init with SIGHUP: the guest asked to reboot.
+        rebooted = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
+        if rebooted and not requested:
+            log.info("%s rebooted itself; starting it again", name)
+            async with self.lock(rec):
+                fresh = self.db.get_instance(rec.id)
+                if fresh and fresh.state is PowerState.STOPPED:
+                    try:
+                        await self._start_locked(fresh)
+                    except Exception:  # noqa: BLE001
+                        log.exception("restarting %s after its reboot failed", name)
+
+    async def _mark_stopped(self, rec: InstanceRecord) -> None:
+        await self.containers.cleanup(rec)
+        fresh = self.db.get_instance(rec.id)
+        if fresh is not None:
+            fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
+            self.db.update_instance(fresh)
+
+    # ------------------------------------------------------------- destroy
+
+    def check_destroy(self, rec: InstanceRecord, force: bool) -> None:
+        if rec.state is not PowerState.STOPPED and not force:
+            raise Conflict(f"{rec.name} is running; stop it first or destroy with --force")
+
+    async def destroy(self, rec: InstanceRecord, force: bool) -> None:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            self.check_destroy(rec, force)
+            if rec.name in self.containers.running:
+                await self._stop_locked(rec, 0, kill=True)
+            await self.containers.cleanup(rec)
+            await asyncio.to_thread(self.storage.delete_instance, rec.name)
+            self.db.delete_instance(rec.id)
+        self._locks.pop(rec.id, None)
+
+    # ------------------------------------------------------------- exec / console
+
+    async def exec(self, ref: str, command: list[str], env: dict[str, str], cwd: str, tty: bool) -> ExecProcess:
+        rec = self.get(ref)
+        return await self.containers.exec(rec, command, env, cwd, tty)
+
+    def console(self, ref: str):  # type: ignore[no-untyped-def]
+        rec = self.get(ref)
+        rc = self.containers.running.get(rec.name)
+        if rc is None:
+            raise Conflict(f"{rec.name} is not running; start it first")
+        if rc.console is None:
+            raise Conflict(f"the console of {rec.name} was lost when ctd restarted; "
+                           f"'ctctl restart {rec.name}' gives it a new one")
+        return rc.console
+
+    # ------------------------------------------------------------- after a daemon restart
+
+    async def recover(self) -> dict[str, list[str]]:
+        """Adopt containers that kept running; clean up what a crash left half-done."""
+        report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": []}
+        records = self.db.list_instances()
+        for rec in records:
+            if rec.state is PowerState.STOPPED:
+                continue
+            if self.containers.adopt(rec) is not None:
+                rec.state = PowerState.RUNNING
+                self.db.update_instance(rec)
+                report["adopted"].append(rec.name)
+            else:
+                await self._mark_stopped(rec)
+                report["stopped"].append(rec.name)
+        known = {r.name for r in records}
+        for name in self.storage.instance_names():
+            if name not in known:
+                await asyncio.to_thread(self.storage.delete_instance, name)
+                report["removed_dirs"].append(name)
+        if hasattr(self.storage, "discard_staging"):
+            report["removed_dirs"] += self.storage.discard_staging()
+        running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
+        for group_name in self.cgroups.list_groups():
+            if group_name not in running_groups:
+                group = self.cgroups.group(group_name)
+                await asyncio.to_thread(ContainerDriver._destroy_group_quietly, group)
+                report["removed_cgroups"].append(group_name)
+        for key, names in report.items():
+            if names:
+                log.info("recovery: %s: %s", key, ", ".join(names))
+        return report

@@ -1,0 +1,50 @@
+"""Typed rows of the state database."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class InstanceType(str, Enum):
+    CONTAINER = "container"
+    VM = "vm"
+
+
+class PowerState(str, Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+
+
+@dataclass
+class InstanceRecord:
+    id: int
+    name: str
+    type: InstanceType
+    template: str
+    hostname: str
+    privileged: bool
+    idmap_base: int | None
+    # Normalised limits: {"ram": bytes, "cpus": n, "numproc": n, ...}; absent = unlimited.
+    limits: dict[str, int] = field(default_factory=dict)
+    state: PowerState = PowerState.STOPPED
+    pid: int | None = None
+    pid_start: int | None = None
+    created_at: str = ""
+    # From the template recipe at create time, so a later recipe change doesn't break it.
+    init: list[str] = field(default_factory=lambda: ["/sbin/init"])
+    stop_signal: str = "SIGTERM"
+
+
+@dataclass
+class TemplateRecord:
+    name: str
+    recipe: str
+    path: str
+    size: int
+    built_at: str
+    distro: str = ""
+    release: str = ""
+    arch: str = ""

@@ -1,0 +1,80 @@
+"""Templates: build from a recipe into the storage pool, list, delete."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ctd.errors import Conflict, NotFound, OperationFailed
+from ctd.state import StateDB, TemplateRecord
+from ctd.storage.base import StorageDriver
+from ctd.template import busybox
+from ctd.template.recipe import Recipe, get_recipe, load_recipes
+
+Builder = Callable[[Recipe, Path], None]
+BUILDERS: dict[str, Builder] = {"busybox": busybox.build}
+
+
+def tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+class TemplateManager:
+    def __init__(self, recipes_dir: Path, db: StateDB, storage: StorageDriver) -> None:
+        self.recipes_dir = recipes_dir
+        self.db = db
+        self.storage = storage
+
+    def recipes(self) -> dict[str, Recipe]:
+        return load_recipes(self.recipes_dir)
+
+    def recipe(self, name: str) -> Recipe:
+        return get_recipe(self.recipes_dir, name)
+
+    def get(self, name: str) -> TemplateRecord:
+        rec = self.db.get_template(name)
+        if rec is None:
+            hint = (f"build it with 'ctctl template build {name}'" if name in self.recipes()
+                    else f"known recipes: {', '.join(sorted(self.recipes())) or 'none'}")
+            raise NotFound(f"template {name!r} is not built; {hint}")
+        return rec
+
+    def build_blocking(self, name: str) -> TemplateRecord:
+        """Runs in a worker thread; the caller records the result in the database."""
+        recipe = self.recipe(name)
+        builder = BUILDERS.get(recipe.builder)
+        if builder is None:
+            raise OperationFailed(f"template {name!r} needs builder {recipe.builder!r}, which this ctd lacks")
+        staging = self.storage.new_template_dir(name)
+        try:
+            builder(recipe, staging / "rootfs")
+            if self.storage.template_path(name).exists():
+                self.storage.delete_template(name)  # a rebuild replaces the old one
+            path = self.storage.commit_template(name, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return TemplateRecord(
+            name=name, recipe=str(recipe.source), path=str(path), size=tree_size(path),
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            distro=recipe.distro, release=recipe.release, arch=platform.machine(),
+        )
+
+    def delete(self, name: str) -> None:
+        self.get(name)
+        users = self.db.template_in_use(name)
+        if users:
+            raise Conflict(f"template {name!r} is used by {', '.join(users)}; destroy those first")
+        self.storage.delete_template(name)
+        self.db.delete_template(name)

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# ctd set-up, as root on Debian 12:
+#   ./setup.sh demo   install everything, start ctd on its embedded defaults, build the
+#                     busybox template, then create, start, use, stop and destroy a container
+#   ./setup.sh test   install everything (test tools too) and run the whole test suite
+#   ./setup.sh install  only install (used by the Vagrant box and by the two above)
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+REPO=$PWD
+MODE=${1:-demo}
+VENV=$REPO/.venv
+
+if [ "$(id -u)" != 0 ]; then
+    echo "setup.sh: run as root (sudo ./setup.sh $MODE)" >&2
+    exit 1
+fi
+
+# Debian packages: the runtime's own needs, then what the tests and benchmarks compare against.
+RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps"
+TEST_PKGS="ruby"
+
+install_debs() {
+    local missing=()
+    for pkg in "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> apt-get install ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+
+install_python() {
+    # Debian's own interpreter, so the result is the same on every fresh Debian 12 machine.
+    if [ ! -x "$VENV/bin/python" ]; then
+        echo "==> creating $VENV"
+        /usr/bin/python3 -m venv "$VENV"
+    fi
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    echo "==> pip install -e .[test]"
+    "$VENV/bin/pip" install -q -e ".[test]"
+    ln -sf "$VENV/bin/ctd" /usr/local/bin/ctd
+    ln -sf "$VENV/bin/ctctl" /usr/local/bin/ctctl
+    getent group ctd >/dev/null || groupadd --system ctd
+}
+
+case "$MODE" in
+    install)
+        install_debs $RUNTIME_PKGS
+        install_python
+        ;;
+    demo)
+        install_debs $RUNTIME_PKGS
+        install_python
+        exec "$REPO/scripts/demo.sh"
+        ;;
+    test)
+        install_debs $RUNTIME_PKGS $TEST_PKGS
+        install_python
+        exec "$REPO/scripts/run-tests.sh" "${@:2}"
+        ;;
+    *)
+        echo "usage: ./setup.sh demo|test|install" >&2
+        exit 2
+        ;;
+esac
