@@ -42,6 +42,7 @@ class CgroupManager(ABC):
     def detect(cls, base_name: str = "ctd", *, proc_self: str = "/proc/self",
                fs: CgroupFS | None = None, version: int | None = None) -> CgroupManager:
         """Pick the backend for this host: v1 when any v1 controller is mounted, else v2."""
+        # Imported here: both backends import this module.
         from .discovery import discover
         from .v1 import V1Manager
         from .v2 import V2Manager
@@ -189,6 +190,8 @@ class CgroupGroup(ABC):
         """Signal every process in the group; for SIGKILL also wait (up to timeout) until
         the group is empty. Returns how many processes were seen."""
         seen = self.pids()
+        if not seen:
+            return 0
         if sig == signal.SIGKILL and self._kill_atomic():
             pass
         else:

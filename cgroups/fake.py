@@ -199,6 +199,17 @@ class FakeKernelFS(CgroupFS):
                 raise OSError(E.ENOENT, f"controller {name} not available", d)
             (enabled.add if token[0] == "+" else enabled.discard)(name)
         self._put(os.path.join(d, "cgroup.subtree_control"), " ".join(sorted(enabled)) + "\n")
+        # Like the kernel, existing children gain/lose the interface files at once.
+        for child in self.subdirs(d):
+            cd = os.path.join(d, child)
+            self._put(os.path.join(cd, "cgroup.controllers"), " ".join(sorted(enabled)) + "\n")
+            for c, files in _V2_FILES.items():
+                for name, text in files.items():
+                    path = os.path.join(cd, name)
+                    if c in enabled and name not in m.omit and not os.path.exists(path):
+                        self._put(path, text)
+                    elif c not in enabled and os.path.exists(path) and name not in _V2_CORE:
+                        os.unlink(path)
 
     def _w_cgroup_kill(self, d: str, mp: str, m: _Mount, data: str) -> None:
         for procs in self._procs_in_mount(d):

@@ -60,7 +60,8 @@ class CgroupFS:
 
     def read_int(self, path: str) -> int | None:
         text = self.read_opt(path)
-        return None if text is None else int(text.split()[0])
+        words = None if text is None else text.split()
+        return int(words[0]) if words else None
 
     def read_keyed(self, path: str) -> dict[str, int] | None:
         """'key value' lines (memory.events, cpu.stat …) -> dict; None when absent."""

@@ -6,7 +6,7 @@ import time
 from typing import Final
 
 from .base import CgroupGroup, CgroupManager, make_dirs, undo_dirs
-from .discovery import Hierarchy
+from .discovery import UNIFIED, Hierarchy
 from .errors import CgroupError
 from .fs import CgroupFS
 from .model import (CPU_PERIOD_US, IoLimit, Resources, Usage, cpu_shares_to_weight,
@@ -56,6 +56,10 @@ def _memsw_for(res: Resources, cur_mem: int, cur_memsw: int) -> int | None:
         return None
     # swap_max not given: keep today's swap allowance on top of the new memory limit.
     return UNLIMITED if new_mem == UNLIMITED else new_mem + (cur_memsw - cur_mem)
+
+
+def _sum(a: int | None, b: int | None) -> int | None:
+    return None if a is None and b is None else (a or 0) + (b or 0)
 
 
 class V1Manager(CgroupManager):
@@ -271,22 +275,29 @@ class V1Group(CgroupGroup):
 
     # --- counters ---------------------------------------------------------------------
 
+    def _int(self, controller: str, name: str) -> int | None:
+        path = self._file(controller, name)
+        return None if path is None else self.fs.read_int(path)
+
+    def _keyed(self, controller: str, name: str) -> dict[str, int]:
+        path = self._file(controller, name)
+        return (None if path is None else self.fs.read_keyed(path)) or {}
+
     def usage(self) -> Usage:
         self._require()
-        fs, peak = self.fs, self.manager._track_peak
-
-        def path(controller: str, name: str) -> str:
-            return self._file(controller, name) or "/nonexistent"
-
-        cpu_ns = fs.read_int(path("cpuacct", "cpuacct.usage"))
-        stat = fs.read_keyed(path("cpu", "cpu.stat")) or {}
-        mem = fs.read_int(path("memory", "memory.usage_in_bytes"))
-        memsw = fs.read_int(path("memory", "memory.memsw.usage_in_bytes"))
-        oom = fs.read_keyed(path("memory", "memory.oom_control")) or {}
+        peak = self.manager._track_peak
+        cpu_ns = self._int("cpuacct", "cpuacct.usage")
+        stat = self._keyed("cpu", "cpu.stat")
+        mem = self._int("memory", "memory.usage_in_bytes")
+        memsw = self._int("memory", "memory.memsw.usage_in_bytes")
         swap = None if memsw is None or mem is None else max(0, memsw - mem)
-        pids_now = fs.read_int(path("pids", "pids.current"))
-        pids_peak = fs.read_int(path("pids", "pids.peak"))
-        events = fs.read_keyed(path("pids", "pids.events")) or {}
+        # A charge is checked against memsw first when that is limited, so a refusal lands
+        # in at most one of the two counters: their sum is "memory charges refused".
+        # (Kernel 6.18 does not count memsw refusals at all; oom_kills still does.)
+        mem_fail = self._int("memory", "memory.failcnt")
+        swap_fail = self._int("memory", "memory.memsw.failcnt")
+        pids_now = self._int("pids", "pids.current")
+        pids_peak = self._int("pids", "pids.peak")
         rbytes, wbytes = self._blkio_sum("blkio.throttle.io_service_bytes")
         rios, wios = self._blkio_sum("blkio.throttle.io_serviced")
         return Usage(
@@ -295,15 +306,15 @@ class V1Group(CgroupGroup):
                                    if "throttled_time" in stat else None),
             cpu_nr_throttled=stat.get("nr_throttled"),
             memory_current=mem,
-            memory_peak=fs.read_int(path("memory", "memory.max_usage_in_bytes")),
-            memory_failcnt=fs.read_int(path("memory", "memory.failcnt")),
-            oom_kills=oom.get("oom_kill"),
+            memory_peak=self._int("memory", "memory.max_usage_in_bytes"),
+            memory_failcnt=_sum(mem_fail, swap_fail),
+            oom_kills=self._keyed("memory", "memory.oom_control").get("oom_kill"),
             swap_current=swap,
             swap_peak=peak(self.name, "swap", swap),
-            swap_failcnt=fs.read_int(path("memory", "memory.memsw.failcnt")),
+            swap_failcnt=swap_fail,
             pids_current=pids_now,
             pids_peak=pids_peak if pids_peak is not None else peak(self.name, "pids", pids_now),
-            pids_failcnt=events.get("max"),
+            pids_failcnt=self._keyed("pids", "pids.events").get("max"),
             io_read_bytes=rbytes, io_write_bytes=wbytes,
             io_read_ios=rios, io_write_ios=wios,
         )
@@ -341,7 +352,7 @@ class V1Group(CgroupGroup):
 
     def _kill_atomic(self) -> bool:
         # Hybrid hosts: cgroup.kill on our group in the cgroup2 tree kills the subtree at once.
-        d = self.dirs().get("unified")
+        d = self.dirs().get(UNIFIED)
         kill = None if d is None else os.path.join(d, "cgroup.kill")
         if kill is None or not self.fs.exists(kill):
             return False

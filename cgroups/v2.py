@@ -47,6 +47,9 @@ class V2Manager(CgroupManager):
         super().__init__(base_name, fs)
         self.hierarchy = hierarchy
         self.own_dir = hierarchy.own_dir
+        if os.path.basename(self.own_dir) == f"{base_name}-self":
+            # We moved ourselves into the leaf earlier (see below): our cgroup is its parent.
+            self.own_dir = os.path.dirname(self.own_dir)
         self.base_dir = os.path.join(self.own_dir, base_name)
         # If our own cgroup holds processes (a systemd service with Delegate=yes), v2's
         # "no internal processes" rule forbids enabling controllers in it until we move
@@ -217,14 +220,14 @@ class V2Group(CgroupGroup):
         )
 
     def _read_io_max(self) -> tuple[IoLimit, ...]:
-        limits = []
+        limits: list[IoLimit] = []
         for line in (self.fs.read_opt(self._f("io.max")) or "").splitlines():
             dev, *pairs = line.split()
-            kinds = {}
+            kinds: dict[str, int] = {}
             for pair in pairs:
                 k, _, v = pair.partition("=")
-                if k in _IO_KINDS:
-                    kinds[k] = _v2_limit(v)
+                if k in _IO_KINDS and v != "max":   # like v1, where "no limit" has no rule
+                    kinds[k] = int(v)
             limits.append(IoLimit(dev, **kinds))
         return tuple(limits)
 

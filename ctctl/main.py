@@ -260,7 +260,20 @@ _register_optional()
 
 
 def main() -> None:
-    cli(prog_name="ctctl")
+    try:
+        code = cli.main(prog_name="ctctl", standalone_mode=False)
+    except click.UsageError as exc:
+        # One line, like every other ctctl error; the hint names the help to read.
+        where = f"ctctl {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "ctctl"
+        click.echo(f"ctctl: {exc.format_message()} (see '{where} --help')", err=True)
+        sys.exit(2)
+    except click.ClickException as exc:
+        click.echo(f"ctctl: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("ctctl: aborted", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

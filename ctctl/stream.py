@@ -89,12 +89,14 @@ async def run_exec(socket_path: str, ref: str, command: list[str], env: list[str
     exit_code = 1
 
     async def send_stdin() -> None:
-        while True:
-            data = await stdin.get()
-            if not data:
-                await ws.send_str(json.dumps({"type": "eof"}))
-                return
-            await ws.send_bytes(data)
+        # The command may end before its input does: then there is no one to send to.
+        with contextlib.suppress(ConnectionError, aiohttp.ClientError, RuntimeError):
+            while not ws.closed:
+                data = await stdin.get()
+                if not data:
+                    await ws.send_str(json.dumps({"type": "eof"}))
+                    return
+                await ws.send_bytes(data)
 
     def on_winch() -> None:
         size = shutil.get_terminal_size()
@@ -143,6 +145,8 @@ async def run_console(socket_path: str, ref: str) -> None:
                 head = data.split(DETACH_KEY, 1)[0] if data else b""
                 if head:
                     await ws.send_bytes(head)
+                if not data and not os.isatty(0):
+                    await asyncio.sleep(1.0)  # piped input: let the guest answer it first
                 await ws.close()
                 return
             await ws.send_bytes(data)

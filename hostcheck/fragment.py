@@ -67,7 +67,7 @@ def parse_fragment(text: str) -> list[KOption]:
                                    attrs.get("any"), since, attrs.get("arch")))
             pending = None
         elif line and not line.startswith("#"):
-            raise FragmentError(f"line {lineno}: not a CONFIG_X=y|m line: {line!r}")
+            raise FragmentError(f"line {lineno}: not a CONFIG_...=y|m line: {line!r}")
     names = [o.name for o in options]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

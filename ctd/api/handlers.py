@@ -171,3 +171,21 @@ async def wait_operation(request: web.Request) -> web.Response:
         raise InvalidRequest(f"timeout must be from 0 to {MAX_WAIT:g} seconds")
     op = await ctx(request).operations.wait(request.match_info["id"], timeout)
     return web.json_response({"operation": op.to_json()})
+
+
+# ------------------------------------------------------------------ host check
+
+@routes.get("/1.0/check")
+async def host_check(request: web.Request) -> web.Response:
+    import hostcheck
+    from hostcheck import CheckResult, Status
+
+    c = ctx(request)
+    results = await asyncio.to_thread(hostcheck.run_checks, None, c.config.storage_dir)
+    for driver, state in c.info.get("drivers", {}).items():
+        results.append(CheckResult(
+            name=f"driver:{driver}", status=Status.OK if state.get("usable") else Status.WARN,
+            detail="usable" if state.get("usable") else f"not usable: {state.get('reason', '')}",
+            fix="" if state.get("usable") else state.get("fix", "see the ctd log"),
+            required=driver == "container", category="ctd"))
+    return web.json_response(hostcheck.to_dict(results))

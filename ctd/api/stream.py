@@ -13,6 +13,7 @@ import contextlib
 import errno
 import fcntl
 import json
+import logging
 import os
 import signal
 import struct
@@ -23,6 +24,8 @@ from aiohttp import WSMsgType, web
 from ctd import validate
 from ctd.api.handlers import ctx, routes
 from ctd.errors import Conflict, InvalidRequest
+
+log = logging.getLogger("ctd.api.stream")
 
 DRAIN_AFTER_EXIT = 1.0
 
@@ -163,6 +166,7 @@ async def _bridge_exec(ws: web.WebSocketResponse, proc, tty: bool) -> None:  # t
     try:
         done, _ = await asyncio.wait([proc.exit_code, client], return_when=asyncio.FIRST_COMPLETED)
         if proc.exit_code not in done:
+            log.debug("exec %s: client left first (%s)", proc.pid, client.exception() if client.done() else None)
             # The client went away: end the command, like a hung-up terminal would.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGHUP if tty else signal.SIGKILL)
@@ -173,6 +177,11 @@ async def _bridge_exec(ws: web.WebSocketResponse, proc, tty: bool) -> None:  # t
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.gather(*pumps), DRAIN_AFTER_EXIT)
         await ws.send_str(json.dumps({"type": "exit", "code": proc.exit_code.result()}))
+        # Stop reading first: close() then does the full closing handshake, so the client
+        # gets every frame before the connection goes.
+        client.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await client
         await ws.close()
     finally:
         for _, reader in outputs:

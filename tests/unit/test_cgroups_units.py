@@ -112,7 +112,8 @@ def test_resources_merge_and_dict_roundtrip() -> None:
     with pytest.raises(CgroupError, match="unknown"):
         Resources.from_dict({"memroy_max": 1})
     # a list given for io_limits is frozen into a tuple (hashable, comparable)
-    assert Resources(io_limits=[IoLimit("8:0", rbps=1)]).io_limits == (IoLimit("8:0", rbps=1),)
+    lims = [IoLimit("8:0", rbps=1)]
+    assert Resources(io_limits=lims).io_limits == (IoLimit("8:0", rbps=1),)  # type: ignore[arg-type]
 
 
 def test_beancounters_from_usage_and_limits() -> None:

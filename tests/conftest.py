@@ -1,0 +1,189 @@
+"""Shared fixtures: a real ctd on a throwaway state dir and socket, containers that clean up."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from ctctl.client import ApiError, Client  # noqa: E402
+
+TEST_IDMAP_BASE = 600_000_000  # far from a ctd that may run on this machine for real
+
+
+def needs_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root and the real kernel (run the suite as root)")
+
+
+@dataclass
+class CtlResult:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Daemon:
+    state_dir: Path
+    socket: Path
+    cgroup_name: str
+    proc: subprocess.Popen | None = None
+    log: Path | None = None
+    _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    @property
+    def client(self) -> Client:
+        return Client(str(self.socket), timeout=120)
+
+    def start(self) -> None:
+        config = self.state_dir.parent / f"{self.state_dir.name}.toml"
+        config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n')
+        self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
+             "--socket", str(self.socket), "--log-level", "debug"],
+            stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ctd exited at start:\n{self.log.read_text()[-3000:]}")
+            try:
+                self.client.get("/1.0")
+                return
+            except ApiError:
+                time.sleep(0.05)
+        raise RuntimeError("ctd did not answer within 20 s")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def ctl(self, *args: str, input: str | None = None, timeout: float = 120) -> CtlResult:
+        r = subprocess.run([sys.executable, "-m", "ctctl.main", "--socket", str(self.socket), *args],
+                           capture_output=True, text=True, input=input if input is not None else "",
+                           timeout=timeout, cwd=REPO)
+        return CtlResult(r.returncode, r.stdout, r.stderr)
+
+    def ok(self, *args: str, **kw) -> str:  # type: ignore[no-untyped-def]
+        r = self.ctl(*args, **kw)
+        assert r.code == 0, f"ctctl {' '.join(args)} failed ({r.code}): {r.err}{r.out}"
+        return r.out
+
+    def sh(self, name: str, script: str, **kw) -> CtlResult:  # type: ignore[no-untyped-def]
+        return self.ctl("exec", name, "--", "/bin/sh", "-c", script, **kw)
+
+    def instance(self, name: str) -> dict:
+        return self.client.get(f"/1.0/instances/{name}")["instance"]
+
+    def unique(self, prefix: str = "t") -> str:
+        return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+    def destroy_all(self) -> None:
+        for inst in self.client.get("/1.0/instances")["instances"]:
+            try:
+                self.client.run("DELETE", f"/1.0/instances/{inst['name']}", query={"force": "true"})
+            except ApiError:
+                pass
+
+    def rootfs(self, name: str) -> Path:
+        return self.state_dir / "storage" / "instances" / name / "rootfs"
+
+    def cgroup_dirs(self) -> list[Path]:
+        """Every directory of this daemon's cgroup base that exists, in every hierarchy."""
+        found = []
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            for mount in Path("/sys/fs/cgroup").iterdir():
+                base = mount / path.lstrip("/") / self.cgroup_name
+                if (controllers and mount.name in controllers.replace("name=", "").split(",")) and base.exists():
+                    found.append(base)
+        return found
+
+
+def _start_daemon(tmp: Path, tag: str) -> Daemon:
+    needs_root()
+    state = tmp / f"state-{tag}"
+    d = Daemon(state, tmp / f"ctd-{tag}.sock", f"ctd-test-{uuid.uuid4().hex[:8]}")
+    d.start()
+    d.client.run("POST", "/1.0/templates", {"name": "busybox"})
+    return d
+
+
+def _teardown(d: Daemon) -> None:
+    try:
+        if d.proc and d.proc.poll() is None:
+            d.destroy_all()
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def ctd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """One daemon for the session, with the busybox template built."""
+    d = _start_daemon(tmp_path_factory.mktemp("ctd"), "main")
+    yield d
+    _teardown(d)
+
+
+@pytest.fixture
+def fresh_ctd(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon of the test's own, for tests that kill or restart it."""
+    d = _start_daemon(tmp_path, "own")
+    yield d
+    if d.proc and d.proc.poll() is not None:  # the test killed it: bring it back to clean up
+        d.start()
+    _teardown(d)
+
+
+@pytest.fixture(scope="session")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/helpers/probe.c, built static so it runs in any container."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is missing: ./setup.sh installs it")
+    out = tmp_path_factory.mktemp("probe") / "probe"
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(out), str(REPO / "tests/helpers/probe.c")], check=True)
+    return out
+
+
+@pytest.fixture
+def make_container(ctd: Daemon, probe: Path) -> Iterator:
+    """make_container(**create options) -> name; started unless start=False; destroyed after."""
+    made: list[str] = []
+
+    def make(start: bool = True, prefix: str = "t", **options: str) -> str:
+        name = ctd.unique(prefix)
+        args = ["create", name, "--template", "busybox"]
+        for key, value in options.items():
+            args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+        ctd.ok(*args)
+        made.append(name)
+        target = ctd.rootfs(name) / "usr/local/bin/probe"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(probe, target)
+        if start:
+            ctd.ok("start", name)
+        return name
+
+    yield make
+    for name in made:
+        ctd.ctl("destroy", "--force", name)
