@@ -54,8 +54,29 @@ def complete_instance(ctx: click.Context, param: click.Parameter, incomplete: st
 INSTANCE = click.argument("instance", shell_complete=complete_instance)
 
 
-def _limits(ram: str | None, cpus: str | None, numproc: str | None) -> dict[str, str]:
-    return {k: v for k, v in (("ram", ram), ("cpus", cpus), ("numproc", numproc)) if v is not None}
+LIMIT_OPTIONS = (
+    ("ram", "memory limit, e.g. 512M, 1G, or barrier:limit"),
+    ("swap", "swap on top of ram, e.g. 256M"),
+    ("cpus", "number of CPUs (a cpuset)"),
+    ("cpulimit", "CPU time in % of one CPU, e.g. 50 or 150"),
+    ("cpuunits", "relative CPU weight, 8-500000 (default 1000)"),
+    ("numproc", "process limit, e.g. 100 or 90:100"),
+    ("numfile", "open files per process"),
+    ("iolimit", "disk bandwidth, bytes/s, e.g. 10M"),
+    ("iopslimit", "disk operations per second"),
+    ("ioprio", "disk priority 0-7 (default 4)"),
+)
+
+
+def limit_options(func):  # type: ignore[no-untyped-def]
+    """--ram, --cpus … on create and set; 'unlimited' removes a limit."""
+    for name, text in reversed(LIMIT_OPTIONS):
+        func = click.option(f"--{name}", help=text)(func)
+    return func
+
+
+def _limits(options: dict[str, Any]) -> dict[str, str]:
+    return {name: options[name] for name, _ in LIMIT_OPTIONS if options.get(name) is not None}
 
 
 # ------------------------------------------------------------------ lifecycle
@@ -65,14 +86,12 @@ def _limits(ram: str | None, cpus: str | None, numproc: str | None) -> dict[str,
 @click.option("--template", "-t", required=True, help="template to create from (see 'ctctl template list')")
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
-@click.option("--ram", help="memory limit, e.g. 512M, 1G, or barrier:limit")
-@click.option("--cpus", help="number of CPUs")
-@click.option("--numproc", help="process limit, e.g. 100 or 90:100")
+@limit_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
-def create(name: str, template: str, instance_id: int | None, hostname: str | None, ram: str | None,
-           cpus: str | None, numproc: str | None, privileged: bool) -> None:
+def create(name: str, template: str, instance_id: int | None, hostname: str | None, privileged: bool,
+           **limits: Any) -> None:
     """Create a container from a template."""
-    body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(ram, cpus, numproc)}
+    body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(limits)}
     if instance_id is not None:
         body["id"] = instance_id
     if hostname:
@@ -130,6 +149,18 @@ def destroy(instance: str, force: bool) -> None:
     click.echo(f"Destroyed {instance}")
 
 
+@cli.command(name="set")
+@INSTANCE
+@limit_options
+def set_(instance: str, **limits: Any) -> None:
+    """Change limits; a running container gets them at once. 'unlimited' removes one."""
+    changes = _limits(limits)
+    if not changes:
+        raise click.UsageError("give at least one limit to change, e.g. --ram 1G")
+    result = client().request("PATCH", f"/1.0/instances/{instance}", {"limits": changes})["instance"]
+    click.echo(f"Set {result['name']}: {_limits_text(result['limits'])}")
+
+
 # ------------------------------------------------------------------ reading
 
 def _limits_text(limits: dict[str, Any]) -> str:
@@ -161,9 +192,48 @@ def status(instance: str, fmt: str) -> None:
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
                 ("limits", _limits_text(i["limits"])), ("created", i["created_at"])]
+        usage = i.get("usage")
+        if usage:
+            rows += [("cpu time", f"{usage['cpu_seconds']:.2f} s" if usage.get("cpu_seconds") is not None else None),
+                     ("memory", f"{human_bytes(usage.get('memory_current'))} (peak {human_bytes(usage.get('memory_peak'))})"),
+                     ("processes", usage.get("pids_current")),
+                     ("disk io", f"read {human_bytes(usage.get('io_read_bytes'))}, "
+                                 f"written {human_bytes(usage.get('io_write_bytes'))}")]
         return "\n".join(f"{k + ':':<12} {'-' if v is None else v}" for k, v in rows)
 
     emit(fmt, data, render)
+
+
+LONG_MAX = 9223372036854775807
+
+
+def _bc_value(value: Any) -> str:
+    return str(LONG_MAX) if value == -1 else ("-" if value is None else str(value))
+
+
+def _bc_table(instances: list[dict]) -> str:
+    rows = []
+    for inst in instances:
+        for i, row in enumerate(inst["beancounters"]):
+            rows.append([f"{inst['id']}:" if i == 0 else "", row["name"], _bc_value(row["held"]),
+                         _bc_value(row["maxheld"]), _bc_value(row["barrier"]), _bc_value(row["limit"]),
+                         _bc_value(row["failcnt"])])
+    return table(["uid", "resource", "held", "maxheld", "barrier", "limit", "failcnt"], rows)
+
+
+@cli.command()
+@click.argument("instance", required=False, shell_complete=complete_instance)
+@click.option("--failing", "-q", is_flag=True, help="only counters that hit their limit, across all containers")
+@FORMAT
+def beancounters(instance: str | None, failing: bool, fmt: str) -> None:
+    """OpenVZ's user_beancounters: held, maxheld, barrier, limit, failcnt per resource."""
+    if instance and not failing:
+        data = [client().get(f"/1.0/instances/{instance}/beancounters")]
+    else:
+        data = client().get("/1.0/beancounters", **({"failing": "true"} if failing else {}))["instances"]
+        if instance:
+            data = [d for d in data if instance in (d["name"], str(d["id"]))]
+    emit(fmt, data, lambda rows: _bc_table(rows) if rows else "no counter has hit its limit")
 
 
 # ------------------------------------------------------------------ inside

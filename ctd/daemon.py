@@ -96,6 +96,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.api.server import make_app, prepare_socket_path, secure_socket
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
+    from ctd.lxcfs import Lxcfs
     from ctd.operations import Operations
     from ctd.state import StateDB
     from ctd.storage.dir import DirStorage
@@ -108,14 +109,19 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     storage.prepare()
     cgroups = CgroupManager.detect(base_name=config.cgroup_name)
     templates = TemplateManager(config.templates_dir, db, storage)
-    containers = ContainerDriver(spawner, cgroups)
+    lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt")
+    if not await asyncio.to_thread(lxcfs.ensure):
+        log.warning("%s", lxcfs.reason)
+    containers = ContainerDriver(spawner, cgroups, lxcfs)
     instances = InstanceManager(config, db, storage, templates, containers, cgroups)
     report = await instances.recover()
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
         "storage": storage.info().__dict__, "cgroup_version": cgroups.version,
         "cgroup_controllers": sorted(cgroups.controllers), "state_dir": str(config.state_dir),
-        "drivers": {"container": {"usable": True}, "vm": {"usable": False, "reason": "not implemented yet"}},
+        "drivers": {"container": {"usable": True}, "vm": {"usable": False, "reason": "not implemented yet"},
+                    "lxcfs": {"usable": lxcfs.available, "reason": lxcfs.reason,
+                              "fix": "apt-get install lxcfs, then restart ctd"}},
         "recovered": report,
     }
     context = ApiContext(config, db, instances, templates, Operations(), info)
@@ -138,9 +144,10 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
     await runner.cleanup()
-    if not containers.running:
+    if not containers.running:  # nothing uses them any more
         with contextlib.suppress(Exception):
             cgroups.remove_base()
+        lxcfs.stop()
     try:
         config.socket.unlink()
     except FileNotFoundError:

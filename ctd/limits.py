@@ -1,80 +1,134 @@
-"""User-facing limits (vzctl names and forms) -> normalised values -> cgroups.Resources."""
+"""User-facing limits (vzctl names and forms) -> normalised values -> cgroups.Resources.
+
+Normalised limits are what the state keeps: {"ram": bytes, "cpus": n, ...}; a missing key
+means unlimited. In a change, UNLIMITED for a key means "remove this limit".
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from cgroups import Resources, parse_size
+from cgroups import UNLIMITED, IoLimit, Resources, parse_count, parse_size
 
 from ctd.errors import InvalidRequest
 
 # name -> one-line help shown in errors and the API schema.
 LIMITS: dict[str, str] = {
-    "ram": "memory limit, e.g. 512M or 1G; OpenVZ's barrier:limit form sets the soft and hard limit",
+    "ram": "memory limit, e.g. 512M or 1G; OpenVZ's barrier:limit form sets the soft and the hard limit",
+    "swap": "swap on top of ram, e.g. 512M (needs ram)",
     "cpus": "number of CPUs the container may run on (a cpuset), 1 up to the host's count",
+    "cpulimit": "CPU time in percent of one CPU, e.g. 50, or 200 for two CPUs' worth",
+    "cpuunits": "relative CPU weight, OpenVZ scale: 8 to 500000, default 1000",
     "numproc": "maximum number of processes and threads, e.g. 100 or 90:100",
+    "numfile": "maximum open files per process (RLIMIT_NOFILE of init and its children)",
+    "iolimit": "disk bandwidth on the storage pool's device, bytes per second, e.g. 10M",
+    "iopslimit": "disk operations per second on the storage pool's device",
+    "ioprio": "disk priority 0 (lowest) to 7 (highest), default 4",
 }
+MIN_RAM = 4 * 1024 * 1024
+CPUUNITS_DEFAULT = 1000
 
 
-def _count(name: str, value: Any, minimum: int = 1) -> int:
+def _count(name: str, value: Any, minimum: int = 1, maximum: int | None = None,
+           allow_unlimited: bool = True) -> int:
     if isinstance(value, bool):
-        raise InvalidRequest(f"{name}: expected a whole number, got {value!r}")
+        raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number")
     try:
-        number = int(str(value).strip())
+        number = parse_count(str(value))
     except ValueError:
-        raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number") from None
-    if number < minimum:
-        raise InvalidRequest(f"invalid {name} {value!r}: must be at least {minimum}")
+        raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number"
+                             + (" or 'unlimited'" if allow_unlimited else "")) from None
+    if number == UNLIMITED:
+        if not allow_unlimited:
+            raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number")
+        return UNLIMITED
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise InvalidRequest(f"invalid {name} {value!r}: must be {bound}")
     return number
 
 
-def _size(name: str, value: Any) -> int:
+def _size(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool):
+        raise InvalidRequest(f"invalid {name} {value!r}: expected a size like 512M")
     try:
         size = parse_size(str(value))
     except ValueError as exc:
         raise InvalidRequest(f"invalid {name} {value!r}: {exc}") from None
-    if size <= 0:
-        raise InvalidRequest(f"invalid {name} {value!r}: must be more than zero")
+    if size != UNLIMITED and size < minimum:
+        raise InvalidRequest(f"invalid {name} {value!r}: must be at least {human_size(minimum)}")
     return size
 
 
-def _barrier_limit(value: Any) -> tuple[str, str]:
+def _split(value: Any) -> tuple[str, str]:
     text = str(value).strip()
-    if ":" in text:
-        barrier, limit = text.split(":", 1)
-        return barrier, limit
-    return text, text
+    if text.count(":") > 1:
+        raise InvalidRequest(f"invalid limit {value!r}: use 'barrier:limit' or one value")
+    barrier, _, limit = text.partition(":")
+    return (barrier, limit) if limit else (text, text)
 
 
-def normalise(raw: dict[str, Any], host_cpus: int) -> dict[str, int]:
-    """Validate user input; returns {"ram": bytes, "ram_high": bytes, "cpus": n, "numproc": n}."""
+def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
+    """Validate a set of changes; values are numbers, or UNLIMITED to remove a limit."""
     if not isinstance(raw, dict):
         raise InvalidRequest("limits must be an object like {\"ram\": \"512M\"}")
     unknown = sorted(set(raw) - set(LIMITS))
     if unknown:
         raise InvalidRequest(f"unknown limit(s) {', '.join(unknown)}; known: {', '.join(LIMITS)}")
     out: dict[str, int] = {}
-    if raw.get("ram") is not None:
-        barrier, limit = _barrier_limit(raw["ram"])
-        out["ram"] = _size("ram", limit)
-        if barrier != limit:
-            high = _size("ram barrier", barrier)
-            if high > out["ram"]:
-                raise InvalidRequest(f"invalid ram {raw['ram']!r}: the barrier must not exceed the limit")
-            out["ram_high"] = high
-        if out["ram"] < 4 * 1024 * 1024:
-            raise InvalidRequest(f"invalid ram {raw['ram']!r}: at least 4M is needed to run anything")
-    if raw.get("cpus") is not None:
-        cpus = _count("cpus", raw["cpus"])
-        if cpus > host_cpus:
-            raise InvalidRequest(f"invalid cpus {cpus}: this host has only {host_cpus} CPU(s)")
-        out["cpus"] = cpus
-    if raw.get("numproc") is not None:
-        barrier, limit = _barrier_limit(raw["numproc"])
-        out["numproc"] = _count("numproc", limit)
-        if _count("numproc barrier", barrier) > out["numproc"]:
-            raise InvalidRequest(f"invalid numproc {raw['numproc']!r}: the barrier must not exceed the limit")
+    given = {k: v for k, v in raw.items() if v is not None}
+    if "ram" in given:
+        barrier, limit = _split(given["ram"])
+        out["ram"] = _size("ram", limit, MIN_RAM)
+        high = _size("ram barrier", barrier, MIN_RAM)
+        if out["ram"] != UNLIMITED and (high == UNLIMITED or high > out["ram"]):
+            raise InvalidRequest(f"invalid ram {given['ram']!r}: the barrier must not exceed the limit")
+        out["ram_high"] = high if high != out["ram"] else UNLIMITED
+    if "swap" in given:
+        out["swap"] = _size("swap", given["swap"], 0)
+    if "cpus" in given:
+        out["cpus"] = _count("cpus", given["cpus"], 1)
+        if out["cpus"] != UNLIMITED and out["cpus"] > host_cpus:
+            raise InvalidRequest(f"invalid cpus {given['cpus']!r}: this host has only {host_cpus} CPU(s)")
+    if "cpulimit" in given:
+        out["cpulimit"] = _count("cpulimit", given["cpulimit"], 1)
+        if out["cpulimit"] != UNLIMITED and out["cpulimit"] > 100 * host_cpus:
+            raise InvalidRequest(f"invalid cpulimit {given['cpulimit']!r}: this host has only {host_cpus} "
+                                 f"CPU(s), so at most {100 * host_cpus}")
+    if "cpuunits" in given:
+        out["cpuunits"] = _count("cpuunits", given["cpuunits"], 8, 500_000, allow_unlimited=False)
+    if "numproc" in given:
+        barrier, limit = _split(given["numproc"])
+        out["numproc"] = _count("numproc", limit, 1)
+        if out["numproc"] != UNLIMITED and _count("numproc barrier", barrier, 1) > out["numproc"]:
+            raise InvalidRequest(f"invalid numproc {given['numproc']!r}: the barrier must not exceed the limit")
+    if "numfile" in given:
+        out["numfile"] = _count("numfile", given["numfile"], 16, nr_open())
+    if "iolimit" in given:
+        out["iolimit"] = _size("iolimit", given["iolimit"], 4096)
+    if "iopslimit" in given:
+        out["iopslimit"] = _count("iopslimit", given["iopslimit"], 1)
+    if "ioprio" in given:
+        out["ioprio"] = _count("ioprio", given["ioprio"], 0, 7, allow_unlimited=False)
     return out
+
+
+def merge(current: dict[str, int], changes: dict[str, int]) -> dict[str, int]:
+    """The limits after a change; a removed limit disappears from the stored set."""
+    merged = {**current, **changes}
+    merged = {k: v for k, v in merged.items() if v != UNLIMITED}
+    if "swap" in merged and "ram" not in merged:
+        raise InvalidRequest("swap needs a ram limit (swap is counted on top of ram)")
+    return merged
+
+
+def nr_open() -> int:
+    try:
+        return int(Path("/proc/sys/fs/nr_open").read_text())
+    except (OSError, ValueError):
+        return 1048576
 
 
 def pick_cpus(count: int, host_cpus: list[int], seed: int) -> str:
@@ -84,20 +138,91 @@ def pick_cpus(count: int, host_cpus: list[int], seed: int) -> str:
     return ",".join(str(c) for c in chosen)
 
 
-def to_resources(limits: dict[str, int], host_cpus: list[int], seed: int) -> Resources:
+def ioprio_to_weight(prio: int) -> int:
+    """OpenVZ ioprio 0..7 onto the cgroup io weight scale 100..1000 (4 -> 614)."""
+    return round(100 + prio * 900 / 7)
+
+
+def _value(limits: dict[str, int], removed: set[str], key: str) -> int | None:
+    if key in limits:
+        return limits[key]
+    return UNLIMITED if key in removed else None
+
+
+def to_resources(limits: dict[str, int], host_cpus: list[int], seed: int,
+                 io_device: str | None = None, removed: frozenset[str] = frozenset()) -> Resources:
+    """The cgroup settings for a stored limit set; keys in removed are reset to unlimited."""
+    removed = set(removed)
+    cpuset = None
+    if "cpus" in limits:
+        cpuset = pick_cpus(limits["cpus"], host_cpus, seed)
+    elif "cpus" in removed:
+        cpuset = ",".join(str(c) for c in host_cpus)
+    weight = None
+    if "cpuunits" in limits:
+        weight = max(1, min(10_000, limits["cpuunits"] // 10))
+    elif "cpuunits" in removed:
+        weight = CPUUNITS_DEFAULT // 10
+    io_limits: tuple[IoLimit, ...] = ()
+    if io_device and ({"iolimit", "iopslimit"} & (set(limits) | removed)):
+        bps = _value(limits, removed, "iolimit")
+        iops = _value(limits, removed, "iopslimit")
+        io_limits = (IoLimit(io_device, rbps=bps, wbps=bps, riops=iops, wiops=iops),)
+    io_weight = None
+    if "ioprio" in limits:
+        io_weight = ioprio_to_weight(limits["ioprio"])
+    elif "ioprio" in removed:
+        io_weight = ioprio_to_weight(4)
     return Resources(
-        memory_max=limits.get("ram"),
-        memory_high=limits.get("ram_high"),
-        cpuset=pick_cpus(limits["cpus"], host_cpus, seed) if "cpus" in limits else None,
-        pids_max=limits.get("numproc"),
+        memory_max=_value(limits, removed, "ram"),
+        memory_high=_value(limits, removed, "ram_high") if ("ram_high" in limits or "ram" in limits or "ram" in removed) else None,
+        swap_max=_value(limits, removed, "swap"),
+        cpuset=cpuset,
+        cpu_quota_pct=_value(limits, removed, "cpulimit"),
+        cpu_weight=weight,
+        pids_max=_value(limits, removed, "numproc"),
+        io_weight=io_weight,
+        io_limits=io_limits,
     )
+
+
+def block_device_of(path: Path) -> str | None:
+    """'MAJ:MIN' of the whole disk holding path (io limits apply to disks, not partitions)."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        return None
+    major, minor = os.major(dev), os.minor(dev)
+    sys_dev = Path(f"/sys/dev/block/{major}:{minor}")
+    if not sys_dev.exists():
+        return None  # not a block device (tmpfs, overlay …)
+    if (sys_dev / "partition").exists():
+        try:
+            return (sys_dev.resolve().parent / "dev").read_text().strip()
+        except OSError:
+            return None
+    return f"{major}:{minor}"
 
 
 def human_size(n: int | None) -> str:
     if n is None:
         return "-"
-    for unit in ("T", "G", "M", "K"):
-        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit]
+    if n == UNLIMITED:
+        return "unlimited"
+    for unit, scale in (("T", 1 << 40), ("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
         if n >= scale and n % scale == 0:
             return f"{n // scale}{unit}"
     return str(n)
+
+
+SIZE_KEYS = frozenset({"ram", "ram_high", "swap", "iolimit"})
+
+
+def shown(limits: dict[str, int]) -> dict[str, Any]:
+    """Limits as a person reads them: sizes with units."""
+    out: dict[str, Any] = {}
+    for key, value in limits.items():
+        out[key] = human_size(value) if key in SIZE_KEYS else value
+    if "ram_high" in out:
+        out["ram"] = f"{out.pop('ram_high')}:{out['ram']}"
+    return out

@@ -13,7 +13,7 @@ MAX_INSTANCE_ID = 2**31 - 1
 
 
 def instance_name(value: Any, what: str = "instance name") -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or value.isdigit():
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or value.isdigit():
         raise InvalidRequest(
             f"invalid {what} {value!r}: use 1-63 lowercase letters, digits and '-', "
             "not starting with '-' and not all digits")
@@ -22,7 +22,7 @@ def instance_name(value: Any, what: str = "instance name") -> str:
 
 def hostname(value: Any) -> str:
     if not isinstance(value, str) or not value or len(value) > 253 or \
-            not all(_LABEL.match(label) for label in value.split(".")):
+            not all(_LABEL.fullmatch(label) for label in value.split(".")):
         raise InvalidRequest(
             f"invalid hostname {value!r}: use dot-separated labels of letters, digits and '-' "
             "(each 1-63 characters, not starting or ending with '-')")
@@ -37,7 +37,7 @@ def instance_id(value: Any) -> int:
 
 def instance_ref(value: str) -> str:
     """A name or a numeric id, as accepted in URLs and by ctctl."""
-    if value.isdigit():
+    if value.isascii() and value.isdigit():
         return value
     return instance_name(value, "instance name or id")
 

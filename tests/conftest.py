@@ -135,6 +135,10 @@ def _teardown(d: Daemon) -> None:
             d.destroy_all()
     finally:
         d.stop()
+    # Nothing may outlive the daemon's containers: no cgroup, no mount under its state dir.
+    leftovers = d.cgroup_dirs()
+    mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(d.state_dir) in line]
+    assert not leftovers and not mounts, f"leaked: cgroups {leftovers}, mounts {mounts}"
 
 
 @pytest.fixture(scope="session")

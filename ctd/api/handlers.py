@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ctd import validate
 from ctd.api.context import ApiContext
-from ctd.errors import InvalidRequest
+from ctd.errors import CtdError, InvalidRequest
 from ctd.operations import Operation
 
 routes = web.RouteTableDef()
@@ -84,6 +84,43 @@ async def delete_instance(request: web.Request) -> web.Response:
     force = flag(request, "force")
     c.instances.check_destroy(rec, force)
     return accepted(c.operations.start("destroy", rec.name, c.instances.destroy(rec, force)))
+
+
+@routes.patch("/1.0/instances/{ref}")
+async def set_instance(request: web.Request) -> web.Response:
+    """Change limits; a running container gets them at once, without a restart."""
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    changes = c.instances.check_set(await json_body(request))
+    return web.json_response({"instance": await c.instances.set_limits(rec, changes)})
+
+
+@routes.get("/1.0/instances/{ref}/beancounters")
+async def instance_beancounters(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    rows = await asyncio.to_thread(c.instances.beancounters, rec)
+    return web.json_response({"id": rec.id, "name": rec.name, "beancounters": rows})
+
+
+@routes.get("/1.0/beancounters")
+async def all_beancounters(request: web.Request) -> web.Response:
+    """Every running container's counters; ?failing=true keeps the rows that hit a limit."""
+    c = ctx(request)
+    failing = flag(request, "failing")
+    out = []
+    for rec in c.db.list_instances():
+        if rec.name not in c.instances.containers.running:
+            continue
+        try:
+            rows = await asyncio.to_thread(c.instances.beancounters, rec)
+        except CtdError:
+            continue  # stopped meanwhile
+        if failing:
+            rows = [r for r in rows if r["failcnt"]]
+        if rows:
+            out.append({"id": rec.id, "name": rec.name, "beancounters": rows})
+    return web.json_response({"instances": out})
 
 
 @routes.put("/1.0/instances/{ref}/state")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -26,6 +27,17 @@ log = logging.getLogger("ctd.instances")
 FIRST_AUTO_ID = 100
 
 
+def open_files(pids: set[int]) -> int:
+    """Open file descriptors of these processes (OpenVZ's numfile 'held')."""
+    total = 0
+    for pid in pids:
+        try:
+            total += len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            pass
+    return total
+
+
 class InstanceManager:
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
                  templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager) -> None:
@@ -41,6 +53,8 @@ class InstanceManager:
         self._reserved_ids: set[int] = set()
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
+        self._numfile_peak: dict[str, int] = {}
+        self.io_device = limits_mod.block_device_of(storage.root)
         containers.on_stopped = self._container_exited
 
     # ------------------------------------------------------------- lookup
@@ -57,16 +71,14 @@ class InstanceManager:
 
     def view(self, rec: InstanceRecord) -> dict[str, Any]:
         rc = self.containers.running.get(rec.name)
-        shown_limits: dict[str, Any] = {}
-        for key, value in rec.limits.items():
-            shown_limits[key] = limits_mod.human_size(value) if key in ("ram", "ram_high") else value
+        shown_limits = limits_mod.shown(rec.limits)
         return {
             "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
             "pid": rec.pid if rec.state is PowerState.RUNNING else None,
             "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
             "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
                                                   "count": self.config.idmap_size},
-            "limits": shown_limits, "created_at": rec.created_at,
+            "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
             "console": bool(rc and rc.console),
         }
 
@@ -87,7 +99,7 @@ class InstanceManager:
         template = self.templates.get(validate.instance_name(body["template"], "template name"))
         hostname = validate.hostname(body.get("hostname") or name)
         privileged = validate.boolean(body, "privileged")
-        limits = limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus))
+        limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
         if self.db.get_instance(name) or name in self._reserved_names:
             raise Conflict(f"an instance named {name!r} already exists; choose another name")
         if body.get("id") is not None:
@@ -152,7 +164,7 @@ class InstanceManager:
     async def _start_locked(self, rec: InstanceRecord) -> None:
         self._starting.add(rec.name)
         try:
-            resources = limits_mod.to_resources(rec.limits, self.host_cpus, rec.id)
+            resources = self.resources(rec)
             rc = await self.containers.start(rec, self.storage.rootfs(rec.name), resources)
             rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, rc.pid, rc.start_time
             self.db.update_instance(rec)
@@ -214,6 +226,64 @@ class InstanceManager:
         if fresh is not None:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
             self.db.update_instance(fresh)
+
+    # ------------------------------------------------------------- limits
+
+    def resources(self, rec: InstanceRecord, removed: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
+        return limits_mod.to_resources(rec.limits, self.host_cpus, rec.id, self.io_device, removed)
+
+    def check_set(self, body: Any) -> dict[str, int]:
+        body = validate.body_fields(body, {"limits"}, {"limits"})
+        changes = limits_mod.normalise(body["limits"], len(self.host_cpus))
+        if not changes:
+            raise InvalidRequest("nothing to change: give at least one limit")
+        if ({"iolimit", "iopslimit"} & set(changes)) and self.io_device is None:
+            raise InvalidRequest("iolimit/iopslimit need the storage pool on a block device; "
+                                 f"{self.storage.root} is not")
+        return changes
+
+    async def set_limits(self, rec: InstanceRecord, changes: dict[str, int]) -> dict[str, Any]:
+        """Persist new limits and apply them live to a running container (no restart)."""
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            old_limits = dict(rec.limits)
+            new_limits = limits_mod.merge(old_limits, changes)
+            removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+            if "ram" in removed:
+                removed |= {"ram_high", "swap"}
+                new_limits.pop("swap", None)
+            if rec.name in self.containers.running:
+                rec.limits = new_limits
+                wanted = self.resources(rec, removed)
+                rec.limits = old_limits
+                fallback = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
+                rec.limits = new_limits
+                await self.containers.update(rec, wanted, fallback)
+            rec.limits = new_limits
+            self.db.update_instance(rec)
+            return self.view(rec)
+
+    def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
+        if rec.name not in self.containers.running:
+            return None
+        group = self.cgroups.group(cgroup_name(rec))
+        try:
+            return dataclasses.asdict(group.usage())
+        except (OSError, ValueError):
+            return None
+
+    def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
+        """OpenVZ's /proc/user_beancounters rows for one running container."""
+        if rec.name not in self.containers.running:
+            raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
+        group = self.cgroups.group(cgroup_name(rec))
+        rows = [dataclasses.asdict(b) for b in group.beancounters(self.resources(rec))]
+        held = open_files(group.pids())
+        limit = rec.limits.get("numfile")
+        peak = self._numfile_peak[rec.name] = max(self._numfile_peak.get(rec.name, 0), held)
+        rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
+                     "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
+        return rows
 
     # ------------------------------------------------------------- destroy
 

@@ -42,6 +42,7 @@ OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
+MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
@@ -122,11 +123,13 @@ def mount_setattr(fd: int, attr_set: int = 0, attr_clr: int = 0, userns_fd: int 
     )
 
 
-def move_mount(from_fd: int, to_path: str) -> None:
+def move_mount(from_fd: int, to_path: str = "", to_fd: int = -100) -> None:
+    """Attach the detached mount from_fd at to_path, or onto what to_fd refers to."""
+    flags = MOVE_MOUNT_F_EMPTY_PATH | (MOVE_MOUNT_T_EMPTY_PATH if not to_path else 0)
     _check(
-        _libc.syscall(_NR["move_mount"], ctypes.c_int(from_fd), b"", ctypes.c_int(-100), _b(to_path),
-                      ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)),
-        f"move_mount(-> {to_path!r})",
+        _libc.syscall(_NR["move_mount"], ctypes.c_int(from_fd), b"", ctypes.c_int(to_fd), _b(to_path),
+                      ctypes.c_uint(flags)),
+        f"move_mount(-> {to_path or to_fd!r})",
     )
 
 

@@ -1,10 +1,27 @@
-"""The storage driver interface: where templates and instance roots live."""
+"""The storage driver interface: where templates and instance roots live.
+
+Layout under root (every driver):
+
+    templates/NAME/rootfs            a template's root (btrfs: a read-only subvolume)
+    instances/NAME/rootfs            an instance's writable root (btrfs: a writable snapshot)
+    instances/NAME/snapshots/SNAP    snapshots of that root (btrfs: read-only snapshots)
+    instances/NAME/.rootfs-new|old   only while a rollback swaps roots (see recover_partial)
+
+The snapshot/rollback/clone defaults below copy trees (`cp -a --reflink=auto`); a driver with
+cheap copies overrides the two hooks `_copy_root` and `_remove_root` (btrfs: snapshots).
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+
+from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported, OperationFailed
 
 
 @dataclass(frozen=True)
@@ -15,11 +32,62 @@ class StorageInfo:
     reason: str = ""
 
 
+SNAPSHOTS = "snapshots"
+NEW_ROOT = ".rootfs-new"
+OLD_ROOT = ".rootfs-old"
+
+
+def check_component(kind: str, value: str) -> str:
+    """Names become one path component; callers validate them, this refuses the dangerous."""
+    if (not isinstance(value, str) or not value or value in (".", "..") or "/" in value
+            or "\0" in value or value.startswith(".")):
+        raise InvalidRequest(f"invalid {kind} name {value!r}: it must be one path component "
+                             "without '/' and must not start with '.'")
+    return value
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """cp -a keeps owners, modes, xattrs, hard links and device nodes; reflink is free on
+    btrfs/xfs and falls back to a copy elsewhere. A failure leaves no target behind."""
+    result = subprocess.run(["cp", "-a", "--reflink=auto", "--", str(source), str(target)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        shutil.rmtree(target, ignore_errors=True)
+        raise OperationFailed(f"copying {source} to {target} failed: {result.stderr.strip()}")
+
+
+def unique_suffix() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def tree_usage(path: Path) -> int:
+    """Bytes allocated by the files under path (st_blocks, hard links once, like `du -s`)."""
+    total, seen = 0, set()
+    for dirpath, dirnames, filenames in os.walk(path):
+        for entry in [dirpath, *(os.path.join(dirpath, f) for f in filenames)]:
+            try:
+                st = os.lstat(entry)
+            except FileNotFoundError:
+                continue
+            if st.st_nlink > 1 and not os.path.isdir(entry):
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+            total += st.st_blocks * 512
+    return total
+
+
 class StorageDriver(ABC):
     name: str
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Set by ctd.storage.pool when the driver runs on ctd's own loop-backed pool.
+        self.image: Path | None = None
+        self.device: str | None = None
+        # Why this driver was chosen (pool.choose_storage fills it; shown by `ctctl storage`).
+        self.reason: str = ""
 
     def template_path(self, template: str) -> Path:
         return self.root / "templates" / template
@@ -29,6 +97,9 @@ class StorageDriver(ABC):
 
     def rootfs(self, name: str) -> Path:
         return self.instance_path(name) / "rootfs"
+
+    def snapshot_path(self, name: str, snapshot: str) -> Path:
+        return self.instance_path(name) / SNAPSHOTS / snapshot
 
     def prepare(self) -> None:
         # Instance roots hold files owned by real host ids (the idmapped mount keeps disk ids),
@@ -63,3 +134,167 @@ class StorageDriver(ABC):
     def instance_names(self) -> list[str]:
         base = self.root / "instances"
         return sorted(p.name for p in base.iterdir()) if base.exists() else []
+
+    # -- copies of roots: the two hooks a driver with cheap copies overrides ------------------
+
+    def _copy_root(self, source: Path, target: Path, *, read_only: bool) -> None:
+        """Make target a copy of the root at source (target's parent exists, target not)."""
+        copy_tree(source, target)
+
+    def _remove_root(self, path: Path) -> None:
+        """Remove a root made by _copy_root or create_instance; missing is fine."""
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():
+            raise OperationFailed(f"could not remove {path}")
+
+    def _existing_rootfs(self, name: str) -> Path:
+        check_component("instance", name)
+        rootfs = self.rootfs(name)
+        if not rootfs.is_dir():
+            raise NotFound(f"instance {name!r} has no root in storage")
+        return rootfs
+
+    # -- snapshots, rollback, clone --------------------------------------------------------------
+
+    def snapshot_instance(self, name: str, snapshot: str) -> Path:
+        """A read-only (btrfs) point-in-time copy of name's root; returns its path.
+        Take it while the instance is stopped (or frozen) for a consistent copy."""
+        rootfs = self._existing_rootfs(name)
+        check_component("snapshot", snapshot)
+        target = self.snapshot_path(name, snapshot)
+        if target.exists():
+            raise Conflict(f"instance {name!r} already has a snapshot {snapshot!r}")
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        staging = target.parent / f".new-{snapshot}-{unique_suffix()}"  # never seen half-made
+        self._copy_root(rootfs, staging, read_only=True)
+        try:
+            staging.rename(target)
+        except BaseException:
+            self._remove_root(staging)
+            raise
+        return target
+
+    def list_snapshots(self, name: str) -> list[str]:
+        """Snapshot names of instance name, sorted; [] when it has none."""
+        self._existing_rootfs(name)
+        base = self.instance_path(name) / SNAPSHOTS
+        if not base.is_dir():
+            return []
+        return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._existing_rootfs(name)
+        check_component("snapshot", snapshot)
+        path = self.snapshot_path(name, snapshot)
+        if not path.exists():
+            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+        self._remove_root(path)
+
+    def rollback(self, name: str, snapshot: str) -> None:
+        """Replace name's root by a writable copy of snapshot (the snapshot stays). The
+        instance must be stopped. The new root is made aside, then swapped in by two renames;
+        recover_partial() finishes a swap a crash interrupted."""
+        rootfs = self._existing_rootfs(name)
+        check_component("snapshot", snapshot)
+        source = self.snapshot_path(name, snapshot)
+        if not source.exists():
+            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+        self.recover_partial(name)
+        base = self.instance_path(name)
+        new, old = base / NEW_ROOT, base / OLD_ROOT
+        self._copy_root(source, new, read_only=False)
+        try:
+            rootfs.rename(old)
+        except BaseException:
+            self._remove_root(new)
+            raise
+        new.rename(rootfs)
+        self._remove_root(old)
+
+    def clone_instance(self, source: str, name: str, from_snapshot: str | None = None) -> Path:
+        """A new instance name whose root is a writable copy of source's root (or of its
+        snapshot from_snapshot); snapshots are not carried over. Returns the new rootfs."""
+        origin = self._existing_rootfs(source)
+        if from_snapshot is not None:
+            check_component("snapshot", from_snapshot)
+            origin = self.snapshot_path(source, from_snapshot)
+            if not origin.exists():
+                raise NotFound(f"instance {source!r} has no snapshot {from_snapshot!r}")
+        check_component("instance", name)
+        target = self.instance_path(name)
+        try:
+            target.mkdir(mode=0o700)
+        except FileExistsError:
+            raise Conflict(f"storage for instance {name!r} already exists") from None
+        try:
+            self._copy_root(origin, target / "rootfs", read_only=False)
+        except BaseException:
+            self.delete_instance(name)
+            raise
+        return target / "rootfs"
+
+    def recover_partial(self, name: str | None = None) -> list[str]:
+        """Finish or undo rollbacks a crash interrupted (for name, or every instance);
+        returns what was repaired. Safe to call at any time nothing else touches name."""
+        names = [name] if name is not None else self.instance_names()
+        repaired = []
+        for n in names:
+            base = self.instance_path(n)
+            rootfs, new, old = base / "rootfs", base / NEW_ROOT, base / OLD_ROOT
+            if not rootfs.exists() and new.exists():
+                new.rename(rootfs)  # crashed between the two renames: the new root is complete
+                repaired.append(f"{n}: rollback completed")
+            elif not rootfs.exists() and old.exists():
+                old.rename(rootfs)
+                repaired.append(f"{n}: rollback undone")
+            for leftover in (new, old):
+                if leftover.exists():
+                    self._remove_root(leftover)
+                    repaired.append(f"{n}: removed {leftover.name}")
+            snaps = base / SNAPSHOTS
+            if snaps.is_dir():
+                for tmp in snaps.glob(".*"):
+                    self._remove_root(tmp)
+                    repaired.append(f"{n}: removed {SNAPSHOTS}/{tmp.name}")
+        return repaired
+
+    # -- disk space ------------------------------------------------------------------------------
+
+    def set_quota(self, name: str, limit: int | None) -> None:
+        """Limit the bytes name's root may hold (None: no limit)."""
+        self._existing_rootfs(name)
+        if limit is None:
+            return  # there is no limit to lift
+        raise NotSupported(
+            f"the {self.name} storage driver cannot limit disk space; disk quotas need the btrfs "
+            "driver (put the state directory's storage on btrfs, or install btrfs-progs so ctd "
+            "makes its own btrfs pool)")
+
+    def quota(self, name: str) -> int | None:
+        """The limit set by set_quota, None when there is none."""
+        self._existing_rootfs(name)
+        return None
+
+    def usage(self, name: str) -> int:
+        """Bytes name's root holds (btrfs: qgroup referenced bytes; here: a du-like walk)."""
+        return tree_usage(self._existing_rootfs(name))
+
+    def pool_info(self) -> dict:
+        """driver, path, size, used, free (bytes, of the filesystem holding root); image and
+        device when the pool is ctd's loop-backed image; reason why this driver was chosen."""
+        st = os.statvfs(self.root)
+        out: dict = {
+            "driver": self.name, "path": str(self.root),
+            "size": st.f_blocks * st.f_frsize,
+            "used": (st.f_blocks - st.f_bfree) * st.f_frsize,
+            "free": st.f_bavail * st.f_frsize,
+            "quota": False,
+        }
+        if self.image is not None:
+            out["image"] = str(self.image)
+        if self.device is not None:
+            out["device"] = self.device
+        if self.reason:
+            out["reason"] = self.reason
+        return out
+

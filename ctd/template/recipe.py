@@ -39,7 +39,11 @@ def _load(path: Path) -> Recipe:
         raise InvalidRequest(f"template recipe {path}: {exc}") from exc
     if recipe.name != path.stem:
         raise InvalidRequest(f"template recipe {path}: name {recipe.name!r} must match the file name")
-    if not hasattr(signal.Signals, recipe.stop_signal) and not recipe.stop_signal.startswith("SIGRTMIN"):
+    try:
+        number = signal_number(recipe.stop_signal)
+    except (KeyError, ValueError, AttributeError):
+        number = 0
+    if not 0 < number <= signal.SIGRTMAX:
         raise InvalidRequest(f"template recipe {path}: unknown stop_signal {recipe.stop_signal!r}")
     return recipe
 

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import resource
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cgroups import CgroupManager, Resources
+from cgroups import CgroupError, CgroupManager, Resources
 
 from ctd.errors import Conflict, OperationFailed
 from ctd.instance.container.console import Console
@@ -20,6 +21,7 @@ from ctd.instance.container.spec import (
     DEFAULT_PATH, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
 )
 from ctd.linux import capabilities, seccomp
+from ctd.lxcfs import Lxcfs
 from ctd.linux.proc import start_time
 from ctd.state import InstanceRecord
 from ctd.template.recipe import signal_number
@@ -54,9 +56,10 @@ def cgroup_name(instance: InstanceRecord) -> str:
 
 
 class ContainerDriver:
-    def __init__(self, spawner: SpawnerClient, cgroups: CgroupManager) -> None:
+    def __init__(self, spawner: SpawnerClient, cgroups: CgroupManager, lxcfs: Lxcfs | None = None) -> None:
         self.spawner = spawner
         self.cgroups = cgroups
+        self.lxcfs = lxcfs
         self.running: dict[str, RunningContainer] = {}
         self.on_stopped: StoppedCallback | None = None
         self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
@@ -77,11 +80,12 @@ class ContainerDriver:
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
             cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
-            mounts=mount_plan(console=console),
+            mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
             cap_drop=list(capabilities.DEFAULT_DROP),
             seccomp_deny=list(seccomp.DEFAULT_DENY),
             console=console,
+            nofile=rec.limits.get("numfile"),
         )
 
     # ------------------------------------------------------------- start
@@ -216,6 +220,21 @@ class ContainerDriver:
         with contextlib.suppress(ProcessLookupError, OSError):
             signal.pidfd_send_signal(rc.pidfd, sig)
 
+    async def update(self, rec: InstanceRecord, resources: Resources, fallback: Resources) -> None:
+        """Apply new limits to a running container; on a kernel refusal put the old ones back."""
+        group = self.cgroups.group(cgroup_name(rec))
+        try:
+            await asyncio.to_thread(group.apply, resources)
+        except CgroupError as exc:
+            with contextlib.suppress(CgroupError):
+                await asyncio.to_thread(group.apply, fallback)
+            raise Conflict(f"{rec.name}: the kernel refused the new limits: {exc}") from None
+        nofile = rec.limits.get("numfile")
+        if nofile:
+            for pid in await asyncio.to_thread(group.pids):
+                with contextlib.suppress(OSError):
+                    resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
+
     async def cleanup(self, rec: InstanceRecord) -> None:
         """After init is gone: end stragglers (exec sessions) and remove the cgroup."""
         group = self.cgroups.group(cgroup_name(rec))
@@ -260,6 +279,7 @@ class ContainerDriver:
                 cwd=cwd, privileged=rec.privileged,
                 cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
                 cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
+                nofile=rec.limits.get("numfile"),
             )
             queue = self.spawner.request("exec", to_wire(spec), theirs)
         except BaseException:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -182,12 +183,17 @@ def _make_userns(spec: ContainerSpec) -> int:
 
 def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int]) -> None:
     console_fd = fds[0] if spec.console else None
-    console_path = os.ttyname(console_fd) if console_fd is not None else None
+    # Host files bound into the container (devices, lxcfs, the console) are cloned now as
+    # detached mounts, by host root: the container's root user may not be able to walk the
+    # host paths to them. init attaches each in its own mount namespace.
+    sources = _clone_sources(spec.mounts, console_fd)
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     for path in spec.cgroup_procs:
         with open(path, "w") as fh:
             fh.write(str(os.getpid()))
+    if spec.nofile:  # as host root: container root may lower it later, never raise it
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
     # As host root: a detached copy of the root filesystem, shown through the container's id
     # mapping. init attaches it inside its own mount namespace, so it is not a locked mount
     # there and pivot_root accepts it.
@@ -215,20 +221,21 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
-        _container_init(sock, spec, tree, console_fd, console_path, go_r, err_w)
+        _container_init(sock, spec, tree, console_fd, sources, go_r, err_w)
     send(sock, {"id": req_id, "pid": pid}, [go_w, err_r])
 
 
 def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console_fd: int | None,
-                    console_path: str | None, go_r: int, err_w: int) -> None:
+                    sources: dict[str, int], go_r: int, err_w: int) -> None:
     """pid 1 of the new pid namespace, until it execs the container's init."""
     try:
         sock.close()
         # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
-        _close_fds_except({go_r, err_w, tree} | ({console_fd} if console_fd is not None else set()))
+        _close_fds_except({go_r, err_w, tree} | set(sources.values()) |
+                          ({console_fd} if console_fd is not None else set()))
         os.setsid()
         sc.move_mount(tree, ".")
-        _run_mount_plan(tree, spec.mounts, console_path)
+        _run_mount_plan(tree, spec.mounts, sources)
         os.fchdir(tree)
         os.close(tree)
         sc.pivot_root(".", ".")
@@ -259,16 +266,33 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
             os._exit(127)
 
 
-def _run_mount_plan(root_fd: int, steps: list[MountStep], console_path: str | None) -> None:
-    for step in steps:
+def _clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, int]:
+    """step index -> a detached mount of that step's host source file."""
+    sources: dict[int, int] = {}
+    for index, step in enumerate(steps):
+        if step.kind is not StepKind.BIND_FILE or not step.source:
+            continue
+        path = f"/proc/self/fd/{console_fd}" if step.source == "@console" else step.source
+        if step.source == "@console" and console_fd is None:
+            continue
         try:
-            _mount_step(root_fd, step, console_path)
+            sources[index] = sc.open_tree(path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
+        except FileNotFoundError:
+            if not step.optional:
+                raise
+    return sources
+
+
+def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int]) -> None:
+    for index, step in enumerate(steps):
+        try:
+            _mount_step(root_fd, step, sources.get(index))
         except FileNotFoundError:
             if not step.optional:
                 raise
 
 
-def _mount_step(root_fd: int, step: MountStep, console_path: str | None) -> None:
+def _mount_step(root_fd: int, step: MountStep, source_tree: int | None) -> None:
     """One step; every container path is resolved inside the root, never through a symlink out."""
     k = StepKind
     if step.kind in (k.MKDIR, k.SYMLINK, k.BIND_FILE):
@@ -287,16 +311,20 @@ def _mount_step(root_fd: int, step: MountStep, console_path: str | None) -> None
                 except FileExistsError:
                     pass
                 return
-            source = console_path if step.source == "@console" else step.source
-            if not os.path.exists(source):
-                raise FileNotFoundError(source)
+            if source_tree is None:
+                raise FileNotFoundError(step.source)
             try:
                 os.close(os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=pfd))
             except FileExistsError:
                 pass
+            target_fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         finally:
             os.close(pfd)
-        _mount_on(root_fd, step.target, source, None, sc.MS_BIND)
+        try:
+            sc.move_mount(source_tree, to_fd=target_fd)
+        finally:
+            os.close(target_fd)
+            os.close(source_tree)
         return
     if step.kind is k.MOUNT:
         _mount_on(root_fd, step.target, step.source, step.fstype, step.flags, step.data,
@@ -353,6 +381,8 @@ def _run_exec(sock: socket.socket, req_id: int, spec: ExecSpec, fds: list[int]) 
     for path in spec.cgroup_procs:
         with open(path, "w") as fh:
             fh.write(str(os.getpid()))
+    if spec.nofile:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
     pidfd = os.pidfd_open(spec.init_pid)
     flags = CONTAINER_NAMESPACES | (0 if spec.privileged else sc.CLONE_NEWUSER)
     sc.setns(pidfd, flags)  # also sets our root and cwd to the container's

@@ -58,6 +58,7 @@ class ContainerSpec:
     cap_drop: list[str] = field(default_factory=list)
     seccomp_deny: list[str] = field(default_factory=list)
     console: bool = True  # an fd for /dev/console comes with the request
+    nofile: int | None = None  # RLIMIT_NOFILE for init and everything it starts
 
     @property
     def privileged(self) -> bool:
@@ -75,6 +76,7 @@ class ExecSpec:
     cap_drop: list[str]
     seccomp_deny: list[str]
     tty: bool = False
+    nofile: int | None = None
 
 
 def to_wire(obj: ContainerSpec | ExecSpec) -> dict:
@@ -104,7 +106,8 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
-def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = ()) -> list[MountStep]:
+def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = (),
+               lxcfs: list[tuple[str, str]] | None = None) -> list[MountStep]:
     """The container's /proc, /sys and /dev, executed inside its namespaces before pivot_root.
 
     /proc/sys stays read-only except /proc/sys/net (the container's own network namespace),
@@ -141,6 +144,8 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = ()) -> list[Moun
     ]
     plan += [MountStep(k.MOUNT, t, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755", optional=True)
              for t in extra_tmpfs]
+    # lxcfs' views of meminfo, cpuinfo, uptime … over the kernel's, so free/top/nproc see the limits.
+    plan += [MountStep(k.BIND_FILE, target, source, optional=True) for source, target in (lxcfs or [])]
     plan += [MountStep(k.BIND_FILE, p, "/dev/null", optional=True) for p in MASKED_FILES]
     plan += [MountStep(k.MOUNT, p, "tmpfs", "tmpfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "size=0",
                        optional=True) for p in MASKED_DIRS]

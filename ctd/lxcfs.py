@@ -1,0 +1,90 @@
+"""lxcfs: /proc files that show a container its own limits (free, top, uptime, nproc …).
+
+One lxcfs for the host, mounted under ctd's state dir; it outlives ctd restarts because
+running containers have its files bound over their /proc. Where lxcfs is not installed,
+containers see the host's /proc values and `ctctl check` says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from ctd.linux import syscalls as sc
+
+log = logging.getLogger("ctd.lxcfs")
+PROC_FILES = ("cpuinfo", "diskstats", "loadavg", "meminfo", "stat", "swaps", "uptime", "slabinfo")
+SYS_FILES = ("devices/system/cpu/online",)
+
+
+def is_lxcfs_mount(path: Path) -> bool:
+    target = str(path)
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        sep = fields.index("-")
+        if fields[4] == target and fields[sep + 1] == "fuse.lxcfs":
+            return True
+    return False
+
+
+class Lxcfs:
+    def __init__(self, mountpoint: Path) -> None:
+        self.mountpoint = mountpoint
+        self.pidfile = mountpoint.parent / "lxcfs.pid"
+        self.available = False
+        self.reason = ""
+
+    def ensure(self, timeout: float = 5.0) -> bool:
+        """Mount lxcfs unless it already is; False (with reason) where it can't run."""
+        if is_lxcfs_mount(self.mountpoint):
+            self.available = True
+            return True
+        binary = shutil.which("lxcfs")
+        if binary is None:
+            self.reason = "lxcfs is not installed (apt-get install lxcfs): containers see the host's /proc"
+            return False
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        logfile = (self.mountpoint.parent / "lxcfs.log").open("ab")
+        proc = subprocess.Popen([binary, "-p", str(self.pidfile), str(self.mountpoint)],
+                                stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        logfile.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if is_lxcfs_mount(self.mountpoint):
+                self.available = True
+                log.info("lxcfs mounted at %s (pid %d)", self.mountpoint, proc.pid)
+                return True
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.reason = f"lxcfs did not mount at {self.mountpoint}; see {self.mountpoint.parent / 'lxcfs.log'}"
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return False
+
+    def binds(self) -> list[tuple[str, str]]:
+        """(source on the host, target in the container) for every file lxcfs offers here."""
+        if not self.available:
+            return []
+        pairs = [(self.mountpoint / "proc" / f, f"/proc/{f}") for f in PROC_FILES]
+        pairs += [(self.mountpoint / "sys" / f, f"/sys/{f}") for f in SYS_FILES]
+        return [(str(src), dst) for src, dst in pairs if src.exists()]
+
+    def stop(self) -> None:
+        """Unmount and end our lxcfs (only when no container uses it any more)."""
+        if not is_lxcfs_mount(self.mountpoint):
+            return
+        with contextlib.suppress(OSError):
+            sc.umount2(str(self.mountpoint), sc.MNT_DETACH)
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(self.pidfile.read_text())
+            if "lxcfs" in Path(f"/proc/{pid}/cmdline").read_text():
+                os.kill(pid, signal.SIGTERM)
+        self.available = False

@@ -1,0 +1,147 @@
+"""Every VPS limit, at create and live with `ctctl set`, on the real kernel (cgroup v1 here)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cgroups import CgroupManager
+
+
+def group(ctd, name):
+    return CgroupManager.detect(base_name=ctd.cgroup_name).group(f"ct-{name}")
+
+
+def beancounter(ctd, name, resource):
+    rows = ctd.client.get(f"/1.0/instances/{name}/beancounters")["beancounters"]
+    return next(r for r in rows if r["name"] == resource)
+
+
+def meminfo_total_kb(ctd, name) -> int:
+    line = ctd.sh(name, "grep MemTotal /proc/meminfo").out
+    return int(line.split()[1])
+
+
+def test_ram_live_and_in_proc_meminfo(ctd, make_container):
+    name = make_container(ram="128M")
+    assert meminfo_total_kb(ctd, name) == 128 * 1024  # lxcfs shows the container's limit
+    ctd.ok("set", name, "--ram", "96M")
+    assert meminfo_total_kb(ctd, name) == 96 * 1024
+    assert beancounter(ctd, name, "physpages")["limit"] == 96 * 1024 * 1024
+    assert ctd.instance(name)["limits"]["ram"] == "96M"
+    ctd.ok("set", name, "--ram", "unlimited")
+    assert "ram" not in ctd.instance(name)["limits"]
+
+
+def test_oom_counters_in_beancounters(ctd, make_container):
+    name = make_container(ram="64M")
+    assert ctd.sh(name, "probe alloc 200").code == 137
+    row = beancounter(ctd, name, "physpages")
+    assert row["failcnt"] >= 1 and row["maxheld"] >= 60 * 1024 * 1024 and row["limit"] == 64 * 1024 * 1024
+    assert group(ctd, name).usage().oom_kills >= 1
+    failing = ctd.client.get("/1.0/beancounters", failing="true")["instances"]
+    assert any(i["name"] == name for i in failing)
+    out = ctd.ok("beancounters", "--failing")
+    assert "physpages" in out
+    assert ctd.instance(name)["state"] == "running"
+
+
+def test_numproc_caps_a_fork_loop_and_counts_failures(ctd, make_container):
+    name = make_container(numproc="30")
+    made, err = ctd.sh(name, "probe forkloop 200").out.split()
+    assert err == "EAGAIN" and int(made) < 30
+    row = beancounter(ctd, name, "numproc")
+    assert row["failcnt"] >= 1 and row["limit"] == 30 and row["maxheld"] >= 25
+    ctd.ok("set", name, "--numproc", "60")
+    made, err = ctd.sh(name, "probe forkloop 200").out.split()
+    assert err == "EAGAIN" and 30 <= int(made) < 60
+
+
+def test_cpulimit_holds_a_busy_loop(ctd, make_container):
+    name = make_container(cpulimit="50")
+    g = group(ctd, name)
+    ctd.sh(name, "(while :; do :; done) >/dev/null 2>&1 & echo $! > /tmp/busy")
+    try:
+        time.sleep(0.5)
+        before, t0 = g.usage().cpu_seconds, time.monotonic()
+        time.sleep(3)
+        used = (g.usage().cpu_seconds - before) / (time.monotonic() - t0)
+        assert used <= 0.55, f"{used:.0%} of a CPU"
+        assert used >= 0.2, f"the loop hardly ran ({used:.0%})"
+        assert beancounter(ctd, name, "cpu")["failcnt"] > 0  # throttled periods
+        ctd.ok("set", name, "--cpulimit", "20")
+        time.sleep(0.3)
+        before, t0 = g.usage().cpu_seconds, time.monotonic()
+        time.sleep(2)
+        assert (g.usage().cpu_seconds - before) / (time.monotonic() - t0) <= 0.25
+    finally:
+        ctd.sh(name, "kill $(cat /tmp/busy)")
+
+
+def test_cpus_pins_and_nproc_sees_it(ctd, make_container):
+    name = make_container(cpus="1")
+    assert ctd.sh(name, "nproc").out.strip() == "1"
+    assert ctd.sh(name, "grep -c ^processor /proc/cpuinfo").out.strip() == "1"
+    allowed = ctd.sh(name, "grep Cpus_allowed_list /proc/self/status").out.split()[-1]
+    assert allowed.isdigit()
+
+
+def test_cpuunits_and_ioprio_are_written(ctd, make_container):
+    name = make_container(cpuunits="2000", ioprio="7")
+    dirs = group(ctd, name).dirs()
+    from pathlib import Path
+    assert Path(dirs["cpu"], "cpu.shares").read_text().strip() == str(200 * 1024 // 100)
+    ctd.ok("set", name, "--cpuunits", "500")
+    assert Path(dirs["cpu"], "cpu.shares").read_text().strip() == str(50 * 1024 // 100)
+
+
+def test_numfile_is_the_open_files_limit(ctd, make_container):
+    name = make_container(numfile="200")
+    assert ctd.sh(name, "ulimit -n").out.strip() == "200"
+    ctd.ok("set", name, "--numfile", "300")
+    assert ctd.sh(name, "ulimit -n").out.strip() == "300"
+    row = beancounter(ctd, name, "numfile")
+    assert row["limit"] == 300 and row["held"] > 0
+
+
+def test_iolimit_throttles_direct_writes(ctd, make_container):
+    name = make_container(iolimit="4M")
+    start = time.monotonic()
+    r = ctd.sh(name, "dd if=/dev/zero of=/root/io bs=1M count=8 oflag=direct 2>&1; rm -f /root/io")
+    elapsed = time.monotonic() - start
+    assert "8+0 records out" in r.out
+    assert elapsed >= 1.5, f"8 MB at 4 MB/s took only {elapsed:.2f} s"
+
+
+def test_limits_persist_across_a_daemon_restart(fresh_ctd):
+    d = fresh_ctd
+    d.ok("create", "keep", "--template", "busybox", "--ram", "100M", "--numproc", "50")
+    d.ok("set", "keep", "--cpulimit", "150")
+    d.stop()
+    d.start()
+    limits = d.instance("keep")["limits"]
+    assert limits == {"ram": "100M", "numproc": 50, "cpulimit": 150}
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["--ram", "1Q"], "invalid ram"), (["--ram", "-1M"], "invalid ram"), (["--cpus", "64"], "only"),
+    (["--cpus", "0"], "at least 1"), (["--cpulimit", "0"], "cpulimit"), (["--numproc", "x"], "numproc"),
+    (["--cpuunits", "unlimited"], "cpuunits"), (["--ioprio", "9"], "ioprio"), (["--swap", "1G"], "ram"),
+])
+def test_bad_limits_are_refused_with_the_reason(ctd, make_container, args, expect):
+    name = make_container(start=False)
+    before = ctd.instance(name)["limits"]
+    r = ctd.ctl("set", name, *args)
+    assert r.code == 1 and expect in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert ctd.instance(name)["limits"] == before
+
+
+def test_ram_below_current_use_is_refused_and_nothing_changes(ctd, make_container):
+    """cgroup v1 cannot shrink below usage without swap: the old limit stays, the reason is shown."""
+    name = make_container(ram="256M")
+    ctd.sh(name, "probe alloc 0; mkdir -p /dev/shm/x; dd if=/dev/zero of=/dev/shm/x/f bs=1M count=40 2>/dev/null")
+    r = ctd.ctl("set", name, "--ram", "8M")
+    assert r.code == 1 and "refused" in r.err, r.err
+    assert ctd.instance(name)["limits"]["ram"] == "256M"
+    assert beancounter(ctd, name, "physpages")["limit"] == 256 * 1024 * 1024
