@@ -38,9 +38,16 @@ install_python() {
         echo "==> creating $VENV"
         /usr/bin/python3 -m venv "$VENV"
     fi
-    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    local log
+    log=$(mktemp)
     echo "==> pip install -e .[test]"
-    "$VENV/bin/pip" install -q -e ".[test]"
+    if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[test]"; } >"$log" 2>&1; then
+        cat "$log" >&2
+        rm -f "$log"
+        echo "setup.sh: pip install failed (above)" >&2
+        exit 1
+    fi
+    rm -f "$log"
     ln -sf "$VENV/bin/ctd" /usr/local/bin/ctd
     ln -sf "$VENV/bin/ctctl" /usr/local/bin/ctctl
     getent group ctd >/dev/null || groupadd --system ctd

@@ -47,10 +47,26 @@ def build_schema() -> dict[str, Any]:
                 "parameters": [REF],
                 "get": {"summary": "one instance", "responses": _responses(
                     200, {"type": "object", "properties": {"instance": instance}}, 400, 404)},
+                "patch": {"summary": "change limits; applied live to a running instance",
+                          "requestBody": {"required": True, **_json({
+                              "type": "object", "required": ["limits"], "additionalProperties": False,
+                              "properties": {"limits": {"$ref": "#/components/schemas/Limits"}}})},
+                          "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
                 "delete": {"summary": "destroy (an operation); refuses a running one unless force",
                            "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
                            "responses": _responses(202, op_resp, 400, 404, 409)},
             },
+            "/1.0/instances/{ref}/beancounters": {
+                "parameters": [REF],
+                "get": {"summary": "OpenVZ-style beancounters of a running instance",
+                        "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/beancounters": {
+                "get": {"summary": "beancounters of every running instance",
+                        "parameters": [{"name": "failing", "in": "query", "schema": {"type": "boolean"}}],
+                        "responses": _responses(200, {"type": "object"}, 400)},
+            },
+            "/1.0/openapi.json": {"get": {"summary": "this schema", "responses": _responses(200, {"type": "object"})}},
             "/1.0/instances/{ref}/state": {
                 "parameters": [REF],
                 "put": {"summary": "start, stop or restart (an operation)",
