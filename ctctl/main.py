@@ -87,11 +87,29 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
 @limit_options
+@click.option("--net", "network", help="a NIC on this network (bridged; 'ctbr0' is the default network, "
+              "made on first use)")
+@click.option("--routed", is_flag=True, help="the NIC is routed (OpenVZ venet): no layer 2, host routes its addresses")
+@click.option("--ipadd", multiple=True, help="address for the NIC (default: the next free one of --net)")
+@click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NIC")
+@click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit")
+@click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
 def create(name: str, template: str, instance_id: int | None, hostname: str | None, privileged: bool,
-           **limits: Any) -> None:
+           network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
+           nameserver: tuple[str, ...], **limits: Any) -> None:
     """Create a container from a template."""
     body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(limits)}
+    if network or ipadd or routed:
+        nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
+                               "addresses": list(ipadd), "filter": not no_filter}
+        if network:
+            nic["network"] = network
+        if rate:
+            nic["rate"] = rate
+        body["nics"] = [nic]
+    if nameserver:
+        body["nameservers"] = list(nameserver)
     if instance_id is not None:
         body["id"] = instance_id
     if hostname:
@@ -152,13 +170,27 @@ def destroy(instance: str, force: bool) -> None:
 @cli.command(name="set")
 @INSTANCE
 @limit_options
-def set_(instance: str, **limits: Any) -> None:
-    """Change limits; a running container gets them at once. 'unlimited' removes one."""
-    changes = _limits(limits)
-    if not changes:
-        raise click.UsageError("give at least one limit to change, e.g. --ram 1G")
-    result = client().request("PATCH", f"/1.0/instances/{instance}", {"limits": changes})["instance"]
-    click.echo(f"Set {result['name']}: {_limits_text(result['limits'])}")
+@click.option("--ipadd", multiple=True, help="add an address to the first NIC")
+@click.option("--ipdel", multiple=True, help="remove an address from the first NIC")
+@click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit, or 'unlimited'")
+@click.option("--nameserver", multiple=True, help="DNS servers for /etc/resolv.conf")
+def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
+         nameserver: tuple[str, ...], **limits: Any) -> None:
+    """Change limits and addresses; a running container gets them at once ('unlimited' removes a limit)."""
+    body: dict[str, Any] = {}
+    if _limits(limits):
+        body["limits"] = _limits(limits)
+    for key, value in (("ipadd", list(ipadd)), ("ipdel", list(ipdel)), ("nameservers", list(nameserver))):
+        if value:
+            body[key] = value
+    if rate:
+        body["rate"] = rate
+    if not body:
+        raise click.UsageError("give something to change, e.g. --ram 1G or --ipadd 10.0.0.5")
+    result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
+    addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
+    click.echo(f"Set {result['name']}: {_limits_text(result['limits'])}"
+               + (f"; addresses {', '.join(addresses)}" if addresses else ""))
 
 
 # ------------------------------------------------------------------ reading
@@ -192,6 +224,13 @@ def status(instance: str, fmt: str) -> None:
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
                 ("limits", _limits_text(i["limits"])), ("created", i["created_at"])]
+        for nic in i.get("nics", []):
+            rows.append((nic["name"], f"{nic['mode']} {nic['network'] or ''} {nic['mac']} "
+                                      f"{','.join(nic['addresses']) or 'no address'} (host {nic['host_name']}"
+                                      f"{', filtered' if nic['filter'] else ''}"
+                                      f"{', ' + str(nic['rate']) + ' bit/s' if nic['rate'] else ''})"))
+            rows.append((f"{nic['name']} traffic", f"rx {human_bytes(nic['rx_bytes'])} ({nic['rx_packets']} packets), "
+                                                  f"tx {human_bytes(nic['tx_bytes'])} ({nic['tx_packets']} packets)"))
         usage = i.get("usage")
         if usage:
             rows += [("cpu time", f"{usage['cpu_seconds']:.2f} s" if usage.get("cpu_seconds") is not None else None),
@@ -304,6 +343,58 @@ def template_delete(name: str) -> None:
     """Delete a built template (refused while instances use it)."""
     client().request("DELETE", f"/1.0/templates/{name}")
     click.echo(f"Deleted template {name}")
+
+
+# ------------------------------------------------------------------ networks
+
+@cli.group()
+def network() -> None:
+    """Host networks: bridges with an address pool."""
+
+
+@network.command(name="create")
+@click.argument("name")
+@click.option("--subnet", help="IPv4 subnet, e.g. 10.20.0.0/24 (default: a free private /24)")
+@click.option("--ipv6", help="IPv6 subnet, e.g. fd42:20::/64")
+@click.option("--nat", is_flag=True, help="masquerade the subnet toward the outside (enables forwarding)")
+def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool) -> None:
+    """Create a bridge NAME; the host takes the subnet's first address as gateway."""
+    body: dict[str, Any] = {"name": name, "nat": nat}
+    if subnet:
+        body["subnet"] = subnet
+    if ipv6:
+        body["ipv6"] = ipv6
+    net = client().request("POST", "/1.0/networks", body)["network"]
+    click.echo(f"Created network {net['name']} ({net['subnet']}, gateway {net['gateway']})")
+
+
+def _net_rows(nets: list[dict]) -> str:
+    return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "NAT", "USED BY"],
+                 [[n["name"], n["subnet"], n["gateway"], n["ipv6"], "yes" if n["nat"] else "no",
+                   ",".join(n["used_by"]) or None] for n in nets])
+
+
+@network.command(name="list")
+@FORMAT
+def network_list(fmt: str) -> None:
+    """List networks."""
+    emit(fmt, client().get("/1.0/networks")["networks"], _net_rows)
+
+
+@network.command(name="show")
+@click.argument("name")
+@FORMAT
+def network_show(name: str, fmt: str) -> None:
+    """Show one network."""
+    emit(fmt, client().get(f"/1.0/networks/{name}")["network"], lambda n: _net_rows([n]))
+
+
+@network.command(name="delete")
+@click.argument("name")
+def network_delete(name: str) -> None:
+    """Delete a network (refused while instances use it)."""
+    client().request("DELETE", f"/1.0/networks/{name}")
+    click.echo(f"Deleted network {name}")
 
 
 # ------------------------------------------------------------------ misc

@@ -23,6 +23,8 @@ class DaemonConfig:
     idmap_size: int = 65536
     # cgroup directory ctd creates below its own cgroup in every hierarchy.
     cgroup_name: str = "ctd"
+    # nftables table (bridge and inet families) holding the anti-spoofing rules.
+    nft_table: str = "ctd"
     stop_timeout: float = 30.0
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
 

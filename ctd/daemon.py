@@ -60,6 +60,7 @@ def take_lock(config: DaemonConfig) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pyroute2").setLevel(logging.WARNING)
     if os.geteuid() != 0:
         print("ctd: must run as root (it creates namespaces, cgroups and mounts)", file=sys.stderr)
         return 1
@@ -97,6 +98,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
     from ctd.lxcfs import Lxcfs
+    from ctd.network.manager import NetworkManager
     from ctd.operations import Operations
     from ctd.state import StateDB
     from ctd.storage.dir import DirStorage
@@ -113,7 +115,9 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
-    instances = InstanceManager(config, db, storage, templates, containers, cgroups)
+    network = NetworkManager(db, config.nft_table)
+    await asyncio.to_thread(network.restore)
+    instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
     report = await instances.recover()
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
@@ -124,7 +128,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
                               "fix": "apt-get install lxcfs, then restart ctd"}},
         "recovered": report,
     }
-    context = ApiContext(config, db, instances, templates, Operations(), info)
+    context = ApiContext(config, db, instances, templates, Operations(), network, info)
     app = make_app(context)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -7,6 +7,7 @@ from typing import Any
 
 from ctd.config import DaemonConfig
 from ctd.instance.manager import InstanceManager
+from ctd.network.manager import NetworkManager
 from ctd.operations import Operations
 from ctd.state import StateDB
 from ctd.template.manager import TemplateManager
@@ -19,4 +20,5 @@ class ApiContext:
     instances: InstanceManager
     templates: TemplateManager
     operations: Operations
+    network: NetworkManager
     info: dict[str, Any] = field(default_factory=dict)

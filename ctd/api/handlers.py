@@ -91,8 +91,8 @@ async def set_instance(request: web.Request) -> web.Response:
     """Change limits; a running container gets them at once, without a restart."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    changes = c.instances.check_set(await json_body(request))
-    return web.json_response({"instance": await c.instances.set_limits(rec, changes)})
+    checked = c.instances.check_set(await json_body(request))
+    return web.json_response({"instance": await c.instances.set_config(rec, checked)})
 
 
 @routes.get("/1.0/instances/{ref}/beancounters")
@@ -226,3 +226,31 @@ async def host_check(request: web.Request) -> web.Response:
             fix="" if state.get("usable") else state.get("fix", "see the ctd log"),
             required=driver == "container", category="ctd"))
     return web.json_response(hostcheck.to_dict(results))
+
+
+# ------------------------------------------------------------------ networks
+
+@routes.get("/1.0/networks")
+async def list_networks(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"networks": [c.network.view(n) for n in c.db.list_networks()]})
+
+
+@routes.post("/1.0/networks")
+async def create_network(request: web.Request) -> web.Response:
+    c = ctx(request)
+    checked = await asyncio.to_thread(c.network.check_create_network, await json_body(request))
+    return web.json_response({"network": await asyncio.to_thread(c.network.create_network, checked)}, status=201)
+
+
+@routes.get("/1.0/networks/{name}")
+async def get_network(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"network": c.network.view(c.network.network(request.match_info["name"]))})
+
+
+@routes.delete("/1.0/networks/{name}")
+async def delete_network(request: web.Request) -> web.Response:
+    c = ctx(request)
+    await asyncio.to_thread(c.network.delete_network, request.match_info["name"])
+    return web.json_response({"deleted": request.match_info["name"]})

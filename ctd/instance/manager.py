@@ -15,10 +15,13 @@ from typing import Any
 from cgroups import CgroupManager
 
 from ctd import idmap, limits as limits_mod, validate
+from ctd.network import ipam
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.guestfs import write_file
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
+from ctd.network.manager import NetworkManager
+from ctd.network.tc import parse_rate
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
@@ -40,8 +43,10 @@ def open_files(pids: set[int]) -> int:
 
 class InstanceManager:
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
-                 templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager) -> None:
+                 templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager,
+                 network: NetworkManager) -> None:
         self.config = config
+        self.network = network
         self.db = db
         self.storage = storage
         self.templates = templates
@@ -79,6 +84,7 @@ class InstanceManager:
             "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
                                                   "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
+            "nics": self.network.counters(rec),
             "console": bool(rc and rc.console),
         }
 
@@ -89,8 +95,8 @@ class InstanceManager:
 
     def check_create(self, body: Any) -> dict[str, Any]:
         """Everything that can be checked before work starts; raises 4xx errors."""
-        body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type"},
-                                    {"name", "template"})
+        body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type",
+                                           "nics", "nameservers"}, {"name", "template"})
         name = validate.instance_name(body["name"])
         if body.get("type", "container") != "container":
             raise InvalidRequest(f"type {body['type']!r} is not supported yet; use 'container'")
@@ -100,6 +106,8 @@ class InstanceManager:
         hostname = validate.hostname(body.get("hostname") or name)
         privileged = validate.boolean(body, "privileged")
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
+        nics = self.network.check_nics(body.get("nics"))
+        nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
         if self.db.get_instance(name) or name in self._reserved_names:
             raise Conflict(f"an instance named {name!r} already exists; choose another name")
         if body.get("id") is not None:
@@ -112,7 +120,7 @@ class InstanceManager:
         self._reserved_names.add(name)
         self._reserved_ids.add(instance_id)
         return {"name": name, "id": instance_id, "template": template.name, "hostname": hostname,
-                "privileged": privileged, "limits": limits}
+                "privileged": privileged, "limits": limits, "nics": nics, "nameservers": nameservers}
 
     async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
         name, instance_id = checked["name"], checked["id"]
@@ -132,8 +140,10 @@ class InstanceManager:
             with contextlib.ExitStack() as undo:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
                 undo.callback(self.storage.delete_instance, name)
-                await asyncio.to_thread(self._setup_guest, rec, rootfs)
-                self.db.add_instance(rec)
+                await asyncio.to_thread(self._setup_guest, rec, rootfs, checked["nameservers"])
+                with self.db.transaction():
+                    self.db.add_instance(rec)
+                    self.network.allocate(rec.id, checked["nics"])
                 undo.pop_all()
             return self.view(rec)
         finally:
@@ -141,7 +151,9 @@ class InstanceManager:
             self._reserved_ids.discard(instance_id)
 
     @staticmethod
-    def _setup_guest(rec: InstanceRecord, rootfs: Path) -> None:
+    def _setup_guest(rec: InstanceRecord, rootfs: Path, nameservers: list[str]) -> None:
+        if nameservers:
+            write_file(rootfs, "/etc/resolv.conf", "".join(f"nameserver {a}\n" for a in nameservers))
         write_file(rootfs, "/etc/hostname", f"{rec.hostname}\n")
         short = rec.hostname.split(".")[0]
         names = rec.hostname if short == rec.hostname else f"{rec.hostname} {short}"
@@ -165,7 +177,16 @@ class InstanceManager:
         self._starting.add(rec.name)
         try:
             resources = self.resources(rec)
-            rc = await self.containers.start(rec, self.storage.rootfs(rec.name), resources)
+
+            async def plug_nics(pid: int) -> None:
+                inside = await asyncio.to_thread(self.network.setup, rec, pid)
+                await self.containers.netconf(pid, inside)
+
+            try:
+                rc = await self.containers.start(rec, self.storage.rootfs(rec.name), resources, plug_nics)
+            except BaseException:
+                await asyncio.to_thread(self.network.teardown, rec)
+                raise
             rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, rc.pid, rc.start_time
             self.db.update_instance(rec)
         finally:
@@ -221,6 +242,7 @@ class InstanceManager:
                         log.exception("restarting %s after its reboot failed", name)
 
     async def _mark_stopped(self, rec: InstanceRecord) -> None:
+        await asyncio.to_thread(self.network.teardown, rec)
         await self.containers.cleanup(rec)
         fresh = self.db.get_instance(rec.id)
         if fresh is not None:
@@ -232,36 +254,56 @@ class InstanceManager:
     def resources(self, rec: InstanceRecord, removed: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
         return limits_mod.to_resources(rec.limits, self.host_cpus, rec.id, self.io_device, removed)
 
-    def check_set(self, body: Any) -> dict[str, int]:
-        body = validate.body_fields(body, {"limits"}, {"limits"})
-        changes = limits_mod.normalise(body["limits"], len(self.host_cpus))
-        if not changes:
-            raise InvalidRequest("nothing to change: give at least one limit")
+    def check_set(self, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"limits", "ipadd", "ipdel", "rate", "nameservers"})
+        changes = limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus))
+        ipadd = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipadd")]
+        ipdel = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipdel")]
+        rate: int | None | str = "keep"
+        if body.get("rate") is not None:
+            rate = None if str(body["rate"]).lower() in ("unlimited", "none", "0") else parse_rate(body["rate"])
+        nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
+        if not (changes or ipadd or ipdel or rate != "keep" or nameservers):
+            raise InvalidRequest("nothing to change: give at least one limit, address, rate or nameserver")
         if ({"iolimit", "iopslimit"} & set(changes)) and self.io_device is None:
             raise InvalidRequest("iolimit/iopslimit need the storage pool on a block device; "
                                  f"{self.storage.root} is not")
-        return changes
+        return {"limits": changes, "ipadd": ipadd, "ipdel": ipdel, "rate": rate, "nameservers": nameservers}
 
-    async def set_limits(self, rec: InstanceRecord, changes: dict[str, int]) -> dict[str, Any]:
-        """Persist new limits and apply them live to a running container (no restart)."""
+    async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
+        """Limits, addresses, rate, DNS: persisted, and applied live to a running container."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            old_limits = dict(rec.limits)
-            new_limits = limits_mod.merge(old_limits, changes)
-            removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
-            if "ram" in removed:
-                removed |= {"ram_high", "swap"}
-                new_limits.pop("swap", None)
-            if rec.name in self.containers.running:
-                rec.limits = new_limits
-                wanted = self.resources(rec, removed)
-                rec.limits = old_limits
-                fallback = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
-                rec.limits = new_limits
-                await self.containers.update(rec, wanted, fallback)
+            running = rec.name in self.containers.running
+            if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+                inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
+                                                 checked["rate"], running)
+                if running:
+                    await self.containers.netconf(self.containers.running[rec.name].pid, inside)
+            if checked["nameservers"]:
+                write_file(self.storage.rootfs(rec.name), "/etc/resolv.conf",
+                           "".join(f"nameserver {a}\n" for a in checked["nameservers"]))
+            if checked["limits"]:
+                await self._set_limits_locked(rec, checked["limits"])
+            return self.view(self.get(rec.id))
+
+    async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> None:
+        """Persist new limits and apply them live to a running container (no restart)."""
+        old_limits = dict(rec.limits)
+        new_limits = limits_mod.merge(old_limits, changes)
+        removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+        if "ram" in removed:
+            removed |= {"ram_high", "swap"}
+            new_limits.pop("swap", None)
+        if rec.name in self.containers.running:
             rec.limits = new_limits
-            self.db.update_instance(rec)
-            return self.view(rec)
+            wanted = self.resources(rec, removed)
+            rec.limits = old_limits
+            fallback = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
+            rec.limits = new_limits
+            await self.containers.update(rec, wanted, fallback)
+        rec.limits = new_limits
+        self.db.update_instance(rec)
 
     def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
         if rec.name not in self.containers.running:
@@ -328,6 +370,7 @@ class InstanceManager:
             if rec.state is PowerState.STOPPED:
                 continue
             if self.containers.adopt(rec) is not None:
+                await asyncio.to_thread(self.network.adopt, rec, rec.pid)
                 rec.state = PowerState.RUNNING
                 self.db.update_instance(rec)
                 report["adopted"].append(rec.name)

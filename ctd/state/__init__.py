@@ -1,4 +1,7 @@
 from ctd.state.db import StateDB
-from ctd.state.records import InstanceRecord, InstanceType, PowerState, TemplateRecord
+from ctd.state.records import (
+    InstanceRecord, InstanceType, NetworkRecord, NicMode, NicRecord, PowerState, TemplateRecord,
+)
 
-__all__ = ["StateDB", "InstanceRecord", "InstanceType", "PowerState", "TemplateRecord"]
+__all__ = ["StateDB", "InstanceRecord", "InstanceType", "NetworkRecord", "NicMode", "NicRecord", "PowerState",
+           "TemplateRecord"]

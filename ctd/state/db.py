@@ -8,7 +8,10 @@ import sqlite3
 from pathlib import Path
 
 from ctd.state.migrations import MIGRATIONS
-from ctd.state.records import InstanceRecord, InstanceType, PowerState, TemplateRecord
+from ctd.errors import Conflict
+from ctd.state.records import (
+    InstanceRecord, InstanceType, NetworkRecord, NicMode, NicRecord, PowerState, TemplateRecord,
+)
 
 _JSON_COLUMNS = ("limits", "init")
 
@@ -105,3 +108,90 @@ class StateDB:
 
     def template_in_use(self, name: str) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT name FROM instances WHERE template = ?", (name,))]
+
+    # -------------------------------------------------------------- networks
+
+    def add_network(self, rec: NetworkRecord) -> None:
+        values = dataclasses.asdict(rec)
+        self.conn.execute("INSERT INTO networks (name, bridge, subnet4, subnet6, nat, created_at) "
+                          "VALUES (:name, :bridge, :subnet4, :subnet6, :nat, :created_at)", values)
+
+    def get_network(self, name: str) -> NetworkRecord | None:
+        row = self.conn.execute("SELECT * FROM networks WHERE name = ?", (name,)).fetchone()
+        return NetworkRecord(**{**dict(row), "nat": bool(row["nat"])}) if row else None
+
+    def list_networks(self) -> list[NetworkRecord]:
+        return [NetworkRecord(**{**dict(r), "nat": bool(r["nat"])})
+                for r in self.conn.execute("SELECT * FROM networks ORDER BY name")]
+
+    def delete_network(self, name: str) -> None:
+        self.conn.execute("DELETE FROM networks WHERE name = ?", (name,))
+
+    def network_users(self, name: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT i.name FROM nics n JOIN instances i ON i.id = n.instance_id WHERE n.network = ?",
+            (name,))]
+
+    # -------------------------------------------------------------- NICs and addresses
+
+    def add_nic(self, nic: NicRecord) -> None:
+        values = dataclasses.asdict(nic)
+        addresses = values.pop("addresses")
+        values["mode"] = nic.mode.value
+        columns = ", ".join(values)
+        marks = ", ".join(f":{k}" for k in values)
+        self.conn.execute(f"INSERT INTO nics ({columns}) VALUES ({marks})", values)
+        for address in addresses:
+            self.add_address(address, nic.instance_id, nic.idx, nic.network)
+
+    def update_nic(self, nic: NicRecord) -> None:
+        values = dataclasses.asdict(nic)
+        values.pop("addresses")
+        values["mode"] = nic.mode.value
+        sets = ", ".join(f"{k} = :{k}" for k in values if k not in ("instance_id", "idx"))
+        self.conn.execute(f"UPDATE nics SET {sets} WHERE instance_id = :instance_id AND idx = :idx", values)
+
+    def nics_of(self, instance_id: int) -> list[NicRecord]:
+        nics = []
+        for row in self.conn.execute("SELECT * FROM nics WHERE instance_id = ? ORDER BY idx", (instance_id,)):
+            values = dict(row)
+            values["mode"] = NicMode(values["mode"])
+            values["filter"] = bool(values["filter"])
+            values["addresses"] = [r[0] for r in self.conn.execute(
+                "SELECT address FROM addresses WHERE instance_id = ? AND idx = ? ORDER BY rowid",
+                (instance_id, row["idx"]))]
+            nics.append(NicRecord(**values))
+        return nics
+
+    def used_macs(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT mac FROM nics")}
+
+    def add_address(self, address: str, instance_id: int, idx: int, network: str | None) -> None:
+        try:
+            self.conn.execute("INSERT INTO addresses (address, instance_id, idx, network) VALUES (?, ?, ?, ?)",
+                              (address, instance_id, idx, network))
+        except sqlite3.IntegrityError:
+            owner = self.conn.execute("SELECT i.name FROM addresses a JOIN instances i ON i.id = a.instance_id "
+                                      "WHERE a.address = ?", (address,)).fetchone()
+            raise Conflict(f"address {address} is already used by {owner[0] if owner else 'another instance'}") from None
+
+    def delete_address(self, address: str) -> None:
+        self.conn.execute("DELETE FROM addresses WHERE address = ?", (address,))
+
+    def addresses_in(self, network: str) -> list[str]:
+        return [r[0] for r in self.conn.execute("SELECT address FROM addresses WHERE network = ?", (network,))]
+
+    def transaction(self):  # type: ignore[no-untyped-def]
+        """with db.transaction(): … — all or nothing."""
+        return _Transaction(self.conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> None:
+        self.conn.execute("BEGIN")
+
+    def __exit__(self, kind, *_: object) -> None:  # type: ignore[no-untyped-def]
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")

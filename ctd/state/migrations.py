@@ -32,4 +32,36 @@ MIGRATIONS: list[str] = [
         arch      TEXT NOT NULL DEFAULT ''
     );
     """,
+    # 2: networks, NICs and the addresses handed out (an address is unique host-wide)
+    """
+    CREATE TABLE networks (
+        name       TEXT PRIMARY KEY,
+        bridge     TEXT NOT NULL UNIQUE,
+        subnet4    TEXT,
+        subnet6    TEXT,
+        nat        INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE nics (
+        instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        idx         INTEGER NOT NULL,
+        network     TEXT REFERENCES networks(name),
+        mode        TEXT NOT NULL,
+        mac         TEXT NOT NULL UNIQUE,
+        filter      INTEGER NOT NULL DEFAULT 1,
+        rate        INTEGER,
+        rx_bytes    INTEGER NOT NULL DEFAULT 0,
+        tx_bytes    INTEGER NOT NULL DEFAULT 0,
+        rx_packets  INTEGER NOT NULL DEFAULT 0,
+        tx_packets  INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (instance_id, idx)
+    );
+    CREATE TABLE addresses (
+        address     TEXT PRIMARY KEY,
+        instance_id INTEGER NOT NULL,
+        idx         INTEGER NOT NULL,
+        network     TEXT,
+        FOREIGN KEY (instance_id, idx) REFERENCES nics(instance_id, idx) ON DELETE CASCADE
+    );
+    """,
 ]

@@ -48,3 +48,43 @@ class TemplateRecord:
     distro: str = ""
     release: str = ""
     arch: str = ""
+
+
+@dataclass
+class NetworkRecord:
+    name: str
+    bridge: str
+    subnet4: str | None
+    subnet6: str | None
+    nat: bool
+    created_at: str
+
+
+class NicMode(str, Enum):
+    BRIDGED = "bridged"
+    ROUTED = "routed"
+
+
+@dataclass
+class NicRecord:
+    instance_id: int
+    idx: int
+    network: str | None
+    mode: NicMode
+    mac: str
+    filter: bool = True
+    rate: int | None = None  # bits per second, both directions
+    # Traffic of earlier runs (the live veth's counters are added on top).
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+    rx_packets: int = 0
+    tx_packets: int = 0
+    addresses: list[str] = field(default_factory=list)
+
+    @property
+    def host_name(self) -> str:
+        return f"ve{self.instance_id}.{self.idx}"
+
+    @property
+    def temp_name(self) -> str:
+        return f"vp{self.instance_id}.{self.idx}"

@@ -147,6 +147,10 @@ class StorageDriver(ABC):
         if path.exists():
             raise OperationFailed(f"could not remove {path}")
 
+    def _carry_over(self, old_root: Path, new_root: Path) -> None:
+        """Give a root that replaces another (rollback) what belongs to the instance, not to
+        the tree: the btrfs driver carries the disk limit over."""
+
     def _existing_rootfs(self, name: str) -> Path:
         check_component("instance", name)
         rootfs = self.rootfs(name)
@@ -204,6 +208,7 @@ class StorageDriver(ABC):
         new, old = base / NEW_ROOT, base / OLD_ROOT
         self._copy_root(source, new, read_only=False)
         try:
+            self._carry_over(rootfs, new)
             rootfs.rename(old)
         except BaseException:
             self._remove_root(new)

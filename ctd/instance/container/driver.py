@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import os
 import resource
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ctd.template.recipe import signal_number
 TTY_GID = 5
 START_TIMEOUT = 20.0
 StoppedCallback = Callable[[str, "int | None"], None]  # (instance name, wait status or None)
+PrepareHook = Callable[[int], Awaitable[None]]
 
 
 @dataclass
@@ -90,7 +92,9 @@ class ContainerDriver:
 
     # ------------------------------------------------------------- start
 
-    async def start(self, rec: InstanceRecord, rootfs: Path, resources: Resources) -> RunningContainer:
+    async def start(self, rec: InstanceRecord, rootfs: Path, resources: Resources,
+                    prepare: PrepareHook | None = None) -> RunningContainer:
+        """prepare(pid) runs after the namespaces exist and before init runs (NICs go in then)."""
         if rec.name in self.running:
             raise Conflict(f"{rec.name} is already running")
         init_path = rootfs / rec.init[0].lstrip("/")
@@ -123,6 +127,8 @@ class ContainerDriver:
             except ProcessLookupError:
                 pidfd = -1
             try:
+                if prepare is not None and pidfd >= 0:
+                    await prepare(pid)
                 try:
                     os.write(go_w, b"1")
                 except BrokenPipeError:
@@ -251,6 +257,16 @@ class ContainerDriver:
     def _kill_quietly(pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+    async def netconf(self, pid: int, nics: list) -> None:  # type: ignore[type-arg]
+        """Configure NICs inside the network namespace of init pid (through the spawner)."""
+        if not nics:
+            return
+        queue = self.spawner.request("netconf", {"init_pid": pid, "nics": [dataclasses.asdict(n) for n in nics]}, [])
+        try:
+            await first_reply(queue, "configuring the container's network")
+        finally:
+            self.spawner.forget(queue)
 
     # ------------------------------------------------------------- exec
 

@@ -10,6 +10,7 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   <- {"id", "pid"}                  fds: [go pipe write end, exec-error pipe read end]
   -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
   <- {"id", "pid"} then {"id", "exit": code}
+  -> {"id", "op": "netconf", "spec": {"init_pid", "nics"}}   <- {"id", "ok": true}
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
   <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
@@ -35,6 +36,7 @@ from ctd.instance.container.spec import (
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
 from ctd.linux.openat2 import open_in_root
+from ctd.network import netlink
 
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
@@ -113,7 +115,7 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
         return 0
-    if op not in ("spawn", "exec"):
+    if op not in ("spawn", "exec", "netconf"):
         send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
         return 0
     pid = os.fork()
@@ -131,6 +133,8 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
         prctl.set_child_subreaper(False)
         if op == "spawn":
             _spawn_container(sock, message["id"], container_from_wire(message["spec"]), fds)
+        elif op == "netconf":
+            _netconf(sock, message["id"], message["spec"])
         else:
             _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
         code = 0
@@ -370,6 +374,17 @@ def _close_fds_except(keep: set[int]) -> None:
                 os.close(fd)
             except OSError:
                 pass
+
+
+# ---------------------------------------------------------------- network inside a container
+
+def _netconf(sock: socket.socket, req_id: int, spec: dict) -> None:
+    """Rename, address and route the container's NICs from inside its network namespace."""
+    pidfd = os.pidfd_open(spec["init_pid"])
+    sc.setns(pidfd, sc.CLONE_NEWNET)
+    os.close(pidfd)
+    netlink.configure_inside([netlink.InsideNic(**n) for n in spec["nics"]])
+    send(sock, {"id": req_id, "ok": True})
 
 
 # ---------------------------------------------------------------- exec in a running container

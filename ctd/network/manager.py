@@ -1,0 +1,360 @@
+"""Host networks (bridges), per-instance NICs, addresses, anti-spoofing, rate limits, counters."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from ctd import validate
+from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.network import ipam, netlink, nft, tc
+from ctd.network.netlink import InsideNic
+from ctd.state import InstanceRecord, NetworkRecord, NicMode, NicRecord, StateDB
+
+log = logging.getLogger("ctd.network")
+DEFAULT_NETWORK = "ctbr0"
+ROUTED_GATEWAY4 = "169.254.0.1"
+_IFNAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
+MAX_NICS = 8
+
+
+@dataclass
+class NicRequest:
+    network: str | None
+    mode: NicMode
+    addresses: list[str]
+    filter: bool
+    rate: int | None
+
+
+def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
+    """A stable locally administered unicast MAC for NIC idx of an instance."""
+    digest = hashlib.sha256(f"ctd:{instance_id}:{idx}:{salt}".encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+class NetworkManager:
+    def __init__(self, db: StateDB, nft_table: str) -> None:
+        self.db = db
+        self.nft_table = nft_table
+        self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
+        self.filters: dict[str, nft.NicFilter] = {}
+
+    # ------------------------------------------------------------- networks
+
+    def network(self, name: str) -> NetworkRecord:
+        rec = self.db.get_network(name)
+        if rec is None:
+            raise NotFound(f"no network named {name!r}; 'ctctl network list' shows them")
+        return rec
+
+    def view(self, net: NetworkRecord) -> dict[str, Any]:
+        return {"name": net.name, "bridge": net.bridge, "subnet": net.subnet4, "ipv6": net.subnet6,
+                "gateway": str(ipam.gateway_of(ipaddress.ip_network(net.subnet4))) if net.subnet4 else None,
+                "nat": net.nat, "created_at": net.created_at, "used_by": self.db.network_users(net.name),
+                "addresses_used": len(self.db.addresses_in(net.name))}
+
+    def check_create_network(self, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"name", "subnet", "ipv6", "nat"}, {"name"})
+        name = body["name"]
+        if not isinstance(name, str) or not _IFNAME.match(name):
+            raise InvalidRequest(f"invalid network name {name!r}: 1-15 lowercase letters, digits and '-', "
+                                 "starting with a letter (it names the bridge)")
+        if self.db.get_network(name):
+            raise Conflict(f"network {name!r} exists already")
+        if name in netlink.link_names():
+            raise Conflict(f"the host already has an interface named {name!r}; choose another name")
+        nat = validate.boolean(body, "nat")
+        taken = netlink.host_routes() + [ipaddress.ip_network(n.subnet4) for n in self.db.list_networks() if n.subnet4] \
+            + [ipaddress.ip_network(n.subnet6) for n in self.db.list_networks() if n.subnet6]
+        if body.get("subnet") is not None:
+            if not isinstance(body["subnet"], str):
+                raise InvalidRequest("subnet must be a string like 10.20.0.0/24")
+            subnet4 = ipam.parse_subnet(body["subnet"])
+            if subnet4.version != 4:
+                raise InvalidRequest("subnet must be IPv4; give the IPv6 one as ipv6")
+        else:
+            subnet4 = ipam.free_private_subnet(taken)
+        clash = ipam.overlaps(subnet4, taken)
+        if clash is not None:
+            raise Conflict(f"subnet {subnet4} overlaps {clash}, which the host or another network uses")
+        subnet6 = None
+        if body.get("ipv6") is not None:
+            if not isinstance(body["ipv6"], str):
+                raise InvalidRequest("ipv6 must be a string like fd42:1::/64")
+            subnet6 = ipam.parse_subnet(body["ipv6"], "ipv6 subnet")
+            if subnet6.version != 6:
+                raise InvalidRequest("ipv6 must be an IPv6 subnet like fd42:1::/64")
+            clash = ipam.overlaps(subnet6, taken)
+            if clash is not None:
+                raise Conflict(f"ipv6 subnet {subnet6} overlaps {clash}")
+        return {"name": name, "subnet4": str(subnet4), "subnet6": str(subnet6) if subnet6 else None, "nat": nat}
+
+    def create_network(self, checked: dict[str, Any]) -> dict[str, Any]:
+        net = NetworkRecord(name=checked["name"], bridge=checked["name"], subnet4=checked["subnet4"],
+                            subnet6=checked["subnet6"], nat=checked["nat"],
+                            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+        self.bring_up(net)
+        try:
+            self.db.add_network(net)
+        except BaseException:
+            netlink.delete_link(net.bridge)
+            raise
+        return self.view(net)
+
+    def bring_up(self, net: NetworkRecord) -> None:
+        addresses = []
+        for subnet in (net.subnet4, net.subnet6):
+            if subnet:
+                network = ipaddress.ip_network(subnet)
+                addresses.append(f"{ipam.gateway_of(network)}/{network.prefixlen}")
+        netlink.ensure_bridge(net.bridge, addresses)
+        if net.nat:
+            self._nat(net, True)
+
+    def _nat(self, net: NetworkRecord, on: bool) -> None:
+        """Masquerade the network's subnet toward the outside (off unless asked for)."""
+        table = f"{self.nft_table}_nat_{net.name.replace('-', '_')}"
+        import subprocess
+        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+        if on:
+            script = (f"table ip {table} {{\n chain post {{ type nat hook postrouting priority 100;\n"
+                      f"  ip saddr {net.subnet4} ip daddr != {net.subnet4} masquerade\n }}\n}}\n")
+            subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True, check=True)
+            with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
+                fh.write("1")
+
+    def delete_network(self, name: str) -> None:
+        net = self.network(name)
+        users = self.db.network_users(name)
+        if users:
+            raise Conflict(f"network {name!r} is used by {', '.join(users)}; remove their NICs or destroy them first")
+        if net.nat:
+            self._nat(net, False)
+        netlink.delete_link(net.bridge)
+        self.db.delete_network(name)
+
+    def ensure_default(self) -> NetworkRecord:
+        net = self.db.get_network(DEFAULT_NETWORK)
+        if net is None:
+            self.create_network(self.check_create_network({"name": DEFAULT_NETWORK}))
+            net = self.network(DEFAULT_NETWORK)
+        return net
+
+    def restore(self) -> None:
+        """After a reboot bridges are gone: bring every network back up."""
+        for net in self.db.list_networks():
+            self.bring_up(net)
+
+    # ------------------------------------------------------------- NICs at create
+
+    def check_nics(self, raw: Any) -> list[NicRequest]:
+        if raw is None:
+            return []
+        if not isinstance(raw, list) or len(raw) > MAX_NICS:
+            raise InvalidRequest(f"nics must be a list of at most {MAX_NICS} objects")
+        out = []
+        for item in raw:
+            item = validate.body_fields(item, {"network", "mode", "addresses", "filter", "rate"})
+            mode_text = item.get("mode", "bridged")
+            if mode_text not in ("bridged", "routed"):
+                raise InvalidRequest(f"invalid NIC mode {mode_text!r}: use bridged or routed")
+            mode = NicMode(mode_text)
+            network = item.get("network")
+            if network is not None and not isinstance(network, str):
+                raise InvalidRequest("network must be a network name")
+            if mode is NicMode.BRIDGED and network is None:
+                network = DEFAULT_NETWORK
+            if network is not None and network != DEFAULT_NETWORK:
+                self.network(network)
+            addresses = [str(ipam.parse_address(a)) for a in validate.string_list(item, "addresses")]
+            if mode is NicMode.ROUTED and network is None and not addresses:
+                raise InvalidRequest("a routed NIC needs addresses (--ipadd) or a network to take them from")
+            rate = tc.parse_rate(item["rate"]) if item.get("rate") is not None else None
+            out.append(NicRequest(network, mode, addresses, validate.boolean(item, "filter", True), rate))
+        return out
+
+    def allocate(self, instance_id: int, requests: list[NicRequest]) -> list[NicRecord]:
+        """Write the NICs and their addresses (inside the caller's transaction)."""
+        nics = []
+        macs = self.db.used_macs()
+        for idx, req in enumerate(requests):
+            net = None
+            if req.network is not None:
+                net = self.ensure_default() if req.network == DEFAULT_NETWORK else self.network(req.network)
+            addresses = list(req.addresses)
+            if net is not None:
+                for text in addresses:
+                    address = ipaddress.ip_address(text)
+                    subnet = net.subnet4 if address.version == 4 else net.subnet6
+                    if subnet is None:
+                        raise InvalidRequest(f"network {net.name} has no IPv{address.version} subnet for {text}")
+                    ipam.check_in(ipaddress.ip_network(subnet), address)
+                if not addresses:
+                    for subnet in (net.subnet4, net.subnet6):
+                        if subnet:
+                            used = [ipaddress.ip_address(a) for a in self.db.addresses_in(net.name)]
+                            addresses.append(str(ipam.allocate(ipaddress.ip_network(subnet), used)))
+            salt = 0
+            while (mac := mac_for(instance_id, idx, salt)) in macs:
+                salt += 1
+            macs.add(mac)
+            nic = NicRecord(instance_id=instance_id, idx=idx, network=net.name if net else None, mode=req.mode,
+                            mac=mac, filter=req.filter, rate=req.rate, addresses=addresses)
+            self.db.add_nic(nic)
+            nics.append(nic)
+        return nics
+
+    # ------------------------------------------------------------- at start and stop
+
+    def _inside(self, nic: NicRecord) -> InsideNic:
+        name = f"eth{nic.idx}"
+        if nic.mode is NicMode.ROUTED:
+            cidrs = [f"{a}/{32 if ipaddress.ip_address(a).version == 4 else 128}" for a in nic.addresses]
+            has4 = any(ipaddress.ip_address(a).version == 4 for a in nic.addresses)
+            return InsideNic(nic.temp_name, name, cidrs, ROUTED_GATEWAY4 if has4 else None, None, onlink_gateway=True)
+        net = self.network(nic.network) if nic.network else None
+        cidrs, gw4, gw6 = [], None, None
+        for address in nic.addresses:
+            version = ipaddress.ip_address(address).version
+            subnet = (net.subnet4 if version == 4 else net.subnet6) if net else None
+            prefix = ipaddress.ip_network(subnet).prefixlen if subnet else (32 if version == 4 else 128)
+            cidrs.append(f"{address}/{prefix}")
+            if subnet and version == 4:
+                gw4 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
+            if subnet and version == 6:
+                gw6 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
+        return InsideNic(nic.temp_name, name, cidrs, gw4, gw6)
+
+    def setup(self, rec: InstanceRecord, pid: int) -> list[InsideNic]:
+        """Host side of every NIC of rec, whose init is pid; returns what to apply inside."""
+        nics = self.db.nics_of(rec.id)
+        if not nics:
+            return []
+        self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for nic in nics:
+                bridge = None
+                if nic.mode is NicMode.BRIDGED:
+                    net = self.network(nic.network)  # type: ignore[arg-type]
+                    self.bring_up(net)
+                    bridge = net.bridge
+                netlink.create_veth(nic.host_name, nic.temp_name, nic.mac, pid, bridge)
+                self._host_side(nic)
+            self._refilter(nics, add=True)
+        except BaseException:
+            self.teardown(rec)
+            raise
+        return [self._inside(n) for n in nics]
+
+    def _host_side(self, nic: NicRecord) -> None:
+        if nic.mode is NicMode.ROUTED:
+            netlink.add_address(nic.host_name, f"{ROUTED_GATEWAY4}/32")
+            netlink.replace_host_routes(nic.host_name, nic.addresses)
+            # The host end must answer ARP for the gateway only: no proxy for anyone else.
+            for key, value in (("proxy_arp", "0"), ("rp_filter", "1")):
+                with open(f"/proc/sys/net/ipv4/conf/{nic.host_name}/{key}", "w") as fh:
+                    fh.write(value)
+        if nic.rate:
+            tc.set_rate(nic.host_name, nic.rate)
+
+    def _refilter(self, nics: list[NicRecord], add: bool) -> None:
+        for nic in nics:
+            self.filters.pop(nic.host_name, None)
+            if add and nic.filter:
+                self.filters[nic.host_name] = nft.NicFilter(nic.host_name, nic.mac, tuple(nic.addresses),
+                                                            nic.mode is NicMode.BRIDGED)
+        nft.apply(self.nft_table, list(self.filters.values()))
+
+    def adopt(self, rec: InstanceRecord, pid: int) -> None:
+        """A container that kept running across a ctd restart: hold its netns, filter it again."""
+        nics = self.db.nics_of(rec.id)
+        if nics:
+            try:
+                self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return
+            self._refilter(nics, add=True)
+
+    def teardown(self, rec: InstanceRecord) -> None:
+        """Save the counters, then let the NICs go with the namespace we held."""
+        nics = self.db.nics_of(rec.id)
+        for nic in nics:
+            stats = netlink.link_stats(nic.host_name)
+            if stats:
+                # The host end receives what the container sends: swap to the container's view.
+                nic.tx_bytes += stats["rx_bytes"]
+                nic.rx_bytes += stats["tx_bytes"]
+                nic.tx_packets += stats["rx_packets"]
+                nic.rx_packets += stats["tx_packets"]
+                self.db.update_nic(nic)
+            netlink.delete_link(nic.host_name)
+            netlink.delete_link(tc.ifb_name(nic.host_name))
+        fd = self.netns.pop(rec.id, None)
+        if fd is not None:
+            os.close(fd)
+        if nics:
+            self._refilter(nics, add=False)
+
+    def counters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
+        out = []
+        for nic in self.db.nics_of(rec.id):
+            live = netlink.link_stats(nic.host_name) if rec.id in self.netns else None
+            live = live or {"rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0}
+            out.append({
+                "name": f"eth{nic.idx}", "host_name": nic.host_name, "network": nic.network, "mode": nic.mode.value,
+                "mac": nic.mac, "addresses": nic.addresses, "filter": nic.filter, "rate": nic.rate,
+                "rx_bytes": nic.rx_bytes + live["tx_bytes"], "tx_bytes": nic.tx_bytes + live["rx_bytes"],
+                "rx_packets": nic.rx_packets + live["tx_packets"], "tx_packets": nic.tx_packets + live["rx_packets"],
+            })
+        return out
+
+    # ------------------------------------------------------------- live changes
+
+    def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
+               running: bool) -> list[InsideNic]:
+        """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
+        nics = self.db.nics_of(rec.id)
+        if not nics:
+            if not ipadd:
+                raise InvalidRequest(f"{rec.name} has no network interface; add addresses with --ipadd")
+            if running:
+                raise Conflict(f"{rec.name} has no NIC yet; stop it, add addresses, start it again")
+            with self.db.transaction():
+                self.allocate(rec.id, [NicRequest(None, NicMode.ROUTED, ipadd, True,
+                                                  None if rate == "keep" else rate)])  # type: ignore[arg-type]
+            return []
+        nic = nics[0]
+        net = self.db.get_network(nic.network) if nic.network else None
+        with self.db.transaction():
+            for text in ipdel:
+                address = str(ipam.parse_address(text))
+                if address not in nic.addresses:
+                    raise InvalidRequest(f"{address} is not an address of {rec.name}")
+                self.db.delete_address(address)
+                nic.addresses.remove(address)
+            for text in ipadd:
+                address = ipam.parse_address(text)
+                if net is not None:
+                    subnet = net.subnet4 if address.version == 4 else net.subnet6
+                    if subnet is None:
+                        raise InvalidRequest(f"network {net.name} has no IPv{address.version} subnet")
+                    ipam.check_in(ipaddress.ip_network(subnet), address)
+                self.db.add_address(str(address), rec.id, nic.idx, nic.network)
+                nic.addresses.append(str(address))
+            if rate != "keep":
+                nic.rate = rate  # type: ignore[assignment]
+                self.db.update_nic(nic)
+        if not running:
+            return []
+        self._host_side(nic)
+        if rate != "keep" and nic.rate is None:
+            tc.set_rate(nic.host_name, None)
+        self._refilter([nic], add=True)
+        return [self._inside(nic)]

@@ -1,0 +1,187 @@
+"""Every netlink call ctd makes; the only module that imports pyroute2."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ctd.errors import OperationFailed
+
+
+@contextlib.contextmanager
+def _ipr() -> Iterator[IPRoute]:
+    ip = IPRoute()
+    try:
+        yield ip
+    finally:
+        ip.close()
+
+
+def _index(ip: IPRoute, name: str) -> int | None:
+    found = ip.link_lookup(ifname=name)
+    return found[0] if found else None
+
+
+def link_exists(name: str) -> bool:
+    with _ipr() as ip:
+        return _index(ip, name) is not None
+
+
+def link_names() -> set[str]:
+    with _ipr() as ip:
+        return {link.get_attr("IFLA_IFNAME") for link in ip.get_links()}
+
+
+def host_routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Destinations the host routes already (to keep a new subnet from colliding)."""
+    nets = []
+    with _ipr() as ip:
+        for family in (2, 10):
+            for route in ip.get_routes(family=family):
+                dst = route.get_attr("RTA_DST")
+                if dst:
+                    nets.append(ipaddress.ip_network(f"{dst}/{route['dst_len']}", strict=False))
+    return nets
+
+
+def ensure_bridge(name: str, addresses: list[str]) -> None:
+    """The bridge with the host's gateway addresses on it, up; created if missing."""
+    with _ipr() as ip:
+        index = _index(ip, name)
+        if index is None:
+            ip.link("add", ifname=name, kind="bridge")
+            index = ip.link_lookup(ifname=name)[0]
+        present = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ip.get_addr(index=index)}
+        for cidr in addresses:
+            iface = ipaddress.ip_interface(cidr)
+            if str(iface) not in present:
+                ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+        ip.link("set", index=index, state="up")
+
+
+def ensure_ifb(name: str) -> None:
+    """An ifb device (ingress traffic redirected to it can be shaped like egress), up."""
+    with _ipr() as ip:
+        if _index(ip, name) is None:
+            ip.link("add", ifname=name, kind="ifb")
+        ip.link("set", index=ip.link_lookup(ifname=name)[0], state="up")
+
+
+def delete_link(name: str) -> None:
+    with _ipr() as ip:
+        index = _index(ip, name)
+        if index is not None:
+            with contextlib.suppress(NetlinkError):
+                ip.link("del", index=index)
+
+
+def create_veth(host_name: str, temp_peer: str, mac: str, netns_pid: int, bridge: str | None) -> None:
+    """A veth pair: host end (on bridge, if any) up here, the other end moved into the netns."""
+    with _ipr() as ip:
+        try:
+            ip.link("add", ifname=host_name, kind="veth", peer={"ifname": temp_peer, "address": mac})
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise OperationFailed(f"network interface {host_name} already exists on the host") from None
+            raise
+        try:
+            host = ip.link_lookup(ifname=host_name)[0]
+            peer = ip.link_lookup(ifname=temp_peer)[0]
+            if bridge is not None:
+                master = _index(ip, bridge)
+                if master is None:
+                    raise OperationFailed(f"bridge {bridge} is missing on the host")
+                ip.link("set", index=host, master=master)
+            ip.link("set", index=host, state="up")
+            ip.link("set", index=peer, net_ns_pid=netns_pid)
+        except BaseException:
+            with contextlib.suppress(NetlinkError):
+                ip.link("del", ifname=host_name)
+            raise
+
+
+def add_address(ifname: str, cidr: str) -> None:
+    iface = ipaddress.ip_interface(cidr)
+    with _ipr() as ip:
+        index = ip.link_lookup(ifname=ifname)[0]
+        with contextlib.suppress(NetlinkError):
+            ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+def replace_host_routes(ifname: str, addresses: list[str]) -> None:
+    """Routed NIC: exactly one host route (/32, /128) per container address via its veth."""
+    wanted = {str(ipaddress.ip_interface(a).ip) for a in addresses}
+    with _ipr() as ip:
+        index = ip.link_lookup(ifname=ifname)[0]
+        for family, bits in ((2, 32), (10, 128)):
+            for route in ip.get_routes(family=family, oif=index):
+                dst = route.get_attr("RTA_DST")
+                if dst and route["dst_len"] == bits and dst not in wanted:
+                    with contextlib.suppress(NetlinkError):
+                        ip.route("del", dst=f"{dst}/{bits}", oif=index)
+        for address in wanted:
+            bits = 32 if ipaddress.ip_address(address).version == 4 else 128
+            ip.route("replace", dst=f"{address}/{bits}", oif=index)
+
+
+def link_stats(name: str) -> dict[str, int] | None:
+    """A host interface's counters, from sysfs: cheap, and safe on the event loop's thread
+    (pyroute2's synchronous API refuses to run there)."""
+    base = f"/sys/class/net/{name}/statistics"
+    try:
+        return {key: int(open(f"{base}/{key}").read()) for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")}
+    except (OSError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------- inside the container's netns
+
+@dataclass
+class InsideNic:
+    """How one interface must look inside the container (applied in its network namespace)."""
+
+    temp_name: str
+    name: str
+    addresses: list[str] = field(default_factory=list)  # CIDRs
+    gateway4: str | None = None
+    gateway6: str | None = None
+    onlink_gateway: bool = False  # routed mode: the gateway is on no subnet of ours
+
+
+def configure_inside(nics: list[InsideNic]) -> None:
+    """Run in a process that has joined the container's network namespace."""
+    with _ipr() as ip:
+        lo = _index(ip, "lo")
+        if lo is not None:
+            ip.link("set", index=lo, state="up")
+        for nic in nics:
+            index = _index(ip, nic.temp_name)
+            if index is not None:
+                ip.link("set", index=index, ifname=nic.name)
+            else:
+                index = _index(ip, nic.name)
+            if index is None:
+                raise OperationFailed(f"interface {nic.name} is missing in the container")
+            ip.link("set", index=index, state="up")
+            wanted = {str(ipaddress.ip_interface(a)) for a in nic.addresses}
+            for addr in ip.get_addr(index=index):
+                cidr = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
+                if cidr not in wanted and not cidr.startswith("fe80:"):
+                    ip.addr("del", index=index, address=addr.get_attr("IFA_ADDRESS"), prefixlen=addr["prefixlen"])
+            present = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ip.get_addr(index=index)}
+            for cidr in wanted - present:
+                iface = ipaddress.ip_interface(cidr)
+                ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            for gateway, bits in ((nic.gateway4, 32), (nic.gateway6, 128)):
+                if not gateway:
+                    continue
+                if nic.onlink_gateway:
+                    ip.route("replace", dst=f"{gateway}/{bits}", oif=index, scope=253)
+                default = "0.0.0.0/0" if bits == 32 else "::/0"
+                ip.route("replace", dst=default, gateway=gateway, oif=index)

@@ -1,0 +1,415 @@
+"""ctd/storage: the btrfs driver on a real btrfs, and the dir driver through the same
+behavioural tests (snapshot, rollback, clone, delete). The btrfs is a loop file this test makes
+under its tmp dir; it is unmounted and detached in finally blocks, even on failure. Nothing
+here touches the host's own filesystems, mounts or loop devices."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported
+from ctd.storage.base import StorageDriver
+from ctd.storage.dir import DirStorage
+
+if os.geteuid() != 0:
+    print("tests/host/test_storage_btrfs.py: skipped, needs root for loop devices and mounts",
+          file=sys.stderr)
+    pytest.skip("needs root for loop devices and mounts", allow_module_level=True)
+
+btrfsutil = pytest.importorskip("btrfsutil", reason="pip install btrfsutil==6.10 (setup.sh does)")
+from ctd.storage.btrfs import BtrfsStorage  # noqa: E402
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+def _run(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True).stdout
+
+
+def _umount(path: Path) -> None:
+    deadline = time.monotonic() + 10
+    while True:
+        r = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            subprocess.run(["umount", "--lazy", str(path)], capture_output=True)
+            return
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def loop_btrfs(tmp: Path, size: int = 3 * GiB) -> Iterator[Path]:
+    """A fresh btrfs on a sparse loop file under tmp, mounted at tmp/mnt; yields the mount."""
+    image, mnt = tmp / "btrfs.img", tmp / "mnt"
+    mnt.mkdir(exist_ok=True)
+    with image.open("wb") as fh:
+        fh.truncate(size)
+    device = None
+    mounted = False
+    try:
+        _run("mkfs.btrfs", "--quiet", str(image))
+        device = _run("losetup", "--find", "--show", str(image)).strip()
+        _run("mount", "-t", "btrfs", device, str(mnt))
+        mounted = True
+        yield mnt
+    finally:
+        try:
+            if mounted:
+                _umount(mnt)
+        finally:
+            if device:
+                subprocess.run(["losetup", "--detach", device], capture_output=True)
+            image.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def btrfs_mount(tmp_path: Path) -> Iterator[Path]:
+    with loop_btrfs(tmp_path) as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def bt(btrfs_mount: Path) -> BtrfsStorage:
+    driver = BtrfsStorage(btrfs_mount / "storage", enable_quota=True)
+    driver.prepare()
+    return driver
+
+
+@pytest.fixture(params=["btrfs", "dir"])
+def driver(request: pytest.FixtureRequest, tmp_path: Path) -> StorageDriver:
+    if request.param == "btrfs":
+        return request.getfixturevalue("bt")
+    d = DirStorage(tmp_path / "dirstore")
+    d.prepare()
+    return d
+
+
+def make_template(driver: StorageDriver, name: str = "base", big: int = 0) -> Path:
+    """Through the driver's own build interface, the way TemplateManager does it."""
+    staging = driver.new_template_dir(name)
+    root = staging / "rootfs"
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("template\n")
+    (root / "bin").mkdir()
+    os.symlink("busybox", root / "bin/sh")
+    if big:
+        with (root / "big").open("wb") as fh:
+            for _ in range(big // MiB):
+                fh.write(os.urandom(MiB))
+    return driver.commit_template(name, staging)
+
+
+def fs_used(path: Path) -> int:
+    btrfsutil.sync(path)
+    st = os.statvfs(path)
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+# -- both drivers -------------------------------------------------------------------------------
+
+def test_template_commit_and_delete(driver: StorageDriver) -> None:
+    path = make_template(driver)
+    assert path == driver.template_path("base")
+    assert (path / "rootfs/etc/hostname").read_text() == "template\n"
+    assert not list((driver.root / "templates").glob(".build-*"))
+    if isinstance(driver, BtrfsStorage):
+        assert btrfsutil.is_subvolume(path / "rootfs")
+        assert btrfsutil.get_subvolume_read_only(path / "rootfs")
+        with pytest.raises(OSError) as exc:
+            (path / "rootfs/new").write_text("x")
+        assert exc.value.errno == errno.EROFS
+    driver.delete_template("base")
+    assert not path.exists()
+    driver.delete_template("base")  # missing is fine
+
+
+def test_instances_from_one_template_are_independent(driver: StorageDriver) -> None:
+    make_template(driver)
+    a = driver.create_instance("a", "base")
+    b = driver.create_instance("b", "base")
+    assert a == driver.rootfs("a") and b == driver.rootfs("b")
+    (a / "etc/hostname").write_text("a\n")
+    (a / "only-a").write_text("x")
+    assert (b / "etc/hostname").read_text() == "template\n"
+    assert not (b / "only-a").exists()
+    assert (driver.template_path("base") / "rootfs/etc/hostname").read_text() == "template\n"
+    assert driver.instance_names() == ["a", "b"]
+    if isinstance(driver, BtrfsStorage):
+        assert btrfsutil.is_subvolume(a) and not btrfsutil.get_subvolume_read_only(a)
+        # (DirStorage.create_instance raises FileExistsError / OperationFailed here)
+        with pytest.raises(Conflict):
+            driver.create_instance("a", "base")
+        with pytest.raises(NotFound):
+            driver.create_instance("c", "missing")
+        assert not driver.instance_path("c").exists()
+
+
+def test_snapshot_change_rollback_restores(driver: StorageDriver) -> None:
+    make_template(driver)
+    root = driver.create_instance("web", "base")
+    (root / "data").write_text("one")
+    snap = driver.snapshot_instance("web", "s1")
+    assert (snap / "data").read_text() == "one"
+    (root / "data").write_text("two")
+    (root / "added").write_text("later")
+    (root / "etc/hostname").unlink()
+    assert driver.list_snapshots("web") == ["s1"]
+
+    driver.rollback("web", "s1")
+    root = driver.rootfs("web")
+    assert (root / "data").read_text() == "one"
+    assert not (root / "added").exists()
+    assert (root / "etc/hostname").read_text() == "template\n"
+    assert driver.list_snapshots("web") == ["s1"]  # the snapshot stays
+    (root / "data").write_text("three")  # the new root is writable
+    assert (driver.snapshot_path("web", "s1") / "data").read_text() == "one"
+    assert sorted(p.name for p in driver.instance_path("web").iterdir()) == ["rootfs", "snapshots"]
+    if isinstance(driver, BtrfsStorage):
+        assert btrfsutil.get_subvolume_read_only(snap)
+        assert not btrfsutil.get_subvolume_read_only(root)
+
+
+def test_snapshot_errors(driver: StorageDriver) -> None:
+    make_template(driver)
+    driver.create_instance("web", "base")
+    driver.snapshot_instance("web", "s1")
+    with pytest.raises(Conflict):
+        driver.snapshot_instance("web", "s1")
+    with pytest.raises(NotFound):
+        driver.rollback("web", "nope")
+    with pytest.raises(NotFound):
+        driver.delete_snapshot("web", "nope")
+    with pytest.raises(NotFound):
+        driver.snapshot_instance("ghost", "s1")
+    for bad in ("../x", "a/b", ".hidden", "", "..", "."):
+        with pytest.raises(InvalidRequest):
+            driver.snapshot_instance("web", bad)
+        with pytest.raises(InvalidRequest):
+            driver.clone_instance("web", bad)
+    driver.snapshot_instance("web", "s2")
+    assert driver.list_snapshots("web") == ["s1", "s2"]
+    driver.delete_snapshot("web", "s1")
+    assert driver.list_snapshots("web") == ["s2"]
+
+
+def test_clone_is_independent(driver: StorageDriver) -> None:
+    make_template(driver)
+    src = driver.create_instance("src", "base")
+    (src / "data").write_text("v1")
+    driver.snapshot_instance("src", "s1")
+    (src / "data").write_text("v2")
+
+    clone = driver.clone_instance("src", "copy")
+    assert (clone / "data").read_text() == "v2"
+    (clone / "data").write_text("changed in clone")
+    (src / "more").write_text("x")
+    assert (src / "data").read_text() == "v2"
+    assert not (clone / "more").exists()
+    assert driver.list_snapshots("copy") == []  # snapshots are not carried over
+
+    old = driver.clone_instance("src", "old", from_snapshot="s1")
+    assert (old / "data").read_text() == "v1"
+    (old / "data").write_text("w")
+    assert (driver.snapshot_path("src", "s1") / "data").read_text() == "v1"
+
+    with pytest.raises(Conflict):
+        driver.clone_instance("src", "copy")
+    with pytest.raises(NotFound):
+        driver.clone_instance("src", "x", from_snapshot="nope")
+    with pytest.raises(NotFound):
+        driver.clone_instance("ghost", "y")
+    assert driver.instance_names() == ["copy", "old", "src"]
+
+
+def test_delete_instance_removes_everything(driver: StorageDriver) -> None:
+    make_template(driver)
+    driver.create_instance("keep", "base")
+    driver.create_instance("gone", "base")
+    driver.snapshot_instance("gone", "s1")
+    driver.snapshot_instance("gone", "s2")
+    driver.delete_instance("gone")
+    assert not driver.instance_path("gone").exists()
+    assert driver.instance_names() == ["keep"]
+    driver.delete_instance("gone")  # missing is not an error
+    assert (driver.rootfs("keep") / "etc/hostname").exists()
+
+
+def test_recover_partial_finishes_an_interrupted_rollback(driver: StorageDriver) -> None:
+    make_template(driver)
+    root = driver.create_instance("web", "base")
+    (root / "data").write_text("old")
+    driver.snapshot_instance("web", "s1")
+    base = driver.instance_path("web")
+    # crash after the new root was made and the old one renamed away, before the second rename
+    driver._copy_root(driver.snapshot_path("web", "s1"), base / ".rootfs-new", read_only=False)
+    (base / ".rootfs-new" / "data").write_text("new")
+    root.rename(base / ".rootfs-old")
+    assert driver.recover_partial() == ["web: rollback completed", "web: removed .rootfs-old"]
+    assert (driver.rootfs("web") / "data").read_text() == "new"
+    assert sorted(p.name for p in base.iterdir()) == ["rootfs", "snapshots"]
+    # crash before anything was swapped: the half-made new root goes
+    driver._copy_root(driver.snapshot_path("web", "s1"), base / ".rootfs-new", read_only=False)
+    assert driver.recover_partial("web") == ["web: removed .rootfs-new"]
+    assert (driver.rootfs("web") / "data").read_text() == "new"
+
+
+def test_usage_counts_the_root(driver: StorageDriver) -> None:
+    make_template(driver)
+    root = driver.create_instance("web", "base")
+    before = driver.usage("web")
+    (root / "blob").write_bytes(os.urandom(8 * MiB))
+    os.sync()
+    after = driver.usage("web")
+    assert 7 * MiB < after - before < 10 * MiB, (before, after)
+
+
+# -- dir only -----------------------------------------------------------------------------------
+
+def test_dir_has_no_quota(tmp_path: Path) -> None:
+    d = DirStorage(tmp_path / "s")
+    d.prepare()
+    make_template(d)
+    d.create_instance("web", "base")
+    with pytest.raises(NotSupported, match="btrfs"):
+        d.set_quota("web", 100 * MiB)
+    d.set_quota("web", None)  # lifting a limit that cannot exist is fine
+    assert d.quota("web") is None
+    info = d.pool_info()
+    assert info["driver"] == "dir" and info["size"] > 0 and info["quota"] is False
+
+
+# -- btrfs only ---------------------------------------------------------------------------------
+
+def test_create_is_a_snapshot_not_a_copy(bt: BtrfsStorage) -> None:
+    make_template(bt, big=20 * MiB)
+    tmpl_q = bt.subvolume_usage(bt.template_path("base") / "rootfs")
+    assert tmpl_q is not None and tmpl_q["referenced"] >= 20 * MiB
+    used_before = fs_used(bt.root)
+    started = time.perf_counter()
+    for i in range(10):
+        bt.create_instance(f"i{i}", "base")
+    elapsed = time.perf_counter() - started
+    growth = fs_used(bt.root) - used_before
+    print(f"\n10 btrfs instances: {elapsed * 1000 / 10:.1f} ms each, pool grew {growth // 1024} KiB")
+    assert growth < 4 * MiB, f"10 instances of a 20 MB template took {growth} bytes"
+    for i in range(10):
+        q = bt.subvolume_usage(bt.rootfs(f"i{i}"), sync=False)
+        assert q is not None
+        assert q["referenced"] >= 20 * MiB  # it sees the template's data …
+        assert q["exclusive"] < 256 * 1024  # … and owns a few metadata blocks
+        assert bt.usage(f"i{i}") == q["referenced"]
+    ids = {sid for _, sid in bt.subvolumes()}
+    assert len(ids) == 11
+
+
+def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
+    make_template(bt, big=20 * MiB)
+    root = bt.create_instance("web", "base")
+    assert bt.quota("web") is None
+    limit = 64 * MiB
+    bt.set_quota("web", limit)
+    assert bt.quota("web") == limit
+    r = subprocess.run(["dd", "if=/dev/zero", f"of={root / 'fill'}", "bs=1M", "count=200",
+                        "conv=fsync"], capture_output=True, text=True)
+    assert r.returncode != 0
+    assert "Disk quota exceeded" in r.stderr, r.stderr
+    used = bt.usage("web")
+    assert limit - 8 * MiB <= used <= limit, used
+    assert (root / "fill").stat().st_size < 50 * MiB  # 64 MiB minus the 20 MB template file
+
+    bt.set_quota("web", None)
+    assert bt.quota("web") is None
+    subprocess.run(["dd", "if=/dev/zero", f"of={root / 'more'}", "bs=1M", "count=20", "conv=fsync"],
+                   check=True, capture_output=True)
+    assert bt.usage("web") > limit
+    with pytest.raises(InvalidRequest):
+        bt.set_quota("web", 0)
+    with pytest.raises(NotFound):
+        bt.set_quota("ghost", limit)
+
+
+def test_rollback_and_quota_survive_together(bt: BtrfsStorage) -> None:
+    make_template(bt)
+    bt.create_instance("web", "base")
+    bt.set_quota("web", 32 * MiB)
+    bt.snapshot_instance("web", "s1")
+    bt.rollback("web", "s1")
+    assert bt.quota("web") == 32 * MiB  # the new root carries the limit
+    r = subprocess.run(["dd", "if=/dev/zero", f"of={bt.rootfs('web') / 'fill'}", "bs=1M", "count=64"],
+                       capture_output=True, text=True)
+    assert "Disk quota exceeded" in r.stderr
+
+
+def test_delete_removes_subvolumes_snapshots_and_qgroups(bt: BtrfsStorage) -> None:
+    make_template(bt)
+    bt.create_instance("keep", "base")
+    root = bt.create_instance("gone", "base")
+    btrfsutil.create_subvolume(root / "nested")  # a guest may make subvolumes in its root
+    (root / "nested/f").write_text("x")
+    bt.snapshot_instance("gone", "s1")
+    bt.snapshot_instance("gone", "s2")
+    bt.set_quota("gone", 100 * MiB)
+    clone = bt.clone_instance("gone", "clone")
+    assert (clone / "nested/f").read_text() == "x"  # a writable clone takes nested ones along
+
+    ids = {path: sid for path, sid in bt.subvolumes() if path.startswith("instances/gone/")}
+    assert set(ids) == {"instances/gone/rootfs", "instances/gone/rootfs/nested",
+                        "instances/gone/snapshots/s1", "instances/gone/snapshots/s2"}
+    qgroups = Path("/sys/fs/btrfs") / _fsid(bt) / "qgroups"
+    assert all((qgroups / f"0_{sid}").is_dir() for sid in ids.values())
+
+    bt.delete_instance("gone")
+    assert not bt.instance_path("gone").exists()
+    remaining = [path for path, _ in bt.subvolumes()]
+    assert sorted(remaining) == ["instances/clone/rootfs", "instances/clone/rootfs/nested",
+                                 "instances/keep/rootfs", "templates/base/rootfs"]
+    bt.wait_cleanup()
+    assert not [sid for sid in ids.values() if (qgroups / f"0_{sid}").exists()]
+    assert not (bt.root / ".qgroups-pending.json").exists()
+    assert (bt.rootfs("keep") / "etc/hostname").exists()
+
+
+def test_discard_staging_removes_half_built_templates(bt: BtrfsStorage) -> None:
+    staging = bt.new_template_dir("half")
+    (staging / "rootfs/file").write_text("x")
+    assert btrfsutil.is_subvolume(staging / "rootfs")
+    assert bt.discard_staging() == [staging.name]
+    assert not staging.exists()
+    assert bt.subvolumes() == []
+
+
+def test_template_made_as_plain_dir_still_snapshots(bt: BtrfsStorage) -> None:
+    staging = bt.root / "templates" / ".build-x"
+    (staging / "rootfs/etc").mkdir(parents=True)
+    (staging / "rootfs/etc/os").write_text("plain")
+    bt.commit_template("plain", staging)
+    tmpl = bt.template_path("plain") / "rootfs"
+    assert btrfsutil.is_subvolume(tmpl) and btrfsutil.get_subvolume_read_only(tmpl)
+    root = bt.create_instance("web", "plain")
+    assert (root / "etc/os").read_text() == "plain"
+
+
+def test_pool_info_and_probe(bt: BtrfsStorage, tmp_path: Path) -> None:
+    info = bt.pool_info()
+    assert info["driver"] == "btrfs" and info["quota"] is True and info["quota_consistent"] is True
+    assert bt.repair_quota() is False
+    assert 2 * GiB < info["size"] <= 3 * GiB and 0 < info["free"] < info["size"]
+    assert bt.info().usable
+    elsewhere = BtrfsStorage(tmp_path / "not-btrfs")
+    probe = elsewhere.info()
+    assert not probe.usable and "not on btrfs" in probe.reason
+
+
+def _fsid(bt: BtrfsStorage) -> str:
+    from ctd.storage.btrfs import fs_uuid
+    return fs_uuid(bt.root)
