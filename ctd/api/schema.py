@@ -49,8 +49,12 @@ def build_schema() -> dict[str, Any]:
                     200, {"type": "object", "properties": {"instance": instance}}, 400, 404)},
                 "patch": {"summary": "change limits; applied live to a running instance",
                           "requestBody": {"required": True, **_json({
-                              "type": "object", "required": ["limits"], "additionalProperties": False,
-                              "properties": {"limits": {"$ref": "#/components/schemas/Limits"}}})},
+                              "type": "object", "additionalProperties": False,
+                              "properties": {"limits": {"$ref": "#/components/schemas/Limits"},
+                                             "ipadd": {"type": "array", "items": {"type": "string"}},
+                                             "ipdel": {"type": "array", "items": {"type": "string"}},
+                                             "rate": {"type": "string"},
+                                             "nameservers": {"type": "array", "items": {"type": "string"}}}})},
                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
                 "delete": {"summary": "destroy (an operation); refuses a running one unless force",
                            "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
@@ -115,6 +119,22 @@ def build_schema() -> dict[str, Any]:
                                {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
                 "get": {"summary": "wait for an operation to finish", "responses": _responses(200, op_resp, 400, 404)},
             },
+            "/1.0/networks": {
+                "get": {"summary": "list networks", "responses": _responses(200, {"type": "object"})},
+                "post": {"summary": "create a network (a bridge with an address pool)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,14}$"},
+                                            "subnet": {"type": "string"}, "ipv6": {"type": "string"},
+                                            "nat": {"type": "boolean"}}})},
+                         "responses": _responses(201, {"type": "object"}, 400, 409)},
+            },
+            "/1.0/networks/{name}": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {"summary": "one network", "responses": _responses(200, {"type": "object"}, 404)},
+                "delete": {"summary": "delete a network (refused while in use)",
+                           "responses": _responses(200, {"type": "object"}, 404, 409)},
+            },
             "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},
         },
         "components": {"schemas": {
@@ -130,6 +150,13 @@ def build_schema() -> dict[str, Any]:
                     "hostname": {"type": "string"}, "privileged": {"type": "boolean"},
                     "type": {"type": "string", "enum": ["container"]},
                     "limits": {"$ref": "#/components/schemas/Limits"},
+                    "nameservers": {"type": "array", "items": {"type": "string"}},
+                    "nics": {"type": "array", "maxItems": 8, "items": {
+                        "type": "object", "additionalProperties": False,
+                        "properties": {"network": {"type": "string"},
+                                       "mode": {"type": "string", "enum": ["bridged", "routed"]},
+                                       "addresses": {"type": "array", "items": {"type": "string"}},
+                                       "filter": {"type": "boolean"}, "rate": {"type": "string"}}}},
                 }},
             "StateChange": {
                 "type": "object", "required": ["action"], "additionalProperties": False,

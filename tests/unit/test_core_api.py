@@ -106,11 +106,12 @@ class FakeInstances:
     def console(self, ref: str) -> Any:
         raise Conflict(f"{ref} is not running; start it first")
 
-    def check_set(self, body: Any) -> dict[str, int]:
+    def check_set(self, body: Any) -> dict[str, Any]:
         body = validate.body_fields(body, {"limits"}, {"limits"})
-        return {"numproc": int(body["limits"]["numproc"])}
+        return {"limits": {"numproc": int(body["limits"]["numproc"])}}
 
-    async def set_limits(self, r: InstanceRecord, changes: dict[str, int]) -> dict[str, Any]:
+    async def set_config(self, r: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
+        changes = checked["limits"]
         self.calls.append(("set", r.name, changes))
         return {**self.view(r), "limits": changes}
 
@@ -155,7 +156,8 @@ class Env:
         self.templates = FakeTemplates(self.db)
         self.ctx = ApiContext(config=DaemonConfig(state_dir=tmp, stop_timeout=12.0), db=self.db,
                               instances=self.instances, templates=self.templates,  # type: ignore[arg-type]
-                              operations=Operations(), info={"version": "test", "api": "1.0"})
+                              operations=Operations(), network=None,  # type: ignore[arg-type]
+                              info={"version": "test", "api": "1.0"})
         self.app = make_app(self.ctx)
 
 
