@@ -16,9 +16,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the runtime's own needs, then what the tests and benchmarks compare against.
-RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps"
+RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps
+              btrfs-progs libbtrfsutil-dev nftables lxcfs"
 # The test suite also checks the host-readiness report for every optional tool, and the Vagrantfile.
-TEST_PKGS="ruby vagrant vagrant-libvirt btrfs-progs lxcfs nftables qemu-system-x86 ovmf swtpm swtpm-tools mmdebstrap"
+TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 ovmf swtpm swtpm-tools mmdebstrap"
 
 install_debs() {
     local missing=()

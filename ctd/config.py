@@ -25,7 +25,14 @@ class DaemonConfig:
     cgroup_name: str = "ctd"
     # nftables table (bridge and inet families) holding the anti-spoofing rules.
     nft_table: str = "ctd"
+    # Host ends of NICs are named <prefix><id>.<n>; two letters.
+    nic_prefix: str = "ve"
     stop_timeout: float = 30.0
+    # "auto": btrfs where the state dir is on btrfs, else a loop-backed btrfs pool image when
+    # btrfs-progs is installed, else plain directories. "dir" forces directories.
+    storage_driver: str = "auto"
+    # Size of a new pool image, e.g. "50G"; empty: 20% of the free space, at most 100G.
+    pool_size: str = ""
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
 
     @property

@@ -57,6 +57,28 @@ def take_lock(config: DaemonConfig) -> int:
     return fd
 
 
+def open_storage(config: DaemonConfig):  # type: ignore[no-untyped-def]
+    """The storage driver the settings and the host allow (mounting ctd's pool if it has one)."""
+    from cgroups import parse_size
+
+    from ctd.storage.dir import DirStorage
+    from ctd.storage.pool import choose_storage
+
+    if config.storage_driver not in ("auto", "dir", "btrfs"):
+        raise CtdError(f"storage_driver must be auto, dir or btrfs, not {config.storage_driver!r}")
+    if config.storage_driver == "dir":
+        return DirStorage(config.storage_dir)
+    try:
+        size = parse_size(config.pool_size) if config.pool_size else None
+    except ValueError as exc:
+        raise CtdError(f"pool_size: {exc}") from None
+    storage = choose_storage(config.state_dir, pool_size=size)
+    if config.storage_driver == "btrfs" and storage.name != "btrfs":
+        raise CtdError(f"storage_driver is btrfs but btrfs cannot be used: {storage.reason}")
+    log.info("storage: %s at %s (%s)", storage.name, storage.root, storage.reason or "configured")
+    return storage
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,13 +123,12 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.network.manager import NetworkManager
     from ctd.operations import Operations
     from ctd.state import StateDB
-    from ctd.storage.dir import DirStorage
     from ctd.template.manager import TemplateManager
 
     loop = asyncio.get_running_loop()
     spawner.attach(loop)
     db = StateDB(config.db_path)
-    storage = DirStorage(config.storage_dir)
+    storage = await asyncio.to_thread(open_storage, config)
     storage.prepare()
     cgroups = CgroupManager.detect(base_name=config.cgroup_name)
     templates = TemplateManager(config.templates_dir, db, storage)
@@ -115,13 +136,14 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
-    network = NetworkManager(db, config.nft_table)
+    network = NetworkManager(db, config.nft_table, config.nic_prefix)
     await asyncio.to_thread(network.restore)
     instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
     report = await instances.recover()
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
-        "storage": storage.info().__dict__, "cgroup_version": cgroups.version,
+        "storage": {"driver": storage.name, "path": str(storage.root), "reason": storage.reason},
+        "cgroup_version": cgroups.version,
         "cgroup_controllers": sorted(cgroups.controllers), "state_dir": str(config.state_dir),
         "drivers": {"container": {"usable": True}, "vm": {"usable": False, "reason": "not implemented yet"},
                     "lxcfs": {"usable": lxcfs.available, "reason": lxcfs.reason,
@@ -152,6 +174,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         with contextlib.suppress(Exception):
             cgroups.remove_base()
         lxcfs.stop()
+        network.remove_filters()
     try:
         config.socket.unlink()
     except FileNotFoundError:

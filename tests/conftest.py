@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ctctl.client import ApiError, Client  # noqa: E402
+from ctd.storage.pool import release_pool  # noqa: E402
 
 TEST_IDMAP_BASE = 600_000_000  # far from a ctd that may run on this machine for real
 
@@ -43,6 +45,8 @@ class Daemon:
     cgroup_name: str
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    # NIC names are host-wide: a prefix of its own keeps this daemon off other daemons' names.
+    nic_prefix: str = field(default_factory=lambda: "".join(random.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     @property
@@ -51,7 +55,9 @@ class Daemon:
 
     def start(self) -> None:
         config = self.state_dir.parent / f"{self.state_dir.name}.toml"
-        config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n')
+        config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n'
+                          f'nft_table = "{self.cgroup_name.replace("-", "_")}"\n'
+                          f'nic_prefix = "{self.nic_prefix}"\n')
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
@@ -104,6 +110,11 @@ class Daemon:
                 self.client.run("DELETE", f"/1.0/instances/{inst['name']}", query={"force": "true"})
             except ApiError:
                 pass
+        for net in self.client.get("/1.0/networks")["networks"]:
+            try:
+                self.client.request("DELETE", f"/1.0/networks/{net['name']}")
+            except ApiError:
+                pass
 
     def rootfs(self, name: str) -> Path:
         return self.state_dir / "storage" / "instances" / name / "rootfs"
@@ -135,10 +146,14 @@ def _teardown(d: Daemon) -> None:
             d.destroy_all()
     finally:
         d.stop()
+        release_pool(d.state_dir)  # ctd leaves its pool mounted across restarts; a test may not
     # Nothing may outlive the daemon's containers: no cgroup, no mount under its state dir.
     leftovers = d.cgroup_dirs()
     mounts = [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(d.state_dir) in line]
-    assert not leftovers and not mounts, f"leaked: cgroups {leftovers}, mounts {mounts}"
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    table = d.cgroup_name.replace("-", "_")
+    assert not leftovers and not mounts and table not in nft, \
+        f"leaked: cgroups {leftovers}, mounts {mounts}, nft table {table if table in nft else '-'}"
 
 
 @pytest.fixture(scope="session")

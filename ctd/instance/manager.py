@@ -382,8 +382,8 @@ class InstanceManager:
             if name not in known:
                 await asyncio.to_thread(self.storage.delete_instance, name)
                 report["removed_dirs"].append(name)
-        if hasattr(self.storage, "discard_staging"):
-            report["removed_dirs"] += self.storage.discard_staging()
+        report["removed_dirs"] += await asyncio.to_thread(self.storage.discard_staging)
+        report["removed_dirs"] += await asyncio.to_thread(self.storage.recover_partial)
         running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
         for group_name in self.cgroups.list_groups():
             if group_name not in running_groups:

@@ -40,11 +40,25 @@ def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
 
 
 class NetworkManager:
-    def __init__(self, db: StateDB, nft_table: str) -> None:
+    def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve") -> None:
         self.db = db
         self.nft_table = nft_table
+        if not re.fullmatch(r"[a-z]{2}", nic_prefix):
+            raise InvalidRequest(f"nic_prefix must be two lowercase letters, not {nic_prefix!r}")
+        self.prefix = nic_prefix
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
+
+    # ------------------------------------------------------------- interface names
+
+    def host_name(self, nic: NicRecord) -> str:
+        """The host end: 've<ID>.<n>' (at most 14 characters for ids below 2**31)."""
+        return f"{self.prefix}{nic.instance_id}.{nic.idx}"
+
+    def temp_name(self, nic: NicRecord) -> str:
+        """The container end until it is renamed inside (names are per namespace, but it is
+        born on the host)."""
+        return f"{self.prefix}p{nic.instance_id}.{nic.idx}"
 
     # ------------------------------------------------------------- networks
 
@@ -218,7 +232,7 @@ class NetworkManager:
         if nic.mode is NicMode.ROUTED:
             cidrs = [f"{a}/{32 if ipaddress.ip_address(a).version == 4 else 128}" for a in nic.addresses]
             has4 = any(ipaddress.ip_address(a).version == 4 for a in nic.addresses)
-            return InsideNic(nic.temp_name, name, cidrs, ROUTED_GATEWAY4 if has4 else None, None, onlink_gateway=True)
+            return InsideNic(self.temp_name(nic), name, cidrs, ROUTED_GATEWAY4 if has4 else None, None, onlink_gateway=True)
         net = self.network(nic.network) if nic.network else None
         cidrs, gw4, gw6 = [], None, None
         for address in nic.addresses:
@@ -230,7 +244,7 @@ class NetworkManager:
                 gw4 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
             if subnet and version == 6:
                 gw6 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
-        return InsideNic(nic.temp_name, name, cidrs, gw4, gw6)
+        return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6)
 
     def setup(self, rec: InstanceRecord, pid: int) -> list[InsideNic]:
         """Host side of every NIC of rec, whose init is pid; returns what to apply inside."""
@@ -245,7 +259,7 @@ class NetworkManager:
                     net = self.network(nic.network)  # type: ignore[arg-type]
                     self.bring_up(net)
                     bridge = net.bridge
-                netlink.create_veth(nic.host_name, nic.temp_name, nic.mac, pid, bridge)
+                netlink.create_veth(self.host_name(nic), self.temp_name(nic), nic.mac, pid, bridge)
                 self._host_side(nic)
             self._refilter(nics, add=True)
         except BaseException:
@@ -255,22 +269,27 @@ class NetworkManager:
 
     def _host_side(self, nic: NicRecord) -> None:
         if nic.mode is NicMode.ROUTED:
-            netlink.add_address(nic.host_name, f"{ROUTED_GATEWAY4}/32")
-            netlink.replace_host_routes(nic.host_name, nic.addresses)
+            netlink.add_address(self.host_name(nic), f"{ROUTED_GATEWAY4}/32")
+            netlink.replace_host_routes(self.host_name(nic), nic.addresses)
             # The host end must answer ARP for the gateway only: no proxy for anyone else.
             for key, value in (("proxy_arp", "0"), ("rp_filter", "1")):
-                with open(f"/proc/sys/net/ipv4/conf/{nic.host_name}/{key}", "w") as fh:
+                with open(f"/proc/sys/net/ipv4/conf/{self.host_name(nic)}/{key}", "w") as fh:
                     fh.write(value)
         if nic.rate:
-            tc.set_rate(nic.host_name, nic.rate)
+            tc.set_rate(self.host_name(nic), nic.rate)
 
     def _refilter(self, nics: list[NicRecord], add: bool) -> None:
         for nic in nics:
-            self.filters.pop(nic.host_name, None)
+            self.filters.pop(self.host_name(nic), None)
             if add and nic.filter:
-                self.filters[nic.host_name] = nft.NicFilter(nic.host_name, nic.mac, tuple(nic.addresses),
+                self.filters[self.host_name(nic)] = nft.NicFilter(self.host_name(nic), nic.mac, tuple(nic.addresses),
                                                             nic.mode is NicMode.BRIDGED)
         nft.apply(self.nft_table, list(self.filters.values()))
+
+    def remove_filters(self) -> None:
+        """No container runs any more: the anti-spoofing table goes (made again at next start)."""
+        self.filters.clear()
+        nft.remove(self.nft_table)
 
     def adopt(self, rec: InstanceRecord, pid: int) -> None:
         """A container that kept running across a ctd restart: hold its netns, filter it again."""
@@ -286,7 +305,7 @@ class NetworkManager:
         """Save the counters, then let the NICs go with the namespace we held."""
         nics = self.db.nics_of(rec.id)
         for nic in nics:
-            stats = netlink.link_stats(nic.host_name)
+            stats = netlink.link_stats(self.host_name(nic))
             if stats:
                 # The host end receives what the container sends: swap to the container's view.
                 nic.tx_bytes += stats["rx_bytes"]
@@ -294,8 +313,8 @@ class NetworkManager:
                 nic.tx_packets += stats["rx_packets"]
                 nic.rx_packets += stats["tx_packets"]
                 self.db.update_nic(nic)
-            netlink.delete_link(nic.host_name)
-            netlink.delete_link(tc.ifb_name(nic.host_name))
+            netlink.delete_link(self.host_name(nic))
+            netlink.delete_link(tc.ifb_name(self.host_name(nic)))
         fd = self.netns.pop(rec.id, None)
         if fd is not None:
             os.close(fd)
@@ -305,10 +324,10 @@ class NetworkManager:
     def counters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
         out = []
         for nic in self.db.nics_of(rec.id):
-            live = netlink.link_stats(nic.host_name) if rec.id in self.netns else None
+            live = netlink.link_stats(self.host_name(nic)) if rec.id in self.netns else None
             live = live or {"rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0}
             out.append({
-                "name": f"eth{nic.idx}", "host_name": nic.host_name, "network": nic.network, "mode": nic.mode.value,
+                "name": f"eth{nic.idx}", "host_name": self.host_name(nic), "network": nic.network, "mode": nic.mode.value,
                 "mac": nic.mac, "addresses": nic.addresses, "filter": nic.filter, "rate": nic.rate,
                 "rx_bytes": nic.rx_bytes + live["tx_bytes"], "tx_bytes": nic.tx_bytes + live["rx_bytes"],
                 "rx_packets": nic.rx_packets + live["tx_packets"], "tx_packets": nic.tx_packets + live["rx_packets"],
@@ -355,6 +374,6 @@ class NetworkManager:
             return []
         self._host_side(nic)
         if rate != "keep" and nic.rate is None:
-            tc.set_rate(nic.host_name, None)
+            tc.set_rate(self.host_name(nic), None)
         self._refilter([nic], add=True)
         return [self._inside(nic)]

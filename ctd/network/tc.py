@@ -37,7 +37,8 @@ def _tbf(dev: str, bits: int) -> None:
 
 
 def ifb_name(host_name: str) -> str:
-    return "vi" + host_name[2:]
+    """'ve101.0' -> 'vei101.0': the ifb that shapes what the container sends."""
+    return host_name[:2] + "i" + host_name[2:]
 
 
 def set_rate(host_name: str, bits: int | None) -> None:
@@ -52,5 +53,6 @@ def set_rate(host_name: str, bits: int | None) -> None:
     netlink.ensure_ifb(ifb)
     _tbf(ifb, bits)  # container -> host, redirected through the ifb
     _tc("qdisc", "replace", "dev", host_name, "handle", "ffff:", "ingress")
+    # u32 matching everything: present in every kernel that has tc at all (matchall may not be)
     _tc("filter", "replace", "dev", host_name, "parent", "ffff:", "protocol", "all", "prio", "1",
-        "matchall", "action", "mirred", "egress", "redirect", "dev", ifb)
+        "u32", "match", "u32", "0", "0", "action", "mirred", "egress", "redirect", "dev", ifb)

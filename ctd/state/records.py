@@ -80,11 +80,3 @@ class NicRecord:
     rx_packets: int = 0
     tx_packets: int = 0
     addresses: list[str] = field(default_factory=list)
-
-    @property
-    def host_name(self) -> str:
-        return f"ve{self.instance_id}.{self.idx}"
-
-    @property
-    def temp_name(self) -> str:
-        return f"vp{self.instance_id}.{self.idx}"
