@@ -65,6 +65,7 @@ LIMIT_OPTIONS = (
     ("iolimit", "disk bandwidth, bytes/s, e.g. 10M"),
     ("iopslimit", "disk operations per second"),
     ("ioprio", "disk priority 0-7 (default 4)"),
+    ("diskspace", "disk space, e.g. 10G (needs the btrfs pool)"),
 )
 
 
@@ -205,9 +206,17 @@ def list_(fmt: str) -> None:
     """List instances."""
     instances = client().get("/1.0/instances")["instances"]
     emit(fmt, instances, lambda rows: table(
-        ["ID", "NAME", "TYPE", "STATE", "PID", "TEMPLATE", "LIMITS"],
-        [[i["id"], i["name"], i["type"], i["state"], i["pid"], i["template"], _limits_text(i["limits"])]
-         for i in rows]))
+        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS"],
+        [[i["id"], i["name"], i["type"], i["state"], i["pid"],
+          ",".join(a for n in i.get("nics", []) for a in n["addresses"] if ":" not in a) or None,
+          _disk_text(i.get("disk")), i["template"], _limits_text(i["limits"])] for i in rows]))
+
+
+def _disk_text(disk: dict | None) -> str | None:
+    if not disk:
+        return None
+    used = human_bytes(disk["used"])
+    return f"{used}/{human_bytes(disk['limit'])}" if disk.get("limit") else used
 
 
 @cli.command()
@@ -223,7 +232,8 @@ def status(instance: str, fmt: str) -> None:
                 ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
-                ("limits", _limits_text(i["limits"])), ("created", i["created_at"])]
+                ("limits", _limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
+                ("created", i["created_at"])]
         for nic in i.get("nics", []):
             rows.append((nic["name"], f"{nic['mode']} {nic['network'] or ''} {nic['mac']} "
                                       f"{','.join(nic['addresses']) or 'no address'} (host {nic['host_name']}"
@@ -337,12 +347,89 @@ def template_build(name: str) -> None:
     click.echo(f"Built {result['name']} ({human_bytes(result['size'])})")
 
 
+@template.command(name="create")
+@click.argument("name")
+@click.option("--from", "source", required=True, help="the (stopped) instance to make the template from")
+def template_create(name: str, source: str) -> None:
+    """Turn an instance into a template NAME."""
+    result = client().run("POST", "/1.0/templates", {"name": name, "from": source})
+    click.echo(f"Created template {result['name']} from {source} ({human_bytes(result['size'])})")
+
+
 @template.command(name="delete")
 @click.argument("name")
 def template_delete(name: str) -> None:
     """Delete a built template (refused while instances use it)."""
     client().request("DELETE", f"/1.0/templates/{name}")
     click.echo(f"Deleted template {name}")
+
+
+# ------------------------------------------------------------------ storage
+
+@cli.command()
+@click.argument("instance", shell_complete=complete_instance)
+@click.argument("snapshot")
+def snapshot(instance: str, snapshot: str) -> None:
+    """Take a snapshot of an instance's root (instant on btrfs; it may keep running)."""
+    client().run("POST", f"/1.0/instances/{instance}/snapshots", {"name": snapshot})
+    click.echo(f"Snapshot {snapshot} of {instance} taken")
+
+
+@cli.command(name="snapshot-list")
+@INSTANCE
+@FORMAT
+def snapshot_list(instance: str, fmt: str) -> None:
+    """List an instance's snapshots."""
+    snaps = client().get(f"/1.0/instances/{instance}/snapshots")["snapshots"]
+    emit(fmt, snaps, lambda rows: "\n".join(rows) if rows else f"{instance} has no snapshots")
+
+
+@cli.command(name="snapshot-delete")
+@INSTANCE
+@click.argument("snapshot")
+def snapshot_delete(instance: str, snapshot: str) -> None:
+    """Delete a snapshot."""
+    client().request("DELETE", f"/1.0/instances/{instance}/snapshots/{snapshot}")
+    click.echo(f"Deleted snapshot {snapshot} of {instance}")
+
+
+@cli.command()
+@INSTANCE
+@click.argument("snapshot")
+@click.option("--restart", is_flag=True, help="stop a running instance, roll back, start it again")
+def rollback(instance: str, snapshot: str, restart: bool) -> None:
+    """Put an instance's root back to a snapshot (the snapshot stays)."""
+    client().run("POST", f"/1.0/instances/{instance}/rollback", {"snapshot": snapshot, "restart": restart})
+    click.echo(f"Rolled {instance} back to {snapshot}")
+
+
+@cli.command()
+@click.argument("source", shell_complete=complete_instance)
+@click.argument("name")
+@click.option("--snapshot", help="clone this snapshot of SOURCE (works while SOURCE runs)")
+def clone(source: str, name: str, snapshot: str | None) -> None:
+    """A new instance from SOURCE: new id, id range, hostname, MAC and addresses."""
+    body: dict[str, Any] = {"name": name}
+    if snapshot:
+        body["snapshot"] = snapshot
+    result = client().run("POST", f"/1.0/instances/{source}/clone", body)
+    click.echo(f"Cloned {source} to {result['name']} (id {result['id']})")
+
+
+@cli.command()
+@FORMAT
+def storage(fmt: str) -> None:
+    """The storage pool: driver, path, size, used, free."""
+    info = client().get("/1.0/storage")["storage"]
+
+    def render(i: dict) -> str:
+        rows = [("driver", i["driver"]), ("path", i["path"]), ("size", human_bytes(i.get("size"))),
+                ("used", human_bytes(i.get("used"))), ("free", human_bytes(i.get("free"))),
+                ("quota", "on" if i.get("quota") else "off")]
+        rows += [(k, i[k]) for k in ("image", "device", "reason") if i.get(k)]
+        return "\n".join(f"{k + ':':<8} {v}" for k, v in rows)
+
+    emit(fmt, info, render)
 
 
 # ------------------------------------------------------------------ networks

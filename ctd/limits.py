@@ -26,6 +26,7 @@ LIMITS: dict[str, str] = {
     "iolimit": "disk bandwidth on the storage pool's device, bytes per second, e.g. 10M",
     "iopslimit": "disk operations per second on the storage pool's device",
     "ioprio": "disk priority 0 (lowest) to 7 (highest), default 4",
+    "diskspace": "disk space of the root filesystem, e.g. 10G (btrfs quota)",
 }
 MIN_RAM = 4 * 1024 * 1024
 CPUUNITS_DEFAULT = 1000
@@ -112,6 +113,9 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
         out["iopslimit"] = _count("iopslimit", given["iopslimit"], 1)
     if "ioprio" in given:
         out["ioprio"] = _count("ioprio", given["ioprio"], 0, 7, allow_unlimited=False)
+    if "diskspace" in given:
+        barrier, limit = _split(given["diskspace"])  # OpenVZ's barrier:limit; the limit is enforced
+        out["diskspace"] = _size("diskspace", limit, 1 << 20)
     return out
 
 
@@ -215,7 +219,7 @@ def human_size(n: int | None) -> str:
     return str(n)
 
 
-SIZE_KEYS = frozenset({"ram", "ram_high", "swap", "iolimit"})
+SIZE_KEYS = frozenset({"ram", "ram_high", "swap", "iolimit", "diskspace"})
 
 
 def shown(limits: dict[str, int]) -> dict[str, Any]:

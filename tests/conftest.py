@@ -45,6 +45,7 @@ class Daemon:
     cgroup_name: str
     proc: subprocess.Popen | None = None
     log: Path | None = None
+    extra_config: str = ""
     # NIC names are host-wide: a prefix of its own keeps this daemon off other daemons' names.
     nic_prefix: str = field(default_factory=lambda: "".join(random.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -57,7 +58,7 @@ class Daemon:
         config = self.state_dir.parent / f"{self.state_dir.name}.toml"
         config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n'
                           f'nft_table = "{self.cgroup_name.replace("-", "_")}"\n'
-                          f'nic_prefix = "{self.nic_prefix}"\n')
+                          f'nic_prefix = "{self.nic_prefix}"\n' + self.extra_config)
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
@@ -131,10 +132,10 @@ class Daemon:
         return found
 
 
-def _start_daemon(tmp: Path, tag: str) -> Daemon:
+def _start_daemon(tmp: Path, tag: str, extra: str = "") -> Daemon:
     needs_root()
     state = tmp / f"state-{tag}"
-    d = Daemon(state, tmp / f"ctd-{tag}.sock", f"ctd-test-{uuid.uuid4().hex[:8]}")
+    d = Daemon(state, tmp / f"ctd-{tag}.sock", f"ctd-test-{uuid.uuid4().hex[:8]}", extra_config=extra)
     d.start()
     d.client.run("POST", "/1.0/templates", {"name": "busybox"})
     return d

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from ctd import validate
 from ctd.api.context import ApiContext
-from ctd.errors import CtdError, InvalidRequest
+from ctd.errors import Conflict, CtdError, InvalidRequest
 from ctd.operations import Operation
 
 routes = web.RouteTableDef()
@@ -164,9 +164,26 @@ async def list_templates(request: web.Request) -> web.Response:
 
 @routes.post("/1.0/templates")
 async def build_template(request: web.Request) -> web.Response:
+    """Build from the recipe NAME, or {"name", "from": INSTANCE} to turn an instance into one."""
     c = ctx(request)
-    body = validate.body_fields(await json_body(request), {"name"}, {"name"})
+    body = validate.body_fields(await json_body(request), {"name", "from"}, {"name"})
     name = validate.instance_name(body["name"], "template name")
+    if body.get("from") is not None:
+        src = c.instances.get(validate.instance_ref(str(body["from"])))
+        if src.name in c.instances.containers.running:
+            raise Conflict(f"{src.name} is running; stop it first so the template is consistent")
+        if c.db.get_template(name) is not None or name in c.templates.recipes():
+            raise Conflict(f"a template named {name!r} exists already; choose another name")
+        base = c.db.get_template(src.template)
+
+        async def from_instance() -> dict:
+            async with c.instances.lock(src):
+                rec = await asyncio.to_thread(c.templates.from_instance_blocking, name,
+                                              c.instances.storage.rootfs(src.name), base)
+            c.db.add_template(rec)
+            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
+
+        return accepted(c.operations.start("template-create", name, from_instance()))
     c.templates.recipe(name)  # 404 for an unknown recipe, before any work
 
     async def work() -> dict:
@@ -254,3 +271,57 @@ async def delete_network(request: web.Request) -> web.Response:
     c = ctx(request)
     await asyncio.to_thread(c.network.delete_network, request.match_info["name"])
     return web.json_response({"deleted": request.match_info["name"]})
+
+
+# ------------------------------------------------------------------ storage, snapshots, clones
+
+@routes.get("/1.0/storage")
+async def storage_info(request: web.Request) -> web.Response:
+    c = ctx(request)
+    return web.json_response({"storage": await asyncio.to_thread(c.instances.storage.pool_info)})
+
+
+@routes.get("/1.0/instances/{ref}/snapshots")
+async def list_snapshots(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    return web.json_response({"snapshots": c.instances.snapshots(rec)})
+
+
+@routes.post("/1.0/instances/{ref}/snapshots")
+async def create_snapshot(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    body = validate.body_fields(await json_body(request), {"name"}, {"name"})
+    snap = c.instances.snapshot_name(body["name"])
+    if snap in c.instances.snapshots(rec):
+        raise Conflict(f"{rec.name} already has a snapshot {snap!r}; choose another name or delete it")
+    return accepted(c.operations.start("snapshot", rec.name, c.instances.snapshot(rec, snap)))
+
+
+@routes.delete("/1.0/instances/{ref}/snapshots/{snap}")
+async def delete_snapshot(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    snap = c.instances.snapshot_name(request.match_info["snap"])
+    await c.instances.delete_snapshot(rec, snap)
+    return web.json_response({"deleted": snap})
+
+
+@routes.post("/1.0/instances/{ref}/rollback")
+async def rollback(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    body = validate.body_fields(await json_body(request), {"snapshot", "restart"}, {"snapshot"})
+    snap = c.instances.snapshot_name(body["snapshot"])
+    restart = validate.boolean(body, "restart")
+    c.instances.check_rollback(rec, snap, restart)
+    return accepted(c.operations.start("rollback", rec.name, c.instances.rollback(rec, snap, restart)))
+
+
+@routes.post("/1.0/instances/{ref}/clone")
+async def clone(request: web.Request) -> web.Response:
+    c = ctx(request)
+    src = c.instances.get(request.match_info["ref"])
+    checked = c.instances.check_clone(src, await json_body(request))
+    return accepted(c.operations.start("clone", checked["name"], c.instances.clone(checked)))

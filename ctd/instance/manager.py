@@ -9,6 +9,7 @@ import datetime as dt
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,10 @@ from cgroups import CgroupManager
 from ctd import idmap, limits as limits_mod, validate
 from ctd.network import ipam
 from ctd.config import DaemonConfig
-from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
 from ctd.guestfs import write_file
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
-from ctd.network.manager import NetworkManager
+from ctd.network.manager import NetworkManager, NicRequest
 from ctd.network.tc import parse_rate
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
 from ctd.storage.base import StorageDriver
@@ -28,6 +29,7 @@ from ctd.template.manager import TemplateManager
 
 log = logging.getLogger("ctd.instances")
 FIRST_AUTO_ID = 100
+DISK_CACHE_SECONDS = 5.0
 
 
 def open_files(pids: set[int]) -> int:
@@ -59,6 +61,7 @@ class InstanceManager:
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
+        self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.io_device = limits_mod.block_device_of(storage.root)
         containers.on_stopped = self._container_exited
 
@@ -74,7 +77,7 @@ class InstanceManager:
     def lock(self, rec: InstanceRecord) -> asyncio.Lock:
         return self._locks.setdefault(rec.id, asyncio.Lock())
 
-    def view(self, rec: InstanceRecord) -> dict[str, Any]:
+    def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]:
         rc = self.containers.running.get(rec.name)
         shown_limits = limits_mod.shown(rec.limits)
         return {
@@ -85,11 +88,25 @@ class InstanceManager:
                                                   "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
             "nics": self.network.counters(rec),
+            "disk": self.disk(rec, cached),
             "console": bool(rc and rc.console),
         }
 
+    def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
+        """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
+        now = time.monotonic()
+        hit = self._disk_cache.get(rec.name)
+        if cached and hit and now - hit[0] < DISK_CACHE_SECONDS:
+            return hit[1]
+        try:
+            value = {"used": self.storage.usage(rec.name), "limit": self.storage.quota(rec.name)}
+        except CtdError:
+            value = None
+        self._disk_cache[rec.name] = (now, value)
+        return value
+
     def list(self) -> list[dict[str, Any]]:
-        return [self.view(r) for r in self.db.list_instances()]
+        return [self.view(r, cached=True) for r in self.db.list_instances()]
 
     # ------------------------------------------------------------- create
 
@@ -125,7 +142,7 @@ class InstanceManager:
     async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
         name, instance_id = checked["name"], checked["id"]
         try:
-            recipe = self.templates.recipe(checked["template"])
+            recipe = self.templates.recipe_of(checked["template"])
             base = None
             if not checked["privileged"]:
                 base = idmap.allocate(
@@ -140,6 +157,8 @@ class InstanceManager:
             with contextlib.ExitStack() as undo:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
                 undo.callback(self.storage.delete_instance, name)
+                if "diskspace" in checked["limits"]:
+                    await asyncio.to_thread(self.storage.set_quota, name, checked["limits"]["diskspace"])
                 await asyncio.to_thread(self._setup_guest, rec, rootfs, checked["nameservers"])
                 with self.db.transaction():
                     self.db.add_instance(rec)
@@ -289,6 +308,15 @@ class InstanceManager:
 
     async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> None:
         """Persist new limits and apply them live to a running container (no restart)."""
+        if "diskspace" in changes:
+            limit = changes["diskspace"]
+            if limit != limits_mod.UNLIMITED:
+                used = await asyncio.to_thread(self.storage.usage, rec.name)
+                if limit < used:
+                    raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used} "
+                                         f"bytes on disk; the disk limit must be at least that")
+            await asyncio.to_thread(self.storage.set_quota, rec.name,
+                                    None if limit == limits_mod.UNLIMITED else limit)
         old_limits = dict(rec.limits)
         new_limits = limits_mod.merge(old_limits, changes)
         removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
@@ -326,6 +354,89 @@ class InstanceManager:
         rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
                      "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
         return rows
+
+    # ------------------------------------------------------------- snapshots and clones
+
+    def snapshot_name(self, value: Any) -> str:
+        return validate.instance_name(value, "snapshot name")
+
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
+        async with self.lock(rec):
+            await asyncio.to_thread(self.storage.snapshot_instance, rec.name, snap)
+        return {"instance": rec.name, "snapshot": snap}
+
+    def snapshots(self, rec: InstanceRecord) -> list[str]:
+        return self.storage.list_snapshots(rec.name)
+
+    async def delete_snapshot(self, rec: InstanceRecord, snap: str) -> None:
+        if snap not in self.storage.list_snapshots(rec.name):
+            raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
+        async with self.lock(rec):
+            await asyncio.to_thread(self.storage.delete_snapshot, rec.name, snap)
+
+    def check_rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> None:
+        if snap not in self.storage.list_snapshots(rec.name):
+            raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
+        if rec.state is not PowerState.STOPPED and not restart:
+            raise Conflict(f"{rec.name} is running; stop it first or roll back with --restart")
+
+    async def rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> dict[str, Any]:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            self.check_rollback(rec, snap, restart)
+            was_running = rec.name in self.containers.running
+            if was_running:
+                await self._stop_locked(rec, self.config.stop_timeout, kill=False)
+            await asyncio.to_thread(self.storage.rollback, rec.name, snap)
+            if was_running:
+                await self._start_locked(self.get(rec.id))
+            return self.view(self.get(rec.id))
+
+    def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"name", "snapshot"}, {"name"})
+        snap = body.get("snapshot")
+        if snap is not None:
+            snap = self.snapshot_name(snap)
+            if snap not in self.storage.list_snapshots(src.name):
+                raise NotFound(f"{src.name} has no snapshot {snap!r}")
+        elif src.state is not PowerState.STOPPED:
+            raise Conflict(f"{src.name} is running: a copy of a live root is not consistent; stop it, "
+                           "or snapshot it and clone the snapshot (--snapshot)")
+        checked = self.check_create({"name": body["name"], "template": src.template, "hostname": body["name"],
+                                     "privileged": src.privileged})
+        checked["source"], checked["snapshot"] = src, snap
+        return checked
+
+    async def clone(self, checked: dict[str, Any]) -> dict[str, Any]:
+        """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
+        src: InstanceRecord = checked["source"]
+        name, instance_id = checked["name"], checked["id"]
+        try:
+            base = None if src.privileged else idmap.allocate(
+                self.config.idmap_base, self.config.idmap_size, self.db.used_idmap_bases(),
+                idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+            rec = InstanceRecord(
+                id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
+                privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                init=list(src.init), stop_signal=src.stop_signal)
+            nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
+                    for n in self.db.nics_of(src.id)]
+            with contextlib.ExitStack() as undo:
+                async with self.lock(src):
+                    rootfs = await asyncio.to_thread(self.storage.clone_instance, src.name, name, checked["snapshot"])
+                undo.callback(self.storage.delete_instance, name)
+                if "diskspace" in rec.limits:
+                    await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+                await asyncio.to_thread(self._setup_guest, rec, rootfs, [])
+                with self.db.transaction():
+                    self.db.add_instance(rec)
+                    self.network.allocate(rec.id, [n for n in nics if n.network])
+                undo.pop_all()
+            return self.view(rec)
+        finally:
+            self._reserved_names.discard(name)
+            self._reserved_ids.discard(instance_id)
 
     # ------------------------------------------------------------- destroy
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import platform
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +19,20 @@ from ctd.template.recipe import Recipe, get_recipe, load_recipes
 
 Builder = Callable[[Recipe, Path], None]
 BUILDERS: dict[str, Builder] = {"busybox": busybox.build}
+
+
+def guess_stop_signal(rootfs: Path) -> str:
+    """The shutdown signal of the init a root carries: systemd, busybox, or sysvinit-like."""
+    init = rootfs / "sbin/init"
+    try:
+        target = os.readlink(init) if init.is_symlink() else ""
+    except OSError:
+        target = ""
+    if "systemd" in target:
+        return "SIGRTMIN+3"
+    if "busybox" in target:
+        return "SIGUSR2"
+    return "SIGPWR"
 
 
 def tree_size(path: Path) -> int:
@@ -70,6 +86,43 @@ class TemplateManager:
             built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             distro=recipe.distro, release=recipe.release, arch=platform.machine(),
         )
+
+    def recipe_of(self, name: str) -> Recipe:
+        """How to run instances of a built template: its recipe, the recipe it descends from
+        (templates made from an instance), or what its root suggests (imported tarballs)."""
+        recipes = self.recipes()
+        if name in recipes:
+            return recipes[name]
+        rec = self.get(name)
+        source = Path(rec.recipe) if rec.recipe.endswith(".toml") else None
+        if source is not None and source.exists():
+            base = load_recipes(source.parent).get(source.stem)
+            if base is not None:
+                return dataclasses.replace(base, name=name)
+        return Recipe(name=name, builder="none", init=["/sbin/init"],
+                      stop_signal=guess_stop_signal(Path(rec.path) / "rootfs"))
+
+    def from_instance_blocking(self, name: str, rootfs: Path, base: TemplateRecord | None) -> TemplateRecord:
+        """A new template holding a copy of an (stopped) instance's root; runs in a thread."""
+        if self.db.get_template(name) is not None or name in self.recipes():
+            raise Conflict(f"a template named {name!r} exists already; choose another name")
+        staging = self.storage.new_template_dir(name)
+        try:
+            result = subprocess.run(["cp", "-a", "--reflink=auto", "--", f"{rootfs}/.", str(staging / "rootfs")],
+                                    capture_output=True, text=True)
+            if result.returncode != 0:
+                raise OperationFailed(f"copying the instance's root failed: {result.stderr.strip()}")
+            path = self.storage.commit_template(name, staging)
+        except BaseException:
+            if staging.exists():
+                subprocess.run(["btrfs", "subvolume", "delete", str(staging / "rootfs")], capture_output=True)
+                shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return TemplateRecord(
+            name=name, recipe=base.recipe if base else "", path=str(path), size=tree_size(path),
+            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            distro=base.distro if base else "", release=base.release if base else "",
+            arch=platform.machine())
 
     def delete(self, name: str) -> None:
         self.get(name)
