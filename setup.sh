@@ -19,7 +19,8 @@ fi
 RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps
               btrfs-progs libbtrfsutil-dev nftables lxcfs"
 # The test suite also checks the host-readiness report for every optional tool, and the Vagrantfile.
-TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 ovmf swtpm swtpm-tools mmdebstrap"
+TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 ovmf swtpm swtpm-tools mmdebstrap openssh-client
+           linux-image-amd64 kmod"
 
 install_debs() {
     local missing=()
@@ -67,6 +68,7 @@ case "$MODE" in
     test)
         install_debs $RUNTIME_PKGS $TEST_PKGS
         install_python
+        "$REPO/scripts/vm-deps.sh"
         exec "$REPO/scripts/run-tests.sh" "${@:2}"
         ;;
     *)

@@ -86,6 +86,12 @@ class CgroupManager(ABC):
     def group(self, name: str) -> CgroupGroup:
         """A handle on <base>/<name>; no side effect."""
 
+    def guest_mounts(self) -> list[tuple[str, str, str]]:
+        """(path below /sys/fs/cgroup, fstype, mount options) a guest that runs its own cgroup
+        manager (systemd) mounts inside its cgroup namespace: the same layout as the host's.
+        A path of "" means /sys/fs/cgroup itself (a pure v2 host)."""
+        return []
+
     def list_groups(self) -> list[str]:
         names: set[str] = set()
         for d in self.base_dirs().values():
@@ -162,6 +168,19 @@ class CgroupGroup(ABC):
         if not all(self.fs.isdir(d) for d in dirs.values()):
             raise CgroupError(f"cgroup {self.name!r} does not exist (call create() first)")
         return dirs
+
+    # Files of a cgroup its delegate must own to run a cgroup manager in it (the same list
+    # systemd and LXC hand over); the limits stay root's.
+    DELEGATED_FILES = ("cgroup.procs", "tasks", "cgroup.subtree_control", "cgroup.threads", "cgroup.clone_children")
+
+    def delegate(self, uid: int, gid: int) -> None:
+        """Give the group to uid:gid (a container's root), so it can make sub-cgroups."""
+        for d in self._require().values():
+            os.chown(d, uid, gid)
+            for name in self.DELEGATED_FILES:
+                path = os.path.join(d, name)
+                if os.path.exists(path):
+                    os.chown(path, uid, gid)
 
     def attach(self, pid: int) -> None:
         for f in self.procs_files():

@@ -65,6 +65,16 @@ def _sum(a: int | None, b: int | None) -> int | None:
 class V1Manager(CgroupManager):
     version = 1
 
+    def guest_mounts(self) -> list[tuple[str, str, str]]:
+        mounts = []
+        for h in self.hierarchies:
+            path = os.path.basename(h.mountpoint.rstrip("/"))
+            if h.is_unified:
+                mounts.append((path, "cgroup2", ""))
+            else:
+                mounts.append((path, "cgroup", h.key))
+        return mounts
+
     def __init__(self, base_name: str, hierarchies: list[Hierarchy],
                  fs: CgroupFS | None = None) -> None:
         super().__init__(base_name, fs)

@@ -42,6 +42,9 @@ def _kernel_at_least(major: int, minor: int) -> bool:
 class V2Manager(CgroupManager):
     version = 2
 
+    def guest_mounts(self) -> list[tuple[str, str, str]]:
+        return [("", "cgroup2", "")]
+
     def __init__(self, base_name: str, hierarchy: Hierarchy, fs: CgroupFS | None = None,
                  *, move_self: bool = True) -> None:
         super().__init__(base_name, fs)

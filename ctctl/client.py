@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,14 +81,22 @@ class Client:
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query or None)
 
-    def run(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> dict:
-        """A request that returns an operation: wait for it; raise if it failed."""
+    def run(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
+            progress: Callable[[str], None] | None = None) -> dict:
+        """A request that returns an operation: wait for it (showing its progress); raise if it
+        failed. Ctrl-C asks ctd to cancel it."""
         reply = self.request(method, path, body, query)
         op = reply.get("operation")
         if op is None:
             return reply
-        while op["status"] == "running":
-            op = self.get(f"/1.0/operations/{op['id']}/wait", timeout=60)["operation"]
+        try:
+            while op["status"] == "running":
+                op = self.get(f"/1.0/operations/{op['id']}/wait", timeout=1 if progress else 60)["operation"]
+                if progress and op.get("progress"):
+                    progress(op["progress"])
+        except KeyboardInterrupt:
+            self.request("DELETE", f"/1.0/operations/{op['id']}")
+            raise ApiError(f"interrupted: asked ctd to cancel the {op['kind']} of {op['target']}") from None
         if op["status"] == "failure":
             raise ApiError(op.get("error") or "the operation failed", op.get("code") or "failed")
         return op.get("result") or {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from typing import Any
 
@@ -54,6 +55,27 @@ def complete_instance(ctx: click.Context, param: click.Parameter, incomplete: st
 INSTANCE = click.argument("instance", shell_complete=complete_instance)
 
 
+def guest_options(func):  # type: ignore[no-untyped-def]
+    """--userpasswd, --ssh-key, --timezone on create and set."""
+    func = click.option("--timezone", help="zone for /etc/localtime, e.g. Europe/Berlin")(func)
+    func = click.option("--ssh-key", "ssh_key", multiple=True, type=click.Path(exists=True, dir_okay=False),
+                        help="public key file for root's authorized_keys")(func)
+    func = click.option("--userpasswd", help="USER:PASSWORD (hashed into the guest's /etc/shadow, kept nowhere)")(func)
+    return func
+
+
+def _guest(body: dict[str, Any], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None) -> None:
+    if userpasswd:
+        body["userpasswd"] = userpasswd
+    if ssh_key:
+        keys = []
+        for path in ssh_key:
+            keys += [line.strip() for line in open(path).read().splitlines() if line.strip() and not line.startswith("#")]
+        body["ssh_keys"] = keys
+    if timezone:
+        body["timezone"] = timezone
+
+
 LIMIT_OPTIONS = (
     ("ram", "memory limit, e.g. 512M, 1G, or barrier:limit"),
     ("swap", "swap on top of ram, e.g. 256M"),
@@ -95,12 +117,15 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit")
 @click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
+@guest_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
 def create(name: str, template: str, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
-           nameserver: tuple[str, ...], **limits: Any) -> None:
+           nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
+           **limits: Any) -> None:
     """Create a container from a template."""
     body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(limits)}
+    _guest(body, userpasswd, ssh_key, timezone)
     if network or ipadd or routed:
         nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
                                "addresses": list(ipadd), "filter": not no_filter}
@@ -161,6 +186,16 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
 
 @cli.command()
 @INSTANCE
+@click.option("--template", "-t", help="a different template (default: the one it was made from)")
+def reinstall(instance: str, template: str | None) -> None:
+    """A fresh root from the template, keeping id, limits, addresses and ssh keys (stopped instance)."""
+    body: dict[str, Any] = {"template": template} if template else {}
+    result = client().run("POST", f"/1.0/instances/{instance}/reinstall", body)
+    click.echo(f"Reinstalled {result['name']} from {result['template']}")
+
+
+@cli.command()
+@INSTANCE
 @click.option("--force", "-f", is_flag=True, help="stop it first if it is running")
 def destroy(instance: str, force: bool) -> None:
     """Destroy a container and its files."""
@@ -175,10 +210,13 @@ def destroy(instance: str, force: bool) -> None:
 @click.option("--ipdel", multiple=True, help="remove an address from the first NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit, or 'unlimited'")
 @click.option("--nameserver", multiple=True, help="DNS servers for /etc/resolv.conf")
+@guest_options
 def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
-         nameserver: tuple[str, ...], **limits: Any) -> None:
+         nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
+         **limits: Any) -> None:
     """Change limits and addresses; a running container gets them at once ('unlimited' removes a limit)."""
     body: dict[str, Any] = {}
+    _guest(body, userpasswd, ssh_key, timezone)
     if _limits(limits):
         body["limits"] = _limits(limits)
     for key, value in (("ipadd", list(ipadd)), ("ipdel", list(ipdel)), ("nameservers", list(nameserver))):
@@ -340,10 +378,31 @@ def template_list(fmt: str) -> None:
 
 @template.command(name="build")
 @click.argument("name")
-def template_build(name: str) -> None:
-    """Build a template from its recipe in templates/."""
+@click.option("--mirror", help="Debian mirror URL (default: the host's apt sources)")
+def template_build(name: str, mirror: str | None) -> None:
+    """Build a template from its recipe in templates/ (Ctrl-C cancels the build)."""
     click.echo(f"Building template {name} ...")
-    result = client().run("POST", "/1.0/templates", {"name": name})
+    body: dict[str, Any] = {"name": name}
+    if mirror:
+        body["mirror"] = mirror
+    tty = sys.stderr.isatty()
+    last = [""]
+
+    def show(line: str) -> None:
+        if line == last[0]:
+            return
+        last[0] = line
+        if tty:
+            width = max(20, shutil.get_terminal_size().columns - 1)
+            click.echo("\r" + line[:width].ljust(width), err=True, nl=False)
+        else:
+            click.echo(f"  {line}", err=True)
+
+    try:
+        result = client().run("POST", "/1.0/templates", body, progress=show)
+    finally:
+        if tty and last[0]:
+            click.echo("", err=True)
     click.echo(f"Built {result['name']} ({human_bytes(result['size'])})")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable
@@ -34,12 +35,14 @@ class Operation:
     result: Any = None
     error: str | None = None
     error_code: str | None = None
+    progress: str = ""  # the latest line of a long job (a template build), set from any thread
+    cancelled: threading.Event = field(default_factory=threading.Event)
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def to_json(self) -> dict:
         return {"id": self.id, "kind": self.kind, "target": self.target, "status": self.status.value,
                 "created_at": self.created_at, "result": self.result, "error": self.error,
-                "code": self.error_code}
+                "code": self.error_code, "progress": self.progress}
 
 
 class Operations:
@@ -47,8 +50,12 @@ class Operations:
         self._ops: OrderedDict[str, Operation] = OrderedDict()
         self._tasks: set[asyncio.Task] = set()
 
-    def start(self, kind: str, target: str, work: Awaitable[Any]) -> Operation:
-        op = Operation(uuid.uuid4().hex, kind, target)
+    def new(self, kind: str, target: str) -> Operation:
+        """An operation whose work needs the operation itself (progress, cancellation)."""
+        return Operation(uuid.uuid4().hex, kind, target)
+
+    def start(self, kind: str, target: str, work: Awaitable[Any], op: Operation | None = None) -> Operation:
+        op = op or Operation(uuid.uuid4().hex, kind, target)
         self._ops[op.id] = op
         task = asyncio.get_running_loop().create_task(self._run(op, work))
         self._tasks.add(task)

@@ -12,6 +12,7 @@ from ctd import validate
 from ctd.api.context import ApiContext
 from ctd.errors import Conflict, CtdError, InvalidRequest
 from ctd.operations import Operation
+from ctd.template.mmdebstrap import BuildContext
 
 routes = web.RouteTableDef()
 CTX = web.AppKey("ctx", ApiContext)
@@ -166,7 +167,7 @@ async def list_templates(request: web.Request) -> web.Response:
 async def build_template(request: web.Request) -> web.Response:
     """Build from the recipe NAME, or {"name", "from": INSTANCE} to turn an instance into one."""
     c = ctx(request)
-    body = validate.body_fields(await json_body(request), {"name", "from"}, {"name"})
+    body = validate.body_fields(await json_body(request), {"name", "from", "mirror"}, {"name"})
     name = validate.instance_name(body["name"], "template name")
     if body.get("from") is not None:
         src = c.instances.get(validate.instance_ref(str(body["from"])))
@@ -185,13 +186,24 @@ async def build_template(request: web.Request) -> web.Response:
 
         return accepted(c.operations.start("template-create", name, from_instance()))
     c.templates.recipe(name)  # 404 for an unknown recipe, before any work
+    mirror = body.get("mirror")
+    if mirror is not None and (not isinstance(mirror, str) or not mirror.startswith(("http://", "https://", "file:/"))):
+        raise InvalidRequest("mirror must be a URL like http://HOST/debian")
+    if name in c.templates.building:
+        raise Conflict(f"template {name} is being built already")
+    op = c.operations.new("template-build", name)
+    build = BuildContext(progress=lambda line: setattr(op, "progress", line), cancelled=op.cancelled, mirror=mirror)
 
     async def work() -> dict:
-        rec = await asyncio.to_thread(c.templates.build_blocking, name)
+        c.templates.building.add(name)
+        try:
+            rec = await asyncio.to_thread(c.templates.build_blocking, name, build)
+        finally:
+            c.templates.building.discard(name)
         c.db.add_template(rec)
         return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
 
-    return accepted(c.operations.start("template-build", name, work()))
+    return accepted(c.operations.start("template-build", name, work(), op))
 
 
 @routes.delete("/1.0/templates/{name}")
@@ -212,6 +224,14 @@ async def list_operations(request: web.Request) -> web.Response:
 @routes.get("/1.0/operations/{id}")
 async def get_operation(request: web.Request) -> web.Response:
     return web.json_response({"operation": ctx(request).operations.get(request.match_info["id"]).to_json()})
+
+
+@routes.delete("/1.0/operations/{id}")
+async def cancel_operation(request: web.Request) -> web.Response:
+    """Ask a running operation to stop (template builds stop; others finish their step)."""
+    op = ctx(request).operations.get(request.match_info["id"])
+    op.cancelled.set()
+    return web.json_response({"operation": op.to_json()})
 
 
 @routes.get("/1.0/operations/{id}/wait")
@@ -325,3 +345,14 @@ async def clone(request: web.Request) -> web.Response:
     src = c.instances.get(request.match_info["ref"])
     checked = c.instances.check_clone(src, await json_body(request))
     return accepted(c.operations.start("clone", checked["name"], c.instances.clone(checked)))
+
+
+@routes.post("/1.0/instances/{ref}/reinstall")
+async def reinstall(request: web.Request) -> web.Response:
+    """OpenVZ's reinstall: a fresh root from the template; id, limits, NICs and keys stay."""
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    body = validate.body_fields(await json_body(request), {"template"})
+    template = body.get("template") or rec.template
+    c.instances.check_reinstall(rec, template)
+    return accepted(c.operations.start("reinstall", rec.name, c.instances.reinstall(rec, template)))

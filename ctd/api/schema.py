@@ -54,7 +54,10 @@ def build_schema() -> dict[str, Any]:
                                              "ipadd": {"type": "array", "items": {"type": "string"}},
                                              "ipdel": {"type": "array", "items": {"type": "string"}},
                                              "rate": {"type": "string"},
-                                             "nameservers": {"type": "array", "items": {"type": "string"}}}})},
+                                             "nameservers": {"type": "array", "items": {"type": "string"}},
+                                             "userpasswd": {"type": "string"},
+                                             "ssh_keys": {"type": "array", "items": {"type": "string"}},
+                                             "timezone": {"type": "string"}}})},
                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
                 "delete": {"summary": "destroy (an operation); refuses a running one unless force",
                            "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
@@ -102,8 +105,9 @@ def build_schema() -> dict[str, Any]:
                 "post": {"summary": "build a template from its recipe (an operation)",
                          "requestBody": {"required": True, **_json({
                              "type": "object", "required": ["name"], "additionalProperties": False,
-                             "properties": {"name": NAME}})},
-                         "responses": _responses(202, op_resp, 400, 404)},
+                             "properties": {"name": NAME, "from": {"type": "string"},
+                                            "mirror": {"type": "string"}}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/templates/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
@@ -113,6 +117,7 @@ def build_schema() -> dict[str, Any]:
             "/1.0/operations/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "get": {"summary": "one operation", "responses": _responses(200, op_resp, 404)},
+                "delete": {"summary": "ask a running operation to stop", "responses": _responses(200, op_resp, 404)},
             },
             "/1.0/operations/{id}/wait": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
@@ -135,6 +140,45 @@ def build_schema() -> dict[str, Any]:
                 "delete": {"summary": "delete a network (refused while in use)",
                            "responses": _responses(200, {"type": "object"}, 404, 409)},
             },
+            "/1.0/storage": {"get": {"summary": "the storage pool: driver, size, used, free",
+                                     "responses": _responses(200, {"type": "object"})}},
+            "/1.0/instances/{ref}/snapshots": {
+                "parameters": [REF],
+                "get": {"summary": "list snapshots", "responses": _responses(200, {"type": "object"}, 400, 404)},
+                "post": {"summary": "take a snapshot (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/snapshots/{snap}": {
+                "parameters": [REF, {"name": "snap", "in": "path", "required": True, "schema": NAME}],
+                "delete": {"summary": "delete a snapshot", "responses": _responses(200, {"type": "object"}, 400, 404)},
+            },
+            "/1.0/instances/{ref}/rollback": {
+                "parameters": [REF],
+                "post": {"summary": "roll the root back to a snapshot (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["snapshot"], "additionalProperties": False,
+                             "properties": {"snapshot": NAME, "restart": {"type": "boolean"}}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/clone": {
+                "parameters": [REF],
+                "post": {"summary": "a new instance from this one or its snapshot (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": NAME, "snapshot": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/reinstall": {
+                "parameters": [REF],
+                "post": {"summary": "a fresh root from the template; id, limits, NICs, keys stay (an operation)",
+                         "requestBody": {"required": False, **_json({
+                             "type": "object", "additionalProperties": False,
+                             "properties": {"template": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
             "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},
         },
         "components": {"schemas": {
@@ -151,6 +195,9 @@ def build_schema() -> dict[str, Any]:
                     "type": {"type": "string", "enum": ["container"]},
                     "limits": {"$ref": "#/components/schemas/Limits"},
                     "nameservers": {"type": "array", "items": {"type": "string"}},
+                    "userpasswd": {"type": "string", "description": "USER:PASSWORD, hashed into the guest"},
+                    "ssh_keys": {"type": "array", "items": {"type": "string"}},
+                    "timezone": {"type": "string"},
                     "nics": {"type": "array", "maxItems": 8, "items": {
                         "type": "object", "additionalProperties": False,
                         "properties": {"network": {"type": "string"},

@@ -16,10 +16,11 @@ from typing import Any
 from cgroups import CgroupManager
 
 from ctd import idmap, limits as limits_mod, validate
+from ctd import faults
 from ctd.network import ipam
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
-from ctd.guestfs import write_file
+from ctd import guest
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
 from ctd.network.manager import NetworkManager, NicRequest
 from ctd.network.tc import parse_rate
@@ -113,7 +114,8 @@ class InstanceManager:
     def check_create(self, body: Any) -> dict[str, Any]:
         """Everything that can be checked before work starts; raises 4xx errors."""
         body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type",
-                                           "nics", "nameservers"}, {"name", "template"})
+                                           "nics", "nameservers", "userpasswd", "ssh_keys", "timezone"},
+                                    {"name", "template"})
         name = validate.instance_name(body["name"])
         if body.get("type", "container") != "container":
             raise InvalidRequest(f"type {body['type']!r} is not supported yet; use 'container'")
@@ -125,6 +127,9 @@ class InstanceManager:
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
         nics = self.network.check_nics(body.get("nics"))
         nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
+        userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
+        ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
+        timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
         if self.db.get_instance(name) or name in self._reserved_names:
             raise Conflict(f"an instance named {name!r} already exists; choose another name")
         if body.get("id") is not None:
@@ -137,7 +142,8 @@ class InstanceManager:
         self._reserved_names.add(name)
         self._reserved_ids.add(instance_id)
         return {"name": name, "id": instance_id, "template": template.name, "hostname": hostname,
-                "privileged": privileged, "limits": limits, "nics": nics, "nameservers": nameservers}
+                "privileged": privileged, "limits": limits, "nics": nics, "nameservers": nameservers,
+                "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone}
 
     async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
         name, instance_id = checked["name"], checked["id"]
@@ -153,31 +159,39 @@ class InstanceManager:
                 hostname=checked["hostname"], privileged=checked["privileged"], idmap_base=base,
                 limits=checked["limits"], created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 init=list(recipe.init), stop_signal=recipe.stop_signal,
+                options={"systemd": recipe.systemd, "network_style": recipe.network_style,
+                         "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
+                         "nameservers": checked["nameservers"]},
             )
             with contextlib.ExitStack() as undo:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
                 undo.callback(self.storage.delete_instance, name)
+                faults.point("create.after_storage")
                 if "diskspace" in checked["limits"]:
                     await asyncio.to_thread(self.storage.set_quota, name, checked["limits"]["diskspace"])
-                await asyncio.to_thread(self._setup_guest, rec, rootfs, checked["nameservers"])
+                    faults.point("create.after_quota")
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, checked["nics"])
+                undo.callback(self.db.delete_instance, rec.id)
+                faults.point("create.after_db")
+                await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+                faults.point("create.after_guest")
                 undo.pop_all()
             return self.view(rec)
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
 
-    @staticmethod
-    def _setup_guest(rec: InstanceRecord, rootfs: Path, nameservers: list[str]) -> None:
-        if nameservers:
-            write_file(rootfs, "/etc/resolv.conf", "".join(f"nameserver {a}\n" for a in nameservers))
-        write_file(rootfs, "/etc/hostname", f"{rec.hostname}\n")
-        short = rec.hostname.split(".")[0]
-        names = rec.hostname if short == rec.hostname else f"{rec.hostname} {short}"
-        write_file(rootfs, "/etc/hosts",
-                   f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
+        """Write the instance's settings into its root (runs in a thread)."""
+        options = rec.options
+        guest.apply(rootfs, guest.GuestSettings(
+            hostname=rec.hostname, nics=self.network.inside_config(rec),
+            nameservers=options.get("nameservers") or [], network_style=options.get("network_style", "none"),
+            ssh_keys=options.get("ssh_keys") or [], timezone=options.get("timezone")))
+        if userpasswd is not None:
+            guest.set_password(rootfs, *userpasswd)
 
     # ------------------------------------------------------------- start / stop
 
@@ -199,6 +213,7 @@ class InstanceManager:
 
             async def plug_nics(pid: int) -> None:
                 inside = await asyncio.to_thread(self.network.setup, rec, pid)
+                faults.point("start.after_nics")
                 await self.containers.netconf(pid, inside)
 
             try:
@@ -208,6 +223,7 @@ class InstanceManager:
                 raise
             rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, rc.pid, rc.start_time
             self.db.update_instance(rec)
+            faults.point("start.after_db")
         finally:
             self._starting.discard(rec.name)
 
@@ -224,6 +240,7 @@ class InstanceManager:
             return
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
+        faults.point("stop.after_mark_stopping")
         await self.containers.stop(rec, timeout, kill)
         task = self._exit_tasks.get(rec.name)
         if task is not None:
@@ -247,6 +264,7 @@ class InstanceManager:
         if rec is None:
             return
         requested = rec.state is PowerState.STOPPING
+        faults.point("stop.after_exit")
         await self._mark_stopped(rec)
         # reboot(2) inside a pid namespace ends its init with SIGHUP: the guest asked to reboot.
         rebooted = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
@@ -262,7 +280,9 @@ class InstanceManager:
 
     async def _mark_stopped(self, rec: InstanceRecord) -> None:
         await asyncio.to_thread(self.network.teardown, rec)
+        faults.point("stop.after_nic_teardown")
         await self.containers.cleanup(rec)
+        faults.point("stop.after_cgroup_cleanup")
         fresh = self.db.get_instance(rec.id)
         if fresh is not None:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
@@ -274,7 +294,8 @@ class InstanceManager:
         return limits_mod.to_resources(rec.limits, self.host_cpus, rec.id, self.io_device, removed)
 
     def check_set(self, body: Any) -> dict[str, Any]:
-        body = validate.body_fields(body, {"limits", "ipadd", "ipdel", "rate", "nameservers"})
+        body = validate.body_fields(body, {"limits", "ipadd", "ipdel", "rate", "nameservers", "userpasswd",
+                                           "ssh_keys", "timezone"})
         changes = limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus))
         ipadd = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipadd")]
         ipdel = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipdel")]
@@ -282,12 +303,17 @@ class InstanceManager:
         if body.get("rate") is not None:
             rate = None if str(body["rate"]).lower() in ("unlimited", "none", "0") else parse_rate(body["rate"])
         nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
-        if not (changes or ipadd or ipdel or rate != "keep" or nameservers):
-            raise InvalidRequest("nothing to change: give at least one limit, address, rate or nameserver")
+        userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
+        ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
+        timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
+        if not (changes or ipadd or ipdel or rate != "keep" or nameservers or userpasswd or ssh_keys or timezone):
+            raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key "
+                                 "or timezone")
         if ({"iolimit", "iopslimit"} & set(changes)) and self.io_device is None:
             raise InvalidRequest("iolimit/iopslimit need the storage pool on a block device; "
                                  f"{self.storage.root} is not")
-        return {"limits": changes, "ipadd": ipadd, "ipdel": ipdel, "rate": rate, "nameservers": nameservers}
+        return {"limits": changes, "ipadd": ipadd, "ipdel": ipdel, "rate": rate, "nameservers": nameservers,
+                "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone}
 
     async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
         """Limits, addresses, rate, DNS: persisted, and applied live to a running container."""
@@ -299,9 +325,14 @@ class InstanceManager:
                                                  checked["rate"], running)
                 if running:
                     await self.containers.netconf(self.containers.running[rec.name].pid, inside)
-            if checked["nameservers"]:
-                write_file(self.storage.rootfs(rec.name), "/etc/resolv.conf",
-                           "".join(f"nameserver {a}\n" for a in checked["nameservers"]))
+            guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
+                                 or checked["ssh_keys"] or checked["timezone"])
+            for key in ("nameservers", "ssh_keys", "timezone"):
+                if checked[key]:
+                    rec.options[key] = checked[key]
+            if guest_changed or checked["userpasswd"]:
+                self.db.update_instance(rec)
+                await asyncio.to_thread(self.setup_guest, rec, self.storage.rootfs(rec.name), checked["userpasswd"])
             if checked["limits"]:
                 await self._set_limits_locked(rec, checked["limits"])
             return self.view(self.get(rec.id))
@@ -363,6 +394,7 @@ class InstanceManager:
     async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
         async with self.lock(rec):
             await asyncio.to_thread(self.storage.snapshot_instance, rec.name, snap)
+            faults.point("snapshot.after_create")
         return {"instance": rec.name, "snapshot": snap}
 
     def snapshots(self, rec: InstanceRecord) -> list[str]:
@@ -419,24 +451,47 @@ class InstanceManager:
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
                 privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                init=list(src.init), stop_signal=src.stop_signal)
+                init=list(src.init), stop_signal=src.stop_signal, options=dict(src.options))
             nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
                     for n in self.db.nics_of(src.id)]
             with contextlib.ExitStack() as undo:
                 async with self.lock(src):
                     rootfs = await asyncio.to_thread(self.storage.clone_instance, src.name, name, checked["snapshot"])
                 undo.callback(self.storage.delete_instance, name)
+                faults.point("clone.after_storage")
                 if "diskspace" in rec.limits:
                     await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
-                await asyncio.to_thread(self._setup_guest, rec, rootfs, [])
+                faults.point("clone.before_db")
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, [n for n in nics if n.network])
+                undo.callback(self.db.delete_instance, rec.id)
+                faults.point("clone.after_db")
+                await asyncio.to_thread(self.setup_guest, rec, rootfs)
                 undo.pop_all()
             return self.view(rec)
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
+
+    # ------------------------------------------------------------- reinstall
+
+    def check_reinstall(self, rec: InstanceRecord, template: Any) -> None:
+        self.templates.get(validate.instance_name(template, "template name"))
+        if rec.state is not PowerState.STOPPED:
+            raise Conflict(f"{rec.name} is running; stop it before reinstalling")
+
+    async def reinstall(self, rec: InstanceRecord, template: str) -> dict[str, Any]:
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            self.check_reinstall(rec, template)
+            recipe = self.templates.recipe_of(template)
+            rootfs = await asyncio.to_thread(self.storage.reinstall_root, rec.name, template)
+            rec.template, rec.init, rec.stop_signal = template, list(recipe.init), recipe.stop_signal
+            rec.options.update({"systemd": recipe.systemd, "network_style": recipe.network_style})
+            self.db.update_instance(rec)
+            await asyncio.to_thread(self.setup_guest, rec, rootfs)
+            return self.view(rec)
 
     # ------------------------------------------------------------- destroy
 
@@ -450,8 +505,11 @@ class InstanceManager:
             self.check_destroy(rec, force)
             if rec.name in self.containers.running:
                 await self._stop_locked(rec, 0, kill=True)
+            faults.point("destroy.after_stop")
             await self.containers.cleanup(rec)
+            faults.point("destroy.after_cgroup")
             await asyncio.to_thread(self.storage.delete_instance, rec.name)
+            faults.point("destroy.after_storage")
             self.db.delete_instance(rec.id)
         self._locks.pop(rec.id, None)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ctd import validate
+from ctd import faults
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.network import ipam, netlink, nft, tc
 from ctd.network.netlink import InsideNic
@@ -246,6 +247,10 @@ class NetworkManager:
                 gw6 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
         return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6)
 
+    def inside_config(self, rec: InstanceRecord) -> list[InsideNic]:
+        """How the instance's NICs look inside (for the guest's own network files)."""
+        return [self._inside(n) for n in self.db.nics_of(rec.id)]
+
     def setup(self, rec: InstanceRecord, pid: int) -> list[InsideNic]:
         """Host side of every NIC of rec, whose init is pid; returns what to apply inside."""
         nics = self.db.nics_of(rec.id)
@@ -260,6 +265,7 @@ class NetworkManager:
                     self.bring_up(net)
                     bridge = net.bridge
                 netlink.create_veth(self.host_name(nic), self.temp_name(nic), nic.mac, pid, bridge)
+                faults.point("network.after_veth")
                 self._host_side(nic)
             self._refilter(nics, add=True)
         except BaseException:

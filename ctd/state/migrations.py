@@ -64,4 +64,9 @@ MIGRATIONS: list[str] = [
         FOREIGN KEY (instance_id, idx) REFERENCES nics(instance_id, idx) ON DELETE CASCADE
     );
     """,
+    # 3: per-instance options from the template (systemd guest, network style) and the
+    # public ssh keys ctd keeps to put back on reinstall
+    """
+    ALTER TABLE instances ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
+    """,
 ]

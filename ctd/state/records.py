@@ -36,6 +36,8 @@ class InstanceRecord:
     # From the template recipe at create time, so a later recipe change doesn't break it.
     init: list[str] = field(default_factory=lambda: ["/sbin/init"])
     stop_signal: str = "SIGTERM"
+    # {"systemd": bool, "network_style": str, "ssh_keys": [...], "timezone": str}
+    options: dict = field(default_factory=dict)
 
 
 @dataclass

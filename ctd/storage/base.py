@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported, OperationFailed
+from ctd import faults
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,11 @@ class StorageDriver(ABC):
         """Make target a copy of the root at source (target's parent exists, target not)."""
         copy_tree(source, target)
 
+    def discard_template_staging(self, staging: Path) -> None:
+        """A template build that failed: its staging dir (with any subvolume in it) goes."""
+        if staging.exists():
+            self._remove_root(staging)
+
     def _remove_root(self, path: Path) -> None:
         """Remove a root made by _copy_root or create_instance; missing is fine."""
         shutil.rmtree(path, ignore_errors=True)
@@ -171,6 +177,7 @@ class StorageDriver(ABC):
         target.parent.mkdir(mode=0o700, exist_ok=True)
         staging = target.parent / f".new-{snapshot}-{unique_suffix()}"  # never seen half-made
         self._copy_root(rootfs, staging, read_only=True)
+        faults.point("storage.snapshot.staged")
         try:
             staging.rename(target)
         except BaseException:
@@ -213,8 +220,31 @@ class StorageDriver(ABC):
         except BaseException:
             self._remove_root(new)
             raise
+        faults.point("storage.rollback.between_renames")
         new.rename(rootfs)
         self._remove_root(old)
+
+    def reinstall_root(self, name: str, template: str) -> Path:
+        """Replace name's root by a fresh copy of template's (OpenVZ's reinstall), swapped in
+        like a rollback: a failure before the swap keeps the old root."""
+        rootfs = self._existing_rootfs(name)
+        check_component("template", template)
+        source = self.template_path(template) / "rootfs"
+        if not source.is_dir():
+            raise NotFound(f"template {template!r} is not built")
+        self.recover_partial(name)
+        base = self.instance_path(name)
+        new, old = base / NEW_ROOT, base / OLD_ROOT
+        self._copy_root(source, new, read_only=False)
+        try:
+            self._carry_over(rootfs, new)
+            rootfs.rename(old)
+        except BaseException:
+            self._remove_root(new)
+            raise
+        new.rename(rootfs)
+        self._remove_root(old)
+        return rootfs
 
     def clone_instance(self, source: str, name: str, from_snapshot: str | None = None) -> Path:
         """A new instance name whose root is a writable copy of source's root (or of its
@@ -231,6 +261,7 @@ class StorageDriver(ABC):
             target.mkdir(mode=0o700)
         except FileExistsError:
             raise Conflict(f"storage for instance {name!r} already exists") from None
+        faults.point("storage.clone.after_mkdir")
         try:
             self._copy_root(origin, target / "rootfs", read_only=False)
         except BaseException:

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
+from ctd import faults
 from ctd.storage.base import (NEW_ROOT, OLD_ROOT, SNAPSHOTS, StorageDriver, StorageInfo,
                               check_component, tree_usage, unique_suffix)
 
@@ -243,6 +244,7 @@ class BtrfsStorage(StorageDriver):
             target.mkdir(mode=0o700)
         except FileExistsError:
             raise Conflict(f"storage for instance {name!r} already exists") from None
+        faults.point("storage.create.after_mkdir")
         try:
             self._copy_root(source, target / "rootfs", read_only=False)
         except BaseException:
@@ -260,8 +262,10 @@ class BtrfsStorage(StorageDriver):
         if snaps.is_dir() and not self.is_subvolume(snaps):
             for entry in sorted(snaps.iterdir()):
                 self._remove_root(entry)
+        faults.point("storage.delete.after_snapshots")
         for sub in ("rootfs", NEW_ROOT, OLD_ROOT):
             self._remove_root(base / sub)
+        faults.point("storage.delete.after_roots")
         self._remove_root(base)
 
     # -- quota -------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
 
 
-def build(recipe: Recipe, rootfs: Path) -> None:
+def build(recipe: Recipe, rootfs: Path, ctx: object = None) -> None:
     if not BUSYBOX.exists() or not is_static_elf(BUSYBOX):
         raise OperationFailed(
             f"{BUSYBOX} is missing or not statically linked: install it with 'apt-get install busybox-static'")

@@ -14,11 +14,12 @@ from pathlib import Path
 from ctd.errors import Conflict, NotFound, OperationFailed
 from ctd.state import StateDB, TemplateRecord
 from ctd.storage.base import StorageDriver
-from ctd.template import busybox
+from ctd.template import busybox, mmdebstrap
+from ctd.template.mmdebstrap import BuildContext
 from ctd.template.recipe import Recipe, get_recipe, load_recipes
 
-Builder = Callable[[Recipe, Path], None]
-BUILDERS: dict[str, Builder] = {"busybox": busybox.build}
+Builder = Callable[[Recipe, Path, BuildContext], None]
+BUILDERS: dict[str, Builder] = {"busybox": busybox.build, "mmdebstrap": mmdebstrap.build}
 
 
 def guess_stop_signal(rootfs: Path) -> str:
@@ -51,6 +52,7 @@ class TemplateManager:
         self.recipes_dir = recipes_dir
         self.db = db
         self.storage = storage
+        self.building: set[str] = set()
 
     def recipes(self) -> dict[str, Recipe]:
         return load_recipes(self.recipes_dir)
@@ -66,20 +68,21 @@ class TemplateManager:
             raise NotFound(f"template {name!r} is not built; {hint}")
         return rec
 
-    def build_blocking(self, name: str) -> TemplateRecord:
+    def build_blocking(self, name: str, ctx: BuildContext | None = None) -> TemplateRecord:
         """Runs in a worker thread; the caller records the result in the database."""
+        ctx = ctx or BuildContext()
         recipe = self.recipe(name)
         builder = BUILDERS.get(recipe.builder)
         if builder is None:
             raise OperationFailed(f"template {name!r} needs builder {recipe.builder!r}, which this ctd lacks")
         staging = self.storage.new_template_dir(name)
         try:
-            builder(recipe, staging / "rootfs")
+            builder(recipe, staging / "rootfs", ctx)
             if self.storage.template_path(name).exists():
                 self.storage.delete_template(name)  # a rebuild replaces the old one
             path = self.storage.commit_template(name, staging)
         except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
+            self.storage.discard_template_staging(staging)
             raise
         return TemplateRecord(
             name=name, recipe=str(recipe.source), path=str(path), size=tree_size(path),
@@ -114,9 +117,7 @@ class TemplateManager:
                 raise OperationFailed(f"copying the instance's root failed: {result.stderr.strip()}")
             path = self.storage.commit_template(name, staging)
         except BaseException:
-            if staging.exists():
-                subprocess.run(["btrfs", "subvolume", "delete", str(staging / "rootfs")], capture_output=True)
-                shutil.rmtree(staging, ignore_errors=True)
+            self.storage.discard_template_staging(staging)
             raise
         return TemplateRecord(
             name=name, recipe=base.recipe if base else "", path=str(path), size=tree_size(path),

@@ -123,6 +123,7 @@ class FakeInstances:
 
 
 class FakeTemplates:
+    building: set = set()
     def __init__(self, db: StateDB) -> None:
         self.db = db
         self._recipes = {"busybox": Recipe(name="busybox", builder="busybox", description="tiny", distro="busybox",
@@ -136,7 +137,7 @@ class FakeTemplates:
             raise NotFound(f"no template recipe named {name!r}; known recipes: busybox")
         return self._recipes[name]
 
-    def build_blocking(self, name: str) -> TemplateRecord:
+    def build_blocking(self, name: str, ctx: object = None) -> TemplateRecord:
         return TemplateRecord(name, "/r/busybox.toml", "/s/busybox", 2048, "2024-01-01T00:00:00+00:00", "busybox", "1",
                               "x86_64")
 

@@ -135,12 +135,25 @@ def test_every_target_is_absolute_and_clean(plan: list[MountStep]) -> None:
         assert s.target.startswith("/") and ".." not in s.target.split("/"), s
 
 
-def test_extra_tmpfs_is_optional_and_after_the_base_mounts() -> None:
-    plan = mount_plan(console=False, extra_tmpfs=("/run", "/tmp"))
-    for path in ("/run", "/tmp"):
+def test_extra_tmpfs_is_made_and_mounted_after_the_base_mounts() -> None:
+    plan = mount_plan(console=False, extra_tmpfs=(("/run", "mode=755"), ("/tmp", "mode=1777")))
+    for path, mode in (("/run", "mode=755"), ("/tmp", "mode=1777")):
         s = step(plan, K.MOUNT, path)
-        assert s.fstype == "tmpfs" and s.optional and s.flags & sc.MS_NOSUID
+        assert s.fstype == "tmpfs" and s.data == mode and s.flags & sc.MS_NOSUID
+        assert plan.index(step(plan, K.MKDIR, path)) < plan.index(s)
+        assert plan.index(s) > plan.index(step(plan, K.MOUNT, "/dev"))
     assert not any(s.target == "/run" for s in mount_plan(console=False))
+
+
+def test_cgroup_filesystems_for_systemd_guests() -> None:
+    plan = mount_plan(console=False, cgroupfs=[("memory", "cgroup", "memory"), ("unified", "cgroup2", "")])
+    base = step(plan, K.MOUNT, "/sys/fs/cgroup")
+    memory = step(plan, K.MOUNT, "/sys/fs/cgroup/memory")
+    unified = step(plan, K.MOUNT, "/sys/fs/cgroup/unified")
+    assert base.fstype == "tmpfs" and plan.index(base) > plan.index(step(plan, K.MOUNT, "/sys"))
+    assert memory.fstype == "cgroup" and memory.data == "memory" and unified.fstype == "cgroup2"
+    assert plan.index(base) < plan.index(memory)
+    assert not any(s.target.startswith("/sys/fs/cgroup") for s in mount_plan(console=False))
 
 
 # ---------------------------------------------------------------- wire format
@@ -151,7 +164,7 @@ def sample_container() -> ContainerSpec:
         init=["/sbin/init", "--verbose"],
         uid_map=[IdMap(0, 1_000_000, 65536)], gid_map=[IdMap(0, 1_000_000, 65536)],
         cgroup_procs=["/sys/fs/cgroup/pids/ctd/web/cgroup.procs"],
-        mounts=mount_plan(console=True, extra_tmpfs=("/run",)),
+        mounts=mount_plan(console=True, extra_tmpfs=(("/run", "mode=755"),)),
         env=["container=ctd", "TERM=linux"], cap_drop=["sys_module"], seccomp_deny=["kexec_load"],
         console=True)
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from cgroups import CgroupError, CgroupManager, Resources
 
 from ctd.errors import Conflict, OperationFailed
+from ctd import faults
 from ctd.instance.container.console import Console
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
-    DEFAULT_PATH, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
+    DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
@@ -71,6 +72,7 @@ class ContainerDriver:
     # ------------------------------------------------------------- spec
 
     def build_spec(self, rec: InstanceRecord, rootfs: Path, console: bool = True) -> ContainerSpec:
+        systemd = bool(rec.options.get("systemd"))
         if rec.privileged:
             uid_map: list[IdMap] = []
             gid_map: list[IdMap] = []
@@ -82,7 +84,9 @@ class ContainerDriver:
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
             cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
-            mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None),
+            mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None,
+                              extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
+                              cgroupfs=self.cgroups.guest_mounts() if systemd else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
             cap_drop=list(capabilities.DEFAULT_DROP),
             seccomp_deny=list(seccomp.DEFAULT_DENY),
@@ -104,8 +108,12 @@ class ContainerDriver:
         group = self.cgroups.group(cgroup_name(rec))
         with contextlib.ExitStack() as undo:
             await asyncio.to_thread(group.create)
+            faults.point("start.after_cgroup")
             undo.callback(self._destroy_group_quietly, group)
             await asyncio.to_thread(group.apply, resources)
+            if rec.options.get("systemd") and not rec.privileged:
+                # systemd inside manages its own subtree (init.scope, system.slice …)
+                await asyncio.to_thread(group.delegate, rec.idmap_base, rec.idmap_base)
 
             master, slave = os.openpty()
             undo.callback(os.close, master)
@@ -119,6 +127,7 @@ class ContainerDriver:
             finally:
                 os.close(slave)
             reply, fds = await first_reply(queue, f"starting {rec.name}")
+            faults.point("start.after_spawn")
             pid = reply["pid"]
             go_w, err_r = fds
             undo.callback(self._kill_quietly, pid)
@@ -134,6 +143,7 @@ class ContainerDriver:
                 except BrokenPipeError:
                     pass
                 os.close(go_w)
+                faults.point("start.after_go")
                 failure = await read_to_eof(err_r, START_TIMEOUT)
             finally:
                 os.close(err_r)
@@ -214,11 +224,13 @@ class ContainerDriver:
         rc.stopping = True
         if not kill:
             self._signal(rc, signal_number(rec.stop_signal))
+            faults.point("stop.after_signal")
             try:
                 return await asyncio.wait_for(asyncio.shield(rc.exited), timeout)
             except TimeoutError:
                 pass
         self._signal(rc, signal.SIGKILL)
+        faults.point("stop.after_kill")
         return await rc.exited
 
     @staticmethod
@@ -231,6 +243,9 @@ class ContainerDriver:
         group = self.cgroups.group(cgroup_name(rec))
         try:
             await asyncio.to_thread(group.apply, resources)
+            if rec.options.get("systemd") and not rec.privileged:
+                # systemd inside manages its own subtree (init.scope, system.slice …)
+                await asyncio.to_thread(group.delegate, rec.idmap_base, rec.idmap_base)
         except CgroupError as exc:
             with contextlib.suppress(CgroupError):
                 await asyncio.to_thread(group.apply, fallback)

@@ -106,8 +106,15 @@ DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
 
-def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = (),
-               lxcfs: list[tuple[str, str]] | None = None) -> list[MountStep]:
+SYSTEMD_TMPFS = (("/run", "mode=755,size=20%"), ("/run/lock", "mode=1777,size=5m"), ("/tmp", "mode=1777,size=50%"))
+
+
+def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
+               lxcfs: list[tuple[str, str]] | None = None,
+               cgroupfs: list[tuple[str, str, str]] | None = None) -> list[MountStep]:
+    """cgroupfs: (path under /sys/fs/cgroup, fstype, options) of each hierarchy to mount inside,
+    for guests that manage their own cgroups (systemd); they see their own subtree only, through
+    the cgroup namespace."""
     """The container's /proc, /sys and /dev, executed inside its namespaces before pivot_root.
 
     /proc/sys stays read-only except /proc/sys/net (the container's own network namespace),
@@ -142,8 +149,16 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[str, ...] = (),
         MountStep(k.SYMLINK, "/dev/stdout", "/proc/self/fd/1"),
         MountStep(k.SYMLINK, "/dev/stderr", "/proc/self/fd/2"),
     ]
-    plan += [MountStep(k.MOUNT, t, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=755", optional=True)
-             for t in extra_tmpfs]
+    for target, options in extra_tmpfs:
+        plan += [MountStep(k.MKDIR, target),
+                 MountStep(k.MOUNT, target, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)]
+    if cgroupfs:
+        if not any(path == "" for path, _, _ in cgroupfs):  # v1 or hybrid: a tmpfs holds them
+            plan.append(MountStep(k.MOUNT, "/sys/fs/cgroup", "tmpfs", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755"))
+        for path, fstype, options in cgroupfs:
+            target = f"/sys/fs/cgroup/{path}".rstrip("/")
+            plan += [MountStep(k.MKDIR, target),
+                     MountStep(k.MOUNT, target, fstype, fstype, _NOSUID_NODEV_NOEXEC, options or None)]
     # lxcfs' views of meminfo, cpuinfo, uptime … over the kernel's, so free/top/nproc see the limits.
     plan += [MountStep(k.BIND_FILE, target, source, optional=True) for source, target in (lxcfs or [])]
     plan += [MountStep(k.BIND_FILE, p, "/dev/null", optional=True) for p in MASKED_FILES]

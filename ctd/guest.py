@@ -1,0 +1,122 @@
+"""Per-container setup written from the host into the guest's files (OpenVZ's vzctl set
+--hostname --ipadd --nameserver --userpasswd): hostname, hosts, network, DNS, passwords, ssh
+keys, timezone, machine-id. Every write goes through ctd.guestfs, which never follows a
+tenant's symlink out of the root.
+"""
+
+from __future__ import annotations
+
+import crypt  # noqa: deprecated in 3.11, present until 3.13; the guest's shadow wants crypt(3)
+import ipaddress
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctd import guestfs
+from ctd.errors import InvalidRequest
+from ctd.network.netlink import InsideNic
+
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_TZ = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
+_KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( [^\n]*)?$")
+
+
+@dataclass
+class GuestSettings:
+    hostname: str
+    nics: list[InsideNic] = field(default_factory=list)
+    nameservers: list[str] = field(default_factory=list)
+    network_style: str = "none"
+    ssh_keys: list[str] = field(default_factory=list)
+    timezone: str | None = None
+
+
+def check_userpasswd(value: object) -> tuple[str, str]:
+    if not isinstance(value, str) or ":" not in value:
+        raise InvalidRequest("userpasswd must look like USER:PASSWORD")
+    user, password = value.split(":", 1)
+    if not _USER.match(user):
+        raise InvalidRequest(f"invalid user name {user!r} in userpasswd")
+    if not password or "\n" in password or "\0" in password:
+        raise InvalidRequest("the password in userpasswd must be non-empty and on one line")
+    return user, password
+
+
+def check_ssh_key(value: object) -> str:
+    if not isinstance(value, str) or not _KEY.match(value.strip()):
+        raise InvalidRequest("ssh key must be one public key line, like 'ssh-ed25519 AAAA… comment'")
+    return value.strip()
+
+
+def check_timezone(value: object) -> str:
+    if not isinstance(value, str) or not _TZ.match(value) or ".." in value:
+        raise InvalidRequest(f"invalid timezone {value!r}: use a zone like Europe/Berlin or UTC")
+    return value
+
+
+def apply(rootfs: Path, settings: GuestSettings) -> None:
+    """Write everything the settings say into the guest (idempotent)."""
+    name = settings.hostname
+    guestfs.write_file(rootfs, "/etc/hostname", f"{name}\n")
+    short = name.split(".")[0]
+    names = name if short == name else f"{name} {short}"
+    guestfs.write_file(rootfs, "/etc/hosts",
+                       f"127.0.0.1\tlocalhost\n127.0.1.1\t{names}\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+    machine_id = (guestfs.read_file(rootfs, "/etc/machine-id") or "").strip()
+    if not re.fullmatch(r"[0-9a-f]{32}", machine_id):
+        guestfs.write_file(rootfs, "/etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    if settings.nameservers:
+        guestfs.write_file(rootfs, "/etc/resolv.conf", "".join(f"nameserver {a}\n" for a in settings.nameservers))
+    if settings.network_style == "networkd":
+        write_networkd(rootfs, settings.nics, settings.nameservers)
+    if settings.ssh_keys:
+        guestfs.make_dirs(rootfs, "/root/.ssh", 0o700)
+        guestfs.write_file(rootfs, "/root/.ssh/authorized_keys", "".join(k + "\n" for k in settings.ssh_keys), 0o600)
+    if settings.timezone:
+        guestfs.symlink(rootfs, "/etc/localtime", f"/usr/share/zoneinfo/{settings.timezone}")
+        guestfs.write_file(rootfs, "/etc/timezone", settings.timezone + "\n")
+
+
+def write_networkd(rootfs: Path, nics: list[InsideNic], nameservers: list[str]) -> None:
+    guestfs.make_dirs(rootfs, "/etc/systemd/network")
+    for nic in nics:
+        lines = ["# Written by ctd from the container's settings; 'ctctl set' rewrites it.",
+                 "[Match]", f"Name={nic.name}", "", "[Network]", "LinkLocalAddressing=ipv6",
+                 "IPv6AcceptRA=no"]
+        lines += [f"Address={a}" for a in nic.addresses]
+        lines += [f"DNS={a}" for a in nameservers]
+        for gateway in (nic.gateway4, nic.gateway6):
+            if not gateway:
+                continue
+            if nic.onlink_gateway:
+                lines += ["", "[Route]", f"Gateway={gateway}", "GatewayOnLink=yes"]
+            else:
+                lines.append(f"Gateway={gateway}")
+        guestfs.write_file(rootfs, f"/etc/systemd/network/10-ctd-{nic.name}.network", "\n".join(lines) + "\n")
+
+
+def set_password(rootfs: Path, user: str, password: str) -> None:
+    """Replace user's hash in the guest's /etc/shadow; the clear text goes nowhere else."""
+    shadow = guestfs.read_file(rootfs, "/etc/shadow")
+    if shadow is None:
+        raise InvalidRequest("the guest has no /etc/shadow")
+    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+    lines, found = [], False
+    for line in shadow.splitlines():
+        fields = line.split(":")
+        if fields and fields[0] == user and len(fields) >= 2:
+            fields[1] = hashed
+            line, found = ":".join(fields), True
+        lines.append(line)
+    if not found:
+        raise InvalidRequest(f"the guest has no user {user!r}")
+    guestfs.write_file(rootfs, "/etc/shadow", "\n".join(lines) + "\n", 0o640)
+
+
+def is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,591 @@
+"""Backups of an instance's root that restore on another ctd host.
+
+A backup is an uncompressed tar (read front to back, so it can come from a pipe) of two members:
+
+    ctd-backup.json     {"format": "ctd-backup", "version": 1, "driver": "btrfs-send" | "tar",
+                         "member": ..., "name": ..., "snapshot": ..., "created": ..., "meta": {...}}
+    rootfs.btrfs        driver "btrfs-send": the output of `btrfs send` of a read-only snapshot
+ or rootfs.tar.zst      driver "tar": archive.export_rootfs of the root (zstd)
+
+create_backup picks btrfs-send when the root is a btrfs subvolume (every block, owner, xattr
+and hole exactly as on disk, fast), tar otherwise or on request (driver="tar": portable to a
+host on the dir driver). Without a snapshot name it takes a temporary read-only snapshot
+(STORAGE/.backup-NAME-XXXX, crash-consistent, deleted afterwards); on the dir driver it reads
+the live tree, so stop the instance or name a snapshot for a consistent copy.
+
+restore_backup builds the new instance aside (STORAGE/.restore-NAME-XXXX) and renames it to
+instances/NAME only when complete: a failure at any point removes everything it made, and a
+crash leaves only a dot-directory that discard_partial() removes at the next start.
+
+A btrfs stream comes from outside, so it is checked as it flows into `btrfs receive --chroot`:
+it must be one full subvolume (no incremental `snapshot` command, whose parent would be looked
+up among this host's subvolumes) whose `clone` commands only clone from itself (never data of
+another subvolume on the pool), and it must end with its end command. After receiving, device
+nodes outside /dev are refused as they are in tarballs. A btrfs-send backup needs btrfs storage
+to restore: on the dir driver it is refused (make the backup with driver "tar" for such hosts).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import stat
+import struct
+import subprocess
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported, OperationFailed
+from ctd.storage import archive
+from ctd.storage.base import StorageDriver, check_component, unique_suffix
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+
+FORMAT = "ctd-backup"
+VERSION = 1
+HEADER = "ctd-backup.json"
+MEMBERS = {"btrfs-send": "rootfs.btrfs", "tar": "rootfs.tar.zst"}
+MAX_HEADER = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+CHUNK = 1 << 20
+BACKUP_PREFIX = ".backup-"
+RESTORE_PREFIX = ".restore-"
+
+
+def _btrfs(storage: StorageDriver):  # type: ignore[no-untyped-def]
+    """The BtrfsStorage behind storage, or None."""
+    from ctd.storage.btrfs import BtrfsStorage, btrfsutil
+    if isinstance(storage, BtrfsStorage) and btrfsutil is not None:
+        return storage
+    return None
+
+
+def _is_subvolume(storage: StorageDriver, path: Path) -> bool:
+    bt = _btrfs(storage)
+    return bt is not None and bt.is_subvolume(path)
+
+
+# -- writing the outer tar ----------------------------------------------------------------------
+
+def _header_block(name: str, size: int, mtime: int) -> bytes:
+    """One 512-byte GNU header (sizes above 8 GiB in base-256, still one block)."""
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.type = size, mtime, 0o600, tarfile.REGTYPE
+    ti.uname = ti.gname = ""
+    buf = ti.tobuf(tarfile.GNU_FORMAT, "utf-8", "strict")
+    assert len(buf) == BLOCK
+    return buf
+
+
+def _pad(n: int) -> bytes:
+    return bytes(-n % BLOCK)
+
+
+class _Counter:
+    """A file object that writes into fh and counts (for tar.zst members and progress)."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh, self.count = fh, 0
+
+    def write(self, data) -> int:  # type: ignore[no-untyped-def]
+        self.fh.write(data)
+        self.count += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def writable(self) -> bool:
+        return True
+
+
+def _tree_bytes(path: Path) -> int:
+    return archive._data_size(path)
+
+
+def _send(snap: Path, out: _Counter, progress: Progress | None, total: int) -> None:
+    """btrfs send of the read-only subvolume snap into out."""
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(["btrfs", "send", "-q", str(snap)], stdout=subprocess.PIPE,
+                                    stderr=err, stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            raise OperationFailed("the btrfs command is missing; install btrfs-progs") from None
+        assert proc.stdout is not None
+        last = 0
+        try:
+            while data := proc.stdout.read(CHUNK):
+                out.write(data)
+                if progress is not None and out.count - last >= 4 * CHUNK:
+                    last = out.count
+                    progress(min(out.count, total), max(total, 1))
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            proc.stdout.close()
+        if proc.wait() != 0:
+            err.seek(0)
+            raise OperationFailed(f"btrfs send of {snap} failed: "
+                                  f"{err.read().decode(errors='replace').strip()}")
+
+
+def _write_backup(storage: StorageDriver, fh: BinaryIO, source: Path, driver: str, header: dict,
+                  progress: Progress | None) -> int:
+    """The outer tar into the seekable fh (from its current position). The rootfs member's
+    header is written after its data, once its size is known: nothing is spooled."""
+    base = fh.tell()
+    now = int(header["created_ts"])
+    body = json.dumps({k: v for k, v in header.items() if k != "created_ts"}, indent=1,
+                      sort_keys=True).encode() + b"\n"
+    if len(body) > MAX_HEADER:
+        raise InvalidRequest(f"the backup's metadata is {len(body)} bytes; at most {MAX_HEADER}")
+    fh.write(_header_block(HEADER, len(body), now) + body + _pad(len(body)))
+    start = fh.tell()
+    fh.write(bytes(BLOCK))  # the member's header, written for real below
+    out = _Counter(fh)
+    total = _tree_bytes(source)
+    if driver == "btrfs-send":
+        _send(source, out, progress, total)
+    else:
+        archive.export_rootfs(source, out, "zst", progress)  # type: ignore[arg-type]
+    size = out.count
+    fh.write(_pad(size))
+    end = fh.tell()
+    fh.seek(start)
+    fh.write(_header_block(MEMBERS[driver], size, now))
+    fh.seek(end)
+    fh.write(bytes(2 * BLOCK))
+    fh.write(bytes(-(fh.tell() - base) % RECORD))
+    if progress is not None:
+        progress(max(total, 1), max(total, 1))
+    return fh.tell() - base
+
+
+def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snapshot: str | None = None,
+                  progress: Progress | None = None, meta: dict | None = None,
+                  driver: str | None = None) -> dict:
+    """Write a backup of instance name (or of its snapshot `snapshot`) to out: a path (written
+    aside and renamed into place when complete) or a binary file object (a pipe is fine: the
+    backup is spooled to a temporary file in the pool first, since tar needs sizes up front).
+    meta: what restore_backup hands back (the instance's config). driver: "btrfs-send", "tar"
+    or None (btrfs-send where the root is a btrfs subvolume, else tar).
+    progress(done, total): bytes of the root processed / its file data (an estimate for
+    btrfs-send). Blocking: run it in a thread. Returns the header written, plus "size"."""
+    rootfs = storage._existing_rootfs(name)
+    source = rootfs
+    if snapshot is not None:
+        check_component("snapshot", snapshot)
+        source = storage.snapshot_path(name, snapshot)
+        if not source.is_dir():
+            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+    if driver is None:
+        driver = "btrfs-send" if _is_subvolume(storage, source) else "tar"
+    if driver not in MEMBERS:
+        raise InvalidRequest(f"unknown backup driver {driver!r}; use btrfs-send or tar")
+    if driver == "btrfs-send" and not _is_subvolume(storage, source):
+        raise NotSupported(f"a btrfs-send backup needs the instance's root on btrfs storage "
+                           f"(this one is on {storage.name}); use the tar driver")
+    now = dt.datetime.now(dt.timezone.utc)
+    header = {"format": FORMAT, "version": VERSION, "driver": driver, "member": MEMBERS[driver],
+              "name": name, "snapshot": snapshot, "source_storage": storage.name,
+              "created": now.isoformat(timespec="seconds"), "created_ts": int(now.timestamp()),
+              "meta": meta or {}}
+
+    temp_snap: Path | None = None
+    tmp_out: Path | None = None
+    try:
+        if driver == "btrfs-send":
+            bt = _btrfs(storage)
+            from ctd.storage.btrfs import btrfsutil
+            if snapshot is None or not btrfsutil.get_subvolume_read_only(source):
+                temp_snap = storage.root / f"{BACKUP_PREFIX}{name}-{unique_suffix()}"
+                with bt._errors(f"snapshotting {source} for the backup"):
+                    btrfsutil.create_snapshot(source, temp_snap, read_only=True)
+                source = temp_snap
+        if isinstance(out, (str, Path)):
+            out = Path(out)
+            tmp_out = out.parent / f".{out.name}.part-{unique_suffix()}"
+            try:
+                fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                tmp_out = None
+                raise OperationFailed(f"cannot write {out}: {exc.strerror}") from None
+            with os.fdopen(fd, "w+b") as fh:
+                size = _write_backup(storage, fh, source, driver, header, progress)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp_out, out)
+            tmp_out = None
+        elif _seekable(out):
+            size = _write_backup(storage, out, source, driver, header, progress)
+        else:
+            with tempfile.TemporaryFile(dir=storage.root) as spool:
+                size = _write_backup(storage, spool, source, driver, header, progress)  # type: ignore[arg-type]
+                spool.seek(0)
+                shutil.copyfileobj(spool, out, CHUNK)
+            out.flush()
+    except OSError as exc:
+        raise OperationFailed(f"writing the backup of {name!r} failed: {exc.strerror or exc}") from None
+    finally:
+        if tmp_out is not None:
+            tmp_out.unlink(missing_ok=True)
+        if temp_snap is not None:
+            storage._remove_root(temp_snap)
+    header.pop("created_ts", None)
+    header["size"] = size
+    return header
+
+
+def _seekable(fh: BinaryIO) -> bool:
+    try:
+        return bool(fh.seekable()) and fh.tell() >= 0
+    except (OSError, AttributeError, ValueError):
+        return False
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+class _Reader:
+    def __init__(self, fh: BinaryIO, progress: Progress | None, total: int) -> None:
+        self.fh, self.progress, self.total, self.done, self._last = fh, progress, total, 0, 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.done += len(data)
+        if self.progress is not None and self.done - self._last >= 4 * CHUNK:
+            self._last = self.done
+            self.progress(self.done, self.total)
+        return data
+
+
+def validate_header(header: object) -> dict:
+    """The parsed ctd-backup.json, checked; InvalidRequest says what is wrong."""
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise InvalidRequest("not a ctd backup (its first member is not a ctd-backup header)")
+    version = header.get("version")
+    if version != VERSION:
+        raise InvalidRequest(f"backup format version {version!r} is not supported by this ctd "
+                             f"(it reads version {VERSION}); restore it with a newer ctd")
+    driver = header.get("driver")
+    if driver not in MEMBERS:
+        raise InvalidRequest(f"backup driver {driver!r} is unknown (known: {', '.join(MEMBERS)})")
+    if header.get("member", MEMBERS[driver]) != MEMBERS[driver]:
+        raise InvalidRequest(f"backup header names member {header.get('member')!r} for driver {driver}")
+    if not isinstance(header.get("meta", {}), dict):
+        raise InvalidRequest("backup header: meta is not an object")
+    if not isinstance(header.get("name"), str):
+        raise InvalidRequest("backup header: name is missing")
+    return header
+
+
+def _open_archive(archive_: Path | BinaryIO, progress: Progress | None):  # type: ignore[no-untyped-def]
+    if isinstance(archive_, (str, Path)):
+        try:
+            fh = open(archive_, "rb")
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read {archive_}: {exc.strerror}") from None
+        total = os.fstat(fh.fileno()).st_size
+        return fh, True, _Reader(fh, progress, total), str(archive_)
+    total = archive._size_of(archive_)
+    return archive_, False, _Reader(archive_, progress, total), archive._label(archive_)
+
+
+def _read_header(tf: tarfile.TarFile, label: str) -> dict:
+    m = tf.next()
+    if m is None or m.name != HEADER or not m.isreg():
+        raise InvalidRequest(f"{label} is not a ctd backup (it does not start with {HEADER})")
+    if m.size > MAX_HEADER:
+        raise InvalidRequest(f"{label}: {HEADER} is {m.size} bytes, too big to be a backup header")
+    data = tf.extractfile(m).read()  # type: ignore[union-attr]
+    if len(data) != m.size:
+        raise tarfile.ReadError("unexpected end of data")
+    try:
+        return validate_header(json.loads(data))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"{label}: {HEADER} is not valid JSON ({exc})") from None
+
+
+def read_backup_header(archive_: Path | BinaryIO) -> dict:
+    """The header of a backup (name, driver, created, meta ...) without restoring it."""
+    fh, own, reader, label = _open_archive(archive_, None)
+    try:
+        tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        return _read_header(tf, label)
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidRequest(f"{label} is truncated or corrupt: {exc}") from None
+    finally:
+        if own:
+            fh.close()
+
+
+# -- btrfs stream checks ------------------------------------------------------------------------
+
+SEND_MAGIC = b"btrfs-stream\0"
+C_SUBVOL, C_SNAPSHOT, C_CLONE, C_END = 1, 2, 16, 21
+A_UUID, A_DATA, A_CLONE_UUID = 1, 19, 20
+MAX_COMMAND = 64 << 20
+
+
+class _StreamCheck:
+    """Follows a btrfs send stream as it passes: one full subvolume, clones only from itself,
+    ends with its end command. Raises InvalidRequest on anything else."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.buf = bytearray()
+        self.version = 0
+        self.uuid: bytes | None = None
+        self.commands = 0
+        self.ended = False
+
+    def _bad(self, why: str) -> InvalidRequest:
+        return InvalidRequest(f"{self.label}: the btrfs stream {why}")
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data
+        off = 0
+        if not self.version:
+            if len(self.buf) < len(SEND_MAGIC) + 4:
+                return
+            if bytes(self.buf[:len(SEND_MAGIC)]) != SEND_MAGIC:
+                raise self._bad("does not start with the btrfs-stream magic (corrupt)")
+            self.version = struct.unpack_from("<I", self.buf, len(SEND_MAGIC))[0]
+            if not 1 <= self.version <= 3:
+                raise self._bad(f"has version {self.version}, which ctd does not know")
+            off = len(SEND_MAGIC) + 4
+        while len(self.buf) - off >= 10:
+            length, cmd, _crc = struct.unpack_from("<IHI", self.buf, off)
+            if length > MAX_COMMAND:
+                raise self._bad(f"has a {length}-byte command (corrupt)")
+            if len(self.buf) - off - 10 < length:
+                break
+            self._command(cmd, memoryview(self.buf)[off + 10:off + 10 + length])
+            off += 10 + length
+        if off:
+            del self.buf[:off]
+
+    def _attrs(self, body: memoryview) -> dict[int, bytes]:
+        attrs, off = {}, 0
+        while off + 2 <= len(body):
+            (kind,) = struct.unpack_from("<H", body, off)
+            if kind == A_DATA and self.version >= 2:
+                break  # v2: the data attribute runs to the end of the command
+            if off + 4 > len(body):
+                raise self._bad("has a cut attribute (corrupt)")
+            (size,) = struct.unpack_from("<H", body, off + 2)
+            attrs[kind] = bytes(body[off + 4:off + 4 + size])
+            off += 4 + size
+        return attrs
+
+    def _command(self, cmd: int, body: memoryview) -> None:
+        self.commands += 1
+        if self.ended:
+            raise self._bad("goes on after its end command")
+        if self.commands == 1:
+            if cmd == C_SNAPSHOT:
+                raise self._bad("is incremental (btrfs send -p); a backup must be a full stream")
+            if cmd != C_SUBVOL:
+                raise self._bad(f"starts with command {cmd}, not a subvolume (corrupt)")
+            self.uuid = self._attrs(body).get(A_UUID)
+            if self.uuid is None:
+                raise self._bad("names no subvolume UUID (corrupt)")
+        elif cmd in (C_SUBVOL, C_SNAPSHOT):
+            raise self._bad("holds more than one subvolume")
+        elif cmd == C_CLONE:
+            if self._attrs(body).get(A_CLONE_UUID) != self.uuid:
+                raise self._bad("clones data from another subvolume, which ctd never sends and "
+                                "does not accept")
+        elif cmd == C_END:
+            self.ended = True
+
+    def finish(self) -> None:
+        if not self.version or not self.ended or self.buf:
+            raise self._bad("ends early (the backup is truncated)")
+
+
+def _receive(bt, data, dest: Path, label: str) -> Path:  # type: ignore[no-untyped-def]
+    """btrfs receive of the stream data (a file object) into the empty dir dest; returns the
+    received read-only subvolume."""
+    check = _StreamCheck(label)
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(["btrfs", "receive", "-q", "-e", "--chroot", str(dest)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=err)
+        except FileNotFoundError:
+            raise OperationFailed("the btrfs command is missing; install btrfs-progs") from None
+        assert proc.stdin is not None
+        broken = False
+        try:
+            while chunk := data.read(CHUNK):
+                check.feed(chunk)
+                try:
+                    proc.stdin.write(chunk)
+                except BrokenPipeError:
+                    broken = True
+                    break
+            if not broken:
+                check.finish()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            try:
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        rc = proc.wait()
+        if rc != 0 or broken:
+            err.seek(0)
+            msg = err.read().decode(errors="replace").strip()
+            raise InvalidRequest(f"{label}: btrfs receive refused the stream (corrupt?): {msg}")
+    entries = list(dest.iterdir())
+    if len(entries) != 1 or not bt.is_subvolume(entries[0]):
+        raise InvalidRequest(f"{label}: the btrfs stream did not make exactly one subvolume")
+    return entries[0]
+
+
+def _refuse_devices(root: Path, label: str) -> None:
+    """Device nodes outside dev/ are refused in restored roots as they are in tarballs."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        if rel == "dev" or rel.startswith("dev/"):
+            continue
+        for name in filenames + dirnames:
+            try:
+                mode = os.lstat(os.path.join(dirpath, name)).st_mode
+            except OSError:
+                continue
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                path = os.path.normpath(os.path.join(rel, name))
+                raise InvalidRequest(f"{label}: the backup holds a device node outside /dev "
+                                     f"({path}); refused")
+
+
+# -- restore ------------------------------------------------------------------------------------
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+AT_FDCWD = -100
+RENAME_NOREPLACE = 1
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    renameat2 = getattr(_libc, "renameat2", None)
+    if renameat2 is None:  # pragma: no cover - glibc < 2.28
+        if os.path.lexists(dst):
+            raise FileExistsError(str(dst))
+        os.rename(src, dst)
+        return
+    if renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(dst))
+
+
+def _empty_root(storage: StorageDriver, path: Path) -> None:
+    bt = _btrfs(storage)
+    if bt is not None:
+        from ctd.storage.btrfs import btrfsutil
+        with bt._errors(f"creating subvolume {path}"):
+            btrfsutil.create_subvolume(path)
+    else:
+        path.mkdir(mode=0o755)
+
+
+def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: str,
+                   progress: Progress | None = None) -> dict:
+    """Restore a backup as instance new_name (instances/NEW/rootfs; no snapshots). Returns the
+    backup's meta. progress(done, total): archive bytes read / its size (0 for a pipe).
+    Refuses (InvalidRequest) a corrupt, truncated or hostile backup, unknown versions, and
+    (NotSupported) a btrfs-send backup on non-btrfs storage; Conflict if new_name exists.
+    Nothing is left behind on failure. Blocking: run it in a thread."""
+    check_component("instance", new_name)
+    if os.path.lexists(storage.instance_path(new_name)):
+        raise Conflict(f"storage for instance {new_name!r} already exists")
+    fh, own, reader, label = _open_archive(archive_, progress)
+    staging: Path | None = None
+    try:
+        tf = tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        header = _read_header(tf, label)
+        driver = header["driver"]
+        bt = _btrfs(storage)
+        if driver == "btrfs-send" and bt is None:
+            raise NotSupported(
+                f"{label} is a btrfs-send backup and this host's storage is {storage.name}; "
+                "restore it on a host with btrfs storage, or make the backup with the tar driver")
+        m = tf.next()
+        if m is None or m.name != MEMBERS[driver] or not m.isreg():
+            raise InvalidRequest(f"{label} is truncated or corrupt: {MEMBERS[driver]} is missing")
+        staging = storage.root / f"{RESTORE_PREFIX}{new_name}-{unique_suffix()}"
+        staging.mkdir(mode=0o700)
+        data = tf.extractfile(m)
+        if driver == "btrfs-send":
+            recv = staging / ".received"
+            recv.mkdir(mode=0o700)
+            received = _receive(bt, data, recv, label)
+            _refuse_devices(received, label)
+            from ctd.storage.btrfs import btrfsutil
+            with bt._errors(f"snapshotting {received}"):
+                btrfsutil.create_snapshot(received, staging / "rootfs", read_only=False)
+            storage._remove_root(recv)
+        else:
+            _empty_root(storage, staging / "rootfs")
+            archive.import_rootfs(data, staging / "rootfs", label=label)  # type: ignore[arg-type]
+        if tf.next() is not None:
+            raise InvalidRequest(f"{label} holds more than a backup (unexpected members)")
+        storage.instance_path(new_name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            _rename_noreplace(staging, storage.instance_path(new_name))
+        except FileExistsError:
+            raise Conflict(f"storage for instance {new_name!r} already exists") from None
+        except OSError as exc:
+            if exc.errno in (17, 39):  # EEXIST, ENOTEMPTY
+                raise Conflict(f"storage for instance {new_name!r} already exists") from None
+            raise
+        staging = None
+        if progress is not None:
+            progress(reader.done, reader.total or reader.done)
+        return header.get("meta", {})
+    except (tarfile.TarError, EOFError) as exc:
+        raise InvalidRequest(f"{label} is truncated or corrupt: {exc}") from None
+    except CtdError:
+        raise
+    except OSError as exc:
+        raise OperationFailed(f"restoring {label} failed: {exc.strerror or exc}") from None
+    finally:
+        if staging is not None:
+            try:
+                storage._remove_root(staging)
+            except CtdError as exc:
+                log.error("could not remove %s after a failed restore: %s", staging, exc)
+        if own:
+            fh.close()
+
+
+def discard_partial(storage: StorageDriver) -> list[str]:
+    """After a crash: remove temporary backup snapshots and half-restored instances (the dot
+    directories at the storage root). Call at start-up, when no backup/restore runs."""
+    removed = []
+    if not storage.root.is_dir():
+        return removed
+    for path in sorted(storage.root.iterdir()):
+        if path.name.startswith((BACKUP_PREFIX, RESTORE_PREFIX)):
+            storage._remove_root(path)
+            removed.append(path.name)
+    return removed
+
+
+__all__ = ["create_backup", "restore_backup", "read_backup_header", "validate_header",
+           "discard_partial", "FORMAT", "VERSION"]

@@ -1,0 +1,318 @@
+"""ctd/storage/archive.py without root: hostile tarballs are refused and write nothing anywhere,
+truncated/corrupt archives get a clear error, good ones round-trip (modes, setuid, symlinks,
+hard links, FIFOs, sparse files, xattrs). Owners need root: tests/host/test_backup.py."""
+from __future__ import annotations
+
+import gzip
+import io
+import lzma
+import os
+import stat
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from ctd.errors import InvalidRequest, OperationFailed
+from ctd.storage.archive import compression_for, export_rootfs, import_rootfs
+
+zstandard = pytest.importorskip("zstandard", reason="pip install zstandard (setup.sh does)")
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, data: bytes = b"", linkname: str = "",
+            mode: int = 0o644, **kw) -> tuple[tarfile.TarInfo, bytes]:
+    ti = tarfile.TarInfo(name)
+    ti.type, ti.mode, ti.linkname, ti.mtime = kind, mode, linkname, 1_700_000_000
+    ti.size = len(data) if kind in (tarfile.REGTYPE, tarfile.AREGTYPE) else 0
+    for key, value in kw.items():
+        setattr(ti, key, value)
+    return ti, data
+
+
+def make_tar(members: list[tuple[tarfile.TarInfo, bytes]], comp: str = "none") -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for ti, data in members:
+            tf.addfile(ti, io.BytesIO(data) if ti.size else None)
+    body = raw.getvalue()
+    if comp == "gz":
+        return gzip.compress(body)
+    if comp == "xz":
+        return lzma.compress(body)
+    if comp == "zst":
+        return zstandard.ZstdCompressor(write_checksum=True).compress(body)
+    return body
+
+
+@pytest.fixture
+def place(tmp_path: Path) -> dict[str, Path]:
+    """tmp/target (the import target), tmp/canary (a directory next to it that hostile members
+    aim at) and tmp/canary/etc, as a symlink target that looks like /etc."""
+    target, canary = tmp_path / "x" / "y" / "target", tmp_path / "canary"
+    target.mkdir(parents=True)
+    (canary / "etc").mkdir(parents=True)
+    return {"target": target, "canary": canary, "tmp": tmp_path}
+
+
+def _everything(tmp: Path) -> set[str]:
+    return {str(p.relative_to(tmp)) for p in tmp.rglob("*")}
+
+
+def _import_bytes(place: dict[str, Path], data: bytes, name: str = "t.tar") -> None:
+    path = place["tmp"] / name
+    path.write_bytes(data)
+    import_rootfs(path, place["target"])
+
+
+HOSTILE = {
+    "absolute": ([_member("/etc/evil", data=b"x")], "absolute path"),
+    "dotdot": ([_member("../evil", data=b"x")], "'..'"),
+    "dotdot-nested": ([_member("./a/", tarfile.DIRTYPE, mode=0o755),
+                       _member("a/../../evil", data=b"x")], "'..'"),
+    "dotdot-dir": ([_member("./etc/../../../evil", tarfile.DIRTYPE, mode=0o755)], "'..'"),
+    "symlink-then-through": ([_member("./lnk", tarfile.SYMTYPE, linkname="CANARY/etc"),
+                              _member("./lnk/passwd", data=b"root::0:0::/:/bin/sh\n")], "symlink"),
+    "symlink-deep": ([_member("./a/", tarfile.DIRTYPE, mode=0o755),
+                      _member("./a/b", tarfile.SYMTYPE, linkname="../../../../canary"),
+                      _member("./a/b/c/d", data=b"x")], "symlink"),
+    "symlink-then-dir": ([_member("./lnk", tarfile.SYMTYPE, linkname="CANARY"),
+                          _member("./lnk/sub/", tarfile.DIRTYPE, mode=0o755)], "symlink"),
+    "hardlink-dotdot": ([_member("./etc/", tarfile.DIRTYPE, mode=0o755),
+                         _member("./etc/shadow", tarfile.LNKTYPE, linkname="../../etc/passwd")], "'..'"),
+    "hardlink-absolute": ([_member("./passwd", tarfile.LNKTYPE, linkname="/etc/passwd")],
+                          "absolute path"),
+    "hardlink-missing": ([_member("./passwd", tarfile.LNKTYPE, linkname="./etc/passwd")],
+                         "not in the archive"),
+    "hardlink-through-symlink": ([_member("./lnk", tarfile.SYMTYPE, linkname="CANARY/etc"),
+                                  _member("./hl", tarfile.LNKTYPE, linkname="./lnk/passwd")], "symlink"),
+    "chardev": ([_member("./home/sda", tarfile.CHRTYPE, devmajor=8, devminor=0, mode=0o666)],
+                "device node"),
+    "blockdev": ([_member("./sda", tarfile.BLKTYPE, devmajor=8, devminor=0, mode=0o666)], "device node"),
+    "dir-replaced": ([_member("./d/", tarfile.DIRTYPE, mode=0o755), _member("./d/f", data=b"x"),
+                      _member("./d", data=b"now a file")], "replace a directory"),
+    "root-as-file": ([_member("./", data=b"x")], "root"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+@pytest.mark.parametrize("comp", ["none", "gz"])
+def test_hostile_members_are_refused_and_write_nothing(place: dict[str, Path], case: str, comp: str) -> None:
+    members, why = HOSTILE[case]
+    fixed = []
+    for ti, data in members:
+        ti.linkname = ti.linkname.replace("CANARY", str(place["canary"]))
+        fixed.append((ti, data))
+    # a harmless member first, so the refusal comes after something was written
+    good = [_member("./", tarfile.DIRTYPE, mode=0o755), _member("./ok", data=b"fine")]
+    before = _everything(place["tmp"])
+    with pytest.raises(InvalidRequest) as exc:
+        _import_bytes(place, make_tar(good + fixed, comp), f"hostile.tar.{comp}")
+    assert why in exc.value.message, exc.value.message
+    bad_name = members[-1][0].name.rstrip("/")
+    assert repr(bad_name) in exc.value.message or bad_name in exc.value.message
+    assert list(place["target"].iterdir()) == []  # emptied again
+    assert list((place["canary"] / "etc").iterdir()) == []
+    after = _everything(place["tmp"]) - {f"hostile.tar.{comp}"}
+    assert after == before, after ^ before
+    assert not (place["tmp"] / "x" / "evil").exists() and not (place["tmp"] / "evil").exists()
+
+
+def test_device_nodes_under_dev_are_skipped(place: dict[str, Path]) -> None:
+    members = [_member("./", tarfile.DIRTYPE, mode=0o755), _member("./dev/", tarfile.DIRTYPE, mode=0o755),
+               _member("./dev/null", tarfile.CHRTYPE, devmajor=1, devminor=3, mode=0o666),
+               _member("./dev/sda", tarfile.BLKTYPE, devmajor=8, devminor=0),
+               _member("./dev/null2", tarfile.LNKTYPE, linkname="./dev/null"),
+               _member("./dev/fd", tarfile.SYMTYPE, linkname="/proc/self/fd")]
+    path = place["tmp"] / "t.tar.gz"
+    path.write_bytes(make_tar(members, "gz"))
+    result = import_rootfs(path, place["target"])
+    assert result["skipped_devices"] == 2
+    assert sorted(os.listdir(place["target"] / "dev")) == ["fd"]
+
+
+def _good_archive() -> list[tuple[tarfile.TarInfo, bytes]]:
+    return [_member("./", tarfile.DIRTYPE, mode=0o755), _member("./etc/", tarfile.DIRTYPE, mode=0o755),
+            _member("./etc/hostname", data=b"guest\n" * 2000),
+            _member("./etc/big", data=os.urandom(300_000))]
+
+
+@pytest.mark.parametrize("comp", ["gz", "xz", "zst", "none"])
+def test_truncated_archives_are_refused(place: dict[str, Path], comp: str) -> None:
+    data = make_tar(_good_archive(), comp)
+    # (a plain tar cut in its zero padding is still whole: see the end-of-archive test below)
+    cuts = (len(data) // 2, 600) if comp == "none" else (len(data) // 2, len(data) - 7, 600)
+    for cut in cuts:
+        with pytest.raises(InvalidRequest, match="is truncated or corrupt"):
+            _import_bytes(place, data[:cut], f"cut{cut}.tar.{comp}")
+        assert list(place["target"].iterdir()) == []
+
+
+def test_tar_without_end_blocks_is_truncated(place: dict[str, Path]) -> None:
+    data = make_tar(_good_archive())
+    # cut exactly after the last member's data: every member is whole, the end-of-archive isn't
+    end = len(data.rstrip(b"\0"))
+    end += -end % 512
+    with pytest.raises(InvalidRequest, match="end-of-archive"):
+        _import_bytes(place, data[:end])
+    assert list(place["target"].iterdir()) == []
+
+
+@pytest.mark.parametrize("comp", ["gz", "xz", "zst"])
+def test_corrupt_archives_are_refused(place: dict[str, Path], comp: str) -> None:
+    data = bytearray(make_tar(_good_archive(), comp))
+    for i in range(len(data) // 2, len(data) // 2 + 16):
+        data[i] ^= 0xA5
+    with pytest.raises(InvalidRequest, match="truncated or corrupt"):
+        _import_bytes(place, bytes(data), f"bad.tar.{comp}")
+    assert list(place["target"].iterdir()) == []
+
+
+def test_not_an_archive(place: dict[str, Path]) -> None:
+    with pytest.raises(InvalidRequest, match="not a tar archive"):
+        _import_bytes(place, b"PK\x03\x04" + os.urandom(2000), "x.zip")
+    with pytest.raises(InvalidRequest, match="empty"):
+        _import_bytes(place, b"", "empty.tar")
+    with pytest.raises(InvalidRequest, match="cannot read"):
+        import_rootfs(place["tmp"] / "missing.tar", place["target"])
+
+
+def test_target_must_be_empty(place: dict[str, Path]) -> None:
+    (place["target"] / "x").write_text("x")
+    with pytest.raises(OperationFailed, match="not empty"):
+        _import_bytes(place, make_tar(_good_archive()))
+    assert (place["target"] / "x").read_text() == "x"  # a refused target is not touched
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    out = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = os.lstat(path)
+        rel = str(path.relative_to(root))
+        kind = stat.S_IFMT(st.st_mode)
+        extra: object = None
+        if stat.S_ISREG(st.st_mode):
+            extra = (path.read_bytes(), st.st_nlink)
+        elif stat.S_ISLNK(st.st_mode):
+            extra = os.readlink(path)
+        mtime = int(st.st_mtime) if not stat.S_ISLNK(st.st_mode) else None
+        out[rel] = (kind, stat.S_IMODE(st.st_mode), mtime, extra)
+    return out
+
+
+def _xattr_ok(path: Path) -> bool:
+    try:
+        os.setxattr(path, "user.ctdtest", b"1")
+        os.removexattr(path, "user.ctdtest")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("comp", ["zst", "gz", "xz", "none"])
+def test_export_import_round_trip(tmp_path: Path, comp: str) -> None:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "usr/bin").mkdir(parents=True)
+    (src / "tmp").mkdir()
+    (src / "etc/hostname").write_text("guest\n")
+    (src / "usr/bin/sudo").write_bytes(b"\x7fELF" + os.urandom(5000))
+    os.chmod(src / "usr/bin/sudo", 0o4755)
+    (src / "usr/bin/wall").write_bytes(b"w")
+    os.chmod(src / "usr/bin/wall", 0o2755)
+    os.chmod(src / "tmp", 0o1777)
+    os.link(src / "usr/bin/sudo", src / "usr/bin/sudoedit")
+    os.symlink("/etc/hostname", src / "abs-link")
+    os.symlink("usr/bin", src / "bin")
+    os.symlink("../missing", src / "etc/dangling")
+    os.mkfifo(src / "etc/fifo", 0o640)
+    with (src / "sparse").open("wb") as fh:
+        fh.truncate(8 << 20)
+        fh.write(b"head")
+    (src / "readonly").mkdir()
+    (src / "readonly/inside").write_text("ro")
+    os.chmod(src / "readonly", 0o555)
+    (src / "caf\udce9").write_text("latin-1 name")  # a name that is not UTF-8
+    for p in src.rglob("*"):
+        os.utime(p, (1_600_000_000, 1_600_000_000), follow_symlinks=False)
+    os.utime(src, (1_600_000_000, 1_600_000_000))
+    xattrs = _xattr_ok(src / "etc/hostname")
+    if xattrs:
+        os.setxattr(src / "etc/hostname", "user.note", b"\x00binary\xff")
+
+    out = tmp_path / f"rootfs.tar.{comp}" if comp != "none" else tmp_path / "rootfs.tar"
+    calls: list[tuple[int, int]] = []
+    written = export_rootfs(src, out, progress=lambda d, t: calls.append((d, t)))
+    assert written == out.stat().st_size
+    assert calls and calls[-1][0] == calls[-1][1]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no leftover .part
+
+    with tarfile.open(out) if comp != "zst" else tarfile.open(
+            fileobj=zstandard.ZstdDecompressor().stream_reader(out.open("rb")), mode="r|") as tf:
+        names = []
+        for m in tf:
+            names.append(m.name)
+            assert m.uname == "" and m.gname == ""
+    assert names[0] == "." or names[0] == "./"
+    assert "./etc/hostname" in names and all(n.startswith(".") for n in names)
+
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    seen: list[tuple[int, int]] = []
+    result = import_rootfs(out, dst, progress=lambda d, t: seen.append((d, t)))
+    assert result["members"] == len(names)
+    assert seen[-1] == (out.stat().st_size, out.stat().st_size)
+    assert _tree(dst) == _tree(src)
+    assert os.stat(dst / "usr/bin/sudo").st_ino == os.stat(dst / "usr/bin/sudoedit").st_ino
+    assert os.lstat(dst / "sparse").st_blocks * 512 < 1 << 20  # holes stay holes
+    assert stat.S_ISFIFO(os.lstat(dst / "etc/fifo").st_mode)
+    if xattrs:
+        assert os.getxattr(dst / "etc/hostname", "user.note") == b"\x00binary\xff"
+    os.chmod(src / "readonly", 0o755)
+    os.chmod(dst / "readonly", 0o755)
+
+
+def test_export_to_a_stream_and_import_from_one(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc/os-release").write_text("ID=test\n")
+    buf = io.BytesIO()
+    n = export_rootfs(src, buf, "zst")
+    assert n == len(buf.getvalue()) and buf.getvalue()[:4] == b"\x28\xb5\x2f\xfd"
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    buf.seek(0)
+    import_rootfs(buf, dst)
+    assert (dst / "etc/os-release").read_text() == "ID=test\n"
+
+
+def test_export_failure_leaves_no_file(tmp_path: Path) -> None:
+    with pytest.raises(OperationFailed):
+        export_rootfs(tmp_path / "missing", tmp_path / "out.tar.zst")
+    with pytest.raises(InvalidRequest, match="unknown compression"):
+        export_rootfs(tmp_path, tmp_path / "out.tar", "lz4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gnu_tar_layout_with_duplicates_and_implicit_dirs(place: dict[str, Path]) -> None:
+    """What real templates look like: ./ first, parents sometimes implicit, a member repeated
+    (tar -r appends; the last one wins), a symlink later replaced by a directory."""
+    members = [_member("./", tarfile.DIRTYPE, mode=0o755),
+               _member("./usr/lib/os-release", data=b"old"),
+               _member("./usr/lib/os-release", data=b"new"),
+               _member("./var/run", tarfile.SYMTYPE, linkname="/run"),
+               _member("./var/run/", tarfile.DIRTYPE, mode=0o755),
+               _member("./var/run/x", data=b"inside")]
+    _import_bytes(place, make_tar(members, "xz"), "t.tar.xz")
+    t = place["target"]
+    assert (t / "usr/lib/os-release").read_bytes() == b"new"
+    assert (t / "var/run").is_dir() and not (t / "var/run").is_symlink()
+    assert (t / "var/run/x").read_bytes() == b"inside"
+
+
+def test_compression_for() -> None:
+    assert compression_for("debian-12-x86_64.tar.gz") == "gz"
+    assert compression_for(Path("a/b.TAR.XZ")) == "xz"
+    assert compression_for("x.tar.zst") == "zst"
+    assert compression_for("x.tgz") == "gz"
+    assert compression_for("x.tar") == "none"
+    assert compression_for("backup") == "zst"
