@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import crypt  # noqa: deprecated in 3.11, present until 3.13; the guest's shadow wants crypt(3)
 import ipaddress
+import os
 import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctd import guestfs
-from ctd.errors import InvalidRequest
+from ctd.errors import InvalidRequest, OperationFailed
 from ctd.network.netlink import InsideNic
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -57,6 +58,20 @@ def check_timezone(value: object) -> str:
 
 def apply(rootfs: Path, settings: GuestSettings) -> None:
     """Write everything the settings say into the guest (idempotent)."""
+    try:
+        _apply(rootfs, settings)
+    except OSError as exc:
+        # e.g. the tenant made /root/.ssh a symlink to a place that does not exist in its root
+        raise OperationFailed(f"writing the guest's settings failed at {_guest_path(exc)}: "
+                              f"{os.strerror(exc.errno or 0)}; check that path inside the container") from None
+
+
+def _guest_path(exc: OSError) -> str:
+    text = str(exc)
+    return text[text.find("('") + 2:text.find("')")] if "('" in text else (exc.filename or "?")
+
+
+def _apply(rootfs: Path, settings: GuestSettings) -> None:
     name = settings.hostname
     guestfs.write_file(rootfs, "/etc/hostname", f"{name}\n")
     short = name.split(".")[0]

@@ -112,8 +112,10 @@ async def exec_ws(request: web.Request) -> web.StreamResponse:
     width, height = _size(request.query, "width"), _size(request.query, "height")
     if rec.name not in c.instances.containers.running:
         raise Conflict(f"{rec.name} is not running; start it first with 'ctctl start {rec.name}'")
-    proc = await c.instances.exec(rec.name, command, env, cwd, tty)
     ws = web.WebSocketResponse(max_msg_size=1 << 20)
+    if not ws.can_prepare(request).ok:  # refuse before the command runs, not after
+        raise InvalidRequest("exec is a WebSocket endpoint: send the WebSocket upgrade handshake")
+    proc = await c.instances.exec(rec.name, command, env, cwd, tty)
     try:
         await ws.prepare(request)
         if tty and width and height:

@@ -533,7 +533,8 @@ class InstanceManager:
 
     async def recover(self) -> dict[str, list[str]]:
         """Adopt containers that kept running; clean up what a crash left half-done."""
-        report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": []}
+        report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": [],
+                                        "removed_records": []}
         records = self.db.list_instances()
         for rec in records:
             if rec.state is PowerState.STOPPED:
@@ -546,6 +547,11 @@ class InstanceManager:
             else:
                 await self._mark_stopped(rec)
                 report["stopped"].append(rec.name)
+        # Filters of NICs whose container died with the old ctd go; those of adopted ones stay.
+        if self.network.filters:
+            await asyncio.to_thread(self.network._refilter, [], False)
+        else:
+            await asyncio.to_thread(self.network.remove_filters)
         known = {r.name for r in records}
         for name in self.storage.instance_names():
             if name not in known:
@@ -553,6 +559,11 @@ class InstanceManager:
                 report["removed_dirs"].append(name)
         report["removed_dirs"] += await asyncio.to_thread(self.storage.discard_staging)
         report["removed_dirs"] += await asyncio.to_thread(self.storage.recover_partial)
+        for rec in records:  # a destroy the crash interrupted after the root was deleted: finish it
+            if rec.name not in self.containers.running and not self.storage.rootfs(rec.name).is_dir():
+                await asyncio.to_thread(self.storage.delete_instance, rec.name)
+                self.db.delete_instance(rec.id)
+                report["removed_records"].append(rec.name)
         running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
         for group_name in self.cgroups.list_groups():
             if group_name not in running_groups:

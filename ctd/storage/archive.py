@@ -163,28 +163,28 @@ class _ZstdReader:
 
     def __init__(self, src: _Source) -> None:
         self._dctx = _zstandard().ZstdDecompressor()
-        self._src, self._obj, self._pending = src, None, b""
+        self._src, self._obj = src, None
+        self._in, self._in_pos = b"", 0
         self._out: list[bytes] = []
         self._buf, self._pos, self._eof = b"", 0, False
 
     def _fill(self) -> None:
-        if self._pending:
-            data, self._pending = self._pending[:ZSTD_INPUT_CHUNK], self._pending[ZSTD_INPUT_CHUNK:]
-        else:
-            data = self._src.read(64 * 1024)
-            if not data:
+        if self._in_pos >= len(self._in):
+            self._in, self._in_pos = self._src.read(64 * 1024), 0
+            if not self._in:
                 if self._obj is not None:
                     raise EOFError("the zstd stream ends in the middle of a frame")
                 self._eof = True
                 return
-            data, self._pending = data[:ZSTD_INPUT_CHUNK], data[ZSTD_INPUT_CHUNK:]
+        data = memoryview(self._in)[self._in_pos:self._in_pos + ZSTD_INPUT_CHUNK]
+        self._in_pos += len(data)
         if self._obj is None:
             self._obj = self._dctx.decompressobj()
         out = self._obj.decompress(data)
         if out:
             self._out.append(out)
-        if self._obj.eof:
-            self._pending = self._obj.unused_data + self._pending
+        if self._obj.eof:  # a frame ended: what followed it starts the next one
+            self._in, self._in_pos = self._obj.unused_data + self._in[self._in_pos:], 0
             self._obj = None
 
     def read(self, n: int = -1) -> bytes:
@@ -575,10 +575,11 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
             if members == 0:
                 raise _Corrupt("it holds no files")
             end = tf.offset
-            tail = guard.read(CHUNK)  # lets the compression layer check its trailer
+            budget = 16 * CHUNK  # read the padding to its end: the compression layer checks
+            while budget > 0 and (tail := guard.read(CHUNK)):  # its trailer (CRC, size) there
+                budget -= len(tail)
             if guard.count < end + tarfile.BLOCKSIZE:
                 raise _Corrupt("the tar stream stops without its end-of-archive block")
-            del tail
             extractor.finish()
         except _Refused as exc:
             raise InvalidRequest(f"{label}: {exc}; nothing was imported") from None

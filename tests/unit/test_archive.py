@@ -316,3 +316,22 @@ def test_compression_for() -> None:
     assert compression_for("x.tgz") == "gz"
     assert compression_for("x.tar") == "none"
     assert compression_for("backup") == "zst"
+
+
+def test_later_members_replace_symlinks_instead_of_writing_through_them(place: dict[str, Path]) -> None:
+    """A symlink pointing outside, a hard link to that symlink, then regular files and a FIFO of
+    the same names: each replaces the link; nothing outside is created or changed."""
+    victim = place["canary"] / "etc/passwd"
+    members = [_member("./", tarfile.DIRTYPE, mode=0o755),
+               _member("./lnk", tarfile.SYMTYPE, linkname=str(victim)),
+               _member("./hl", tarfile.LNKTYPE, linkname="./lnk"),
+               _member("./fifo", tarfile.SYMTYPE, linkname=str(victim)),
+               _member("./lnk", data=b"inside\n"),
+               _member("./hl", data=b"inside too\n"),
+               _member("./fifo", tarfile.FIFOTYPE)]
+    _import_bytes(place, make_tar(members, "gz"), "t.tar.gz")
+    t = place["target"]
+    assert not os.path.lexists(victim)
+    assert (t / "lnk").read_bytes() == b"inside\n" and not (t / "lnk").is_symlink()
+    assert (t / "hl").read_bytes() == b"inside too\n"
+    assert stat.S_ISFIFO(os.lstat(t / "fifo").st_mode)

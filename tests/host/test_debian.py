@@ -1,0 +1,181 @@
+"""A real VPS: the Debian 12 template with systemd, configured from the host, reached by ssh.
+
+The template is built once per run (about a minute, from the host's apt sources).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def debian(ctd):
+    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
+    return "debian-12"
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("ssh") / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def lan(ctd):
+    name = f"td{uuid.uuid4().hex[:6]}"
+    ctd.ok("network", "create", name)
+    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
+    ctd.ctl("network", "delete", name)
+
+
+@pytest.fixture
+def vps(ctd, debian, key, lan):
+    made = []
+
+    def make(**opts: str) -> str:
+        name = ctd.unique("deb")
+        args = ["create", name, "--template", debian, "--net", lan["name"], "--ram", "512M",
+                "--ssh-key", f"{key}.pub", "--nameserver", lan["gateway"]]
+        for k, v in opts.items():
+            args += [f"--{k}", v]
+        ctd.ok(*args)
+        made.append(name)
+        ctd.ok("start", name)
+        return name
+
+    yield make
+    for name in made:
+        ctd.ctl("destroy", "--force", name)
+
+
+def system_state(ctd, name) -> str:
+    return ctd.ctl("exec", name, "--", "systemctl", "is-system-running", "--wait", timeout=120).out.strip()
+
+
+def ssh(key: Path, address: str, command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                           "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", f"root@{address}", command],
+                          capture_output=True, text=True, timeout=60)
+
+
+def address(ctd, name) -> str:
+    return ctd.instance(name)["nics"][0]["addresses"][0]
+
+
+def test_boots_to_running_with_no_failed_unit(ctd, vps):
+    name = vps()
+    state = system_state(ctd, name)
+    failed = ctd.ctl("exec", name, "--", "systemctl", "--failed", "--no-legend", "--plain").out
+    assert state == "running", f"{state}; failed units:\n{failed}"
+    env = ctd.sh(name, "tr '\\0' '\\n' < /proc/1/environ").out
+    assert "container=ctd" in env
+    assert ctd.sh(name, "journalctl -b --no-pager | grep -c 'Startup finished'").out.strip() != "0"
+
+
+def test_ssh_with_the_key_over_the_bridge(ctd, vps, key):
+    name = vps()
+    system_state(ctd, name)
+    r = ssh(key, address(ctd, name), "hostname")
+    assert r.returncode == 0 and r.stdout.strip() == name, r.stderr
+
+
+def test_inside_sees_its_limits_and_a_working_debian(ctd, vps):
+    name = vps(cpus="1")
+    mem = ctd.sh(name, "free -m | awk '/^Mem:/ {print $2}'").out.strip()
+    assert mem == "512"
+    assert ctd.sh(name, "nproc").out.strip() == "1"
+    assert ctd.sh(name, "apt-get --version").out.startswith("apt ")
+    assert int(ctd.sh(name, "dpkg -l | grep -c '^ii'").out) > 100
+    assert ctd.sh(name, "uptime -p").code == 0
+
+
+def test_password_is_hashed_into_shadow_never_kept(ctd, debian, lan):
+    name = ctd.unique("pw")
+    try:
+        ctd.ok("create", name, "--template", debian, "--userpasswd", "root:s3cret-Pass")
+        shadow = (ctd.rootfs(name) / "etc/shadow").read_text()
+        assert "\nroot:$6$" in "\n" + shadow and "s3cret" not in shadow
+        assert b"s3cret" not in (ctd.state_dir / "ctd.db").read_bytes()
+    finally:
+        ctd.ctl("destroy", "--force", name)
+
+
+def test_stop_is_clean_and_quick(ctd, vps):
+    name = vps()
+    system_state(ctd, name)
+    pid = ctd.instance(name)["pid"]
+    start = time.monotonic()
+    ctd.ok("stop", "--timeout", "20", name)
+    took = time.monotonic() - start
+    assert took < 10, f"stop took {took:.1f} s"
+    assert ctd.instance(name)["state"] == "stopped"
+    assert not Path(f"/proc/{pid}/status").exists() or "Z" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_reboot_inside_restarts_it(ctd, vps):
+    name = vps()
+    system_state(ctd, name)
+    first = ctd.instance(name)["pid"]
+    ctd.ctl("exec", name, "--", "systemctl", "reboot")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        inst = ctd.instance(name)
+        if inst["state"] == "running" and inst["pid"] not in (None, first):
+            break
+        time.sleep(0.3)
+    assert ctd.instance(name)["pid"] != first and ctd.instance(name)["state"] == "running"
+    assert system_state(ctd, name) == "running"
+
+
+def test_reinstall_keeps_id_address_and_key(ctd, vps, key):
+    name = vps()
+    before = ctd.instance(name)
+    ctd.sh(name, "echo old > /root/marker")
+    ctd.ok("stop", name)
+    ctd.ok("reinstall", name)
+    ctd.ok("start", name)
+    after = ctd.instance(name)
+    assert (after["id"], address(ctd, name)) == (before["id"], before["nics"][0]["addresses"][0])
+    assert ctd.sh(name, "cat /root/marker").code != 0
+    system_state(ctd, name)
+    assert ssh(key, address(ctd, name), "hostname").stdout.strip() == name
+
+
+def test_hostile_symlinks_do_not_redirect_setup_writes(ctd, vps, key, tmp_path):
+    name = vps()
+    canary = Path(f"/tmp/ctd-canary-{uuid.uuid4().hex[:8]}")
+    (canary / "ssh").mkdir(parents=True)
+    (canary / "hosts").write_text("host file\n")
+    (canary / "ssh" / "authorized_keys").write_text("host keys\n")
+    try:
+        ctd.sh(name, f"rm -f /etc/hosts && ln -s {canary}/hosts /etc/hosts")
+        # /etc/hosts: the symlink is replaced by a file inside the guest
+        ctd.ok("set", name, "--nameserver", "192.0.2.53", "--timezone", "UTC")
+        assert (canary / "hosts").read_text() == "host file\n"
+        assert not ctd.sh(name, "test -L /etc/hosts && echo link").out
+        assert "nameserver 192.0.2.53" in ctd.sh(name, "cat /etc/resolv.conf").out
+        # /root/.ssh: resolved inside the guest's root, where it leads nowhere: a clear refusal
+        ctd.sh(name, f"rm -rf /root/.ssh && ln -s {canary}/ssh /root/.ssh")
+        r = ctd.ctl("set", name, "--ssh-key", f"{key}.pub")
+        assert r.code == 1 and "/root/.ssh" in r.err, r.err
+        assert (canary / "ssh" / "authorized_keys").read_text() == "host keys\n"
+        assert (canary / "hosts").read_text() == "host file\n"
+    finally:
+        subprocess.run(["rm", "-rf", str(canary)])
+
+
+def test_bad_template_input(ctd):
+    r = ctd.ctl("template", "build", "debian-99")
+    assert r.code == 1 and "no template recipe" in r.err
+    # a mirror that answers nothing (loopback, closed port): a clear error, no half template
+    r = ctd.ctl("template", "build", "debian-13", "--mirror", "http://127.0.0.1:9/debian", timeout=300)
+    assert r.code == 1 and "mmdebstrap failed" in r.err
+    templates = {t["name"]: t for t in ctd.client.get("/1.0/templates")["templates"]}
+    assert templates["debian-13"]["built"] is False
+    assert not list((ctd.state_dir / "storage/templates").glob(".build-*"))
