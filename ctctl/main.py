@@ -385,6 +385,12 @@ def template_build(name: str, mirror: str | None) -> None:
     body: dict[str, Any] = {"name": name}
     if mirror:
         body["mirror"] = mirror
+    result = run_with_progress("POST", "/1.0/templates", body)
+    click.echo(f"Built {result['name']} ({human_bytes(result['size'])})")
+
+
+def run_with_progress(method: str, path: str, body: dict[str, Any]) -> dict:
+    """An operation, its progress line shown on stderr while it runs (Ctrl-C cancels)."""
     tty = sys.stderr.isatty()
     last = [""]
 
@@ -399,11 +405,10 @@ def template_build(name: str, mirror: str | None) -> None:
             click.echo(f"  {line}", err=True)
 
     try:
-        result = client().run("POST", "/1.0/templates", body, progress=show)
+        return client().run(method, path, body, progress=show)
     finally:
         if tty and last[0]:
             click.echo("", err=True)
-    click.echo(f"Built {result['name']} ({human_bytes(result['size'])})")
 
 
 @template.command(name="create")
@@ -413,6 +418,27 @@ def template_create(name: str, source: str) -> None:
     """Turn an instance into a template NAME."""
     result = client().run("POST", "/1.0/templates", {"name": name, "from": source})
     click.echo(f"Created template {result['name']} from {source} ({human_bytes(result['size'])})")
+
+
+@template.command(name="import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, resolve_path=True))
+@click.option("--name", help="template name (default: from the file name, e.g. debian-12-x86_64)")
+def template_import(file: str, name: str | None) -> None:
+    """Import a rootfs tarball (.tar.gz/.tar.xz/.tar.zst, OpenVZ/Proxmox layout) as a template."""
+    body: dict[str, Any] = {"import": file}
+    if name:
+        body["name"] = name
+    result = run_with_progress("POST", "/1.0/templates", body)
+    click.echo(f"Imported {result['name']} ({human_bytes(result['size'])})")
+
+
+@template.command(name="export")
+@click.argument("name")
+@click.argument("file", type=click.Path(dir_okay=False, resolve_path=True))
+def template_export(name: str, file: str) -> None:
+    """Write a template as a rootfs tarball (.tar.zst, .tar.gz or .tar.xz by the file name)."""
+    result = run_with_progress("POST", f"/1.0/templates/{name}/export", {"file": file})
+    click.echo(f"Exported {name} to {result['file']} ({human_bytes(result['size'])})")
 
 
 @template.command(name="delete")
@@ -473,6 +499,32 @@ def clone(source: str, name: str, snapshot: str | None) -> None:
         body["snapshot"] = snapshot
     result = client().run("POST", f"/1.0/instances/{source}/clone", body)
     click.echo(f"Cloned {source} to {result['name']} (id {result['id']})")
+
+
+@cli.command()
+@INSTANCE
+@click.argument("file", type=click.Path(dir_okay=False, resolve_path=True))
+@click.option("--snapshot", help="back up this snapshot (the instance keeps running)")
+@click.option("--tar", "as_tar", is_flag=True, help="a .tar.zst stream even on btrfs (restores on any pool)")
+def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None:
+    """Write a backup of an instance to FILE (btrfs send where possible, else tar.zst)."""
+    body: dict[str, Any] = {"file": file, "driver": "tar" if as_tar else "auto"}
+    if snapshot:
+        body["snapshot"] = snapshot
+    result = run_with_progress("POST", f"/1.0/instances/{instance}/backup", body)
+    click.echo(f"Backed up {instance} to {result['file']} ({result['driver']}, {human_bytes(result['size'])})")
+
+
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, resolve_path=True))
+@click.option("--name", help="name of the restored instance (default: the backed-up one's)")
+def restore(file: str, name: str | None) -> None:
+    """Make an instance from a backup file (new id, id range, addresses)."""
+    body: dict[str, Any] = {"file": file}
+    if name:
+        body["name"] = name
+    result = run_with_progress("POST", "/1.0/restore", body)
+    click.echo(f"Restored {result['name']} (id {result['id']})")
 
 
 @cli.command()

@@ -119,6 +119,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.api.server import make_app, prepare_socket_path, secure_socket
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
+    from ctd.instance.transfer import Transfers
     from ctd.lxcfs import Lxcfs
     from ctd.network.manager import NetworkManager
     from ctd.operations import Operations
@@ -150,7 +151,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
                               "fix": "apt-get install lxcfs, then restart ctd"}},
         "recovered": report,
     }
-    context = ApiContext(config, db, instances, templates, Operations(), network, info)
+    context = ApiContext(config, db, instances, templates, Operations(), network, Transfers(instances), info)
     app = make_app(context)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

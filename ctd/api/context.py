@@ -8,6 +8,7 @@ from typing import Any
 from ctd.config import DaemonConfig
 from ctd.instance.manager import InstanceManager
 from ctd.network.manager import NetworkManager
+from ctd.instance.transfer import Transfers
 from ctd.operations import Operations
 from ctd.state import StateDB
 from ctd.template.manager import TemplateManager
@@ -21,4 +22,5 @@ class ApiContext:
     templates: TemplateManager
     operations: Operations
     network: NetworkManager
+    transfers: Transfers
     info: dict[str, Any] = field(default_factory=dict)

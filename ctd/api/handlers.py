@@ -167,7 +167,23 @@ async def list_templates(request: web.Request) -> web.Response:
 async def build_template(request: web.Request) -> web.Response:
     """Build from the recipe NAME, or {"name", "from": INSTANCE} to turn an instance into one."""
     c = ctx(request)
-    body = validate.body_fields(await json_body(request), {"name", "from", "mirror"}, {"name"})
+    body = validate.body_fields(await json_body(request), {"name", "from", "mirror", "import"})
+    if body.get("import") is not None:
+        checked = c.transfers.check_import(body)
+        op = c.operations.new("template-import", checked["name"])
+
+        async def imported() -> dict:
+            c.templates.building.add(checked["name"])
+            try:
+                rec = await asyncio.to_thread(c.transfers.import_template, checked, op)
+            finally:
+                c.templates.building.discard(checked["name"])
+            c.db.add_template(rec)
+            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
+
+        return accepted(c.operations.start("template-import", checked["name"], imported(), op))
+    if "name" not in body:
+        raise InvalidRequest("missing field(s): name")
     name = validate.instance_name(body["name"], "template name")
     if body.get("from") is not None:
         src = c.instances.get(validate.instance_ref(str(body["from"])))
@@ -356,3 +372,32 @@ async def reinstall(request: web.Request) -> web.Response:
     template = body.get("template") or rec.template
     c.instances.check_reinstall(rec, template)
     return accepted(c.operations.start("reinstall", rec.name, c.instances.reinstall(rec, template)))
+
+
+# ------------------------------------------------------------------ backups and template files
+
+@routes.post("/1.0/instances/{ref}/backup")
+async def backup_instance(request: web.Request) -> web.Response:
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    checked = c.transfers.check_backup(rec, await json_body(request))
+    op = c.operations.new("backup", rec.name)
+    return accepted(c.operations.start("backup", rec.name, c.transfers.backup(rec, checked, op), op))
+
+
+@routes.post("/1.0/restore")
+async def restore_instance(request: web.Request) -> web.Response:
+    c = ctx(request)
+    checked = await asyncio.to_thread(c.transfers.check_restore, await json_body(request))
+    op = c.operations.new("restore", checked["name"])
+    return accepted(c.operations.start("restore", checked["name"], c.transfers.restore(checked, op), op))
+
+
+@routes.post("/1.0/templates/{name}/export")
+async def export_template(request: web.Request) -> web.Response:
+    c = ctx(request)
+    name = validate.instance_name(request.match_info["name"], "template name")
+    checked = c.transfers.check_export(name, await json_body(request))
+    op = c.operations.new("template-export", name)
+    return accepted(c.operations.start("template-export", name,
+                                       asyncio.to_thread(c.transfers.export_template, checked, op), op))

@@ -104,9 +104,9 @@ def build_schema() -> dict[str, Any]:
                 "get": {"summary": "recipes and built templates", "responses": _responses(200, {"type": "object"})},
                 "post": {"summary": "build a template from its recipe (an operation)",
                          "requestBody": {"required": True, **_json({
-                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "type": "object", "additionalProperties": False,
                              "properties": {"name": NAME, "from": {"type": "string"},
-                                            "mirror": {"type": "string"}}})},
+                                            "mirror": {"type": "string"}, "import": {"type": "string"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/templates/{name}": {
@@ -177,6 +177,30 @@ def build_schema() -> dict[str, Any]:
                          "requestBody": {"required": False, **_json({
                              "type": "object", "additionalProperties": False,
                              "properties": {"template": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/backup": {
+                "parameters": [REF],
+                "post": {"summary": "write a backup file on the host (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["file"], "additionalProperties": False,
+                             "properties": {"file": {"type": "string"}, "snapshot": NAME,
+                                            "driver": {"type": "string", "enum": ["auto", "tar"]}}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/restore": {
+                "post": {"summary": "an instance from a backup file (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["file"], "additionalProperties": False,
+                             "properties": {"file": {"type": "string"}, "name": NAME}})},
+                         "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/templates/{name}/export": {
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
+                "post": {"summary": "write a template as a rootfs tarball (an operation)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["file"], "additionalProperties": False,
+                             "properties": {"file": {"type": "string"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},

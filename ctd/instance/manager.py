@@ -18,6 +18,7 @@ from cgroups import CgroupManager
 from ctd import idmap, limits as limits_mod, validate
 from ctd import faults
 from ctd.network import ipam
+from ctd.storage.backup import discard_partial as discard_partial_backups
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
 from ctd import guest
@@ -559,6 +560,7 @@ class InstanceManager:
                 report["removed_dirs"].append(name)
         report["removed_dirs"] += await asyncio.to_thread(self.storage.discard_staging)
         report["removed_dirs"] += await asyncio.to_thread(self.storage.recover_partial)
+        report["removed_dirs"] += await asyncio.to_thread(discard_partial_backups, self.storage)
         for rec in records:  # a destroy the crash interrupted after the root was deleted: finish it
             if rec.name not in self.containers.running and not self.storage.rootfs(rec.name).is_dir():
                 await asyncio.to_thread(self.storage.delete_instance, rec.name)

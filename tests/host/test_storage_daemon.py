@@ -139,3 +139,110 @@ def test_quota_refused_cleanly_on_the_dir_driver(tmp_path):
         d.ok("rollback", "q2", "s")
     finally:
         _teardown(d)
+
+
+def _tree(root) -> dict:
+    """path -> (mode, uid, gid, content or link target) of every entry below root."""
+    import os
+    out = {}
+    for dirpath, dirs, files in os.walk(root):
+        for entry in dirs + files:
+            full = os.path.join(dirpath, entry)
+            st = os.lstat(full)
+            rel = os.path.relpath(full, root)
+            if os.path.islink(full):
+                data = "->" + os.readlink(full)
+            elif os.path.isfile(full):
+                data = open(full, "rb").read()
+            else:
+                data = None
+            out[rel] = (st.st_mode, st.st_uid, st.st_gid, data)
+    return out
+
+
+@pytest.mark.parametrize("driver", ["auto", "tar"])
+def test_backup_destroy_restore_gives_back_files_owners_and_modes(ctd, make_container, tmp_path, driver):
+    name = make_container()
+    ctd.sh(name, "echo secret > /root/s; chmod 600 /root/s; mkdir /home/u; echo u > /home/u/f; "
+                 "chown -R 1000:1000 /home/u; cp /bin/busybox /usr/local/bin/suid; chmod 4755 /usr/local/bin/suid; "
+                 "ln -s /root/s /root/link")
+    ctd.ok("snapshot", name, "b1")
+    before = _tree(ctd.snapshot_path(name, "b1") if hasattr(ctd, "snapshot_path") else
+                   ctd.state_dir / "storage/instances" / name / "snapshots/b1")
+    out = tmp_path / f"{name}.bak"
+    args = ["backup", name, str(out), "--snapshot", "b1"] + (["--tar"] if driver == "tar" else [])
+    ctd.ok(*args)  # from a snapshot: the container keeps running
+    assert ctd.instance(name)["state"] == "running"
+    ctd.ok("destroy", "--force", name)
+    ctd.ok("restore", str(out))
+    try:
+        after = _tree(ctd.rootfs(name))
+        assert after == before
+        ctd.ok("start", name)
+        assert ctd.sh(name, "cat /root/s; hostname").out.split() == ["secret", name]
+        r = ctd.ctl("restore", str(out))
+        assert r.code == 1 and "already exists" in r.err
+    finally:
+        ctd.ctl("destroy", "--force", name)
+
+
+def test_corrupt_backup_leaves_no_half_instance(ctd, make_container, tmp_path):
+    name = make_container(start=False)
+    out = tmp_path / "b.bak"
+    ctd.ok("backup", name, str(out), "--tar")
+    data = out.read_bytes()
+    bad = tmp_path / "bad.bak"
+    bad.write_bytes(data[: len(data) // 2])
+    before = sorted(p.name for p in (ctd.state_dir / "storage/instances").iterdir())
+    r = ctd.ctl("restore", str(bad), "--name", "halfway")
+    assert r.code == 1 and ("truncated" in r.err or "corrupt" in r.err), r.err
+    assert sorted(p.name for p in (ctd.state_dir / "storage/instances").iterdir()) == before
+    assert ctd.ctl("status", "halfway").code == 1
+
+
+def test_template_import_refuses_hostile_members_and_imports_a_good_one(ctd, tmp_path):
+    import io
+    import tarfile
+
+    def tarball(path, members):
+        with tarfile.open(path, "w:gz") as tf:
+            for info, data in members:
+                tf.addfile(info, io.BytesIO(data) if data is not None else None)
+
+    def file(name, data=b"x", mode=0o644):
+        info = tarfile.TarInfo(name)
+        info.size, info.mode = len(data), mode
+        return info, data
+
+    canary = tmp_path / "outside"
+    hostile = {
+        "abs": [file("/etc/evil")],
+        "dotdot": [file("./../../evil")],
+        "dev": [(tarfile.TarInfo("./disk"), None)],
+        "through-link": [],
+    }
+    dev = hostile["dev"][0][0]
+    dev.type, dev.devmajor, dev.devminor = tarfile.BLKTYPE, 8, 0
+    link = tarfile.TarInfo("./lnk")
+    link.type, link.linkname = tarfile.SYMTYPE, str(tmp_path)
+    hostile["through-link"] = [(link, None), file("./lnk/outside")]
+    for kind, members in hostile.items():
+        path = tmp_path / f"{kind}.tar.gz"
+        tarball(path, members)
+        r = ctd.ctl("template", "import", str(path), "--name", f"bad-{kind}")
+        assert r.code == 1, (kind, r.out)
+        assert ctd.ctl("template", "list").out.count(f"bad-{kind}") == 0
+    assert not canary.exists()
+    assert not list((ctd.state_dir / "storage/templates").glob(".build-*"))
+    good = tmp_path / "good-1.tar.xz"
+    with tarfile.open(good, "w:xz") as tf:
+        for name, data, mode in (("./bin/hello", b"#!/bin/sh\necho hi\n", 0o755), ("./etc/os-release", b"ID=demo\n", 0o644)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tf.addfile(info, io.BytesIO(data))
+    ctd.ok("template", "import", str(good))
+    try:
+        listed = {t["name"]: t for t in ctd.client.get("/1.0/templates")["templates"]}
+        assert listed["good-1"]["built"] and listed["good-1"]["distro"] == "demo"
+    finally:
+        ctd.ctl("template", "delete", "good-1")

@@ -157,7 +157,7 @@ class Env:
         self.templates = FakeTemplates(self.db)
         self.ctx = ApiContext(config=DaemonConfig(state_dir=tmp, stop_timeout=12.0), db=self.db,
                               instances=self.instances, templates=self.templates,  # type: ignore[arg-type]
-                              operations=Operations(), network=None,  # type: ignore[arg-type]
+                              operations=Operations(), network=None, transfers=None,  # type: ignore[arg-type]
                               info={"version": "test", "api": "1.0"})
         self.app = make_app(self.ctx)
 

@@ -1,0 +1,182 @@
+"""Backups, restores, and template tarballs: files on the daemon's host, long work with progress."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+from ctd import idmap, validate
+from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.instance.manager import InstanceManager
+from ctd.network.manager import NicRequest
+from ctd.operations import Operation
+from ctd.state import InstanceRecord, InstanceType, NicMode, PowerState, TemplateRecord
+from ctd.storage import archive, backup
+from ctd.template.manager import tree_size
+
+
+def input_file(value: Any, what: str) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise InvalidRequest(f"{what} must be an absolute path on the host")
+    path = Path(value)
+    if not path.is_file():
+        raise NotFound(f"{what} {value} does not exist or is not a file")
+    return path
+
+
+def output_file(value: Any, what: str) -> Path:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise InvalidRequest(f"{what} must be an absolute path on the host")
+    path = Path(value)
+    if path.exists() or path.is_symlink():
+        raise Conflict(f"{value} exists already; choose another file name")
+    if not path.parent.is_dir():
+        raise NotFound(f"the directory {path.parent} does not exist")
+    return path
+
+
+def progress_of(op: Operation):  # type: ignore[no-untyped-def]
+    """A (done, total) callback that keeps the operation's progress line current (any thread)."""
+    def report(done: int, total: int) -> None:
+        percent = f" ({100 * done // total}%)" if total else ""
+        op.progress = f"{done / 1e6:.1f} MB of {total / 1e6:.1f} MB{percent}"
+    return report
+
+
+class Transfers:
+    def __init__(self, instances: InstanceManager) -> None:
+        self.instances = instances
+        self.storage = instances.storage
+        self.db = instances.db
+
+    # ------------------------------------------------------------- backup
+
+    def check_backup(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"file", "snapshot", "driver"}, {"file"})
+        out = output_file(body["file"], "file")
+        snap = body.get("snapshot")
+        if snap is not None:
+            snap = self.instances.snapshot_name(snap)
+            if snap not in self.storage.list_snapshots(rec.name):
+                raise NotFound(f"{rec.name} has no snapshot {snap!r}")
+        driver = body.get("driver", "auto")
+        if driver not in ("auto", "tar"):
+            raise InvalidRequest("driver must be auto (btrfs send where possible) or tar")
+        if snap is None and self.storage.name != "btrfs" and rec.state is not PowerState.STOPPED:
+            raise Conflict(f"{rec.name} is running: back up a snapshot (--snapshot) or stop it first")
+        return {"out": out, "snapshot": snap, "driver": None if driver == "auto" else "tar"}
+
+    def meta(self, rec: InstanceRecord) -> dict[str, Any]:
+        nics = [{"network": n.network, "mode": n.mode.value, "filter": n.filter, "rate": n.rate,
+                 "addresses": n.addresses} for n in self.db.nics_of(rec.id)]
+        return {"name": rec.name, "template": rec.template, "hostname": rec.hostname,
+                "privileged": rec.privileged, "limits": rec.limits, "init": rec.init,
+                "stop_signal": rec.stop_signal, "options": rec.options, "nics": nics}
+
+    async def backup(self, rec: InstanceRecord, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
+        async with self.instances.lock(rec):
+            header = await asyncio.to_thread(
+                backup.create_backup, self.storage, rec.name, checked["out"], checked["snapshot"],
+                progress_of(op), meta=self.meta(rec), driver=checked["driver"])
+        return {"file": str(checked["out"]), "driver": header.get("driver"), "size": header.get("size")}
+
+    # ------------------------------------------------------------- restore
+
+    def check_restore(self, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"file", "name"}, {"file"})
+        source = input_file(body["file"], "backup file")
+        header = backup.read_backup_header(source)
+        meta = header.get("meta") or {}
+        name = validate.instance_name(body.get("name") or header.get("name") or meta.get("name"))
+        if self.db.get_instance(name) or name in self.instances._reserved_names:
+            raise Conflict(f"an instance named {name!r} already exists; restore with --name NEW")
+        taken = self.db.used_ids() | self.instances._reserved_ids
+        instance_id = next(i for i in range(100, validate.MAX_INSTANCE_ID) if i not in taken)
+        self.instances._reserved_names.add(name)
+        self.instances._reserved_ids.add(instance_id)
+        return {"file": source, "name": name, "id": instance_id, "meta": meta}
+
+    async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
+        name, instance_id, meta = checked["name"], checked["id"], checked["meta"]
+        try:
+            privileged = bool(meta.get("privileged"))
+            base = None if privileged else idmap.allocate(
+                self.instances.config.idmap_base, self.instances.config.idmap_size, self.db.used_idmap_bases(),
+                idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+            rec = InstanceRecord(
+                id=instance_id, name=name, type=InstanceType.CONTAINER, template=str(meta.get("template", "")),
+                hostname=name if meta.get("name") != name else str(meta.get("hostname") or name),
+                privileged=privileged, idmap_base=base, limits=dict(meta.get("limits") or {}),
+                created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                init=list(meta.get("init") or ["/sbin/init"]), stop_signal=str(meta.get("stop_signal") or "SIGTERM"),
+                options=dict(meta.get("options") or {}))
+            nics = [NicRequest(n.get("network"), NicMode(n.get("mode", "bridged")), [], bool(n.get("filter", True)),
+                               n.get("rate")) for n in meta.get("nics") or []
+                    if n.get("network") and self.db.get_network(n["network"])]
+            with contextlib.ExitStack() as undo:
+                await asyncio.to_thread(backup.restore_backup, self.storage, checked["file"], name, progress_of(op))
+                undo.callback(self.storage.delete_instance, name)
+                if "diskspace" in rec.limits:
+                    await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+                with self.db.transaction():
+                    self.db.add_instance(rec)
+                    self.instances.network.allocate(rec.id, nics)
+                undo.callback(self.db.delete_instance, rec.id)
+                await asyncio.to_thread(self.instances.setup_guest, rec, self.storage.rootfs(name))
+                undo.pop_all()
+            return self.instances.view(rec)
+        finally:
+            self.instances._reserved_names.discard(name)
+            self.instances._reserved_ids.discard(instance_id)
+
+    # ------------------------------------------------------------- template tarballs
+
+    def check_import(self, body: dict[str, Any]) -> dict[str, Any]:
+        source = input_file(body["import"], "template tarball")
+        default = source.name.split(".tar")[0] if ".tar" in source.name else source.stem
+        name = validate.instance_name(body.get("name") or default.lower().replace("_", "-"), "template name")
+        templates = self.instances.templates
+        if self.db.get_template(name) is not None or name in templates.recipes() or name in templates.building:
+            raise Conflict(f"a template named {name!r} exists already; import with --name NEW")
+        return {"file": source, "name": name}
+
+    def import_template(self, checked: dict[str, Any], op: Operation) -> TemplateRecord:
+        """Runs in a thread."""
+        name = checked["name"]
+        staging = self.storage.new_template_dir(name)
+        try:
+            archive.import_rootfs(checked["file"], staging / "rootfs", progress_of(op))
+            path = self.storage.commit_template(name, staging)
+        except BaseException:
+            self.storage.discard_template_staging(staging)
+            raise
+        distro, release = _os_release(path / "rootfs")
+        return TemplateRecord(name=name, recipe=f"import:{checked['file'].name}", path=str(path),
+                              size=tree_size(path), built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                              distro=distro, release=release, arch=os.uname().machine)
+
+    def check_export(self, name: str, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"file"}, {"file"})
+        self.instances.templates.get(name)
+        return {"name": name, "out": output_file(body["file"], "file")}
+
+    def export_template(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
+        """Runs in a thread."""
+        size = archive.export_rootfs(self.storage.template_path(checked["name"]) / "rootfs", checked["out"], None,
+                                     progress_of(op))
+        return {"file": str(checked["out"]), "size": size}
+
+
+def _os_release(rootfs: Path) -> tuple[str, str]:
+    from ctd import guestfs
+    text = guestfs.read_file(rootfs, "/etc/os-release") or ""
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    return values.get("ID", "").strip('"'), values.get("VERSION_CODENAME", values.get("VERSION_ID", "")).strip('"')
+
+
+__all__ = ["Transfers", "dataclasses"]
