@@ -190,10 +190,28 @@ def to_resources(limits: dict[str, int], host_cpus: list[int], seed: int,
     )
 
 
+def _mount_source(path: Path) -> str | None:
+    """The source of the mount holding path (/dev/loop0 for ctd's pool), from mountinfo."""
+    best, source = "", None
+    target = str(path.resolve())
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        mountpoint = fields[4].replace("\\040", " ")
+        if (target == mountpoint or target.startswith(mountpoint.rstrip("/") + "/")) and len(mountpoint) >= len(best):
+            best, source = mountpoint, fields[fields.index("-") + 2]
+    return source
+
+
 def block_device_of(path: Path) -> str | None:
-    """'MAJ:MIN' of the whole disk holding path (io limits apply to disks, not partitions)."""
+    """'MAJ:MIN' of the whole disk holding path (io limits apply to disks, not partitions).
+
+    btrfs reports an anonymous st_dev, so the mount's source device is asked first."""
+    source = _mount_source(path)
     try:
-        dev = os.stat(path).st_dev
+        if source and source.startswith("/dev/"):
+            dev = os.stat(source).st_rdev
+        else:
+            dev = os.stat(path).st_dev
     except OSError:
         return None
     major, minor = os.major(dev), os.minor(dev)

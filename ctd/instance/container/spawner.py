@@ -27,6 +27,7 @@ import signal
 import socket
 import termios
 import traceback
+from dataclasses import dataclass
 
 import prctl
 
@@ -76,6 +77,10 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
     helpers: dict[int, int] = {}  # helper pid -> request id
+    pool: list[UsernsHolder] = []   # user namespaces made ahead of need (off the start path)
+    quiet: set[int] = set()         # holder pids: reaped without a word to ctd
+    own = (wake_r, wake_w)
+    pool.append(_fork_holder(own, pool))
     while True:
         ready, _, _ = select.select([sock, wake_r], [], [])
         if wake_r in ready:
@@ -84,19 +89,33 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock, helpers)
+            _reap(sock, helpers, quiet)
         if sock in ready:
             message, fds = recv(sock)
             if message is None:
                 os._exit(0)
-            pid = _dispatch(sock, message, fds, (wake_r, wake_w))
+            holder = None
+            if message.get("op") == "spawn" and message["spec"].get("uid_map"):
+                holder = pool.pop() if pool else _fork_holder(own, pool)
+            pid = _dispatch(sock, message, fds, own, pool, holder)
             for fd in fds:
                 os.close(fd)
             if pid:
                 helpers[pid] = message["id"]
+            if holder is not None:
+                os.close(holder.ready_r)
+                os.close(holder.done_w)
+                quiet.add(holder.pid)
+                if pid:
+                    # Join the container's cgroups for it while it builds its user namespace
+                    # and root: the first cgroup move waits for an RCU grace period.
+                    _join_cgroups_for(pid, message["spec"]["cgroup_procs"], holder.joined_w)
+                os.close(holder.joined_w)
+            if len(pool) < POOL_SIZE:
+                pool.append(_fork_holder(own, pool))
 
 
-def _reap(sock: socket.socket, helpers: dict[int, int]) -> None:
+def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -104,13 +123,64 @@ def _reap(sock: socket.socket, helpers: dict[int, int]) -> None:
             return
         if pid == 0:
             return
-        if pid in helpers:
+        if pid in quiet:
+            quiet.discard(pid)
+        elif pid in helpers:
             send(sock, {"id": helpers.pop(pid), "helper_exit": status})
         else:
             send(sock, {"event": "exit", "pid": pid, "status": status})
 
 
-def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int]) -> int:
+POOL_SIZE = 1
+
+
+@dataclass
+class UsernsHolder:
+    """A process that made a fresh user namespace and waits; ctd writes its id maps later."""
+
+    pid: int
+    ready_r: int   # one byte arrives once the namespace exists
+    done_w: int    # closing every copy lets the holder exit
+    joined_r: int  # for the container helper: the spawner put it in its cgroups
+    joined_w: int
+
+
+def _pool_fds(pool: list[UsernsHolder]) -> list[int]:
+    return [fd for h in pool for fd in (h.ready_r, h.done_w, h.joined_r, h.joined_w)]
+
+
+def _fork_holder(own_fds: tuple[int, int], pool: list[UsernsHolder]) -> UsernsHolder:
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    done_r, done_w = os.pipe2(os.O_CLOEXEC)
+    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for fd in (*own_fds, *_pool_fds(pool), ready_r, done_w, joined_r, joined_w):
+                os.close(fd)
+            signal.set_wakeup_fd(-1)
+            sc.unshare(sc.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(done_r, 1)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    os.close(done_r)
+    return UsernsHolder(pid, ready_r, done_w, joined_r, joined_w)
+
+
+def _join_cgroups_for(pid: int, procs_files: list[str], joined_w: int) -> None:
+    try:
+        for path in procs_files:
+            with open(path, "w") as fh:
+                fh.write(str(pid))
+        os.write(joined_w, b"1")
+    except OSError as exc:
+        os.write(joined_w, f"0joining the cgroup {exc.filename or ''}: {exc.strerror}".encode()[:500])
+
+
+def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int],
+              pool: list[UsernsHolder], holder: UsernsHolder | None) -> int:
     op = message.get("op")
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
@@ -125,14 +195,14 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
     code = 1
     try:
         signal.set_wakeup_fd(-1)
-        for fd in own_fds:
+        for fd in (*own_fds, *_pool_fds(pool)):
             os.close(fd)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         prctl.set_child_subreaper(False)
         if op == "spawn":
-            _spawn_container(sock, message["id"], container_from_wire(message["spec"]), fds)
+            _spawn_container(sock, message["id"], container_from_wire(message["spec"]), fds, holder)
         elif op == "netconf":
             _netconf(sock, message["id"], message["spec"])
         else:
@@ -155,37 +225,36 @@ def _describe(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- starting a container
 
-def _make_userns(spec: ContainerSpec) -> int:
-    """A user namespace with the container's id maps, held by an fd (its first process exits)."""
-    ready_r, ready_w = os.pipe()
-    done_r, done_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(ready_r)
-            os.close(done_w)
-            sc.unshare(sc.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(done_r, 1)
-        finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(done_r)
-    try:
-        if os.read(ready_r, 1) != b"1":
-            raise OSError("could not create the container's user namespace")
-        with open(f"/proc/{pid}/uid_map", "w") as fh:
-            fh.write("\n".join(m.line() for m in spec.uid_map))
-        with open(f"/proc/{pid}/gid_map", "w") as fh:
-            fh.write("\n".join(m.line() for m in spec.gid_map))
-        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.close(ready_r)
-        os.close(done_w)
-        os.waitpid(pid, 0)
+def _claim_userns(spec: ContainerSpec, holder: UsernsHolder) -> int:
+    """Give a pool holder's user namespace the container's id maps; an fd keeps it alive."""
+    if os.read(holder.ready_r, 1) != b"1":
+        raise OSError("could not create the container's user namespace")
+    with open(f"/proc/{holder.pid}/uid_map", "w") as fh:
+        fh.write("\n".join(m.line() for m in spec.uid_map))
+    with open(f"/proc/{holder.pid}/gid_map", "w") as fh:
+        fh.write("\n".join(m.line() for m in spec.gid_map))
+    fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    os.close(holder.done_w)  # the holder exits; the spawner reaps it
+    os.close(holder.ready_r)
+    return fd
 
 
-def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int]) -> None:
+def _wait_joined(spec: ContainerSpec, holder: UsernsHolder | None) -> None:
+    """The cgroup namespace must be made inside the container's cgroups."""
+    if holder is None:
+        for path in spec.cgroup_procs:
+            with open(path, "w") as fh:
+                fh.write(str(os.getpid()))
+        return
+    os.close(holder.joined_w)
+    answer = os.read(holder.joined_r, 1000)
+    os.close(holder.joined_r)
+    if answer != b"1":
+        raise OSError(answer[1:].decode(errors="replace") or "the spawner did not put us in the cgroups")
+
+
+def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int],
+                     holder: UsernsHolder | None) -> None:
     console_fd = fds[0] if spec.console else None
     # Host files bound into the container (devices, lxcfs, the console) are cloned now as
     # detached mounts, by host root: the container's root user may not be able to walk the
@@ -193,9 +262,6 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
     sources = _clone_sources(spec.mounts, console_fd)
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    for path in spec.cgroup_procs:
-        with open(path, "w") as fh:
-            fh.write(str(os.getpid()))
     if spec.nofile:  # as host root: container root may lower it later, never raise it
         resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
     # As host root: a detached copy of the root filesystem, shown through the container's id
@@ -205,7 +271,8 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
     if spec.privileged:
         tree = sc.open_tree(spec.rootfs, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
     else:
-        userns_fd = _make_userns(spec)
+        assert holder is not None
+        userns_fd = _claim_userns(spec, holder)
         tree = sc.idmapped_clone(spec.rootfs, userns_fd)
     # Stand in the root's directory as host root: the container's root user could not walk
     # the host path (the storage directories are 0700). unshare(CLONE_NEWNS) below carries the
@@ -219,6 +286,7 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+    _wait_joined(spec, holder)
     sc.unshare(CONTAINER_NAMESPACES)
     sc.sethostname(spec.hostname)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)

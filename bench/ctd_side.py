@@ -1,0 +1,191 @@
+"""ctd for the benchmark: a private daemon (own state, socket, cgroup name, id range) and the
+few API calls the benchmark times."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import BenchError, children, comm, proc_rss
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class CtdDaemon:
+    def __init__(self, workdir: Path, tag: str, idmap_base: int = 700_000_000, storage: str | None = None) -> None:
+        self.workdir = workdir
+        self.state_dir = workdir / "ctd-state"
+        self.socket = workdir / "ctd.sock"
+        self.config = workdir / "ctd.toml"
+        self.log = workdir / "ctd.log"
+        self.cgroup_name = f"ctd-bench-{tag}"
+        self.idmap_base = idmap_base
+        self.storage = storage  # storage_driver setting; None: ctd's default
+        self.info: dict = {}
+        self.proc: subprocess.Popen | None = None
+        self.created: set[str] = set()  # instances this run made (for cleanup)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = None
+
+    # ------------------------------------------------------------- daemon
+
+    def start(self) -> None:
+        ctd = VENV_BIN / "ctd"
+        if not ctd.exists():
+            raise BenchError(f"{ctd} is missing: run /work/main/setup.sh install")
+        settings = f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {self.idmap_base}\n'
+        if self.storage:
+            settings += f'storage_driver = "{self.storage}"\n'
+        self.config.write_text(settings)
+        log = self.log.open("w")
+        # A session of its own: Ctrl-C in the terminal must not reach ctd (it would leave the
+        # containers running and us without an API to clean them up).
+        self.proc = subprocess.Popen(
+            [str(ctd), "--state-dir", str(self.state_dir), "--socket", str(self.socket),
+             "--config", str(self.config), "--log-level", "warning"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        from ctctl.client import ApiError, Client
+        self._client = Client(str(self.socket), timeout=120)
+        deadline = time.monotonic() + 60  # a first start may make a btrfs pool image
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"ctd exited at start-up (status {self.proc.returncode}); see {self.log}:\n"
+                                 + self.log.read_text()[-2000:])
+            try:
+                self.info = self._client.get("/1.0")
+                break
+            except ApiError:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"ctd did not answer on {self.socket} within 60 s; see {self.log}") from None
+                time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def spawner_pid(self) -> int | None:
+        for child in children(self.pid):
+            if comm(child) == "ctd-spawner":
+                return child
+        kids = children(self.pid)
+        return kids[0] if kids else None
+
+    def rss(self) -> dict[str, int]:
+        """VmRSS/RssAnon (kB) of the daemon and of its spawner."""
+        d = proc_rss(self.pid)
+        sp = self.spawner_pid()
+        s = proc_rss(sp) if sp else {"VmRSS": 0, "RssAnon": 0}
+        return {"daemon_VmRSS": d["VmRSS"], "daemon_RssAnon": d["RssAnon"],
+                "spawner_VmRSS": s["VmRSS"], "spawner_RssAnon": s["RssAnon"]}
+
+    def stop(self) -> None:
+        """SIGTERM (after every container is gone), then wait; SIGKILL if it hangs."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self._loop is not None:
+            self._loop.close()
+            self._loop = None
+
+    # ------------------------------------------------------------- API
+
+    @property
+    def client(self):  # type: ignore[no-untyped-def]
+        return self._client
+
+    def build_template(self, name: str = "busybox") -> Path:
+        self.client.run("POST", "/1.0/templates", {"name": name})
+        rootfs = self.state_dir / "storage" / "templates" / name / "rootfs"
+        if not (rootfs / "sbin" / "init").exists() and not (rootfs / "sbin" / "init").is_symlink():
+            raise BenchError(f"template {name} built but {rootfs}/sbin/init is missing")
+        return rootfs
+
+    def create(self, name: str, privileged: bool = False) -> None:
+        self.created.add(name)
+        body = {"name": name, "template": "busybox"}
+        if privileged:
+            body["privileged"] = True
+        self.client.run("POST", "/1.0/instances", body)
+
+    def start_ct(self, name: str) -> None:
+        self.client.run("PUT", f"/1.0/instances/{name}/state", {"action": "start"})
+
+    def stop_ct(self, name: str) -> None:
+        self.client.run("PUT", f"/1.0/instances/{name}/state", {"action": "stop", "force": True})
+
+    def destroy(self, name: str) -> None:
+        self.client.run("DELETE", f"/1.0/instances/{name}", query={"force": "true"})
+        self.created.discard(name)
+
+    def init_pid(self, name: str) -> int | None:
+        return self.client.get(f"/1.0/instances/{name}")["instance"].get("pid")
+
+    def instance_names(self) -> list[str]:
+        return [i["name"] for i in self.client.get("/1.0/instances")["instances"]]
+
+    def exec(self, name: str, argv: list[str]) -> int:
+        """Run a command through the exec WebSocket (what `ctctl exec` does, minus the CLI)."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self._exec(name, argv))
+
+    async def _exec(self, name: str, argv: list[str]) -> int:
+        import aiohttp
+        code = None
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket))) as session:
+            async with session.ws_connect(f"http://localhost/1.0/instances/{name}/exec",
+                                          params=[("cmd", c) for c in argv]) as ws:
+                async for msg in ws:
+                    if msg.type == aiohttp.WSMsgType.TEXT:
+                        control = json.loads(msg.data)
+                        if control.get("type") == "exit":
+                            code = int(control["code"])
+                        elif control.get("type") == "error":
+                            raise BenchError(f"exec in {name}: {control.get('error')}")
+                    elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                        break
+        if code is None:
+            raise BenchError(f"exec in {name}: no exit code came back")
+        return code
+
+    # ------------------------------------------------------------- cleanup
+
+    def cleanup(self) -> list[str]:
+        """Destroy (forced) every instance this run created; returns errors."""
+        errors = []
+        if self.proc is None or self.proc.poll() is not None:
+            return [f"ctd is not running; instances left: {sorted(self.created)}"] if self.created else []
+        try:
+            names = set(self.instance_names())
+        except Exception as exc:  # noqa: BLE001
+            return [f"listing ctd instances failed: {exc}"]
+        for name in sorted(names & self.created | {n for n in names if n.startswith("bench-")}):
+            try:
+                self.destroy(name)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"destroy {name}: {exc}")
+        return errors
+
+    def release_storage(self) -> list[str]:
+        """ctd leaves its loop-backed btrfs pool mounted when it exits (on purpose, for restarts):
+        unmount it and detach its loop device, with ctd's own release_pool."""
+        if not (self.state_dir / "pool.img").exists():
+            return []
+        try:
+            from ctd.storage.pool import release_pool
+            release_pool(self.state_dir)
+        except Exception as exc:  # noqa: BLE001
+            return [f"releasing ctd's storage pool in {self.state_dir}: {exc}"]
+        return []

@@ -1,0 +1,542 @@
+#!/usr/bin/env python3
+"""ctd vs crun vs LXC, side by side in one run, on one busybox root filesystem.
+
+    sudo /work/main/.venv/bin/python bench/run.py [--quick]
+
+(a) start latency, (b) a create -> start -> exec -> stop -> destroy cycle, (c) host memory per
+running idle container. See bench/README.md for what exactly is timed. Results are printed as
+a table with ratios and written to bench/results/latest.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import (BenchError, container_shape, hierarchies, mem_sample, meminfo, memcg,  # noqa: E402
+                    mounts_below, proc_rss, ratio, remove_cgroup_tree, summary, theil_sen)
+from ctd_side import CtdDaemon  # noqa: E402
+from peers import Crun, Lxc, ensure_installed, version  # noqa: E402
+
+TOOLS = ("ctd", "crun", "lxc")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ms_since(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1000
+
+
+# ====================================================================== (a) start latency
+
+def bench_start(ctd: CtdDaemon, crun: Crun, lxc: Lxc, iterations: int, warmup: int) -> dict:
+    """start -> (untimed) kill, many times; tools interleaved, order rotated every round."""
+    name = "bench-lat"
+    ctd.create(name)
+    ctd.create(name + "-priv", privileged=True)
+    crun.create(name)
+    lxc.create(name)
+
+    def ctd_once(n: str) -> float:
+        t0 = time.perf_counter()
+        ctd.start_ct(n)  # PUT .../state {"action": "start"}, then wait for the operation
+        ms = ms_since(t0)
+        ctd.stop_ct(n)
+        return ms
+
+    def crun_once() -> float:
+        ms = crun.start(name)  # `crun run -d`, timed by the agent
+        crun.force_delete(name)
+        crun.close_consoles()
+        return ms
+
+    def lxc_once() -> float:
+        ms = lxc.start(name)  # `lxc-start -d`
+        lxc.stop(name)
+        return ms
+
+    runners = {"ctd": lambda: ctd_once(name), "ctd_privileged": lambda: ctd_once(name + "-priv"),
+               "crun": crun_once, "lxc": lxc_once}
+    keys = list(runners)
+    samples: dict[str, list[float]] = {k: [] for k in keys}
+    for i in range(warmup + iterations):
+        order = keys[i % len(keys):] + keys[:i % len(keys)]
+        for k in order:
+            ms = runners[k]()
+            if i >= warmup:
+                samples[k].append(ms)
+        if i % 10 == 0:
+            log(f"  start latency: round {i + 1}/{warmup + iterations}")
+    ctd.destroy(name)
+    ctd.destroy(name + "-priv")
+    crun.destroy(name)
+    lxc.destroy(name)
+    out = {k: {**summary(v), "samples_ms": [round(x, 3) for x in v]} for k, v in samples.items()}
+    return out
+
+
+# ====================================================================== (b) full cycle
+
+STEPS = ("create", "start", "exec", "stop", "destroy")
+
+
+def bench_cycle(ctd: CtdDaemon, crun: Crun, lxc: Lxc, iterations: int) -> dict:
+    samples = {t: {s: [] for s in STEPS + ("total",)} for t in TOOLS}
+
+    def ctd_cycle(n: str) -> dict[str, float]:
+        r = {}
+        t0 = time.perf_counter(); ctd.create(n); r["create"] = ms_since(t0)  # noqa: E702
+        t0 = time.perf_counter(); ctd.start_ct(n); r["start"] = ms_since(t0)  # noqa: E702
+        t0 = time.perf_counter(); code = ctd.exec(n, ["/bin/true"]); r["exec"] = ms_since(t0)  # noqa: E702
+        if code != 0:
+            raise BenchError(f"ctd exec /bin/true in {n} exited {code}")
+        t0 = time.perf_counter(); ctd.stop_ct(n); r["stop"] = ms_since(t0)  # noqa: E702
+        t0 = time.perf_counter(); ctd.destroy(n); r["destroy"] = ms_since(t0)  # noqa: E702
+        return r
+
+    def crun_cycle(n: str) -> dict[str, float]:
+        r = {}
+        t0 = time.perf_counter(); crun.create(n); r["create"] = ms_since(t0)  # noqa: E702
+        r["start"] = crun.start(n)
+        r["exec"] = crun.exec(n, ["/bin/true"])
+        r["stop"] = crun.stop(n)
+        t0 = time.perf_counter()
+        crun.delete(n)
+        crun.destroy(n)
+        r["destroy"] = ms_since(t0)
+        crun.close_consoles()
+        return r
+
+    def lxc_cycle(n: str) -> dict[str, float]:
+        r = {}
+        t0 = time.perf_counter(); lxc.create(n); r["create"] = ms_since(t0)  # noqa: E702
+        r["start"] = lxc.start(n)
+        r["exec"] = lxc.exec(n, ["/bin/true"])
+        r["stop"] = lxc.stop(n)
+        t0 = time.perf_counter(); lxc.destroy(n); r["destroy"] = ms_since(t0)  # noqa: E702
+        return r
+
+    runners = {"ctd": ctd_cycle, "crun": crun_cycle, "lxc": lxc_cycle}
+    for t in TOOLS:  # one untimed cycle each: first-use costs (imports, page cache) stay out
+        runners[t]("bench-cyc-warm")
+    for i in range(iterations):
+        order = list(TOOLS[i % 3:] + TOOLS[:i % 3])
+        for t in order:
+            r = runners[t](f"bench-cyc-{i}")
+            r["total"] = sum(r[s] for s in STEPS)
+            for k, v in r.items():
+                samples[t][k].append(v)
+        if i % 5 == 0:
+            log(f"  cycle: round {i + 1}/{iterations}")
+    return {t: {k: summary(v) for k, v in steps.items()} for t, steps in samples.items()}
+
+
+# ====================================================================== (c) memory
+
+def bench_memory(tool: str, ctd: CtdDaemon, crun: Crun, lxc: Lxc, count: int, rounds: int, settle: float,
+                 hier) -> dict:  # type: ignore[no-untyped-def]
+    """Create COUNT containers once, then ROUNDS times: start them all, let them idle, read the
+    host's and our cgroup's memory, stop them all. Per-container figures: median over rounds."""
+    names = [f"bench-mem-{i:03d}" for i in range(count)]
+    if tool == "ctd":
+        ops = (ctd.create, ctd.start_ct, ctd.stop_ct, ctd.destroy, ctd.cgroup_name)
+    elif tool == "crun":
+        ops = (crun.create, crun.start, crun.force_delete, crun.destroy, crun.cgroup_dir)
+    else:
+        ops = (lxc.create, lxc.start, lxc.stop, lxc.destroy, lxc.cgroup_dir)
+    create, _, _, destroy, _ = ops
+    made = []
+    t0 = time.perf_counter()
+    try:
+        for n in names:
+            create(n)
+            made.append(n)
+        create_s = ms_since(t0) / 1000
+        # one untimed start/stop first: code paths of the daemon, binaries in the page cache
+        _, start, stop, _, _ = ops
+        start(names[0])
+        stop(names[0])
+        if tool == "crun":
+            crun.close_consoles()
+        per_round = []
+        for r in range(rounds):
+            per_round.append(_memory_round(tool, ctd, crun, lxc, names, ops, settle, hier))
+            log(f"    round {r + 1}/{rounds}: MemAvailable {per_round[-1]['host_MemAvailable_kb']:.0f} kB, "
+                f"our cgroup {per_round[-1]['memcg_usage_kb']:.0f} kB per container")
+    finally:
+        for n in made:
+            destroy(n)
+    out = {"count": count, "rounds": rounds, "create_all_s": create_s}
+    for key in per_round[0]:
+        values = [p[key] for p in per_round if p.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+    # The first start of a container also reads its binaries into the page cache; later rounds
+    # restart the same containers and find them there.
+    out["first_round_memcg_cache_kb"] = per_round[0]["memcg_cache_kb"]
+    out["per_round"] = per_round
+    return out
+
+
+def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # type: ignore[no-untyped-def]
+    _, start, stop, _, cg_dir = ops
+    n = len(names)
+    time.sleep(settle)
+    before = mem_sample()
+    cg0, tool0 = memcg(hier), memcg(hier, cg_dir)
+    rss0 = ctd.rss() if tool == "ctd" else None
+    avail_series = [meminfo()["MemAvailable"]]
+    cg_series = [cg0["usage"] / 1024]
+    started: list[str] = []
+    try:
+        t0 = time.perf_counter()
+        for name in names:
+            start(name)
+            started.append(name)
+            avail_series.append(meminfo()["MemAvailable"])
+            cg_series.append(memcg(hier)["usage"] / 1024)
+        start_s = ms_since(t0) / 1000
+        time.sleep(settle)
+        after = mem_sample()
+        cg1, tool1 = memcg(hier), memcg(hier, cg_dir)
+        rss1 = ctd.rss() if tool == "ctd" else None
+        monitors = sum(proc_rss(p)["VmRSS"] for p in lxc.monitor_pids()) if tool == "lxc" else None
+        runtime = {"ctd": ctd, "crun": crun, "lxc": lxc}[tool]
+        shape = container_shape(runtime.init_pid(names[0]))
+    finally:
+        t0 = time.perf_counter()
+        for name in started:
+            stop(name)
+        stop_s = ms_since(t0) / 1000
+        if tool == "crun":
+            crun.close_consoles()
+    time.sleep(settle)
+    cleaned = mem_sample()
+    cg2 = memcg(hier)
+    slope = theil_sen(avail_series)
+    out = {
+        "start_all_s": start_s, "stop_all_s": stop_s,
+        # the host: everything, everybody's (noisy on a shared machine)
+        "host_MemAvailable_kb": (before["MemAvailable"] - after["MemAvailable"]) / n,
+        "host_MemFree_kb": (before["MemFree"] - after["MemFree"]) / n,
+        "host_MemAvailable_slope_kb": -slope if slope is not None else None,
+        "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
+        "host_noise_kb": max(before["spread_kb"], after["spread_kb"]),
+        "host_excl_noise_kb": max(before["spread_excl_kb"], after["spread_excl_kb"]),
+        "host_not_returned_kb": before["MemAvailable"] - cleaned["MemAvailable"],
+        # our own memory cgroup: this benchmark's processes only (ctd + spawner, containers,
+        # LXC monitors, the crun agent), user + page cache + charged kernel memory
+        "memcg_usage_kb": (cg1["usage"] - cg0["usage"]) / 1024 / n,
+        "memcg_kmem_kb": (cg1["kmem"] - cg0["kmem"]) / 1024 / n,
+        "memcg_anon_kb": (cg1["total_rss"] - cg0["total_rss"]) / 1024 / n,
+        "memcg_cache_kb": (cg1["total_cache"] - cg0["total_cache"]) / 1024 / n,
+        "memcg_nocache_kb": ((cg1["usage"] - cg1["total_cache"]) - (cg0["usage"] - cg0["total_cache"])) / 1024 / n,
+        "memcg_slope_kb": theil_sen(cg_series),
+        "memcg_not_returned_kb": (cg2["usage"] - cg0["usage"]) / 1024,
+        # the tool's own cgroup directory (containers; LXC: its monitors too)
+        "tool_cgroup_kb": (tool1["usage"] - tool0["usage"]) / 1024 / n,
+    }
+    if rss0 is not None and rss1 is not None:
+        out["ctd_rss_kb"] = (rss1["daemon_VmRSS"] + rss1["spawner_VmRSS"]
+                             - rss0["daemon_VmRSS"] - rss0["spawner_VmRSS"]) / n
+        out["ctd_rss_anon_kb"] = (rss1["daemon_RssAnon"] + rss1["spawner_RssAnon"]
+                                  - rss0["daemon_RssAnon"] - rss0["spawner_RssAnon"]) / n
+        out["ctd_daemon_VmRSS_after_kb"] = rss1["daemon_VmRSS"]
+    if monitors is not None:
+        out["lxc_monitor_rss_kb"] = monitors / n
+    if shape:
+        out["mounts_per_container"] = shape["mounts"]
+        out["processes_per_container"] = shape["processes"]
+    return out
+
+
+# ====================================================================== report
+
+def fmt(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def fmt_ratio(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.0f}x" if abs(v) >= 100 else f"{v:.2f}x"
+
+
+def report(res: dict) -> list[str]:
+    lines = []
+    m = res["meta"]
+    lines.append(f"ctd bench ({'quick' if m['quick'] else 'full'}) {m['date']}  kernel {m['kernel']}, "
+                 f"{m['cpus']} CPUs, load {m['loadavg_start']} -> {m['loadavg_end']}")
+    st = m.get("ctd_storage") or {}
+    lines.append(f"  ctd {m['ctd_commit']} (storage {st.get('driver', '?')}) | {m['crun_version']} | "
+                 f"lxc {m['lxc_version']}")
+    verdicts = []
+
+    if "start" in res:
+        s = res["start"]
+        lines.append("")
+        lines.append(f"(a) start latency, ms ({s['ctd']['n']} runs each, interleaved; ratios of medians)")
+        lines.append(f"  {'':40} {'mean':>7} {'median':>7} {'p90':>7} {'ctd/this':>9}")
+        label = {"ctd": "ctd  PUT start -> op done (init exec'd)", "ctd_privileged": "ctd  --privileged (no userns)",
+                 "crun": "crun run -d", "lxc": "lxc-start -d"}
+        for k in ("ctd", "ctd_privileged", "crun", "lxc"):
+            v = s[k]
+            r = "" if k == "ctd" else fmt_ratio(ratio(s["ctd"]["median"], v["median"]))
+            lines.append(f"  {label[k]:40} {fmt(v['mean']):>7} {fmt(v['median']):>7} {fmt(v['p90']):>7} {r:>9}")
+        ok = s["ctd"]["median"] <= s["crun"]["median"]
+        verdicts.append(f"start: ctd median {s['ctd']['median']:.1f} ms vs crun {s['crun']['median']:.1f} ms "
+                        f"-> {'PASS' if ok else 'FAIL'} (target ctd <= crun)")
+
+    if "cycle" in res:
+        c = res["cycle"]
+        lines.append("")
+        lines.append(f"(b) create -> start -> exec /bin/true -> stop (kill) -> destroy, median ms "
+                     f"({c['ctd']['total']['n']} cycles each)")
+        lines.append(f"  {'':6}" + "".join(f"{s:>9}" for s in STEPS) + f"{'total':>9}")
+        for t in TOOLS:
+            lines.append(f"  {t:6}" + "".join(f"{fmt(c[t][s]['median']):>9}" for s in STEPS + ('total',)))
+        for t in ("crun", "lxc"):
+            lines.append(f"  ctd/{t:4}" + "".join(
+                f"{fmt_ratio(ratio(c['ctd'][s]['median'], c[t][s]['median'])):>9}" for s in STEPS + ('total',)))
+
+    if "memory" in res:
+        mm = res["memory"]
+        first = next(iter(mm.values()))
+        lines.append("")
+        lines.append(f"(c) memory per running idle container, kB ({first['count']} containers per tool, one tool "
+                     f"at a time; median of {first['rounds']} round(s))")
+        cols = [("host", "host_MemAvailable_kb"), ("host-o", "host_excl_others_kb"),
+                ("memcg", "memcg_usage_kb"), ("-cache", "memcg_nocache_kb"), ("cache", "memcg_cache_kb"),
+                ("kmem", "memcg_kmem_kb"), ("anon", "memcg_anon_kb"), ("daemon", None)]
+        lines.append(f"  {'':6}" + "".join(f"{c:>8}" for c, _ in cols) + f"{'start N':>9}{'stop N':>8}"
+                     f"{'noise':>8}{'noise-o':>8}")
+        for t in TOOLS:
+            if t not in mm:
+                continue
+            v = mm[t]
+            cells = []
+            for _, key in cols:
+                val = v.get(key) if key else v.get("ctd_rss_kb", v.get("lxc_monitor_rss_kb"))
+                cells.append(f"{fmt(val, 0 if key else 1):>8}")
+            lines.append(f"  {t:6}" + "".join(cells) + f"{v['start_all_s']:>8.2f}s{v['stop_all_s']:>7.2f}s"
+                         f"{v['host_noise_kb'] / 1024:>6.1f}MB{v['host_excl_noise_kb'] / 1024:>6.1f}MB")
+        if first["rounds"] > 1:
+            lines.append("  page cache on the first start (round 1): " + ", ".join(
+                f"{t} {mm[t]['first_round_memcg_cache_kb']:.0f}" for t in TOOLS if t in mm) + " kB per container")
+        lines.append("  one container has: " + ", ".join(
+            f"{t} {mm[t].get('mounts_per_container', '?')} mounts/{mm[t].get('processes_per_container', '?')} processes"
+            for t in TOOLS if t in mm))
+        if all(t in mm for t in TOOLS):
+            for t in ("crun", "lxc"):
+                lines.append(f"  ctd/{t:4}" + "".join(
+                    f"{fmt_ratio(ratio(mm['ctd'][key], mm[t][key])):>8}" if key else f"{'':>8}"
+                    for _, key in cols))
+        lines += [
+            "  host: MemAvailable drop / N, the whole host (noisy while others work on the machine: see noise);",
+            "  host-o: that drop less the anonymous memory the other cgroups next to ours gained meanwhile;",
+            "  memcg: growth of this run's own memory cgroup / N (ctd + spawner, containers, LXC monitors, crun",
+            "  agent): -cache = without page cache (anon + charged kernel memory), cache = page cache, of",
+            "  which kmem and anon are parts; daemon: ctd = VmRSS growth of ctd + spawner / N, lxc = RSS of",
+            "  the [lxc monitor] processes / N; noise, noise-o: largest spread of host, host-o in a 1 s window",
+        ]
+        if all(t in mm for t in TOOLS):
+            for label, key, noise_key in (("host MemAvailable", "host_MemAvailable_kb", "host_noise_kb"),
+                                          ("our memcg without page cache", "memcg_nocache_kb", None)):
+                c_kb, r_kb, l_kb = mm["ctd"][key], mm["crun"][key], mm["lxc"][key]
+                # per-container noise: the largest 1 s spread seen, spread over the N containers
+                noise = max(mm[t][noise_key] for t in TOOLS) / first["count"] if noise_key else 0.0
+
+                def verdict(ok: bool, a: float, b: float) -> str:
+                    if noise and (min(a, b) <= 0 or noise > 0.25 * min(a, b)):
+                        return f"INCONCLUSIVE (host noise {noise:.0f} kB per container)"
+                    return "PASS" if ok else "FAIL"
+                verdicts.append(f"memory ({label}): ctd {c_kb:.0f} kB vs crun {r_kb:.0f} kB -> "
+                                f"{verdict(c_kb <= r_kb, c_kb, r_kb)} (target ctd <= crun); vs lxc {l_kb:.0f} kB "
+                                f"-> {verdict(c_kb <= 0.75 * l_kb, c_kb, l_kb)} (target well under lxc: <= 0.75x)")
+        if "ctd" in mm:
+            g = mm["ctd"]["ctd_rss_kb"]
+            verdicts.append(f"ctd RSS growth {g:.1f} kB per container -> {'PASS' if g < 100 else 'FAIL'} "
+                            f"(target < 100 kB)")
+    if verdicts:
+        lines.append("")
+        lines.append("targets:")
+        lines += [f"  {v}" for v in verdicts]
+    return lines
+
+
+def git_describe() -> str:
+    r = subprocess.run(["git", "-C", str(HERE.parent), "rev-parse", "--short", "HEAD"],
+                       capture_output=True, text=True)
+    commit = r.stdout.strip() or "?"
+    d = subprocess.run(["git", "-C", str(HERE.parent), "status", "--porcelain", "--untracked-files=no",
+                        "--", "ctd", "cgroups"], capture_output=True, text=True)
+    return commit + ("+dirty" if d.stdout.strip() else "")
+
+
+# ====================================================================== main
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ctd vs crun vs LXC: start latency, full cycle, memory per container")
+    p.add_argument("--quick", action="store_true", help="small counts, under 2 minutes")
+    p.add_argument("--iterations", type=int, help="start-latency runs per tool (default 100, quick 20)")
+    p.add_argument("--cycles", type=int, help="full cycles per tool (default 30, quick 5)")
+    p.add_argument("--containers", type=int, help="idle containers per tool for memory (default 100, quick 20)")
+    p.add_argument("--rounds", type=int, help="memory rounds per tool (start all, measure, stop all; "
+                   "default 3, quick 1)")
+    p.add_argument("--only", choices=["start", "cycle", "memory"], action="append",
+                   help="run only this part (repeatable)")
+    p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
+    p.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
+                   help="where the scratch directory (ctd state, bundles) goes (default /var/tmp)")
+    p.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    p.add_argument("--storage", choices=["auto", "dir", "btrfs"],
+                   help="ctd's storage_driver (default: ctd's own default)")
+    a = p.parse_args(argv)
+    a.iterations = a.iterations or (20 if a.quick else 100)
+    a.cycles = a.cycles or (5 if a.quick else 30)
+    a.containers = a.containers or (20 if a.quick else 100)
+    a.rounds = a.rounds or (1 if a.quick else 3)
+    a.warmup = 3
+    a.settle = 1.0 if a.quick else 2.0
+    a.only = a.only or ["start", "cycle", "memory"]
+    return a
+
+
+def _interrupt(signum, _frame):  # type: ignore[no-untyped-def]
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py: run as root (sudo): it starts containers with ctd, crun and LXC", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+    tag = secrets.token_hex(3)
+    scratch = Path(tempfile.mkdtemp(prefix=f"ctd-bench-{tag}-", dir=args.workdir))
+    os.chmod(scratch, 0o711)
+    ctd = CtdDaemon(scratch, tag, storage=args.storage)
+    crun: Crun | None = None
+    lxc: Lxc | None = None
+    rc = 0
+    t_start = time.monotonic()
+    results: dict = {"meta": {
+        "date": dt.datetime.now().isoformat(timespec="seconds"), "quick": args.quick,
+        "kernel": platform.release(), "cpus": os.cpu_count(),
+        "loadavg_start": " ".join(open("/proc/loadavg").read().split()[:3]),
+        "iterations": args.iterations, "warmup": args.warmup, "cycles": args.cycles,
+        "containers": args.containers, "ctd_commit": git_describe(),
+    }}
+    try:
+        ensure_installed()
+        results["meta"]["crun_version"] = version(["crun", "--version"])
+        results["meta"]["lxc_version"] = version(["lxc-start", "--version"])
+        hier = hierarchies()
+        log(f"scratch {scratch}; starting ctd (cgroup {ctd.cgroup_name}, ids from {ctd.idmap_base})")
+        ctd.start()
+        results["meta"]["ctd_storage"] = ctd.info.get("storage")
+        log(f"ctd storage: {ctd.info.get('storage')}")
+        rootfs = ctd.build_template()
+        log(f"busybox rootfs {rootfs} (shared by crun and LXC)")
+        crun = Crun(scratch, tag, rootfs, hier)
+        crun.start_agent()
+        lxc = Lxc(scratch, tag, rootfs, hier)
+        if "start" in args.only:
+            log(f"(a) start latency: {args.warmup} warm-up + {args.iterations} runs per tool")
+            results["start"] = bench_start(ctd, crun, lxc, args.iterations, args.warmup)
+        if "cycle" in args.only:
+            log(f"(b) full cycle: {args.cycles} per tool")
+            results["cycle"] = bench_cycle(ctd, crun, lxc, args.cycles)
+        if "memory" in args.only:
+            results["memory"] = {}
+            for tool in TOOLS:
+                log(f"(c) memory: {args.containers} idle {tool} containers")
+                results["memory"][tool] = bench_memory(tool, ctd, crun, lxc, args.containers, args.rounds,
+                                                          args.settle, hier)
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        rc = 130
+    except BenchError as exc:
+        log(f"bench/run.py: {exc}")
+        rc = 1
+    except Exception as exc:  # noqa: BLE001
+        import traceback
+        traceback.print_exc()
+        log(f"bench/run.py: {type(exc).__name__}: {exc}")
+        rc = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        errors = cleanup(ctd, crun, lxc, hierarchies_or_empty())
+        left_mounts = mounts_below(str(scratch))
+        if left_mounts:
+            errors.append(f"still mounted: {', '.join(left_mounts)}")
+        for e in errors:
+            log(f"cleanup: {e}")
+        if not errors and not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+        elif errors:
+            log(f"scratch directory kept: {scratch}")
+            rc = rc or 1
+    if rc == 0:
+        results["meta"]["loadavg_end"] = " ".join(open("/proc/loadavg").read().split()[:3])
+        results["meta"]["duration_s"] = round(time.monotonic() - t_start, 1)
+        lines = report(results)
+        print("\n".join(lines))
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        results["report"] = lines
+        args.output.write_text(json.dumps(results, indent=1) + "\n")
+        log(f"\nresults: {args.output} ({results['meta']['duration_s']} s)")
+    return rc
+
+
+def hierarchies_or_empty():  # type: ignore[no-untyped-def]
+    try:
+        return hierarchies()
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def cleanup(ctd: CtdDaemon, crun: Crun | None, lxc: Lxc | None, hier) -> list[str]:  # type: ignore[no-untyped-def]
+    errors: list[str] = []
+    for what, fn in (("ctd", ctd.cleanup), ("crun", crun.cleanup if crun else None),
+                     ("lxc", lxc.cleanup if lxc else None)):
+        if fn is None:
+            continue
+        try:
+            errors += fn()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(f"{what}: {exc}")
+    ctd_left = bool(ctd.created)
+    try:
+        ctd.stop()
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"stopping ctd: {exc}")
+    if not ctd_left:
+        errors += ctd.release_storage()
+        # ctd removes its cgroup base on a clean shutdown; make sure nothing stayed.
+        for h in hier:
+            errors += [f"cgroup left: {p}" for p in remove_cgroup_tree(os.path.join(h.own_dir, ctd.cgroup_name))]
+    return errors
+
+
+if __name__ == "__main__":
+    sys.exit(main())

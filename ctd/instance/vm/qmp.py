@@ -1,0 +1,200 @@
+"""A thin async wrapper on qemu.qmp.QMPClient: ctd's errors, timeouts, the queries ctd uses.
+
+QEMU's QMP socket serves one client at a time (a second one waits in the listen backlog and
+gets no greeting), so ctd should keep one Qmp per running VM and share it: commands issued
+concurrently on one session are matched to their replies by id inside qemu.qmp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import (ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError,
+                      Runstate)
+
+from ctd.errors import OperationFailed
+
+log = logging.getLogger("ctd.vm.qmp")
+
+# Events a manager cares about: guest power-off / reset, host-initiated quit, pause/resume.
+LIFECYCLE_EVENTS = ("SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "GUEST_PANICKED")
+DEFAULT_TIMEOUT = 10.0
+
+
+class Qmp:
+    """One QMP session to one QEMU. Use `async with Qmp(path) as q:` or connect()/close()."""
+
+    def __init__(self, socket: Path, name: str = "ctd") -> None:
+        self.socket = Path(socket)
+        self._client = QMPClient(name)
+
+    async def __aenter__(self) -> Qmp:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self, timeout: float = 5.0) -> None:
+        """Connect and negotiate capabilities; retried while the socket is not there yet."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._client.connect(str(self.socket)), max(left, 0.01))
+                return
+            except asyncio.TimeoutError:
+                await self._reset()
+                # Connected but no greeting: someone else holds the (single-client) monitor.
+                raise OperationFailed(f"no QMP greeting on {self.socket} within {timeout:g} s "
+                                      "(is another client connected, or is QEMU hung?)") from None
+            except ConnectError as e:
+                retry = isinstance(e.exc, (FileNotFoundError, ConnectionRefusedError))
+                if not retry or time.monotonic() >= deadline:
+                    raise OperationFailed(f"cannot connect to QEMU's QMP socket {self.socket}: "
+                                          f"{e.exc or e}") from None
+                await asyncio.sleep(0.05)
+
+    async def _reset(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.disconnect()
+
+    async def close(self) -> None:
+        # After 'quit' or a guest power-off the reader saw EOF; disconnect re-raises it.
+        with contextlib.suppress(QMPError, EOFError, OSError):
+            await self._client.disconnect()
+
+    @property
+    def connected(self) -> bool:
+        return self._client.runstate == Runstate.RUNNING
+
+    async def execute(self, cmd: str, args: dict[str, object] | None = None,
+                      timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Run one QMP command; OperationFailed carries QEMU's error description."""
+        try:
+            return await asyncio.wait_for(self._client.execute(cmd, args), timeout)
+        except asyncio.TimeoutError:
+            raise OperationFailed(f"QMP {cmd} got no answer within {timeout:g} s") from None
+        except ExecuteError as e:
+            raise OperationFailed(f"QMP {cmd} failed: {e.error.desc}") from None
+        except ExecInterruptedError:
+            raise OperationFailed(f"QMP {cmd}: QEMU closed the connection (it exited?)") from None
+        except QMPError as e:
+            raise OperationFailed(f"QMP {cmd}: {e}") from None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def status(self) -> str:
+        """QEMU's run state: 'running', 'paused', 'prelaunch' (-S), 'shutdown', 'inmigrate' …"""
+        return str((await self.execute("query-status"))["status"])
+
+    async def powerdown(self) -> None:
+        """ACPI power button: the guest decides whether and when to power off."""
+        await self.execute("system_powerdown")
+
+    async def reset(self) -> None:
+        await self.execute("system_reset")
+
+    async def pause(self) -> None:
+        await self.execute("stop")
+
+    async def cont(self) -> None:
+        await self.execute("cont")
+
+    async def quit(self) -> None:
+        """QEMU exits at once (a pulled plug). The reply may be lost as QEMU goes away."""
+        with contextlib.suppress(OperationFailed):
+            await self.execute("quit")
+
+    # --- queries ---------------------------------------------------------------------------
+
+    async def query_block(self) -> list[dict[str, Any]]:
+        return list(await self.execute("query-block"))
+
+    async def query_named_block_nodes(self) -> list[dict[str, Any]]:
+        return list(await self.execute("query-named-block-nodes", {"flat": True}))
+
+    async def query_chardev(self) -> list[dict[str, Any]]:
+        return list(await self.execute("query-chardev"))
+
+    async def query_pci(self) -> list[dict[str, Any]]:
+        """Flattened: every device on every PCI bus (bridges' buses included)."""
+        devices: list[dict[str, Any]] = []
+
+        def walk(devs: list[dict[str, Any]]) -> None:
+            for d in devs:
+                devices.append(d)
+                walk(d.get("pci_bridge", {}).get("devices", []))
+
+        for bus in await self.execute("query-pci"):
+            walk(bus["devices"])
+        return devices
+
+    async def query_tpm(self) -> list[dict[str, Any]]:
+        return list(await self.execute("query-tpm"))
+
+    async def query_vnc(self) -> dict[str, Any]:
+        return dict(await self.execute("query-vnc"))
+
+    # --- events ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def events(self, *names: str) -> AsyncIterator[EventListener]:
+        """`async with q.events("SHUTDOWN") as ev: msg = await ev.get()` (or `async for`).
+
+        Events arriving while the block is open are queued; none are lost between opening it
+        and issuing the command that causes them.
+        """
+        listener = EventListener(names or None)
+        with self._client.listen(listener):
+            yield listener
+
+    async def wait_event(self, listener: EventListener, timeout: float) -> dict[str, Any] | None:
+        """The next event of the listener, or None after timeout (or when QEMU went away)."""
+        try:
+            return dict(await asyncio.wait_for(listener.get(), timeout))
+        except asyncio.TimeoutError:
+            return None
+
+    async def disconnected(self) -> None:
+        """Return once the session is over (QEMU exited, or close() was called)."""
+        while self._client.runstate == Runstate.RUNNING:
+            await self._client.runstate_changed()
+
+    def watch(self, callback: Callable[[dict[str, Any]], Awaitable[None] | None],
+              names: tuple[str, ...] = LIFECYCLE_EVENTS) -> asyncio.Task[None]:
+        """Call callback(event) for each event, in order, until QEMU disconnects (or the task
+        is cancelled); events already queued at the disconnect are still delivered."""
+        listener = EventListener(names or None)
+        self._client.register_listener(listener)
+
+        async def deliver(event: dict[str, Any]) -> None:
+            result = callback(event)
+            if asyncio.iscoroutine(result):
+                await result
+
+        async def pump() -> None:
+            gone = asyncio.ensure_future(self.disconnected())
+            try:
+                while True:
+                    nxt = asyncio.ensure_future(listener.get())
+                    await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if nxt.done():
+                        await deliver(dict(nxt.result()))
+                        continue
+                    nxt.cancel()
+                    for event in listener.clear():
+                        await deliver(dict(event))
+                    return
+            finally:
+                gone.cancel()
+                with contextlib.suppress(Exception):
+                    self._client.remove_listener(listener)
+
+        return asyncio.get_running_loop().create_task(pump(), name=f"qmp-events:{self.socket}")
