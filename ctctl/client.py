@@ -85,6 +85,8 @@ class Client:
             progress: Callable[[str], None] | None = None) -> dict:
         """A request that returns an operation: wait for it (showing its progress); raise if it
         failed. Ctrl-C asks ctd to cancel it."""
+        if progress is None:  # nothing to show meanwhile: let ctd answer when it is done
+            query = {**(query or {}), "wait": "true"}
         reply = self.request(method, path, body, query)
         op = reply.get("operation")
         if op is None:

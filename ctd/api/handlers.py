@@ -33,7 +33,11 @@ async def json_body(request: web.Request) -> Any:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
 
 
-def accepted(op: Operation) -> web.Response:
+async def accepted(request: web.Request, op: Operation) -> web.Response:
+    """202 with the operation; with ?wait=true, 200 once it is done (one round trip less)."""
+    if flag(request, "wait"):
+        await op.done.wait()
+        return web.json_response({"operation": op.to_json()})
     return web.json_response({"operation": op.to_json()}, status=202,
                              headers={"Location": f"/1.0/operations/{op.id}"})
 
@@ -69,7 +73,7 @@ async def list_instances(request: web.Request) -> web.Response:
 async def create_instance(request: web.Request) -> web.Response:
     c = ctx(request)
     checked = c.instances.check_create(await json_body(request))
-    return accepted(c.operations.start("create", checked["name"], c.instances.create(checked)))
+    return await accepted(request, c.operations.start("create", checked["name"], c.instances.create(checked)))
 
 
 @routes.get("/1.0/instances/{ref}")
@@ -84,7 +88,7 @@ async def delete_instance(request: web.Request) -> web.Response:
     rec = c.instances.get(request.match_info["ref"])
     force = flag(request, "force")
     c.instances.check_destroy(rec, force)
-    return accepted(c.operations.start("destroy", rec.name, c.instances.destroy(rec, force)))
+    return await accepted(request, c.operations.start("destroy", rec.name, c.instances.destroy(rec, force)))
 
 
 @routes.patch("/1.0/instances/{ref}")
@@ -141,7 +145,7 @@ async def change_state(request: web.Request) -> web.Response:
         work = c.instances.restart(rec, timeout, force)
     else:
         raise InvalidRequest(f"unknown action {action!r}; use start, stop or restart")
-    return accepted(c.operations.start(action, rec.name, work))
+    return await accepted(request, c.operations.start(action, rec.name, work))
 
 
 # ------------------------------------------------------------------ templates
@@ -181,7 +185,7 @@ async def build_template(request: web.Request) -> web.Response:
             c.db.add_template(rec)
             return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
 
-        return accepted(c.operations.start("template-import", checked["name"], imported(), op))
+        return await accepted(request, c.operations.start("template-import", checked["name"], imported(), op))
     if "name" not in body:
         raise InvalidRequest("missing field(s): name")
     name = validate.instance_name(body["name"], "template name")
@@ -200,7 +204,7 @@ async def build_template(request: web.Request) -> web.Response:
             c.db.add_template(rec)
             return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
 
-        return accepted(c.operations.start("template-create", name, from_instance()))
+        return await accepted(request, c.operations.start("template-create", name, from_instance()))
     c.templates.recipe(name)  # 404 for an unknown recipe, before any work
     mirror = body.get("mirror")
     if mirror is not None and (not isinstance(mirror, str) or not mirror.startswith(("http://", "https://", "file:/"))):
@@ -219,7 +223,7 @@ async def build_template(request: web.Request) -> web.Response:
         c.db.add_template(rec)
         return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
 
-    return accepted(c.operations.start("template-build", name, work(), op))
+    return await accepted(request, c.operations.start("template-build", name, work(), op))
 
 
 @routes.delete("/1.0/templates/{name}")
@@ -332,7 +336,7 @@ async def create_snapshot(request: web.Request) -> web.Response:
     snap = c.instances.snapshot_name(body["name"])
     if snap in c.instances.snapshots(rec):
         raise Conflict(f"{rec.name} already has a snapshot {snap!r}; choose another name or delete it")
-    return accepted(c.operations.start("snapshot", rec.name, c.instances.snapshot(rec, snap)))
+    return await accepted(request, c.operations.start("snapshot", rec.name, c.instances.snapshot(rec, snap)))
 
 
 @routes.delete("/1.0/instances/{ref}/snapshots/{snap}")
@@ -352,7 +356,7 @@ async def rollback(request: web.Request) -> web.Response:
     snap = c.instances.snapshot_name(body["snapshot"])
     restart = validate.boolean(body, "restart")
     c.instances.check_rollback(rec, snap, restart)
-    return accepted(c.operations.start("rollback", rec.name, c.instances.rollback(rec, snap, restart)))
+    return await accepted(request, c.operations.start("rollback", rec.name, c.instances.rollback(rec, snap, restart)))
 
 
 @routes.post("/1.0/instances/{ref}/clone")
@@ -360,7 +364,7 @@ async def clone(request: web.Request) -> web.Response:
     c = ctx(request)
     src = c.instances.get(request.match_info["ref"])
     checked = c.instances.check_clone(src, await json_body(request))
-    return accepted(c.operations.start("clone", checked["name"], c.instances.clone(checked)))
+    return await accepted(request, c.operations.start("clone", checked["name"], c.instances.clone(checked)))
 
 
 @routes.post("/1.0/instances/{ref}/reinstall")
@@ -371,7 +375,7 @@ async def reinstall(request: web.Request) -> web.Response:
     body = validate.body_fields(await json_body(request), {"template"})
     template = body.get("template") or rec.template
     c.instances.check_reinstall(rec, template)
-    return accepted(c.operations.start("reinstall", rec.name, c.instances.reinstall(rec, template)))
+    return await accepted(request, c.operations.start("reinstall", rec.name, c.instances.reinstall(rec, template)))
 
 
 # ------------------------------------------------------------------ backups and template files
@@ -382,7 +386,7 @@ async def backup_instance(request: web.Request) -> web.Response:
     rec = c.instances.get(request.match_info["ref"])
     checked = c.transfers.check_backup(rec, await json_body(request))
     op = c.operations.new("backup", rec.name)
-    return accepted(c.operations.start("backup", rec.name, c.transfers.backup(rec, checked, op), op))
+    return await accepted(request, c.operations.start("backup", rec.name, c.transfers.backup(rec, checked, op), op))
 
 
 @routes.post("/1.0/restore")
@@ -390,7 +394,7 @@ async def restore_instance(request: web.Request) -> web.Response:
     c = ctx(request)
     checked = await asyncio.to_thread(c.transfers.check_restore, await json_body(request))
     op = c.operations.new("restore", checked["name"])
-    return accepted(c.operations.start("restore", checked["name"], c.transfers.restore(checked, op), op))
+    return await accepted(request, c.operations.start("restore", checked["name"], c.transfers.restore(checked, op), op))
 
 
 @routes.post("/1.0/templates/{name}/export")
@@ -399,5 +403,5 @@ async def export_template(request: web.Request) -> web.Response:
     name = validate.instance_name(request.match_info["name"], "template name")
     checked = c.transfers.check_export(name, await json_body(request))
     op = c.operations.new("template-export", name)
-    return accepted(c.operations.start("template-export", name,
+    return await accepted(request, c.operations.start("template-export", name,
                                        asyncio.to_thread(c.transfers.export_template, checked, op), op))

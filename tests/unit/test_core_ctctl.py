@@ -192,7 +192,7 @@ def test_run_waits_for_the_operation(ctd: FakeCtd) -> None:
 
     ctd.handler = handler
     assert client(ctd).run("POST", "/1.0/instances", {"name": "web"}) == {"name": "web", "id": 100}
-    assert [r["path"] for r in ctd.requests] == ["/1.0/instances"] + ["/1.0/operations/op1/wait?timeout=60"] * 3
+    assert [r["path"] for r in ctd.requests] == ["/1.0/instances?wait=true"] + ["/1.0/operations/op1/wait?timeout=60"] * 3
     assert ctd.requests[0]["body"] == {"name": "web"}
 
 
