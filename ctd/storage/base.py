@@ -203,13 +203,27 @@ class StorageDriver(ABC):
 
     def rollback(self, name: str, snapshot: str) -> None:
         """Replace name's root by a writable copy of snapshot (the snapshot stays). The
-        instance must be stopped. The new root is made aside, then swapped in by two renames;
-        recover_partial() finishes a swap a crash interrupted."""
-        rootfs = self._existing_rootfs(name)
+        instance must be stopped."""
+        self._existing_rootfs(name)
         check_component("snapshot", snapshot)
         source = self.snapshot_path(name, snapshot)
         if not source.exists():
             raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+        self._swap_root(name, source)
+
+    def reinstall_root(self, name: str, template: str) -> Path:
+        """Replace name's root by a fresh copy of template's (OpenVZ's reinstall)."""
+        self._existing_rootfs(name)
+        check_component("template", template)
+        source = self.template_path(template) / "rootfs"
+        if not source.is_dir():
+            raise NotFound(f"template {template!r} is not built")
+        return self._swap_root(name, source)
+
+    def _swap_root(self, name: str, source: Path) -> Path:
+        """Make a writable copy of source aside, then swap it in by two renames: a failure
+        before the swap keeps the old root; recover_partial() finishes a swap a crash cut."""
+        rootfs = self.rootfs(name)
         self.recover_partial(name)
         base = self.instance_path(name)
         new, old = base / NEW_ROOT, base / OLD_ROOT
@@ -221,27 +235,6 @@ class StorageDriver(ABC):
             self._remove_root(new)
             raise
         faults.point("storage.rollback.between_renames")
-        new.rename(rootfs)
-        self._remove_root(old)
-
-    def reinstall_root(self, name: str, template: str) -> Path:
-        """Replace name's root by a fresh copy of template's (OpenVZ's reinstall), swapped in
-        like a rollback: a failure before the swap keeps the old root."""
-        rootfs = self._existing_rootfs(name)
-        check_component("template", template)
-        source = self.template_path(template) / "rootfs"
-        if not source.is_dir():
-            raise NotFound(f"template {template!r} is not built")
-        self.recover_partial(name)
-        base = self.instance_path(name)
-        new, old = base / NEW_ROOT, base / OLD_ROOT
-        self._copy_root(source, new, read_only=False)
-        try:
-            self._carry_over(rootfs, new)
-            rootfs.rename(old)
-        except BaseException:
-            self._remove_root(new)
-            raise
         new.rename(rootfs)
         self._remove_root(old)
         return rootfs

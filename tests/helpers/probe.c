@@ -19,11 +19,182 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <dirent.h>
+#include <sys/ioctl.h>
+#include <sys/timex.h>
+#include <linux/nsfs.h>
 
 static int report(long rc) {
     if (rc < 0) { printf("%s\n", strerrorname_np(errno)); return 1; }
     printf("ok\n");
     return 0;
+}
+
+
+/* ---- subcommands of the tenant-isolation escape suite (tests/security) ---- */
+
+static int is_host_code(const char *pid) {
+    /* A process of ctd's running host code in the container's pid namespace: the exec helper's
+     * child between fork and execve (comm inherited from the spawner, or non-dumpable). */
+    char path[300], comm[64] = "", target[256];
+    snprintf(path, sizeof path, "/proc/%s/comm", pid);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, comm, sizeof comm - 1);
+    close(fd);
+    if (n > 0) comm[n] = 0;
+    if (!strncmp(comm, "ctd", 3) || !strncmp(comm, "python", 6)) return 1;
+    snprintf(path, sizeof path, "/proc/%s/exe", pid);
+    return readlink(path, target, sizeof target) < 0 && errno == EACCES;
+}
+
+static long errcount[134];
+
+static void tally(int err) { if (err > 0 && err < 134) errcount[err]++; }
+
+static int exe_race(double seconds, unsigned long host_ino) {
+    /* The CVE-2019-5736 race, from inside: for every process caught running host code, try to
+     * reach the host binary through /proc/PID/exe (O_PATH, then O_WRONLY, then a re-open of the
+     * O_PATH fd for writing) and to steal its fds with pidfd_getfd. Never writes anything. */
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    long scans = 0, seen = 0, exe_path = 0, exe_host = 0, reopen_w = 0, exe_w = 0, getfd = 0, getfd_sock = 0;
+    char self[32], path[300], fdpath[64];
+    snprintf(self, sizeof self, "%d", getpid());
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((t.tv_sec - t0.tv_sec) + (t.tv_nsec - t0.tv_nsec) / 1e9 > seconds) break;
+        scans++;
+        DIR *d = opendir("/proc");
+        if (!d) return report(-1);
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (e->d_name[0] < '1' || e->d_name[0] > '9' || !strcmp(e->d_name, self)) continue;
+            if (!is_host_code(e->d_name)) continue;
+            seen++;
+            snprintf(path, sizeof path, "/proc/%s/exe", e->d_name);
+            int fd = open(path, O_PATH | O_CLOEXEC);
+            if (fd >= 0) {
+                struct stat st;
+                exe_path++;
+                if (fstat(fd, &st) == 0 && st.st_ino == host_ino) exe_host++;
+                snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", fd);
+                int w = open(fdpath, O_WRONLY | O_CLOEXEC);
+                if (w >= 0) { reopen_w++; close(w); } else tally(errno);
+                close(fd);
+            } else tally(errno);
+            int w = open(path, O_WRONLY | O_CLOEXEC);
+            if (w >= 0) { exe_w++; close(w); } else tally(errno);
+            int pidfd = syscall(SYS_pidfd_open, atoi(e->d_name), 0);
+            if (pidfd >= 0) {
+                for (int target = 3; target < 16; target++) {
+                    int got = syscall(SYS_pidfd_getfd, pidfd, target, 0);
+                    if (got >= 0) {
+                        struct stat st;
+                        getfd++;
+                        if (fstat(got, &st) == 0 && S_ISSOCK(st.st_mode)) getfd_sock++;
+                        close(got);
+                    } else if (errno != EBADF) tally(errno);
+                }
+                close(pidfd);
+            } else tally(errno);
+        }
+        closedir(d);
+    }
+    printf("scans %ld\nseen %ld\nexe_path %ld\nexe_host %ld\nreopen_w %ld\nexe_w %ld\ngetfd %ld\ngetfd_sock %ld\n",
+           scans, seen, exe_path, exe_host, reopen_w, exe_w, getfd, getfd_sock);
+    for (int i = 1; i < 134; i++)
+        if (errcount[i]) printf("errno %s %ld\n", strerrorname_np(i), errcount[i]);
+    return 0;
+}
+
+static int security_cmd(int argc, char **argv) {
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "mknod_dev")) {         /* mknod_dev PATH b|c MAJOR MINOR */
+        if (argc < 6) return 2;
+        mode_t type = argv[3][0] == 'b' ? S_IFBLK : S_IFCHR;
+        return report(mknod(argv[2], type | 0600, makedev(atoi(argv[4]), atoi(argv[5]))));
+    }
+    if (!strcmp(cmd, "read")) {              /* read PATH [N]: open read-only and read N bytes */
+        char buf[4096];
+        size_t n = argc > 3 ? strtoul(argv[3], 0, 10) : 1;
+        int fd = open(argv[2], O_RDONLY);
+        if (fd < 0) return report(-1);
+        return report(read(fd, buf, n > sizeof buf ? sizeof buf : n));
+    }
+    if (!strcmp(cmd, "cat")) {               /* cat PATH: the first 4 KiB, or the errno name */
+        char buf[4097];
+        int fd = open(argv[2], O_RDONLY);
+        if (fd < 0) return report(-1);
+        ssize_t n = read(fd, buf, 4096);
+        if (n < 0) return report(-1);
+        buf[n] = 0;
+        printf("%s", buf);
+        return 0;
+    }
+    if (!strcmp(cmd, "delete_module"))
+        return report(syscall(SYS_delete_module, "ctd_no_such_module", O_NONBLOCK));
+    if (!strcmp(cmd, "kexec_file_load"))
+        return report(syscall(SYS_kexec_file_load, -1, -1, 0, "", 0x4 /* KEXEC_FILE_NO_INITRAMFS */));
+    if (!strcmp(cmd, "request_key"))
+        return report(syscall(SYS_request_key, "user", "ctd-probe", NULL, 0));
+    if (!strcmp(cmd, "adjtimex")) {          /* read-only query (modes 0): denied all the same */
+        struct timex tx = {0};
+        return report(adjtimex(&tx));
+    }
+    if (!strcmp(cmd, "unshare")) {           /* unshare HEXFLAGS */
+        return report(unshare(strtol(argv[2], 0, 16)));
+    }
+    if (!strcmp(cmd, "ns_parent") || !strcmp(cmd, "ns_owner")) {  /* ns_parent|ns_owner PATH */
+        int fd = open(argv[2], O_RDONLY);
+        if (fd < 0) return report(-1);
+        int up = ioctl(fd, !strcmp(cmd, "ns_parent") ? NS_GET_PARENT : NS_GET_USERNS);
+        if (up < 0) return report(-1);
+        struct stat st;
+        fstat(up, &st);
+        printf("ok %lu\n", (unsigned long)st.st_ino);  /* the inode names the namespace reached */
+        return 0;
+    }
+    if (!strcmp(cmd, "nsino")) {             /* nsino PATH: inode number of a namespace file */
+        struct stat st;
+        if (stat(argv[2], &st) < 0) return report(-1);
+        printf("%lu\n", (unsigned long)st.st_ino);
+        return 0;
+    }
+    if (!strcmp(cmd, "pidfd_setns")) {       /* pidfd_setns PID: join all its namespaces */
+        int pidfd = syscall(SYS_pidfd_open, atoi(argv[2]), 0);
+        if (pidfd < 0) return report(-1);
+        return report(setns(pidfd, CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWUTS | CLONE_NEWIPC));
+    }
+    if (!strcmp(cmd, "pidfd_getfd")) {       /* pidfd_getfd PID FD: take a copy of another process' fd */
+        int pidfd = syscall(SYS_pidfd_open, atoi(argv[2]), 0);
+        if (pidfd < 0) return report(-1);
+        int got = syscall(SYS_pidfd_getfd, pidfd, atoi(argv[3]), 0);
+        if (got >= 0) close(got);
+        return report(got);
+    }
+    if (!strcmp(cmd, "mountd")) {            /* mountd SRC DST FSTYPE DATA [HEXFLAGS]: mount with options */
+        if (argc < 6) return 2;
+        return report(mount(argv[2], argv[3], argv[4], argc > 6 ? strtoul(argv[6], 0, 16) : 0, argv[5]));
+    }
+    if (!strcmp(cmd, "forkhold")) {          /* forkhold N SECONDS: fork up to N sleepers, hold them, end them */
+        int n = atoi(argv[2]), made = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            pid_t p = fork();
+            if (p == 0) { sleep(3600); _exit(0); }
+            if (p < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[3]));
+        signal(SIGTERM, SIG_IGN);
+        kill(0, SIGTERM);  /* the sleepers, not us */
+        while (wait(NULL) > 0) {}
+        return 0;
+    }
+    if (!strcmp(cmd, "exe_race"))            /* exe_race SECONDS HOST_INODE */
+        return exe_race(atof(argv[2]), strtoul(argv[3], 0, 10));
+    return -1;
 }
 
 int main(int argc, char **argv) {
@@ -119,6 +290,8 @@ int main(int argc, char **argv) {
         printf("%s\n", buf);
         return 0;
     }
+    int rc = security_cmd(argc, argv);
+    if (rc >= 0) return rc;
     fprintf(stderr, "probe: unknown command %s\n", cmd);
     return 2;
 }
