@@ -40,21 +40,13 @@ async def _connect(socket_path: str, path: str, query: list[tuple[str, str]]):  
                                       autoping=True, heartbeat=None)
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
-        raise ApiError(await _handshake_error(socket_path, path, query, exc), status=exc.status) from None
+        # ctd puts its error message in a header of the refused upgrade
+        message = (exc.headers or {}).get("X-Ctd-Error") or f"ctd refused the connection (HTTP {exc.status})"
+        raise ApiError(message, status=exc.status) from None
     except aiohttp.ClientConnectorError as exc:
         await session.close()
         raise ApiError(f"cannot reach ctd at {socket_path} ({exc.os_error.strerror}); is it running?") from None
     return session, ws
-
-
-async def _handshake_error(socket_path: str, path: str, query: list[tuple[str, str]], exc: Exception) -> str:
-    # The upgrade was refused: ask again as plain HTTP to read ctd's JSON error.
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path)) as session:
-        async with session.get(f"http://localhost{path}", params=query) as resp:
-            try:
-                return (await resp.json()).get("error", str(exc))
-            except (aiohttp.ContentTypeError, json.JSONDecodeError):
-                return str(exc)
 
 
 def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:

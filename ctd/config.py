@@ -28,6 +28,10 @@ class DaemonConfig:
     # Host ends of NICs are named <prefix><id>.<n>; two letters.
     nic_prefix: str = "ve"
     stop_timeout: float = 30.0
+    # What all containers together may take, so the host always keeps a reserve: processes
+    # (0 = 40% of the host's pid/thread limit) and memory ("" = 90% of the RAM).
+    max_total_pids: int = 0
+    max_total_memory: str = ""
     # "auto": btrfs where the state dir is on btrfs, else a loop-backed btrfs pool image when
     # btrfs-progs is installed, else plain directories. "dir" forces directories.
     storage_driver: str = "auto"

@@ -79,6 +79,23 @@ def open_storage(config: DaemonConfig):  # type: ignore[no-untyped-def]
     return storage
 
 
+def protect_host(cgroups, config: DaemonConfig) -> None:  # type: ignore[no-untyped-def]
+    """Cap all containers together (pids and memory) on ctd's base cgroup: a container without
+    limits of its own still cannot take the host's last pid or page."""
+    from cgroups import CgroupError, parse_size
+
+    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    threads_max = int(open("/proc/sys/kernel/threads-max").read())
+    pids = config.max_total_pids or min(pid_max, threads_max) * 2 // 5
+    ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    memory = parse_size(config.max_total_memory) if config.max_total_memory else ram * 9 // 10
+    try:
+        cgroups.protect_host(pids, memory)
+        log.info("all containers together: at most %d processes and %d MiB", pids, memory >> 20)
+    except (CgroupError, OSError) as exc:
+        log.warning("could not cap containers' total pids/memory on the base cgroup: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -132,6 +149,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     storage = await asyncio.to_thread(open_storage, config)
     storage.prepare()
     cgroups = CgroupManager.detect(base_name=config.cgroup_name)
+    protect_host(cgroups, config)
     templates = TemplateManager(config.templates_dir, db, storage)
     lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt")
     if not await asyncio.to_thread(lxcfs.ensure):

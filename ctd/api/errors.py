@@ -28,8 +28,13 @@ def status_for(exc: errors.CtdError) -> int:
     return 500
 
 
-def error_response(message: str, code: str, status: int) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
+def error_response(message: str, code: str, status: int, request: web.Request | None = None) -> web.Response:
+    response = web.json_response({"error": message, "code": code}, status=status)
+    if request is not None and request.headers.get("Upgrade", "").lower() == "websocket":
+        # A WebSocket client sees only the status and headers of a refused upgrade.
+        response.headers["X-Ctd-Error"] = (message.replace("\r", " ").replace("\n", " ")
+                                           .encode("ascii", "replace").decode("ascii")[:1000])
+    return response
 
 
 @web.middleware
@@ -37,7 +42,7 @@ async def error_middleware(request: web.Request, handler):  # type: ignore[no-un
     try:
         return await handler(request)
     except errors.CtdError as exc:
-        return error_response(exc.message, exc.code, status_for(exc))
+        return error_response(exc.message, exc.code, status_for(exc), request)
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             code = {404: "not-found", 405: "method-not-allowed", 413: "too-large"}.get(exc.status, "http")

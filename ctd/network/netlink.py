@@ -185,3 +185,23 @@ def configure_inside(nics: list[InsideNic]) -> None:
                     ip.route("replace", dst=f"{gateway}/{bits}", oif=index, scope=253)
                 default = "0.0.0.0/0" if bits == 32 else "::/0"
                 ip.route("replace", dst=default, gateway=gateway, oif=index)
+
+
+def create_tap(name: str, mac: str, bridge: str | None) -> None:
+    """A persistent tap for a VM's NIC (QEMU opens it by name), up, on bridge if given."""
+    with _ipr() as ip:
+        if _index(ip, name) is not None:
+            raise OperationFailed(f"network interface {name} already exists on the host")
+        ip.link("add", ifname=name, kind="tuntap", mode="tap", vnet_hdr=True, multi_queue=False)
+        try:
+            index = ip.link_lookup(ifname=name)[0]
+            if bridge is not None:
+                master = _index(ip, bridge)
+                if master is None:
+                    raise OperationFailed(f"bridge {bridge} is missing on the host")
+                ip.link("set", index=index, master=master)
+            ip.link("set", index=index, state="up")
+        except BaseException:
+            with contextlib.suppress(NetlinkError):
+                ip.link("del", index=ip.link_lookup(ifname=name)[0])
+            raise

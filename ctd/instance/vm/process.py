@@ -57,16 +57,19 @@ def _read_pidfile(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def _owned(pidfile: Path, program: str) -> int | None:
-    """The live pid in pidfile if it is `program` started with this very pidfile (a recycled
-    pid, or another VM's process, is not ours)."""
-    pid = _read_pidfile(pidfile)
-    if pid is None or not _alive(pid):
-        return None
+def _is_ours(pid: int, pidfile: Path, program: str) -> bool:
+    """pid is `program` started with this very pidfile: not a recycled pid, not another VM's."""
+    if not _alive(pid):
+        return False
     argv = _cmdline(pid)
-    if not argv or not os.path.basename(argv[0]).startswith(program):
-        return None
-    return pid if any(str(pidfile) in a for a in argv) else None
+    return bool(argv) and os.path.basename(argv[0]).startswith(program) and \
+        any(str(pidfile) in a for a in argv)
+
+
+def _owned(pidfile: Path, program: str) -> int | None:
+    """The live pid in pidfile, if _is_ours."""
+    pid = _read_pidfile(pidfile)
+    return pid if pid is not None and _is_ours(pid, pidfile, program) else None
 
 
 def find_qemu(spec: VmSpec) -> int | None:
@@ -154,6 +157,7 @@ def prepare_run_dir(spec: VmSpec) -> None:
     """run_dir (0700), the per-VM UEFI variables copied from the template on first use, and
     no stale sockets or pidfiles from a VM that died."""
     spec.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(spec.run_dir, 0o700)   # QMP and VNC sockets in there are the keys to the VM
     fw = spec.uefi
     nvram = spec.nvram_path
     if fw is not None and not nvram.exists():
@@ -226,6 +230,8 @@ async def start(spec: VmSpec, cgroup_procs: list[str] | None = None,
     argv = build_argv(spec)
     if (pid := find_qemu(spec)) is not None:
         raise Conflict(f"VM {spec.name} already runs (QEMU pid {pid})")
+    if find_swtpm(spec) is not None:   # left by a QEMU that died without closing its TPM link
+        await stop_swtpm(spec)
     prepare_run_dir(spec)
     started_tpm = False
     try:
@@ -261,7 +267,7 @@ async def stop(spec: VmSpec, pid: int, timeout: float = 30.0, qmp: Qmp | None = 
     """
     how = "gone"
     try:
-        if _alive(pid):
+        if _is_ours(pid, spec.pidfile, "qemu-system"):   # never signal a recycled pid
             how = await _stop_qemu(spec, pid, timeout, qmp, force)
     finally:
         await stop_swtpm(spec)

@@ -46,6 +46,12 @@ class Qmp:
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
+            if not self.socket.exists():   # checked first: qemu.qmp logs every failed attempt
+                if left <= 0:
+                    raise OperationFailed(f"cannot connect to QEMU's QMP socket {self.socket}: "
+                                          "it does not exist (is the VM running?)")
+                await asyncio.sleep(0.05)
+                continue
             try:
                 await asyncio.wait_for(self._client.connect(str(self.socket)), max(left, 0.01))
                 return
@@ -82,7 +88,7 @@ class Qmp:
         except asyncio.TimeoutError:
             raise OperationFailed(f"QMP {cmd} got no answer within {timeout:g} s") from None
         except ExecuteError as e:
-            raise OperationFailed(f"QMP {cmd} failed: {e.error.desc}") from None
+            raise OperationFailed(f"QMP {cmd} failed: {e}") from None
         except ExecInterruptedError:
             raise OperationFailed(f"QMP {cmd}: QEMU closed the connection (it exited?)") from None
         except QMPError as e:

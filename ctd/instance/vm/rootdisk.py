@@ -1,0 +1,92 @@
+"""A bootable disk from a container template: the same root, configured the same way.
+
+The template's root (a snapshot on btrfs, so no copy) gets the guest settings and the
+host kernel's network and disk modules, then `mkfs.ext4 -d` turns it into a raw ext4 disk.
+The VM boots Debian's kernel from the host's /boot directly (no bootloader in the image).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctd import guestfs
+from ctd.errors import NotFound, OperationFailed
+
+# What a guest needs from the kernel's modules when its root is on virtio and its NIC too.
+MODULES = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_console", "9pnet_virtio",
+           "e1000", "ext4", "crc16", "mbcache", "jbd2")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    version: str
+    vmlinuz: Path
+    initrd: Path
+
+
+def host_kernel() -> Kernel:
+    """Debian's newest installed kernel (package linux-image-amd64)."""
+    candidates = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime)
+    for vmlinuz in reversed(candidates):
+        version = vmlinuz.name[len("vmlinuz-"):]
+        initrd = Path(f"/boot/initrd.img-{version}")
+        if initrd.exists() and Path(f"/lib/modules/{version}").is_dir():
+            return Kernel(version, vmlinuz, initrd)
+    raise NotFound("no kernel with initrd and modules in /boot: apt-get install linux-image-amd64")
+
+
+def _module_files(version: str) -> list[Path]:
+    base = Path(f"/lib/modules/{version}")
+    dep = (base / "modules.dep").read_text().splitlines()
+    index = {}
+    for line in dep:
+        path, _, needs = line.partition(":")
+        index[Path(path).name.split(".")[0]] = (path, needs.split())
+    wanted: set[str] = set()
+    todo = [m for m in MODULES if m in index]
+    while todo:
+        name = todo.pop()
+        if name in wanted or name not in index:
+            continue
+        wanted.add(name)
+        todo += [Path(n).name.split(".")[0] for n in index[name][1]]
+    return [base / index[m][0] for m in wanted]
+
+
+def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
+    """Copy the few modules the guest needs into its root, then index them there."""
+    base = Path(f"/lib/modules/{kernel.version}")
+    target = rootfs / "lib/modules" / kernel.version
+    for module in _module_files(kernel.version):
+        dest = target / module.relative_to(base)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(module, dest)
+    for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (base / name).exists():
+            shutil.copy2(base / name, target / name)
+    result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OperationFailed(f"depmod for the VM's modules failed: {result.stderr.strip()}")
+
+
+def make_disk(rootfs: Path, image: Path, size: int) -> None:
+    """A raw ext4 disk of size bytes holding rootfs (sparse; nodatacow on btrfs)."""
+    image.touch(mode=0o600)
+    subprocess.run(["chattr", "+C", str(image)], capture_output=True)  # btrfs: no COW for a VM disk
+    os.truncate(image, size)
+    guestfs.write_file(rootfs, "/etc/fstab", "/dev/vda / ext4 defaults,errors=remount-ro 0 1\n")
+    result = subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs), str(image)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        image.unlink(missing_ok=True)
+        raise OperationFailed(f"mkfs.ext4 could not make the VM's disk: {result.stderr.strip()}")
+
+
+def kernel_cmdline(extra: str = "") -> str:
+    console = "ttyS0" if platform.machine() in ("x86_64", "i686") else "ttyAMA0"
+    return f"root=/dev/vda rw console={console} net.ifnames=0 panic=-1 {extra}".strip()
