@@ -106,7 +106,16 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 
 @cli.command()
 @click.argument("name")
-@click.option("--template", "-t", required=True, help="template to create from (see 'ctctl template list')")
+@click.option("--template", "-t", help="template to create from (see 'ctctl template list'); a VM made "
+              "from one boots that system")
+@click.option("--type", "kind", type=click.Choice(["container", "vm"]), default="container", show_default=True)
+@click.option("--disk", help="VM: disk size, e.g. 20G (default 10G)")
+@click.option("--iso", type=click.Path(exists=True, dir_okay=False, resolve_path=True), help="VM: installer ISO")
+@click.option("--profile", type=click.Choice(["linux", "windows"]), help="VM: machine profile (windows: q35, "
+              "UEFI secure boot, TPM 2.0, Hyper-V enlightenments)")
+@click.option("--drivers-iso", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
+              help="VM: a second CD-ROM, e.g. virtio-win.iso")
+@click.option("--compat", is_flag=True, help="VM: e1000 NIC and AHCI disk (guests without virtio drivers)")
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
 @limit_options
@@ -119,12 +128,21 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
 @guest_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
-def create(name: str, template: str, instance_id: int | None, hostname: str | None, privileged: bool,
+def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
+           drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
            nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
            **limits: Any) -> None:
-    """Create a container from a template."""
-    body: dict[str, Any] = {"name": name, "template": template, "limits": _limits(limits)}
+    """Create a container (or, with --type vm, a virtual machine)."""
+    body: dict[str, Any] = {"name": name, "type": kind, "limits": _limits(limits)}
+    if template:
+        body["template"] = template
+    vm = {k: v for k, v in (("disk", disk), ("iso", iso), ("profile", profile), ("drivers_iso", drivers_iso))
+          if v is not None}
+    if compat:
+        vm["compat"] = True
+    if vm:
+        body["vm"] = vm
     _guest(body, userpasswd, ssh_key, timezone)
     if network or ipadd or routed:
         nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
@@ -143,7 +161,9 @@ def create(name: str, template: str, instance_id: int | None, hostname: str | No
     if privileged:
         body["privileged"] = True
     result = client().run("POST", "/1.0/instances", body)
-    click.echo(f"Created {result['name']} (id {result['id']}, template {result['template']})")
+    what = f"template {result['template']}" if result["template"] else "a blank disk"
+    click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"
+               f"{result['name']} (id {result['id']}, {what})")
 
 
 def _state(ref: str, action: str, timeout: float | None = None, force: bool = False) -> dict:
@@ -157,10 +177,56 @@ def _state(ref: str, action: str, timeout: float | None = None, force: bool = Fa
 
 @cli.command()
 @INSTANCE
-def start(instance: str) -> None:
-    """Start a container."""
-    result = _state(instance, "start")
+@click.option("--paused", is_flag=True, help="VM: start with its CPUs stopped ('ctctl resume' runs it)")
+def start(instance: str, paused: bool) -> None:
+    """Start an instance."""
+    result = client().run("PUT", f"/1.0/instances/{instance}/state",
+                          {"action": "start", **({"paused": True} if paused else {})})
     click.echo(f"Started {result['name']} (init pid {result['pid']} on the host)")
+
+
+@cli.command()
+@INSTANCE
+def resume(instance: str) -> None:
+    """Let a VM started with --paused run."""
+    _state(instance, "resume")
+    click.echo(f"Resumed {instance}")
+
+
+@cli.command()
+@INSTANCE
+@click.option("--listen", default="127.0.0.1:5900", show_default=True, help="loopback address:port to offer VNC on")
+def vnc(instance: str, listen: str) -> None:
+    """Offer a VM's display to a VNC viewer on a loopback port (until Ctrl-C)."""
+    from ctctl.stream import run_vnc_proxy
+    info = client().get(f"/1.0/instances/{instance}")["instance"]
+    socket_path = (info.get("vm") or {}).get("vnc_socket")
+    if not socket_path:
+        raise ApiError(f"{instance} is not a running VM")
+    host, _, port = listen.rpartition(":")
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        raise click.UsageError("--listen must be a loopback address: VNC here has no password")
+    click.echo(f"VNC of {instance} on {host}:{port}; Ctrl-C ends it")
+    asyncio.run(run_vnc_proxy(socket_path, host, int(port)))
+
+
+@cli.command()
+@INSTANCE
+@FORMAT
+def hardware(instance: str, fmt: str) -> None:
+    """What QEMU says a running VM has (TPM, disks, CD-ROMs, NICs)."""
+    hw = client().get(f"/1.0/instances/{instance}/hardware")["hardware"]
+
+    def render(h: dict) -> str:
+        lines = [f"status: {h['status']} ({h['accel']})"]
+        lines += [f"tpm: {t.get('model')} {t.get('options', {}).get('type', '')}" for t in h["tpm"]]
+        for b in h["block"]:
+            media = (b.get("inserted") or {}).get("file", "(empty)")
+            lines.append(f"block {b['device'] or b.get('qdev', '')}: {media}{' (ro)' if (b.get('inserted') or {}).get('ro') else ''}")
+        lines += [f"pci {d.get('qdev_id') or d['class_info'].get('desc', '')}" for d in h["pci"] if d.get("qdev_id")]
+        return "\n".join(lines)
+
+    emit(fmt, hw, render)
 
 
 @cli.command()
@@ -624,7 +690,7 @@ def main() -> None:
     except click.UsageError as exc:
         # One line, like every other ctctl error; the hint names the help to read.
         where = f"ctctl {exc.ctx.command_path.split(' ', 1)[1]}" if exc.ctx and " " in exc.ctx.command_path else "ctctl"
-        click.echo(f"ctctl: {exc.format_message()} (see '{where} --help')", err=True)
+        click.echo(f"ctctl: {' '.join(exc.format_message().split())} (see '{where} --help')", err=True)
         sys.exit(2)
     except click.ClickException as exc:
         click.echo(f"ctctl: {exc.format_message()}", err=True)

@@ -157,3 +157,27 @@ async def run_console(socket_path: str, ref: str) -> None:
         await ws.close()
         await session.close()
     sys.stderr.write("\r\nDetached from the console.\r\n")
+
+
+async def run_vnc_proxy(socket_path: str, host: str, port: int) -> None:
+    """A loopback TCP port whose connections go to QEMU's VNC unix socket."""
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_unix_connection(socket_path)
+        except OSError as exc:
+            writer.close()
+            sys.stderr.write(f"ctctl: cannot reach the VM's VNC socket: {exc.strerror}\n")
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+    server = await asyncio.start_server(handle, host, port)
+    async with server:
+        await server.serve_forever()

@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import platform
+import shutil
 import signal
 import socket
 import sys
@@ -158,13 +159,21 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     network = NetworkManager(db, config.nft_table, config.nic_prefix)
     await asyncio.to_thread(network.restore)
     instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
+    vm_driver = {"usable": False, "reason": "qemu-system is not installed", "fix": "apt-get install qemu-system-x86"}
+    if shutil.which("qemu-system-x86_64"):
+        from ctd.instance.vm.driver import VmDriver
+        vms = VmDriver(cgroups, network, storage, config.run_dir / "vm")
+        instances.attach_vms(vms)
+        vm_driver = {"usable": True, "accel": vms.accel, "reason": vms.accel_reason}
+        if vms.accel != "kvm":
+            log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
     report = await instances.recover()
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
         "storage": {"driver": storage.name, "path": str(storage.root), "reason": storage.reason},
         "cgroup_version": cgroups.version,
         "cgroup_controllers": sorted(cgroups.controllers), "state_dir": str(config.state_dir),
-        "drivers": {"container": {"usable": True}, "vm": {"usable": False, "reason": "not implemented yet"},
+        "drivers": {"container": {"usable": True}, "vm": vm_driver,
                     "lxcfs": {"usable": lxcfs.available, "reason": lxcfs.reason,
                               "fix": "apt-get install lxcfs, then restart ctd"}},
         "recovered": report,
@@ -174,7 +183,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     prepare_socket_path(config.socket, config.socket_group)
-    site = web.UnixSite(runner, str(config.socket))
+    site = web.UnixSite(runner, str(config.socket), backlog=1024)  # 128 refuses 200 clients at once
     await site.start()
     secure_socket(config.socket, config.socket_group)
 

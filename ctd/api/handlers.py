@@ -132,19 +132,24 @@ async def all_beancounters(request: web.Request) -> web.Response:
 async def change_state(request: web.Request) -> web.Response:
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    body = validate.body_fields(await json_body(request), {"action", "timeout", "force"}, {"action"})
+    body = validate.body_fields(await json_body(request), {"action", "timeout", "force", "paused"}, {"action"})
     action = body["action"]
     timeout = validate.number(body, "timeout", c.config.stop_timeout, 0, 3600)
     force = validate.boolean(body, "force")
+    paused = validate.boolean(body, "paused")
+    if paused and (action != "start" or rec.type.value != "vm"):
+        raise InvalidRequest("paused is for starting a VM")
     if action == "start":
         c.instances.check_start(rec)
-        work = c.instances.start(rec)
+        work = c.instances.start(rec, paused)
+    elif action == "resume":
+        work = c.instances.resume(rec)
     elif action == "stop":
         work = c.instances.stop(rec, timeout, force)
     elif action == "restart":
         work = c.instances.restart(rec, timeout, force)
     else:
-        raise InvalidRequest(f"unknown action {action!r}; use start, stop or restart")
+        raise InvalidRequest(f"unknown action {action!r}; use start, stop, restart or resume")
     return await accepted(request, c.operations.start(action, rec.name, work))
 
 
@@ -405,3 +410,11 @@ async def export_template(request: web.Request) -> web.Response:
     op = c.operations.new("template-export", name)
     return await accepted(request, c.operations.start("template-export", name,
                                        asyncio.to_thread(c.transfers.export_template, checked, op), op))
+
+
+@routes.get("/1.0/instances/{ref}/hardware")
+async def vm_hardware(request: web.Request) -> web.Response:
+    """What QEMU says a running VM has: status, TPM, block devices, PCI devices, chardevs."""
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    return web.json_response({"hardware": await c.instances.hardware(rec)})

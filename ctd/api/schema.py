@@ -203,6 +203,11 @@ def build_schema() -> dict[str, Any]:
                              "properties": {"file": {"type": "string"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
+            "/1.0/instances/{ref}/hardware": {
+                "parameters": [REF],
+                "get": {"summary": "a running VM's devices as QEMU reports them",
+                        "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
             "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},
         },
         "components": {"schemas": {
@@ -211,12 +216,16 @@ def build_schema() -> dict[str, Any]:
                        "properties": {k: {"oneOf": [{"type": "string"}, {"type": "integer"}], "description": v}
                                       for k, v in LIMITS.items()}},
             "CreateInstance": {
-                "type": "object", "required": ["name", "template"], "additionalProperties": False,
+                "type": "object", "required": ["name"], "additionalProperties": False,
                 "properties": {
                     "name": NAME, "template": NAME,
                     "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                     "hostname": {"type": "string"}, "privileged": {"type": "boolean"},
-                    "type": {"type": "string", "enum": ["container"]},
+                    "type": {"type": "string", "enum": ["container", "vm"]},
+                    "vm": {"type": "object", "additionalProperties": False, "properties": {
+                        "disk": {"type": "string"}, "iso": {"type": "string"},
+                        "profile": {"type": "string", "enum": ["linux", "windows"]},
+                        "drivers_iso": {"type": "string"}, "compat": {"type": "boolean"}}},
                     "limits": {"$ref": "#/components/schemas/Limits"},
                     "nameservers": {"type": "array", "items": {"type": "string"}},
                     "userpasswd": {"type": "string", "description": "USER:PASSWORD, hashed into the guest"},
@@ -231,7 +240,8 @@ def build_schema() -> dict[str, Any]:
                 }},
             "StateChange": {
                 "type": "object", "required": ["action"], "additionalProperties": False,
-                "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart"]},
+                "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart", "resume"]},
+                               "paused": {"type": "boolean", "description": "start a VM with its CPUs stopped"},
                                "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
                                "force": {"type": "boolean", "description": "stop: kill at once"}}},
             "Instance": {"type": "object", "properties": {

@@ -18,6 +18,7 @@ import os
 import signal
 import struct
 import termios
+from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
@@ -197,6 +198,8 @@ async def console_ws(request: web.Request) -> web.StreamResponse:
     c = ctx(request)
     ref = validate.instance_ref(request.match_info["ref"])
     console = c.instances.console(ref)
+    if isinstance(console, Path):  # a VM: QEMU's serial port on a unix socket
+        return await _serial_ws(request, console)
     width, height = _size(request.query, "width"), _size(request.query, "height")
     backlog = request.query.get("backlog", "1") in ("1", "true")
     ws = web.WebSocketResponse(max_msg_size=1 << 20)
@@ -233,4 +236,40 @@ async def console_ws(request: web.Request) -> web.StreamResponse:
     finally:
         console.unsubscribe(listener)
         sender.cancel()
+    return ws
+
+
+async def _serial_ws(request: web.Request, path: Path) -> web.StreamResponse:
+    """Bridge a WebSocket to a VM's serial console; the recent output comes first."""
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+    except OSError as exc:
+        raise Conflict(f"the VM's serial console is not reachable: {exc.strerror}") from None
+    ws = web.WebSocketResponse(max_msg_size=1 << 20)
+    await ws.prepare(request)
+    log_file = path.with_name("serial.log")
+    if request.query.get("backlog", "1") in ("1", "true") and log_file.exists():
+        with log_file.open("rb") as fh:
+            fh.seek(max(0, log_file.stat().st_size - 16384))
+            tail = fh.read()
+        if tail:
+            await ws.send_bytes(tail)
+
+    async def to_client() -> None:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                await ws.close()
+                return
+            await ws.send_bytes(data)
+
+    sender = asyncio.create_task(to_client())
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                writer.write(msg.data)
+                await writer.drain()
+    finally:
+        sender.cancel()
+        writer.close()
     return ws

@@ -15,16 +15,19 @@ from typing import Any
 
 from cgroups import CgroupManager
 
-from ctd import idmap, limits as limits_mod, validate
-from ctd import faults
-from ctd.network import ipam
-from ctd.storage.backup import discard_partial as discard_partial_backups
+from cgroups import parse_size
+
+from ctd import faults, guest, idmap, limits as limits_mod, validate
 from ctd.config import DaemonConfig
-from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
-from ctd import guest
+from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
+from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance.vm import rootdisk
+from ctd.instance.vm.driver import VmDriver, vm_group
+from ctd.network import ipam
 from ctd.network.manager import NetworkManager, NicRequest
 from ctd.network.tc import parse_rate
+from ctd.storage.backup import discard_partial as discard_partial_backups
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
@@ -51,6 +54,7 @@ class InstanceManager:
                  network: NetworkManager) -> None:
         self.config = config
         self.network = network
+        self.vms: VmDriver | None = None  # set by the daemon when QEMU is usable
         self.db = db
         self.storage = storage
         self.templates = templates
@@ -60,12 +64,27 @@ class InstanceManager:
         self._locks: dict[int, asyncio.Lock] = {}
         self._reserved_names: set[str] = set()
         self._reserved_ids: set[int] = set()
+        self._reserved_bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
         self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.io_device = limits_mod.block_device_of(storage.root)
         containers.on_stopped = self._container_exited
+
+    def attach_vms(self, vms: VmDriver) -> None:
+        self.vms = vms
+        vms.on_stopped = self._container_exited
+
+    def is_running(self, rec: InstanceRecord) -> bool:
+        if rec.type is InstanceType.VM:
+            return self.vms is not None and rec.name in self.vms.running
+        return rec.name in self.containers.running
+
+    def _has_storage(self, rec: InstanceRecord) -> bool:
+        if rec.type is InstanceType.VM:
+            return self.storage.instance_path(rec.name).is_dir()
+        return self.storage.rootfs(rec.name).is_dir()
 
     # ------------------------------------------------------------- lookup
 
@@ -81,6 +100,7 @@ class InstanceManager:
 
     def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]:
         rc = self.containers.running.get(rec.name)
+        vm = self.vms.running.get(rec.name) if (self.vms and rec.type is InstanceType.VM) else None
         shown_limits = limits_mod.shown(rec.limits)
         return {
             "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
@@ -91,7 +111,13 @@ class InstanceManager:
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
             "nics": self.network.counters(rec),
             "disk": self.disk(rec, cached),
-            "console": bool(rc and rc.console),
+            "console": bool(rc and rc.console) or vm is not None,
+            "vm": None if rec.type is not InstanceType.VM else {
+                **{k: v for k, v in rec.options.get("vm", {}).items() if k in ("profile", "iso", "drivers_iso",
+                                                                              "compat", "disk_size")},
+                "accel": self.vms.accel if self.vms else None,
+                "vnc_socket": str(vm.spec.vnc_socket) if vm else None,
+                "serial_socket": str(vm.spec.serial_socket) if vm else None},
         }
 
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
@@ -120,14 +146,23 @@ class InstanceManager:
     def check_create(self, body: Any) -> dict[str, Any]:
         """Everything that can be checked before work starts; raises 4xx errors."""
         body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type",
-                                           "nics", "nameservers", "userpasswd", "ssh_keys", "timezone"},
-                                    {"name", "template"})
+                                           "nics", "nameservers", "userpasswd", "ssh_keys", "timezone",
+                                           "vm"}, {"name"})
         name = validate.instance_name(body["name"])
-        if body.get("type", "container") != "container":
-            raise InvalidRequest(f"type {body['type']!r} is not supported yet; use 'container'")
-        if not isinstance(body["template"], str) or not body["template"]:
-            raise InvalidRequest("template must be a template name, e.g. 'busybox'")
-        template = self.templates.get(validate.instance_name(body["template"], "template name"))
+        kind = body.get("type", "container")
+        if kind not in ("container", "vm"):
+            raise InvalidRequest(f"invalid type {kind!r}: use container or vm")
+        vm = self._check_vm(body) if kind == "vm" else None
+        if kind == "container" and body.get("vm") is not None:
+            raise InvalidRequest("vm options (disk, iso, profile …) are for --type vm only")
+        template_name = body.get("template")
+        if template_name is None and kind == "container":
+            raise InvalidRequest("missing field(s): template (e.g. 'busybox')")
+        template = None
+        if template_name is not None:
+            if not isinstance(template_name, str) or not template_name:
+                raise InvalidRequest("template must be a template name, e.g. 'busybox'")
+            template = self.templates.get(validate.instance_name(template_name, "template name"))
         hostname = validate.hostname(body.get("hostname") or name)
         privileged = validate.boolean(body, "privileged")
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
@@ -148,19 +183,56 @@ class InstanceManager:
             instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
         self._reserved_names.add(name)
         self._reserved_ids.add(instance_id)
-        return {"name": name, "id": instance_id, "template": template.name, "hostname": hostname,
-                "privileged": privileged, "limits": limits, "nics": nics, "nameservers": nameservers,
-                "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone}
+        return {"name": name, "id": instance_id, "template": template.name if template else "",
+                "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
+                "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
+                "type": kind, "vm": vm}
+
+    def _check_vm(self, body: dict[str, Any]) -> dict[str, Any]:
+        """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
+        raw = body.get("vm") or {}
+        raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat"})
+        if self.vms is None:
+            raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+        out: dict[str, Any] = {"profile": raw.get("profile", "linux"), "compat": validate.boolean(raw, "compat")}
+        if out["profile"] not in ("linux", "windows"):
+            raise InvalidRequest(f"invalid profile {out['profile']!r}: use linux or windows")
+        try:
+            out["disk_size"] = parse_size(str(raw.get("disk", "10G")))
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid disk size: {exc}") from None
+        if out["disk_size"] < (64 << 20):
+            raise InvalidRequest("the disk must be at least 64M")
+        free = self.storage.pool_info().get("free")
+        if free is not None and out["disk_size"] > free * 20:  # sparse, but not absurdly larger than the pool
+            raise InvalidRequest(f"a disk of {limits_mod.human_size(out['disk_size'])} does not fit this pool "
+                                 f"({limits_mod.human_size(free)} free)")
+        for key in ("iso", "drivers_iso"):
+            if raw.get(key) is not None:
+                out[key] = str(transfer_input(raw[key], key.replace("_", " ")))
+        if out["profile"] == "windows" and "iso" not in out and body.get("template") is None:
+            raise InvalidRequest("a windows VM needs its installer: give --iso FILE")
+        if body.get("privileged"):
+            raise InvalidRequest("privileged is a container option; VMs are isolated by QEMU")
+        return out
 
     async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
         name, instance_id = checked["name"], checked["id"]
+        if checked.get("type") == "vm":
+            try:
+                return await self._create_vm(checked)
+            finally:
+                self._reserved_names.discard(name)
+                self._reserved_ids.discard(instance_id)
         try:
             recipe = self.templates.recipe_of(checked["template"])
             base = None
             if not checked["privileged"]:
                 base = idmap.allocate(
-                    self.config.idmap_base, self.config.idmap_size, self.db.used_idmap_bases(),
+                    self.config.idmap_base, self.config.idmap_size,
+                    self.db.used_idmap_bases() | set(self._reserved_bases.values()),
                     idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+                self._reserved_bases[instance_id] = base
             rec = InstanceRecord(
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=checked["template"],
                 hostname=checked["hostname"], privileged=checked["privileged"], idmap_base=base,
@@ -189,6 +261,43 @@ class InstanceManager:
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
+            self._reserved_bases.pop(instance_id, None)
+
+    async def _create_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
+        """A VM: its disk in the pool, made from a template's root (configured like a container
+        of that template, booting the host's Debian kernel) or blank for an installer ISO."""
+        name, vm = checked["name"], dict(checked["vm"])
+        template = checked["template"] or None
+        rec = InstanceRecord(
+            id=checked["id"], name=name, type=InstanceType.VM, template=template or "",
+            hostname=checked["hostname"], privileged=False, idmap_base=None, limits=checked["limits"],
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            init=[], stop_signal="ACPI",
+            options={"network_style": "networkd", "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
+                     "nameservers": checked["nameservers"], "vm": vm})
+        with contextlib.ExitStack() as undo:
+            with self.db.transaction():
+                self.db.add_instance(rec)
+                self.network.allocate(rec.id, checked["nics"])
+            undo.callback(self.db.delete_instance, rec.id)
+            base = self.storage.instance_path(name)
+            undo.callback(self.storage.delete_instance, name)
+            if template:
+                kernel = rootdisk.host_kernel()
+                rootfs = await asyncio.to_thread(self.storage.create_instance, name, template)
+                await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+                await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
+                await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
+                await asyncio.to_thread(self.storage.drop_root, name)
+                vm.update({"kernel": str(kernel.vmlinuz), "initrd": str(kernel.initrd),
+                           "append": rootdisk.kernel_cmdline()})
+            else:
+                await asyncio.to_thread(self.storage.new_vm_dir, name)
+                await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
+            rec.options["vm"] = vm
+            self.db.update_instance(rec)
+            undo.pop_all()
+        return self.view(rec)
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
         """Write the instance's settings into its root (runs in a thread)."""
@@ -206,17 +315,36 @@ class InstanceManager:
         if rec.state is PowerState.RUNNING or rec.name in self._starting:
             raise Conflict(f"{rec.name} is already running")
 
-    async def start(self, rec: InstanceRecord) -> dict[str, Any]:
+    async def start(self, rec: InstanceRecord, paused: bool = False) -> dict[str, Any]:
         async with self.lock(rec):
             rec = self.get(rec.id)
             self.check_start(rec)
-            await self._start_locked(rec)
+            await self._start_locked(rec, paused)
             return self.brief(rec)
 
-    async def _start_locked(self, rec: InstanceRecord) -> None:
+    async def resume(self, rec: InstanceRecord) -> dict[str, Any]:
+        """A VM started paused (or paused since) runs on."""
+        if rec.type is not InstanceType.VM or self.vms is None:
+            raise InvalidRequest("resume is for VMs started with --paused")
+        await self.vms.cont(rec)
+        return self.brief(rec)
+
+    async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
+        if rec.type is not InstanceType.VM or self.vms is None:
+            raise InvalidRequest(f"{rec.name} is not a VM")
+        return await self.vms.hardware(rec)
+
+    async def _start_locked(self, rec: InstanceRecord, paused: bool = False) -> None:
         self._starting.add(rec.name)
         try:
             resources = self.resources(rec)
+            if rec.type is InstanceType.VM:
+                if self.vms is None:
+                    raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+                vm = await self.vms.start(rec, resources, paused)
+                rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, vm.pid, vm.start_time
+                self.db.update_instance(rec)
+                return
 
             async def plug_nics(pid: int) -> None:
                 inside = await asyncio.to_thread(self.network.setup, rec, pid)
@@ -241,14 +369,17 @@ class InstanceManager:
             return self.brief(self.get(rec.id))
 
     async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> None:
-        if rec.name not in self.containers.running:
+        if not self.is_running(rec):
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
             return
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
         faults.point("stop.after_mark_stopping")
-        await self.containers.stop(rec, timeout, kill)
+        if rec.type is InstanceType.VM and self.vms is not None:
+            await self.vms.stop(rec, timeout, kill)
+        else:
+            await self.containers.stop(rec, timeout, kill)
         task = self._exit_tasks.get(rec.name)
         if task is not None:
             await asyncio.shield(task)
@@ -288,6 +419,8 @@ class InstanceManager:
     async def _mark_stopped(self, rec: InstanceRecord) -> None:
         await asyncio.to_thread(self.network.teardown, rec)
         faults.point("stop.after_nic_teardown")
+        if rec.type is InstanceType.VM and self.vms is not None:
+            await self.vms.cleanup(rec)
         await self.containers.cleanup(rec)
         faults.point("stop.after_cgroup_cleanup")
         fresh = self.db.get_instance(rec.id)
@@ -375,9 +508,9 @@ class InstanceManager:
                                  f"{self.storage.root} is not")
 
     def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
-        if rec.name not in self.containers.running:
+        if not self.is_running(rec):
             return None
-        group = self.cgroups.group(cgroup_name(rec))
+        group = self.cgroups.group(vm_group(rec) if rec.type is InstanceType.VM else cgroup_name(rec))
         try:
             return dataclasses.asdict(group.usage())
         except (OSError, ValueError):
@@ -455,8 +588,11 @@ class InstanceManager:
         name, instance_id = checked["name"], checked["id"]
         try:
             base = None if src.privileged else idmap.allocate(
-                self.config.idmap_base, self.config.idmap_size, self.db.used_idmap_bases(),
+                self.config.idmap_base, self.config.idmap_size,
+                self.db.used_idmap_bases() | set(self._reserved_bases.values()),
                 idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+            if base is not None:
+                self._reserved_bases[instance_id] = base
             rec = InstanceRecord(
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
                 privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
@@ -483,6 +619,7 @@ class InstanceManager:
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
+            self._reserved_bases.pop(instance_id, None)
 
     # ------------------------------------------------------------- reinstall
 
@@ -513,8 +650,10 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             self.check_destroy(rec, force)
-            if rec.name in self.containers.running:
+            if self.is_running(rec):
                 await self._stop_locked(rec, 0, kill=True)
+            if rec.type is InstanceType.VM and self.vms is not None:
+                await self.vms.cleanup(rec)
             faults.point("destroy.after_stop")
             await self.containers.cleanup(rec)
             faults.point("destroy.after_cgroup")
@@ -527,10 +666,17 @@ class InstanceManager:
 
     async def exec(self, ref: str, command: list[str], env: dict[str, str], cwd: str, tty: bool) -> ExecProcess:
         rec = self.get(ref)
+        if rec.type is InstanceType.VM:
+            raise NotSupported(f"{rec.name} is a VM: exec works for containers; use ssh or 'ctctl console {rec.name}'")
         return await self.containers.exec(rec, command, env, cwd, tty)
 
     def console(self, ref: str):  # type: ignore[no-untyped-def]
         rec = self.get(ref)
+        if rec.type is InstanceType.VM:
+            vm = self.vms.running.get(rec.name) if self.vms else None
+            if vm is None:
+                raise Conflict(f"{rec.name} is not running; start it first")
+            return vm.spec.serial_socket  # the stream handler connects to QEMU's serial socket
         rc = self.containers.running.get(rec.name)
         if rc is None:
             raise Conflict(f"{rec.name} is not running; start it first")
@@ -548,6 +694,15 @@ class InstanceManager:
         records = self.db.list_instances()
         for rec in records:
             if rec.state is PowerState.STOPPED:
+                continue
+            if rec.type is InstanceType.VM:
+                if self.vms is not None and await self.vms.adopt(rec) is not None:
+                    rec.state = PowerState.RUNNING
+                    self.db.update_instance(rec)
+                    report["adopted"].append(rec.name)
+                else:
+                    await self._mark_stopped(rec)
+                    report["stopped"].append(rec.name)
                 continue
             if self.containers.adopt(rec) is not None:
                 await asyncio.to_thread(self.network.adopt, rec, rec.pid)
@@ -571,11 +726,12 @@ class InstanceManager:
         report["removed_dirs"] += await asyncio.to_thread(self.storage.recover_partial)
         report["removed_dirs"] += await asyncio.to_thread(discard_partial_backups, self.storage)
         for rec in records:  # a destroy the crash interrupted after the root was deleted: finish it
-            if rec.name not in self.containers.running and not self.storage.rootfs(rec.name).is_dir():
+            if not self.is_running(rec) and not self._has_storage(rec):
                 await asyncio.to_thread(self.storage.delete_instance, rec.name)
                 self.db.delete_instance(rec.id)
                 report["removed_records"].append(rec.name)
         running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
+        running_groups |= {vm_group(r) for r in records if self.is_running(r) and r.type is InstanceType.VM}
         for group_name in self.cgroups.list_groups():
             if group_name not in running_groups:
                 group = self.cgroups.group(group_name)

@@ -12,32 +12,13 @@ from typing import Any
 
 from ctd import idmap, validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.hostfiles import input_file, output_file
 from ctd.instance.manager import InstanceManager
 from ctd.network.manager import NicRequest
 from ctd.operations import Operation
 from ctd.state import InstanceRecord, InstanceType, NicMode, PowerState, TemplateRecord
 from ctd.storage import archive, backup
 from ctd.template.manager import tree_size
-
-
-def input_file(value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise InvalidRequest(f"{what} must be an absolute path on the host")
-    path = Path(value)
-    if not path.is_file():
-        raise NotFound(f"{what} {value} does not exist or is not a file")
-    return path
-
-
-def output_file(value: Any, what: str) -> Path:
-    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
-        raise InvalidRequest(f"{what} must be an absolute path on the host")
-    path = Path(value)
-    if path.exists() or path.is_symlink():
-        raise Conflict(f"{value} exists already; choose another file name")
-    if not path.parent.is_dir():
-        raise NotFound(f"the directory {path.parent} does not exist")
-    return path
 
 
 def progress_of(op: Operation):  # type: ignore[no-untyped-def]

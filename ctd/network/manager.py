@@ -322,10 +322,39 @@ class NetworkManager:
             netlink.delete_link(self.host_name(nic))
             netlink.delete_link(tc.ifb_name(self.host_name(nic)))
         fd = self.netns.pop(rec.id, None)
-        if fd is not None:
+        if fd is not None and fd >= 0:
             os.close(fd)
         if nics:
             self._refilter(nics, add=False)
+
+    # ------------------------------------------------------------- VM taps
+
+    def setup_taps(self, rec: InstanceRecord) -> None:
+        """A tap per NIC of a VM, on its bridge, filtered and shaped like a container's veth."""
+        nics = self.db.nics_of(rec.id)
+        try:
+            for nic in nics:
+                bridge = None
+                if nic.mode is NicMode.BRIDGED:
+                    net = self.network(nic.network)  # type: ignore[arg-type]
+                    self.bring_up(net)
+                    bridge = net.bridge
+                netlink.create_tap(self.host_name(nic), nic.mac, bridge)
+                self._host_side(nic)
+            self._refilter(nics, add=True)
+            self.netns[rec.id] = -1  # counters are live while the taps exist
+        except BaseException:
+            self.teardown_taps(rec)
+            raise
+
+    def adopt_taps(self, rec: InstanceRecord) -> None:
+        nics = self.db.nics_of(rec.id)
+        if nics:
+            self.netns[rec.id] = -1
+            self._refilter(nics, add=True)
+
+    def teardown_taps(self, rec: InstanceRecord) -> None:
+        self.teardown(rec)
 
     def counters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
         out = []

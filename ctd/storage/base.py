@@ -142,6 +142,17 @@ class StorageDriver(ABC):
         """Make target a copy of the root at source (target's parent exists, target not)."""
         copy_tree(source, target)
 
+    def new_vm_dir(self, name: str) -> Path:
+        """The directory of a VM's disk, NVRAM and TPM state (no root filesystem)."""
+        check_component("instance", name)
+        path = self.instance_path(name)
+        path.mkdir(mode=0o700)
+        return path
+
+    def drop_root(self, name: str) -> None:
+        """Remove name's root filesystem but keep its directory (a VM made its disk from it)."""
+        self._remove_root(self.rootfs(name))
+
     def discard_template_staging(self, staging: Path) -> None:
         """A template build that failed: its staging dir (with any subvolume in it) goes."""
         if staging.exists():

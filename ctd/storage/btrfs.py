@@ -16,6 +16,7 @@ what `df` inside the instance would say, not what the instance alone costs the p
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -342,7 +343,9 @@ class BtrfsStorage(StorageDriver):
                         "exclusive": int((q / "exclusive").read_text()),
                         "limit": (int((q / "max_referenced").read_text())
                                   if flags & QGROUP_LIMIT_MAX_RFER else None)}
-            except FileNotFoundError:
+            except OSError as exc:  # ENODEV: the kernel removed the qgroup while it was read
+                if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                    raise
                 return None
         result = self._btrfs("qgroup", "show", "--raw", "-r", str(self.root), check=False)
         for line in result.stdout.splitlines():

@@ -204,11 +204,11 @@ def test_microvm(files: dict[str, Path]) -> None:
 
 
 def test_paths_with_commas_spaces_and_quotes_stay_one_argument(tmp_path: Path, files: dict[str, Path]) -> None:
-    odd = tmp_path / "my disks, 'really' \"odd\" $HOME"
+    odd = tmp_path / "d, 'q' \"x\" $H"
     odd.mkdir()
     disk = odd / "a,b.qcow2"
     disk.write_bytes(b"x")
-    run = odd / "run,dir"
+    run = odd / "r,d"
     spec = linux(files, disks=[Disk(disk, "qcow2")], run_dir=run)
     argv = build_argv(spec)
     assert one(argv, "-drive").startswith(f"file={str(disk).replace(',', ',,')},if=none,")
@@ -304,3 +304,10 @@ def test_runtime_paths(files: dict[str, Path]) -> None:
     assert spec.nvram_path == Path("/var/lib/ctd/vm/win11/OVMF_VARS.fd")
     assert spec.tpm_dir == Path("/var/lib/ctd/vm/win11/tpm")
     assert spec.all_cdroms() == [files["win.iso"], files["virtio-win.iso"]]
+
+
+def test_pick_accel_answers_with_a_reason() -> None:
+    from ctd.instance.vm.spec import pick_accel
+
+    accel, reason = pick_accel()
+    assert accel in ("kvm", "tcg") and reason

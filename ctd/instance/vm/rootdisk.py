@@ -69,6 +69,9 @@ def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (base / name).exists():
             shutil.copy2(base / name, target / name)
+    # loaded at boot even where the guest has no udev to load them by device
+    guestfs.make_dirs(rootfs, "/etc/modules-load.d")
+    guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf", "virtio_net\nvirtio_blk\nvirtio_console\n")
     result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
     if result.returncode != 0:
         raise OperationFailed(f"depmod for the VM's modules failed: {result.stderr.strip()}")
@@ -90,3 +93,10 @@ def make_disk(rootfs: Path, image: Path, size: int) -> None:
 def kernel_cmdline(extra: str = "") -> str:
     console = "ttyS0" if platform.machine() in ("x86_64", "i686") else "ttyAMA0"
     return f"root=/dev/vda rw console={console} net.ifnames=0 panic=-1 {extra}".strip()
+
+
+def blank_disk(image: Path, size: int) -> None:
+    """An empty sparse raw disk (for installing from an ISO)."""
+    image.touch(mode=0o600)
+    subprocess.run(["chattr", "+C", str(image)], capture_output=True)
+    os.truncate(image, size)

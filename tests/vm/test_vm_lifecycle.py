@@ -1,0 +1,163 @@
+"""Virtual machines through ctd and ctctl, under TCG here (KVM where the host can).
+
+Slow: a Debian guest boots in a minute or two without hardware virtualisation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from ctctl.client import ApiError
+
+pytestmark = pytest.mark.slow
+
+
+def qemu_pids() -> set[int]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().startswith(("qemu-system", "qemu-")) and _live(pid):
+                    out.add(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def _live(pid: str) -> bool:
+    """Not a zombie waiting for whatever reaper the test machine has."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+def swtpm_pids() -> set[int]:
+    out = set()
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "swtpm" and _live(pid):
+                    out.add(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+def iso(path: Path, label: str) -> Path:
+    src = path.parent / f"{label}-src"
+    src.mkdir()
+    (src / "README.TXT").write_text(label)
+    subprocess.run(["genisoimage", "-quiet", "-V", label, "-o", str(path), str(src)], check=True)
+    return path
+
+
+def test_vm_options_only_for_vms_and_a_missing_iso_is_refused(ctd):
+    for body, status in (({"name": "vmx", "template": "busybox", "vm": {"disk": "1G"}}, 400),
+                         ({"name": "vmx", "type": "vm", "vm": {"iso": "/nonexistent.iso"}}, 404),
+                         ({"name": "vmx", "type": "vm", "vm": {"disk": "1Q"}}, 400),
+                         ({"name": "vmx", "type": "vm", "vm": {"profile": "windows"}}, 400),
+                         ({"name": "vmx", "type": "vm", "vm": {"disk": "100T"}}, 400)):
+        with pytest.raises(ApiError) as err:
+            ctd.client.request("POST", "/1.0/instances", body)
+        assert err.value.status == status, (body, err.value.message)
+    assert ctd.ctl("status", "vmx").code == 1
+    assert not (ctd.state_dir / "storage/instances/vmx").exists()
+
+
+def test_windows_profile_starts_paused_with_tpm_pflash_disk_nic_and_both_cdroms(ctd, tmp_path):
+    installer, drivers = iso(tmp_path / "win.iso", "WIN"), iso(tmp_path / "virtio-win.iso", "VIRTIO")
+    name = ctd.unique("win")
+    net = f"tw{uuid.uuid4().hex[:6]}"
+    ctd.ok("network", "create", net)
+    tpm_before = swtpm_pids()
+    try:
+        ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer),
+               "--drivers-iso", str(drivers), "--disk", "2G", "--ram", "1G", "--net", net)
+        ctd.ok("start", "--paused", name)
+        hw = ctd.client.get(f"/1.0/instances/{name}/hardware")["hardware"]
+        assert hw["status"] == "prelaunch" or hw["status"] == "paused"
+        assert hw["tpm"] and hw["tpm"][0]["model"] == "tpm-crb"
+        files = " ".join((b.get("inserted") or {}).get("file", "") for b in hw["block"])
+        assert str(installer) in files and str(drivers) in files and "disk.raw" in files
+        flash = {b.get("qdev", ""): b.get("inserted") or {} for b in hw["block"] if "flash" in (b.get("qdev") or "")}
+        code, nvram = flash["/machine/system.flash0"], flash["/machine/system.flash1"]
+        assert "OVMF_CODE" in code["file"] and code["ro"] is True       # UEFI firmware, read-only
+        assert nvram["file"].endswith("OVMF_VARS.fd") and nvram["ro"] is False and name in nvram["file"]
+        assert any(d.get("qdev_id", "").startswith("nic") for d in hw["pci"])
+        assert swtpm_pids() - tpm_before, "no swtpm runs for the TPM"
+        out = ctd.ok("hardware", name)
+        assert "tpm: tpm-crb" in out
+    finally:
+        ctd.ctl("destroy", "--force", name)
+        ctd.ctl("network", "delete", net)
+    time.sleep(0.5)
+    assert not (swtpm_pids() - tpm_before), "swtpm left behind"
+    assert not (ctd.state_dir / "storage/instances" / name).exists()
+
+
+def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
+    d = fresh_ctd
+    before = qemu_pids()
+    d.ok("create", "vmkeep", "--type", "vm", "--disk", "64M", "--ram", "256M")
+    d.ok("start", "vmkeep")
+    pid = d.instance("vmkeep")["pid"]
+    assert pid in qemu_pids()
+    d.kill9()
+    time.sleep(0.3)
+    assert pid in qemu_pids(), "QEMU died with ctd"
+    d.start()
+    inst = d.instance("vmkeep")
+    assert inst["state"] == "running" and inst["pid"] == pid
+    d.ok("stop", "--timeout", "3", "vmkeep")  # no OS on the disk: ACPI goes unanswered, then quit
+    assert d.instance("vmkeep")["state"] == "stopped"
+    time.sleep(0.3)
+    assert qemu_pids() == before or not (qemu_pids() - before)
+    d.ok("destroy", "vmkeep")
+
+
+def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, tmp_path):
+    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    net = f"tv{uuid.uuid4().hex[:6]}"
+    ctd.ok("network", "create", net)
+    name = ctd.unique("vm")
+    before = qemu_pids()
+    try:
+        ctd.ok("create", name, "--type", "vm", "--template", "debian-12", "--net", net, "--ram", "1G",
+               "--disk", "2G", "--ssh-key", f"{key}.pub", timeout=300)
+        ctd.ok("start", name)
+        inst = ctd.instance(name)
+        assert inst["type"] == "vm" and inst["state"] == "running"
+        address = inst["nics"][0]["addresses"][0]
+        host = inst["nics"][0]["host_name"]
+        deadline, answer = time.monotonic() + 420, None
+        while time.monotonic() < deadline:
+            r = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+                                "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                                f"root@{address}", "hostname; systemctl is-system-running --wait"],
+                               capture_output=True, text=True, timeout=120)
+            if r.returncode in (0, 1) and r.stdout.strip():
+                answer = r.stdout.split()
+                break
+            time.sleep(3)
+        assert answer and answer[0] == name, "no ssh answer from the VM"
+        assert subprocess.run(["busybox", "ping", "-c1", "-W2", address], capture_output=True).returncode == 0
+        console = ctd.ctl("console", name, input="\n", timeout=30)
+        assert "login:" in console.out, console.out[-500:]
+        start = time.monotonic()
+        ctd.ok("stop", "--timeout", "120", name)
+        assert time.monotonic() - start < 100, "the guest did not power off on ACPI"
+        assert ctd.instance(name)["state"] == "stopped"
+        assert host not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    finally:
+        ctd.ctl("destroy", "--force", name)
+        ctd.ctl("network", "delete", net)
+    assert not (qemu_pids() - before)
+    assert not (ctd.state_dir / "storage/instances" / name).exists()
