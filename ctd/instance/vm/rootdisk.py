@@ -18,8 +18,9 @@ from ctd import guestfs
 from ctd.errors import NotFound, OperationFailed
 
 # What a guest needs from the kernel's modules when its root is on virtio and its NIC too.
+# button + evdev: the ACPI power button reaches systemd-logind, so `ctctl stop` powers off cleanly.
 MODULES = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_console", "9pnet_virtio",
-           "e1000", "ext4", "crc16", "mbcache", "jbd2")
+           "e1000", "ext4", "crc16", "mbcache", "jbd2", "button", "evdev")
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
             shutil.copy2(base / name, target / name)
     # loaded at boot even where the guest has no udev to load them by device
     guestfs.make_dirs(rootfs, "/etc/modules-load.d")
-    guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf", "virtio_net\nvirtio_blk\nvirtio_console\n")
+    guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf", "virtio_net\nvirtio_blk\nvirtio_console\nbutton\nevdev\n")
     result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
     if result.returncode != 0:
         raise OperationFailed(f"depmod for the VM's modules failed: {result.stderr.strip()}")
