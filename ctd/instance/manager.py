@@ -35,6 +35,8 @@ from ctd.template.manager import TemplateManager
 log = logging.getLogger("ctd.instances")
 FIRST_AUTO_ID = 100
 DISK_CACHE_SECONDS = 5.0
+# What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
+VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
 
 
 def open_files(pids: set[int]) -> int:
@@ -167,6 +169,11 @@ class InstanceManager:
         privileged = validate.boolean(body, "privileged")
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
         self._check_io_device(limits)
+        if kind == "vm":
+            wrong = sorted(set(limits) - VM_LIMITS)
+            if wrong:
+                raise InvalidRequest(f"{', '.join(wrong)}: container limits; a VM takes "
+                                     f"{', '.join(sorted(VM_LIMITS - {'ram_high'}))}")
         nics = self.network.check_nics(body.get("nics"))
         nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
         userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None

@@ -62,7 +62,9 @@ def test_vm_options_only_for_vms_and_a_missing_iso_is_refused(ctd):
                          ({"name": "vmx", "type": "vm", "vm": {"iso": "/nonexistent.iso"}}, 404),
                          ({"name": "vmx", "type": "vm", "vm": {"disk": "1Q"}}, 400),
                          ({"name": "vmx", "type": "vm", "vm": {"profile": "windows"}}, 400),
-                         ({"name": "vmx", "type": "vm", "vm": {"disk": "100T"}}, 400)):
+                         ({"name": "vmx", "type": "vm", "vm": {"disk": "100T"}}, 400),
+                         ({"name": "vmx", "type": "vm", "limits": {"numproc": 10}}, 400),
+                         ({"name": "vmx", "type": "vm", "privileged": True}, 400)):
         with pytest.raises(ApiError) as err:
             ctd.client.request("POST", "/1.0/instances", body)
         assert err.value.status == status, (body, err.value.message)
