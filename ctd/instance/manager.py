@@ -70,6 +70,7 @@ class InstanceManager:
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
+        self._disk_peak: dict[str, int] = {}
         self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.io_device = limits_mod.block_device_of(storage.root)
         containers.on_stopped = self._container_exited
@@ -534,6 +535,13 @@ class InstanceManager:
         peak = self._numfile_peak[rec.name] = max(self._numfile_peak.get(rec.name, 0), held)
         rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
                      "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
+        disk = self.disk(rec, cached=True)
+        if disk is not None:
+            quota = disk["limit"] or limits_mod.UNLIMITED
+            full = int(quota != limits_mod.UNLIMITED and disk["used"] >= quota - (1 << 20))
+            peak = self._disk_peak[rec.name] = max(self._disk_peak.get(rec.name, 0), disk["used"])
+            rows.append({"name": "diskspace", "held": disk["used"], "maxheld": peak, "barrier": quota,
+                         "limit": quota, "failcnt": full})
         return rows
 
     # ------------------------------------------------------------- snapshots and clones

@@ -51,6 +51,9 @@ def test_diskspace_quota_stops_writes_inside_with_edquot(ctd, make_container):
     disk = ctd.instance(name)["disk"]
     assert disk["limit"] == 20 * 1024 * 1024 and 15 * 1024 * 1024 <= disk["used"] <= 21 * 1024 * 1024
     assert "/20.0M" in ctd.ok("list")
+    row = next(r for r in ctd.client.get(f"/1.0/instances/{name}/beancounters")["beancounters"]
+               if r["name"] == "diskspace")
+    assert row["limit"] == 20 * 1024 * 1024 and row["held"] >= 15 * 1024 * 1024 and row["failcnt"] == 1
     # the neighbour and the host can still write
     other = make_container()
     assert ctd.sh(other, "dd if=/dev/zero of=/root/f bs=1M count=30 2>/dev/null && echo ok").out.strip() == "ok"

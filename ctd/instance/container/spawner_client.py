@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import socket
@@ -22,6 +23,10 @@ class SpawnerClient:
         self._queues: dict[int, asyncio.Queue[tuple[dict, list[int]]]] = {}
         self.on_exit: ExitCallback | None = None
         self.alive = True
+        # Requests the socket could not take yet. ctd never blocks on a send: the spawner may be
+        # blocked sending replies that only ctd's event loop reads (200 starts at once did that).
+        self._outbox: collections.deque[tuple[dict, list[int]]] = collections.deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
     def fork(cls) -> SpawnerClient:
@@ -39,11 +44,15 @@ class SpawnerClient:
         return cls(ours, pid)
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.sock.setblocking(False)
         loop.add_reader(self.sock.fileno(), self._readable)
 
     def _readable(self) -> None:
         try:
             message, fds = spawner.recv(self.sock)
+        except BlockingIOError:
+            return
         except (ConnectionResetError, OSError):
             message, fds = None, []
         if message is None:
@@ -65,6 +74,10 @@ class SpawnerClient:
     def _lost(self) -> None:
         self.alive = False
         asyncio.get_running_loop().remove_reader(self.sock.fileno())
+        asyncio.get_running_loop().remove_writer(self.sock.fileno())
+        while self._outbox:
+            for fd in self._outbox.popleft()[1]:
+                os.close(fd)
         for rid, queue in list(self._queues.items()):
             queue.put_nowait(({"id": rid, "error": "the spawner process died"}, []))
         self._queues.clear()
@@ -76,8 +89,33 @@ class SpawnerClient:
         rid = next(self._ids)
         queue: asyncio.Queue[tuple[dict, list[int]]] = asyncio.Queue()
         self._queues[rid] = queue
-        spawner.send(self.sock, {"id": rid, "op": op, "spec": spec}, fds)
+        message = {"id": rid, "op": op, "spec": spec}
+        if not self._outbox:
+            try:
+                spawner.send(self.sock, message, fds)
+                return queue
+            except BlockingIOError:
+                pass
+        # The caller closes its fds when this returns: the queued message keeps copies.
+        self._outbox.append((message, [os.dup(fd) for fd in fds]))
+        if len(self._outbox) == 1 and self._loop is not None:
+            self._loop.add_writer(self.sock.fileno(), self._flush)
         return queue
+
+    def _flush(self) -> None:
+        while self._outbox:
+            message, fds = self._outbox[0]
+            try:
+                spawner.send(self.sock, message, fds)
+            except BlockingIOError:
+                return
+            except OSError:
+                break  # the spawner is gone: _readable sees it and fails the waiters
+            self._outbox.popleft()
+            for fd in fds:
+                os.close(fd)
+        if self._loop is not None:
+            self._loop.remove_writer(self.sock.fileno())
 
     def forget(self, queue: asyncio.Queue) -> None:
         for rid, q in list(self._queues.items()):
