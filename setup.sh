@@ -19,8 +19,8 @@ fi
 RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps
               btrfs-progs libbtrfsutil-dev nftables lxcfs"
 # The test suite also checks the host-readiness report for every optional tool, and the Vagrantfile.
-TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 ovmf swtpm swtpm-tools mmdebstrap openssh-client
-           linux-image-amd64 kmod"
+TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools genisoimage mmdebstrap
+           openssh-client linux-image-amd64 kmod e2fsprogs"
 
 install_debs() {
     local missing=()
