@@ -92,6 +92,14 @@ class CgroupManager(ABC):
         A path of "" means /sys/fs/cgroup itself (a pure v2 host)."""
         return []
 
+    def protect_host(self, pids_max: int, memory_max: int | None) -> None:
+        """Limits on the base itself, so all containers together leave the host a reserve
+        (a fork bomb or a memory hog in a container without limits of its own)."""
+        self.ensure_base()
+        base = self.group("base-limits")
+        base.name = ""  # the base itself: dirs() joins "" onto the base directories
+        base.apply(Resources(pids_max=pids_max, memory_max=memory_max))
+
     def list_groups(self) -> list[str]:
         names: set[str] = set()
         for d in self.base_dirs().values():
