@@ -19,6 +19,9 @@ INFO_SYSCTLS: dict[str, tuple[Path, int, str]] = {
 }
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+
+
 def _read_int(p: Path) -> int | None:
     try:
         return int(p.read_text().strip())
@@ -27,7 +30,8 @@ def _read_int(p: Path) -> int | None:
 
 
 def check_userns_limits(max_path: Path = MAX_USERNS,
-                        info: dict[str, tuple[Path, int, str]] | None = None) -> list[CheckResult]:
+                        info: dict[str, tuple[Path, int, str]] | None = None,
+                        inotify_path: Path | None = None) -> list[CheckResult]:
     results = []
     n = _read_int(max_path)
     if n is None:
@@ -40,6 +44,19 @@ def check_userns_limits(max_path: Path = MAX_USERNS,
     else:
         results.append(ok("userns:max_user_namespaces", f"{n} (each container uses one)",
                           CATEGORY, True))
+    # Every container's user namespace is made by host root, so all their systemds share
+    # root's inotify instances: about 8 each, and the default 128 stops the 17th Debian boot.
+    if inotify_path is None and info is None:
+        inotify_path = INOTIFY_INSTANCES
+    inotify = _read_int(inotify_path) if inotify_path is not None else None
+    if inotify is not None:
+        if inotify < 4096:
+            results.append(warn("sysctl:inotify_instances", f"fs.inotify.max_user_instances={inotify}: about "
+                                f"{inotify // 8} systemd containers can boot",
+                                "sysctl -w fs.inotify.max_user_instances=8192 (persist it in /etc/sysctl.d/)",
+                                CATEGORY))
+        else:
+            results.append(ok("sysctl:inotify_instances", f"fs.inotify.max_user_instances={inotify}", CATEGORY))
     for name, (path, restricted, meaning) in (INFO_SYSCTLS if info is None else info).items():
         v = _read_int(path)
         if v is None:

@@ -265,7 +265,7 @@ class InstanceManager:
                 await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
                 faults.point("create.after_guest")
                 undo.pop_all()
-            return self.view(rec)
+            return self.brief(rec)
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
@@ -305,7 +305,7 @@ class InstanceManager:
             rec.options["vm"] = vm
             self.db.update_instance(rec)
             undo.pop_all()
-        return self.view(rec)
+        return self.brief(rec)
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
         """Write the instance's settings into its root (runs in a thread)."""
@@ -425,7 +425,8 @@ class InstanceManager:
                         log.exception("restarting %s after its reboot failed", name)
 
     async def _mark_stopped(self, rec: InstanceRecord) -> None:
-        await asyncio.to_thread(self.network.teardown, rec)
+        # a container's veths go with its network namespace; a VM's taps stay until deleted
+        await asyncio.to_thread(self.network.teardown, rec, rec.type is InstanceType.CONTAINER)
         faults.point("stop.after_nic_teardown")
         if rec.type is InstanceType.VM and self.vms is not None:
             await self.vms.cleanup(rec)
@@ -488,7 +489,7 @@ class InstanceManager:
         if "diskspace" in changes:
             limit = changes["diskspace"]
             if limit != limits_mod.UNLIMITED:
-                used = await asyncio.to_thread(self.storage.usage, rec.name)
+                used = await asyncio.to_thread(self.storage.usage, rec.name, True)
                 if limit < used:
                     raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used} "
                                          f"bytes on disk; the disk limit must be at least that")
@@ -630,7 +631,7 @@ class InstanceManager:
                 faults.point("clone.after_db")
                 await asyncio.to_thread(self.setup_guest, rec, rootfs)
                 undo.pop_all()
-            return self.view(rec)
+            return self.brief(rec)
         finally:
             self._reserved_names.discard(name)
             self._reserved_ids.discard(instance_id)
@@ -653,7 +654,7 @@ class InstanceManager:
             rec.options.update({"systemd": recipe.systemd, "network_style": recipe.network_style})
             self.db.update_instance(rec)
             await asyncio.to_thread(self.setup_guest, rec, rootfs)
-            return self.view(rec)
+            return self.brief(rec)
 
     # ------------------------------------------------------------- destroy
 

@@ -110,7 +110,7 @@ class Transfers:
                 undo.callback(self.db.delete_instance, rec.id)
                 await asyncio.to_thread(self.instances.setup_guest, rec, self.storage.rootfs(name))
                 undo.pop_all()
-            return self.instances.view(rec)
+            return self.instances.brief(rec)
         finally:
             self.instances._reserved_names.discard(name)
             self.instances._reserved_ids.discard(instance_id)

@@ -81,25 +81,25 @@ def delete_link(name: str) -> None:
                 ip.link("del", index=index)
 
 
-def create_veth(host_name: str, temp_peer: str, mac: str, netns_pid: int, bridge: str | None) -> None:
-    """A veth pair: host end (on bridge, if any) up here, the other end moved into the netns."""
+def create_veth(host_name: str, inside_name: str, mac: str, netns_pid: int, bridge: str | None) -> None:
+    """A veth pair: the host end (on bridge, if any) up here, the other end born inside the
+    container's network namespace (moving it there afterwards costs ~20 ms more)."""
     with _ipr() as ip:
         try:
-            ip.link("add", ifname=host_name, kind="veth", peer={"ifname": temp_peer, "address": mac})
+            ip.link("add", ifname=host_name, kind="veth",
+                    peer={"ifname": inside_name, "address": mac, "net_ns_pid": netns_pid})
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 raise OperationFailed(f"network interface {host_name} already exists on the host") from None
             raise
         try:
             host = ip.link_lookup(ifname=host_name)[0]
-            peer = ip.link_lookup(ifname=temp_peer)[0]
             if bridge is not None:
                 master = _index(ip, bridge)
                 if master is None:
                     raise OperationFailed(f"bridge {bridge} is missing on the host")
                 ip.link("set", index=host, master=master)
             ip.link("set", index=host, state="up")
-            ip.link("set", index=peer, net_ns_pid=netns_pid)
         except BaseException:
             with contextlib.suppress(NetlinkError):
                 ip.link("del", ifname=host_name)

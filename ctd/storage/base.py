@@ -315,7 +315,7 @@ class StorageDriver(ABC):
         self._existing_rootfs(name)
         return None
 
-    def usage(self, name: str) -> int:
+    def usage(self, name: str, fresh: bool = False) -> int:
         """Bytes name's root holds (btrfs: qgroup referenced bytes; here: a du-like walk)."""
         return tree_usage(self._existing_rootfs(name))
 

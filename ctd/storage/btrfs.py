@@ -382,12 +382,13 @@ class BtrfsStorage(StorageDriver):
     def quota(self, name: str) -> int | None:
         return self._limit_of(self._existing_rootfs(name))
 
-    def usage(self, name: str) -> int:
+    def usage(self, name: str, fresh: bool = False) -> int:
         """Referenced bytes of name's root (template data it shares included); with quota off,
-        a du-like walk of the tree."""
+        a du-like walk of the tree. fresh: commit the filesystem first (costly with many
+        subvolumes: only where a decision depends on it)."""
         rootfs = self._existing_rootfs(name)
         if self.quota_enabled():
-            q = self.subvolume_usage(rootfs)
+            q = self.subvolume_usage(rootfs, sync=fresh)
             if q is not None:
                 return q["referenced"]
         return tree_usage(rootfs)

@@ -173,7 +173,12 @@ def test_destroy_removes_every_trace(ctd, make_container, net):
     links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     assert host in links
     ctd.ok("destroy", "--force", name)
-    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    deadline = time.monotonic() + 3  # the kernel frees a dead namespace's veths asynchronously
+    while time.monotonic() < deadline:
+        links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+        if host not in links:
+            break
+        time.sleep(0.05)
     assert host not in links and host[:2] + "i" + host[2:] not in links
     rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True).stdout
     assert host not in rules
