@@ -49,6 +49,7 @@ class NetworkManager:
         self.prefix = nic_prefix
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
+        self.nft = nft.Filters(nft_table)
 
     # ------------------------------------------------------------- interface names
 
@@ -290,12 +291,12 @@ class NetworkManager:
             if add and nic.filter:
                 self.filters[self.host_name(nic)] = nft.NicFilter(self.host_name(nic), nic.mac, tuple(nic.addresses),
                                                             nic.mode is NicMode.BRIDGED)
-        nft.apply(self.nft_table, list(self.filters.values()))
+        self.nft.apply(self.filters)
 
     def remove_filters(self) -> None:
         """No container runs any more: the anti-spoofing table goes (made again at next start)."""
         self.filters.clear()
-        nft.remove(self.nft_table)
+        self.nft.remove()
 
     def adopt(self, rec: InstanceRecord, pid: int) -> None:
         """A container that kept running across a ctd restart: hold its netns, filter it again."""

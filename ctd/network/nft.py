@@ -1,4 +1,11 @@
-"""Anti-spoofing with nftables: one table, rebuilt whole and atomically on every change."""
+"""Anti-spoofing with nftables.
+
+One table per family (bridge for bridged NICs: MAC, ARP and IP; inet for routed NICs: IP).
+Each holds a base chain that jumps, through a verdict map keyed by the host end's name, into
+one regular chain per NIC. Base chains are made once: adding or removing a NIC touches only
+the map and regular chains, so no netfilter hook is re-registered (that costs RCU grace
+periods, tens of milliseconds, on every container start).
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from ctd.errors import OperationFailed
 
 @dataclass(frozen=True)
 class NicFilter:
-    host_name: str      # the host end of the veth
+    host_name: str      # the host end of the veth (or the VM's tap)
     mac: str
     addresses: tuple[str, ...]  # plain addresses, v4 and v6
     bridged: bool
@@ -21,51 +28,79 @@ def _chain(nic: NicFilter) -> str:
     return "nic_" + nic.host_name.replace(".", "_").replace("-", "_")
 
 
-def ruleset(table: str, nics: list[NicFilter]) -> str:
-    """The nft script: flush and recreate table TABLE in the bridge and inet families.
+def _family(nic: NicFilter) -> str:
+    return "bridge" if nic.bridged else "inet"
 
-    Bridged NICs are checked on the bridge (layer 2: MAC, ARP, IP, NDP); routed NICs on the
-    host's own input/forward path (layer 3: source IP).
-    """
-    lines = [f"table bridge {table} {{}}", f"delete table bridge {table}",
-             f"table inet {table} {{}}", f"delete table inet {table}"]
-    bridged = [n for n in nics if n.bridged]
-    routed = [n for n in nics if not n.bridged]
-    lines.append(f"table bridge {table} {{")
-    lines.append("  chain prerouting {\n    type filter hook prerouting priority -300; policy accept;")
-    for nic in bridged:
-        lines.append(f'    iifname "{nic.host_name}" jump {_chain(nic)}')
-    lines.append("  }")
-    for nic in bridged:
-        v4 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 4]
-        v6 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 6]
-        lines.append(f"  chain {_chain(nic)} {{")
-        lines.append(f"    ether saddr != {nic.mac} drop")
-        lines.append(f"    ether type arp arp saddr ether != {nic.mac} drop")
-        lines.append("    ether type arp arp saddr ip != { " + ", ".join(v4 or ["0.0.0.0"]) + " } drop")
-        lines.append("    ether type ip ip saddr != { " + ", ".join(v4 or ["0.0.0.0"]) + " } drop")
-        allowed6 = ", ".join(["fe80::/10", "::"] + v6)
-        lines.append("    ether type ip6 ip6 saddr != { " + allowed6 + " } drop")
-        lines.append("  }")
-    lines.append("}")
-    lines.append(f"table inet {table} {{")
-    lines.append("  chain prerouting {\n    type filter hook prerouting priority -300; policy accept;")
-    for nic in routed:
-        v4 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 4]
-        v6 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 6]
-        lines.append(f'    iifname "{nic.host_name}" meta nfproto ipv4 ip saddr != {{ {", ".join(v4 or ["0.0.0.0"])} }} drop')
-        lines.append(f'    iifname "{nic.host_name}" meta nfproto ipv6 ip6 saddr != {{ {", ".join(["fe80::/10"] + v6)} }} drop')
-    lines.append("  }")
-    lines.append("}")
+
+def base_script(table: str) -> str:
+    """Both tables from scratch (run once per daemon start; replaces whatever was there)."""
+    lines = []
+    for family in ("bridge", "inet"):
+        lines += [f"table {family} {table} {{}}", f"delete table {family} {table}",
+                  f"table {family} {table} {{",
+                  "  map nics { type ifname : verdict; }",
+                  "  chain prerouting {",
+                  "    type filter hook prerouting priority -300; policy accept;",
+                  "    iifname vmap @nics",
+                  "  }", "}"]
     return "\n".join(lines) + "\n"
 
 
-def apply(table: str, nics: list[NicFilter]) -> None:
-    result = subprocess.run(["nft", "-f", "-"], input=ruleset(table, nics), capture_output=True, text=True)
+def _rules(nic: NicFilter) -> list[str]:
+    v4 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 4]
+    v6 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 6]
+    own4 = "{ " + ", ".join(v4 or ["0.0.0.0"]) + " }"
+    # link-local always; "::" is the source of duplicate address detection on a bridge
+    own6 = "{ " + ", ".join(["fe80::/10"] + (["::"] if nic.bridged else []) + v6) + " }"
+    if nic.bridged:
+        return [f"ether saddr != {nic.mac} drop",
+                f"ether type arp arp saddr ether != {nic.mac} drop",
+                f"ether type arp arp saddr ip != {own4} drop",
+                f"ether type ip ip saddr != {own4} drop",
+                f"ether type ip6 ip6 saddr != {own6} drop"]
+    return [f"meta nfproto ipv4 ip saddr != {own4} drop",
+            f"meta nfproto ipv6 ip6 saddr != {own6} drop"]
+
+
+def update_script(table: str, before: dict[str, NicFilter], after: dict[str, NicFilter]) -> str:
+    """One transaction from the NICs filtered before to those filtered after."""
+    lines = [f"flush map bridge {table} nics", f"flush map inet {table} nics"]
+    for name, nic in before.items():
+        if name not in after or _family(after[name]) != _family(nic):
+            lines += [f"flush chain {_family(nic)} {table} {_chain(nic)}",
+                      f"delete chain {_family(nic)} {table} {_chain(nic)}"]
+    for nic in after.values():
+        family, chain = _family(nic), _chain(nic)
+        lines += [f"add chain {family} {table} {chain}", f"flush chain {family} {table} {chain}"]
+        lines += [f"add rule {family} {table} {chain} {rule}" for rule in _rules(nic)]
+    for family in ("bridge", "inet"):
+        elements = [f'"{n.host_name}" : jump {_chain(n)}' for n in after.values() if _family(n) == family]
+        if elements:
+            lines.append(f"add element {family} {table} nics {{ {', '.join(elements)} }}")
+    return "\n".join(lines) + "\n"
+
+
+def _run(script: str) -> None:
+    result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     if result.returncode != 0:
         raise OperationFailed(f"nftables refused the anti-spoofing rules: {result.stderr.strip()}")
 
 
-def remove(table: str) -> None:
-    for family in ("bridge", "inet"):
-        subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
+class Filters:
+    """The anti-spoofing rules in force, kept in step with the kernel."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+        self.applied: dict[str, NicFilter] | None = None  # None: tables not made by us yet
+
+    def apply(self, nics: dict[str, NicFilter]) -> None:
+        if self.applied is None:
+            _run(base_script(self.table))
+            self.applied = {}
+        _run(update_script(self.table, self.applied, nics))
+        self.applied = dict(nics)
+
+    def remove(self) -> None:
+        for family in ("bridge", "inet"):
+            subprocess.run(["nft", "delete", "table", family, self.table], capture_output=True)
+        self.applied = None
