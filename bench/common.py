@@ -118,6 +118,36 @@ def container_shape(init_pid: int | None) -> dict[str, int] | None:
     return None
 
 
+def pidns_members(init_pid: int) -> list[int]:
+    """Every process in the pid namespace of init_pid (as seen from the host)."""
+    try:
+        pidns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return []
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/ns/pid") == pidns:
+                    out.append(int(pid))
+    return out
+
+
+def rss_pss(pids: list[int]) -> dict[str, int]:
+    """Summed VmRSS and Pss (kB, smaps_rollup) of these processes: RSS counts shared pages once per
+    process, Pss divides them among the processes sharing them."""
+    rss = pss = 0
+    for pid in pids:
+        rss += proc_rss(pid)["VmRSS"]
+        with contextlib.suppress(OSError):
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        pss += int(line.split()[1])
+                        break
+    return {"rss": rss, "pss": pss}
+
+
 def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/task/{pid}/children") as fh:
@@ -206,8 +236,10 @@ def kill_cgroup_tree(path: str, timeout: float = 10.0) -> list[int]:
 
 def memcg(h_list: list[Hierarchy], name: str = "") -> dict[str, int]:
     """v1 memory cgroup counters (bytes, hierarchical) of our own cgroup or our NAME below it:
-    usage (user + page cache + kernel memory), kmem, total_rss (anon), total_cache."""
-    out = {"usage": 0, "kmem": 0, "total_rss": 0, "total_cache": 0}
+    usage (user + page cache + kernel memory), kmem, total_rss (anon), total_cache (page cache,
+    tmpfs included), total_shmem (tmpfs and shared memory: part of total_cache, not reclaimable
+    without swap)."""
+    out = {"usage": 0, "kmem": 0, "total_rss": 0, "total_cache": 0, "total_shmem": 0}
     for h in h_list:
         if h.key != "memory":
             continue
@@ -220,7 +252,7 @@ def memcg(h_list: list[Hierarchy], name: str = "") -> dict[str, int]:
             with open(os.path.join(d, "memory.stat")) as fh:
                 for line in fh:
                     key, _, value = line.partition(" ")
-                    if key in ("total_rss", "total_cache"):
+                    if key in ("total_rss", "total_cache", "total_shmem"):
                         out[key] = int(value)
     return out
 

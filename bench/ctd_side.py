@@ -4,14 +4,17 @@ few API calls the benchmark times."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import BenchError, children, comm, proc_rss
+from common import BenchError, children, comm, proc_rss, run_quiet
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -25,10 +28,14 @@ class CtdDaemon:
         self.log = workdir / "ctd.log"
         self.cgroup_name = f"ctd-bench-{tag}"
         self.idmap_base = idmap_base
+        # Our own nftables table and NIC name prefix: never another ctd's rules or interfaces.
+        self.nft_table = f"ctd_bench_{tag}"
+        self.nic_prefix = _free_nic_prefix()
         self.storage = storage  # storage_driver setting; None: ctd's default
         self.info: dict = {}
         self.proc: subprocess.Popen | None = None
         self.created: set[str] = set()  # instances this run made (for cleanup)
+        self.networks: set[str] = set()  # networks (bridges) this run made (for cleanup)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client = None
 
@@ -38,7 +45,8 @@ class CtdDaemon:
         ctd = VENV_BIN / "ctd"
         if not ctd.exists():
             raise BenchError(f"{ctd} is missing: run /work/main/setup.sh install")
-        settings = f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {self.idmap_base}\n'
+        settings = (f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {self.idmap_base}\n'
+                    f'nft_table = "{self.nft_table}"\nnic_prefix = "{self.nic_prefix}"\n')
         if self.storage:
             settings += f'storage_driver = "{self.storage}"\n'
         self.config.write_text(settings)
@@ -105,18 +113,23 @@ class CtdDaemon:
     def client(self):  # type: ignore[no-untyped-def]
         return self._client
 
-    def build_template(self, name: str = "busybox") -> Path:
-        self.client.run("POST", "/1.0/templates", {"name": name})
+    def build_template(self, name: str = "busybox", progress=None) -> Path:  # type: ignore[no-untyped-def]
+        """Build a template from its recipe (progress: called with ctd's progress lines, and the
+        client polls meanwhile instead of holding one request open for a long build)."""
+        self.client.run("POST", "/1.0/templates", {"name": name}, progress=progress)
         rootfs = self.state_dir / "storage" / "templates" / name / "rootfs"
         if not (rootfs / "sbin" / "init").exists() and not (rootfs / "sbin" / "init").is_symlink():
             raise BenchError(f"template {name} built but {rootfs}/sbin/init is missing")
         return rootfs
 
-    def create(self, name: str, privileged: bool = False) -> None:
+    def create(self, name: str, privileged: bool = False, template: str = "busybox",
+               nics: list[dict] | None = None) -> None:
         self.created.add(name)
-        body = {"name": name, "template": "busybox"}
+        body: dict = {"name": name, "template": template}
         if privileged:
             body["privileged"] = True
+        if nics:
+            body["nics"] = nics
         self.client.run("POST", "/1.0/instances", body)
 
     def start_ct(self, name: str) -> None:
@@ -132,16 +145,44 @@ class CtdDaemon:
     def init_pid(self, name: str) -> int | None:
         return self.client.get(f"/1.0/instances/{name}")["instance"].get("pid")
 
+    def instance(self, name: str) -> dict:
+        return self.client.get(f"/1.0/instances/{name}")["instance"]
+
+    def storage_info(self) -> dict:
+        return self.client.get("/1.0/storage")["storage"]
+
+    def create_network(self, name: str) -> dict:
+        """A bridge of our own (ctd picks a free private /24; the host takes its .1)."""
+        self.networks.add(name)
+        return self.client.request("POST", "/1.0/networks", {"name": name})["network"]
+
+    def delete_network(self, name: str) -> None:
+        self.client.request("DELETE", f"/1.0/networks/{name}")
+        self.networks.discard(name)
+
     def instance_names(self) -> list[str]:
         return [i["name"] for i in self.client.get("/1.0/instances")["instances"]]
 
     def exec(self, name: str, argv: list[str]) -> int:
         """Run a command through the exec WebSocket (what `ctctl exec` does, minus the CLI)."""
+        return self.exec_output(name, argv)[0]
+
+    def exec_output(self, name: str, argv: list[str]) -> tuple[int, str]:
+        """exec, keeping what the command wrote on stdout."""
         if self._loop is None:
             self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(self._exec(name, argv))
+        out: list[bytes] = []
+        task = self._loop.create_task(self._exec(name, argv, out))
+        try:
+            code = self._loop.run_until_complete(task)
+        except BaseException:  # Ctrl-C while waiting: close the WebSocket before going on
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                self._loop.run_until_complete(task)
+            raise
+        return code, b"".join(out).decode(errors="replace")
 
-    async def _exec(self, name: str, argv: list[str]) -> int:
+    async def _exec(self, name: str, argv: list[str], out: list[bytes] | None = None) -> int:
         import aiohttp
         code = None
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.socket))) as session:
@@ -154,6 +195,9 @@ class CtdDaemon:
                             code = int(control["code"])
                         elif control.get("type") == "error":
                             raise BenchError(f"exec in {name}: {control.get('error')}")
+                    elif msg.type == aiohttp.WSMsgType.BINARY:
+                        if out is not None and msg.data[:1] == b"\x01":  # channel 1: stdout
+                            out.append(msg.data[1:])
                     elif msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
                         break
         if code is None:
@@ -176,6 +220,30 @@ class CtdDaemon:
                 self.destroy(name)
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"destroy {name}: {exc}")
+        for net in sorted(self.networks):
+            try:
+                self.delete_network(net)
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"delete network {net}: {exc}")
+        return errors
+
+    def network_leftovers(self) -> list[str]:
+        """After ctd has stopped: remove what of ours could still be on the host (a bridge of a
+        network whose delete failed, our nftables table); returns what stayed."""
+        errors = []
+        for net in sorted(self.networks):
+            if os.path.exists(f"/sys/class/net/{net}"):
+                run_quiet(["ip", "link", "delete", net, "type", "bridge"])
+            if os.path.exists(f"/sys/class/net/{net}"):
+                errors.append(f"bridge {net} left on the host")
+        for family in ("bridge", "inet"):
+            if run_quiet(["nft", "list", "table", family, self.nft_table]).returncode == 0:
+                r = run_quiet(["nft", "delete", "table", family, self.nft_table])
+                if r.returncode != 0:
+                    errors.append(f"nftables table {family} {self.nft_table} left: {r.stderr.strip()}")
+        left = [n for n in os.listdir("/sys/class/net") if n.startswith(self.nic_prefix) and n[2:3].isdigit()]
+        if left:
+            errors.append(f"interfaces left: {', '.join(left)}")
         return errors
 
     def release_storage(self) -> list[str]:
@@ -189,3 +257,13 @@ class CtdDaemon:
         except Exception as exc:  # noqa: BLE001
             return [f"releasing ctd's storage pool in {self.state_dir}: {exc}"]
         return []
+
+
+def _free_nic_prefix() -> str:
+    """Two letters no host interface name starts with (ctd names host ends <prefix><id>.<n>)."""
+    names = os.listdir("/sys/class/net")
+    letters = "bcdfghjkmnpqrstwxz"
+    while True:
+        prefix = random.choice(letters) + random.choice(letters)
+        if not any(n.startswith(prefix) for n in names):
+            return prefix

@@ -306,3 +306,150 @@ def _sweep(hier: list[Hierarchy], cgroup_dir: str, unified: bool) -> list[str]:
                 print(f"cleanup: killed {len(killed)} leftover process(es) in {path}", file=sys.stderr)
         errors += [f"cgroup left: {p}" for p in remove_cgroup_tree(path)]
     return errors
+
+
+# ====================================================================== LXC on btrfs (system containers)
+
+class LoopBtrfs:
+    """A btrfs filesystem of our own: a sparse image BASE/pool.img mounted at BASE/storage, made and
+    released with ctd's own pool code (make_image, mount_image, release_pool)."""
+
+    def __init__(self, base: Path, size: int = 40 << 30) -> None:
+        self.base = base
+        self.image = base / "pool.img"
+        self.root = base / "storage"
+        self.size = size
+        self.device: str | None = None
+
+    def create(self) -> None:
+        from ctd.storage.pool import make_image, mount_image
+        self.base.mkdir(parents=True, exist_ok=True)
+        make_image(self.image, self.size)
+        self.device = mount_image(self.image, self.root)
+
+    def used(self) -> int:
+        """Bytes used (statvfs, as ctd's GET /1.0/storage reports it), after a sync."""
+        run_quiet(["btrfs", "filesystem", "sync", str(self.root)])
+        st = os.statvfs(self.root)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def release(self) -> list[str]:
+        if not self.image.exists():
+            return []
+        try:
+            from ctd.storage.pool import release_pool
+            release_pool(self.base)
+        except Exception as exc:  # noqa: BLE001
+            return [f"releasing the loop btrfs {self.image}: {exc}"]
+        self.image.unlink(missing_ok=True)
+        return []
+
+
+class LxcSystem(Lxc):
+    """LXC system containers with their own root on a btrfs filesystem of ours: a source container
+    whose rootfs is a subvolume (`lxc.rootfs.path = btrfs:…`), cloned with `lxc-copy -s` (a btrfs
+    snapshot), able to boot systemd (`lxc.init.cmd = /sbin/init`, LXC's common.conf, cgroup:mixed).
+    Privileged, as LXC is by default as root."""
+
+    def __init__(self, workdir: Path, tag: str, hier: list[Hierarchy], fs: LoopBtrfs) -> None:
+        super().__init__(workdir, tag, Path("/nonexistent"), hier)
+        self.fs = fs
+        self.path = fs.root / "lxc"
+        self.cgroup_dir = f"ctd-bench-{tag}-lxcsys"
+        self.sources: dict[str, str] = {}  # template -> source container
+
+    def write_config(self, name: str, rootfs: str) -> None:
+        d = self.path / name
+        lines = []
+        if Path("/usr/share/lxc/config/common.conf").exists():
+            lines.append("lxc.include = /usr/share/lxc/config/common.conf")  # what LXC's Debian containers get
+        lines += [
+            f"lxc.uts.name = {name}",
+            f"lxc.rootfs.path = {rootfs}",
+            "lxc.mount.auto =",  # replaces common.conf's, below
+            "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
+            "lxc.autodev = 1",
+            "lxc.tty.max = 0",  # only the console's getty, as in a ctd container (common.conf: 4 ttys)
+            "lxc.net.0.type = empty",
+            "lxc.apparmor.profile = unconfined",
+            "lxc.init.cmd = /sbin/init",
+            "lxc.signal.halt = SIGRTMIN+3",
+            "lxc.cgroup.relative = 1",
+            f"lxc.cgroup.dir.container = {self.cgroup_dir}/{name}",
+            f"lxc.cgroup.dir.monitor = {self.cgroup_dir}/{name}.monitor",
+            f"lxc.log.file = {d / 'lxc.log'}",
+            "",
+        ]
+        (d / "config").write_text("\n".join(lines))
+
+    def make_source(self, template: str, rootfs: Path) -> str:
+        """A source container holding a copy of rootfs in a subvolume (untimed; once per template)."""
+        if template in self.sources:
+            return self.sources[template]
+        name = f"src-{template}"
+        d = self.path / name
+        d.mkdir(parents=True, exist_ok=True)
+        r = run_quiet(["btrfs", "subvolume", "create", str(d / "rootfs")])
+        if r.returncode != 0:
+            raise BenchError(f"btrfs subvolume create {d / 'rootfs'}: {r.stderr.strip()}")
+        r = run_quiet(["cp", "-a", "--", f"{rootfs}/.", str(d / "rootfs")])
+        if r.returncode != 0:
+            raise BenchError(f"copying {rootfs} for LXC: {r.stderr.strip()}")
+        self.write_config(name, f"btrfs:{d / 'rootfs'}")
+        self.created.add(name)
+        self.sources[template] = name
+        return name
+
+    def rootfs_of(self, name: str) -> Path:
+        for line in (self.path / name / "config").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "lxc.rootfs.path":
+                value = value.strip()
+                return Path(value.split(":", 1)[1] if ":" in value else value)
+        raise BenchError(f"LXC container {name} has no lxc.rootfs.path")
+
+    def copy(self, src: str, name: str) -> float:
+        """`lxc-copy -s` (a btrfs snapshot of the source's root); returns its wall time in ms."""
+        self.created.add(name)
+        return self._lxc("lxc-copy", src, "-s", "-N", name)
+
+    def make_bootable(self, name: str, machine_id: bool = True) -> None:
+        """After lxc-copy (untimed): our cgroup and log settings for this clone (lxc-copy keeps the
+        source's), and a machine-id of its own, as ctd writes one at create (an empty one would
+        make every boot a systemd "first boot")."""
+        rootfs = self.rootfs_of(name)
+        self.write_config(name, f"btrfs:{rootfs}")
+        if machine_id:
+            import uuid
+            (rootfs / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
+
+    def attach(self, name: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
+        r = subprocess.run(["lxc-attach", "-P", str(self.path), "-n", name, "--clear-env",
+                            "--set-var", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "--", *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        return r.returncode, r.stdout
+
+    def destroy(self, name: str) -> None:
+        """lxc-destroy: the container's own root (its snapshot) goes with it."""
+        self._lxc("lxc-destroy", name, check=False)
+        if (self.path / name).exists():
+            raise BenchError(f"lxc-destroy {name} left {self.path / name}")
+        self.created.discard(name)
+
+    def destroy_timed(self, name: str) -> float:
+        ms = self._lxc("lxc-destroy", name)
+        self.created.discard(name)
+        return ms
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        if self.path.exists():
+            for name in self.running():
+                with contextlib.suppress(Exception):
+                    self._lxc("lxc-stop", name, "-k", check=False)
+            left = self.running()
+            if left:
+                errors.append(f"LXC containers left: {left}")
+        errors += _sweep(self.hier, self.cgroup_dir, unified=True)
+        # The containers' roots live on our loop btrfs: releasing it (run.py) removes them all.
+        return errors

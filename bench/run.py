@@ -4,8 +4,10 @@
     sudo /work/main/.venv/bin/python bench/run.py [--quick]
 
 (a) start latency, (b) a create -> start -> exec -> stop -> destroy cycle, (c) host memory per
-running idle container. See bench/README.md for what exactly is timed. Results are printed as
-a table with ratios and written to bench/results/latest.json.
+running idle container; (net) iperf3 over ctd's bridge vs loopback and the start cost of a NIC,
+(storage) create-from-template vs lxc-copy -s and cp -a, pool growth per container, (debian) a
+systemd Debian 12 guest's boot time and memory next to LXC. See bench/README.md for what exactly
+is timed. Results are printed as a table with ratios and written to bench/results/latest.json.
 """
 
 from __future__ import annotations
@@ -31,9 +33,14 @@ sys.path.insert(0, str(HERE))
 from common import (BenchError, container_shape, hierarchies, mem_sample, meminfo, memcg,  # noqa: E402
                     mounts_below, proc_rss, ratio, remove_cgroup_tree, summary, theil_sen)
 from ctd_side import CtdDaemon  # noqa: E402
-from peers import Crun, Lxc, ensure_installed, version  # noqa: E402
+from peers import Crun, LoopBtrfs, Lxc, LxcSystem, ensure_installed, version  # noqa: E402
+import debian_part  # noqa: E402
+import net_part  # noqa: E402
+import storage_part  # noqa: E402
 
 TOOLS = ("ctd", "crun", "lxc")
+PARTS = ("start", "cycle", "memory", "net", "storage", "debian")
+CRUN_PARTS = {"start", "cycle", "memory"}  # the parts that need the crun agent
 
 
 def log(msg: str) -> None:
@@ -285,7 +292,7 @@ def report(res: dict) -> list[str]:
                  f"{m['cpus']} CPUs, load {m['loadavg_start']} -> {m['loadavg_end']}")
     st = m.get("ctd_storage") or {}
     lines.append(f"  ctd {m['ctd_commit']} (storage {st.get('driver', '?')}) | {m['crun_version']} | "
-                 f"lxc {m['lxc_version']}")
+                 f"lxc {m['lxc_version']}" + (f" | {m['iperf3_version']}" if m.get("iperf3_version") else ""))
     verdicts = []
 
     if "start" in res:
@@ -373,6 +380,12 @@ def report(res: dict) -> list[str]:
             g = mm["ctd"]["ctd_rss_kb"]
             verdicts.append(f"ctd RSS growth {g:.1f} kB per container -> {'PASS' if g < 100 else 'FAIL'} "
                             f"(target < 100 kB)")
+    if "net" in res:
+        lines += net_part.report(res["net"], verdicts)
+    if "storage" in res:
+        lines += storage_part.report(res["storage"], verdicts)
+    if "debian" in res:
+        lines += debian_part.report(res["debian"], verdicts)
     if verdicts:
         lines.append("")
         lines.append("targets:")
@@ -399,8 +412,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--containers", type=int, help="idle containers per tool for memory (default 100, quick 20)")
     p.add_argument("--rounds", type=int, help="memory rounds per tool (start all, measure, stop all; "
                    "default 3, quick 1)")
-    p.add_argument("--only", choices=["start", "cycle", "memory"], action="append",
+    p.add_argument("--only", choices=list(PARTS), action="append",
                    help="run only this part (repeatable)")
+    p.add_argument("--net-starts", type=int, help="net: starts with and without a NIC (default 40, quick 20)")
+    p.add_argument("--net-rounds", type=int, help="net: iperf3 rounds (default 3, quick 1)")
+    p.add_argument("--net-seconds", type=float, help="net: seconds per iperf3 transfer (default 5, quick 2)")
+    p.add_argument("--creates", type=int, help="storage: creates per method and template (default 20, quick 5)")
+    p.add_argument("--density", type=int, help="storage: containers from one template for pool growth "
+                   "(default 200, quick 50)")
+    p.add_argument("--boots", type=int, help="debian: boots per tool after the first (default 5, quick 3)")
+    p.add_argument("--debian-containers", type=int, help="debian: idle Debian containers per tool for memory "
+                   "(default 20, quick 5)")
     p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                    help="where the scratch directory (ctd state, bundles) goes (default /var/tmp)")
@@ -414,7 +436,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.rounds = a.rounds or (1 if a.quick else 3)
     a.warmup = 3
     a.settle = 1.0 if a.quick else 2.0
-    a.only = a.only or ["start", "cycle", "memory"]
+    a.net_starts = a.net_starts or (20 if a.quick else 40)
+    a.net_rounds = a.net_rounds or (1 if a.quick else 3)
+    a.net_seconds = a.net_seconds or (2.0 if a.quick else 5.0)
+    a.creates = a.creates or (5 if a.quick else 20)
+    a.density = a.density or (50 if a.quick else 200)
+    a.boots = a.boots or (3 if a.quick else 5)
+    a.debian_containers = a.debian_containers or (5 if a.quick else 20)
+    a.debian_settle = 3.0 if a.quick else 5.0
+    a.only = a.only or list(PARTS)
     return a
 
 
@@ -436,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     ctd = CtdDaemon(scratch, tag, storage=args.storage)
     crun: Crun | None = None
     lxc: Lxc | None = None
+    extras = Extras(scratch, tag)
     rc = 0
     t_start = time.monotonic()
     results: dict = {"meta": {
@@ -449,7 +480,11 @@ def main(argv: list[str] | None = None) -> int:
         ensure_installed()
         results["meta"]["crun_version"] = version(["crun", "--version"])
         results["meta"]["lxc_version"] = version(["lxc-start", "--version"])
+        if "net" in args.only:
+            net_part.ensure_iperf3()
+            results["meta"]["iperf3_version"] = version(["iperf3", "--version"])
         hier = hierarchies()
+        extras.note_pivots(hier)
         log(f"scratch {scratch}; starting ctd (cgroup {ctd.cgroup_name}, ids from {ctd.idmap_base})")
         ctd.start()
         results["meta"]["ctd_storage"] = ctd.info.get("storage")
@@ -457,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         rootfs = ctd.build_template()
         log(f"busybox rootfs {rootfs} (shared by crun and LXC)")
         crun = Crun(scratch, tag, rootfs, hier)
-        crun.start_agent()
+        if CRUN_PARTS & set(args.only):
+            crun.start_agent()
         lxc = Lxc(scratch, tag, rootfs, hier)
         if "start" in args.only:
             log(f"(a) start latency: {args.warmup} warm-up + {args.iterations} runs per tool")
@@ -471,6 +507,32 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"(c) memory: {args.containers} idle {tool} containers")
                 results["memory"][tool] = bench_memory(tool, ctd, crun, lxc, args.containers, args.rounds,
                                                           args.settle, hier)
+        if "net" in args.only:
+            log(f"(net) iperf3 over a bridge of ours vs loopback; start with one NIC vs none")
+            extras.iperf = net_part.Iperf(net_part.free_port(), args.net_seconds)
+            results["net"] = net_part.bench_net(ctd, extras.iperf, tag, args.net_starts, args.net_rounds, log)
+        if {"storage", "debian"} & set(args.only):
+            extras.build_debian(ctd, hier)
+        if "storage" in args.only:
+            res = results["storage"] = {"create": []}
+            for template in ("busybox", debian_part.TEMPLATE):
+                log(f"(storage) create from {template}: {args.creates} per method (ctd, lxc-copy -s, cp -a)")
+                res["create"].append(storage_part.bench_create(ctd, extras.lxc, template, args.creates, log))
+            log(f"(storage) {args.density} containers from {debian_part.TEMPLATE}: pool growth")
+            res["density"] = storage_part.bench_density(ctd, extras.lxc, debian_part.TEMPLATE, args.density, log)
+        if "debian" in args.only:
+            rt = debian_part.Runtimes(ctd, extras.lxc)
+            res = results["debian"] = {}
+            log(f"(debian) boot to running: first boot + {args.boots} per tool")
+            res["boot"] = debian_part.bench_boot(rt, args.boots, log)
+            res["memory"] = {}
+            for tool in ("ctd", "lxc"):
+                if "error" in res["boot"].get(tool, {}):
+                    res["memory"][tool] = {"error": "LXC could not boot it (see above)"}
+                    continue
+                log(f"(debian) memory: {args.debian_containers} idle Debian containers ({tool})")
+                res["memory"][tool] = debian_part.bench_memory(rt, tool, args.debian_containers,
+                                                               args.debian_settle, hier, log)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         rc = 130
@@ -485,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        errors = cleanup(ctd, crun, lxc, hierarchies_or_empty())
+        errors = cleanup(ctd, crun, lxc, hierarchies_or_empty(), extras)
         left_mounts = mounts_below(str(scratch))
         if left_mounts:
             errors.append(f"still mounted: {', '.join(left_mounts)}")
@@ -515,9 +577,72 @@ def hierarchies_or_empty():  # type: ignore[no-untyped-def]
         return []
 
 
-def cleanup(ctd: CtdDaemon, crun: Crun | None, lxc: Lxc | None, hier) -> list[str]:  # type: ignore[no-untyped-def]
+class Extras:
+    """What the net, storage and debian parts add: iperf3 processes, a btrfs of our own for LXC's
+    btrfs containers (made on first use), the Debian template (built once per run)."""
+
+    def __init__(self, scratch: Path, tag: str) -> None:
+        self.scratch, self.tag = scratch, tag
+        self.iperf: net_part.Iperf | None = None
+        self.fs: LoopBtrfs | None = None
+        self._lxc: LxcSystem | None = None
+        self.hier = None
+        self.debian_built = False
+        self.pivots_before: set[str] = set()
+
+    def note_pivots(self, hier) -> None:  # type: ignore[no-untyped-def]
+        """LXC makes a cgroup "lxc.pivot" next to its containers' (below our own cgroup, or at a
+        hierarchy root where our cgroup is the root) to step out of a cgroup it removes; remember
+        which exist already, so clean-up removes only the ones this run made."""
+        self.hier = hier
+        self.pivots_before = {p for p in self._pivots(hier) if os.path.isdir(p)}
+
+    @staticmethod
+    def _pivots(hier) -> list[str]:  # type: ignore[no-untyped-def]
+        return [os.path.join(h.own_dir, "lxc.pivot") for h in hier]
+
+    def build_debian(self, ctd: CtdDaemon, hier) -> None:  # type: ignore[no-untyped-def]
+        self.hier = hier
+        if self.debian_built:
+            return
+        log(f"building the {debian_part.TEMPLATE} template (mmdebstrap, about a minute)")
+        t0 = time.monotonic()
+        last = [0.0]
+
+        def progress(line: str) -> None:
+            if time.monotonic() - last[0] > 15:
+                last[0] = time.monotonic()
+                log(f"  {line[:120]}")
+        ctd.build_template(debian_part.TEMPLATE, progress=progress)
+        log(f"  built in {time.monotonic() - t0:.0f} s")
+        self.debian_built = True
+
+    @property
+    def lxc(self) -> LxcSystem:
+        if self._lxc is None:
+            self.fs = LoopBtrfs(self.scratch / "lxc-btrfs")
+            self.fs.create()
+            self._lxc = LxcSystem(self.scratch, self.tag, self.hier or hierarchies(), self.fs)
+            log(f"LXC btrfs containers on our own loop btrfs {self.fs.root} ({self.fs.device})")
+        return self._lxc
+
+    def cleanup(self) -> list[str]:
+        errors: list[str] = []
+        if self.iperf is not None:
+            errors += self.iperf.cleanup()
+        if self._lxc is not None:
+            errors += self._lxc.cleanup()
+        if self.fs is not None and not errors:
+            errors += self.fs.release()
+        for p in self._pivots(self.hier or []):
+            if p not in self.pivots_before and os.path.isdir(p):
+                errors += [f"cgroup left: {x}" for x in remove_cgroup_tree(p)]
+        return errors
+
+
+def cleanup(ctd: CtdDaemon, crun: Crun | None, lxc: Lxc | None, hier, extras: Extras) -> list[str]:  # type: ignore[no-untyped-def]
     errors: list[str] = []
-    for what, fn in (("ctd", ctd.cleanup), ("crun", crun.cleanup if crun else None),
+    for what, fn in (("extras", extras.cleanup), ("ctd", ctd.cleanup), ("crun", crun.cleanup if crun else None),
                      ("lxc", lxc.cleanup if lxc else None)):
         if fn is None:
             continue
@@ -530,6 +655,7 @@ def cleanup(ctd: CtdDaemon, crun: Crun | None, lxc: Lxc | None, hier) -> list[st
         ctd.stop()
     except Exception as exc:  # noqa: BLE001
         errors.append(f"stopping ctd: {exc}")
+    errors += ctd.network_leftovers()
     if not ctd_left:
         errors += ctd.release_storage()
         # ctd removes its cgroup base on a clean shutdown; make sure nothing stayed.
