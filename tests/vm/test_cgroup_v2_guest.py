@@ -1,6 +1,6 @@
 """The cgroup v2 backend on a real cgroup v2 kernel: boot Debian's kernel (linux-image-amd64)
 under QEMU with virtme-ng, the host's filesystem shared read-only over 9p, and run
-tests/host/test_cgroups_v2.py inside the guest, as root, against the guest's own cgroup2
+tests/vm/guest_cgroups_v2.py inside the guest, as root, against the guest's own cgroup2
 hierarchy. scripts/vm-deps.sh installs what this needs.
 
 Slow (about 1.5 min under TCG on 2 cores), and run in CI: there, missing pieces fail the test
@@ -21,7 +21,7 @@ from typing import NoReturn
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent.parent
-INNER_TEST = "tests/host/test_cgroups_v2.py"
+INNER_TEST = "tests/vm/guest_cgroups_v2.py"  # not test_*: the host (cgroup v1) never collects it
 GUEST_MEMORY = "1G"          # the OOM tests allocate 200 MB inside a 64M cgroup
 GUEST_CPUS = 2               # the cpuset test moves a child from cpu 0 to cpu 1
 TIMEOUT = 270                # stay inside pytest-timeout's 300 s, with time to clean up
@@ -108,7 +108,7 @@ def test_cgroup_v2_backend_in_a_qemu_guest() -> None:
     assert kernel is not None and qemu is not None
 
     inner = (f"cd {shlex.quote(str(REPO))} && PYTHONDONTWRITEBYTECODE=1 "
-             f"{shlex.quote(str(python))} -m pytest -q -rs -p no:cacheprovider {INNER_TEST}; "
+             f"{shlex.quote(str(python))} -m pytest -q -rs -p no:cacheprovider -o python_files=guest_*.py {INNER_TEST}; "
              f"echo {EXIT_MARK} $?")
     # The repo (and its .venv) again at its own path: the host's / is shared too, but the
     # guest lays tmpfs over /run, /var/tmp, /var/cache … which would hide a clone there.
