@@ -354,15 +354,13 @@ class InstanceManager:
                 self.db.update_instance(rec)
                 return
 
-            async def plug_nics(pid: int) -> None:
+            async def plug_nics(pid: int) -> list:
                 began = time.perf_counter()
                 inside = await asyncio.to_thread(self.network.setup, rec, pid)
                 faults.point("start.after_nics")
-                host_side = time.perf_counter()
-                await self.containers.netconf(pid, inside)
                 if inside:
-                    log.debug("%s: NICs host side %.1f ms, inside %.1f ms", rec.name,
-                              (host_side - began) * 1000, (time.perf_counter() - host_side) * 1000)
+                    log.debug("%s: NICs host side %.1f ms", rec.name, (time.perf_counter() - began) * 1000)
+                return inside  # init addresses them itself before it execs
 
             try:
                 rc = await self.containers.start(rec, self.storage.rootfs(rec.name), resources, plug_nics)

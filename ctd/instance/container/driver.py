@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import json
 import os
 import resource
 import signal
@@ -31,7 +32,7 @@ from ctd.template.recipe import signal_number
 TTY_GID = 5
 START_TIMEOUT = 20.0
 StoppedCallback = Callable[[str, "int | None"], None]  # (instance name, wait status or None)
-PrepareHook = Callable[[int], Awaitable[None]]
+PrepareHook = Callable[[int], Awaitable["list | None"]]  # the NICs to address inside
 
 
 @dataclass
@@ -136,10 +137,13 @@ class ContainerDriver:
             except ProcessLookupError:
                 pidfd = -1
             try:
+                inside = []
                 if prepare is not None and pidfd >= 0:
-                    await prepare(pid)
+                    inside = await prepare(pid) or []
+                # "go", with the NICs init must address before it execs (saves a helper fork)
+                go = b"1" + (json.dumps([dataclasses.asdict(n) for n in inside]).encode() if inside else b"")
                 try:
-                    os.write(go_w, b"1")
+                    os.write(go_w, go)
                 except BrokenPipeError:
                     pass
                 os.close(go_w)

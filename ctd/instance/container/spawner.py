@@ -315,8 +315,11 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
         os.chdir("/")
         if console_fd is not None:
             os.close(console_fd)
-        if os.read(go_r, 1) != b"1":  # ctd gave up on this start
+        go = _read_all(go_r)
+        if go[:1] != b"1":  # ctd gave up on this start
             os._exit(0)
+        if len(go) > 1:  # the NICs ctd just plugged in: address them from in here
+            netlink.configure_inside([netlink.InsideNic(**n) for n in json.loads(go[1:])])
         if spec.console:
             tty = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
             fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
@@ -353,6 +356,13 @@ def _clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, 
             if not step.optional:
                 raise
     return sources
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int]) -> None:
