@@ -555,6 +555,11 @@ class InstanceManager:
 
     async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
         async with self.lock(rec):
+            if rec.type is InstanceType.VM:
+                if self.is_running(rec):
+                    raise Conflict(f"{rec.name} is running: stop the VM to snapshot its disk")
+                await asyncio.to_thread(self.storage.snapshot_vm_disk, rec.name, snap)
+                return {"instance": rec.name, "snapshot": snap}
             await asyncio.to_thread(self.storage.snapshot_instance, rec.name, snap)
             faults.point("snapshot.after_create")
         return {"instance": rec.name, "snapshot": snap}
@@ -578,15 +583,20 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             self.check_rollback(rec, snap, restart)
-            was_running = rec.name in self.containers.running
+            was_running = self.is_running(rec)
             if was_running:
                 await self._stop_locked(rec, self.config.stop_timeout, kill=False)
-            await asyncio.to_thread(self.storage.rollback, rec.name, snap)
+            if rec.type is InstanceType.VM:
+                await asyncio.to_thread(self.storage.rollback_vm_disk, rec.name, snap)
+            else:
+                await asyncio.to_thread(self.storage.rollback, rec.name, snap)
             if was_running:
                 await self._start_locked(self.get(rec.id))
             return self.view(self.get(rec.id))
 
     def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
+        if src.type is InstanceType.VM:
+            raise NotSupported(f"{src.name} is a VM: cloning VMs is not supported yet; snapshot it instead")
         body = validate.body_fields(body, {"name", "snapshot"}, {"name"})
         snap = body.get("snapshot")
         if snap is not None:

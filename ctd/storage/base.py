@@ -61,6 +61,13 @@ def unique_suffix() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def _reflink(source: Path, target: Path) -> None:
+    result = subprocess.run(["cp", "--reflink=auto", "--sparse=always", "--", str(source), str(target)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise OperationFailed(f"copying {source.name} failed: {result.stderr.strip()}")
+
+
 def tree_usage(path: Path) -> int:
     """Bytes allocated by the files under path (st_blocks, hard links once, like `du -s`)."""
     total, seen = 0, set()
@@ -142,6 +149,37 @@ class StorageDriver(ABC):
         """Make target a copy of the root at source (target's parent exists, target not)."""
         copy_tree(source, target)
 
+    def snapshot_vm_disk(self, name: str, snapshot: str) -> None:
+        """A VM's disk (stopped VM) copied into snapshots/SNAP: a reflink, free on btrfs."""
+        check_component("snapshot", snapshot)
+        disk = self.instance_path(name) / "disk.raw"
+        target = self.snapshot_path(name, snapshot)
+        if target.exists():
+            raise Conflict(f"instance {name!r} already has a snapshot {snapshot!r}")
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        staging = target.parent / f".new-{snapshot}-{unique_suffix()}"
+        staging.mkdir(mode=0o700)
+        try:
+            _reflink(disk, staging / "disk.raw")
+            staging.rename(target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+
+    def rollback_vm_disk(self, name: str, snapshot: str) -> None:
+        check_component("snapshot", snapshot)
+        source = self.snapshot_path(name, snapshot) / "disk.raw"
+        if not source.exists():
+            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+        disk = self.instance_path(name) / "disk.raw"
+        temp = disk.with_name(f".disk-{unique_suffix()}.raw")
+        try:
+            _reflink(source, temp)
+            temp.rename(disk)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+
     def new_vm_dir(self, name: str) -> Path:
         """The directory of a VM's disk, NVRAM and TPM state (no root filesystem)."""
         check_component("instance", name)
@@ -197,15 +235,17 @@ class StorageDriver(ABC):
         return target
 
     def list_snapshots(self, name: str) -> list[str]:
-        """Snapshot names of instance name, sorted; [] when it has none."""
-        self._existing_rootfs(name)
+        """Snapshot names of instance name (a container's roots or a VM's disks), sorted."""
+        check_component("instance", name)
+        if not self.instance_path(name).is_dir():
+            raise NotFound(f"instance {name!r} has nothing in storage")
         base = self.instance_path(name) / SNAPSHOTS
         if not base.is_dir():
             return []
         return sorted(p.name for p in base.iterdir() if not p.name.startswith("."))
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
-        self._existing_rootfs(name)
+        check_component("instance", name)
         check_component("snapshot", snapshot)
         path = self.snapshot_path(name, snapshot)
         if not path.exists():

@@ -226,10 +226,10 @@ def test_recover_partial_finishes_an_interrupted_rollback(driver: StorageDriver)
 def test_usage_counts_the_root(driver: StorageDriver) -> None:
     make_template(driver)
     root = driver.create_instance("web", "base")
-    before = driver.usage("web")
+    before = driver.usage("web", fresh=True)
     (root / "blob").write_bytes(os.urandom(8 * MiB))
     os.sync()
-    after = driver.usage("web")
+    after = driver.usage("web", fresh=True)
     assert 7 * MiB < after - before < 10 * MiB, (before, after)
 
 
@@ -267,7 +267,7 @@ def test_create_is_a_snapshot_not_a_copy(bt: BtrfsStorage) -> None:
         assert q is not None
         assert q["referenced"] >= 20 * MiB  # it sees the template's data …
         assert q["exclusive"] < 256 * 1024  # … and owns a few metadata blocks
-        assert bt.usage(f"i{i}") == q["referenced"]
+        assert bt.usage(f"i{i}", fresh=True) == q["referenced"]
     ids = {sid for _, sid in bt.subvolumes()}
     assert len(ids) == 11
 
@@ -283,7 +283,7 @@ def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
                         "conv=fsync"], capture_output=True, text=True)
     assert r.returncode != 0
     assert "Disk quota exceeded" in r.stderr, r.stderr
-    used = bt.usage("web")
+    used = bt.usage("web", fresh=True)
     assert limit - 8 * MiB <= used <= limit, used
     assert (root / "fill").stat().st_size < 50 * MiB  # 64 MiB minus the 20 MB template file
 
@@ -291,7 +291,7 @@ def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
     assert bt.quota("web") is None
     subprocess.run(["dd", "if=/dev/zero", f"of={root / 'more'}", "bs=1M", "count=20", "conv=fsync"],
                    check=True, capture_output=True)
-    assert bt.usage("web") > limit
+    assert bt.usage("web", fresh=True) > limit
     with pytest.raises(InvalidRequest):
         bt.set_quota("web", 0)
     with pytest.raises(NotFound):

@@ -120,7 +120,20 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
     assert d.instance("vmkeep")["state"] == "stopped"
     time.sleep(0.3)
     assert qemu_pids() == before or not (qemu_pids() - before)
-    d.ok("destroy", "vmkeep")
+    # a stopped VM's disk: snapshot, change, rollback
+    disk = d.state_dir / "storage/instances/vmkeep/disk.raw"
+    with disk.open("r+b") as fh:
+        fh.write(b"before")
+    d.ok("snapshot", "vmkeep", "s1")
+    with disk.open("r+b") as fh:
+        fh.write(b"after!")
+    d.ok("rollback", "vmkeep", "s1")
+    assert disk.read_bytes()[:6] == b"before"
+    assert "s1" in d.ok("snapshot-list", "vmkeep")
+    d.ok("start", "vmkeep")
+    r = d.ctl("snapshot", "vmkeep", "s2")
+    assert r.code == 1 and "stop the VM" in r.err
+    d.ok("destroy", "--force", "vmkeep")
 
 
 def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, tmp_path):
