@@ -1,0 +1,66 @@
+"""Fixtures for the robustness tests: daemons that can be started with a crash point armed.
+
+Each daemon here gets an id range of its own (not tests.conftest's TEST_IDMAP_BASE, which every
+other test daemon shares), so that the leak audit can tell its containers' processes from
+those of daemons that other test runs have going at the same time.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+import tests.conftest as base
+from tests.conftest import Daemon, _teardown, needs_root
+
+IDMAP_AREA = 1_000_000_000  # 50 slots of 50M ids each above it, below 2**32
+IDMAP_SLOT = 50_000_000
+
+
+@dataclass
+class RobustDaemon(Daemon):
+    idmap_base: int = field(default_factory=lambda: IDMAP_AREA + random.randrange(50) * IDMAP_SLOT)
+
+    def start(self) -> None:
+        saved = base.TEST_IDMAP_BASE
+        base.TEST_IDMAP_BASE = self.idmap_base  # Daemon.start writes it into the config
+        try:
+            super().start()
+        finally:
+            base.TEST_IDMAP_BASE = saved
+
+
+def start_with_fault(d: Daemon, fault: str | None) -> int:
+    """(Re)start d, with CTD_FAULT=fault in its environment when fault is given. Returns the
+    size of its log before the start, so that a test can read what this run logged."""
+    if d.proc and d.proc.poll() is None:
+        d.stop()
+    offset = d.log.stat().st_size if d.log and d.log.exists() else 0
+    if fault:
+        os.environ["CTD_FAULT"] = fault  # Popen copies the environment: only ctd sees it
+    try:
+        d.start()
+    finally:
+        os.environ.pop("CTD_FAULT", None)
+    return offset
+
+
+@pytest.fixture(scope="module")
+def module_ctd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RobustDaemon]:
+    """A daemon of the module's own (busybox built) that its tests may kill and restart."""
+    needs_root()
+    tmp = tmp_path_factory.mktemp("robust")
+    d = RobustDaemon(tmp / "state", tmp / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}")
+    d.start()
+    try:
+        d.client.run("POST", "/1.0/templates", {"name": "busybox"})
+        yield d
+    finally:
+        if d.proc is None or d.proc.poll() is not None:
+            d.start()
+        _teardown(d)
