@@ -260,12 +260,7 @@ class NetworkManager:
         self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for nic in nics:
-                bridge = None
-                if nic.mode is NicMode.BRIDGED:
-                    net = self.network(nic.network)  # type: ignore[arg-type]
-                    self.bring_up(net)
-                    bridge = net.bridge
-                netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, bridge)
+                netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, self._bridge_for(nic))
                 faults.point("network.after_veth")
                 self._host_side(nic)
             self._refilter(nics, add=True)
@@ -273,6 +268,14 @@ class NetworkManager:
             self.teardown(rec)
             raise
         return [self._inside(n) for n in nics]
+
+    def _bridge_for(self, nic: NicRecord) -> str | None:
+        """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone)."""
+        if nic.mode is not NicMode.BRIDGED:
+            return None
+        net = self.network(nic.network)  # type: ignore[arg-type]
+        self.bring_up(net)
+        return net.bridge
 
     def _host_side(self, nic: NicRecord) -> None:
         if nic.mode is NicMode.ROUTED:
@@ -339,12 +342,7 @@ class NetworkManager:
         nics = self.db.nics_of(rec.id)
         try:
             for nic in nics:
-                bridge = None
-                if nic.mode is NicMode.BRIDGED:
-                    net = self.network(nic.network)  # type: ignore[arg-type]
-                    self.bring_up(net)
-                    bridge = net.bridge
-                netlink.create_tap(self.host_name(nic), nic.mac, bridge)
+                netlink.create_tap(self.host_name(nic), nic.mac, self._bridge_for(nic))
                 self._host_side(nic)
             self._refilter(nics, add=True)
             self.netns[rec.id] = -1  # counters are live while the taps exist
