@@ -35,6 +35,7 @@ from ctd.template.manager import TemplateManager
 log = logging.getLogger("ctd.instances")
 FIRST_AUTO_ID = 100
 DISK_CACHE_SECONDS = 5.0
+CREATING = ".creating"  # in an instance's storage dir until create/clone has set up its guest
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
 
@@ -257,12 +258,15 @@ class InstanceManager:
                 if "diskspace" in checked["limits"]:
                     await asyncio.to_thread(self.storage.set_quota, name, checked["limits"]["diskspace"])
                     faults.point("create.after_quota")
+                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
+                creating.touch()
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, checked["nics"])
                 undo.callback(self.db.delete_instance, rec.id)
                 faults.point("create.after_db")
                 await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+                creating.unlink()
                 faults.point("create.after_guest")
                 undo.pop_all()
             return self.brief(rec)
@@ -637,12 +641,15 @@ class InstanceManager:
                 if "diskspace" in rec.limits:
                     await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
                 faults.point("clone.before_db")
+                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
+                creating.touch()
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, [n for n in nics if n.network])
                 undo.callback(self.db.delete_instance, rec.id)
                 faults.point("clone.after_db")
                 await asyncio.to_thread(self.setup_guest, rec, rootfs)
+                creating.unlink()
                 undo.pop_all()
             return self.brief(rec)
         finally:
@@ -754,8 +761,10 @@ class InstanceManager:
         report["removed_dirs"] += await asyncio.to_thread(self.storage.discard_staging)
         report["removed_dirs"] += await asyncio.to_thread(self.storage.recover_partial)
         report["removed_dirs"] += await asyncio.to_thread(discard_partial_backups, self.storage)
-        for rec in records:  # a destroy the crash interrupted after the root was deleted: finish it
-            if not self.is_running(rec) and not self._has_storage(rec):
+        for rec in records:  # a destroy the crash interrupted after the root was deleted: finish it;
+            # a create or clone it interrupted before the guest was set up: undo it
+            if not self.is_running(rec) and (not self._has_storage(rec)
+                                             or (self.storage.instance_path(rec.name) / CREATING).exists()):
                 await asyncio.to_thread(self.storage.delete_instance, rec.name)
                 self.db.delete_instance(rec.id)
                 report["removed_records"].append(rec.name)

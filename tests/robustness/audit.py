@@ -40,6 +40,12 @@ def _cgroup_of(pid: int | str) -> str:
         return ""
 
 
+def _other_daemons(pid: str, mine: str) -> bool:
+    """Is pid in the cgroup of another test daemon (which may use the same id range)?"""
+    groups = _cgroup_of(pid)
+    return "/ctd-test-" in groups and f"/{mine}/" not in groups
+
+
 def _ppid(pid: str) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -122,6 +128,13 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
             problems.append(f"{name} is listed as {i['state']!r} with nothing in progress")
         if not d.rootfs(name).is_dir():
             problems.append(f"{name} is listed but has no root in storage")
+        elif i.get("type", "container") == "container" and i.get("hostname"):
+            # create writes the guest's settings; a listed instance without them is half-made
+            etc_hostname = d.rootfs(name) / "etc" / "hostname"
+            written = etc_hostname.read_text().strip() if etc_hostname.is_file() and not etc_hostname.is_symlink() else None
+            if written != i["hostname"]:
+                problems.append(f"{name} is listed but its guest settings were never written "
+                                f"(/etc/hostname: {written!r}, hostname {i['hostname']!r})")
         if i["state"] == "running":
             pid = i["pid"]
             if not pid or not Path(f"/proc/{pid}").exists():
@@ -166,7 +179,7 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
         for pid in _pids():
             uid = _proc_uid(pid)
             for name, (lo, hi) in ranges.items():
-                if uid is not None and lo <= uid < hi:
+                if uid is not None and lo <= uid < hi and not _other_daemons(pid, d.cgroup_name):
                     problems.append(f"pid {pid} (uid {uid}) runs in the id range of {name}, which is not running")
     # ... and no daemon or spawner of this state dir but the current ones
     me = d.proc.pid if d.proc else None

@@ -22,9 +22,13 @@ IDMAP_AREA = 1_000_000_000  # 50 slots of 50M ids each above it, below 2**32
 IDMAP_SLOT = 50_000_000
 
 
+_RANDOM = random.SystemRandom()  # not the global one: hypothesis seeds that, runs would collide
+
+
 @dataclass
 class RobustDaemon(Daemon):
-    idmap_base: int = field(default_factory=lambda: IDMAP_AREA + random.randrange(50) * IDMAP_SLOT)
+    idmap_base: int = field(default_factory=lambda: IDMAP_AREA + _RANDOM.randrange(50) * IDMAP_SLOT)
+    nic_prefix: str = field(default_factory=lambda: "".join(_RANDOM.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
 
     def start(self) -> None:
         saved = base.TEST_IDMAP_BASE

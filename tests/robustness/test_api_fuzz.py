@@ -55,9 +55,9 @@ CREATES = {("POST", "/1.0/instances"): "instances", ("POST", "/1.0/instances/{re
 
 
 def short_stop(case):  # type: ignore[no-untyped-def]
-    """The fuzzer also sets limits (numproc 1, a few MB of ram) under which the guest cannot
-    shut itself down; its stop then rightly waits the whole timeout before SIGKILL, and up to
-    3600 s is valid. Keep the fuzzer's stop timeouts short."""
+    """A stop queued right behind a start can reach the new init before it blocks its signals;
+    the kernel drops it and the stop waits its whole timeout (up to 3600 s is valid) before
+    SIGKILL. Until ctd repeats the stop signal, keep the fuzzer's stop timeouts short."""
     body = case.body
     if isinstance(body, dict) and type(body.get("timeout")) in (int, float) and body["timeout"] > 1:
         body["timeout"] = 1

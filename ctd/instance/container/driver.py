@@ -227,12 +227,20 @@ class ContainerDriver:
             return None
         rc.stopping = True
         if not kill:
-            self._signal(rc, signal_number(rec.stop_signal))
-            faults.point("stop.after_signal")
-            try:
-                return await asyncio.wait_for(asyncio.shield(rc.exited), timeout)
-            except TimeoutError:
-                pass
+            sig = signal_number(rec.stop_signal)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            # The kernel drops a signal to a namespace's init that has no handler for it: an init
+            # that has just started may not have one yet. Send it again until init catches it.
+            while (left := deadline - loop.time()) > 0:
+                self._signal(rc, sig)
+                faults.point("stop.after_signal")
+                caught = catches(rc.pid, sig)
+                try:
+                    return await asyncio.wait_for(asyncio.shield(rc.exited), left if caught else min(0.2, left))
+                except TimeoutError:
+                    if caught:
+                        break
         self._signal(rc, signal.SIGKILL)
         faults.point("stop.after_kill")
         return await rc.exited
@@ -348,6 +356,17 @@ class ContainerDriver:
                     exit_code.set_exception(OperationFailed(
                         f"exec failed: {message.get('error', 'the exec helper died')}"))
                 return
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process pid has a handler for sig (its SigCgt mask in /proc)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 async def read_to_eof(fd: int, timeout: float) -> bytes:

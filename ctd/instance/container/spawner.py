@@ -333,6 +333,7 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
         capabilities.drop_bounding(spec.cap_drop)
         if spec.seccomp_deny:
             seccomp.install(spec.seccomp_deny)
+        _default_signals()
         os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
     except BaseException as exc:  # noqa: BLE001
         try:
@@ -356,6 +357,13 @@ def _clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, 
             if not step.optional:
                 raise
     return sources
+
+
+def _default_signals() -> None:
+    """Python ignores SIGPIPE and SIGXFSZ; the guest's programs must not inherit that
+    (`yes | head -1` would complain of a broken pipe)."""
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _read_all(fd: int) -> bytes:
@@ -512,6 +520,7 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
         if spec.seccomp_deny:
             seccomp.install(spec.seccomp_deny)
         env = dict(e.split("=", 1) for e in spec.env)
+        _default_signals()
         try:
             os.execvpe(spec.command[0], spec.command, env)
         except FileNotFoundError:
