@@ -101,13 +101,20 @@ def create_veth(host_name: str, inside_name: str, mac: str, netns_pid: int, brid
     """A veth pair: the host end (on bridge, if any) up here, the other end born inside the
     container's network namespace (moving it there afterwards costs ~20 ms more)."""
     with _ipr() as ip:
-        try:
-            ip.link("add", ifname=host_name, kind="veth",
-                    peer={"ifname": inside_name, "address": mac, "net_ns_pid": netns_pid})
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise OperationFailed(f"network interface {host_name} already exists on the host") from None
-            raise
+        for attempt in range(2):
+            try:
+                ip.link("add", ifname=host_name, kind="veth",
+                        peer={"ifname": inside_name, "address": mac, "net_ns_pid": netns_pid})
+                break
+            except NetlinkError as exc:
+                if exc.code != errno.EEXIST or attempt:
+                    if exc.code == errno.EEXIST:
+                        raise OperationFailed(f"network interface {host_name} already exists on the host") from None
+                    raise
+                # The name is this daemon's (its prefix and this instance's id): a veth of an
+                # earlier run of it that the kernel has not freed yet. Take it away.
+                with contextlib.suppress(NetlinkError):
+                    ip.link("del", ifname=host_name)
         _plug(ip, host_name, bridge)
 
 
