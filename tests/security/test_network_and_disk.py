@@ -6,6 +6,7 @@ Traffic stays between the test's own bridge and containers in namespaces ctd mad
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -32,6 +33,7 @@ def test_raw_socket_arp_spoofing_is_dropped_at_the_host_end(ctd, make_container,
     attacker_mac = ctd.instance(attacker)["nics"][0]["mac"]
     # the host learns the victim's real MAC first: a spoofed reply would overwrite that entry
     assert ctd.sh(victim, f"ping -c1 -W2 {lan['gateway']}").code == 0
+    time.sleep(1.5)  # past the neighbour entry's locktime: an unfiltered forgery would now replace it
     sent = ctd.sh(attacker, f"probe arpspoof eth0 {victim_ip} {lan['gateway']}")
     assert sent.out.strip() == "sent", sent  # the forged frames did leave the container's raw socket
     neigh = subprocess.run(["ip", "neigh", "show", victim_ip], capture_output=True, text=True).stdout
