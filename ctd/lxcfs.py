@@ -43,8 +43,14 @@ class Lxcfs:
     def ensure(self, timeout: float = 5.0) -> bool:
         """Mount lxcfs unless it already is; False (with reason) where it can't run."""
         if is_lxcfs_mount(self.mountpoint):
-            self.available = True
-            return True
+            try:
+                os.stat(self.mountpoint / "proc" / "meminfo")
+                self.available = True
+                return True
+            except OSError:  # its lxcfs died (ENOTCONN): drop the dead mount, start a new one
+                log.warning("lxcfs at %s is dead; mounting it again", self.mountpoint)
+                with contextlib.suppress(OSError):
+                    sc.umount2(str(self.mountpoint), sc.MNT_DETACH)
         binary = shutil.which("lxcfs")
         if binary is None:
             self.reason = "lxcfs is not installed (apt-get install lxcfs): containers see the host's /proc"
