@@ -181,17 +181,8 @@ class InstanceManager:
         userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
         ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
         timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
-        if self.db.get_instance(name) or name in self._reserved_names:
-            raise Conflict(f"an instance named {name!r} already exists; choose another name")
-        if body.get("id") is not None:
-            instance_id = validate.instance_id(body["id"])
-            if instance_id in self.db.used_ids() or instance_id in self._reserved_ids:
-                raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
-        else:
-            taken = self.db.used_ids() | self._reserved_ids
-            instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
-        self._reserved_names.add(name)
-        self._reserved_ids.add(instance_id)
+        wanted_id = validate.instance_id(body["id"]) if body.get("id") is not None else None
+        instance_id = self.reserve(name, wanted_id, "choose another name")
         return {"name": name, "id": instance_id, "template": template.name if template else "",
                 "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
                 "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
@@ -231,17 +222,10 @@ class InstanceManager:
             try:
                 return await self._create_vm(checked)
             finally:
-                self._reserved_names.discard(name)
-                self._reserved_ids.discard(instance_id)
+                self.release(name, instance_id)
         try:
             recipe = self.templates.recipe_of(checked["template"])
-            base = None
-            if not checked["privileged"]:
-                base = idmap.allocate(
-                    self.config.idmap_base, self.config.idmap_size,
-                    self.db.used_idmap_bases() | set(self._reserved_bases.values()),
-                    idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
-                self._reserved_bases[instance_id] = base
+            base = self.reserve_idmap(instance_id, checked["privileged"])
             rec = InstanceRecord(
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=checked["template"],
                 hostname=checked["hostname"], privileged=checked["privileged"], idmap_base=base,
@@ -271,9 +255,38 @@ class InstanceManager:
                 undo.pop_all()
             return self.brief(rec)
         finally:
-            self._reserved_names.discard(name)
-            self._reserved_ids.discard(instance_id)
-            self._reserved_bases.pop(instance_id, None)
+            self.release(name, instance_id)
+
+    def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
+        """Hold a name and an id (the given one or the lowest free from 100) for a new instance
+        until release(); a taken one is a Conflict."""
+        if self.db.get_instance(name) or name in self._reserved_names:
+            raise Conflict(f"an instance named {name!r} already exists; {hint}")
+        taken = self.db.used_ids() | self._reserved_ids
+        if instance_id is None:
+            instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
+        elif instance_id in taken:
+            raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
+        self._reserved_names.add(name)
+        self._reserved_ids.add(instance_id)
+        return instance_id
+
+    def reserve_idmap(self, instance_id: int, privileged: bool) -> int | None:
+        """A free id range for a new instance, held in memory until its row exists (two
+        concurrent creates must not get the same one)."""
+        if privileged:
+            return None
+        base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
+                              self.db.used_idmap_bases() | set(self._reserved_bases.values()),
+                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+        self._reserved_bases[instance_id] = base
+        return base
+
+    def release(self, name: str, instance_id: int) -> None:
+        """What check_create (or a clone/restore) reserved, once the work is done or failed."""
+        self._reserved_names.discard(name)
+        self._reserved_ids.discard(instance_id)
+        self._reserved_bases.pop(instance_id, None)
 
     async def _create_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
         """A VM: its disk in the pool, made from a template's root (configured like a container
@@ -620,12 +633,7 @@ class InstanceManager:
         src: InstanceRecord = checked["source"]
         name, instance_id = checked["name"], checked["id"]
         try:
-            base = None if src.privileged else idmap.allocate(
-                self.config.idmap_base, self.config.idmap_size,
-                self.db.used_idmap_bases() | set(self._reserved_bases.values()),
-                idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
-            if base is not None:
-                self._reserved_bases[instance_id] = base
+            base = self.reserve_idmap(instance_id, src.privileged)
             rec = InstanceRecord(
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
                 privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
@@ -653,9 +661,7 @@ class InstanceManager:
                 undo.pop_all()
             return self.brief(rec)
         finally:
-            self._reserved_names.discard(name)
-            self._reserved_ids.discard(instance_id)
-            self._reserved_bases.pop(instance_id, None)
+            self.release(name, instance_id)
 
     # ------------------------------------------------------------- reinstall
 

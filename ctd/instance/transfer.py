@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
 
-from ctd import idmap, validate
+from ctd import validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
 from ctd.instance.manager import InstanceManager
@@ -74,21 +73,14 @@ class Transfers:
         header = backup.read_backup_header(source)
         meta = header.get("meta") or {}
         name = validate.instance_name(body.get("name") or header.get("name") or meta.get("name"))
-        if self.db.get_instance(name) or name in self.instances._reserved_names:
-            raise Conflict(f"an instance named {name!r} already exists; restore with --name NEW")
-        taken = self.db.used_ids() | self.instances._reserved_ids
-        instance_id = next(i for i in range(100, validate.MAX_INSTANCE_ID) if i not in taken)
-        self.instances._reserved_names.add(name)
-        self.instances._reserved_ids.add(instance_id)
+        instance_id = self.instances.reserve(name, None, "restore with --name NEW")
         return {"file": source, "name": name, "id": instance_id, "meta": meta}
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         name, instance_id, meta = checked["name"], checked["id"], checked["meta"]
         try:
             privileged = bool(meta.get("privileged"))
-            base = None if privileged else idmap.allocate(
-                self.instances.config.idmap_base, self.instances.config.idmap_size, self.db.used_idmap_bases(),
-                idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+            base = self.instances.reserve_idmap(instance_id, privileged)
             rec = InstanceRecord(
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=str(meta.get("template", "")),
                 hostname=name if meta.get("name") != name else str(meta.get("hostname") or name),
@@ -112,8 +104,7 @@ class Transfers:
                 undo.pop_all()
             return self.instances.brief(rec)
         finally:
-            self.instances._reserved_names.discard(name)
-            self.instances._reserved_ids.discard(instance_id)
+            self.instances.release(name, instance_id)
 
     # ------------------------------------------------------------- template tarballs
 
@@ -160,4 +151,4 @@ def _os_release(rootfs: Path) -> tuple[str, str]:
     return values.get("ID", "").strip('"'), values.get("VERSION_CODENAME", values.get("VERSION_ID", "")).strip('"')
 
 
-__all__ = ["Transfers", "dataclasses"]
+__all__ = ["Transfers"]
