@@ -26,6 +26,21 @@ from ctd.storage.pool import release_pool  # noqa: E402
 TEST_IDMAP_BASE = 600_000_000  # far from a ctd that may run on this machine for real
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A test run killed before its teardown leaves its daemons' pools and lxcfs mounted in
+    pytest's old temp dirs (which pytest then cannot delete): release those, only those."""
+    if os.geteuid() != 0:
+        return
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4]
+        if "/pytest-of-" in target and "/garbage-" in target and target.endswith(("/storage", "/lxcfs/mnt")):
+            subprocess.run(["umount", "--lazy", target], capture_output=True)
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True).stdout
+    for line in loops.splitlines():
+        if "/pytest-of-" in line and "/garbage-" in line and "pool.img" in line:
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True)
+
+
 def needs_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root and the real kernel (run the suite as root)")
