@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ctd.errors import NotFound, OperationFailed
-from ctd.instance.vm import process
+from ctd.instance.vm import process, resize
 from ctd.instance.vm.kernel import extract_vmlinux
 from ctd.instance.vm.qmp import Qmp
 from ctd.instance.vm.spec import MiB, Disk, Nic, VmSpec
@@ -29,7 +29,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 BOOT_MARK = "CTD-VM-BOOTED"
 POWER_MARK = "CTD-VM-POWERBUTTON"
-MODULES = ("kernel/drivers/input/evdev.ko", "kernel/drivers/acpi/button.ko")
+MODULES = ("kernel/drivers/input/evdev.ko", "kernel/drivers/acpi/button.ko",
+           # the balloon, for live RAM changes (insmod order: dependencies first)
+           *(f"kernel/drivers/virtio/{m}.ko" for m in ("virtio_ring", "virtio", "virtio_pci_legacy_dev",
+                                                       "virtio_pci_modern_dev", "virtio_pci", "virtio_balloon")))
+SIZES_MARK = "CTD-VM-SIZES"
 
 
 def _need(*tools: str) -> None:
@@ -65,9 +69,18 @@ INIT = f"""#!/bin/busybox sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 # The ACPI power button reaches userspace as an input event: button + evdev, then acpid.
 insmod /lib/evdev.ko; insmod /lib/button.ko
+for m in virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_balloon; do
+  insmod /lib/$m.ko
+done
 acpid -c /etc/acpi -l /tmp/acpid.log
 echo {BOOT_MARK} uptime=$(cut -d' ' -f1 /proc/uptime)
-while true; do sleep 3600; done
+# What the guest sees, for the live resize test; hot-added vCPUs are brought online the way
+# distributions' udev rules do it.
+while true; do
+  for c in /sys/devices/system/cpu/cpu*/online; do [ "$(cat $c)" = 0 ] && echo 1 > $c; done
+  echo "{SIZES_MARK} online=$(cat /sys/devices/system/cpu/online) $(grep MemTotal /proc/meminfo | tr -s ' ')"
+  sleep 1
+done
 """
 POWER_ACTION = f"""#!/bin/sh
 echo {POWER_MARK} > /dev/console
@@ -250,6 +263,60 @@ def test_linux_boots_to_serial_marker_and_powers_off_on_acpi(
             await q2.close()
         assert not process._alive(pid)
         assert not any(p.exists() for p in spec.runtime_files())
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        _cleanup(spec)
+    assert _ours(spec.run_dir) == []
+
+
+async def _sizes(spec: VmSpec, want: str, timeout: float = 30) -> str:
+    """The guest's next SIZES line containing want (it prints one a second)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        text, _ = await _read_until(spec.serial_socket, SIZES_MARK, deadline - time.monotonic())
+        last = text[text.rindex(SIZES_MARK):].splitlines()[0]
+        if want in last:
+            return last
+    raise AssertionError(f"the guest never showed {want!r}; last: {last}")
+
+
+def test_live_vcpus_and_ram_as_the_guest_sees_them(
+        tmp_path: Path, boot_files: tuple[Path, Path], cgroups: Cgroups | None) -> None:
+    vmlinux, initrd = boot_files
+    spec = _spec(tmp_path, machine="pc", kernel=vmlinux, initrd=initrd, cpus=1, max_cpus=2, ram=256 * MiB,
+                 append="console=ttyS0 quiet panic=-1 rdinit=/init")
+
+    async def scenario() -> None:
+        await process.start(spec, cgroups.procs() if cgroups else None)
+        await _read_until(spec.serial_socket, BOOT_MARK, 45)
+        first = await _sizes(spec, "online=0 ")
+        total = int(first.split("MemTotal: ")[1].split()[0])   # kB
+        async with Qmp(spec.qmp_socket) as q:
+            t0 = time.monotonic()
+            r = await resize.set_vcpus(q, 2)
+            assert r.live and r.value == 2 and await q.vcpu_count() == 2
+            await _sizes(spec, "online=0-1 ")
+            print(f"\nvCPU hot-add seen online in the guest after {time.monotonic() - t0:.1f} s")
+
+            t0 = time.monotonic()
+            r = await resize.set_ram(q, 256 * MiB, 160 * MiB)
+            assert r.live and r.value == 160 * MiB, r
+            line = await _sizes(spec, "MemTotal")
+            assert int(line.split("MemTotal: ")[1].split()[0]) <= total - 90 * 1024, (first, line)
+            print(f"balloon 256 -> 160 MiB in {time.monotonic() - t0:.1f} s: {line}")
+            r = await resize.set_ram(q, 256 * MiB, 512 * MiB)   # back up, but not past the boot size
+            assert not r.live and r.value == 256 * MiB and "next start" in (r.note or "")
+
+            r = await resize.set_vcpus(q, 3)
+            assert not r.live and r.value == 2 and "room for 2" in (r.note or "")
+            t0 = time.monotonic()
+            r = await resize.set_vcpus(q, 1)
+            assert r.live and r.value == 1 and await q.vcpu_count() == 1, r
+            await _sizes(spec, "online=0 ")
+            print(f"vCPU ejected by the guest in {time.monotonic() - t0:.1f} s")
 
     try:
         asyncio.run(scenario())

@@ -47,7 +47,7 @@ def build_argv(spec: VmSpec, check_files: bool = True) -> list[str]:
 def _linux(spec: VmSpec) -> list[str]:
     return [*_base(spec, _cpu(spec, hyperv=False)), "-rtc", "base=utc",
             *_firmware(spec), *_tpm(spec), *_display(spec), *_storage(spec),
-            *_network(spec), *_kernel(spec)]
+            *_network(spec), *_balloon(spec), *_kernel(spec)]
 
 
 def _windows(spec: VmSpec) -> list[str]:
@@ -59,7 +59,7 @@ def _windows(spec: VmSpec) -> list[str]:
             *_firmware(spec), *_tpm(spec),
             # An absolute pointer: the VNC cursor and the guest's stay together.
             "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,id=tablet0,bus=xhci.0",
-            *_display(spec), *_storage(spec), *_network(spec), *_kernel(spec)]
+            *_display(spec), *_storage(spec), *_network(spec), *_balloon(spec), *_kernel(spec)]
 
 
 _BUILDERS: dict[str, Callable[[VmSpec], list[str]]] = {"linux": _linux, "windows": _windows}
@@ -100,8 +100,9 @@ def _base(spec: VmSpec, cpu: str) -> list[str]:
             "-machine", _machine(spec),
             "-accel", spec.accel,
             "-cpu", cpu,
-            # One socket with N cores: Windows client editions use at most two sockets.
-            "-smp", f"{spec.cpus},sockets=1,cores={spec.cpus},threads=1",
+            # One socket with N cores: Windows client editions use at most two sockets. Cores
+            # past the boot count are empty slots that QMP device_add fills while it runs.
+            "-smp", f"{spec.cpus},sockets=1,cores={spec.cpu_slots},threads=1,maxcpus={spec.cpu_slots}",
             "-m", f"{spec.ram // MiB}M",
             # Console: a unix socket ctd proxies; logfile keeps what nobody was reading
             # (truncated at every start).
@@ -221,6 +222,15 @@ def _network(spec: VmSpec) -> list[str]:
                                        "script": "no", "downscript": "no", "vhost": vhost}),
                  "-device", kv(model, {"netdev": f"net{i}", "mac": nic.mac, "id": f"nic{i}"})]
     return argv
+
+
+def _balloon(spec: VmSpec) -> list[str]:
+    if not spec.balloon or spec.compat:   # compat guests have no virtio drivers at all
+        return []
+    # The guest hands pages back when QMP 'balloon' lowers its target; deflating again gives
+    # them back, up to the -m size it booted with. Windows needs virtio-win's balloon driver.
+    model = "virtio-balloon-device" if spec.machine_type == "microvm" else "virtio-balloon-pci"
+    return ["-device", f"{model},id=balloon0"]
 
 
 def _kernel(spec: VmSpec) -> list[str]:

@@ -148,6 +148,30 @@ class Qmp:
     async def query_vnc(self) -> dict[str, Any]:
         return dict(await self.execute("query-vnc"))
 
+    # --- live resizing ---------------------------------------------------------------------
+
+    async def hotpluggable_cpus(self) -> list[dict[str, Any]]:
+        """Every vCPU slot: those with a 'qom-path' are present, the others free."""
+        return list(await self.execute("query-hotpluggable-cpus"))
+
+    async def vcpu_count(self) -> int:
+        return len(await self.execute("query-cpus-fast"))
+
+    async def device_add(self, driver: str, dev_id: str, **props: object) -> None:
+        await self.execute("device_add", {"driver": driver, "id": dev_id, **props})
+
+    async def device_del(self, dev_id: str) -> None:
+        """Asks the guest to release the device (ACPI eject); DEVICE_DELETED says it did."""
+        await self.execute("device_del", {"id": dev_id})
+
+    async def balloon(self, target: int) -> None:
+        """Ask the guest's balloon driver to leave it target bytes of RAM."""
+        await self.execute("balloon", {"value": target})
+
+    async def balloon_actual(self) -> int:
+        """The RAM the guest has now, as its balloon driver reports it (bytes)."""
+        return int((await self.execute("query-balloon"))["actual"])
+
     # --- events ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager

@@ -102,6 +102,8 @@ class VmSpec:
     seed_iso: Path | None = None            # cloud-init NoCloud seed (label cidata)
     vnc: bool = True
     paused: bool = False      # -S: the CPUs wait for QMP 'cont'
+    max_cpus: int | None = None             # vCPUs that can be hot-added later; None: cpus
+    balloon: bool = True      # virtio-balloon: RAM can be lowered (and raised back) while running
     boot_cdrom_first: bool = False          # installing: boot the first CD-ROM before the disk
     qemu: str = QEMU
 
@@ -116,6 +118,13 @@ class VmSpec:
         if self.firmware is None and self.profile == "windows":
             return Firmware.ovmf(secure_boot=True)
         return self.firmware
+
+    @property
+    def cpu_slots(self) -> int:
+        """Cores in the topology: the boot vCPUs plus room to hot-add (microvm cannot hotplug)."""
+        if self.machine_type == "microvm" or self.max_cpus is None:
+            return self.cpus
+        return max(self.cpus, self.max_cpus)
 
     @property
     def has_tpm(self) -> bool:
@@ -220,6 +229,9 @@ def _check_values(s: VmSpec) -> None:
         raise _bad(f"invalid VM memory {s.ram!r}: use a whole number of MiB, at least 16 MiB")
     if isinstance(s.cpus, bool) or not isinstance(s.cpus, int) or not 1 <= s.cpus <= MAX_CPUS:
         raise _bad(f"invalid VM cpu count {s.cpus!r}: use 1 to {MAX_CPUS}")
+    if s.max_cpus is not None and (isinstance(s.max_cpus, bool) or not isinstance(s.max_cpus, int)
+                                   or not 1 <= s.max_cpus <= MAX_CPUS):
+        raise _bad(f"invalid VM max cpu count {s.max_cpus!r}: use 1 to {MAX_CPUS}")
     machine = s.machine_type
     if s.profile == "windows" and machine != "q35":
         raise _bad(f"the windows profile needs machine q35 (UEFI, TPM CRB, AHCI), not {machine}")
