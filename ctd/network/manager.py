@@ -21,6 +21,7 @@ from ctd.state import InstanceRecord, NetworkRecord, NicMode, NicRecord, StateDB
 log = logging.getLogger("ctd.network")
 DEFAULT_NETWORK = "ctbr0"
 ROUTED_GATEWAY4 = "169.254.0.1"
+ROUTED_GATEWAY6 = "fe80::1"  # link-local on the host end of a routed NIC: the container's v6 default route
 _IFNAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 MAX_NICS = 8
 
@@ -32,6 +33,16 @@ class NicRequest:
     addresses: list[str]
     filter: bool
     rate: int | None
+
+
+def _sysctl(key: str, value: str) -> None:
+    """Write /proc/sys/<key> (e.g. 'net/ipv6/conf/ctbr0/accept_ra')."""
+    with open(f"/proc/sys/{key}", "w") as fh:
+        fh.write(value)
+
+
+def _v6(addresses: list[str]) -> list[str]:
+    return [a for a in addresses if ipaddress.ip_address(a).version == 6]
 
 
 def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
@@ -73,6 +84,7 @@ class NetworkManager:
     def view(self, net: NetworkRecord) -> dict[str, Any]:
         return {"name": net.name, "bridge": net.bridge, "subnet": net.subnet4, "ipv6": net.subnet6,
                 "gateway": str(ipam.gateway_of(ipaddress.ip_network(net.subnet4))) if net.subnet4 else None,
+                "gateway6": str(ipam.gateway_of(ipaddress.ip_network(net.subnet6))) if net.subnet6 else None,
                 "nat": net.nat, "created_at": net.created_at, "used_by": self.db.network_users(net.name),
                 "addresses_used": len(self.db.addresses_in(net.name))}
 
@@ -130,7 +142,9 @@ class NetworkManager:
             if subnet:
                 network = ipaddress.ip_network(subnet)
                 addresses.append(f"{ipam.gateway_of(network)}/{network.prefixlen}")
-        netlink.ensure_bridge(net.bridge, addresses)
+        if netlink.ensure_bridge(net.bridge, addresses):
+            # Router advertisements from a tenant must never configure the host.
+            _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
         if net.nat:
             self._nat(net, True)
 
@@ -234,7 +248,8 @@ class NetworkManager:
         if nic.mode is NicMode.ROUTED:
             cidrs = [f"{a}/{32 if ipaddress.ip_address(a).version == 4 else 128}" for a in nic.addresses]
             has4 = any(ipaddress.ip_address(a).version == 4 for a in nic.addresses)
-            return InsideNic(self.temp_name(nic), name, cidrs, ROUTED_GATEWAY4 if has4 else None, None, onlink_gateway=True)
+            return InsideNic(self.temp_name(nic), name, cidrs, ROUTED_GATEWAY4 if has4 else None,
+                             ROUTED_GATEWAY6 if _v6(nic.addresses) else None, onlink_gateway=True, mac=nic.mac)
         net = self.network(nic.network) if nic.network else None
         cidrs, gw4, gw6 = [], None, None
         for address in nic.addresses:
@@ -246,7 +261,7 @@ class NetworkManager:
                 gw4 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
             if subnet and version == 6:
                 gw6 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
-        return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6)
+        return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6, mac=nic.mac)
 
     def inside_config(self, rec: InstanceRecord) -> list[InsideNic]:
         """How the instance's NICs look inside (for the guest's own network files)."""
@@ -277,16 +292,38 @@ class NetworkManager:
         self.bring_up(net)
         return net.bridge
 
-    def _host_side(self, nic: NicRecord) -> None:
+    def _host_side(self, nic: NicRecord, removed: list[str] | None = None) -> None:
+        """Host end of a plugged NIC; removed: addresses just taken away (live --ipdel)."""
         if nic.mode is NicMode.ROUTED:
-            netlink.add_address(self.host_name(nic), f"{ROUTED_GATEWAY4}/32")
-            netlink.replace_host_routes(self.host_name(nic), nic.addresses)
+            host = self.host_name(nic)
+            netlink.add_address(host, f"{ROUTED_GATEWAY4}/32")
             # The host end must answer ARP for the gateway only: no proxy for anyone else.
             for key, value in (("proxy_arp", "0"), ("rp_filter", "1")):
-                with open(f"/proc/sys/net/ipv4/conf/{self.host_name(nic)}/{key}", "w") as fh:
-                    fh.write(value)
+                _sysctl(f"net/ipv4/conf/{host}/{key}", value)
+            if _v6(nic.addresses):
+                _sysctl(f"net/ipv6/conf/{host}/accept_ra", "0")
+                netlink.add_address(host, f"{ROUTED_GATEWAY6}/64")
+            netlink.replace_host_routes(host, nic.addresses)
+            self._ndp_proxies(nic, _v6(nic.addresses), _v6(removed or []))
         if nic.rate:
             tc.set_rate(self.host_name(nic), nic.rate)
+
+    def _ndp_proxies(self, nic: NicRecord, add: list[str], remove: list[str]) -> None:
+        """A routed NIC that took its addresses from a network: the host answers NDP on that
+        network's bridge for the container's own v6 addresses (and only those), so the LAN finds
+        them at the host, which routes them to the veth (once the admin enables forwarding)."""
+        if nic.mode is not NicMode.ROUTED or nic.network is None or not (add or remove):
+            return
+        net = self.db.get_network(nic.network)
+        if net is None:
+            return
+        bridge = net.bridge
+        if add:
+            # proxy NDP answers only on an interface that forwards; per-interface forwarding on
+            # IPv6 makes it a router for NDP, it does not switch on forwarding for the host.
+            for key in ("forwarding", "proxy_ndp"):
+                _sysctl(f"net/ipv6/conf/{bridge}/{key}", "1")
+        netlink.set_ndp_proxies(bridge, add, remove)
 
     def _refilter(self, nics: list[NicRecord], add: bool) -> None:
         for nic in nics:
@@ -329,6 +366,7 @@ class NetworkManager:
                 netlink.delete_link(self.host_name(nic))
             if nic.rate:
                 netlink.delete_link(tc.ifb_name(self.host_name(nic)))
+            self._ndp_proxies(nic, [], _v6(nic.addresses))
         fd = self.netns.pop(rec.id, None)
         if fd is not None and fd >= 0:
             os.close(fd)
@@ -389,6 +427,7 @@ class NetworkManager:
             return []
         nic = nics[0]
         net = self.db.get_network(nic.network) if nic.network else None
+        removed = []
         with self.db.transaction():
             for text in ipdel:
                 address = str(ipam.parse_address(text))
@@ -396,6 +435,7 @@ class NetworkManager:
                     raise InvalidRequest(f"{address} is not an address of {rec.name}")
                 self.db.delete_address(address)
                 nic.addresses.remove(address)
+                removed.append(address)
             for text in ipadd:
                 address = ipam.parse_address(text)
                 if net is not None:
@@ -410,7 +450,7 @@ class NetworkManager:
                 self.db.update_nic(nic)
         if not running:
             return []
-        self._host_side(nic)
+        self._host_side(nic, removed)
         if rate != "keep" and nic.rate is None:
             tc.set_rate(self.host_name(nic), None)
         self._refilter([nic], add=True)

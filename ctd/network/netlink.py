@@ -13,6 +13,9 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from ctd.errors import OperationFailed
 
+IFA_F_NODAD = 0x02  # an IPv6 address usable at once: duplicate detection would hold it ~1 s
+NTF_PROXY = 0x08    # a proxy neighbour entry (the host answers NDP for that address)
+
 
 @contextlib.contextmanager
 def _ipr() -> Iterator[IPRoute]:
@@ -50,19 +53,28 @@ def host_routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return nets
 
 
-def ensure_bridge(name: str, addresses: list[str]) -> None:
-    """The bridge with the host's gateway addresses on it, up; created if missing."""
+def _add_addr(ip: IPRoute, index: int, cidr: str) -> None:
+    """Add an address; IPv6 ones without duplicate detection (ctd's IPAM keeps them unique)."""
+    iface = ipaddress.ip_interface(cidr)
+    flags = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
+    ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **flags)
+
+
+def ensure_bridge(name: str, addresses: list[str]) -> bool:
+    """The bridge with the host's gateway addresses on it, up; created if missing (True)."""
+    created = False
     with _ipr() as ip:
         index = _index(ip, name)
         if index is None:
             ip.link("add", ifname=name, kind="bridge")
             index = ip.link_lookup(ifname=name)[0]
+            created = True
         present = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ip.get_addr(index=index)}
         for cidr in addresses:
-            iface = ipaddress.ip_interface(cidr)
-            if str(iface) not in present:
-                ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            if str(ipaddress.ip_interface(cidr)) not in present:
+                _add_addr(ip, index, cidr)
         ip.link("set", index=index, state="up")
+    return created
 
 
 def ensure_ifb(name: str) -> None:
@@ -89,7 +101,9 @@ def _plug(ip: IPRoute, name: str, bridge: str | None) -> None:
             master = _index(ip, bridge)
             if master is None:
                 raise OperationFailed(f"bridge {bridge} is missing on the host")
-            ip.link("set", index=index, master=master)
+            ip.link("set", index=index, master=master, **_NO_IPV6_AUTOCONF)
+        else:
+            ip.link("set", index=index, **_NO_IPV6_AUTOCONF)
         ip.link("set", index=index, state="up")
     except BaseException:
         with contextlib.suppress(NetlinkError):
@@ -123,7 +137,20 @@ def add_address(ifname: str, cidr: str) -> None:
     with _ipr() as ip:
         index = ip.link_lookup(ifname=ifname)[0]
         with contextlib.suppress(NetlinkError):
-            ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            _add_addr(ip, index, str(iface))
+
+
+def set_ndp_proxies(ifname: str, add: list[str], remove: list[str]) -> None:
+    """Proxy neighbour entries on ifname: the host answers NDP there for these IPv6 addresses."""
+    with _ipr() as ip:
+        index = _index(ip, ifname)
+        if index is None:
+            return
+        for address in remove:
+            with contextlib.suppress(NetlinkError):
+                ip.neigh("del", dst=address, ifindex=index, flags=NTF_PROXY, family=10)
+        for address in add:
+            ip.neigh("replace", dst=address, ifindex=index, flags=NTF_PROXY, family=10)
 
 
 def replace_host_routes(ifname: str, addresses: list[str]) -> None:
@@ -164,6 +191,19 @@ class InsideNic:
     gateway4: str | None = None
     gateway6: str | None = None
     onlink_gateway: bool = False  # routed mode: the gateway is on no subnet of ours
+    mac: str | None = None  # for its link-local address (read from the link if not given)
+
+
+def eui64_link_local(mac: str) -> str:
+    """fe80::/64 address the kernel would derive from mac (modified EUI-64)."""
+    b = [int(x, 16) for x in mac.split(":")]
+    b[0] ^= 0x02
+    groups = [b[0] << 8 | b[1], b[2] << 8 | 0xff, 0xfe << 8 | b[3], b[4] << 8 | b[5]]
+    return str(ipaddress.IPv6Address("fe80::" + ":".join(f"{g:x}" for g in groups)))
+
+
+_NO_IPV6_AUTOCONF = {"IFLA_AF_SPEC": {"attrs": [("AF_INET6", {"attrs": [("IFLA_INET6_ADDR_GEN_MODE", 1)]})]}}
+"""addrgenmode none: the kernel makes no link-local address (and runs no DAD for one) at up."""
 
 
 def configure_inside(nics: list[InsideNic]) -> None:
@@ -180,16 +220,20 @@ def configure_inside(nics: list[InsideNic]) -> None:
                 index = _index(ip, nic.name)
             if index is None:
                 raise OperationFailed(f"interface {nic.name} is missing in the container")
-            ip.link("set", index=index, state="up")
             wanted = {str(ipaddress.ip_interface(a)) for a in nic.addresses}
+            # The link-local address is ours, made without DAD: the kernel's would stay
+            # tentative for ~1 s after start, and its NDP probes go nowhere useful.
+            ip.link("set", index=index, **_NO_IPV6_AUTOCONF)
+            ip.link("set", index=index, state="up")
+            mac = nic.mac or ip.get_links(index)[0].get_attr("IFLA_ADDRESS")
+            wanted.add(f"{eui64_link_local(mac)}/64")
             for addr in ip.get_addr(index=index):
                 cidr = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
                 if cidr not in wanted and not cidr.startswith("fe80:"):
                     ip.addr("del", index=index, address=addr.get_attr("IFA_ADDRESS"), prefixlen=addr["prefixlen"])
             present = {f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}" for a in ip.get_addr(index=index)}
             for cidr in wanted - present:
-                iface = ipaddress.ip_interface(cidr)
-                ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                _add_addr(ip, index, cidr)
             for gateway, bits in ((nic.gateway4, 32), (nic.gateway6, 128)):
                 if not gateway:
                     continue
