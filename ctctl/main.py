@@ -60,7 +60,8 @@ def guest_options(func):  # type: ignore[no-untyped-def]
     func = click.option("--timezone", help="zone for /etc/localtime, e.g. Europe/Berlin")(func)
     func = click.option("--ssh-key", "ssh_key", multiple=True, type=click.Path(exists=True, dir_okay=False),
                         help="public key file for root's authorized_keys")(func)
-    func = click.option("--userpasswd", help="USER:PASSWORD (hashed into the guest's /etc/shadow, kept nowhere)")(func)
+    func = click.option("--userpasswd", help="USER:PASSWORD (hashed into the guest's /etc/shadow; for a VM also into "
+                        "its cloud-init seed; the clear text is kept nowhere)")(func)
     return func
 
 
@@ -218,7 +219,8 @@ def hardware(instance: str, fmt: str) -> None:
     hw = client().get(f"/1.0/instances/{instance}/hardware")["hardware"]
 
     def render(h: dict) -> str:
-        lines = [f"status: {h['status']} ({h['accel']})"]
+        lines = [f"status: {h['status']} ({h['accel']})", f"vcpus: {h.get('vcpus')}",
+                 f"ram: {(h.get('ram') or 0) >> 20} MiB" + (" (balloon)" if h.get("balloon") else "")]
         lines += [f"tpm: {t.get('model')} {t.get('options', {}).get('type', '')}" for t in h["tpm"]]
         for b in h["block"]:
             media = (b.get("inserted") or {}).get("file", "(empty)")
@@ -276,13 +278,17 @@ def destroy(instance: str, force: bool) -> None:
 @click.option("--ipdel", multiple=True, help="remove an address from the first NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit, or 'unlimited'")
 @click.option("--nameserver", multiple=True, help="DNS servers for /etc/resolv.conf")
+@click.option("--hostname", help="the guest's hostname (a running instance gets it at next start)")
 @guest_options
 def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
-         nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
-         **limits: Any) -> None:
-    """Change limits and addresses; a running container gets them at once ('unlimited' removes a limit)."""
+         nameserver: tuple[str, ...], hostname: str | None, userpasswd: str | None, ssh_key: tuple[str, ...],
+         timezone: str | None, **limits: Any) -> None:
+    """Change limits and addresses; a running container gets them at once, a running VM its
+    --cpus/--ram where QEMU can ('unlimited' removes a limit)."""
     body: dict[str, Any] = {}
     _guest(body, userpasswd, ssh_key, timezone)
+    if hostname:
+        body["hostname"] = hostname
     if _limits(limits):
         body["limits"] = _limits(limits)
     for key, value in (("ipadd", list(ipadd)), ("ipdel", list(ipdel)), ("nameservers", list(nameserver))):
@@ -296,6 +302,8 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {_limits_text(result['limits'])}"
                + (f"; addresses {', '.join(addresses)}" if addresses else ""))
+    for note in result.get("notes") or []:   # what a running VM could not take live
+        click.echo(f"Note: {note}")
 
 
 # ------------------------------------------------------------------ reading

@@ -111,12 +111,20 @@ def write_networkd(rootfs: Path, nics: list[InsideNic], nameservers: list[str]) 
         guestfs.write_file(rootfs, f"/etc/systemd/network/10-ctd-{nic.name}.network", "\n".join(lines) + "\n")
 
 
+def hash_password(password: str) -> str:
+    """SHA-512 crypt(3), what Debian's shadow and cloud-init's hashed_passwd take."""
+    return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
+
+
 def set_password(rootfs: Path, user: str, password: str) -> None:
     """Replace user's hash in the guest's /etc/shadow; the clear text goes nowhere else."""
+    set_password_hash(rootfs, user, hash_password(password))
+
+
+def set_password_hash(rootfs: Path, user: str, hashed: str) -> None:
     shadow = guestfs.read_file(rootfs, "/etc/shadow")
     if shadow is None:
         raise InvalidRequest("the guest has no /etc/shadow")
-    hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
     lines, found = [], False
     for line in shadow.splitlines():
         fields = line.split(":")

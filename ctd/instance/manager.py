@@ -293,6 +293,9 @@ class InstanceManager:
         of that template, booting the host's Debian kernel) or blank for an installer ISO."""
         name, vm = checked["name"], dict(checked["vm"])
         template = checked["template"] or None
+        if checked["userpasswd"] is not None:   # the seed carries the hash, never the clear text
+            user, password = checked["userpasswd"]
+            vm["passwd"] = {"user": user, "hash": guest.hash_password(password)}
         rec = InstanceRecord(
             id=checked["id"], name=name, type=InstanceType.VM, template=template or "",
             hostname=checked["hostname"], privileged=False, idmap_base=None, limits=checked["limits"],
@@ -320,6 +323,8 @@ class InstanceManager:
                 await asyncio.to_thread(self.storage.new_vm_dir, name)
                 await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
             rec.options["vm"] = vm
+            assert self.vms is not None
+            await asyncio.to_thread(self.vms.write_seed, rec)
             self.db.update_instance(rec)
             undo.pop_all()
         return self.brief(rec)
@@ -333,6 +338,17 @@ class InstanceManager:
             ssh_keys=options.get("ssh_keys") or [], timezone=options.get("timezone")))
         if userpasswd is not None:
             guest.set_password(rootfs, *userpasswd)
+
+    def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None) -> None:
+        """A stopped template VM: its settings written into its disk, as at create (in a thread).
+        Installed VMs (blank disk + ISO) get them from the cloud-init seed only."""
+        vm = rec.options.get("vm", {})
+        if not vm.get("kernel"):
+            return
+        with rootdisk.mounted(self.vms.disk_path(rec)) as root:  # type: ignore[union-attr]
+            self.setup_guest(rec, root, userpasswd)
+            if userpasswd is None and vm.get("passwd"):
+                guest.set_password_hash(root, vm["passwd"]["user"], vm["passwd"]["hash"])
 
     # ------------------------------------------------------------- start / stop
 
@@ -366,6 +382,9 @@ class InstanceManager:
             if rec.type is InstanceType.VM:
                 if self.vms is None:
                     raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+                if rec.options.get("vm", {}).pop("guest_pending", False):
+                    await asyncio.to_thread(self._configure_vm_disk, rec)
+                    self.db.update_instance(rec)
                 vm = await self.vms.start(rec, resources, paused)
                 rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, vm.pid, vm.start_time
                 self.db.update_instance(rec)
@@ -464,7 +483,8 @@ class InstanceManager:
 
     def check_set(self, body: Any) -> dict[str, Any]:
         body = validate.body_fields(body, {"limits", "ipadd", "ipdel", "rate", "nameservers", "userpasswd",
-                                           "ssh_keys", "timezone"})
+                                           "ssh_keys", "timezone", "hostname"})
+        hostname = validate.hostname(body["hostname"]) if body.get("hostname") is not None else None
         changes = limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus))
         ipadd = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipadd")]
         ipdel = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipdel")]
@@ -475,37 +495,64 @@ class InstanceManager:
         userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
         ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
         timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
-        if not (changes or ipadd or ipdel or rate != "keep" or nameservers or userpasswd or ssh_keys or timezone):
-            raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key "
-                                 "or timezone")
+        if not (changes or ipadd or ipdel or rate != "keep" or nameservers or userpasswd or ssh_keys or timezone
+                or hostname):
+            raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key, "
+                                 "timezone or hostname")
         self._check_io_device(changes)
         return {"limits": changes, "ipadd": ipadd, "ipdel": ipdel, "rate": rate, "nameservers": nameservers,
-                "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone}
+                "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone, "hostname": hostname}
 
     async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
         """Limits, addresses, rate, DNS: persisted, and applied live to a running container."""
         async with self.lock(rec):
             rec = self.get(rec.id)
             running = rec.name in self.containers.running
+            is_vm = rec.type is InstanceType.VM
+            notes: list[str] = []
             if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+                # a running VM's tap gets the new filters and rate now, the guest its addresses at next start
                 inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
-                                                 checked["rate"], running)
+                                                 checked["rate"], running or self.is_running(rec))
                 if running:
                     await self.containers.netconf(self.containers.running[rec.name].pid, inside)
             guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
-                                 or checked["ssh_keys"] or checked["timezone"])
+                                 or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
             for key in ("nameservers", "ssh_keys", "timezone"):
                 if checked[key]:
                     rec.options[key] = checked[key]
-            if guest_changed or checked["userpasswd"]:
+            if checked["hostname"]:
+                rec.hostname = checked["hostname"]
+                if self.is_running(rec):
+                    notes.append("hostname: applies at next start")
+            if is_vm and (guest_changed or checked["userpasswd"]):
+                await self._set_vm_guest(rec, checked["userpasswd"], notes)
+            elif guest_changed or checked["userpasswd"]:
                 self.db.update_instance(rec)
                 await asyncio.to_thread(self.setup_guest, rec, self.storage.rootfs(rec.name), checked["userpasswd"])
             if checked["limits"]:
-                await self._set_limits_locked(rec, checked["limits"])
-            return self.view(self.get(rec.id))
+                notes += await self._set_limits_locked(rec, checked["limits"])
+            return {**self.view(self.get(rec.id)), "notes": notes}
 
-    async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> None:
-        """Persist new limits and apply them live to a running container (no restart)."""
+    async def _set_vm_guest(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None,
+                            notes: list[str]) -> None:
+        """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
+        if it is stopped, else at its next start."""
+        assert self.vms is not None
+        vm = rec.options.setdefault("vm", {})
+        if userpasswd is not None:
+            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
+        if self.is_running(rec):
+            vm["guest_pending"] = True
+            notes.append("guest settings: the VM gets them at next start")
+        else:
+            await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd)
+        self.db.update_instance(rec)
+        await asyncio.to_thread(self.vms.write_seed, rec)
+
+    async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
+        """Persist new limits and apply them live to a running container (no restart), or to a
+        running VM as far as QEMU allows; a note for each change that waits for the next start."""
         if "diskspace" in changes:
             limit = changes["diskspace"]
             if limit != limits_mod.UNLIMITED:
@@ -530,6 +577,9 @@ class InstanceManager:
             await self.containers.update(rec, wanted, fallback)
         rec.limits = new_limits
         self.db.update_instance(rec)
+        if rec.type is InstanceType.VM and self.vms is not None and self.is_running(rec):
+            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"), self.resources(rec, removed))
+        return []
 
     def _check_io_device(self, limits: dict[str, int]) -> None:
         if ({"iolimit", "iopslimit"} & set(limits)) and self.io_device is None:
@@ -612,8 +662,6 @@ class InstanceManager:
             return self.view(self.get(rec.id))
 
     def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
-        if src.type is InstanceType.VM:
-            raise NotSupported(f"{src.name} is a VM: cloning VMs is not supported yet; snapshot it instead")
         body = validate.body_fields(body, {"name", "snapshot"}, {"name"})
         snap = body.get("snapshot")
         if snap is not None:
@@ -623,6 +671,14 @@ class InstanceManager:
         elif src.state is not PowerState.STOPPED:
             raise Conflict(f"{src.name} is running: a copy of a live root is not consistent; stop it, "
                            "or snapshot it and clone the snapshot (--snapshot)")
+        if src.type is InstanceType.VM:
+            vm = src.options.get("vm", {})
+            # name, id and pool space checked as for a new VM; profile, ISOs and template are the
+            # source's (copied as they are, even if the ISO or template has gone since)
+            checked = self.check_create({"name": body["name"], "hostname": body["name"], "type": "vm",
+                                         "vm": {"disk": str(vm.get("disk_size", 64 << 20))}})
+            checked["source"], checked["snapshot"] = src, snap
+            return checked
         checked = self.check_create({"name": body["name"], "template": src.template, "hostname": body["name"],
                                      "privileged": src.privileged})
         checked["source"], checked["snapshot"] = src, snap
@@ -632,6 +688,11 @@ class InstanceManager:
         """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
         src: InstanceRecord = checked["source"]
         name, instance_id = checked["name"], checked["id"]
+        if src.type is InstanceType.VM:
+            try:
+                return await self._clone_vm(checked)
+            finally:
+                self.release(name, instance_id)
         try:
             base = self.reserve_idmap(instance_id, src.privileged)
             rec = InstanceRecord(
@@ -662,6 +723,36 @@ class InstanceManager:
             return self.brief(rec)
         finally:
             self.release(name, instance_id)
+
+    async def _clone_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
+        """A stopped VM's copy: reflinked disk, copied UEFI variables and TPM state; new id, uuid,
+        MACs, addresses and hostname, written into a template disk and into a new seed (whose
+        new instance-id makes cloud-init treat the clone as a new machine)."""
+        assert self.vms is not None
+        src: InstanceRecord = checked["source"]
+        name = checked["name"]
+        vm = {k: v for k, v in src.options.get("vm", {}).items() if k != "guest_pending"}
+        rec = InstanceRecord(
+            id=checked["id"], name=name, type=InstanceType.VM, template=src.template, hostname=name,
+            privileged=False, idmap_base=None, limits=dict(src.limits),
+            created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            init=[], stop_signal=src.stop_signal, options={**src.options, "vm": vm})
+        nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in self.db.nics_of(src.id) if n.network]
+        with contextlib.ExitStack() as undo:
+            async with self.lock(src):
+                await asyncio.to_thread(self.storage.clone_vm_dir, src.name, name, checked["snapshot"])
+            undo.callback(self.storage.delete_instance, name)
+            creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
+            creating.touch()
+            with self.db.transaction():
+                self.db.add_instance(rec)
+                self.network.allocate(rec.id, nics)
+            undo.callback(self.db.delete_instance, rec.id)
+            await asyncio.to_thread(self._configure_vm_disk, rec)
+            await asyncio.to_thread(self.vms.write_seed, rec)
+            creating.unlink()
+            undo.pop_all()
+        return self.brief(rec)
 
     # ------------------------------------------------------------- reinstall
 

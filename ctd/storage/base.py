@@ -180,6 +180,34 @@ class StorageDriver(ABC):
             temp.unlink(missing_ok=True)
             raise
 
+    def clone_vm_dir(self, source: str, name: str, from_snapshot: str | None = None) -> Path:
+        """A new VM directory: a reflink of source's disk (or of its snapshot's), its UEFI variables
+        and TPM state copied; no snapshots, no seed (the clone's own is built). Stopped source."""
+        check_component("instance", name)
+        base = self.instance_path(source)
+        disk = base / "disk.raw"
+        if from_snapshot is not None:
+            check_component("snapshot", from_snapshot)
+            disk = self.snapshot_path(source, from_snapshot) / "disk.raw"
+        if not disk.exists():
+            raise NotFound(f"instance {source!r} has no disk" + (f" in snapshot {from_snapshot!r}"
+                                                                 if from_snapshot else ""))
+        target = self.instance_path(name)
+        try:
+            target.mkdir(mode=0o700)
+        except FileExistsError:
+            raise Conflict(f"storage for instance {name!r} already exists") from None
+        try:
+            _reflink(disk, target / "disk.raw")
+            if (base / "OVMF_VARS.fd").exists():
+                _reflink(base / "OVMF_VARS.fd", target / "OVMF_VARS.fd")
+            if (base / "tpm").is_dir():
+                copy_tree(base / "tpm", target / "tpm")
+        except BaseException:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        return target
+
     def new_vm_dir(self, name: str) -> Path:
         """The directory of a VM's disk, NVRAM and TPM state (no root filesystem)."""
         check_component("instance", name)

@@ -96,3 +96,26 @@ def test_iso(tmp_path: Path) -> None:
     got = subprocess.run(["isoinfo", "-J", "-x", "/user-data", "-i", str(iso)], capture_output=True, check=True).stdout
     assert got.decode() == user_data(seed())
     assert not (tmp_path / "seed" / "seed.iso.tmp").exists()
+
+
+def test_routed_nic_gateway_is_on_link_and_timezone_is_set() -> None:
+    s = seed(nics=[SeedNic("52:54:00:aa:bb:01", ["192.0.2.5/32"], "169.254.0.1", onlink=True)],
+             timezone="Europe/Berlin")
+    eth0 = yaml.safe_load(network_config(s))["ethernets"]["eth0"]
+    assert eth0["routes"] == [{"to": "0.0.0.0/0", "via": "169.254.0.1", "on-link": True}]
+    assert yaml.safe_load(user_data(s))["timezone"] == "Europe/Berlin"
+
+
+def test_password_of_another_user_creates_that_user_and_keeps_roots_keys() -> None:
+    cfg = yaml.safe_load(user_data(seed(password_user="admin")))
+    assert cfg["users"] == [{"name": "root", "ssh_authorized_keys": [KEY]},
+                            {"name": "admin", "shell": "/bin/bash", "lock_passwd": False, "hashed_passwd": HASH}]
+    with pytest.raises(InvalidRequest):
+        seed(password_user="Bad User").validate()
+
+
+def test_content_id_changes_with_the_settings_only() -> None:
+    from ctd.instance.vm.seed import content_id
+    assert content_id(seed()) == content_id(seed(instance_id="other"))
+    assert content_id(seed()) != content_id(seed(hostname="web2"))
+    assert content_id(seed()) != content_id(seed(nics=[SeedNic("52:54:00:aa:bb:01", ["10.20.0.6/24"])]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import uuid
@@ -16,8 +17,10 @@ from typing import Any
 from cgroups import CgroupManager, Resources
 
 from ctd.errors import Conflict, OperationFailed
-from ctd.instance.vm import process
+from ctd.limits import UNLIMITED
+from ctd.instance.vm import process, resize
 from ctd.instance.vm.qmp import Qmp
+from ctd.instance.vm.seed import Seed, SeedNic, build_seed_iso, content_id
 from ctd.instance.vm.spec import Disk, Firmware, Nic, VmSpec, pick_accel
 from ctd.linux.proc import start_time
 from ctd.network.manager import NetworkManager
@@ -27,6 +30,7 @@ from ctd.storage.base import StorageDriver
 log = logging.getLogger("ctd.vm")
 DEFAULT_RAM = 1 << 30
 QEMU_OVERHEAD = 256 << 20  # QEMU's own memory on top of the guest's, for the cgroup limit
+SEED_FILE = "seed.iso"
 StoppedCallback = Callable[[str, "int | None"], None]
 
 
@@ -45,6 +49,15 @@ def vm_group(rec: InstanceRecord) -> str:
     return f"vm-{rec.name}"
 
 
+def vm_uuid(rec: InstanceRecord) -> str:
+    """Stable for the VM's life, new for a clone (new id and creation time)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ctd:{rec.id}:{rec.created_at}"))
+
+
+def is_linux(rec: InstanceRecord) -> bool:
+    return rec.options.get("vm", {}).get("profile", "linux") != "windows"
+
+
 class VmDriver:
     def __init__(self, cgroups: CgroupManager, network: NetworkManager, storage: StorageDriver,
                  run_root: Path) -> None:
@@ -61,6 +74,32 @@ class VmDriver:
     def disk_path(self, rec: InstanceRecord) -> Path:
         return self.storage.instance_path(rec.name) / "disk.raw"
 
+    def seed_path(self, rec: InstanceRecord) -> Path:
+        return self.storage.instance_path(rec.name) / SEED_FILE
+
+    def seed(self, rec: InstanceRecord) -> Seed:
+        """What a container of the same settings gets, for cloud-init: hostname, addresses per
+        MAC, DNS, root's keys, the password hash, the timezone."""
+        nameservers = list(rec.options.get("nameservers") or [])
+        nics = [SeedNic(nic.mac, list(inside.addresses), inside.gateway4, inside.gateway6,
+                        nameservers if i == 0 else [], onlink=inside.onlink_gateway)
+                for i, (nic, inside) in enumerate(zip(self.network.db.nics_of(rec.id),
+                                                      self.network.inside_config(rec)))]
+        passwd = rec.options.get("vm", {}).get("passwd") or {}
+        seed = Seed(instance_id="ctd", hostname=rec.hostname, ssh_authorized_keys=list(rec.options.get("ssh_keys") or []),
+                    nics=nics, root_password_hash=passwd.get("hash"), password_user=passwd.get("user", "root"),
+                    timezone=rec.options.get("timezone"))
+        return dataclasses.replace(seed, instance_id=f"{vm_uuid(rec)}-{content_id(seed)}")
+
+    def write_seed(self, rec: InstanceRecord) -> Path | None:
+        """The NoCloud ISO in the VM's directory, rebuilt from the current settings (runs in a
+        thread). Windows VMs get none (cloudbase-init is not set up by ctd)."""
+        path = self.seed_path(rec)
+        if not is_linux(rec):
+            path.unlink(missing_ok=True)
+            return None
+        return build_seed_iso(self.seed(rec), path)
+
     def spec(self, rec: InstanceRecord, paused: bool = False) -> VmSpec:
         vm: dict[str, Any] = rec.options.get("vm", {})
         base = self.storage.instance_path(rec.name)
@@ -69,8 +108,11 @@ class VmDriver:
         kernel = vm.get("kernel")
         windows = vm.get("profile") == "windows"
         return VmSpec(
-            name=rec.name, uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"ctd:{rec.id}:{rec.created_at}")),
+            name=rec.name, uuid=vm_uuid(rec),
             ram=rec.limits.get("ram", DEFAULT_RAM) // (1 << 20) * (1 << 20), cpus=rec.limits.get("cpus", 1),
+            # room to hot-add vCPUs up to what `set --cpus` accepts (the host's count)
+            max_cpus=len(self.cgroups.host_cpus()),
+            seed_iso=None if windows else self.seed_path(rec),
             run_dir=self.run_root / str(rec.id), profile="windows" if windows else "linux", accel=self.accel,
             machine="q35" if windows else "pc",
             disks=[Disk(self.disk_path(rec), "raw", "ahci" if vm.get("compat") else "virtio")],
@@ -88,6 +130,9 @@ class VmDriver:
     async def start(self, rec: InstanceRecord, resources: Resources, paused: bool = False) -> RunningVm:
         if rec.name in self.running:
             raise Conflict(f"{rec.name} is already running")
+        # Rebuilt at each start: whatever `set` changed since is in it (a changed seed has a new
+        # instance-id, so cloud-init applies it again; an unchanged one is left alone by it).
+        await asyncio.to_thread(self.write_seed, rec)
         spec = self.spec(rec, paused)
         spec.validate()
         group = self.cgroups.group(vm_group(rec))
@@ -176,8 +221,47 @@ class VmDriver:
         if vm is None or vm.qmp is None:
             raise Conflict(f"{rec.name} is not running")
         q = vm.qmp
+        try:   # what the guest has now (the balloon lowers it), else the boot size
+            ram, balloon = await q.balloon_actual(), True
+        except OperationFailed:
+            ram, balloon = vm.spec.ram, False
         return {"status": await q.status(), "tpm": await q.query_tpm(), "block": await q.query_block(),
-                "pci": await q.query_pci(), "chardev": await q.query_chardev(), "accel": vm.spec.accel}
+                "pci": await q.query_pci(), "chardev": await q.query_chardev(), "accel": vm.spec.accel,
+                "vcpus": await q.vcpu_count(), "ram": ram, "balloon": balloon}
+
+    # ------------------------------------------------------------- live resizing
+
+    async def resize(self, rec: InstanceRecord, cpus: int | None, ram: int | None,
+                     resources: Resources) -> list[str]:
+        """vCPUs and RAM of a running VM changed where QEMU and the guest allow; the cgroup's
+        memory limit follows what the guest has. Returns a note per value not reached live."""
+        vm = self.running.get(rec.name)
+        if vm is None or vm.qmp is None:
+            return []
+        group = self.cgroups.group(vm_group(rec))
+        await asyncio.to_thread(group.apply, Resources(
+            cpu_quota_pct=resources.cpu_quota_pct, cpu_weight=resources.cpu_weight,
+            io_weight=resources.io_weight, io_limits=resources.io_limits))
+        notes: list[str] = []
+        for what, value in (("cpus", cpus), ("ram", ram)):
+            if value == UNLIMITED:   # back to the default size: no live equivalent
+                notes.append(f"{what}: the default applies at next start")
+        cpus, ram = (None if v == UNLIMITED else v for v in (cpus, ram))
+        if cpus is not None:
+            r = await resize.set_vcpus(vm.qmp, cpus)
+            if r.note:
+                notes.append(f"cpus {r.wanted}: {r.note}")
+        if ram is not None:
+            boot = vm.spec.ram
+            limit = lambda size: Resources(memory_max=size + QEMU_OVERHEAD)  # noqa: E731
+            if ram > await vm.qmp.balloon_actual():   # room first, then the guest grows into it
+                await asyncio.to_thread(group.apply, limit(min(ram, boot)))
+            r = await resize.set_ram(vm.qmp, boot, ram)
+            # never below what the guest still holds: the kernel would reclaim QEMU to death
+            await asyncio.to_thread(group.apply, limit(max(r.value, min(ram, boot))))
+            if r.note:
+                notes.append(f"ram: {r.note}")
+        return notes
 
     async def cont(self, rec: InstanceRecord) -> None:
         vm = self.running.get(rec.name)

@@ -20,7 +20,7 @@ from ctd.errors import OperationFailed
 from ctd.instance.vm.qmp import Qmp
 
 EJECT_TIMEOUT = 15.0     # a guest under TCG takes a few seconds to offline and eject a vCPU
-BALLOON_TIMEOUT = 15.0   # and to move a few hundred MiB through its balloon
+BALLOON_TIMEOUT = 10.0   # and to move a few hundred MiB through its balloon (~1 s per 100 MiB)
 MiB = 1 << 20
 
 

@@ -7,10 +7,12 @@ The VM boots Debian's kernel from the host's /boot directly (no bootloader in th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +21,13 @@ from ctd.errors import NotFound, OperationFailed
 
 # What a guest needs from the kernel's modules when its root is on virtio and its NIC too.
 # button + evdev: the ACPI power button reaches systemd-logind, so `ctctl stop` powers off cleanly.
+# virtio_balloon: `set --ram` on a running VM; sr_mod + isofs: the cloud-init seed CD-ROM is readable.
 MODULES = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_console", "9pnet_virtio",
-           "e1000", "ext4", "crc16", "mbcache", "jbd2", "button", "evdev")
+           "e1000", "ext4", "crc16", "mbcache", "jbd2", "button", "evdev", "virtio_balloon",
+           "ata_piix", "sr_mod", "cdrom", "isofs")
+# Hot-added vCPUs (`set --cpus` on a running VM) come up offline; this is the rule distributions
+# that expect hotplug (Ubuntu's 40-vm-hotadd.rules) ship.
+CPU_HOTADD_RULE = 'SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}=="0", ATTR{online}="1"\n'
 
 
 @dataclass(frozen=True)
@@ -72,7 +79,10 @@ def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
             shutil.copy2(base / name, target / name)
     # loaded at boot even where the guest has no udev to load them by device
     guestfs.make_dirs(rootfs, "/etc/modules-load.d")
-    guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf", "virtio_net\nvirtio_blk\nvirtio_console\nbutton\nevdev\n")
+    guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf",
+                       "virtio_net\nvirtio_blk\nvirtio_console\nbutton\nevdev\nvirtio_balloon\n")
+    guestfs.make_dirs(rootfs, "/etc/udev/rules.d")
+    guestfs.write_file(rootfs, "/etc/udev/rules.d/40-ctd-vcpu-hotadd.rules", CPU_HOTADD_RULE)
     result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
     if result.returncode != 0:
         raise OperationFailed(f"depmod for the VM's modules failed: {result.stderr.strip()}")
@@ -89,6 +99,30 @@ def make_disk(rootfs: Path, image: Path, size: int) -> None:
     if result.returncode != 0:
         image.unlink(missing_ok=True)
         raise OperationFailed(f"mkfs.ext4 could not make the VM's disk: {result.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def mounted(image: Path) -> Iterator[Path]:
+    """The ext4 root of a template-built disk, mounted (loop, nosuid, nodev, noexec) in a private
+    directory beside it while ctd writes the guest's settings into it (VM stopped).
+
+    This trusts the host kernel's ext4 with a filesystem the guest has written; ctd only does
+    it for disks it made itself (template VMs), never for installed ones."""
+    point = image.with_name(".mnt")
+    point.mkdir(mode=0o700, exist_ok=True)
+    try:
+        result = subprocess.run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noexec", str(image), str(point)],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise OperationFailed(f"cannot mount the VM's disk to configure it: {result.stderr.strip()}")
+        try:
+            yield point
+        finally:
+            # the loop device goes with the mount (mount -o loop sets autoclear)
+            subprocess.run(["umount", str(point)], capture_output=True, check=True)
+    finally:
+        with contextlib.suppress(OSError):
+            point.rmdir()
 
 
 def kernel_cmdline(extra: str = "") -> str:

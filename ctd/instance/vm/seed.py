@@ -7,6 +7,7 @@ YAML library is needed and no value can break out of its quoting.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import re
@@ -36,6 +37,7 @@ class SeedNic:
     gateway6: str | None = None
     dns: list[str] = field(default_factory=list)
     dhcp: bool = False                                # no addresses: ask DHCP instead
+    onlink: bool = False      # routed NICs: the gateway is on no subnet of the guest's
 
 
 @dataclass(frozen=True)
@@ -45,11 +47,15 @@ class Seed:
     root_password_hash: str | None = None    # crypt(3) hash, never a clear-text password
     ssh_authorized_keys: list[str] = field(default_factory=list)
     nics: list[SeedNic] = field(default_factory=list)
+    password_user: str = "root"              # whose password root_password_hash is
+    timezone: str | None = None
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", self.instance_id or ""):
             raise InvalidRequest(f"invalid cloud-init instance-id {self.instance_id!r}")
         check_hostname(self.hostname)
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", self.password_user):
+            raise InvalidRequest(f"invalid user name {self.password_user!r}")
         if self.root_password_hash is not None and not _HASH.fullmatch(self.root_password_hash):
             raise InvalidRequest("root password must be a crypt(3) hash ($6$…, $5$…, $y$…, $2b$…), "
                                  "e.g. from `openssl passwd -6`")
@@ -103,11 +109,16 @@ def user_data(seed: Seed) -> str:
     if "." in seed.hostname:
         cfg["fqdn"] = seed.hostname
     if seed.root_password_hash:
-        root.update({"lock_passwd": False, "hashed_passwd": seed.root_password_hash})
+        login = root if seed.password_user == "root" else {"name": seed.password_user, "shell": "/bin/bash"}
+        login.update({"lock_passwd": False, "hashed_passwd": seed.root_password_hash})
+        if login is not root:
+            cfg["users"] = [root, login]
         cfg["chpasswd"] = {"expire": False}
         cfg["ssh_pwauth"] = True
     if seed.ssh_authorized_keys:
         root["ssh_authorized_keys"] = [k.strip() for k in seed.ssh_authorized_keys]
+    if seed.timezone:
+        cfg["timezone"] = seed.timezone
     return "#cloud-config\n" + _yaml(cfg)
 
 
@@ -120,14 +131,22 @@ def network_config(seed: Seed) -> str:
         else:
             eth.update({"dhcp4": False, "dhcp6": False, "addresses": list(n.addresses)})
             # 'to: default' is newer netplan only; explicit prefixes work with every renderer.
-            routes = [{"to": "0.0.0.0/0", "via": n.gateway4}] if n.gateway4 else []
-            routes += [{"to": "::/0", "via": n.gateway6}] if n.gateway6 else []
+            onlink = {"on-link": True} if n.onlink else {}
+            routes = [{"to": "0.0.0.0/0", "via": n.gateway4, **onlink}] if n.gateway4 else []
+            routes += [{"to": "::/0", "via": n.gateway6, **onlink}] if n.gateway6 else []
             if routes:
                 eth["routes"] = routes
         if n.dns:
             eth["nameservers"] = {"addresses": list(n.dns)}
         ethernets[f"eth{i}"] = eth
     return _yaml({"version": 2, "ethernets": ethernets})
+
+
+def content_id(seed: Seed) -> str:
+    """A short digest of what the seed says (its instance-id aside): an instance-id built with
+    it changes exactly when the settings do, so cloud-init applies them again then, and only then."""
+    text = "\0".join([seed.hostname, user_data(seed), network_config(seed)])
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def build_seed_iso(seed: Seed, dest: Path, tool: str = ISO_TOOL) -> Path:

@@ -1,0 +1,188 @@
+"""A VM's settings through ctd: the cloud-init seed it carries, `set` on a running VM (live
+vCPUs, RAM that waits for the guest or the next start), and clones.
+
+The VMs here have no OS (blank disk) or a busybox disk: QEMU runs paused or idles in the
+firmware, so nothing waits for a guest to boot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.vm.test_vm_lifecycle import qemu_pids, swtpm_pids, iso
+
+pytestmark = pytest.mark.slow
+
+QEMU_OVERHEAD = 256 << 20   # ctd's cgroup allowance for QEMU itself (vm/driver.py)
+
+
+def iso_file(image: Path, name: str) -> str:
+    """One file of an ISO, read with isoinfo (genisoimage): no mount needed."""
+    r = subprocess.run(["isoinfo", "-i", str(image), "-R", "-x", f"/{name}"], capture_output=True, text=True,
+                       check=True)
+    return r.stdout
+
+
+def iso_label(image: Path) -> str:
+    out = subprocess.run(["isoinfo", "-d", "-i", str(image)], capture_output=True, text=True, check=True).stdout
+    return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Volume id:"))
+
+
+def ext4_file(image: Path, path: str) -> str:
+    """A file of an ext4 disk image, read with debugfs (no mount, no loop device)."""
+    return subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def memory_limit(pid: int) -> int:
+    line = next(x for x in Path(f"/proc/{pid}/cgroup").read_text().splitlines() if ":memory:" in x)
+    return int(Path("/sys/fs/cgroup/memory", line.split(":", 2)[2].lstrip("/"), "memory.limit_in_bytes").read_text())
+
+
+@pytest.fixture
+def net(ctd):
+    name = f"tc{uuid.uuid4().hex[:6]}"
+    ctd.ok("network", "create", name)
+    yield name
+    ctd.ctl("network", "delete", name)
+
+
+@pytest.fixture
+def ssh_key(tmp_path):
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return Path(f"{key}.pub")
+
+
+def test_seed_carries_the_settings_set_follows_and_vcpus_and_ram_change_live(ctd, net, ssh_key, tmp_path):
+    name = ctd.unique("seed")
+    vmdir = ctd.state_dir / "storage/instances" / name
+    seed = vmdir / "seed.iso"
+    before = qemu_pids()
+    try:
+        ctd.ok("create", name, "--type", "vm", "--disk", "64M", "--ram", "256M", "--cpus", "1", "--net", net,
+               "--ssh-key", str(ssh_key), "--userpasswd", "root:s3cret", "--nameserver", "192.0.2.53")
+        inst = ctd.instance(name)
+        nic = inst["nics"][0]
+        address = nic["addresses"][0]
+        # the seed: a cidata ISO with what a container of these settings would get
+        assert iso_label(seed) == "cidata"
+        meta = yaml.safe_load(iso_file(seed, "meta-data"))
+        user = yaml.safe_load(iso_file(seed, "user-data"))
+        netcfg = yaml.safe_load(iso_file(seed, "network-config"))
+        assert meta["local-hostname"] == name and meta["instance-id"]
+        assert user["hostname"] == name
+        root = user["users"][0]
+        assert root["name"] == "root" and root["ssh_authorized_keys"] == [ssh_key.read_text().strip()]
+        assert root["hashed_passwd"].startswith("$6$") and "s3cret" not in iso_file(seed, "user-data")
+        eth0 = netcfg["ethernets"]["eth0"]
+        assert eth0["match"]["macaddress"] == nic["mac"]
+        assert any(a.split("/")[0] == address for a in eth0["addresses"])
+        assert eth0["nameservers"]["addresses"] == ["192.0.2.53"]
+
+        ctd.ok("start", "--paused", name)
+        hw = ctd.client.get(f"/1.0/instances/{name}/hardware")["hardware"]
+        cds = [b for b in hw["block"] if (b.get("inserted") or {}).get("file") == str(seed)]
+        assert cds and cds[0]["removable"] and cds[0]["inserted"]["ro"], "no cidata CD-ROM in QEMU"
+        assert hw["vcpus"] == 1 and hw["ram"] == 256 << 20 and hw["balloon"]
+        pid = ctd.instance(name)["pid"]
+        assert memory_limit(pid) == (256 << 20) + QEMU_OVERHEAD
+
+        # set on the running VM: hostname and address go into the seed now, into the guest at next start
+        new_address = address.rsplit(".", 1)[0] + ".77"
+        out = ctd.ok("set", name, "--hostname", "renamed", "--ipadd", new_address)
+        assert "next start" in out
+        meta2 = yaml.safe_load(iso_file(seed, "meta-data"))
+        assert meta2["local-hostname"] == "renamed" and meta2["instance-id"] != meta["instance-id"]
+        addresses = yaml.safe_load(iso_file(seed, "network-config"))["ethernets"]["eth0"]["addresses"]
+        assert any(a.split("/")[0] == new_address for a in addresses)
+
+        # vCPUs: hot-added at once
+        out = ctd.ok("set", name, "--cpus", "2")
+        assert "Note" not in out, out
+        assert ctd.client.get(f"/1.0/instances/{name}/hardware")["hardware"]["vcpus"] == 2
+        # RAM past the boot size: at next start, said so; the cgroup stays as it was
+        out = ctd.ok("set", name, "--ram", "512M")
+        assert "Note: ram:" in out and "next start" in out
+        assert memory_limit(pid) == (256 << 20) + QEMU_OVERHEAD
+        # lower, but this guest has no balloon driver (no OS): it keeps its RAM, and so does the cgroup
+        out = ctd.ok("set", name, "--ram", "128M", timeout=60)
+        assert "Note: ram:" in out and "256 MiB" in out
+        assert memory_limit(pid) == (256 << 20) + QEMU_OVERHEAD
+        assert ctd.instance(name)["limits"]["ram"] in ("128M", 128 << 20)
+
+        ctd.ok("stop", "--timeout", "1", name)
+        ctd.ok("start", "--paused", name)   # the next start has what was set
+        hw = ctd.client.get(f"/1.0/instances/{name}/hardware")["hardware"]
+        assert hw["vcpus"] == 2 and hw["ram"] == 128 << 20
+        assert memory_limit(ctd.instance(name)["pid"]) == (128 << 20) + QEMU_OVERHEAD
+    finally:
+        ctd.ctl("destroy", "--force", name)
+    assert not vmdir.exists() and not (qemu_pids() - before)
+
+
+def test_clone_of_a_template_vm_gets_its_own_identity_in_disk_and_seed(ctd, net):
+    src, dst = ctd.unique("vsrc"), ctd.unique("vdst")
+    base = ctd.state_dir / "storage/instances"
+    try:
+        ctd.ok("create", src, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "128M",
+               "--net", net, timeout=120)
+        r = ctd.ctl("start", src)
+        assert r.code == 0, r.err
+        r = ctd.ctl("clone", src, dst)
+        assert r.code == 1 and "running" in r.err   # a live disk is not consistent
+        ctd.ok("stop", "--timeout", "1", src)
+        ctd.ok("clone", src, dst, timeout=120)
+        a, b = ctd.instance(src), ctd.instance(dst)
+        assert b["type"] == "vm" and b["id"] != a["id"] and b["hostname"] == dst
+        assert b["nics"][0]["mac"] != a["nics"][0]["mac"]
+        assert b["nics"][0]["addresses"] != a["nics"][0]["addresses"]
+        # the clone's disk says who it is (ctd wrote it, as at create); the source's is untouched
+        assert ext4_file(base / dst / "disk.raw", "/etc/hostname").strip() == dst
+        assert ext4_file(base / src / "disk.raw", "/etc/hostname").strip() == src
+        netfile = ext4_file(base / dst / "disk.raw", "/etc/systemd/network/10-ctd-eth0.network")
+        assert b["nics"][0]["addresses"][0] in netfile and a["nics"][0]["addresses"][0] not in netfile
+        # and so does its seed, with a new instance-id (cloud-init: a new machine)
+        seeds = [yaml.safe_load(iso_file(base / n / "seed.iso", "meta-data")) for n in (src, dst)]
+        assert seeds[1]["local-hostname"] == dst and seeds[1]["instance-id"] != seeds[0]["instance-id"]
+        mac = yaml.safe_load(iso_file(base / dst / "seed.iso", "network-config"))["ethernets"]["eth0"]["match"]
+        assert mac["macaddress"] == b["nics"][0]["mac"]
+        ctd.ok("start", "--paused", dst)
+        assert ctd.instance(dst)["state"] == "running"
+    finally:
+        for n in (dst, src):
+            ctd.ctl("destroy", "--force", n)
+    assert not (base / dst).exists() and not (base / src).exists()
+
+
+def test_clone_of_a_windows_vm_copies_uefi_vars_and_tpm_state(ctd, tmp_path):
+    installer = iso(tmp_path / "win.iso", "WIN")
+    src, dst = ctd.unique("wsrc"), ctd.unique("wdst")
+    base = ctd.state_dir / "storage/instances"
+    tpm_before = swtpm_pids()
+    try:
+        ctd.ok("create", src, "--type", "vm", "--profile", "windows", "--iso", str(installer), "--disk", "64M",
+               "--ram", "256M")
+        ctd.ok("start", "--paused", src)   # makes the per-VM UEFI variables and TPM state
+        ctd.ok("stop", "--timeout", "1", src)
+        ctd.ok("clone", src, dst)
+        vars_src, vars_dst = base / src / "OVMF_VARS.fd", base / dst / "OVMF_VARS.fd"
+        assert vars_dst.read_bytes() == vars_src.read_bytes()
+        tpm_files = sorted(p.name for p in (base / dst / "tpm").iterdir())
+        assert tpm_files and tpm_files == sorted(p.name for p in (base / src / "tpm").iterdir())
+        assert not (base / dst / "seed.iso").exists()   # no cloud-init for Windows
+        ctd.ok("start", "--paused", dst)
+        hw = ctd.client.get(f"/1.0/instances/{dst}/hardware")["hardware"]
+        assert hw["tpm"] and str(vars_dst) in json.dumps(hw["block"])
+    finally:
+        for n in (dst, src):
+            ctd.ctl("destroy", "--force", n)
+    time.sleep(0.5)
+    assert not (swtpm_pids() - tpm_before)
+    assert not (base / dst).exists() and not (base / src).exists()
