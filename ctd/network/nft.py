@@ -46,20 +46,36 @@ def base_script(table: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LINK_LOCAL = "0xfe800000000000000000000000000000-0xfebfffffffffffffffffffffffffffff"
+
+
+def _raw6(address: str) -> str:
+    """An IPv6 address as the 128-bit integer a raw payload match compares with."""
+    return f"0x{int(ipaddress.IPv6Address(address)):032x}"
+
+
 def _rules(nic: NicFilter) -> list[str]:
     v4 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 4]
     v6 = [a for a in nic.addresses if ipaddress.ip_address(a).version == 6]
     own4 = "{ " + ", ".join(v4 or ["0.0.0.0"]) + " }"
     # link-local always; "::" is the source of duplicate address detection on a bridge
     own6 = "{ " + ", ".join(["fe80::/10"] + (["::"] if nic.bridged else []) + v6) + " }"
+    # NDP claims: the target of a neighbour advertisement (and of a DAD probe, which could
+    # make a neighbour give up its address) must be the NIC's own. nft 1.0.6 has no
+    # 'icmpv6 taddr', so the target is matched raw: 16 bytes at offset 8 of the ICMPv6 header.
+    targets = "{ " + ", ".join([_LINK_LOCAL] + [_raw6(a) for a in v6]) + " }"
+    ndp = [f"icmpv6 type nd-neighbor-advert @th,64,128 != {targets} drop",
+           f"ip6 saddr :: icmpv6 type nd-neighbor-solicit @th,64,128 != {targets} drop",
+           # a tenant is never a router for the host or its neighbours
+           "icmpv6 type { nd-router-advert, nd-redirect } drop"]
     if nic.bridged:
         return [f"ether saddr != {nic.mac} drop",
                 f"ether type arp arp saddr ether != {nic.mac} drop",
                 f"ether type arp arp saddr ip != {own4} drop",
                 f"ether type ip ip saddr != {own4} drop",
-                f"ether type ip6 ip6 saddr != {own6} drop"]
+                f"ether type ip6 ip6 saddr != {own6} drop"] + [f"ether type ip6 {rule}" for rule in ndp]
     return [f"meta nfproto ipv4 ip saddr != {own4} drop",
-            f"meta nfproto ipv6 ip6 saddr != {own6} drop"]
+            f"meta nfproto ipv6 ip6 saddr != {own6} drop"] + [f"meta nfproto ipv6 {rule}" for rule in ndp]
 
 
 def update_script(table: str, before: dict[str, NicFilter], after: dict[str, NicFilter]) -> str:

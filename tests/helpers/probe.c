@@ -29,6 +29,8 @@
 #include <sys/ioctl.h>
 #include <sys/timex.h>
 #include <linux/nsfs.h>
+#include <netinet/in.h>
+#include <netinet/icmp6.h>
 
 static int report(long rc) {
     if (rc < 0) { printf("%s\n", strerrorname_np(errno)); return 1; }
@@ -312,6 +314,59 @@ int main(int argc, char **argv) {
         memset(to.sll_addr, 0xff, 6);
         for (int i = 0; i < 3; i++)
             if (sendto(fd, frame, sizeof frame, 0, (struct sockaddr *)&to, sizeof to) < 0) return report(-1);
+        printf("sent\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "na6spoof")) {           /* na6spoof IFACE CLAIMED_IP6: unsolicited NA claiming it, to all nodes */
+        int fd = socket(AF_INET6, SOCK_RAW, IPPROTO_ICMPV6);
+        if (fd < 0) return report(-1);
+        int hops = 255;                                          /* NDP is only taken from hop limit 255 */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &hops, sizeof hops);
+        if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, argv[2], strlen(argv[2])) < 0) return report(-1);
+        struct ifreq ifr = {0};
+        strncpy(ifr.ifr_name, argv[2], IFNAMSIZ - 1);
+        if (ioctl(fd, SIOCGIFHWADDR, &ifr) < 0) return report(-1);
+        unsigned char msg[32] = {0};
+        struct nd_neighbor_advert *na = (struct nd_neighbor_advert *)msg;
+        na->nd_na_type = ND_NEIGHBOR_ADVERT;
+        na->nd_na_flags_reserved = ND_NA_FLAG_OVERRIDE;          /* replace whatever the host knows */
+        if (inet_pton(AF_INET6, argv[3], &na->nd_na_target) != 1) return report(-1);
+        msg[24] = ND_OPT_TARGET_LINKADDR; msg[25] = 1;           /* "that address is at my MAC" */
+        memcpy(msg + 26, ifr.ifr_hwaddr.sa_data, 6);
+        struct sockaddr_in6 to = {.sin6_family = AF_INET6, .sin6_scope_id = if_nametoindex(argv[2])};
+        inet_pton(AF_INET6, "ff02::1", &to.sin6_addr);
+        for (int i = 0; i < 3; i++)
+            if (sendto(fd, msg, sizeof msg, 0, (struct sockaddr *)&to, sizeof to) < 0) return report(-1);
+        printf("sent\n");
+        return 0;
+    }
+    if (!strcmp(cmd, "udpfrom")) {            /* udpfrom SRC DST PORT TEXT: one datagram from any source address */
+        int v6 = strchr(argv[2], ':') != NULL, one = 1;
+        int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM, 0);
+        if (fd < 0) return report(-1);
+        /* transparent: bind to an address that is not ours (root of the netns may) */
+        if (setsockopt(fd, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT, &one, sizeof one) < 0)
+            return report(-1);
+        struct sockaddr_storage src = {0}, dst = {0};
+        socklen_t len;
+        if (v6) {
+            struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&src, *d6 = (struct sockaddr_in6 *)&dst;
+            s6->sin6_family = d6->sin6_family = AF_INET6;
+            inet_pton(AF_INET6, argv[2], &s6->sin6_addr);
+            inet_pton(AF_INET6, argv[3], &d6->sin6_addr);
+            d6->sin6_port = htons(atoi(argv[4]));
+            len = sizeof *s6;
+        } else {
+            struct sockaddr_in *s4 = (struct sockaddr_in *)&src, *d4 = (struct sockaddr_in *)&dst;
+            s4->sin_family = d4->sin_family = AF_INET;
+            inet_pton(AF_INET, argv[2], &s4->sin_addr);
+            inet_pton(AF_INET, argv[3], &d4->sin_addr);
+            d4->sin_port = htons(atoi(argv[4]));
+            len = sizeof *s4;
+        }
+        if (bind(fd, (struct sockaddr *)&src, len) < 0) return report(-1);
+        for (int i = 0; i < 3; i++)
+            if (sendto(fd, argv[5], strlen(argv[5]), 0, (struct sockaddr *)&dst, len) < 0) return report(-1);
         printf("sent\n");
         return 0;
     }
