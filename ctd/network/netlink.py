@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -18,8 +19,14 @@ NTF_PROXY = 0x08    # a proxy neighbour entry (the host answers NDP for that add
 
 
 @contextlib.contextmanager
-def _ipr() -> Iterator[IPRoute]:
-    ip = IPRoute()
+def _ipr(fileno: int | None = None) -> Iterator[IPRoute]:
+    """fileno: a netlink socket made in another network namespace (a container's); closed after."""
+    try:
+        ip = IPRoute(fileno=fileno) if fileno is not None else IPRoute()
+    except BaseException:
+        if fileno is not None:
+            os.close(fileno)
+        raise
     try:
         yield ip
     finally:
@@ -206,9 +213,10 @@ _NO_IPV6_AUTOCONF = {"IFLA_AF_SPEC": {"attrs": [("AF_INET6", {"attrs": [("IFLA_I
 """addrgenmode none: the kernel makes no link-local address (and runs no DAD for one) at up."""
 
 
-def configure_inside(nics: list[InsideNic]) -> None:
-    """Run in a process that has joined the container's network namespace."""
-    with _ipr() as ip:
+def configure_inside(nics: list[InsideNic], netns_socket: int) -> None:
+    """Address the container's NICs through netns_socket: a NETLINK_ROUTE socket (SOCK_DGRAM)
+    made inside its network namespace, so no process has to join it. Closes the socket."""
+    with _ipr(netns_socket) as ip:
         lo = _index(ip, "lo")
         if lo is not None:
             ip.link("set", index=lo, state="up")

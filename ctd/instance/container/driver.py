@@ -26,6 +26,8 @@ from ctd.instance.container.spec import (
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
 from ctd.linux.proc import start_time
+from ctd.network import netlink
+from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
 from ctd.template.recipe import signal_number
 
@@ -130,20 +132,20 @@ class ContainerDriver:
             reply, fds = await first_reply(queue, f"starting {rec.name}")
             faults.point("start.after_spawn")
             pid = reply["pid"]
-            go_w, err_r = fds
+            go_w, err_r, netns_socket = fds
             undo.callback(self._kill_quietly, pid)
             try:
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
                 pidfd = -1
             try:
-                inside = []
                 if prepare is not None and pidfd >= 0:
-                    inside = await prepare(pid) or []
-                # "go", with the NICs init must address before it execs (saves a helper fork)
-                go = b"1" + (json.dumps([dataclasses.asdict(n) for n in inside]).encode() if inside else b"")
+                    inside = await prepare(pid)
+                    if inside:  # addressed before init runs its first command
+                        await asyncio.to_thread(netlink.configure_inside, inside, netns_socket)
+                        netns_socket = -1
                 try:
-                    os.write(go_w, go)
+                    os.write(go_w, b"1")
                 except BrokenPipeError:
                     pass
                 os.close(go_w)
@@ -151,6 +153,8 @@ class ContainerDriver:
                 failure = await read_to_eof(err_r, START_TIMEOUT)
             finally:
                 os.close(err_r)
+                if netns_socket >= 0:
+                    os.close(netns_socket)
             if failure or pidfd < 0:
                 if pidfd >= 0:
                     os.close(pidfd)
@@ -285,15 +289,17 @@ class ContainerDriver:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
-    async def netconf(self, pid: int, nics: list) -> None:  # type: ignore[type-arg]
-        """Configure NICs inside the network namespace of init pid (through the spawner)."""
+    async def netconf(self, pid: int, nics: list[InsideNic]) -> None:
+        """Configure NICs inside the network namespace of init pid (the spawner hands us a
+        netlink socket made in there)."""
         if not nics:
             return
-        queue = self.spawner.request("netconf", {"init_pid": pid, "nics": [dataclasses.asdict(n) for n in nics]}, [])
+        queue = self.spawner.request("netns_socket", {"init_pid": pid}, [])
         try:
-            await first_reply(queue, "configuring the container's network")
+            _, fds = await first_reply(queue, "configuring the container's network")
         finally:
             self.spawner.forget(queue)
+        await asyncio.to_thread(netlink.configure_inside, nics, fds[0])
 
     # ------------------------------------------------------------- exec
 

@@ -7,6 +7,7 @@ import collections
 import itertools
 import os
 import socket
+import sys
 from collections.abc import Callable
 
 from ctd.errors import OperationFailed
@@ -30,16 +31,19 @@ class SpawnerClient:
 
     @classmethod
     def fork(cls) -> SpawnerClient:
-        """Call before any thread exists: the child becomes the spawner."""
+        """Call before any thread exists: the child execs a fresh interpreter as the spawner."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
-            ours.close()
             try:
-                spawner.serve(theirs, parent)
+                ours.close()
+                os.set_inheritable(theirs.fileno(), True)
+                # -P: never import from the working directory (we are root)
+                os.execv(sys.executable, [sys.executable, "-P", "-m", spawner.__name__,
+                                          str(theirs.fileno()), str(parent)])
             finally:
-                os._exit(0)
+                os._exit(127)
         theirs.close()
         return cls(ours, pid)
 
