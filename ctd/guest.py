@@ -85,6 +85,8 @@ def _apply(rootfs: Path, settings: GuestSettings) -> None:
         guestfs.write_file(rootfs, "/etc/resolv.conf", "".join(f"nameserver {a}\n" for a in settings.nameservers))
     if settings.network_style == "networkd":
         write_networkd(rootfs, settings.nics, settings.nameservers)
+    elif settings.network_style == "ip":
+        write_ip_script(rootfs, settings.nics)
     if settings.ssh_keys:
         guestfs.make_dirs(rootfs, "/root/.ssh", 0o700)
         guestfs.write_file(rootfs, "/root/.ssh/authorized_keys", "".join(k + "\n" for k in settings.ssh_keys), 0o600)
@@ -99,16 +101,40 @@ def write_networkd(rootfs: Path, nics: list[InsideNic], nameservers: list[str]) 
         lines = ["# Written by ctd from the container's settings; 'ctctl set' rewrites it.",
                  "[Match]", f"Name={nic.name}", "", "[Network]", "LinkLocalAddressing=ipv6",
                  "IPv6AcceptRA=no"]
-        lines += [f"Address={a}" for a in nic.addresses]
+        v6 = [a for a in nic.addresses if ipaddress.ip_interface(a).version == 6]
+        lines += [f"Address={a}" for a in nic.addresses if a not in v6]
         lines += [f"DNS={a}" for a in nameservers]
+        routes = []
         for gateway in (nic.gateway4, nic.gateway6):
             if not gateway:
                 continue
             if nic.onlink_gateway:
-                lines += ["", "[Route]", f"Gateway={gateway}", "GatewayOnLink=yes"]
+                routes += ["", "[Route]", f"Gateway={gateway}", "GatewayOnLink=yes"]
             else:
                 lines.append(f"Gateway={gateway}")
-        guestfs.write_file(rootfs, f"/etc/systemd/network/10-ctd-{nic.name}.network", "\n".join(lines) + "\n")
+        # ctd's IPAM keeps IPv6 addresses unique: no duplicate detection holding them ~1 s
+        for address in v6:
+            lines += ["", "[Address]", f"Address={address}", "DuplicateAddressDetection=none"]
+        guestfs.write_file(rootfs, f"/etc/systemd/network/10-ctd-{nic.name}.network", "\n".join(lines + routes) + "\n")
+
+
+def write_ip_script(rootfs: Path, nics: list[InsideNic]) -> None:
+    """/etc/ctd/network.sh: `ip` commands (busybox's) for the NICs, which the busybox template's
+    rcS sources. ctd has addressed the NICs before init runs, so at boot they change nothing;
+    they say what the guest's network is and put it back after an `ip addr flush`."""
+    lines = ["# Written by ctd from the container's settings; 'ctctl set' rewrites it."]
+    for nic in nics:
+        lines.append(f"ip link set {nic.name} up")
+        for cidr in nic.addresses:
+            family = "-6 " if ipaddress.ip_interface(cidr).version == 6 else ""
+            lines.append(f"ip {family}addr add {cidr} dev {nic.name} 2>/dev/null")
+        for gateway, family in ((nic.gateway4, ""), (nic.gateway6, "-6 ")):
+            if gateway:
+                if nic.onlink_gateway:
+                    lines.append(f"ip {family}route add {gateway} dev {nic.name} 2>/dev/null")
+                lines.append(f"ip {family}route replace default via {gateway} dev {nic.name}")
+    guestfs.make_dirs(rootfs, "/etc/ctd")
+    guestfs.write_file(rootfs, "/etc/ctd/network.sh", "\n".join(lines) + "\n")
 
 
 def hash_password(password: str) -> str:

@@ -22,8 +22,9 @@ class Recipe:
     files: str | None = None
     packages: list[str] = field(default_factory=list)
     variant: str = "minbase"      # mmdebstrap variant
-    # How the guest keeps its network settings: "none" (ctd sets eth0 up from the host only)
-    # or "networkd" (also writes systemd-networkd files, so the guest's own tools agree).
+    # How the guest keeps its network settings: "none" (ctd sets eth0 up from the host only),
+    # "ip" (also /etc/ctd/network.sh with `ip` commands) or "networkd" (also systemd-networkd
+    # files, so the guest's own tools agree).
     network_style: str = "none"
     # A systemd guest: /run, /run/lock, /tmp are tmpfs, cgroup filesystems are mounted inside
     # and its cgroup subtree belongs to it.

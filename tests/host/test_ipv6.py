@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import random
 import subprocess
-import time
 import uuid
 
 import pytest
@@ -46,13 +45,18 @@ def test_bridged_containers_talk_over_ipv6_at_once(ctd, make_container, net6):
     assert ctd.sh(a, f"ping -6 -c1 -W2 {ip_b}").code == 0
     assert ctd.sh(b, f"ping -6 -c1 -W2 {net6['gateway6']}").code == 0
     assert f"default via {net6['gateway6']}" in ctd.sh(a, "ip -6 route").out
+    # the guest's own record of it (the busybox template's rcS sources this file)
+    script = ctd.sh(a, "cat /etc/ctd/network.sh").out
+    assert f"ip -6 addr add {ip_a}/64 dev eth0" in script
+    assert f"ip -6 route replace default via {net6['gateway6']} dev eth0" in script
     assert subprocess.run(["busybox", "ping", "-6", "-c1", "-W2", ip_b], capture_output=True).returncode == 0
     # TCP over IPv6: b listens, a sends
     ctd.sh(b, "nc -l -p 5556 > /tmp/got6 2>/dev/null &")
-    time.sleep(0.3)
-    assert ctd.sh(a, f"echo hello-over-v6 | nc -w 2 {ip_b} 5556").code == 0
-    time.sleep(0.3)
-    assert ctd.sh(b, "cat /tmp/got6").out.strip() == "hello-over-v6"
+    # the listener may take a moment on a busy host: retry until it accepts
+    sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-v6 | nc -w 2 {ip_b} 5556 && exit 0; sleep 0.1; done; exit 1")
+    assert sent.code == 0
+    got = ctd.sh(b, "for i in $(seq 50); do [ -s /tmp/got6 ] && break; sleep 0.1; done; cat /tmp/got6")
+    assert got.out.strip() == "hello-over-v6"
 
 
 def test_routed_ipv6_gets_a_host_route_a_link_local_gateway_and_proxy_ndp(ctd, make_container, net6):
@@ -69,6 +73,8 @@ def test_routed_ipv6_gets_a_host_route_a_link_local_gateway_and_proxy_ndp(ctd, m
     inside = ctd.sh(r, "ip -6 addr show dev eth0; ip -6 route").out
     assert f"{ip6}/128" in inside and "tentative" not in inside
     assert "default via fe80::1 dev eth0" in inside
+    script = ctd.sh(r, "cat /etc/ctd/network.sh").out
+    assert f"ip -6 addr add {ip6}/128 dev eth0" in script and "ip -6 route add fe80::1 dev eth0" in script
     assert ctd.sh(r, "ping -6 -c1 -W2 fe80::1%eth0").code == 0
     assert subprocess.run(["busybox", "ping", "-6", "-c1", "-W2", ip6], capture_output=True).returncode == 0
     # on the LAN the host answers NDP for the routed address, with the bridge's MAC
@@ -86,6 +92,7 @@ def test_live_ipv6_ipadd_and_ipdel(ctd, make_container, net6):
     shown = ctd.sh(name, "ip -6 addr show dev eth0").out
     assert f"{extra}/64" in shown and "tentative" not in shown
     assert ctd.sh(name, f"ping -6 -c1 -W2 -I {extra} {net6['gateway6']}").code == 0
+    assert f"ip -6 addr add {extra}/64 dev eth0" in ctd.sh(name, "cat /etc/ctd/network.sh").out
     ctd.ok("set", name, "--ipdel", extra)
     assert extra not in ctd.sh(name, "ip -6 addr show dev eth0").out
     assert extra not in ctd.instance(name)["nics"][0]["addresses"]
