@@ -28,6 +28,7 @@ Names are lower-case without the ``CAP_`` prefix.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Iterable
 
@@ -63,12 +64,18 @@ def cap_number(name: str) -> int:
         raise ValueError(f"unknown capability: {name!r}") from None
 
 
+@functools.cache  # reading the sysctl costs 0.3 ms, on every container start
 def _last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
     except OSError:
         return len(CAP_NAMES) - 1
+
+
+def warm() -> None:
+    """Read once, in a process that forks containers, what drop_bounding() needs in each child."""
+    _last_cap()
 
 
 def drop_bounding(drop: Iterable[str] = DEFAULT_DROP) -> None:

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import ctypes
 import errno as _errno
+import functools
 import os
 import platform
 import struct
@@ -240,6 +241,24 @@ def evaluate(filter: bytes, nr: int, arch: int, args: Sequence[int] = (0,) * 6,
     raise ValueError("filter fell off its end without RET")
 
 
+@functools.lru_cache(maxsize=8)  # the spawner warms it: children then install without building
+def _cached_filter(deny: tuple[str, ...], errno: int) -> bytes:
+    return build_filter(deny, errno)
+
+
+@functools.cache
+def _prctl():  # type: ignore[no-untyped-def]
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
+    return prctl
+
+
+def warm(deny: Iterable[str] = DEFAULT_DENY, errno: int = _errno.EPERM) -> None:
+    """Do once, in a process that forks containers, what install() would do in each child."""
+    _cached_filter(tuple(deny), errno)
+    _prctl()
+
+
 class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
@@ -249,12 +268,9 @@ def install(deny: Iterable[str] = DEFAULT_DENY, errno: int = _errno.EPERM) -> No
 
     Needs CAP_SYS_ADMIN in the caller's user namespace (no no_new_privs on purpose).
     """
-    prog = build_filter(deny, errno)
+    prog = _cached_filter(tuple(deny), errno)
     buf = ctypes.create_string_buffer(prog, len(prog))
     fprog = _SockFprog(len(prog) // _INSN.size, ctypes.cast(buf, ctypes.c_void_p))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p,
-                           ctypes.c_ulong, ctypes.c_ulong]
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
+    if _prctl()(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise OSError(err, f"prctl(PR_SET_SECCOMP): {os.strerror(err)}")

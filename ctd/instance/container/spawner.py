@@ -20,6 +20,7 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import os
 import resource
@@ -27,6 +28,7 @@ import select
 import signal
 import socket
 import termios
+import time
 import traceback
 from dataclasses import dataclass
 
@@ -38,6 +40,10 @@ from ctd.instance.container.spec import (
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
 from ctd.linux.openat2 import open_in_root
+
+
+
+
 
 MAX_MESSAGE = 1 << 16
 MAX_FDS = 8
@@ -54,12 +60,17 @@ def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = 
 
 
 def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+    data, fds = recv_raw(sock)
+    return (json.loads(data) if data else None), fds
+
+
+def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
     data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
     if not data:
         for fd in fds:
             os.close(fd)
-        return None, []
-    return json.loads(data), fds
+        return b"", []
+    return data, fds
 
 
 # ---------------------------------------------------------------- the server loop
@@ -71,51 +82,56 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
         os._exit(0)
     prctl.set_child_subreaper(True)
     prctl.set_name("ctd-spawner")
+    capabilities.warm()
+    seccomp.warm()
+    # Helpers and inits are short-lived forks: a collection there would touch (and copy) every
+    # page of ours. Nothing here builds reference cycles worth collecting.
+    gc.disable()
+    gc.freeze()
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
-    helpers: dict[int, int] = {}  # helper pid -> request id
-    pool: list[UsernsHolder] = []   # user namespaces made ahead of need (off the start path)
+    helpers: dict[int, int] = {}    # helper pid -> request id
+    standbys: list[Standby] = []    # container helpers forked ahead of need (off the start path)
     quiet: set[int] = set()         # holder pids: reaped without a word to ctd
     own = (wake_r, wake_w)
-    pool.append(_fork_holder(own, pool))
+    refill_at = 0.0  # a standby is forked only a moment after the last start: earlier, it
+    #                  would take a CPU from that start
     while True:
-        ready, _, _ = select.select([sock, wake_r], [], [])
+        timeout = None if standbys else max(0.0, refill_at - time.monotonic())
+        ready, _, _ = select.select([sock, wake_r], [], [], timeout)
+        if not ready:  # due, and nobody waits for us
+            standbys.append(_fork_standby(sock, own, standbys, quiet))
+            continue
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock, helpers, quiet)
+            _reap(sock, helpers, quiet, standbys)
         if sock in ready:
-            message, fds = recv(sock)
-            if message is None:
+            data, fds = recv_raw(sock)
+            if not data:
                 os._exit(0)
-            holder = None
-            if message.get("op") == "spawn" and message["spec"].get("uid_map"):
-                holder = pool.pop() if pool else _fork_holder(own, pool)
-            pid = _dispatch(sock, message, fds, own, pool, holder)
-            for fd in fds:
-                os.close(fd)
-            if pid:
-                helpers[pid] = message["id"]
-            if holder is not None:
-                os.close(holder.ready_r)
-                os.close(holder.done_w)
-                quiet.add(holder.pid)
-                if pid:
-                    # Join the container's cgroups for it while it builds its user namespace
-                    # and root: the first cgroup move waits for an RCU grace period.
-                    _join_cgroups_for(pid, message["spec"]["cgroup_procs"], holder.joined_w)
-                os.close(holder.joined_w)
-            if len(pool) < POOL_SIZE:
-                pool.append(_fork_holder(own, pool))
+            message = json.loads(data)
+            try:
+                if message.get("op") == "spawn":
+                    standby = standbys.pop() if standbys else _fork_standby(sock, own, standbys, quiet)
+                    _hand_over(sock, standby, message, data, fds, helpers)
+                    refill_at = time.monotonic() + REFILL_DELAY
+                else:
+                    pid = _dispatch(sock, message, fds, own, standbys)
+                    if pid:
+                        helpers[pid] = message["id"]
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
 
-def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int]) -> None:
+def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -127,11 +143,16 @@ def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int]) -> None
             quiet.discard(pid)
         elif pid in helpers:
             send(sock, {"id": helpers.pop(pid), "helper_exit": status})
+        elif any(s.pid == pid for s in standbys):  # died while it waited: make another later
+            dead = next(s for s in standbys if s.pid == pid)
+            standbys.remove(dead)
+            os.close(dead.control)
+            os.close(dead.joined_w)
         else:
             send(sock, {"event": "exit", "pid": pid, "status": status})
 
 
-POOL_SIZE = 1
+REFILL_DELAY = 0.03  # s
 
 
 @dataclass
@@ -145,18 +166,28 @@ class UsernsHolder:
     joined_w: int
 
 
-def _pool_fds(pool: list[UsernsHolder]) -> list[int]:
-    return [fd for h in pool for fd in (h.ready_r, h.done_w, h.joined_r, h.joined_w)]
+@dataclass
+class Standby:
+    """A container helper forked ahead, with its user namespace holder, waiting for a spawn
+    request on its control socket. The spawner keeps only these two fds of it."""
+
+    pid: int
+    control: int   # the spawn message and its fds go down here
+    joined_w: int  # the spawner reports the cgroup join here
 
 
-def _fork_holder(own_fds: tuple[int, int], pool: list[UsernsHolder]) -> UsernsHolder:
+def _standby_fds(standbys: list[Standby]) -> list[int]:
+    return [fd for s in standbys for fd in (s.control, s.joined_w)]
+
+
+def _fork_holder(close: list[int]) -> UsernsHolder:
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     done_r, done_w = os.pipe2(os.O_CLOEXEC)
     joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in (*own_fds, *_pool_fds(pool), ready_r, done_w, joined_r, joined_w):
+            for fd in (*close, ready_r, done_w, joined_r, joined_w):
                 os.close(fd)
             signal.set_wakeup_fd(-1)
             sc.unshare(sc.CLONE_NEWUSER)
@@ -167,6 +198,51 @@ def _fork_holder(own_fds: tuple[int, int], pool: list[UsernsHolder]) -> UsernsHo
     os.close(ready_w)
     os.close(done_r)
     return UsernsHolder(pid, ready_r, done_w, joined_r, joined_w)
+
+
+def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[Standby],
+                  quiet: set[int]) -> Standby:
+    others = [*own_fds, *_standby_fds(standbys)]
+    holder = _fork_holder([sock.fileno(), *others])
+    quiet.add(holder.pid)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ours.close()
+            for fd in others:
+                os.close(fd)
+            _become_helper()
+            message, fds = recv(theirs)
+            theirs.close()
+            if message is not None:
+                code = _serve_spawn(sock, message, fds, holder)
+        finally:
+            os._exit(code)
+    theirs.close()
+    for fd in (holder.ready_r, holder.done_w, holder.joined_r):
+        os.close(fd)  # the standby's business now
+    return Standby(pid, ours.detach(), holder.joined_w)
+
+
+def _hand_over(sock: socket.socket, standby: Standby, message: dict, data: bytes, fds: list[int],
+               helpers: dict[int, int]) -> None:
+    """Give a spawn request to a standby helper, and join it to the container's cgroups
+    while it builds the container's root: the first cgroup move waits for an RCU grace period."""
+    try:
+        control = socket.socket(fileno=standby.control)
+        try:
+            socket.send_fds(control, [data], fds)  # as ctd sent it: no second encoding
+        finally:
+            control.close()
+        helpers[standby.pid] = message["id"]
+        if message["spec"].get("uid_map"):
+            _join_cgroups_for(standby.pid, message["spec"]["cgroup_procs"], standby.joined_w)
+    except OSError as exc:  # the standby died under us: ctd hears of it as this request's error
+        send(sock, {"id": message["id"], "error": f"handing the start to a helper: {_describe(exc)}"})
+    finally:
+        os.close(standby.joined_w)
 
 
 def _join_cgroups_for(pid: int, procs_files: list[str], joined_w: int) -> None:
@@ -180,12 +256,13 @@ def _join_cgroups_for(pid: int, procs_files: list[str], joined_w: int) -> None:
 
 
 def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int],
-              pool: list[UsernsHolder], holder: UsernsHolder | None) -> int:
+              standbys: list[Standby]) -> int:
+    """exec and netns_socket requests: each in a helper forked for it."""
     op = message.get("op")
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
         return 0
-    if op not in ("spawn", "exec", "netns_socket"):
+    if op not in ("exec", "netns_socket"):
         send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
         return 0
     pid = os.fork()
@@ -194,27 +271,47 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
     # The helper: never returns into the server loop.
     code = 1
     try:
-        signal.set_wakeup_fd(-1)
-        for fd in (*own_fds, *_pool_fds(pool)):
+        for fd in (*own_fds, *_standby_fds(standbys)):
             os.close(fd)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        prctl.set_child_subreaper(False)
-        if op == "spawn":
-            _spawn_container(sock, message["id"], container_from_wire(message["spec"]), fds, holder)
-        elif op == "netns_socket":
+        _become_helper()
+        if op == "netns_socket":
             _netns_socket(sock, message["id"], message["spec"]["init_pid"])
         else:
             _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
         code = 0
     except BaseException as exc:  # noqa: BLE001 — everything goes back to ctd as text
-        try:
-            send(sock, {"id": message["id"], "error": _describe(exc)})
-        except OSError:
-            pass
+        _report(sock, message["id"], exc)
     finally:
         os._exit(code)
+
+
+def _become_helper() -> None:
+    """A forked helper undoes what only the server loop wants."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    prctl.set_child_subreaper(False)
+
+
+def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder) -> int:
+    try:
+        spec = container_from_wire(message["spec"])
+        if not spec.uid_map:  # privileged: no user namespace to claim, let the holder go
+            for fd in (holder.ready_r, holder.done_w, holder.joined_r, holder.joined_w):
+                os.close(fd)
+        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None)
+        return 0
+    except BaseException as exc:  # noqa: BLE001
+        _report(sock, message["id"], exc)
+        return 1
+
+
+def _report(sock: socket.socket, req_id: int, exc: BaseException) -> None:
+    try:
+        send(sock, {"id": req_id, "error": _describe(exc)})
+    except OSError:
+        pass
 
 
 def _describe(exc: BaseException) -> str:
