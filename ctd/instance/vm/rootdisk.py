@@ -77,10 +77,11 @@ def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
     for name in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if (base / name).exists():
             shutil.copy2(base / name, target / name)
-    # loaded at boot even where the guest has no udev to load them by device
+    # loaded at boot even where the guest has no udev to load them by device; isofs because a
+    # minbase guest has no modprobe for the kernel to load it on mount
     guestfs.make_dirs(rootfs, "/etc/modules-load.d")
     guestfs.write_file(rootfs, "/etc/modules-load.d/ctd-vm.conf",
-                       "virtio_net\nvirtio_blk\nvirtio_console\nbutton\nevdev\nvirtio_balloon\n")
+                       "virtio_net\nvirtio_blk\nvirtio_console\nbutton\nevdev\nvirtio_balloon\nisofs\n")
     guestfs.make_dirs(rootfs, "/etc/udev/rules.d")
     guestfs.write_file(rootfs, "/etc/udev/rules.d/40-ctd-vcpu-hotadd.rules", CPU_HOTADD_RULE)
     result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
