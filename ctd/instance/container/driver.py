@@ -108,14 +108,6 @@ class ContainerDriver:
                                   "the template is broken — reinstall or recreate the container")
         group = self.cgroups.group(cgroup_name(rec))
         with contextlib.ExitStack() as undo:
-            await asyncio.to_thread(group.create)
-            faults.point("start.after_cgroup")
-            undo.callback(self._destroy_group_quietly, group)
-            await asyncio.to_thread(group.apply, resources)
-            if rec.options.get("systemd") and not rec.privileged:
-                # systemd inside manages its own subtree (init.scope, system.slice …)
-                await asyncio.to_thread(group.delegate, rec.idmap_base, rec.idmap_base)
-
             master, slave = os.openpty()
             undo.callback(os.close, master)
             try:
@@ -127,6 +119,18 @@ class ContainerDriver:
                 queue = self.spawner.request("spawn", to_wire(spec), [slave])
             finally:
                 os.close(slave)
+            undo.callback(self.spawner.forget, queue)
+            # The spawner's helper builds the root meanwhile; it waits for the cgroups only
+            # to make the cgroup namespace and fork init.
+            join = {"for": self.spawner.id_of(queue), "cgroup_procs": None}
+            try:
+                await asyncio.to_thread(self._make_group, group, rec, resources, undo)
+                join["cgroup_procs"] = spec.cgroup_procs
+            except BaseException as exc:
+                join["error"] = f"ctd could not make the cgroups: {exc}"
+                raise
+            finally:
+                self.spawner.notify("join", join)
             reply, fds = await first_reply(queue, f"starting {rec.name}")
             faults.point("start.after_spawn")
             pid = reply["pid"]
@@ -158,11 +162,22 @@ class ContainerDriver:
                     os.close(pidfd)
                 raise OperationFailed(f"starting {rec.name}: {failure.decode(errors='replace') or 'init died at once'}")
             undo.pop_all()
+        self.spawner.forget(queue)  # the helper's exit is no news
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
         rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
         self._watch(rc)
         return rc
+
+    def _make_group(self, group, rec: InstanceRecord, resources: Resources,  # type: ignore[no-untyped-def]
+                    undo: contextlib.ExitStack) -> None:
+        group.create()
+        faults.point("start.after_cgroup")
+        undo.callback(self._destroy_group_quietly, group)
+        group.apply(resources)
+        if rec.options.get("systemd") and not rec.privileged:
+            # systemd inside manages its own subtree (init.scope, system.slice …)
+            group.delegate(rec.idmap_base, rec.idmap_base)
 
     # ------------------------------------------------------------- adopt after a daemon restart
 

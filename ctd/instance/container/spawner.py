@@ -7,6 +7,8 @@ containers do not — a restarted ctd adopts them by pid and start time.
 
 Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   -> {"id", "op": "spawn", "spec"}  fds: [console pty slave]
+  -> {"id", "op": "join", "spec": {"for": spawn id, "cgroup_procs": [...] or null, "error"}}
+        ctd made the cgroups (or failed to): the spawner moves that spawn's helper in (no reply)
   <- {"id", "pid"}                  fds: [go pipe write end, exec-error pipe read end,
                                           a NETLINK_ROUTE socket in its network namespace]
   -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
@@ -40,6 +42,10 @@ from ctd.instance.container.spec import (
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
 from ctd.linux.openat2 import open_in_root
+
+
+
+
 
 
 
@@ -94,6 +100,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
     helpers: dict[int, int] = {}    # helper pid -> request id
+    joins: dict[int, tuple[int, int]] = {}  # spawn id -> (its helper pid, that helper's joined_w)
     standbys: list[Standby] = []    # container helpers forked ahead of need (off the start path)
     quiet: set[int] = set()         # holder pids: reaped without a word to ctd
     own = (wake_r, wake_w)
@@ -111,7 +118,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock, helpers, quiet, standbys)
+            _reap(sock, helpers, quiet, standbys, joins)
         if sock in ready:
             data, fds = recv_raw(sock)
             if not data:
@@ -120,8 +127,10 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
             try:
                 if message.get("op") == "spawn":
                     standby = standbys.pop() if standbys else _fork_standby(sock, own, standbys, quiet)
-                    _hand_over(sock, standby, message, data, fds, helpers)
+                    _hand_over(sock, standby, message, data, fds, helpers, joins)
                     refill_at = time.monotonic() + REFILL_DELAY
+                elif message.get("op") == "join":
+                    _join(message["spec"], joins)
                 else:
                     pid = _dispatch(sock, message, fds, own, standbys)
                     if pid:
@@ -131,7 +140,8 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     os.close(fd)
 
 
-def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby]) -> None:
+def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby],
+          joins: dict[int, tuple[int, int]]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -142,7 +152,10 @@ def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standby
         if pid in quiet:
             quiet.discard(pid)
         elif pid in helpers:
-            send(sock, {"id": helpers.pop(pid), "helper_exit": status})
+            rid = helpers.pop(pid)
+            if rid in joins:  # gone before ctd's cgroups were ready
+                os.close(joins.pop(rid)[1])
+            send(sock, {"id": rid, "helper_exit": status})
         elif any(s.pid == pid for s in standbys):  # died while it waited: make another later
             dead = next(s for s in standbys if s.pid == pid)
             standbys.remove(dead)
@@ -162,8 +175,6 @@ class UsernsHolder:
     pid: int
     ready_r: int   # one byte arrives once the namespace exists
     done_w: int    # closing every copy lets the holder exit
-    joined_r: int  # for the container helper: the spawner put it in its cgroups
-    joined_w: int
 
 
 @dataclass
@@ -173,7 +184,7 @@ class Standby:
 
     pid: int
     control: int   # the spawn message and its fds go down here
-    joined_w: int  # the spawner reports the cgroup join here
+    joined_w: int  # the spawner reports the cgroup join here ("1", or "0" and why not)
 
 
 def _standby_fds(standbys: list[Standby]) -> list[int]:
@@ -183,11 +194,10 @@ def _standby_fds(standbys: list[Standby]) -> list[int]:
 def _fork_holder(close: list[int]) -> UsernsHolder:
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     done_r, done_w = os.pipe2(os.O_CLOEXEC)
-    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         try:
-            for fd in (*close, ready_r, done_w, joined_r, joined_w):
+            for fd in (*close, ready_r, done_w):
                 os.close(fd)
             signal.set_wakeup_fd(-1)
             sc.unshare(sc.CLONE_NEWUSER)
@@ -197,7 +207,7 @@ def _fork_holder(close: list[int]) -> UsernsHolder:
             os._exit(0)
     os.close(ready_w)
     os.close(done_r)
-    return UsernsHolder(pid, ready_r, done_w, joined_r, joined_w)
+    return UsernsHolder(pid, ready_r, done_w)
 
 
 def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[Standby],
@@ -206,53 +216,66 @@ def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[
     holder = _fork_holder([sock.fileno(), *others])
     quiet.add(holder.pid)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             ours.close()
-            for fd in others:
+            for fd in (*others, joined_w):
                 os.close(fd)
             _become_helper()
             message, fds = recv(theirs)
             theirs.close()
             if message is not None:
-                code = _serve_spawn(sock, message, fds, holder)
+                code = _serve_spawn(sock, message, fds, holder, joined_r)
         finally:
             os._exit(code)
     theirs.close()
-    for fd in (holder.ready_r, holder.done_w, holder.joined_r):
+    for fd in (holder.ready_r, holder.done_w, joined_r):
         os.close(fd)  # the standby's business now
-    return Standby(pid, ours.detach(), holder.joined_w)
+    return Standby(pid, ours.detach(), joined_w)
 
 
 def _hand_over(sock: socket.socket, standby: Standby, message: dict, data: bytes, fds: list[int],
-               helpers: dict[int, int]) -> None:
-    """Give a spawn request to a standby helper, and join it to the container's cgroups
-    while it builds the container's root: the first cgroup move waits for an RCU grace period."""
+               helpers: dict[int, int], joins: dict[int, tuple[int, int]]) -> None:
+    """Give a spawn request to a standby helper. It builds the container's root while ctd
+    makes the cgroups; ctd's "join" message then has us move it in."""
     try:
         control = socket.socket(fileno=standby.control)
         try:
             socket.send_fds(control, [data], fds)  # as ctd sent it: no second encoding
         finally:
             control.close()
-        helpers[standby.pid] = message["id"]
-        if message["spec"].get("uid_map"):
-            _join_cgroups_for(standby.pid, message["spec"]["cgroup_procs"], standby.joined_w)
     except OSError as exc:  # the standby died under us: ctd hears of it as this request's error
-        send(sock, {"id": message["id"], "error": f"handing the start to a helper: {_describe(exc)}"})
-    finally:
         os.close(standby.joined_w)
+        send(sock, {"id": message["id"], "error": f"handing the start to a helper: {_describe(exc)}"})
+        return
+    helpers[standby.pid] = message["id"]
+    joins[message["id"]] = (standby.pid, standby.joined_w)
 
 
-def _join_cgroups_for(pid: int, procs_files: list[str], joined_w: int) -> None:
+def _join(request: dict, joins: dict[int, tuple[int, int]]) -> None:
+    """Move a spawn's helper into the container's cgroups (the first cgroup move waits for an
+    RCU grace period: the helper goes on building meanwhile), or tell it why not."""
+    if request["for"] not in joins:
+        return  # that helper is gone already; ctd hears of it through helper_exit
+    pid, joined_w = joins.pop(request["for"])
     try:
-        for path in procs_files:
-            with open(path, "w") as fh:
-                fh.write(str(pid))
-        os.write(joined_w, b"1")
-    except OSError as exc:
-        os.write(joined_w, f"0joining the cgroup {exc.filename or ''}: {exc.strerror}".encode()[:500])
+        if request.get("cgroup_procs") is None:
+            os.write(joined_w, b"0" + str(request.get("error") or "ctd gave up").encode()[:500])
+            return
+        try:
+            for path in request["cgroup_procs"]:
+                with open(path, "w") as fh:
+                    fh.write(str(pid))
+            os.write(joined_w, b"1")
+        except OSError as exc:
+            os.write(joined_w, f"0joining the cgroup {exc.filename or ''}: {exc.strerror}".encode()[:500])
+    except OSError:
+        pass  # the helper died: it needs no answer
+    finally:
+        os.close(joined_w)
 
 
 def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int],
@@ -294,13 +317,14 @@ def _become_helper() -> None:
     prctl.set_child_subreaper(False)
 
 
-def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder) -> int:
+def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder,
+                 joined_r: int) -> int:
     try:
         spec = container_from_wire(message["spec"])
         if not spec.uid_map:  # privileged: no user namespace to claim, let the holder go
-            for fd in (holder.ready_r, holder.done_w, holder.joined_r, holder.joined_w):
+            for fd in (holder.ready_r, holder.done_w):
                 os.close(fd)
-        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None)
+        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None, joined_r)
         return 0
     except BaseException as exc:  # noqa: BLE001
         _report(sock, message["id"], exc)
@@ -336,22 +360,16 @@ def _claim_userns(spec: ContainerSpec, holder: UsernsHolder) -> int:
     return fd
 
 
-def _wait_joined(spec: ContainerSpec, holder: UsernsHolder | None) -> None:
-    """The cgroup namespace must be made inside the container's cgroups."""
-    if holder is None:
-        for path in spec.cgroup_procs:
-            with open(path, "w") as fh:
-                fh.write(str(os.getpid()))
-        return
-    os.close(holder.joined_w)
-    answer = os.read(holder.joined_r, 1000)
-    os.close(holder.joined_r)
+def _wait_joined(joined_r: int) -> None:
+    """The cgroup namespace must be made inside the container's cgroups, and init born there."""
+    answer = os.read(joined_r, 1000)
+    os.close(joined_r)
     if answer != b"1":
         raise OSError(answer[1:].decode(errors="replace") or "the spawner did not put us in the cgroups")
 
 
 def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int],
-                     holder: UsernsHolder | None) -> None:
+                     holder: UsernsHolder | None, joined_r: int) -> None:
     console_fd = fds[0] if spec.console else None
     # Host files bound into the container (devices, lxcfs, the console) are cloned now as
     # detached mounts, by host root: the container's root user may not be able to walk the
@@ -383,9 +401,12 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    _wait_joined(spec, holder)
-    sc.unshare(CONTAINER_NAMESPACES)
+    # Make the namespaces while the spawner moves us into the container's cgroups; only the
+    # cgroup namespace has to wait for that (it is rooted where we stand when we make it).
+    sc.unshare(CONTAINER_NAMESPACES & ~sc.CLONE_NEWCGROUP)
     sc.sethostname(spec.hostname)
+    _wait_joined(joined_r)
+    sc.unshare(sc.CLONE_NEWCGROUP)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()

@@ -121,6 +121,13 @@ class SpawnerClient:
         if self._loop is not None:
             self._loop.remove_writer(self.sock.fileno())
 
+    def notify(self, op: str, spec: dict) -> None:
+        """A request that gets no reply of its own."""
+        self.forget(self.request(op, spec, []))
+
+    def id_of(self, queue: asyncio.Queue) -> int:
+        return next(rid for rid, q in self._queues.items() if q is queue)
+
     def forget(self, queue: asyncio.Queue) -> None:
         for rid, q in list(self._queues.items()):
             if q is queue:
