@@ -826,6 +826,8 @@ class InstanceManager:
                                         "removed_records": []}
         records = self.db.list_instances()
         for rec in records:
+            if rec.type is InstanceType.VM and rootdisk.release_stale_mount(self.storage.instance_path(rec.name)):
+                report["removed_dirs"].append(f"{rec.name}/{rootdisk.MOUNT_DIR}")
             if rec.state is PowerState.STOPPED:
                 continue
             if rec.type is InstanceType.VM:

@@ -73,7 +73,7 @@ def test_linux_profile_argv(files: dict[str, Path]) -> None:
     assert one(argv, "-name") == "web1,process=qemu-web1"
     assert one(argv, "-uuid") == UUID
     assert one(argv, "-machine") == "pc"
-    assert one(argv, "-accel") == "tcg"
+    assert one(argv, "-accel") == "tcg,tb-size=128"   # not QEMU's 1 GiB translation cache
     assert one(argv, "-cpu") == "max"
     assert one(argv, "-smp") == "2,sockets=1,cores=2,threads=1,maxcpus=2"
     assert one(argv, "-m") == "512M"
@@ -92,7 +92,7 @@ def test_linux_profile_argv(files: dict[str, Path]) -> None:
                                    "cache=none,discard=unmap")
     assert values(argv, "-device") == ["VGA,id=video0", "virtio-blk-pci,drive=drive-disk0,id=disk0,bootindex=1",
                                        "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:01,id=nic0",
-                                       "virtio-balloon-pci,id=balloon0"]
+                                       "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
     assert one(argv, "-netdev") == "tap,id=net0,ifname=vm100n0,script=no,downscript=no"
     for flag in ("-tpmdev", "-blockdev", "-global"):
         assert flag not in argv
@@ -104,8 +104,8 @@ def test_room_for_hot_added_vcpus_except_on_microvm(files: dict[str, Path]) -> N
     assert one(build_argv(linux(files, cpus=3, max_cpus=2)), "-smp") == "3,sockets=1,cores=3,threads=1,maxcpus=3"
     micro = build_argv(linux(files, machine="microvm", cpus=1, max_cpus=4))
     assert one(micro, "-smp") == "1,sockets=1,cores=1,threads=1,maxcpus=1"
-    assert "virtio-balloon-device,id=balloon0" in values(micro, "-device")
-    assert "virtio-balloon-pci,id=balloon0" not in values(build_argv(linux(files, balloon=False)), "-device")
+    assert "virtio-balloon-device,id=balloon0,free-page-reporting=on" in values(micro, "-device")
+    assert "virtio-balloon-pci,id=balloon0,free-page-reporting=on" not in values(build_argv(linux(files, balloon=False)), "-device")
 
 
 def test_linux_defaults_to_q35_and_kvm_uses_host_cpu(files: dict[str, Path]) -> None:
@@ -154,7 +154,7 @@ def test_windows_profile_argv_tcg(files: dict[str, Path]) -> None:
         "ide-cd,bus=ide.0,drive=drive-cd0,id=cd0,bootindex=2",     # install ISO
         "ide-cd,bus=ide.1,drive=drive-cd1,id=cd1",                 # virtio-win drivers
         "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:02,id=nic0",
-        "virtio-balloon-pci,id=balloon0"]
+        "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
     drives = values(argv, "-drive")
     assert drives[1] == f"file={files['win.iso']},if=none,id=drive-cd0,media=cdrom,readonly=on,format=raw"
     assert drives[2] == f"file={files['virtio-win.iso']},if=none,id=drive-cd1,media=cdrom,readonly=on,format=raw"
@@ -212,7 +212,7 @@ def test_microvm(files: dict[str, Path]) -> None:
     assert devices == ["virtio-blk-device,drive=drive-disk0,id=disk0,bootindex=1",
                        "virtio-blk-device,drive=drive-cd0,id=cd0",
                        "virtio-net-device,netdev=net0,mac=52:54:00:aa:bb:01,id=nic0",
-                       "virtio-balloon-device,id=balloon0"]
+                       "virtio-balloon-device,id=balloon0,free-page-reporting=on"]
     assert "-vnc" not in argv
 
 

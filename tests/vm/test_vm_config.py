@@ -186,3 +186,29 @@ def test_clone_of_a_windows_vm_copies_uefi_vars_and_tpm_state(ctd, tmp_path):
     time.sleep(0.5)
     assert not (swtpm_pids() - tpm_before)
     assert not (base / dst).exists() and not (base / src).exists()
+
+
+def test_a_disk_mount_left_by_a_dead_ctd_is_released(tmp_path):
+    from ctd.instance.vm import rootdisk
+
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    image = vm_dir / "disk.raw"
+    subprocess.run(["truncate", "-s", "16M", str(image)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    with rootdisk.mounted(image) as root:   # the normal way: gone afterwards
+        (root / "hello").write_text("hi")
+    assert not (vm_dir / rootdisk.MOUNT_DIR).exists()
+    assert "hi" in ext4_file(image, "/hello")
+    # ctd killed inside mounted(): the mount and its loop device stay until recovery
+    point = vm_dir / rootdisk.MOUNT_DIR
+    point.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(point)], check=True)
+    try:
+        assert str(image) in subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+        assert rootdisk.release_stale_mount(vm_dir)
+        assert not point.exists()
+        assert str(image) not in subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True).stdout
+        assert not rootdisk.release_stale_mount(vm_dir)
+    finally:
+        subprocess.run(["umount", str(point)], capture_output=True)

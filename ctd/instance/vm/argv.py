@@ -91,6 +91,14 @@ def _cpu(spec: VmSpec, hyperv: bool) -> str:
     return model
 
 
+def _accel(spec: VmSpec) -> str:
+    if spec.accel == "tcg":
+        # TCG's translated-code cache grows to 1 GiB by default: more than the guest's RAM for a
+        # small VM, and past the cgroup limit (RAM + QEMU's allowance) it gets QEMU OOM-killed.
+        return f"tcg,tb-size={spec.tcg_cache_mib}"
+    return spec.accel
+
+
 def _base(spec: VmSpec, cpu: str) -> list[str]:
     argv = [spec.qemu,
             "-name", f"{esc(spec.name)},process=qemu-{esc(spec.name)}",
@@ -98,7 +106,7 @@ def _base(spec: VmSpec, cpu: str) -> list[str]:
             # Only the devices listed here: no default NIC, VGA, floppy, CD or monitor.
             "-nodefaults", "-no-user-config",
             "-machine", _machine(spec),
-            "-accel", spec.accel,
+            "-accel", _accel(spec),
             "-cpu", cpu,
             # One socket with N cores: Windows client editions use at most two sockets. Cores
             # past the boot count are empty slots that QMP device_add fills while it runs.
@@ -230,7 +238,9 @@ def _balloon(spec: VmSpec) -> list[str]:
     # The guest hands pages back when QMP 'balloon' lowers its target; deflating again gives
     # them back, up to the -m size it booted with. Windows needs virtio-win's balloon driver.
     model = "virtio-balloon-device" if spec.machine_type == "microvm" else "virtio-balloon-pci"
-    return ["-device", f"{model},id=balloon0"]
+    # free page reporting: pages the guest frees go back to the host too (an idle VM's RSS
+    # shrinks to what it uses, not what it once touched, e.g. while unpacking its initrd)
+    return ["-device", f"{model},id=balloon0,free-page-reporting=on"]
 
 
 def _kernel(spec: VmSpec) -> list[str]:

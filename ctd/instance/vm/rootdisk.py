@@ -102,6 +102,22 @@ def make_disk(rootfs: Path, image: Path, size: int) -> None:
         raise OperationFailed(f"mkfs.ext4 could not make the VM's disk: {result.stderr.strip()}")
 
 
+MOUNT_DIR = ".mnt"
+
+
+def release_stale_mount(vm_dir: Path) -> bool:
+    """A mount that mounted() left when ctd died inside it: unmounted (its loop device goes
+    with it) and the directory removed. True if there was one."""
+    point = vm_dir / MOUNT_DIR
+    if not point.exists():
+        return False
+    if os.path.ismount(point):
+        subprocess.run(["umount", str(point)], capture_output=True)
+    with contextlib.suppress(OSError):
+        point.rmdir()
+    return True
+
+
 @contextlib.contextmanager
 def mounted(image: Path) -> Iterator[Path]:
     """The ext4 root of a template-built disk, mounted (loop, nosuid, nodev, noexec) in a private
@@ -109,7 +125,7 @@ def mounted(image: Path) -> Iterator[Path]:
 
     This trusts the host kernel's ext4 with a filesystem the guest has written; ctd only does
     it for disks it made itself (template VMs), never for installed ones."""
-    point = image.with_name(".mnt")
+    point = image.with_name(MOUNT_DIR)
     point.mkdir(mode=0o700, exist_ok=True)
     try:
         result = subprocess.run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noexec", str(image), str(point)],

@@ -104,6 +104,7 @@ class VmSpec:
     paused: bool = False      # -S: the CPUs wait for QMP 'cont'
     max_cpus: int | None = None             # vCPUs that can be hot-added later; None: cpus
     balloon: bool = True      # virtio-balloon: RAM can be lowered (and raised back) while running
+    tcg_cache_mib: int = 128  # TCG's translation cache (QEMU's default, 1 GiB, dwarfs small guests)
     boot_cdrom_first: bool = False          # installing: boot the first CD-ROM before the disk
     qemu: str = QEMU
 
