@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import ipaddress
@@ -13,7 +14,7 @@ from typing import Any
 
 from ctd import validate
 from ctd import faults
-from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
 from ctd.network import ipam, netlink, nft, tc
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord, NetworkRecord, NicMode, NicRecord, StateDB
@@ -151,12 +152,15 @@ class NetworkManager:
     def _nat(self, net: NetworkRecord, on: bool) -> None:
         """Masquerade the network's subnet toward the outside (off unless asked for)."""
         table = f"{self.nft_table}_nat_{net.name.replace('-', '_')}"
-        import subprocess
-        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+        # made (empty) first so the delete never fails: one transaction either way
+        script = f"table ip {table} {{}}\ndelete table ip {table}\n"
         if on:
-            script = (f"table ip {table} {{\n chain post {{ type nat hook postrouting priority 100;\n"
-                      f"  ip saddr {net.subnet4} ip daddr != {net.subnet4} masquerade\n }}\n}}\n")
-            subprocess.run(["nft", "-f", "-"], input=script, text=True, capture_output=True, check=True)
+            script += (f"table ip {table} {{\n chain post {{ type nat hook postrouting priority 100;\n"
+                       f"  ip saddr {net.subnet4} ip daddr != {net.subnet4} masquerade\n }}\n}}\n")
+        try:
+            nft.run(script)
+        except OSError as exc:
+            raise OperationFailed(f"nftables refused the NAT rules of {net.name}: {exc}") from None
             with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
                 fh.write("1")
 
@@ -282,14 +286,15 @@ class NetworkManager:
         except BaseException:
             self.teardown(rec)
             raise
-        return [self._inside(n) for n in nics]
+        return [dataclasses.replace(self._inside(n), fresh=True) for n in nics]
 
     def _bridge_for(self, nic: NicRecord) -> str | None:
         """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone)."""
         if nic.mode is not NicMode.BRIDGED:
             return None
         net = self.network(nic.network)  # type: ignore[arg-type]
-        self.bring_up(net)
+        if not os.path.exists(f"/sys/class/net/{net.bridge}"):  # ~1 ms of netlink saved per start
+            self.bring_up(net)
         return net.bridge
 
     def _host_side(self, nic: NicRecord, removed: list[str] | None = None) -> None:

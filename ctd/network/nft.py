@@ -5,12 +5,19 @@ Each holds a base chain that jumps, through a verdict map keyed by the host end'
 one regular chain per NIC. Base chains are made once: adding or removing a NIC touches only
 the map and regular chains, so no netfilter hook is re-registered (that costs RCU grace
 periods, tens of milliseconds, on every container start).
+
+Rules go to the kernel through libnftables in this process (Debian's libnftables1, the library
+behind the `nft` command), not through an `nft` process per change: 0.4 ms instead of 5 ms to
+add a NIC's rules, 0.2 ms instead of 15 ms to remove them (measured here).
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import ipaddress
 import subprocess
+import threading
 from dataclasses import dataclass
 
 from ctd.errors import OperationFailed
@@ -96,10 +103,67 @@ def update_script(table: str, before: dict[str, NicFilter], after: dict[str, Nic
     return "\n".join(lines) + "\n"
 
 
-def _run(script: str) -> None:
+class LibNftables:
+    """The few calls of libnftables ctd needs (nft_ctx_new, nft_run_cmd_from_buffer), through
+    ctypes. One context, used under a lock: the library is not thread-safe."""
+
+    def __init__(self) -> None:
+        path = ctypes.util.find_library("nftables") or "libnftables.so.1"
+        lib = ctypes.CDLL(path)  # OSError when libnftables1 is not installed
+        lib.nft_ctx_new.restype = ctypes.c_void_p
+        lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
+        for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+        for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+            getattr(lib, name).argtypes = [ctypes.c_void_p]
+            getattr(lib, name).restype = ctypes.c_char_p
+        lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        self.lib = lib
+        self.ctx = lib.nft_ctx_new(0)
+        if not self.ctx:
+            raise OSError("nft_ctx_new failed")
+        # output and errors into buffers of the context, not onto ctd's stdout/stderr
+        lib.nft_ctx_buffer_output(self.ctx)
+        lib.nft_ctx_buffer_error(self.ctx)
+        self.lock = threading.Lock()
+
+    def run(self, script: str) -> None:
+        """Run an nft script as one transaction; OSError with nft's message if it is refused."""
+        with self.lock:
+            rc = self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode())
+            self.lib.nft_ctx_get_output_buffer(self.ctx)  # fetching empties them for the next run
+            error = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
+        if rc != 0:
+            raise OSError(error.decode(errors="replace").strip() or f"nft_run_cmd_from_buffer returned {rc}")
+
+
+_lib: LibNftables | None = None
+_lib_failed = False
+
+
+def run(script: str) -> None:
+    """Run an nft script (one transaction) in-process, or through the `nft` command where the
+    library cannot be loaded; OSError with nft's message if it is refused."""
+    global _lib, _lib_failed
+    if _lib is None and not _lib_failed:
+        try:
+            _lib = LibNftables()
+        except (OSError, AttributeError):
+            _lib_failed = True
+    if _lib is not None:
+        _lib.run(script)
+        return
     result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
     if result.returncode != 0:
-        raise OperationFailed(f"nftables refused the anti-spoofing rules: {result.stderr.strip()}")
+        raise OSError(result.stderr.strip())
+
+
+def _run(script: str) -> None:
+    try:
+        run(script)
+    except OSError as exc:
+        raise OperationFailed(f"nftables refused the anti-spoofing rules: {exc}") from None
 
 
 class Filters:
@@ -118,5 +182,8 @@ class Filters:
 
     def remove(self) -> None:
         for family in ("bridge", "inet"):
-            subprocess.run(["nft", "delete", "table", family, self.table], capture_output=True)
+            try:
+                run(f"delete table {family} {self.table}\n")
+            except OSError:
+                pass  # not there
         self.applied = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import subprocess
+import threading
 import uuid
 
 import pytest
@@ -50,13 +51,16 @@ def test_bridged_containers_talk_over_ipv6_at_once(ctd, make_container, net6):
     assert f"ip -6 addr add {ip_a}/64 dev eth0" in script
     assert f"ip -6 route replace default via {net6['gateway6']} dev eth0" in script
     assert subprocess.run(["busybox", "ping", "-6", "-c1", "-W2", ip_b], capture_output=True).returncode == 0
-    # TCP over IPv6: b listens, a sends
-    ctd.sh(b, "nc -l -p 5556 > /tmp/got6 2>/dev/null &")
-    # the listener may take a moment on a busy host: retry until it accepts
-    sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-v6 | nc -w 2 {ip_b} 5556 && exit 0; sleep 0.1; done; exit 1")
-    assert sent.code == 0
-    got = ctd.sh(b, "for i in $(seq 50); do [ -s /tmp/got6 ] && break; sleep 0.1; done; cat /tmp/got6")
-    assert got.out.strip() == "hello-over-v6"
+    # TCP over IPv6: b listens (in an exec of its own that lasts until the transfer), a sends
+    listener = threading.Thread(target=lambda: got.append(ctd.sh(b, "nc -l -p 5556", timeout=30)))
+    got: list = []
+    listener.start()
+    try:
+        sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-v6 | nc -w 2 {ip_b} 5556 && exit 0; sleep 0.1; done; exit 1")
+        assert sent.code == 0
+    finally:
+        listener.join(35)
+    assert got and got[0].out.strip() == "hello-over-v6"
 
 
 def test_routed_ipv6_gets_a_host_route_a_link_local_gateway_and_proxy_ndp(ctd, make_container, net6):
