@@ -151,10 +151,10 @@ class CtdDaemon:
     def storage_info(self) -> dict:
         return self.client.get("/1.0/storage")["storage"]
 
-    def create_network(self, name: str) -> dict:
+    def create_network(self, name: str, mtu: int | None = None) -> dict:
         """A bridge of our own (ctd picks a free private /24; the host takes its .1)."""
         self.networks.add(name)
-        return self.client.request("POST", "/1.0/networks", {"name": name})["network"]
+        return self.client.request("POST", "/1.0/networks", {"name": name, **({"mtu": mtu} if mtu else {})})["network"]
 
     def delete_network(self, name: str) -> None:
         self.client.request("DELETE", f"/1.0/networks/{name}")

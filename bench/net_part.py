@@ -132,6 +132,11 @@ def bench_net(ctd: CtdDaemon, iperf: Iperf, tag: str, starts: int, rounds: int, 
     net = ctd.create_network(net_name)
     log(f"  network {net_name}: bridge {net['bridge']}, subnet {net['subnet']}")
     a, b, u, bare = "bench-net-a", "bench-net-b", "bench-net-u", "bench-net-0"
+    # the same over a network with the largest MTU (a private bridge has no wire to match)
+    jumbo_name, ja, jb = f"ctdj-{tag}", "bench-net-ja", "bench-net-jb"
+    ctd.create_network(jumbo_name, mtu=65535)
+    ctd.create(ja, nics=[{"network": jumbo_name}])
+    ctd.create(jb, nics=[{"network": jumbo_name}])
     ctd.create(a, nics=[{"network": net_name}])
     ctd.create(b, nics=[{"network": net_name}])
     ctd.create(u, nics=[{"network": net_name, "filter": False}])
@@ -158,10 +163,10 @@ def bench_net(ctd: CtdDaemon, iperf: Iperf, tag: str, starts: int, rounds: int, 
                     for k, s in samples.items()}
 
     # (a), (b) throughput
-    for name in (a, b, u):
+    for name in (a, b, u, ja, jb):
         ctd.start_ct(name)
-    pid = {n: ctd.init_pid(n) for n in (a, b, u)}
-    addr = {n: ctd.instance(n)["nics"][0]["addresses"][0] for n in (a, b, u)}
+    pid = {n: ctd.init_pid(n) for n in (a, b, u, ja, jb)}
+    addr = {n: ctd.instance(n)["nics"][0]["addresses"][0] for n in (a, b, u, ja, jb)}
     gateway = net["gateway"]
     # A second reference: loopback at the bridge's MTU (1500; the host's lo has 65536, which alone
     # makes it much faster), on the lo of the unfiltered container's own network namespace.
@@ -180,6 +185,9 @@ def bench_net(ctd: CtdDaemon, iperf: Iperf, tag: str, starts: int, rounds: int, 
         "ct_to_host": lambda: iperf.transfer(addr[a], pid[a], None, reverse=True),
         "ct_to_ct": lambda: iperf.transfer(addr[a], pid[a], pid[b]),
         "host_to_ct_nofilter": lambda: iperf.transfer(addr[u], pid[u], None),
+        "host_to_ct_jumbo": lambda: iperf.transfer(addr[ja], pid[ja], None),
+        "ct_to_host_jumbo": lambda: iperf.transfer(addr[ja], pid[ja], None, reverse=True),
+        "ct_to_ct_jumbo": lambda: iperf.transfer(addr[ja], pid[ja], pid[jb]),
     }
     gbit: dict[str, list[float]] = {k: [] for k in tests}
     keys = list(tests)
@@ -188,14 +196,15 @@ def bench_net(ctd: CtdDaemon, iperf: Iperf, tag: str, starts: int, rounds: int, 
         for k in order:
             gbit[k].append(tests[k]())
         log(f"  throughput round {r + 1}/{rounds}: " + ", ".join(f"{k} {gbit[k][-1]:.1f}" for k in keys) + " Gbit/s")
-    for name in (a, b, u):
+    for name in (a, b, u, ja, jb):
         ctd.stop_ct(name)
     out["gateway"] = gateway
     out["throughput_gbit"] = {k: {"median": statistics.median(v), "samples": [round(x, 3) for x in v]}
                               for k, v in gbit.items()}
-    for name in (a, b, u, bare):
+    for name in (a, b, u, bare, ja, jb):
         ctd.destroy(name)
     ctd.delete_network(net_name)
+    ctd.delete_network(jumbo_name)
     return out
 
 
@@ -206,6 +215,9 @@ LABELS = {
     "ct_to_host": "container -> host (iperf3 -R)",
     "ct_to_ct": "container -> container (same bridge)",
     "host_to_ct_nofilter": "host -> container, anti-spoofing off",
+    "host_to_ct_jumbo": "host -> container, network --mtu 65535",
+    "ct_to_host_jumbo": "container -> host, network --mtu 65535",
+    "ct_to_ct_jumbo": "container -> container, --mtu 65535",
 }
 
 
@@ -227,7 +239,9 @@ def report(n: dict, verdicts: list[str]) -> list[str]:
     lines.append(f"  (bridge {n['network']['bridge']}, {n['network']['subnet']}, MTU {n.get('bridge_mtu', '?')}; "
                  f"the host's lo: MTU {_read('/sys/class/net/lo/mtu')}; bridge-nf-call-iptables "
                  f"{'on: bridged traffic also passes the iptables hooks' if n['br_netfilter'] else 'off'})")
-    for k in ("host_to_ct", "ct_to_host", "ct_to_ct"):
+    for k in ("host_to_ct", "ct_to_host", "ct_to_ct", "host_to_ct_jumbo", "ct_to_host_jumbo", "ct_to_ct_jumbo"):
+        if k not in t:
+            continue
         r = ratio(t[k]["median"], lo) or 0.0
         verdicts.append(f"net {LABELS[k].split(' (')[0]}: {r:.2f}x loopback -> {'PASS' if r >= 0.8 else 'FAIL'} "
                         f"(target >= 0.8)")

@@ -132,7 +132,8 @@ def build_schema() -> dict[str, Any]:
                              "type": "object", "required": ["name"], "additionalProperties": False,
                              "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,14}$"},
                                             "subnet": {"type": "string"}, "ipv6": {"type": "string"},
-                                            "nat": {"type": "boolean"}}})},
+                                            "nat": {"type": "boolean"},
+                                            "mtu": {"type": "integer", "minimum": 576, "maximum": 65535}}})},
                          "responses": _responses(201, {"type": "object"}, 400, 409)},
             },
             "/1.0/networks/{name}": {

@@ -86,11 +86,11 @@ class NetworkManager:
         return {"name": net.name, "bridge": net.bridge, "subnet": net.subnet4, "ipv6": net.subnet6,
                 "gateway": str(ipam.gateway_of(ipaddress.ip_network(net.subnet4))) if net.subnet4 else None,
                 "gateway6": str(ipam.gateway_of(ipaddress.ip_network(net.subnet6))) if net.subnet6 else None,
-                "nat": net.nat, "created_at": net.created_at, "used_by": self.db.network_users(net.name),
+                "nat": net.nat, "mtu": net.mtu, "created_at": net.created_at, "used_by": self.db.network_users(net.name),
                 "addresses_used": len(self.db.addresses_in(net.name))}
 
     def check_create_network(self, body: Any) -> dict[str, Any]:
-        body = validate.body_fields(body, {"name", "subnet", "ipv6", "nat"}, {"name"})
+        body = validate.body_fields(body, {"name", "subnet", "ipv6", "nat", "mtu"}, {"name"})
         name = body["name"]
         if not isinstance(name, str) or not _IFNAME.match(name):
             raise InvalidRequest(f"invalid network name {name!r}: 1-15 lowercase letters, digits and '-', "
@@ -123,11 +123,16 @@ class NetworkManager:
             clash = ipam.overlaps(subnet6, taken)
             if clash is not None:
                 raise Conflict(f"ipv6 subnet {subnet6} overlaps {clash}")
-        return {"name": name, "subnet4": str(subnet4), "subnet6": str(subnet6) if subnet6 else None, "nat": nat}
+        mtu = body.get("mtu", 1500)
+        low = 1280 if subnet6 else 576  # IPv6 needs 1280
+        if not isinstance(mtu, int) or isinstance(mtu, bool) or not low <= mtu <= 65535:
+            raise InvalidRequest(f"invalid mtu {mtu!r}: a number from {low} to 65535")
+        return {"name": name, "subnet4": str(subnet4), "subnet6": str(subnet6) if subnet6 else None, "nat": nat,
+                "mtu": mtu}
 
     def create_network(self, checked: dict[str, Any]) -> dict[str, Any]:
         net = NetworkRecord(name=checked["name"], bridge=checked["name"], subnet4=checked["subnet4"],
-                            subnet6=checked["subnet6"], nat=checked["nat"],
+                            subnet6=checked["subnet6"], nat=checked["nat"], mtu=checked["mtu"],
                             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         self.bring_up(net)
         try:
@@ -143,7 +148,7 @@ class NetworkManager:
             if subnet:
                 network = ipaddress.ip_network(subnet)
                 addresses.append(f"{ipam.gateway_of(network)}/{network.prefixlen}")
-        if netlink.ensure_bridge(net.bridge, addresses):
+        if netlink.ensure_bridge(net.bridge, addresses, net.mtu):
             # Router advertisements from a tenant must never configure the host.
             _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
         if net.nat:
@@ -279,7 +284,7 @@ class NetworkManager:
         self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for nic in nics:
-                netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, self._bridge_for(nic))
+                netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, *self._bridge_for(nic))
                 faults.point("network.after_veth")
                 self._host_side(nic)
             self._refilter(nics, add=True)
@@ -288,14 +293,15 @@ class NetworkManager:
             raise
         return [dataclasses.replace(self._inside(n), fresh=True) for n in nics]
 
-    def _bridge_for(self, nic: NicRecord) -> str | None:
-        """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone)."""
+    def _bridge_for(self, nic: NicRecord) -> tuple[str | None, int]:
+        """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone), and
+        the MTU of its network."""
         if nic.mode is not NicMode.BRIDGED:
-            return None
+            return None, 1500
         net = self.network(nic.network)  # type: ignore[arg-type]
         if not os.path.exists(f"/sys/class/net/{net.bridge}"):  # ~1 ms of netlink saved per start
             self.bring_up(net)
-        return net.bridge
+        return net.bridge, net.mtu
 
     def _host_side(self, nic: NicRecord, removed: list[str] | None = None) -> None:
         """Host end of a plugged NIC; removed: addresses just taken away (live --ipdel)."""
@@ -385,7 +391,7 @@ class NetworkManager:
         nics = self.db.nics_of(rec.id)
         try:
             for nic in nics:
-                netlink.create_tap(self.host_name(nic), nic.mac, self._bridge_for(nic))
+                netlink.create_tap(self.host_name(nic), nic.mac, *self._bridge_for(nic))
                 self._host_side(nic)
             self._refilter(nics, add=True)
             self.netns[rec.id] = -1  # counters are live while the taps exist

@@ -113,8 +113,8 @@ class StateDB:
 
     def add_network(self, rec: NetworkRecord) -> None:
         values = dataclasses.asdict(rec)
-        self.conn.execute("INSERT INTO networks (name, bridge, subnet4, subnet6, nat, created_at) "
-                          "VALUES (:name, :bridge, :subnet4, :subnet6, :nat, :created_at)", values)
+        self.conn.execute("INSERT INTO networks (name, bridge, subnet4, subnet6, nat, created_at, mtu) "
+                          "VALUES (:name, :bridge, :subnet4, :subnet6, :nat, :created_at, :mtu)", values)
 
     def get_network(self, name: str) -> NetworkRecord | None:
         row = self.conn.execute("SELECT * FROM networks WHERE name = ?", (name,)).fetchone()

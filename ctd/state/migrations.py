@@ -69,4 +69,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE instances ADD COLUMN options TEXT NOT NULL DEFAULT '{}';
     """,
+    # 4: a network's MTU (bridge, veths and taps on it)
+    """
+    ALTER TABLE networks ADD COLUMN mtu INTEGER NOT NULL DEFAULT 1500;
+    """,
 ]

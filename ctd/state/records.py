@@ -60,6 +60,7 @@ class NetworkRecord:
     subnet6: str | None
     nat: bool
     created_at: str
+    mtu: int = 1500
 
 
 class NicMode(str, Enum):
