@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ class NetworkManager:
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
         self.nft = nft.Filters(nft_table)
+        self._filter_lock = threading.Lock()
 
     # ------------------------------------------------------------- interface names
 
@@ -337,6 +339,10 @@ class NetworkManager:
         netlink.set_ndp_proxies(bridge, add, remove)
 
     def _refilter(self, nics: list[NicRecord], add: bool) -> None:
+        with self._filter_lock:  # starts and stops run in threads of their own
+            self._refilter_locked(nics, add)
+
+    def _refilter_locked(self, nics: list[NicRecord], add: bool) -> None:
         for nic in nics:
             self.filters.pop(self.host_name(nic), None)
             if add and nic.filter:

@@ -130,28 +130,33 @@ def create_veth(host_name: str, inside_name: str, mac: str, netns_pid: int, brid
                 mtu: int = 1500) -> None:
     """A veth pair in one request: the host end born up (and on bridge, if any) here, the other
     end born inside the container's network namespace (moving it there afterwards costs ~20 ms
-    more; enslaving and raising it in further requests ~1 ms)."""
-    with _ipr() as ip:
-        on_bridge = {}
+    more; enslaving and raising it in further requests ~1 ms). Raw rtnetlink: 1.1 ms against
+    2.6 ms through pyroute2's calls."""
+    what = f"creating {host_name}"
+    with _rtnl_socket() as sock:
+        attrs: list[tuple[str, object]] = [("IFLA_IFNAME", host_name), ("IFLA_MTU", mtu)]
         if bridge is not None:
-            master = _index(ip, bridge)
-            if master is None:
-                raise OperationFailed(f"bridge {bridge} is missing on the host")
-            on_bridge = {"master": master}
-        for attempt in range(2):
             try:
-                ip.link("add", ifname=host_name, kind="veth", state="up", mtu=mtu, **on_bridge,
-                        peer={"ifname": inside_name, "address": mac, "net_ns_pid": netns_pid, "mtu": mtu})
-                break
-            except NetlinkError as exc:
+                attrs.append(("IFLA_MASTER", _link_indexes(sock, [bridge], what)[0]))
+            except NetlinkRefused:
+                raise OperationFailed(f"bridge {bridge} is missing on the host") from None
+        peer = [("IFLA_IFNAME", inside_name), ("IFLA_ADDRESS", mac), ("IFLA_NET_NS_PID", netns_pid), ("IFLA_MTU", mtu)]
+        attrs.append(("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth"), ("IFLA_INFO_DATA", {
+            "attrs": [("VETH_INFO_PEER", {"attrs": peer})]})]}))
+        for attempt in range(2):
+            batch = _Batch(sock)
+            batch.add(_link_msg(0, up=True, **dict(attrs)), RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, what)
+            try:
+                batch.run()
+                return
+            except NetlinkRefused as exc:
                 if exc.code != errno.EEXIST or attempt:
                     if exc.code == errno.EEXIST:
                         raise OperationFailed(f"network interface {host_name} already exists on the host") from None
                     raise
-                # The name is this daemon's (its prefix and this instance's id): a veth of an
-                # earlier run of it that the kernel has not freed yet. Take it away.
-                with contextlib.suppress(NetlinkError):
-                    ip.link("del", ifname=host_name)
+            # The name is this daemon's (its prefix and this instance's id): a veth of an
+            # earlier run of it that the kernel has not freed yet. Take it away.
+            delete_link(host_name)
 
 
 def add_address(ifname: str, cidr: str) -> None:
@@ -270,6 +275,30 @@ def configure_inside(nics: list[InsideNic], netns_socket: int) -> None:
                 ip.route("replace", dst=default, gateway=gateway, oif=index)
 
 
+class NetlinkRefused(OperationFailed):
+    """The kernel refused one request of a batch; code is its errno."""
+
+    def __init__(self, what: str, code: int) -> None:
+        super().__init__(f"{what}: {os.strerror(code)}")
+        self.code = code
+
+
+def _rtnl_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
+
+
+def _link_indexes(sock: socket.socket, names: list[str], what: str) -> list[int]:
+    """Indexes of the named links, in one round trip (NetlinkRefused ENODEV if one is missing)."""
+    lookup = _Batch(sock)
+    for name in names:
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", name)]
+        lookup.add(msg, RTM_GETLINK, 0, f"{what}: no interface {name}")
+    # ifinfomsg after the 16-byte header: family, pad, type (H), index (i); seq at offset 8
+    found = {struct.unpack_from("=I", r, 8)[0]: struct.unpack_from("=i", r, 20)[0] for r in lookup.run()}
+    return [found[seq] for seq in range(1, len(names) + 1)]
+
+
 class _Batch:
     """rtnetlink requests sent in one sendmsg and acknowledged one by one: the kernel runs them
     in order. pyroute2's synchronous calls cost ~0.25 ms each (an event loop turn per
@@ -308,7 +337,7 @@ class _Batch:
                 offset += (length + 3) & ~3
         if failed:
             seq, code = min(failed)
-            raise OperationFailed(f"configuring the container's network: {self.what[seq]}: {os.strerror(code)}")
+            raise NetlinkRefused(self.what[seq], code)
         return replies
 
 
@@ -324,22 +353,16 @@ def _link_msg(index: int, up: bool = False, **attrs: object) -> ifinfmsg:
 def _configure_fresh(nics: list[InsideNic], netns_socket: int) -> None:
     """configure_inside for NICs born a moment ago: two round trips in all (their indexes,
     then everything else) instead of ~10 pyroute2 calls a NIC."""
+    what = "configuring the container's network"
     with socket.socket(fileno=netns_socket) as sock:
-        lookup = _Batch(sock)
-        for nic in nics:
-            msg = ifinfmsg()
-            msg["attrs"] = [("IFLA_IFNAME", nic.name)]
-            lookup.add(msg, RTM_GETLINK, 0, f"finding {nic.name}")
-        # ifinfomsg after the 16-byte header: family, pad, type (H), index (i)
-        indexes = {seq: struct.unpack_from("=i", reply, 20)[0] for seq, reply in
-                   ((struct.unpack_from("=I", r, 8)[0], r) for r in lookup.run())}
+        indexes = dict(enumerate(_link_indexes(sock, [n.name for n in nics], what), 1))
         batch = _Batch(sock)
-        batch.add(_link_msg(1, up=True), RTM_NEWLINK, 0, "lo up")  # lo is index 1 in every netns
+        batch.add(_link_msg(1, up=True), RTM_NEWLINK, 0, f"{what}: lo up")  # lo is index 1 in every netns
         for seq, nic in enumerate(nics, 1):
             index = indexes[seq]
             # our own link-local address, without DAD (see configure_inside)
-            batch.add(_link_msg(index, **_NO_IPV6_AUTOCONF), RTM_NEWLINK, 0, f"{nic.name} addrgenmode")
-            batch.add(_link_msg(index, up=True), RTM_NEWLINK, 0, f"{nic.name} up")
+            batch.add(_link_msg(index, **_NO_IPV6_AUTOCONF), RTM_NEWLINK, 0, f"{what}: {nic.name} addrgenmode")
+            batch.add(_link_msg(index, up=True), RTM_NEWLINK, 0, f"{what}: {nic.name} up")
             for cidr in [*nic.addresses, f"{eui64_link_local(nic.mac)}/64"]:  # type: ignore[arg-type]
                 iface = ipaddress.ip_interface(cidr)
                 msg = ifaddrmsg()
@@ -348,7 +371,7 @@ def _configure_fresh(nics: list[InsideNic], netns_socket: int) -> None:
                 msg["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
                 if iface.version == 6:
                     msg["attrs"] = [("IFA_ADDRESS", str(iface.ip)), ("IFA_FLAGS", IFA_F_NODAD)]
-                batch.add(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, f"address {cidr} on {nic.name}")
+                batch.add(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, f"{what}: address {cidr} on {nic.name}")
             for gateway, family in ((nic.gateway4, socket.AF_INET), (nic.gateway6, socket.AF_INET6)):
                 if not gateway:
                     continue
@@ -362,7 +385,7 @@ def _configure_fresh(nics: list[InsideNic], netns_socket: int) -> None:
                     msg["attrs"] = [("RTA_OIF", index)] + ([("RTA_DST", dst)] if dst else []) + \
                         ([("RTA_GATEWAY", via)] if via else [])
                     batch.add(msg, RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE,
-                              f"route {dst or 'default'}{' via ' + via if via else ''} on {nic.name}")
+                              f"{what}: route {dst or 'default'}{' via ' + via if via else ''} on {nic.name}")
         batch.run()
 
 

@@ -36,12 +36,18 @@ def test_two_bridged_containers_talk_to_each_other_and_the_gateway(ctd, make_con
     assert ctd.sh(a, f"ping -c1 -W2 {ip_b}").code == 0
     assert ctd.sh(b, f"ping -c1 -W2 {net['gateway']}").code == 0
     assert ctd.sh(a, "cat /sys/class/net/eth0/address").out.strip() == ctd.instance(a)["nics"][0]["mac"]
-    # TCP: b listens, a sends a payload
-    ctd.sh(b, "nc -l -p 5555 > /tmp/got 2>/dev/null &")
-    # the listener may take a moment on a busy host: retry until it accepts
-    sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-tcp | nc -w 2 {ip_b} 5555 && exit 0; sleep 0.1; done; exit 1")
-    assert sent.code == 0
-    assert ctd.sh(b, "for i in $(seq 50); do [ -s /tmp/got ] && break; sleep 0.1; done; cat /tmp/got").out.strip() == "hello-over-tcp"
+    # TCP: b listens (in an exec of its own that lasts until the transfer: a listener left in
+    # the background by an exec that returned was seen to vanish now and then), a sends
+    got: list = []
+    listener = threading.Thread(target=lambda: got.append(ctd.sh(b, "nc -l -p 5555", timeout=30)))
+    listener.start()
+    try:
+        # the listener may take a moment on a busy host: retry until it accepts
+        sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-tcp | nc -w 2 {ip_b} 5555 && exit 0; sleep 0.1; done; exit 1")
+        assert sent.code == 0
+    finally:
+        listener.join(35)
+    assert got and got[0].out.strip() == "hello-over-tcp"
 
 
 def test_routed_container_reaches_the_host_but_no_neighbour_by_arp(ctd, make_container, net):
