@@ -37,9 +37,10 @@ from peers import Crun, LoopBtrfs, Lxc, LxcSystem, ensure_installed, version  # 
 import debian_part  # noqa: E402
 import net_part  # noqa: E402
 import storage_part  # noqa: E402
+import vm_part  # noqa: E402
 
 TOOLS = ("ctd", "crun", "lxc")
-PARTS = ("start", "cycle", "memory", "net", "storage", "debian")
+PARTS = ("start", "cycle", "memory", "net", "storage", "debian", "vm")
 CRUN_PARTS = {"start", "cycle", "memory"}  # the parts that need the crun agent
 
 
@@ -386,6 +387,8 @@ def report(res: dict) -> list[str]:
         lines += storage_part.report(res["storage"], verdicts)
     if "debian" in res:
         lines += debian_part.report(res["debian"], verdicts)
+    if "vm" in res:
+        lines += vm_part.report(res["vm"], verdicts)
     if verdicts:
         lines.append("")
         lines.append("targets:")
@@ -423,6 +426,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--boots", type=int, help="debian: boots per tool after the first (default 5, quick 3)")
     p.add_argument("--debian-containers", type=int, help="debian: idle Debian containers per tool for memory "
                    "(default 20, quick 5)")
+    p.add_argument("--vm-boots", type=int, help="vm: boots per way (ctd, by hand, microvm) after a warm-up "
+                   "(default 5, quick 2)")
+    p.add_argument("--vms", type=int, help="vm: idle VMs for memory (default 4, quick 2)")
     p.add_argument("--output", type=Path, default=HERE / "results" / "latest.json")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp"),
                    help="where the scratch directory (ctd state, bundles) goes (default /var/tmp)")
@@ -444,6 +450,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.boots = a.boots or (3 if a.quick else 5)
     a.debian_containers = a.debian_containers or (5 if a.quick else 20)
     a.debian_settle = 3.0 if a.quick else 5.0
+    a.vm_boots = a.vm_boots or (2 if a.quick else 5)
+    a.vms = a.vms or (2 if a.quick else 4)
     a.only = a.only or list(PARTS)
     return a
 
@@ -467,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     crun: Crun | None = None
     lxc: Lxc | None = None
     extras = Extras(scratch, tag)
+    vmb: vm_part.VmBench | None = None
     rc = 0
     t_start = time.monotonic()
     results: dict = {"meta": {
@@ -533,6 +542,14 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"(debian) memory: {args.debian_containers} idle Debian containers ({tool})")
                 res["memory"][tool] = debian_part.bench_memory(rt, tool, args.debian_containers,
                                                                args.debian_settle, hier, log)
+        if "vm" in args.only:
+            vm_part.which_qemu()
+            vmb = vm_part.VmBench(ctd, scratch, log)
+            res = results["vm"] = {"accel": vm_part.pick_accel()[0], "kvm_note": vm_part.host_note()}
+            log(f"(vm) minimal Linux VM boot: 1 warm-up + {args.vm_boots} per way ({res['accel']})")
+            res["boot"] = vm_part.bench_boot(vmb, args.vm_boots, log)
+            log(f"(vm) memory: {args.vms} idle VMs")
+            res["memory"] = vm_part.bench_memory(vmb, args.vms, 5.0, log)
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         rc = 130
@@ -547,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if vmb is not None:
+            vmb.cleanup()
         errors = cleanup(ctd, crun, lxc, hierarchies_or_empty(), extras)
         left_mounts = mounts_below(str(scratch))
         if left_mounts:

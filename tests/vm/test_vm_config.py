@@ -135,6 +135,10 @@ def test_clone_of_a_template_vm_gets_its_own_identity_in_disk_and_seed(ctd, net)
                "--net", net, timeout=120)
         r = ctd.ctl("start", src)
         assert r.code == 0, r.err
+        # booted from the uncompressed kernel ctd extracted from Debian's bzImage (PVH entry)
+        argv = Path(f"/proc/{ctd.instance(src)['pid']}/cmdline").read_bytes().split(b"\0")
+        kernel = argv[argv.index(b"-kernel") + 1].decode()
+        assert "/vm-kernels/vmlinux-" in kernel and Path(kernel).read_bytes()[:4] == b"\x7fELF"
         r = ctd.ctl("clone", src, dst)
         assert r.code == 1 and "running" in r.err   # a live disk is not consistent
         ctd.ok("stop", "--timeout", "1", src)
@@ -212,3 +216,16 @@ def test_a_disk_mount_left_by_a_dead_ctd_is_released(tmp_path):
         assert not rootdisk.release_stale_mount(vm_dir)
     finally:
         subprocess.run(["umount", str(point)], capture_output=True)
+
+
+def test_a_vm_without_balloon_is_told_ram_waits_for_the_next_start(ctd):
+    name = ctd.unique("nobal")
+    try:
+        ctd.ok("create", name, "--type", "vm", "--compat", "--disk", "64M", "--ram", "256M")
+        ctd.ok("start", "--paused", name)
+        assert not ctd.client.get(f"/1.0/instances/{name}/hardware")["hardware"]["balloon"]
+        out = ctd.ok("set", name, "--ram", "128M")
+        assert "Note: ram: cannot resize RAM live" in out and "next start" in out
+        assert memory_limit(ctd.instance(name)["pid"]) == (256 << 20) + QEMU_OVERHEAD
+    finally:
+        ctd.ctl("destroy", "--force", name)
