@@ -645,8 +645,8 @@ def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, m
 
 
 def _net_rows(nets: list[dict]) -> str:
-    return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "NAT", "USED BY"],
-                 [[n["name"], n["subnet"], n["gateway"], n["ipv6"], "yes" if n["nat"] else "no",
+    return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "MTU", "NAT", "USED BY"],
+                 [[n["name"], n["subnet"], n["gateway"], n["ipv6"], n.get("mtu"), "yes" if n["nat"] else "no",
                    ",".join(n["used_by"]) or None] for n in nets])
 
 

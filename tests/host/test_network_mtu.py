@@ -20,6 +20,7 @@ def test_jumbo_network_carries_its_mtu_to_every_nic(ctd, make_container):
     try:
         net = ctd.client.get(f"/1.0/networks/{name}")["network"]
         assert net["mtu"] == 65535
+        assert "65535" in ctd.ok("network", "show", name)
         c = make_container(net=name)
         nic = ctd.instance(c)["nics"][0]
         assert mtu_of(net["bridge"]) == 65535 and mtu_of(nic["host_name"]) == 65535
