@@ -150,9 +150,9 @@ class NetworkManager:
             if subnet:
                 network = ipaddress.ip_network(subnet)
                 addresses.append(f"{ipam.gateway_of(network)}/{network.prefixlen}")
-        if netlink.ensure_bridge(net.bridge, addresses, net.mtu):
-            # Router advertisements from a tenant must never configure the host.
-            _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
+        netlink.ensure_bridge(net.bridge, addresses, net.mtu)
+        # Router advertisements from a tenant must never configure the host.
+        _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
         if net.nat:
             self._nat(net, True)
 

@@ -73,6 +73,9 @@ def test_routed_ipv6_gets_a_host_route_a_link_local_gateway_and_proxy_ndp(ctd, m
     assert host("ip", "-6", "route", "show", ip6).startswith(f"{ip6} dev {nic['host_name']} ")
     assert "fe80::1/64" in host("ip", "-6", "addr", "show", "dev", nic["host_name"])
     assert ip6 in host("ip", "-6", "neigh", "show", "proxy", "dev", net6["bridge"])
+    # a tenant's router advertisement never configures the host
+    for ifname in (net6["bridge"], nic["host_name"]):
+        assert open(f"/proc/sys/net/ipv6/conf/{ifname}/accept_ra").read().strip() == "0"
     # the container: its address alone (/128), the default route via the host end's link-local
     inside = ctd.sh(r, "ip -6 addr show dev eth0; ip -6 route").out
     assert f"{ip6}/128" in inside and "tentative" not in inside
