@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # The spawner must be forked before anything starts a thread, and before the lock is
     # taken (a forked child would hold the lock too).
     from ctd.instance.container.spawner_client import SpawnerClient
-    spawner = SpawnerClient.fork()
+    spawner = SpawnerClient.fork(str(config.state_dir))
     try:
         lock_fd = take_lock(config)
     except CtdError as exc:

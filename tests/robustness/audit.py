@@ -188,7 +188,8 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if os.fsencode(str(d.state_dir)) in cmdline and b"ctd.daemon" in cmdline and not _descends(pid, me):
+        ours = b"ctd.daemon" in cmdline or b"ctd.instance.container.spawner" in cmdline
+        if os.fsencode(str(d.state_dir)) in cmdline and ours and not _descends(pid, me):
             problems.append(f"a stray ctd process {pid} of this state dir is alive (not the daemon's, nor its spawner's)")
 
     # -- network: veths/ifbs and nft rules only for running instances

@@ -120,17 +120,8 @@ class ContainerDriver:
             finally:
                 os.close(slave)
             undo.callback(self.spawner.forget, queue)
-            # The spawner's helper builds the root meanwhile; it waits for the cgroups only
-            # to make the cgroup namespace and fork init.
-            join = {"for": self.spawner.id_of(queue), "cgroup_procs": None}
-            try:
-                await asyncio.to_thread(self._make_group, group, rec, resources, undo)
-                join["cgroup_procs"] = spec.cgroup_procs
-            except BaseException as exc:
-                join["error"] = f"ctd could not make the cgroups: {exc}"
-                raise
-            finally:
-                self.spawner.notify("join", join)
+            # The spawner's helper builds the namespaces and root meanwhile.
+            await asyncio.to_thread(self._make_group, group, rec, resources, undo)
             reply, fds = await first_reply(queue, f"starting {rec.name}")
             faults.point("start.after_spawn")
             pid = reply["pid"]
@@ -141,11 +132,17 @@ class ContainerDriver:
             except ProcessLookupError:
                 pidfd = -1
             try:
-                if prepare is not None and pidfd >= 0:
-                    inside = await prepare(pid)
-                    if inside:  # addressed before init runs its first command
-                        await asyncio.to_thread(netlink.configure_inside, inside, netns_socket)
-                        netns_socket = -1
+                # init waits for "go" while it builds /proc, /sys and /dev: move it into its
+                # cgroups (that waits for an RCU grace period) while its NICs are plugged in.
+                joined = asyncio.ensure_future(asyncio.to_thread(_join_cgroups, pid, spec.cgroup_procs))
+                try:
+                    if prepare is not None and pidfd >= 0:
+                        inside = await prepare(pid)
+                        if inside:  # addressed before init runs its first command
+                            await asyncio.to_thread(netlink.configure_inside, inside, netns_socket)
+                            netns_socket = -1
+                finally:
+                    await joined
                 try:
                     os.write(go_w, b"1")
                 except BrokenPipeError:
@@ -375,6 +372,15 @@ class ContainerDriver:
                     exit_code.set_exception(OperationFailed(
                         f"exec failed: {message.get('error', 'the exec helper died')}"))
                 return
+
+
+def _join_cgroups(pid: int, procs_files: list[str]) -> None:
+    try:
+        for path in procs_files:
+            with open(path, "w") as fh:
+                fh.write(str(pid))
+    except OSError as exc:
+        raise OperationFailed(f"moving the container's init into {exc.filename}: {exc.strerror}") from None
 
 
 def catches(pid: int, sig: int) -> bool:

@@ -7,10 +7,10 @@ containers do not — a restarted ctd adopts them by pid and start time.
 
 Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   -> {"id", "op": "spawn", "spec"}  fds: [console pty slave]
-  -> {"id", "op": "join", "spec": {"for": spawn id, "cgroup_procs": [...] or null, "error"}}
-        ctd made the cgroups (or failed to): the spawner moves that spawn's helper in (no reply)
   <- {"id", "pid"}                  fds: [go pipe write end, exec-error pipe read end,
                                           a NETLINK_ROUTE socket in its network namespace]
+     init waits for "1" on the go pipe; meanwhile ctd moves it into the container's cgroups
+     and plugs its NICs. Then init makes its cgroup namespace and execs.
   -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
   <- {"id", "pid"} then {"id", "exit": code}
   -> {"id", "op": "netns_socket", "spec": {"init_pid"}}  <- {"id", "ok": true}  fds: [netlink socket]
@@ -51,7 +51,12 @@ from ctd.linux.openat2 import open_in_root
 
 
 
+
+
+
+
 MAX_MESSAGE = 1 << 16
+_spawner_pid = 0  # set in serve(); its forks die with it
 MAX_FDS = 8
 CONTAINER_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
                         | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP)
@@ -86,6 +91,8 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:  # ctd died before PDEATHSIG was armed
         os._exit(0)
+    global _spawner_pid
+    _spawner_pid = os.getpid()
     prctl.set_child_subreaper(True)
     prctl.set_name("ctd-spawner")
     capabilities.warm()
@@ -100,7 +107,6 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
     helpers: dict[int, int] = {}    # helper pid -> request id
-    joins: dict[int, tuple[int, int]] = {}  # spawn id -> (its helper pid, that helper's joined_w)
     standbys: list[Standby] = []    # container helpers forked ahead of need (off the start path)
     quiet: set[int] = set()         # holder pids: reaped without a word to ctd
     own = (wake_r, wake_w)
@@ -118,7 +124,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock, helpers, quiet, standbys, joins)
+            _reap(sock, helpers, quiet, standbys)
         if sock in ready:
             data, fds = recv_raw(sock)
             if not data:
@@ -127,10 +133,8 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
             try:
                 if message.get("op") == "spawn":
                     standby = standbys.pop() if standbys else _fork_standby(sock, own, standbys, quiet)
-                    _hand_over(sock, standby, message, data, fds, helpers, joins)
+                    _hand_over(sock, standby, message, data, fds, helpers)
                     refill_at = time.monotonic() + REFILL_DELAY
-                elif message.get("op") == "join":
-                    _join(message["spec"], joins)
                 else:
                     pid = _dispatch(sock, message, fds, own, standbys)
                     if pid:
@@ -140,8 +144,7 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
                     os.close(fd)
 
 
-def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby],
-          joins: dict[int, tuple[int, int]]) -> None:
+def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby]) -> None:
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -152,15 +155,11 @@ def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standby
         if pid in quiet:
             quiet.discard(pid)
         elif pid in helpers:
-            rid = helpers.pop(pid)
-            if rid in joins:  # gone before ctd's cgroups were ready
-                os.close(joins.pop(rid)[1])
-            send(sock, {"id": rid, "helper_exit": status})
+            send(sock, {"id": helpers.pop(pid), "helper_exit": status})
         elif any(s.pid == pid for s in standbys):  # died while it waited: make another later
             dead = next(s for s in standbys if s.pid == pid)
             standbys.remove(dead)
             os.close(dead.control)
-            os.close(dead.joined_w)
         else:
             send(sock, {"event": "exit", "pid": pid, "status": status})
 
@@ -180,15 +179,14 @@ class UsernsHolder:
 @dataclass
 class Standby:
     """A container helper forked ahead, with its user namespace holder, waiting for a spawn
-    request on its control socket. The spawner keeps only these two fds of it."""
+    request on its control socket, the only fd of it the spawner keeps."""
 
     pid: int
     control: int   # the spawn message and its fds go down here
-    joined_w: int  # the spawner reports the cgroup join here ("1", or "0" and why not)
 
 
 def _standby_fds(standbys: list[Standby]) -> list[int]:
-    return [fd for s in standbys for fd in (s.control, s.joined_w)]
+    return [s.control for s in standbys]
 
 
 def _fork_holder(close: list[int]) -> UsernsHolder:
@@ -200,6 +198,7 @@ def _fork_holder(close: list[int]) -> UsernsHolder:
             for fd in (*close, ready_r, done_w):
                 os.close(fd)
             signal.set_wakeup_fd(-1)
+            _die_with_parent()
             sc.unshare(sc.CLONE_NEWUSER)
             os.write(ready_w, b"1")
             os.read(done_r, 1)
@@ -216,31 +215,29 @@ def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[
     holder = _fork_holder([sock.fileno(), *others])
     quiet.add(holder.pid)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
             ours.close()
-            for fd in (*others, joined_w):
+            for fd in others:
                 os.close(fd)
             _become_helper()
             message, fds = recv(theirs)
             theirs.close()
             if message is not None:
-                code = _serve_spawn(sock, message, fds, holder, joined_r)
+                code = _serve_spawn(sock, message, fds, holder)
         finally:
             os._exit(code)
     theirs.close()
-    for fd in (holder.ready_r, holder.done_w, joined_r):
+    for fd in (holder.ready_r, holder.done_w):
         os.close(fd)  # the standby's business now
-    return Standby(pid, ours.detach(), joined_w)
+    return Standby(pid, ours.detach())
 
 
 def _hand_over(sock: socket.socket, standby: Standby, message: dict, data: bytes, fds: list[int],
-               helpers: dict[int, int], joins: dict[int, tuple[int, int]]) -> None:
-    """Give a spawn request to a standby helper. It builds the container's root while ctd
-    makes the cgroups; ctd's "join" message then has us move it in."""
+               helpers: dict[int, int]) -> None:
+    """Give a spawn request to a standby helper."""
     try:
         control = socket.socket(fileno=standby.control)
         try:
@@ -248,34 +245,9 @@ def _hand_over(sock: socket.socket, standby: Standby, message: dict, data: bytes
         finally:
             control.close()
     except OSError as exc:  # the standby died under us: ctd hears of it as this request's error
-        os.close(standby.joined_w)
         send(sock, {"id": message["id"], "error": f"handing the start to a helper: {_describe(exc)}"})
         return
     helpers[standby.pid] = message["id"]
-    joins[message["id"]] = (standby.pid, standby.joined_w)
-
-
-def _join(request: dict, joins: dict[int, tuple[int, int]]) -> None:
-    """Move a spawn's helper into the container's cgroups (the first cgroup move waits for an
-    RCU grace period: the helper goes on building meanwhile), or tell it why not."""
-    if request["for"] not in joins:
-        return  # that helper is gone already; ctd hears of it through helper_exit
-    pid, joined_w = joins.pop(request["for"])
-    try:
-        if request.get("cgroup_procs") is None:
-            os.write(joined_w, b"0" + str(request.get("error") or "ctd gave up").encode()[:500])
-            return
-        try:
-            for path in request["cgroup_procs"]:
-                with open(path, "w") as fh:
-                    fh.write(str(pid))
-            os.write(joined_w, b"1")
-        except OSError as exc:
-            os.write(joined_w, f"0joining the cgroup {exc.filename or ''}: {exc.strerror}".encode()[:500])
-    except OSError:
-        pass  # the helper died: it needs no answer
-    finally:
-        os.close(joined_w)
 
 
 def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int],
@@ -309,7 +281,9 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
 
 
 def _become_helper() -> None:
-    """A forked helper undoes what only the server loop wants."""
+    """A forked helper undoes what only the server loop wants, and dies with the spawner:
+    after a crash of ctd, no helper may go on to fork an init nobody will ever release."""
+    _die_with_parent()
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -317,14 +291,20 @@ def _become_helper() -> None:
     prctl.set_child_subreaper(False)
 
 
-def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder,
-                 joined_r: int) -> int:
+def _die_with_parent() -> None:
+    """For forks of the spawner."""
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != _spawner_pid:  # it died before that took hold
+        os._exit(1)
+
+
+def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder) -> int:
     try:
         spec = container_from_wire(message["spec"])
         if not spec.uid_map:  # privileged: no user namespace to claim, let the holder go
             for fd in (holder.ready_r, holder.done_w):
                 os.close(fd)
-        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None, joined_r)
+        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None)
         return 0
     except BaseException as exc:  # noqa: BLE001
         _report(sock, message["id"], exc)
@@ -360,16 +340,8 @@ def _claim_userns(spec: ContainerSpec, holder: UsernsHolder) -> int:
     return fd
 
 
-def _wait_joined(joined_r: int) -> None:
-    """The cgroup namespace must be made inside the container's cgroups, and init born there."""
-    answer = os.read(joined_r, 1000)
-    os.close(joined_r)
-    if answer != b"1":
-        raise OSError(answer[1:].decode(errors="replace") or "the spawner did not put us in the cgroups")
-
-
 def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int],
-                     holder: UsernsHolder | None, joined_r: int) -> None:
+                     holder: UsernsHolder | None) -> None:
     console_fd = fds[0] if spec.console else None
     # Host files bound into the container (devices, lxcfs, the console) are cloned now as
     # detached mounts, by host root: the container's root user may not be able to walk the
@@ -401,12 +373,11 @@ def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds:
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    # Make the namespaces while the spawner moves us into the container's cgroups; only the
-    # cgroup namespace has to wait for that (it is rooted where we stand when we make it).
+    # All but the cgroup namespace: init makes that once ctd has moved it into the container's
+    # cgroups (it is rooted where init stands then). The move waits for an RCU grace period;
+    # init builds its /proc, /sys and /dev meanwhile.
     sc.unshare(CONTAINER_NAMESPACES & ~sc.CLONE_NEWCGROUP)
     sc.sethostname(spec.hostname)
-    _wait_joined(joined_r)
-    sc.unshare(sc.CLONE_NEWCGROUP)
     go_r, go_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
@@ -428,7 +399,7 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
                           ({console_fd} if console_fd is not None else set()))
         os.setsid()
         sc.move_mount(tree, ".")
-        _run_mount_plan(tree, spec.mounts, sources)
+        _run_mount_plan(tree, spec.mounts, sources, late=False)
         os.fchdir(tree)
         os.close(tree)
         sc.pivot_root(".", ".")
@@ -438,6 +409,13 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
             os.close(console_fd)
         if _read_all(go_r) != b"1":  # ctd gave up on this start
             os._exit(0)
+        sc.unshare(sc.CLONE_NEWCGROUP)  # ctd has put us in the container's cgroups
+        if any(m.in_cgroupns for m in spec.mounts):  # a systemd guest's cgroupfs: its subtree
+            root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _run_mount_plan(root, spec.mounts, {}, late=True)
+            finally:
+                os.close(root)
         if spec.console:
             tty = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
             fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
@@ -491,8 +469,12 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int]) -> None:
+def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int], late: bool) -> None:
+    """The steps made before pivot_root (late=False) or after the cgroup namespace (late=True);
+    sources are indexed by position in the whole plan."""
     for index, step in enumerate(steps):
+        if step.in_cgroupns != late:
+            continue
         try:
             _mount_step(root_fd, step, sources.get(index))
         except FileNotFoundError:
@@ -663,7 +645,7 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str]) -> None:
-    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID`, exec'd by ctd: a fresh
+    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID [LABEL]`, exec'd by ctd: a fresh
     interpreter with only this module's imports forks far faster than a copy of ctd (26 MB
     resident with aiohttp and pyroute2), and every start forks twice."""
     sock = socket.socket(fileno=int(argv[0]))

@@ -30,8 +30,9 @@ class SpawnerClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def fork(cls) -> SpawnerClient:
-        """Call before any thread exists: the child execs a fresh interpreter as the spawner."""
+    def fork(cls, label: str = "") -> SpawnerClient:
+        """Call before any thread exists: the child execs a fresh interpreter as the spawner.
+        label (ctd's state dir) only shows in its command line, for ps and audits."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
@@ -41,7 +42,7 @@ class SpawnerClient:
                 os.set_inheritable(theirs.fileno(), True)
                 # -P: never import from the working directory (we are root)
                 os.execv(sys.executable, [sys.executable, "-P", "-m", spawner.__name__,
-                                          str(theirs.fileno()), str(parent)])
+                                          str(theirs.fileno()), str(parent), label])
             finally:
                 os._exit(127)
         theirs.close()
@@ -120,13 +121,6 @@ class SpawnerClient:
                 os.close(fd)
         if self._loop is not None:
             self._loop.remove_writer(self.sock.fileno())
-
-    def notify(self, op: str, spec: dict) -> None:
-        """A request that gets no reply of its own."""
-        self.forget(self.request(op, spec, []))
-
-    def id_of(self, queue: asyncio.Queue) -> int:
-        return next(rid for rid, q in self._queues.items() if q is queue)
 
     def forget(self, queue: asyncio.Queue) -> None:
         for rid, q in list(self._queues.items()):

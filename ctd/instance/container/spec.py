@@ -32,6 +32,7 @@ class MountStep:
     flags: int = 0
     data: str | None = None
     optional: bool = False  # skip when the source or target is missing (e.g. /proc/sched_debug)
+    in_cgroupns: bool = False  # made after pivot_root, once the cgroup namespace exists
 
 
 @dataclass(frozen=True)
@@ -160,11 +161,13 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
                  MountStep(k.MOUNT, target, "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, options)]
     if cgroupfs:
         if not any(path == "" for path, _, _ in cgroupfs):  # v1 or hybrid: a tmpfs holds them
-            plan.append(MountStep(k.MOUNT, "/sys/fs/cgroup", "tmpfs", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755"))
+            plan.append(MountStep(k.MOUNT, "/sys/fs/cgroup", "tmpfs", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=755",
+                                  in_cgroupns=True))
         for path, fstype, options in cgroupfs:
             target = f"/sys/fs/cgroup/{path}".rstrip("/")
-            plan += [MountStep(k.MKDIR, target),
-                     MountStep(k.MOUNT, target, fstype, fstype, _NOSUID_NODEV_NOEXEC, options or None)]
+            plan += [MountStep(k.MKDIR, target, in_cgroupns=True),
+                     MountStep(k.MOUNT, target, fstype, fstype, _NOSUID_NODEV_NOEXEC, options or None,
+                               in_cgroupns=True)]
     # lxcfs' views of meminfo, cpuinfo, uptime … over the kernel's, so free/top/nproc see the limits.
     plan += [MountStep(k.BIND_FILE, target, source, optional=True) for source, target in (lxcfs or [])]
     plan += [MountStep(k.BIND_FILE, p, "/dev/null", optional=True) for p in MASKED_FILES]
