@@ -43,18 +43,6 @@ from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
 from ctd.linux.openat2 import open_in_root
 
-
-
-
-
-
-
-
-
-
-
-
-
 MAX_MESSAGE = 1 << 16
 _spawner_pid = 0  # set in serve(); its forks die with it
 MAX_FDS = 8
