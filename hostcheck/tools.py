@@ -48,6 +48,7 @@ def tools_for(machine: str) -> list[Tool]:
         Tool("nftables", ("nft",), "nftables", "MAC/IP anti-spoofing rules, traffic counters"),
         Tool("qemu", (qemu,), qemu_pkg, "virtual machines"),
         Tool("swtpm", ("swtpm", "swtpm_setup"), "swtpm swtpm-tools", "TPM 2.0 for Windows VMs"),
+        Tool("genisoimage", ("genisoimage",), "genisoimage", "cloud-init seed CD-ROM of Linux VMs"),
         Tool("mmdebstrap", ("mmdebstrap",), "mmdebstrap", "Debian templates"),
     ]
 
