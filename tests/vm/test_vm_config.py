@@ -229,3 +229,45 @@ def test_a_vm_without_balloon_is_told_ram_waits_for_the_next_start(ctd):
         assert memory_limit(ctd.instance(name)["pid"]) == (256 << 20) + QEMU_OVERHEAD
     finally:
         ctd.ctl("destroy", "--force", name)
+
+
+def test_set_on_a_template_vm_reaches_its_disk_now_or_at_the_next_start(ctd):
+    name = ctd.unique("vset")
+    disk = ctd.state_dir / "storage/instances" / name / "disk.raw"
+    try:
+        ctd.ok("create", name, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "128M",
+               timeout=120)
+        shadow_before = ext4_file(disk, "/etc/shadow")
+        out = ctd.ok("set", name, "--hostname", "second", "--userpasswd", "root:pw2")
+        assert "Note" not in out   # stopped: written into the disk at once
+        assert ext4_file(disk, "/etc/hostname").strip() == "second"
+        root_hash = next(line for line in ext4_file(disk, "/etc/shadow").splitlines() if line.startswith("root:"))
+        assert root_hash.split(":")[1].startswith("$6$") and root_hash not in shadow_before
+        ctd.ok("start", "--paused", name)
+        out = ctd.ok("set", name, "--hostname", "third")
+        assert "Note: guest settings: the VM gets them at next start" in out
+        assert ext4_file(disk, "/etc/hostname").strip() == "second"   # never touched while QEMU has it
+        ctd.ok("stop", "--timeout", "1", name)
+        ctd.ok("start", "--paused", name)
+        assert ext4_file(disk, "/etc/hostname").strip() == "third"
+        assert not list(disk.parent.glob(".mnt*"))
+    finally:
+        ctd.ctl("destroy", "--force", name)
+
+
+def test_set_hostname_of_a_container_applies_at_its_next_start(ctd):
+    name = ctd.unique("hn")
+    try:
+        ctd.ok("create", name, "--template", "busybox")
+        ctd.ok("set", name, "--hostname", "renamed-ct")
+        assert (ctd.state_dir / "storage/instances" / name / "rootfs/etc/hostname").read_text().strip() == "renamed-ct"
+        ctd.ok("start", name)
+        assert ctd.ok("exec", name, "--", "hostname").strip() == "renamed-ct"
+        out = ctd.ok("set", name, "--hostname", "later")
+        assert "Note: hostname: applies at next start" in out
+        assert ctd.ok("exec", name, "--", "hostname").strip() == "renamed-ct"
+        ctd.ok("restart", name)
+        assert ctd.ok("exec", name, "--", "hostname").strip() == "later"
+        assert ctd.instance(name)["hostname"] == "later"
+    finally:
+        ctd.ctl("destroy", "--force", name)
