@@ -29,6 +29,7 @@ from ctd_side import CtdDaemon
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ctd.instance.vm.kernel import extract_vmlinux  # noqa: E402
+from ctd.instance.vm.rootdisk import host_kernel  # noqa: E402
 from ctd.instance.vm.spec import Disk, MiB, VmSpec, pick_accel  # noqa: E402
 from ctd.instance.vm.argv import build_argv  # noqa: E402
 
@@ -118,15 +119,14 @@ class VmBench:
     def microvm_argv(self, name: str) -> list[str]:
         """The same disk and initrd on microvm with the uncompressed kernel and TSC hints."""
         disk = self.ctd.state_dir / "storage" / "instances" / name / "disk.raw"
-        kernel = sorted(Path("/boot").glob("vmlinuz-*"))[-1]
-        initrd = Path(str(kernel).replace("vmlinuz-", "initrd.img-"))
-        vmlinux = extract_vmlinux(kernel, self.hand / "kernel-cache")
+        kernel = host_kernel()   # what ctd's VM boots
+        vmlinux = extract_vmlinux(kernel.vmlinuz, self.hand / "kernel-cache")
         khz = tsc_khz()
         append = (f"root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1 tsc_early_khz={khz} "
                   f"lpj={khz * 4} tsc=reliable")   # lpj at HZ=250 (Debian)
         spec = VmSpec(name=f"{name}-micro", uuid=str(uuid.uuid4()),
                       ram=int(RAM[:-1]) * MiB, cpus=1, run_dir=self.hand, accel=pick_accel()[0],
-                      machine="microvm", kernel=vmlinux, initrd=initrd, append=append,
+                      machine="microvm", kernel=vmlinux, initrd=kernel.initrd, append=append,
                       disks=[Disk(disk, cache="none")], vnc=False, balloon=False)
         return build_argv(spec)
 

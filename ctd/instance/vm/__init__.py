@@ -6,6 +6,9 @@
     qmp.py      Qmp: status, powerdown, quit, cont, queries, events (qemu.qmp underneath)
     seed.py     cloud-init NoCloud seed ISO
     kernel.py   extract_vmlinux: the ELF inside a bzImage, for fast direct kernel boot
+    resize.py   vCPU hotplug and balloon moves on a running VM (set --cpus/--ram)
+    rootdisk.py a bootable ext4 disk from a template; mounting it to write the guest's settings
+    driver.py   VmDriver: the manager's face (spec from the state, start/stop/adopt, seed, resize)
 """
 
 from ctd.instance.vm.argv import build_argv
