@@ -542,7 +542,9 @@ class InstanceManager:
         vm = rec.options.setdefault("vm", {})
         if userpasswd is not None:
             vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
-        if self.is_running(rec):
+        if vm.get("profile") == "windows":
+            notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
+        elif self.is_running(rec):
             vm["guest_pending"] = True
             notes.append("guest settings: the VM gets them at next start")
         else:

@@ -181,6 +181,7 @@ def test_clone_of_a_windows_vm_copies_uefi_vars_and_tpm_state(ctd, tmp_path):
         tpm_files = sorted(p.name for p in (base / dst / "tpm").iterdir())
         assert tpm_files and tpm_files == sorted(p.name for p in (base / src / "tpm").iterdir())
         assert not (base / dst / "seed.iso").exists()   # no cloud-init for Windows
+        assert "ctd does not configure Windows guests" in ctd.ok("set", dst, "--hostname", "win2")
         ctd.ok("start", "--paused", dst)
         hw = ctd.client.get(f"/1.0/instances/{dst}/hardware")["hardware"]
         assert hw["tpm"] and str(vars_dst) in json.dumps(hw["block"])
