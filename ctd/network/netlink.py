@@ -319,11 +319,15 @@ class _Batch:
 
     def run(self) -> list[bytes]:
         """Send everything; the replies that are not acks (e.g. RTM_NEWLINK for a get).
-        OperationFailed naming the first request the kernel refused."""
+        NetlinkRefused (an OperationFailed) naming the first request the kernel refused."""
+        self.sock.settimeout(10)  # every request is acked; never wait forever if one is not
         self.sock.send(b"".join(self.parts))
         pending, replies, failed = set(self.what), [], []
         while pending:
-            data = self.sock.recv(65536)
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise OperationFailed(f"{self.what[min(pending)]}: no answer from the kernel") from None
             offset = 0
             while offset + 16 <= len(data):
                 length, kind, _flags, seq = struct.unpack_from("=IHHI", data, offset)
