@@ -47,6 +47,12 @@ def _v6(addresses: list[str]) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a).version == 6]
 
 
+def _own_link_local(rec: InstanceRecord) -> bool:
+    """ctd gives a NIC its link-local address (no DAD wait) unless systemd-networkd in the guest
+    manages it: networkd fails the link when it finds the address mode changed under it."""
+    return rec.options.get("network_style") != "networkd"
+
+
 def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
     """A stable locally administered unicast MAC for NIC idx of an instance."""
     digest = hashlib.sha256(f"ctd:{instance_id}:{idx}:{salt}".encode()).digest()
@@ -293,7 +299,7 @@ class NetworkManager:
         except BaseException:
             self.teardown(rec)
             raise
-        return [dataclasses.replace(self._inside(n), fresh=True) for n in nics]
+        return [dataclasses.replace(self._inside(n), fresh=True, own_link_local=_own_link_local(rec)) for n in nics]
 
     def _bridge_for(self, nic: NicRecord) -> tuple[str | None, int]:
         """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone), and
@@ -471,4 +477,4 @@ class NetworkManager:
         if rate != "keep" and nic.rate is None:
             tc.set_rate(self.host_name(nic), None)
         self._refilter([nic], add=True)
-        return [self._inside(nic)]
+        return [dataclasses.replace(self._inside(nic), own_link_local=_own_link_local(rec))]

@@ -70,8 +70,12 @@ def host_routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
 def _add_addr(ip: IPRoute, index: int, cidr: str) -> None:
     """Add an address; IPv6 ones without duplicate detection (ctd's IPAM keeps them unique)."""
     iface = ipaddress.ip_interface(cidr)
-    flags = {"flags": IFA_F_NODAD} if iface.version == 6 else {}
-    ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **flags)
+    if iface.version == 6:
+        extra: dict = {"flags": IFA_F_NODAD}
+    else:  # with its broadcast address, as ip(8) and systemd-networkd add it (networkd fails
+        # the link, ERANGE, when it finds the address without one)
+        extra = {"broadcast": str(iface.network.broadcast_address)} if iface.network.prefixlen < 31 else {}
+    ip.addr("add", index=index, address=str(iface.ip), prefixlen=iface.network.prefixlen, **extra)
 
 
 def ensure_bridge(name: str, addresses: list[str], mtu: int = 1500) -> bool:
@@ -220,6 +224,7 @@ class InsideNic:
     onlink_gateway: bool = False  # routed mode: the gateway is on no subnet of ours
     mac: str | None = None  # for its link-local address (read from the link if not given)
     fresh: bool = False  # just born at start: no address to remove, nothing to look up first
+    own_link_local: bool = True  # ctd makes the link-local address (else the kernel, with DAD)
 
 
 def eui64_link_local(mac: str) -> str:
@@ -253,10 +258,12 @@ def configure_inside(nics: list[InsideNic], netns_socket: int) -> None:
             wanted = {str(ipaddress.ip_interface(a)) for a in nic.addresses}
             # The link-local address is ours, made without DAD: the kernel's would stay
             # tentative for ~1 s after start, and its NDP probes go nowhere useful.
-            ip.link("set", index=index, **_NO_IPV6_AUTOCONF)
+            if nic.own_link_local:
+                ip.link("set", index=index, **_NO_IPV6_AUTOCONF)
             ip.link("set", index=index, state="up")
-            mac = nic.mac or ip.get_links(index)[0].get_attr("IFLA_ADDRESS")
-            wanted.add(f"{eui64_link_local(mac)}/64")
+            if nic.own_link_local:
+                mac = nic.mac or ip.get_links(index)[0].get_attr("IFLA_ADDRESS")
+                wanted.add(f"{eui64_link_local(mac)}/64")
             present = set()
             for addr in ip.get_addr(index=index):
                 cidr = f"{addr.get_attr('IFA_ADDRESS')}/{addr['prefixlen']}"
@@ -365,14 +372,18 @@ def _configure_fresh(nics: list[InsideNic], netns_socket: int) -> None:
         for seq, nic in enumerate(nics, 1):
             index = indexes[seq]
             # our own link-local address, without DAD (see configure_inside)
-            batch.add(_link_msg(index, **_NO_IPV6_AUTOCONF), RTM_NEWLINK, 0, f"{what}: {nic.name} addrgenmode")
+            link_local = [f"{eui64_link_local(nic.mac)}/64"] if nic.own_link_local else []  # type: ignore[arg-type]
+            if nic.own_link_local:
+                batch.add(_link_msg(index, **_NO_IPV6_AUTOCONF), RTM_NEWLINK, 0, f"{what}: {nic.name} addrgenmode")
             batch.add(_link_msg(index, up=True), RTM_NEWLINK, 0, f"{what}: {nic.name} up")
-            for cidr in [*nic.addresses, f"{eui64_link_local(nic.mac)}/64"]:  # type: ignore[arg-type]
+            for cidr in [*nic.addresses, *link_local]:
                 iface = ipaddress.ip_interface(cidr)
                 msg = ifaddrmsg()
                 msg["family"] = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
                 msg["prefixlen"], msg["index"] = iface.network.prefixlen, index
                 msg["attrs"] = [("IFA_LOCAL", str(iface.ip)), ("IFA_ADDRESS", str(iface.ip))]
+                if iface.network.prefixlen < 31:  # with its broadcast, as ip(8) and networkd add it
+                    msg["attrs"].append(("IFA_BROADCAST", str(iface.network.broadcast_address)))
                 if iface.version == 6:
                     msg["attrs"] = [("IFA_ADDRESS", str(iface.ip)), ("IFA_FLAGS", IFA_F_NODAD)]
                 batch.add(msg, RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, f"{what}: address {cidr} on {nic.name}")
