@@ -28,7 +28,14 @@ def status_for(exc: errors.CtdError) -> int:
     return 500
 
 
+def one_line(message: str) -> str:
+    """An error is one line whatever a client sent: control characters echoed from its input
+    (a field name, a value) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def error_response(message: str, code: str, status: int, request: web.Request | None = None) -> web.Response:
+    message = one_line(message)
     response = web.json_response({"error": message, "code": code}, status=status)
     if request is not None and request.headers.get("Upgrade", "").lower() == "websocket":
         # A WebSocket client sees only the status and headers of a refused upgrade.

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import io
 import re
 from collections.abc import Awaitable, Callable
@@ -511,3 +512,9 @@ def test_openapi_describes_every_route(tmp_path: Path) -> None:
                 declared = {p["name"] for p in params if p["in"] == "path"}
                 assert declared == set(re.findall(r"{(\w+)}", path)), (path, method)
     serve(tmp_path, t)
+
+
+def test_an_error_is_one_line_whatever_the_client_sent() -> None:
+    from ctd.api.errors import error_response
+    body = json.loads(error_response("unknown field(s) a\nb\r\x85c, é", "invalid", 400).text)
+    assert body["error"] == "unknown field(s) a\\nb\\r\\x85c, é"
