@@ -211,6 +211,9 @@ def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[
             for fd in others:
                 os.close(fd)
             _become_helper()
+            # What every container gets, done while we wait: both are inherited by init.
+            capabilities.drop_bounding(capabilities.DEFAULT_DROP)
+            seccomp.install(seccomp.DEFAULT_DENY)
             message, fds = recv(theirs)
             theirs.close()
             if message is not None:
@@ -414,9 +417,7 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
         if tty > 2:
             os.close(tty)
         _close_fds_except({err_w})
-        capabilities.drop_bounding(spec.cap_drop)
-        if spec.seccomp_deny:
-            seccomp.install(spec.seccomp_deny)
+        _confine_further(spec)
         _default_signals()
         os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
     except BaseException as exc:  # noqa: BLE001
@@ -424,6 +425,18 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
             os.write(err_w, _describe(exc).encode()[:4000])
         finally:
             os._exit(127)
+
+
+def _confine_further(spec: ContainerSpec) -> None:
+    """init inherits the standby's default confinement; a spec may only add to it (seccomp
+    filters and bounding-set drops cannot be undone)."""
+    missing = set(seccomp.DEFAULT_DENY) - set(spec.seccomp_deny)
+    if missing:
+        raise OSError(f"containers are always denied {', '.join(sorted(missing))}")
+    capabilities.drop_bounding([c for c in spec.cap_drop if c not in capabilities.DEFAULT_DROP])
+    extra = [n for n in spec.seccomp_deny if n not in seccomp.DEFAULT_DENY]
+    if extra:
+        seccomp.install(extra)
 
 
 def _clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, int]:
