@@ -22,7 +22,7 @@ from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
-from ctd.instance.vm import rootdisk
+from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
 from ctd.network.manager import NetworkManager, NicRequest
@@ -315,10 +315,12 @@ class InstanceManager:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, template)
                 await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
                 await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
+                await asyncio.to_thread(applier.install, rootfs)
                 await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
                 await asyncio.to_thread(self.storage.drop_root, name)
+                # no guest has run on this disk yet: ctd may still write into it (until the first start)
                 vm.update({"kernel": str(kernel.vmlinuz), "initrd": str(kernel.initrd),
-                           "append": rootdisk.kernel_cmdline()})
+                           "append": rootdisk.kernel_cmdline(), "pristine": True})
             else:
                 await asyncio.to_thread(self.storage.new_vm_dir, name)
                 await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
@@ -339,16 +341,19 @@ class InstanceManager:
         if userpasswd is not None:
             guest.set_password(rootfs, *userpasswd)
 
-    def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None) -> None:
-        """A stopped template VM: its settings written into its disk, as at create (in a thread).
+    def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None) -> bool:
+        """A template VM no guest has run on yet: its settings written into its disk, as at
+        create (in a thread); True if so. Once a guest has run, the disk is the tenant's and the
+        host never mounts it again: the seed (and the applier in the guest) carries the settings.
         Installed VMs (blank disk + ISO) get them from the cloud-init seed only."""
         vm = rec.options.get("vm", {})
-        if not vm.get("kernel"):
-            return
+        if not vm.get("kernel") or not vm.get("pristine"):
+            return False
         with rootdisk.mounted(self.vms.disk_path(rec)) as root:  # type: ignore[union-attr]
             self.setup_guest(rec, root, userpasswd)
             if userpasswd is None and vm.get("passwd"):
                 guest.set_password_hash(root, vm["passwd"]["user"], vm["passwd"]["hash"])
+        return True
 
     # ------------------------------------------------------------- start / stop
 
@@ -382,8 +387,12 @@ class InstanceManager:
             if rec.type is InstanceType.VM:
                 if self.vms is None:
                     raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
-                if rec.options.get("vm", {}).pop("guest_pending", False):
-                    await asyncio.to_thread(self._configure_vm_disk, rec)
+                vm_options = rec.options.setdefault("vm", {})
+                # from now on the guest may write its disk: ctd never mounts it again
+                stale = {"pristine", "guest_pending"} & vm_options.keys()   # guest_pending: older records
+                for key in stale:
+                    del vm_options[key]
+                if stale:
                     self.db.update_instance(rec)
                 vm = await self.vms.start(rec, resources, paused)
                 rec.state, rec.pid, rec.pid_start = PowerState.RUNNING, vm.pid, vm.start_time
@@ -544,11 +553,8 @@ class InstanceManager:
             vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
         if vm.get("profile") == "windows":
             notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
-        elif self.is_running(rec):
-            vm["guest_pending"] = True
-            notes.append("guest settings: the VM gets them at next start")
-        else:
-            await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd)
+        elif self.is_running(rec) or not await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd):
+            notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
         self.db.update_instance(rec)
         await asyncio.to_thread(self.vms.write_seed, rec)
 
@@ -728,8 +734,9 @@ class InstanceManager:
 
     async def _clone_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
         """A stopped VM's copy: reflinked disk, copied UEFI variables and TPM state; new id, uuid,
-        MACs, addresses and hostname, written into a template disk and into a new seed (whose
-        new instance-id makes cloud-init treat the clone as a new machine)."""
+        MACs, addresses and hostname, in a new seed (whose new instance-id makes cloud-init, or
+        ctd's applier in a template disk, treat the clone as a new machine), and written into
+        the disk only if no guest has run on it yet."""
         assert self.vms is not None
         src: InstanceRecord = checked["source"]
         name = checked["name"]

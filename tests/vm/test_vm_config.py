@@ -6,8 +6,10 @@ firmware, so nothing waits for a guest to boot."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ctd.instance.vm.rootdisk import MOUNT_DIR
 from tests.vm.test_vm_lifecycle import qemu_pids, swtpm_pids, iso
 
 pytestmark = pytest.mark.slow
@@ -127,38 +130,107 @@ def test_seed_carries_the_settings_set_follows_and_vcpus_and_ram_change_live(ctd
     assert not vmdir.exists() and not (qemu_pids() - before)
 
 
-def test_clone_of_a_template_vm_gets_its_own_identity_in_disk_and_seed(ctd, net):
+class DiskWatch:
+    """Samples, in a thread, whether a disk image is attached to a loop device or mounted (ctd's
+    mount namespace is the host's) while a step runs: a host mount of it would show."""
+
+    def __init__(self, image: Path, ctd_pid: int) -> None:
+        self.image, self.mountinfo = str(image), Path(f"/proc/{ctd_pid}/mountinfo")
+        self.seen: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            loops = subprocess.run(["losetup", "-j", self.image], capture_output=True, text=True).stdout
+            mounts = [m for m in self.mountinfo.read_text().splitlines() if self.image.rsplit("/", 1)[0] in m]
+            self.seen += [x for x in [loops.strip(), *mounts] if x]
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> DiskWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def digest(image: Path) -> str:
+    return hashlib.sha256(image.read_bytes()).hexdigest()
+
+
+def console_says(ctd, name: str, command: str, marker: str, timeout: float = 120) -> str:  # type: ignore[no-untyped-def]
+    """The output of a shell command on the VM's serial console (busybox's root shell there),
+    once it contains marker; the boot may still be running when the first tries go in."""
+    deadline, out = time.monotonic() + timeout, ""
+    while time.monotonic() < deadline:
+        out = ctd.ctl("console", name, input=f"\n{command}\n", timeout=60).out
+        if marker in out:
+            return out
+        time.sleep(2)
+    raise AssertionError(f"{marker!r} never on {name}'s console; last:\n{out[-800:]}")
+
+
+def pings(address: str, timeout: float = 90) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if subprocess.run(["busybox", "ping", "-c1", "-W1", address], capture_output=True).returncode == 0:
+            return True
+    return False
+
+
+def test_a_booted_template_vm_gets_set_and_clone_settings_from_its_seed_never_a_host_mount(ctd, net):
+    """After the first boot the disk is the guest's: set and clone rebuild the seed only, and the
+    applier ctd put in the disk applies it at the next boot (the disk on the host stays as it was)."""
     src, dst = ctd.unique("vsrc"), ctd.unique("vdst")
     base = ctd.state_dir / "storage/instances"
+    disk = base / src / "disk.raw"
     try:
-        ctd.ok("create", src, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "128M",
+        ctd.ok("create", src, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "256M",
                "--net", net, timeout=120)
-        r = ctd.ctl("start", src)
-        assert r.code == 0, r.err
+        ctd.ok("start", src)
         # booted from the uncompressed kernel ctd extracted from Debian's bzImage (PVH entry)
         argv = Path(f"/proc/{ctd.instance(src)['pid']}/cmdline").read_bytes().split(b"\0")
         kernel = argv[argv.index(b"-kernel") + 1].decode()
         assert "/vm-kernels/vmlinux-" in kernel and Path(kernel).read_bytes()[:4] == b"\x7fELF"
+        first = ctd.instance(src)["nics"][0]["addresses"][0]
+        console_says(ctd, src, "echo HN=$(hostname)", f"HN={src}")   # the first boot applied the seed too
+        assert pings(first), f"{src} does not answer at {first}"
         r = ctd.ctl("clone", src, dst)
         assert r.code == 1 and "running" in r.err   # a live disk is not consistent
         ctd.ok("stop", "--timeout", "1", src)
-        ctd.ok("clone", src, dst, timeout=120)
+
+        before, mtime = digest(disk), disk.stat().st_mtime_ns
+        moved = first.rsplit(".", 1)[0] + ".99"
+        with DiskWatch(disk, ctd.proc.pid) as watch:
+            out = ctd.ok("set", src, "--hostname", "renamed", "--ipadd", moved, "--ipdel", first)
+            ctd.ok("clone", src, dst, timeout=120)
+        assert "Note: guest settings:" in out and "next boot" in out
+        assert not watch.seen, f"the VM's disk was attached on the host: {watch.seen}"
+        assert digest(disk) == before and disk.stat().st_mtime_ns == mtime
+        assert ext4_file(disk, "/etc/hostname").strip() == src and not (base / src / MOUNT_DIR).exists()
+        # the seeds say who each one is now, for the applier (ctd/) and for cloud-init
+        assert iso_file(base / src / "seed.iso", "ctd/hostname").strip() == "renamed"
+        assert f"ip addr add {moved}/" in iso_file(base / src / "seed.iso", "ctd/network.sh")
         a, b = ctd.instance(src), ctd.instance(dst)
         assert b["type"] == "vm" and b["id"] != a["id"] and b["hostname"] == dst
         assert b["nics"][0]["mac"] != a["nics"][0]["mac"]
         assert b["nics"][0]["addresses"] != a["nics"][0]["addresses"]
-        # the clone's disk says who it is (ctd wrote it, as at create); the source's is untouched
-        assert ext4_file(base / dst / "disk.raw", "/etc/hostname").strip() == dst
-        assert ext4_file(base / src / "disk.raw", "/etc/hostname").strip() == src
-        netfile = ext4_file(base / dst / "disk.raw", "/etc/systemd/network/10-ctd-eth0.network")
-        assert b["nics"][0]["addresses"][0] in netfile and a["nics"][0]["addresses"][0] not in netfile
-        # and so does its seed, with a new instance-id (cloud-init: a new machine)
         seeds = [yaml.safe_load(iso_file(base / n / "seed.iso", "meta-data")) for n in (src, dst)]
         assert seeds[1]["local-hostname"] == dst and seeds[1]["instance-id"] != seeds[0]["instance-id"]
+        assert iso_file(base / dst / "seed.iso", "ctd/instance-id").strip() == seeds[1]["instance-id"]
         mac = yaml.safe_load(iso_file(base / dst / "seed.iso", "network-config"))["ethernets"]["eth0"]["match"]
         assert mac["macaddress"] == b["nics"][0]["mac"]
-        ctd.ok("start", "--paused", dst)
-        assert ctd.instance(dst)["state"] == "running"
+
+        # inside, at the next boot: the new name and address, from the seed
+        ctd.ok("start", src)
+        console_says(ctd, src, "echo HN=$(hostname)", "HN=renamed")
+        assert pings(moved), f"{src} does not answer at its new address {moved}"
+        ctd.ok("stop", "--timeout", "1", src)
+        ctd.ok("start", dst)
+        console_says(ctd, dst, "echo HN=$(hostname)", f"HN={dst}")
+        assert pings(b["nics"][0]["addresses"][0]), f"the clone does not answer at {b['nics'][0]['addresses'][0]}"
     finally:
         for n in (dst, src):
             ctd.ctl("destroy", "--force", n)
@@ -232,7 +304,7 @@ def test_a_vm_without_balloon_is_told_ram_waits_for_the_next_start(ctd):
         ctd.ctl("destroy", "--force", name)
 
 
-def test_set_on_a_template_vm_reaches_its_disk_now_or_at_the_next_start(ctd):
+def test_set_on_a_template_vm_reaches_its_disk_before_the_first_start_its_seed_after(ctd):
     name = ctd.unique("vset")
     disk = ctd.state_dir / "storage/instances" / name / "disk.raw"
     try:
@@ -244,13 +316,18 @@ def test_set_on_a_template_vm_reaches_its_disk_now_or_at_the_next_start(ctd):
         assert ext4_file(disk, "/etc/hostname").strip() == "second"
         root_hash = next(line for line in ext4_file(disk, "/etc/shadow").splitlines() if line.startswith("root:"))
         assert root_hash.split(":")[1].startswith("$6$") and root_hash not in shadow_before
-        ctd.ok("start", "--paused", name)
+        ctd.ok("start", "--paused", name)   # from now on the disk is the guest's
         out = ctd.ok("set", name, "--hostname", "third")
-        assert "Note: guest settings: the VM gets them at next start" in out
-        assert ext4_file(disk, "/etc/hostname").strip() == "second"   # never touched while QEMU has it
+        assert "Note: guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot" in out
+        seed = disk.with_name("seed.iso")
+        assert iso_file(seed, "ctd/hostname").strip() == "third"
         ctd.ok("stop", "--timeout", "1", name)
+        before = digest(disk)
+        out = ctd.ok("set", name, "--hostname", "fourth")   # stopped, but it has run: the seed only
+        assert "next boot" in out and iso_file(seed, "ctd/hostname").strip() == "fourth"
         ctd.ok("start", "--paused", name)
-        assert ext4_file(disk, "/etc/hostname").strip() == "third"
+        assert digest(disk) == before and ext4_file(disk, "/etc/hostname").strip() == "second"
+        assert iso_file(seed, "ctd/hostname").strip() == "fourth"
         assert not list(disk.parent.glob(".mnt*"))
     finally:
         ctd.ctl("destroy", "--force", name)
@@ -272,3 +349,19 @@ def test_set_hostname_of_a_container_applies_at_its_next_start(ctd):
         assert ctd.instance(name)["hostname"] == "later"
     finally:
         ctd.ctl("destroy", "--force", name)
+
+
+def test_seed_iso_carries_the_appliers_files_and_refuses_paths_outside_it(tmp_path):
+    from ctd.errors import InvalidRequest
+    from ctd.instance.vm.seed import Seed, build_seed_iso
+
+    seed = Seed(instance_id="i-1", hostname="vm1")
+    iso = build_seed_iso(seed, tmp_path / "seed.iso", files={"ctd/hostname": "vm1\n",
+                                                             "ctd/network/10-ctd-eth0.network": "[Match]\n"})
+    assert iso_file(iso, "ctd/hostname") == "vm1\n"
+    assert iso_file(iso, "ctd/network/10-ctd-eth0.network") == "[Match]\n"
+    assert '"instance-id": "i-1"' in iso_file(iso, "meta-data")
+    for bad in ("../escape", "/etc/passwd"):
+        with pytest.raises(InvalidRequest, match="outside the seed"):
+            build_seed_iso(seed, tmp_path / "bad.iso", files={bad: "x"})
+    assert not (tmp_path / "bad.iso").exists()

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,9 +17,10 @@ from typing import Any
 
 from cgroups import CgroupManager, Resources
 
+from ctd import guest, guestfs
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
 from ctd.limits import UNLIMITED
-from ctd.instance.vm import process, resize
+from ctd.instance.vm import applier, process, resize
 from ctd.instance.vm.kernel import extract_vmlinux
 from ctd.instance.vm.qmp import Qmp
 from ctd.instance.vm.seed import Seed, SeedNic, build_seed_iso, content_id
@@ -110,7 +112,33 @@ class VmDriver:
         if not is_linux(rec):
             path.unlink(missing_ok=True)
             return None
-        return build_seed_iso(self.seed(rec), path)
+        seed = self.seed(rec)
+        return build_seed_iso(seed, path, files=self.applier_files(rec, seed))
+
+    def applier_files(self, rec: InstanceRecord, seed: Seed) -> dict[str, str]:
+        """What the in-guest seed applier (applier.py) copies into place, under ctd/ on the seed:
+        the files ctd.guest writes into a container of these settings, made in a scratch root."""
+        settings = guest.GuestSettings(
+            hostname=rec.hostname, nics=self.network.inside_config(rec),
+            nameservers=rec.options.get("nameservers") or [], network_style="networkd",
+            ssh_keys=rec.options.get("ssh_keys") or [], timezone=rec.options.get("timezone"))
+        with tempfile.TemporaryDirectory(prefix="ctd-guest-") as tmp:
+            root = Path(tmp)
+            for d in ("/etc", "/root"):
+                guestfs.make_dirs(root, d)
+            guest.apply(root, settings)
+            guest.write_ip_script(root, settings.nics)   # for guests without networkd (busybox)
+            picked = {"hostname": "/etc/hostname", "hosts": "/etc/hosts", "resolv.conf": "/etc/resolv.conf",
+                      "network.sh": "/etc/ctd/network.sh", "authorized_keys": "/root/.ssh/authorized_keys",
+                      "timezone": "/etc/timezone"}
+            files = {name: text for name, path in picked.items()
+                     if (text := guestfs.read_file(root, path)) is not None}
+            files |= {f"network/{p.name}": p.read_text() for p in (root / "etc/systemd/network").glob("*.network")}
+        files = {f"{applier.SEED_DIR}/{name}": text for name, text in files.items()}
+        files[f"{applier.SEED_DIR}/instance-id"] = seed.instance_id + "\n"
+        if seed.root_password_hash:
+            files[f"{applier.SEED_DIR}/passwd"] = f"{seed.password_user}:{seed.root_password_hash}\n"
+        return files
 
     def spec(self, rec: InstanceRecord, paused: bool = False) -> VmSpec:
         vm: dict[str, Any] = rec.options.get("vm", {})

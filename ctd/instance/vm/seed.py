@@ -149,8 +149,9 @@ def content_id(seed: Seed) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def build_seed_iso(seed: Seed, dest: Path, tool: str = ISO_TOOL) -> Path:
-    """Write the NoCloud ISO to dest (atomically) and return dest."""
+def build_seed_iso(seed: Seed, dest: Path, tool: str = ISO_TOOL, files: dict[str, str] | None = None) -> Path:
+    """Write the NoCloud ISO to dest (atomically) and return dest. files: more files for it, by
+    relative path (ctd's in-guest seed applier reads its own under ctd/)."""
     seed.validate()
     if shutil.which(tool) is None:
         raise NotFound(f"{tool} is not installed (Debian: apt-get install genisoimage)")
@@ -161,10 +162,15 @@ def build_seed_iso(seed: Seed, dest: Path, tool: str = ISO_TOOL) -> Path:
         (src / "meta-data").write_text(meta_data(seed))
         (src / "user-data").write_text(user_data(seed))
         (src / "network-config").write_text(network_config(seed))
+        for rel, text in (files or {}).items():
+            if Path(rel).is_absolute() or ".." in Path(rel).parts:
+                raise InvalidRequest(f"seed file {rel!r} is outside the seed")
+            path = src / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
         out = dest.with_name(dest.name + ".tmp")
         r = subprocess.run([tool, "-quiet", "-output", str(out), "-volid", VOLUME_LABEL, "-joliet",
-                            "-rock", str(src / "user-data"), str(src / "meta-data"),
-                            str(src / "network-config")], capture_output=True, text=True)
+                            "-rock", str(src)], capture_output=True, text=True)
         if r.returncode != 0:
             out.unlink(missing_ok=True)
             raise OperationFailed(f"{tool} could not make the cloud-init seed: {r.stderr.strip()}")
