@@ -178,8 +178,13 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
             return ""
 
         # the cloud-init seed is a CD-ROM the guest can read (this disk needs no cloud-init: ctd
-        # wrote the same settings into it at create)
-        assert f'"local-hostname": "{name}"' in guest("mount -o ro /dev/sr0 /mnt && cat /mnt/meta-data; umount /mnt")
+        # wrote the same settings into it at create, and its applier reads the seed at each boot)
+        meta = guest("mount -o ro /dev/sr0 /mnt && cat /mnt/meta-data; umount /mnt")
+        assert f'"local-hostname": "{name}"' in meta
+        # ctd's seed applier (a systemd unit in the disk) ran at boot and recorded that seed
+        assert guest("systemctl show -p Result ctd-seed.service").strip() == "Result=success"
+        applied = guest("cat /var/lib/ctd-seed/instance-id").strip()
+        assert applied and f'"instance-id": "{applied}"' in meta
         # vCPU hot-add and the balloon, as the guest sees them
         mem_before = int(guest("awk '/MemTotal/ {print $2}' /proc/meminfo"))
         out = ctd.ok("set", name, "--cpus", "2", "--ram", "768M", timeout=60)
@@ -199,6 +204,18 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
         assert time.monotonic() - start < 100, "the guest did not power off on ACPI"
         assert ctd.instance(name)["state"] == "stopped"
         assert host not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+
+        # after a boot the disk is the guest's: a change goes onto the seed, and the applier in the
+        # guest hands networkd the new address at the next boot
+        moved = address.rsplit(".", 1)[0] + ".99"
+        out = ctd.ok("set", name, "--hostname", "deb-renamed", "--ipadd", moved, "--ipdel", address)
+        assert "next boot" in out
+        ctd.ok("start", name)
+        address = moved   # guest() now asks the new address
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and guest("hostname").strip() != "deb-renamed":
+            time.sleep(3)
+        assert guest("hostname").strip() == "deb-renamed", f"no ssh answer as deb-renamed at {moved}"
     finally:
         ctd.ctl("destroy", "--force", name)
         ctd.ctl("network", "delete", net)
