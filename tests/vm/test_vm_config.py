@@ -206,9 +206,9 @@ def test_a_booted_template_vm_gets_set_and_clone_settings_from_its_seed_never_a_
         with DiskWatch(disk, ctd.proc.pid) as watch:
             out = ctd.ok("set", src, "--hostname", "renamed", "--ipadd", moved, "--ipdel", first)
             ctd.ok("clone", src, dst, timeout=120)
-        assert "Note: guest settings:" in out and "next boot" in out
         assert not watch.seen, f"the VM's disk was attached on the host: {watch.seen}"
         assert digest(disk) == before and disk.stat().st_mtime_ns == mtime
+        assert "Note: guest settings:" in out and "next boot" in out
         assert ext4_file(disk, "/etc/hostname").strip() == src and not (base / src / MOUNT_DIR).exists()
         # the seeds say who each one is now, for the applier (ctd/) and for cloud-init
         assert iso_file(base / src / "seed.iso", "ctd/hostname").strip() == "renamed"
