@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cgroups import CgroupManager
 
+from ctd.linux.capabilities import CAP_NAMES, DEFAULT_DROP
 from ctd.linux.proc import is_zombie
 
 
@@ -233,6 +234,21 @@ def test_console_shows_the_guest(ctd, make_container):
     r = ctd.ctl("console", name, input="echo console-$((6*7))\n", timeout=20)
     assert r.code == 0, r.err
     assert "console-42" in r.out or "booted by ctd" in r.out
+
+
+def bounding_set(status: str) -> set[str]:
+    mask = int(next(line for line in status.splitlines() if line.startswith("CapBnd:")).split()[1], 16)
+    return {name for bit, name in enumerate(CAP_NAMES) if mask >> bit & 1}
+
+
+def test_bounding_set_lacks_lxcs_default_drops(ctd, make_container):
+    for name in (make_container(), make_container(privileged=True)):
+        pid = ctd.instance(name)["pid"]
+        for status in (Path(f"/proc/{pid}/status").read_text(),     # init, seen from the host
+                       ctd.sh(name, "cat /proc/self/status").out):   # an exec'd process
+            caps = bounding_set(status)
+            assert caps and not caps & set(DEFAULT_DROP), sorted(caps & set(DEFAULT_DROP))
+            assert {"sys_admin", "net_admin", "chown"} <= caps  # a system container's root keeps these
 
 
 def test_privileged_only_on_request(ctd, make_container):

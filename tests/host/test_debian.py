@@ -14,12 +14,6 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def debian(ctd):
-    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
-    return "debian-12"
-
-
-@pytest.fixture(scope="module")
 def key(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("ssh") / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)

@@ -15,12 +15,6 @@ from tests.host.test_ipv6 import unique_prefix
 
 
 @pytest.fixture(scope="module")
-def debian(ctd):
-    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
-    return "debian-12"
-
-
-@pytest.fixture(scope="module")
 def lan6(ctd):
     name = f"t6{uuid.uuid4().hex[:6]}"
     ctd.ok("network", "create", name, "--ipv6", unique_prefix())

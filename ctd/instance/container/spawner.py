@@ -211,8 +211,8 @@ def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[
             for fd in others:
                 os.close(fd)
             _become_helper()
-            # What every container gets, done while we wait: both are inherited by init.
-            capabilities.drop_bounding(capabilities.DEFAULT_DROP)
+            # Every container's filter, installed while we wait: init inherits it. (Not the
+            # bounding set: joining the container's user namespace resets that to full.)
             seccomp.install(seccomp.DEFAULT_DENY)
             message, fds = recv(theirs)
             theirs.close()
@@ -428,12 +428,12 @@ def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console
 
 
 def _confine_further(spec: ContainerSpec) -> None:
-    """init inherits the standby's default confinement; a spec may only add to it (seccomp
-    filters and bounding-set drops cannot be undone)."""
+    """init inherits the standby's default seccomp filter; a spec may only add to it (a filter
+    cannot be undone). The bounding set is dropped here, in the container's user namespace."""
     missing = set(seccomp.DEFAULT_DENY) - set(spec.seccomp_deny)
     if missing:
         raise OSError(f"containers are always denied {', '.join(sorted(missing))}")
-    capabilities.drop_bounding([c for c in spec.cap_drop if c not in capabilities.DEFAULT_DROP])
+    capabilities.drop_bounding(spec.cap_drop)
     extra = [n for n in spec.seccomp_deny if n not in seccomp.DEFAULT_DENY]
     if extra:
         seccomp.install(extra)
