@@ -71,6 +71,13 @@ def _guest_path(exc: OSError) -> str:
     return text[text.find("('") + 2:text.find("')")] if "('" in text else (exc.filename or "?")
 
 
+def new_identity(rootfs: Path) -> None:
+    """A clone must not pass for its source: a new machine-id, and no ssh host keys (the
+    template's first-boot unit makes new ones), or every clone would share the source's."""
+    guestfs.write_file(rootfs, "/etc/machine-id", uuid.uuid4().hex + "\n", 0o444)
+    guestfs.remove_matching(rootfs, "/etc/ssh", "ssh_host_")
+
+
 def _apply(rootfs: Path, settings: GuestSettings) -> None:
     name = settings.hostname
     guestfs.write_file(rootfs, "/etc/hostname", f"{name}\n")

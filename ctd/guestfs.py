@@ -118,3 +118,28 @@ def symlink(rootfs: Path, path: str, target: str) -> None:
             os.close(dir_fd)
     finally:
         os.close(root_fd)
+
+
+def remove_matching(rootfs: Path, directory: str, prefix: str) -> list[str]:
+    """Unlink the entries of directory (inside the guest) whose names start with prefix;
+    a link is removed, never followed. Returns the names removed."""
+    root_fd = _open_root(rootfs)
+    try:
+        try:
+            dir_fd = open_in_root(root_fd, directory, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        try:
+            removed = []
+            for name in os.listdir(dir_fd):
+                if name.startswith(prefix):
+                    try:
+                        os.unlink(name, dir_fd=dir_fd)
+                        removed.append(name)
+                    except IsADirectoryError:
+                        pass
+            return removed
+        finally:
+            os.close(dir_fd)
+    finally:
+        os.close(root_fd)

@@ -725,6 +725,7 @@ class InstanceManager:
                     self.network.allocate(rec.id, [n for n in nics if n.network])
                 undo.callback(self.db.delete_instance, rec.id)
                 faults.point("clone.after_db")
+                await asyncio.to_thread(guest.new_identity, rootfs)
                 await asyncio.to_thread(self.setup_guest, rec, rootfs)
                 creating.unlink()
                 undo.pop_all()

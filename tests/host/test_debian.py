@@ -175,3 +175,27 @@ def test_bad_template_input(ctd):
     templates = {t["name"]: t for t in ctd.client.get("/1.0/templates")["templates"]}
     assert templates["debian-13"]["built"] is False
     assert not list((ctd.state_dir / "storage/templates").glob(".build-*"))
+
+
+def test_a_clone_gets_its_own_machine_id_and_ssh_host_keys(ctd, vps, lan):
+    src = vps()
+    assert system_state(ctd, src) == "running"   # first boot made its ssh host keys
+
+    def identity(name: str) -> tuple[str, str]:
+        out = ctd.sh(name, "cat /etc/machine-id; ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub").out.split("\n")
+        return out[0].strip(), out[1].split()[1]
+
+    src_id, src_key = identity(src)
+    ctd.ok("stop", src)
+    dst = ctd.unique("debclone")
+    try:
+        ctd.ok("clone", src, dst)
+        ctd.ok("start", dst)
+        assert system_state(ctd, dst) == "running"
+        dst_id, dst_key = identity(dst)
+        assert dst_id != src_id and len(dst_id) == 32
+        assert dst_key != src_key
+        ctd.ok("start", src)
+        assert identity(src) == (src_id, src_key)   # the source keeps its own
+    finally:
+        ctd.ctl("destroy", "--force", dst)
