@@ -341,7 +341,8 @@ class InstanceManager:
         if userpasswd is not None:
             guest.set_password(rootfs, *userpasswd)
 
-    def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None) -> bool:
+    def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None,
+                           new_identity: bool = False) -> bool:
         """A template VM no guest has run on yet: its settings written into its disk, as at
         create (in a thread); True if so. Once a guest has run, the disk is the tenant's and the
         host never mounts it again: the seed (and the applier in the guest) carries the settings.
@@ -350,6 +351,8 @@ class InstanceManager:
         if not vm.get("kernel") or not vm.get("pristine"):
             return False
         with rootdisk.mounted(self.vms.disk_path(rec)) as root:  # type: ignore[union-attr]
+            if new_identity:  # a clone of a VM that never booted
+                guest.new_identity(root)
             self.setup_guest(rec, root, userpasswd)
             if userpasswd is None and vm.get("passwd"):
                 guest.set_password_hash(root, vm["passwd"]["user"], vm["passwd"]["hash"])
@@ -758,7 +761,7 @@ class InstanceManager:
                 self.db.add_instance(rec)
                 self.network.allocate(rec.id, nics)
             undo.callback(self.db.delete_instance, rec.id)
-            await asyncio.to_thread(self._configure_vm_disk, rec)
+            await asyncio.to_thread(self._configure_vm_disk, rec, None, True)
             await asyncio.to_thread(self.vms.write_seed, rec)
             creating.unlink()
             undo.pop_all()

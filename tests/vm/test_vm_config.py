@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import re
 import threading
 import time
 import uuid
@@ -172,6 +173,15 @@ def console_says(ctd, name: str, command: str, marker: str, timeout: float = 120
     raise AssertionError(f"{marker!r} never on {name}'s console; last:\n{out[-800:]}")
 
 
+def identity(ctd, name: str) -> tuple[str, int]:  # type: ignore[no-untyped-def]
+    """(machine-id, number of ssh host key files) inside the VM, read on its serial console."""
+    out = console_says(ctd, name, 'echo "I""D=$(cat /etc/machine-id) KEYS=$(ls /etc/ssh 2>/dev/null | grep -c ssh_host_)"',
+                       "ID=")
+    found = re.search(r"ID=([0-9a-f]{32}) KEYS=(\d+)", out)
+    assert found, out[-500:]
+    return found.group(1), int(found.group(2))
+
+
 def pings(address: str, timeout: float = 90) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,6 +207,11 @@ def test_a_booted_template_vm_gets_set_and_clone_settings_from_its_seed_never_a_
         first = ctd.instance(src)["nics"][0]["addresses"][0]
         console_says(ctd, src, "echo HN=$(hostname)", f"HN={src}")   # the first boot applied the seed too
         assert pings(first), f"{src} does not answer at {first}"
+        # what a booted guest holds that a clone must not share: its machine-id, its ssh host keys
+        console_says(ctd, src, "mkdir -p /etc/ssh; echo key > /etc/ssh/ssh_host_ed25519_key; sync; echo MADE''KEY",
+                     "MADEKEY")
+        src_identity = identity(ctd, src)
+        assert src_identity[1] == 1
         r = ctd.ctl("clone", src, dst)
         assert r.code == 1 and "running" in r.err   # a live disk is not consistent
         ctd.ok("stop", "--timeout", "1", src)
@@ -227,10 +242,13 @@ def test_a_booted_template_vm_gets_set_and_clone_settings_from_its_seed_never_a_
         ctd.ok("start", src)
         console_says(ctd, src, "echo HN=$(hostname)", "HN=renamed")
         assert pings(moved), f"{src} does not answer at its new address {moved}"
+        assert identity(ctd, src) == src_identity   # renamed, still itself
         ctd.ok("stop", "--timeout", "1", src)
         ctd.ok("start", dst)
         console_says(ctd, dst, "echo HN=$(hostname)", f"HN={dst}")
         assert pings(b["nics"][0]["addresses"][0]), f"the clone does not answer at {b['nics'][0]['addresses'][0]}"
+        dst_identity = identity(ctd, dst)
+        assert dst_identity[0] != src_identity[0] and dst_identity[1] == 0   # a new machine, no source keys
     finally:
         for n in (dst, src):
             ctd.ctl("destroy", "--force", n)
@@ -316,6 +334,15 @@ def test_set_on_a_template_vm_reaches_its_disk_before_the_first_start_its_seed_a
         assert ext4_file(disk, "/etc/hostname").strip() == "second"
         root_hash = next(line for line in ext4_file(disk, "/etc/shadow").splitlines() if line.startswith("root:"))
         assert root_hash.split(":")[1].startswith("$6$") and root_hash not in shadow_before
+        # a clone of a VM that never ran: ctd writes its disk, with a machine-id of its own
+        twin = ctd.unique("vtwin")
+        try:
+            ctd.ok("clone", name, twin, timeout=120)
+            ids = [ext4_file(ctd.state_dir / "storage/instances" / n / "disk.raw", "/etc/machine-id").strip()
+                   for n in (name, twin)]
+            assert ids[0] != ids[1] and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+        finally:
+            ctd.ctl("destroy", "--force", twin)
         ctd.ok("start", "--paused", name)   # from now on the disk is the guest's
         out = ctd.ok("set", name, "--hostname", "third")
         assert "Note: guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot" in out

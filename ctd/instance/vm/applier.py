@@ -83,8 +83,23 @@ if [ -f "$S/timezone" ]; then
         *) ln -sf "/usr/share/zoneinfo/$tz" /etc/localtime && put timezone /etc/timezone 644 ;;
     esac
 fi
+# A clone (a new uuid where another was applied before) must not pass for its source: a new
+# machine-id and no ssh host keys (the template's first-boot unit makes new ones after us).
+mkdir -p "$STATE"
+if [ -r "$S/uuid" ]; then
+    read -r uuid < "$S/uuid"
+    old=
+    [ -r "$STATE/uuid" ] && read -r old < "$STATE/uuid"
+    if [ -n "$old" ] && [ "$uuid" != "$old" ]; then
+        rm -f /etc/ssh/ssh_host_*
+        tr -d '-' < /proc/sys/kernel/random/uuid > /etc/machine-id.ctd-new &&
+            chmod 444 /etc/machine-id.ctd-new && mv -f /etc/machine-id.ctd-new /etc/machine-id
+        echo "ctd-seed: new machine identity (a clone)"
+    fi
+    echo "$uuid" > "$STATE/uuid.new" && mv -f "$STATE/uuid.new" "$STATE/uuid"
+fi
 [ -s /etc/hostname ] && hostname -F /etc/hostname 2>/dev/null
-mkdir -p "$STATE" && echo "$id" > "$STATE/instance-id.new" && mv -f "$STATE/instance-id.new" "$STATE/instance-id"
+echo "$id" > "$STATE/instance-id.new" && mv -f "$STATE/instance-id.new" "$STATE/instance-id"
 sync
 echo "ctd-seed: applied $id"
 """

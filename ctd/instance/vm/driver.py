@@ -136,6 +136,7 @@ class VmDriver:
             files |= {f"network/{p.name}": p.read_text() for p in (root / "etc/systemd/network").glob("*.network")}
         files = {f"{applier.SEED_DIR}/{name}": text for name, text in files.items()}
         files[f"{applier.SEED_DIR}/instance-id"] = seed.instance_id + "\n"
+        files[f"{applier.SEED_DIR}/uuid"] = vm_uuid(rec) + "\n"   # a clone's differs: a new identity
         if seed.root_password_hash:
             files[f"{applier.SEED_DIR}/passwd"] = f"{seed.password_user}:{seed.root_password_hash}\n"
         return files
