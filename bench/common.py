@@ -14,6 +14,15 @@ class BenchError(Exception):
     """Something the benchmark cannot go on without; printed as one line."""
 
 
+def read_text(path: str) -> str:
+    """A small file's stripped content, "" if it cannot be read (a sysctl, a cgroup file)."""
+    try:
+        with open(path) as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
+
+
 def summary(samples_ms: list[float]) -> dict:
     """mean / median / p90 / min / max of a list of milliseconds."""
     if not samples_ms:

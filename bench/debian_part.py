@@ -9,7 +9,7 @@ import os
 import statistics
 import time
 
-from common import container_shape, mem_sample, memcg, pidns_members, ratio, rss_pss, summary
+from common import container_shape, mem_sample, memcg, pidns_members, ratio, read_text, rss_pss, summary
 from ctd_side import CtdDaemon
 from peers import LxcSystem
 
@@ -189,7 +189,7 @@ def bench_memory(rt: Runtimes, tool: str, count: int, settle: float, hier, log) 
                 out["boot_stopped"] = {"container": len(boots) + 1, "state": state,
                                        "failed_units": rt.failed_units(tool, n) if ms is not None else "",
                                        "inotify_instances": inotify_instances(),
-                                       "max_user_instances": int(_read("/proc/sys/fs/inotify/max_user_instances") or 0)}
+                                       "max_user_instances": int(read_text("/proc/sys/fs/inotify/max_user_instances") or 0)}
                 log(f"  {tool}: container {len(boots) + 1} did not boot to running ({state}); "
                     f"inotify instances on the host {out['boot_stopped']['inotify_instances']}, "
                     f"fs.inotify.max_user_instances {out['boot_stopped']['max_user_instances']}: "
@@ -314,11 +314,3 @@ def report(d: dict, verdicts: list[str]) -> list[str]:
                         + (f" vs lxc {b['lxc']['boot']['median']:.0f} ms" if "boot" in b.get("lxc", {}) else
                            " (lxc: could not boot it)"))
     return lines
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""

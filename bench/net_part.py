@@ -20,7 +20,7 @@ import statistics
 import subprocess
 import time
 
-from common import BenchError, ratio, summary
+from common import BenchError, ratio, read_text, summary
 from ctd_side import CtdDaemon
 
 
@@ -170,13 +170,13 @@ def bench_net(ctd: CtdDaemon, iperf: Iperf, tag: str, starts: int, rounds: int, 
     gateway = net["gateway"]
     # A second reference: loopback at the bridge's MTU (1500; the host's lo has 65536, which alone
     # makes it much faster), on the lo of the unfiltered container's own network namespace.
-    mtu = int(_read(f"/sys/class/net/{net['bridge']}/mtu") or 1500)
+    mtu = int(read_text(f"/sys/class/net/{net['bridge']}/mtu") or 1500)
     r = subprocess.run(["nsenter", f"--net=/proc/{pid[u]}/ns/net", "ip", "link", "set", "lo", "mtu", str(mtu)],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise BenchError(f"setting lo's MTU in {u}: {r.stderr.strip()}")
     out["bridge_mtu"] = mtu
-    bridge_nf = _read("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1"
+    bridge_nf = read_text("/proc/sys/net/bridge/bridge-nf-call-iptables") == "1"
     out["br_netfilter"] = bridge_nf
     tests = {
         "loopback": lambda: iperf.transfer("127.0.0.1", None, None),
@@ -237,7 +237,7 @@ def report(n: dict, verdicts: list[str]) -> list[str]:
         lines.append(f"  {label:42} {f(t[k]['median'], 2):>8} {f(ratio(t[k]['median'], lo), 2) + 'x':>10} "
                      f"{f(ratio(t[k]['median'], lo_mtu), 2) + 'x':>11}")
     lines.append(f"  (bridge {n['network']['bridge']}, {n['network']['subnet']}, MTU {n.get('bridge_mtu', '?')}; "
-                 f"the host's lo: MTU {_read('/sys/class/net/lo/mtu')}; bridge-nf-call-iptables "
+                 f"the host's lo: MTU {read_text('/sys/class/net/lo/mtu')}; bridge-nf-call-iptables "
                  f"{'on: bridged traffic also passes the iptables hooks' if n['br_netfilter'] else 'off'})")
     for k in ("host_to_ct", "ct_to_host", "ct_to_ct", "host_to_ct_jumbo", "ct_to_host_jumbo", "ct_to_ct_jumbo"):
         if k not in t:
@@ -258,11 +258,3 @@ def report(n: dict, verdicts: list[str]) -> list[str]:
                  f"{s['nic']['stop']['median'] - s['none']['stop']['median']:+.1f} ms (medians)")
     verdicts.append(f"net start cost of one NIC: {added:+.1f} ms -> {'PASS' if added < 10 else 'FAIL'} (target < 10 ms)")
     return lines
-
-
-def _read(path: str) -> str:
-    try:
-        with open(path) as fh:
-            return fh.read().strip()
-    except OSError:
-        return ""

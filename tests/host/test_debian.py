@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.net import own_network
+
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory) -> Path:
@@ -22,10 +24,8 @@ def key(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def lan(ctd):
-    name = f"td{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name)
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "td") as net:
+        yield net
 
 
 @pytest.fixture

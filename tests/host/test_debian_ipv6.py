@@ -7,19 +7,16 @@ The template is built once per run (about a minute, from the host's apt sources)
 from __future__ import annotations
 
 import subprocess
-import uuid
 
 import pytest
 
-from tests.host.test_ipv6 import unique_prefix
+from tests.helpers.net import own_network, unique_ipv6_prefix
 
 
 @pytest.fixture(scope="module")
 def lan6(ctd):
-    name = f"t6{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name, "--ipv6", unique_prefix())
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "t6", "--ipv6", unique_ipv6_prefix()) as net:
+        yield net
 
 
 @pytest.mark.parametrize("routed", [False, True], ids=["bridged", "routed"])

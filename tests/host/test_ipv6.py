@@ -6,26 +6,18 @@ Traffic flows only between the host and containers in namespaces the test made.
 
 from __future__ import annotations
 
-import random
 import subprocess
 import threading
-import uuid
 
 import pytest
 
-
-def unique_prefix() -> str:
-    """A unique-local /64 of our own (fd00::/8 with a random 40-bit global id)."""
-    gid = random.getrandbits(40)
-    return f"fd{gid >> 32:02x}:{(gid >> 16) & 0xffff:x}:{gid & 0xffff:x}:1::/64"
+from tests.helpers.net import own_network, unique_ipv6_prefix as unique_prefix
 
 
 @pytest.fixture
 def net6(ctd):
-    name = f"t6{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name, "--ipv6", unique_prefix())
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "t6", "--ipv6", unique_prefix()) as net:
+        yield net
 
 
 def addresses(ctd, name: str, version: int) -> list[str]:

@@ -13,15 +13,15 @@ import uuid
 
 import pytest
 
+from tests.helpers.net import own_network
+
 from ctctl.client import ApiError
 
 
 @pytest.fixture
 def net(ctd):
-    name = f"tn{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name)
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "tn") as network:
+        yield network
 
 
 def address(ctd, name, idx=0):

@@ -1,4 +1,4 @@
-"""Escape attempts that need the network or the storage pool (see also tests/host/test_network.py).
+"""Escape attempts that need the network or the storage pool (see also tests/host/own_network.py).
 
 Traffic stays between the test's own bridge and containers in namespaces ctd made.
 """
@@ -7,17 +7,16 @@ from __future__ import annotations
 
 import subprocess
 import time
-import uuid
 
 import pytest
+
+from tests.helpers.net import own_network
 
 
 @pytest.fixture
 def lan(ctd):
-    name = f"ts{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name)
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "ts") as net:
+        yield net
 
 
 def _ip(ctd, name: str) -> str:

@@ -10,19 +10,16 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from tests.host.test_ipv6 import unique_prefix
+from tests.helpers.net import own_network, unique_ipv6_prefix
 
 
 @pytest.fixture
 def lan6(ctd):
-    name = f"ts{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name, "--ipv6", unique_prefix())
-    yield ctd.client.get(f"/1.0/networks/{name}")["network"]
-    ctd.ctl("network", "delete", name)
+    with own_network(ctd, "ts", "--ipv6", unique_ipv6_prefix()) as net:
+        yield net
 
 
 def _v6(ctd, name: str) -> str:

@@ -134,7 +134,7 @@ class ContainerDriver:
             try:
                 # init waits for "go" while it builds /proc, /sys and /dev: move it into its
                 # cgroups (that waits for an RCU grace period) while its NICs are plugged in.
-                joined = asyncio.ensure_future(asyncio.to_thread(_join_cgroups, pid, spec.cgroup_procs))
+                joined = asyncio.ensure_future(asyncio.to_thread(_attach, group, pid))
                 try:
                     if prepare is not None and pidfd >= 0:
                         inside = await prepare(pid)
@@ -374,13 +374,11 @@ class ContainerDriver:
                 return
 
 
-def _join_cgroups(pid: int, procs_files: list[str]) -> None:
+def _attach(group, pid: int) -> None:  # type: ignore[no-untyped-def]
     try:
-        for path in procs_files:
-            with open(path, "w") as fh:
-                fh.write(str(pid))
-    except OSError as exc:
-        raise OperationFailed(f"moving the container's init into {exc.filename}: {exc.strerror}") from None
+        group.attach(pid)
+    except CgroupError as exc:
+        raise OperationFailed(f"moving the container's init into its cgroups: {exc}") from None
 
 
 def catches(pid: int, sig: int) -> bool:
