@@ -113,8 +113,9 @@ def open_tree(path: str, flags: int) -> int:
     )
 
 
-def mount_setattr(fd: int, attr_set: int = 0, attr_clr: int = 0, userns_fd: int = 0, recursive: bool = True) -> None:
-    attr = _MountAttr(attr_set, attr_clr, 0, userns_fd)
+def mount_setattr(fd: int, attr_set: int = 0, attr_clr: int = 0, userns_fd: int = 0, recursive: bool = True,
+                  propagation: int = 0) -> None:
+    attr = _MountAttr(attr_set, attr_clr, propagation, userns_fd)
     flags = AT_EMPTY_PATH | (AT_RECURSIVE if recursive else 0)
     _check(
         _libc.syscall(_NR["mount_setattr"], ctypes.c_int(fd), b"", ctypes.c_uint(flags),
@@ -133,11 +134,14 @@ def move_mount(from_fd: int, to_path: str = "", to_fd: int = -100) -> None:
     )
 
 
-def idmapped_clone(source: str, userns_fd: int) -> int:
-    """A detached recursive copy of the mount at source, shown through userns_fd's id mapping."""
-    fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE)
+def private_clone(source: str, recursive: bool = True, userns_fd: int = 0) -> int:
+    """A detached copy of the mount at source (and those below it, if recursive), private: a
+    clone of a shared mount would stay in its peer group, and mounts made on it later would
+    show on the host. With userns_fd, shown through that user namespace's id mapping."""
+    fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0))
     try:
-        mount_setattr(fd, attr_set=MOUNT_ATTR_IDMAP, userns_fd=userns_fd)
+        mount_setattr(fd, attr_set=MOUNT_ATTR_IDMAP if userns_fd else 0, userns_fd=userns_fd,
+                      recursive=recursive, propagation=MS_PRIVATE)
     except BaseException:
         os.close(fd)
         raise

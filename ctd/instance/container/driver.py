@@ -129,6 +129,7 @@ class ContainerDriver:
             undo.callback(self._kill_quietly, pid)
             try:
                 pidfd = os.pidfd_open(pid)
+                undo.callback(os.close, pidfd)
             except ProcessLookupError:
                 pidfd = -1
             try:
@@ -155,8 +156,6 @@ class ContainerDriver:
                 if netns_socket >= 0:
                     os.close(netns_socket)
             if failure or pidfd < 0:
-                if pidfd >= 0:
-                    os.close(pidfd)
                 raise OperationFailed(f"starting {rec.name}: {failure.decode(errors='replace') or 'init died at once'}")
             undo.pop_all()
         self.spawner.forget(queue)  # the helper's exit is no news

@@ -1,9 +1,16 @@
 """The spawner: a single-threaded fork server that starts containers and exec sessions.
 
-ctd forks it at start-up, before the event loop and its threads exist, so every later fork
-happens from a process with one thread. It is a child subreaper: container inits end up as
-its children, and it reports their exit status to ctd. It dies with ctd (PDEATHSIG); the
-containers do not — a restarted ctd adopts them by pid and start time.
+ctd execs it at start-up (a lean interpreter: every fork from it is cheap). It is a child
+subreaper: container inits end up as its children, and it reports their exit status to ctd. It
+dies with ctd (PDEATHSIG); the containers do not — a restarted ctd adopts them by pid and start
+time.
+
+A container's init is forked ahead of its start (a *standby*): a short-lived maker process
+makes fresh user, network, IPC, UTS and pid namespaces, installs the default seccomp filter and
+forks the pid namespace's first process, which waits on a socket. A start then costs no fork and
+no namespace creation: the spawner gives the user namespace the container's id maps, clones the
+root filesystem (and the host files bound into it) as detached mounts, and hands them to the
+waiting init, which builds its mounts and execs. The next standby is made a moment later.
 
 Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   -> {"id", "op": "spawn", "spec"}  fds: [console pty slave]
@@ -21,6 +28,8 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
 
 from __future__ import annotations
 
+import array
+import contextlib
 import fcntl
 import gc
 import json
@@ -33,6 +42,8 @@ import termios
 import time
 import traceback
 from dataclasses import dataclass
+from collections.abc import Iterator
+from typing import NoReturn
 
 import prctl
 
@@ -45,9 +56,13 @@ from ctd.linux.openat2 import open_in_root
 
 MAX_MESSAGE = 1 << 16
 _spawner_pid = 0  # set in serve(); its forks die with it
-MAX_FDS = 8
+_FD_SIZE = array.array("i").itemsize
+MAX_FDS = 32  # a start hands its init the root, pipes, console and every bound host file
 CONTAINER_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
                         | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP)
+# What a standby's maker unshares; the mount namespace is made by init when its start comes
+# (a copy of the host's mounts as they are then), the cgroup namespace once ctd has moved it.
+STANDBY_NAMESPACES = sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET | sc.CLONE_NEWPID
 
 
 def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -64,7 +79,15 @@ def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
 
 
 def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
-    data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
+    # close-on-exec: a container's init must not carry the error pipe (its EOF tells ctd that
+    # init exec'd) or any other fd it was handed into the guest's program. (socket.recv_fds
+    # ignores its flags argument.)
+    data, ancillary, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_SPACE(MAX_FDS * _FD_SIZE),
+                                                  socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(array.array("i", payload[:len(payload) - len(payload) % _FD_SIZE]))
     if not data:
         for fd in fds:
             os.close(fd)
@@ -73,6 +96,30 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 
 # ---------------------------------------------------------------- the server loop
+
+REFILL_DELAY = 0.03  # s: a standby is made only a moment after the last start: earlier, it
+#                           would take a CPU from that start
+
+
+@dataclass
+class Standby:
+    """A container init forked ahead, waiting for its start on its control socket."""
+
+    maker: int             # the process that made its namespaces (reaped without a word)
+    control: int           # the spawner's end of init's control socket
+    privileged: bool       # no user namespace of its own
+    pid: int = 0           # init's pid, once the maker has reported it
+    netns_socket: int = -1  # a NETLINK_ROUTE socket in its network namespace, from the maker
+    error: str = ""        # why the maker failed (pid is -1 then)
+
+    def fds(self) -> list[int]:
+        return [fd for fd in (self.control, self.netns_socket) if fd >= 0]
+
+    def close(self) -> None:
+        for fd in self.fds():
+            os.close(fd)
+        self.control = self.netns_socket = -1
+
 
 def serve(sock: socket.socket, parent_pid: int) -> None:
     """Run until ctd closes its end of the socket (or dies)."""
@@ -94,155 +141,201 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
-    helpers: dict[int, int] = {}    # helper pid -> request id
-    standbys: list[Standby] = []    # container helpers forked ahead of need (off the start path)
-    quiet: set[int] = set()         # holder pids: reaped without a word to ctd
-    own = (wake_r, wake_w)
-    refill_at = 0.0  # a standby is forked only a moment after the last start: earlier, it
-    #                  would take a CPU from that start
+    server = _Server(sock, (wake_r, wake_w))
     while True:
-        timeout = None if standbys else max(0.0, refill_at - time.monotonic())
-        ready, _, _ = select.select([sock, wake_r], [], [], timeout)
+        server.step()
+
+
+class _Server:
+    def __init__(self, sock: socket.socket, own_fds: tuple[int, int]) -> None:
+        self.sock = sock
+        self.own_fds = own_fds
+        self.helpers: dict[int, int] = {}    # helper pid -> request id
+        self.standbys: list[Standby] = []    # unprivileged inits forked ahead (off the start path)
+        self.quiet: set[int] = set()         # pids reaped without a word to ctd
+        self.refill_at = 0.0
+
+    def inherited_fds(self) -> list[int]:
+        """What every fork of ours must close at once."""
+        return [self.sock.fileno(), *self.own_fds, *(fd for s in self.standbys for fd in s.fds())]
+
+    def step(self) -> None:
+        wake_r = self.own_fds[0]
+        pending = {s.control: s for s in self.standbys if not s.pid}
+        timeout = None if self.standbys else max(0.0, self.refill_at - time.monotonic())
+        ready, _, _ = select.select([self.sock, wake_r, *pending], [], [], timeout)
         if not ready:  # due, and nobody waits for us
-            standbys.append(_fork_standby(sock, own, standbys, quiet))
-            continue
+            self.standbys.append(self.make_standby(privileged=False))
+            return
+        for fd in ready:
+            if fd in pending:
+                self.take_report(pending[fd])
         if wake_r in ready:
             try:
                 while os.read(wake_r, 512):
                     pass
             except BlockingIOError:
                 pass
-            _reap(sock, helpers, quiet, standbys)
-        if sock in ready:
-            data, fds = recv_raw(sock)
+            self.reap()
+        if self.sock in ready:
+            data, fds = recv_raw(self.sock)
             if not data:
                 os._exit(0)
             message = json.loads(data)
             try:
                 if message.get("op") == "spawn":
-                    standby = standbys.pop() if standbys else _fork_standby(sock, own, standbys, quiet)
-                    _hand_over(sock, standby, message, data, fds, helpers)
-                    refill_at = time.monotonic() + REFILL_DELAY
+                    self.spawn(message, data, fds)
+                    self.refill_at = time.monotonic() + REFILL_DELAY
                 else:
-                    pid = _dispatch(sock, message, fds, own, standbys)
+                    pid = _dispatch(self.sock, message, fds, self.inherited_fds())
                     if pid:
-                        helpers[pid] = message["id"]
+                        self.helpers[pid] = message["id"]
             finally:
                 for fd in fds:
                     os.close(fd)
 
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.quiet:
+                self.quiet.discard(pid)
+            elif pid in self.helpers:
+                send(self.sock, {"id": self.helpers.pop(pid), "helper_exit": status})
+            elif (dead := next((s for s in self.standbys if s.pid == pid), None)) is not None:
+                self.standbys.remove(dead)  # died while it waited: another is made later
+                dead.close()
+            else:
+                send(self.sock, {"event": "exit", "pid": pid, "status": status})
 
-def _reap(sock: socket.socket, helpers: dict[int, int], quiet: set[int], standbys: list[Standby]) -> None:
-    while True:
+    # ------------------------------------------------------------ standbys
+
+    def make_standby(self, privileged: bool) -> Standby:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        close_in_child = self.inherited_fds()
+        maker = os.fork()
+        if maker == 0:
+            code = 1
+            try:
+                ours.close()
+                for fd in close_in_child:
+                    os.close(fd)
+                _become_helper()
+                _make_init(theirs, privileged)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 — the spawner hears of it as EOF or text
+                try:
+                    send(theirs, {"error": _describe(exc)})
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        theirs.close()
+        self.quiet.add(maker)
+        return Standby(maker, ours.detach(), privileged)
+
+    def take_report(self, standby: Standby) -> None:
+        """The maker's word: init's pid and a netlink socket, or why there is none."""
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
+            with _borrowed(standby.control) as control:
+                report, fds = recv(control)
+        except OSError as exc:
+            report, fds = {"error": _describe(exc)}, []
+        if report is None or "pid" not in report or len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            if standby in self.standbys:
+                self.standbys.remove(standby)
+            standby.close()
+            standby.pid = -1
+            standby.error = (report or {}).get("error") or "its maker died"
             return
-        if pid == 0:
-            return
-        if pid in quiet:
-            quiet.discard(pid)
-        elif pid in helpers:
-            send(sock, {"id": helpers.pop(pid), "helper_exit": status})
-        elif any(s.pid == pid for s in standbys):  # died while it waited: make another later
-            dead = next(s for s in standbys if s.pid == pid)
-            standbys.remove(dead)
-            os.close(dead.control)
+        standby.pid = report["pid"]
+        standby.netns_socket = fds[0]
+
+    def ready_standby(self, privileged: bool) -> Standby:
+        """One that has reported; made now if none was made ahead (privileged ones never are)."""
+        if not privileged and self.standbys:
+            standby = self.standbys.pop(0)
         else:
-            send(sock, {"event": "exit", "pid": pid, "status": status})
+            standby = self.make_standby(privileged)
+        if not standby.pid:
+            select.select([standby.control], [], [])
+            self.take_report(standby)
+        if standby.pid < 0:
+            raise OSError(f"making the container's init: {standby.error}")
+        return standby
 
+    # ------------------------------------------------------------ a start
 
-REFILL_DELAY = 0.03  # s
-
-
-@dataclass
-class UsernsHolder:
-    """A process that made a fresh user namespace and waits; ctd writes its id maps later."""
-
-    pid: int
-    ready_r: int   # one byte arrives once the namespace exists
-    done_w: int    # closing every copy lets the holder exit
-
-
-@dataclass
-class Standby:
-    """A container helper forked ahead, with its user namespace holder, waiting for a spawn
-    request on its control socket, the only fd of it the spawner keeps."""
-
-    pid: int
-    control: int   # the spawn message and its fds go down here
-
-
-def _standby_fds(standbys: list[Standby]) -> list[int]:
-    return [s.control for s in standbys]
-
-
-def _fork_holder(close: list[int]) -> UsernsHolder:
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    done_r, done_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
+    def spawn(self, message: dict, data: bytes, fds: list[int]) -> None:
+        req_id = message["id"]
+        standby: Standby | None = None
+        handed: list[int] = []   # our copies of what init and ctd get
         try:
-            for fd in (*close, ready_r, done_w):
-                os.close(fd)
-            signal.set_wakeup_fd(-1)
-            _die_with_parent()
-            sc.unshare(sc.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(done_r, 1)
+            spec = container_from_wire(message["spec"])
+            standby = self.ready_standby(spec.privileged)
+            console_fd = fds[0] if spec.console else None
+            tree = _root_tree(spec, standby.pid)
+            handed.append(tree)
+            sources = _clone_sources(spec.mounts, console_fd)
+            handed += sources.values()
+            root_dir = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            handed.append(root_dir)
+            if spec.nofile:  # as host root: container root may lower it later, never raise it
+                resource.prlimit(standby.pid, resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            handed += (go_r, go_w, err_r, err_w)
+            order = sorted(sources)
+            wrapped = b'{"sources": %s, "request": %s}' % (json.dumps(order).encode(), data)
+            with _borrowed(standby.control) as control:
+                socket.send_fds(control, [wrapped],
+                                [root_dir, tree, go_r, err_w, *([console_fd] if console_fd is not None else []),
+                                 *(sources[i] for i in order)])
+            send(self.sock, {"id": req_id, "pid": standby.pid}, [go_w, err_r, standby.netns_socket])
+        except BaseException as exc:  # noqa: BLE001 — back to ctd as text
+            if standby is not None and standby.pid > 0:
+                self.quiet.add(standby.pid)   # it ends when it sees our ends closed
+            _report(self.sock, req_id, exc)
         finally:
-            os._exit(0)
-    os.close(ready_w)
-    os.close(done_r)
-    return UsernsHolder(pid, ready_r, done_w)
-
-
-def _fork_standby(sock: socket.socket, own_fds: tuple[int, int], standbys: list[Standby],
-                  quiet: set[int]) -> Standby:
-    others = [*own_fds, *_standby_fds(standbys)]
-    holder = _fork_holder([sock.fileno(), *others])
-    quiet.add(holder.pid)
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ours.close()
-            for fd in others:
+            for fd in handed:
                 os.close(fd)
-            _become_helper()
-            # Every container's filter, installed while we wait: init inherits it. (Not the
-            # bounding set: joining the container's user namespace resets that to full.)
-            seccomp.install(seccomp.DEFAULT_DENY)
-            message, fds = recv(theirs)
-            theirs.close()
-            if message is not None:
-                code = _serve_spawn(sock, message, fds, holder)
-        finally:
-            os._exit(code)
-    theirs.close()
-    for fd in (holder.ready_r, holder.done_w):
-        os.close(fd)  # the standby's business now
-    return Standby(pid, ours.detach())
+            if standby is not None:
+                standby.close()
 
 
-def _hand_over(sock: socket.socket, standby: Standby, message: dict, data: bytes, fds: list[int],
-               helpers: dict[int, int]) -> None:
-    """Give a spawn request to a standby helper."""
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket]:
+    """A socket object for an fd that stays ours to close."""
+    sock = socket.socket(fileno=fd)
     try:
-        control = socket.socket(fileno=standby.control)
-        try:
-            socket.send_fds(control, [data], fds)  # as ctd sent it: no second encoding
-        finally:
-            control.close()
-    except OSError as exc:  # the standby died under us: ctd hears of it as this request's error
-        send(sock, {"id": message["id"], "error": f"handing the start to a helper: {_describe(exc)}"})
-        return
-    helpers[standby.pid] = message["id"]
+        yield sock
+    finally:
+        sock.detach()
 
 
-def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple[int, int],
-              standbys: list[Standby]) -> int:
+def _root_tree(spec: ContainerSpec, init_pid: int) -> int:
+    """The root filesystem as a detached mount; for an unprivileged container, after its user
+    namespace got the container's id maps, shown through them."""
+    if spec.privileged:
+        return sc.private_clone(spec.rootfs)
+    with open(f"/proc/{init_pid}/uid_map", "w") as fh:
+        fh.write("\n".join(m.line() for m in spec.uid_map))
+    with open(f"/proc/{init_pid}/gid_map", "w") as fh:
+        fh.write("\n".join(m.line() for m in spec.gid_map))
+    userns_fd = os.open(f"/proc/{init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return sc.private_clone(spec.rootfs, userns_fd=userns_fd)
+    finally:
+        os.close(userns_fd)
+
+
+def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: list[int]) -> int:
     """exec and netns_socket requests: each in a helper forked for it."""
     op = message.get("op")
     if op == "ping":
@@ -257,8 +350,9 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], own_fds: tuple
     # The helper: never returns into the server loop.
     code = 1
     try:
-        for fd in (*own_fds, *_standby_fds(standbys)):
-            os.close(fd)
+        for fd in inherited:
+            if fd != sock.fileno():
+                os.close(fd)
         _become_helper()
         if op == "netns_socket":
             _netns_socket(sock, message["id"], message["spec"]["init_pid"])
@@ -289,19 +383,6 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _serve_spawn(sock: socket.socket, message: dict, fds: list[int], holder: UsernsHolder) -> int:
-    try:
-        spec = container_from_wire(message["spec"])
-        if not spec.uid_map:  # privileged: no user namespace to claim, let the holder go
-            for fd in (holder.ready_r, holder.done_w):
-                os.close(fd)
-        _spawn_container(sock, message["id"], spec, fds, holder if spec.uid_map else None)
-        return 0
-    except BaseException as exc:  # noqa: BLE001
-        _report(sock, message["id"], exc)
-        return 1
-
-
 def _report(sock: socket.socket, req_id: int, exc: BaseException) -> None:
     try:
         send(sock, {"id": req_id, "error": _describe(exc)})
@@ -317,114 +398,98 @@ def _describe(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- starting a container
 
-def _claim_userns(spec: ContainerSpec, holder: UsernsHolder) -> int:
-    """Give a pool holder's user namespace the container's id maps; an fd keeps it alive."""
-    if os.read(holder.ready_r, 1) != b"1":
-        raise OSError("could not create the container's user namespace")
-    with open(f"/proc/{holder.pid}/uid_map", "w") as fh:
-        fh.write("\n".join(m.line() for m in spec.uid_map))
-    with open(f"/proc/{holder.pid}/gid_map", "w") as fh:
-        fh.write("\n".join(m.line() for m in spec.gid_map))
-    fd = os.open(f"/proc/{holder.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    os.close(holder.done_w)  # the holder exits; the spawner reaps it
-    os.close(holder.ready_r)
-    return fd
+def _make_init(control: socket.socket, privileged: bool) -> None:
+    """The maker: new namespaces, then their init, which waits for its start. The maker reports
+    init's pid and exits; init, its parent gone, becomes the spawner's child (subreaper)."""
+    # Every container's filter, installed as host root: init inherits it (a spec may only add).
+    # Not the bounding set: setresuid in the container's user namespace keeps it, but it is
+    # dropped by init where the spec says.
+    seccomp.install(seccomp.DEFAULT_DENY)
+    # With CLONE_NEWUSER the user namespace is made first and owns the others.
+    sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
+    netns_socket = _netlink_socket()
+    pid = os.fork()
+    if pid == 0:
+        netns_socket.close()
+        _standing_init(control)
+    send(control, {"pid": pid}, [netns_socket.fileno()])
 
 
-def _spawn_container(sock: socket.socket, req_id: int, spec: ContainerSpec, fds: list[int],
-                     holder: UsernsHolder | None) -> None:
-    console_fd = fds[0] if spec.console else None
-    # Host files bound into the container (devices, lxcfs, the console) are cloned now as
-    # detached mounts, by host root: the container's root user may not be able to walk the
-    # host paths to them. init attaches each in its own mount namespace.
-    sources = _clone_sources(spec.mounts, console_fd)
+def _standing_init(control: socket.socket) -> NoReturn:
+    """pid 1 of the new pid namespace: waits for its start, builds the container, execs."""
+    err_w = -1
+    try:
+        data, fds = recv_raw(control)
+        if not data:  # the spawner is gone, or gave up on us
+            os._exit(0)
+        control.close()
+        wrapped = json.loads(data)
+        spec = container_from_wire(wrapped["request"]["spec"])
+        root_dir, tree, go_r, err_w, *rest = fds
+        console_fd = rest.pop(0) if spec.console else None
+        sources = dict(zip(wrapped["sources"], rest))
+        _container_init(spec, root_dir, tree, console_fd, sources, go_r, err_w)
+    except BaseException as exc:  # noqa: BLE001
+        if err_w >= 0:
+            try:
+                os.write(err_w, _describe(exc).encode()[:4000])
+            except OSError:
+                pass
+    os._exit(127)
+
+
+def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: int | None,
+                    sources: dict[int, int], go_r: int, err_w: int) -> None:
+    """Until it execs the container's init."""
+    # Stand in the root's directory: its host path may not be walkable by container root (the
+    # storage directories are 0700). The new mount namespace keeps the working directory.
+    os.fchdir(root_dir)
+    os.close(root_dir)
+    # A copy of the host's mounts as they are now, owned by the container's user namespace
+    # (so they are locked in place); nothing made here may propagate back.
     sc.unshare(sc.CLONE_NEWNS)
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    if spec.nofile:  # as host root: container root may lower it later, never raise it
-        resource.setrlimit(resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
-    # As host root: a detached copy of the root filesystem, shown through the container's id
-    # mapping. init attaches it inside its own mount namespace, so it is not a locked mount
-    # there and pivot_root accepts it.
-    userns_fd = -1
-    if spec.privileged:
-        tree = sc.open_tree(spec.rootfs, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC | sc.AT_RECURSIVE)
-    else:
-        assert holder is not None
-        userns_fd = _claim_userns(spec, holder)
-        tree = sc.idmapped_clone(spec.rootfs, userns_fd)
-    # Stand in the root's directory as host root: the container's root user could not walk
-    # the host path (the storage directories are 0700). unshare(CLONE_NEWNS) below carries the
-    # working directory over into the container's mount namespace.
-    os.chdir(spec.rootfs)
-    if not spec.privileged:
-        # Become the container's root: every namespace made from here on belongs to the
-        # container's user namespace, and the host's mounts are locked in place.
-        sc.setns(userns_fd, sc.CLONE_NEWUSER)
-        os.close(userns_fd)
+    if spec.uid_map:  # become the container's root (the maps are written by now)
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    # All but the cgroup namespace: init makes that once ctd has moved it into the container's
-    # cgroups (it is rooted where init stands then). The move waits for an RCU grace period;
-    # init builds its /proc, /sys and /dev meanwhile.
-    sc.unshare(CONTAINER_NAMESPACES & ~sc.CLONE_NEWCGROUP)
     sc.sethostname(spec.hostname)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        _container_init(sock, spec, tree, console_fd, sources, go_r, err_w)
-    # ctd addresses the NICs through this socket while init waits for "go": a netlink
-    # socket stays in the namespace it was made in, so no process has to join it later.
-    netns_socket = _netlink_socket()
-    send(sock, {"id": req_id, "pid": pid}, [go_w, err_r, netns_socket.fileno()])
-
-
-def _container_init(sock: socket.socket, spec: ContainerSpec, tree: int, console_fd: int | None,
-                    sources: dict[str, int], go_r: int, err_w: int) -> None:
-    """pid 1 of the new pid namespace, until it execs the container's init."""
-    try:
-        sock.close()
-        # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
-        _close_fds_except({go_r, err_w, tree} | set(sources.values()) |
-                          ({console_fd} if console_fd is not None else set()))
-        os.setsid()
-        sc.move_mount(tree, ".")
-        _run_mount_plan(tree, spec.mounts, sources, late=False)
-        os.fchdir(tree)
-        os.close(tree)
-        sc.pivot_root(".", ".")
-        sc.umount2(".", sc.MNT_DETACH)
-        os.chdir("/")
-        if console_fd is not None:
-            os.close(console_fd)
-        if _read_all(go_r) != b"1":  # ctd gave up on this start
-            os._exit(0)
-        sc.unshare(sc.CLONE_NEWCGROUP)  # ctd has put us in the container's cgroups
-        if any(m.in_cgroupns for m in spec.mounts):  # a systemd guest's cgroupfs: its subtree
-            root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                _run_mount_plan(root, spec.mounts, {}, late=True)
-            finally:
-                os.close(root)
-        if spec.console:
-            tty = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
-            fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
-        else:
-            tty = os.open("/dev/null", os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(tty, fd)
-        if tty > 2:
-            os.close(tty)
-        _close_fds_except({err_w})
-        _confine_further(spec)
-        _default_signals()
-        os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
-    except BaseException as exc:  # noqa: BLE001
+    # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
+    _close_fds_except({go_r, err_w, tree} | set(sources.values()) |
+                      ({console_fd} if console_fd is not None else set()))
+    os.setsid()
+    sc.move_mount(tree, ".")
+    _run_mount_plan(tree, spec.mounts, sources, late=False)
+    os.fchdir(tree)
+    os.close(tree)
+    sc.pivot_root(".", ".")
+    sc.umount2(".", sc.MNT_DETACH)
+    os.chdir("/")
+    if console_fd is not None:
+        os.close(console_fd)
+    if os.read(go_r, 1) != b"1":  # ctd gave up on this start
+        os._exit(0)
+    os.close(go_r)
+    sc.unshare(sc.CLONE_NEWCGROUP)  # ctd has put us in the container's cgroups
+    if any(m.in_cgroupns for m in spec.mounts):  # a systemd guest's cgroupfs: its subtree
+        root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            os.write(err_w, _describe(exc).encode()[:4000])
+            _run_mount_plan(root, spec.mounts, {}, late=True)
         finally:
-            os._exit(127)
+            os.close(root)
+    if spec.console:
+        tty = os.open("/dev/console", os.O_RDWR | os.O_NOCTTY)
+        fcntl.ioctl(tty, termios.TIOCSCTTY, 0)
+    else:
+        tty = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(tty, fd)
+    if tty > 2:
+        os.close(tty)
+    _close_fds_except({err_w})
+    _confine_further(spec)
+    _default_signals()
+    os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
 
 
 def _confine_further(spec: ContainerSpec) -> None:
@@ -440,19 +505,26 @@ def _confine_further(spec: ContainerSpec) -> None:
 
 
 def _clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, int]:
-    """step index -> a detached mount of that step's host source file."""
+    """step index -> a detached mount of that step's host source file, cloned by host root
+    (the container's root user may not be able to walk the host paths to them); init attaches
+    each in its own mount namespace."""
     sources: dict[int, int] = {}
-    for index, step in enumerate(steps):
-        if step.kind is not StepKind.BIND_FILE or not step.source:
-            continue
-        path = f"/proc/self/fd/{console_fd}" if step.source == "@console" else step.source
-        if step.source == "@console" and console_fd is None:
-            continue
-        try:
-            sources[index] = sc.open_tree(path, sc.OPEN_TREE_CLONE | sc.OPEN_TREE_CLOEXEC)
-        except FileNotFoundError:
-            if not step.optional:
-                raise
+    try:
+        for index, step in enumerate(steps):
+            if step.kind is not StepKind.BIND_FILE or not step.source:
+                continue
+            path = f"/proc/self/fd/{console_fd}" if step.source == "@console" else step.source
+            if step.source == "@console" and console_fd is None:
+                continue
+            try:
+                sources[index] = sc.private_clone(path, recursive=False)
+            except FileNotFoundError:
+                if not step.optional:
+                    raise
+    except BaseException:
+        for fd in sources.values():
+            os.close(fd)
+        raise
     return sources
 
 
@@ -461,13 +533,6 @@ def _default_signals() -> None:
     (`yes | head -1` would complain of a broken pipe)."""
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int], late: bool) -> None:
