@@ -37,6 +37,9 @@ class NicRequest:
     rate: int | None
 
 
+IPV6_MIN_MTU = 1280  # below it, the kernel gives a link no IPv6 at all
+
+
 def _sysctl(key: str, value: str) -> None:
     """Write /proc/sys/<key> (e.g. 'net/ipv6/conf/ctbr0/accept_ra')."""
     with open(f"/proc/sys/{key}", "w") as fh:
@@ -132,7 +135,7 @@ class NetworkManager:
             if clash is not None:
                 raise Conflict(f"ipv6 subnet {subnet6} overlaps {clash}")
         mtu = body.get("mtu", 1500)
-        low = 1280 if subnet6 else 576  # IPv6 needs 1280
+        low = IPV6_MIN_MTU if subnet6 else 576
         if not isinstance(mtu, int) or isinstance(mtu, bool) or not low <= mtu <= 65535:
             raise InvalidRequest(f"invalid mtu {mtu!r}: a number from {low} to 65535")
         return {"name": name, "subnet4": str(subnet4), "subnet6": str(subnet6) if subnet6 else None, "nat": nat,
@@ -157,8 +160,10 @@ class NetworkManager:
                 network = ipaddress.ip_network(subnet)
                 addresses.append(f"{ipam.gateway_of(network)}/{network.prefixlen}")
         netlink.ensure_bridge(net.bridge, addresses, net.mtu)
-        # Router advertisements from a tenant must never configure the host.
-        _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
+        # Router advertisements from a tenant must never configure the host. (A link with an
+        # MTU below 1280, IPv6's minimum, has no IPv6 at all.)
+        if os.path.isdir(f"/proc/sys/net/ipv6/conf/{net.bridge}"):
+            _sysctl(f"net/ipv6/conf/{net.bridge}/accept_ra", "0")
         if net.nat:
             self._nat(net, True)
 
@@ -278,7 +283,8 @@ class NetworkManager:
                 gw4 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
             if subnet and version == 6:
                 gw6 = str(ipam.gateway_of(ipaddress.ip_network(subnet)))
-        return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6, mac=nic.mac)
+        return InsideNic(self.temp_name(nic), name, cidrs, gw4, gw6, mac=nic.mac,
+                         has_ipv6=net is None or net.mtu >= IPV6_MIN_MTU)
 
     def inside_config(self, rec: InstanceRecord) -> list[InsideNic]:
         """How the instance's NICs look inside (for the guest's own network files)."""

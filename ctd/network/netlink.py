@@ -225,6 +225,11 @@ class InsideNic:
     mac: str | None = None  # for its link-local address (read from the link if not given)
     fresh: bool = False  # just born at start: no address to remove, nothing to look up first
     own_link_local: bool = True  # ctd makes the link-local address (else the kernel, with DAD)
+    has_ipv6: bool = True  # False on a link below IPv6's minimum MTU (1280): no IPv6 at all
+
+    @property
+    def makes_link_local(self) -> bool:
+        return self.own_link_local and self.has_ipv6
 
 
 def eui64_link_local(mac: str) -> str:
@@ -258,10 +263,10 @@ def configure_inside(nics: list[InsideNic], netns_socket: int) -> None:
             wanted = {str(ipaddress.ip_interface(a)) for a in nic.addresses}
             # The link-local address is ours, made without DAD: the kernel's would stay
             # tentative for ~1 s after start, and its NDP probes go nowhere useful.
-            if nic.own_link_local:
+            if nic.makes_link_local:
                 ip.link("set", index=index, **_NO_IPV6_AUTOCONF)
             ip.link("set", index=index, state="up")
-            if nic.own_link_local:
+            if nic.makes_link_local:
                 mac = nic.mac or ip.get_links(index)[0].get_attr("IFLA_ADDRESS")
                 wanted.add(f"{eui64_link_local(mac)}/64")
             present = set()
@@ -372,8 +377,8 @@ def _configure_fresh(nics: list[InsideNic], netns_socket: int) -> None:
         for seq, nic in enumerate(nics, 1):
             index = indexes[seq]
             # our own link-local address, without DAD (see configure_inside)
-            link_local = [f"{eui64_link_local(nic.mac)}/64"] if nic.own_link_local else []  # type: ignore[arg-type]
-            if nic.own_link_local:
+            link_local = [f"{eui64_link_local(nic.mac)}/64"] if nic.makes_link_local else []  # type: ignore[arg-type]
+            if nic.makes_link_local:
                 batch.add(_link_msg(index, **_NO_IPV6_AUTOCONF), RTM_NEWLINK, 0, f"{what}: {nic.name} addrgenmode")
             batch.add(_link_msg(index, up=True), RTM_NEWLINK, 0, f"{what}: {nic.name} up")
             for cidr in [*nic.addresses, *link_local]:

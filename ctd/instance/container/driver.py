@@ -140,8 +140,8 @@ class ContainerDriver:
                     if prepare is not None and pidfd >= 0:
                         inside = await prepare(pid)
                         if inside:  # addressed before init runs its first command
-                            await asyncio.to_thread(netlink.configure_inside, inside, netns_socket)
-                            netns_socket = -1
+                            handed, netns_socket = netns_socket, -1  # closed by configure_inside
+                            await asyncio.to_thread(netlink.configure_inside, inside, handed)
                 finally:
                     await joined
                 try:
