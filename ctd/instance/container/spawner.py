@@ -411,6 +411,11 @@ def _make_init(control: socket.socket, privileged: bool) -> None:
     pid = os.fork()
     if pid == 0:
         netns_socket.close()
+        # Nothing of ctd's while we wait, not even its log: stdio on /dev/null.
+        null = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.close(null)
         _standing_init(control)
     send(control, {"pid": pid}, [netns_socket.fileno()])
 
