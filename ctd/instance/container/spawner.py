@@ -97,6 +97,7 @@ def recv_raw(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 # ---------------------------------------------------------------- the server loop
 
+RETRY_DELAY = 1.0  # s, after a standby could not be made
 REFILL_DELAY = 0.03  # s: a standby is made only a moment after the last start: earlier, it
 #                           would take a CPU from that start
 
@@ -209,6 +210,7 @@ class _Server:
             elif (dead := next((s for s in self.standbys if s.pid == pid), None)) is not None:
                 self.standbys.remove(dead)  # died while it waited: another is made later
                 dead.close()
+                self.refill_at = time.monotonic() + REFILL_DELAY
             else:
                 send(self.sock, {"event": "exit", "pid": pid, "status": status})
 
@@ -253,6 +255,8 @@ class _Server:
             standby.close()
             standby.pid = -1
             standby.error = (report or {}).get("error") or "its maker died"
+            # Not at once again: what failed (no user namespaces left?) fails the next time too.
+            self.refill_at = time.monotonic() + RETRY_DELAY
             return
         standby.pid = report["pid"]
         standby.netns_socket = fds[0]
