@@ -86,7 +86,12 @@ def test_a_start_takes_the_standby_and_a_new_one_follows(fresh_ctd):
     assert d.instance("sb1")["pid"] == first
     assert Path(f"/proc/{first}/uid_map").read_text().split() == ["0", str(d.instance("sb1")["idmap"]["uid_base"]), "65536"]
     (second,) = wait_for(lambda: [p for p in standbys(spawner) if p != first])
-    assert second != first
+    # the next one rehearsed sb1's start while it waited; it must serve sb1b as sb1b
+    d.ok("create", "sb1b", "--template", "busybox", "--hostname", "other-host")
+    d.ok("start", "sb1b")
+    assert d.instance("sb1b")["pid"] == second
+    assert d.sh("sb1b", "hostname").out.strip() == "other-host"
+    assert d.sh("sb1", "hostname").out.strip() == "sb1"
 
 
 def test_a_standby_killed_while_it_waits_is_replaced(fresh_ctd):
