@@ -83,8 +83,13 @@ class CgroupManager(ABC):
         """Create the base cgroup(s) and prepare them for children (idempotent)."""
 
     @abstractmethod
-    def group(self, name: str) -> CgroupGroup:
-        """A handle on <base>/<name>; no side effect."""
+    def group(self, name: str, fixed: dict[str, str] | None = None) -> CgroupGroup:
+        """A handle on <base>/<name>; no side effect. fixed: hierarchy key -> the group's name
+        there, where it is not name (see CgroupGroup.rename)."""
+
+    def renames_in(self, key: str) -> bool:
+        """Whether a group's directory in this hierarchy can be renamed (cgroup v1 only)."""
+        return False
 
     def guest_mounts(self) -> list[tuple[str, str, str]]:
         """(path below /sys/fs/cgroup, fstype, mount options) a guest that runs its own cgroup
@@ -131,9 +136,10 @@ class CgroupManager(ABC):
 class CgroupGroup(ABC):
     """One container's cgroup(s)."""
 
-    def __init__(self, manager: CgroupManager, name: str) -> None:
+    def __init__(self, manager: CgroupManager, name: str, fixed: dict[str, str] | None = None) -> None:
         self.manager = manager
         self.name = check_name(name)
+        self.fixed = {k: check_name(v) for k, v in (fixed or {}).items()}
         self.fs = manager.fs
 
     def __repr__(self) -> str:
@@ -141,7 +147,32 @@ class CgroupGroup(ABC):
 
     def dirs(self) -> dict[str, str]:
         """Hierarchy key -> absolute directory of this group."""
-        return {k: os.path.join(d, self.name) for k, d in self.manager.base_dirs().items()}
+        return {k: os.path.join(d, self.fixed.get(k, self.name)) for k, d in self.manager.base_dirs().items()}
+
+    def rename(self, new_name: str) -> CgroupGroup:
+        """The group under a new name, with its processes and limits: made ahead under a name
+        of its own, a group gets its owner's name without moving a process (a move waits for an
+        RCU grace period, milliseconds). Hierarchies that cannot rename (cgroup2) keep the old
+        directory: the new handle's `fixed` says which; keep it to find the group again."""
+        check_name(new_name)
+        done: list[tuple[str, str]] = []
+        fixed: dict[str, str] = {}
+        try:
+            for key, d in self.dirs().items():
+                if not self.manager.renames_in(key):
+                    fixed[key] = os.path.basename(d)
+                    continue
+                target = os.path.join(os.path.dirname(d), new_name)
+                self.fs.rename(d, target)
+                done.append((target, d))
+        except OSError as exc:
+            for target, d in reversed(done):
+                try:
+                    self.fs.rename(target, d)
+                except OSError:
+                    pass
+            raise CgroupError(f"renaming cgroup {self.name!r} to {new_name!r}: {exc.strerror or exc}") from None
+        return self.manager.group(new_name, fixed)
 
     def procs_files(self) -> list[str]:
         return [os.path.join(d, "cgroup.procs") for d in self.dirs().values()]

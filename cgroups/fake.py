@@ -144,6 +144,16 @@ class FakeKernelFS(CgroupFS):
             os.unlink(os.path.join(path, name))
         os.rmdir(path)
 
+    def rename(self, path: str, new_path: str) -> None:
+        _, m = self._mount_of(path)
+        if m.v2:  # the kernel's cgroup2 has no rename
+            raise OSError(E.EPERM, os.strerror(E.EPERM), path)
+        if os.path.dirname(path) != os.path.dirname(new_path):
+            raise OSError(E.EIO, os.strerror(E.EIO), path)
+        if os.path.exists(new_path):
+            raise OSError(E.EEXIST, os.strerror(E.EEXIST), new_path)
+        os.rename(path, new_path)
+
     def kill(self, pid: int, sig: int) -> None:
         self.kills.append((pid, sig))
         if sig == signal.SIGKILL:

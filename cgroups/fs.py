@@ -36,6 +36,10 @@ class CgroupFS:
     def rmdir(self, path: str) -> None:
         os.rmdir(path)
 
+    def rename(self, path: str, new_path: str) -> None:
+        """Only within one parent, and only cgroup v1 can (cgroup2 answers EPERM)."""
+        os.rename(path, new_path)
+
     def subdirs(self, path: str) -> list[str]:
         with os.scandir(path) as it:
             return sorted(e.name for e in it if e.is_dir(follow_symlinks=False))

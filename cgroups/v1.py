@@ -127,8 +127,11 @@ class V1Manager(CgroupManager):
                 value = (self.fs.read_opt(os.path.join(parent, eff)) or "").strip()
             self.fs.write_checked(os.path.join(d, f), value, f"initialise {f}")
 
-    def group(self, name: str) -> V1Group:
-        return V1Group(self, name)
+    def group(self, name: str, fixed: dict[str, str] | None = None) -> V1Group:
+        return V1Group(self, name, fixed)
+
+    def renames_in(self, key: str) -> bool:
+        return key != UNIFIED
 
 
 class V1Group(CgroupGroup):

@@ -134,8 +134,8 @@ class V2Manager(CgroupManager):
             except OSError:
                 pass
 
-    def group(self, name: str) -> V2Group:
-        return V2Group(self, name)
+    def group(self, name: str, fixed: dict[str, str] | None = None) -> V2Group:
+        return V2Group(self, name, fixed)
 
 
 class V2Group(CgroupGroup):

@@ -168,6 +168,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         if vms.accel != "kvm":
             log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
     report = await instances.recover()
+    containers.staging = True  # after recovery, which removes groups of no running container
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
         "storage": {"driver": storage.name, "path": str(storage.root), "reason": storage.reason},
@@ -198,6 +199,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
     await runner.cleanup()
+    spawner.close()  # its standbys end with it, so their groups can go
+    await asyncio.to_thread(containers.drop_staged)
     if not containers.running:  # nothing uses them any more
         with contextlib.suppress(Exception):
             cgroups.remove_base()

@@ -21,7 +21,7 @@ from ctd import faults, guest, idmap, limits as limits_mod, validate
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
-from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -116,6 +116,7 @@ class InstanceManager:
             "nics": self.network.counters(rec),
             "disk": self.disk(rec, cached),
             "console": bool(rc and rc.console) or vm is not None,
+            "cgroups": self.cgroup_dirs(rec),
             "vm": None if rec.type is not InstanceType.VM else {
                 **{k: v for k, v in rec.options.get("vm", {}).items() if k in ("profile", "iso", "drivers_iso",
                                                                               "compat", "disk_size")},
@@ -123,6 +124,15 @@ class InstanceManager:
                 "vnc_socket": str(vm.spec.vnc_socket) if vm else None,
                 "serial_socket": str(vm.spec.serial_socket) if vm else None},
         }
+
+    def cgroup_dirs(self, rec: InstanceRecord) -> dict[str, str] | None:
+        """Where a running instance's cgroup is, per hierarchy (for monitoring; a container's
+        cgroup2 directory may carry the name of the standby it started in)."""
+        if not self.is_running(rec):
+            return None
+        group = (self.cgroups.group(vm_group(rec)) if rec.type is InstanceType.VM
+                 else container_group(self.cgroups, rec))
+        return group.dirs()
 
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
         """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
@@ -600,7 +610,8 @@ class InstanceManager:
     def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
         if not self.is_running(rec):
             return None
-        group = self.cgroups.group(vm_group(rec) if rec.type is InstanceType.VM else cgroup_name(rec))
+        group = (self.cgroups.group(vm_group(rec)) if rec.type is InstanceType.VM
+                 else container_group(self.cgroups, rec))
         try:
             return dataclasses.asdict(group.usage())
         except (OSError, ValueError):
@@ -610,7 +621,7 @@ class InstanceManager:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if rec.name not in self.containers.running:
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
-        group = self.cgroups.group(cgroup_name(rec))
+        group = container_group(self.cgroups, rec)
         rows = [dataclasses.asdict(b) for b in group.beancounters(self.resources(rec))]
         held = open_files(group.pids())
         limit = rec.limits.get("numfile")
@@ -881,6 +892,7 @@ class InstanceManager:
                 self.db.delete_instance(rec.id)
                 report["removed_records"].append(rec.name)
         running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
+        running_groups |= {n for r in records if r.name in self.containers.running for n in fixed_names(r)}
         running_groups |= {vm_group(r) for r in records if self.is_running(r) and r.type is InstanceType.VM}
         for group_name in self.cgroups.list_groups():
             if group_name not in running_groups:

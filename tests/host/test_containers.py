@@ -6,7 +6,6 @@ import os
 import time
 from pathlib import Path
 
-from cgroups import CgroupManager
 
 from ctd.linux.capabilities import CAP_NAMES, DEFAULT_DROP
 from ctd.linux.proc import is_zombie
@@ -110,7 +109,7 @@ def test_memory_limit_oom_kills_the_hog_not_init(ctd, make_container):
     r = ctd.sh(name, "probe alloc 200")
     assert r.code == 137, (r.code, r.out, r.err)  # SIGKILL by the OOM killer
     assert ctd.instance(name)["state"] == "running" and ctd.instance(name)["pid"] == pid
-    group = CgroupManager.detect(base_name=ctd.cgroup_name).group(f"ct-{name}")
+    group = ctd.group(name)
     assert group.usage().oom_kills >= 1
     assert ctd.sh(name, "echo alive").out.strip() == "alive"
 

@@ -6,11 +6,10 @@ import time
 
 import pytest
 
-from cgroups import CgroupManager
 
 
 def group(ctd, name):
-    return CgroupManager.detect(base_name=ctd.cgroup_name).group(f"ct-{name}")
+    return ctd.group(name)
 
 
 def beancounter(ctd, name, resource):

@@ -158,12 +158,18 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
     if tmpl_dir.is_dir():
         problems += [f"half-built template {p.name}" for p in tmpl_dir.iterdir() if p.name.startswith(".")]
 
-    # -- cgroups: one per running container, nothing else (in every hierarchy)
+    # -- cgroups: one per running container (where ctd says it is: a cgroup2 directory may be
+    #    named after the standby it started in), one per standby init waiting, nothing else
+    daemon = d.proc.pid if d.proc else None
+    owned = {path for i in running.values() for path in (i.get("cgroups") or {}).values()}
     for base in d.cgroup_dirs():
         for child in base.iterdir():
-            if child.is_dir() and child.name.removeprefix("ct-") not in running:
-                procs = (child / "cgroup.procs").read_text().split() if (child / "cgroup.procs").exists() else []
-                problems.append(f"cgroup {child} is left over (processes: {procs or 'none'})")
+            if not child.is_dir() or str(child) in owned:
+                continue
+            procs = (child / "cgroup.procs").read_text().split() if (child / "cgroup.procs").exists() else []
+            if child.name.startswith("standby-") and all(_descends(p, daemon) for p in procs):
+                continue
+            problems.append(f"cgroup {child} is left over (processes: {procs or 'none'})")
 
     # -- id ranges: no two instances share host ids
     spans = sorted((i["idmap"]["uid_base"], i["idmap"]["uid_base"] + i["idmap"]["count"], i["name"])

@@ -18,14 +18,14 @@ MiB = 1 << 20
 
 
 def cgroup(ctd, name: str):  # type: ignore[no-untyped-def]
-    return CgroupManager.detect(base_name=ctd.cgroup_name).group(f"ct-{name}")
+    return ctd.group(name)
 
 
 def ctd_limit(ctd, name: str, *files: str) -> int | None:  # type: ignore[no-untyped-def]
     """The smallest of `files` (pids.max, memory.max, ...) over the container's cgroup and
     ctd's base cgroup -- the limits ctd itself sets -- or None when there is none."""
     manager = CgroupManager.detect(base_name=ctd.cgroup_name)
-    dirs = list(manager.group(f"ct-{name}").dirs().values()) + list(manager.base_dirs().values())
+    dirs = list(ctd.group(name).dirs().values()) + list(manager.base_dirs().values())
     found = []
     for d in dirs:
         for f in files:

@@ -289,3 +289,40 @@ def test_usage_of_missing_group_raises(tmp_path: Path) -> None:
     mgr, fs = _mgr(tmp_path)
     with pytest.raises(CgroupError, match="does not exist"):
         mgr.group("nope").usage()
+
+
+def test_rename_keeps_processes_and_limits_and_fixes_the_unified_name(tmp_path: Path) -> None:
+    """A group made ahead (for a standby init) takes its container's name: v1 directories are
+    renamed in place; hybrid's cgroup2 tree cannot rename and keeps its directory."""
+    mgr, fs = _mgr(tmp_path)
+    staged = mgr.group("standby-77")
+    staged.create()
+    staged.attach(77)
+    renamed = staged.rename("ct-web")
+    assert renamed.name == "ct-web" and renamed.fixed == {"unified": "standby-77"}
+    for key, d in renamed.dirs().items():
+        assert os.path.basename(d) == ("standby-77" if key == "unified" else "ct-web"), key
+        assert Path(d, "cgroup.procs").read_text().split() == ["77"], key
+    assert not any(os.path.isdir(d) for k, d in staged.dirs().items() if k != "unified")
+    renamed.apply(Resources(memory_max=64 * M))
+    assert read(renamed, "memory", "memory.limit_in_bytes") == str(64 * M)
+    # found again from its name and the fixed part, as ctd keeps them
+    again = mgr.group("ct-web", dict(renamed.fixed))
+    assert again.dirs() == renamed.dirs() and again.pids() == {77}
+    fs.kill(77, signal.SIGKILL)
+    again.destroy()
+    assert not any(os.path.isdir(d) for d in again.dirs().values())
+
+
+def test_rename_onto_an_existing_group_undoes_itself(tmp_path: Path) -> None:
+    mgr, fs = _mgr(tmp_path)
+    staged = mgr.group("standby-78")
+    staged.create()
+    taken = mgr.group("ct-web")
+    taken.create()
+    for key, d in taken.dirs().items():  # left in one late hierarchy: the rename fails part-way
+        if key != "name=systemd":
+            fs.rmdir(d)
+    with pytest.raises(CgroupError, match="renaming cgroup 'standby-78' to 'ct-web'"):
+        staged.rename("ct-web")
+    assert all(os.path.isdir(d) for d in staged.dirs().values())

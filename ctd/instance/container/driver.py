@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import logging
 import os
 import resource
 import signal
@@ -28,6 +29,8 @@ from ctd.network import netlink
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
 from ctd.template.recipe import signal_number
+
+log = logging.getLogger(__name__)
 
 TTY_GID = 5
 START_TIMEOUT = 20.0
@@ -59,6 +62,19 @@ def cgroup_name(instance: InstanceRecord) -> str:
     return f"ct-{instance.name}"
 
 
+FIXED_KEY = "cgroup_fixed"  # rec.options: hierarchy -> the running container's group name there
+
+
+def container_group(cgroups: CgroupManager, rec: InstanceRecord):  # type: ignore[no-untyped-def]
+    """The container's cgroup: ct-<name>, but in a hierarchy that cannot rename (cgroup2) the
+    standby group it was started in keeps its name (recorded in its options)."""
+    return cgroups.group(cgroup_name(rec), rec.options.get(FIXED_KEY))
+
+
+def fixed_names(rec: InstanceRecord) -> set[str]:
+    return set((rec.options.get(FIXED_KEY) or {}).values())
+
+
 class ContainerDriver:
     def __init__(self, spawner: SpawnerClient, cgroups: CgroupManager, lxcfs: Lxcfs | None = None) -> None:
         self.spawner = spawner
@@ -69,6 +85,65 @@ class ContainerDriver:
         self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
         self._waiting: dict[int, RunningContainer] = {}
         spawner.on_exit = self._spawner_reaped
+        # Standby inits (forked ahead by the spawner) put in cgroups of their own ahead, v1
+        # only: at a start the group is renamed to the container's, so no process moves (a move
+        # waits for an RCU grace period, milliseconds). Off until recovery has run.
+        self.staging = False
+        self._staged: dict[int, object] = {}   # standby pid -> its group, ready
+        self._staging: set[int] = set()        # being made
+        spawner.on_standby = self._standby_ready
+        spawner.on_standby_gone = self._standby_gone
+
+    # ------------------------------------------------------------- standby cgroups
+
+    def _standby_ready(self, pid: int) -> None:
+        if not self.staging or not any(self.cgroups.renames_in(k) for k in self.cgroups.base_dirs()):
+            return
+        self._staging.add(pid)
+        future = asyncio.get_running_loop().run_in_executor(None, self._stage, pid)
+        future.add_done_callback(lambda f: self._staged_done(pid, f))
+
+    def _stage(self, pid: int):  # type: ignore[no-untyped-def]
+        group = self.cgroups.group(f"standby-{pid}")
+        try:
+            group.create()
+            pidfd = os.pidfd_open(pid)  # alive now, so pid is still our standby's number
+            try:
+                group.attach(pid)
+            finally:
+                os.close(pidfd)
+        except (CgroupError, OSError):
+            self._destroy_group_quietly(group)
+            return None
+        return group
+
+    def _staged_done(self, pid: int, future: asyncio.Future) -> None:
+        group = None if future.cancelled() or future.exception() else future.result()
+        if pid not in self._staging:  # gone (or taken by a start) meanwhile
+            if group is not None:
+                asyncio.get_running_loop().run_in_executor(None, self._destroy_group_quietly, group)
+            return
+        self._staging.discard(pid)
+        if group is not None:
+            self._staged[pid] = group
+
+    def _standby_gone(self, pid: int) -> None:
+        self._staging.discard(pid)
+        group = self._staged.pop(pid, None)
+        if group is not None:
+            asyncio.get_running_loop().run_in_executor(None, self._destroy_group_quietly, group)
+
+    def _take_staged(self):  # type: ignore[no-untyped-def]
+        """The oldest standby already in cgroups of its own: (pid, group), or (0, None)."""
+        for pid in self._staged:
+            return pid, self._staged.pop(pid)
+        return 0, None
+
+    def drop_staged(self) -> None:
+        """At shutdown: the standbys go with the spawner, and so do their groups."""
+        self._staging.clear()
+        while self._staged:
+            self._destroy_group_quietly(self._staged.popitem()[1])
 
     # ------------------------------------------------------------- spec
 
@@ -84,7 +159,7 @@ class ContainerDriver:
         return ContainerSpec(
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
-            cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
+            cgroup_procs=container_group(self.cgroups, rec).procs_files(),
             mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None,
                               extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),
@@ -106,8 +181,11 @@ class ContainerDriver:
         if not os.path.lexists(init_path):
             raise OperationFailed(f"{rec.name}: the root filesystem has no {rec.init[0]}; "
                                   "the template is broken — reinstall or recreate the container")
-        group = self.cgroups.group(cgroup_name(rec))
+        rec.options.pop(FIXED_KEY, None)
+        staged_pid, staged = (0, None) if rec.privileged else self._take_staged()
         with contextlib.ExitStack() as undo:
+            if staged is not None:  # if the start fails before its group takes it over
+                undo.callback(self._destroy_group_quietly, staged)
             master, slave = os.openpty()
             undo.callback(os.close, master)
             try:
@@ -116,12 +194,13 @@ class ContainerDriver:
                     os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
                 os.fchmod(slave, 0o620)
                 spec = self.build_spec(rec, rootfs)
-                queue = self.spawner.request("spawn", to_wire(spec), [slave])
+                hint = {"standby": staged_pid} if staged_pid else {}
+                queue = self.spawner.request("spawn", to_wire(spec), [slave], **hint)
             finally:
                 os.close(slave)
             undo.callback(self.spawner.forget, queue)
-            # The spawner's helper builds the namespaces and root meanwhile.
-            await asyncio.to_thread(self._make_group, group, rec, resources, undo)
+            # The spawner hands the root to the standby init meanwhile.
+            group, holds = await asyncio.to_thread(self._make_group, rec, resources, undo, staged, staged_pid)
             reply, fds = await first_reply(queue, f"starting {rec.name}")
             faults.point("start.after_spawn")
             pid = reply["pid"]
@@ -135,7 +214,8 @@ class ContainerDriver:
             try:
                 # init waits for "go" while it builds /proc, /sys and /dev: move it into its
                 # cgroups (that waits for an RCU grace period) while its NICs are plugged in.
-                joined = asyncio.ensure_future(asyncio.to_thread(_attach, group, pid))
+                joined = (asyncio.ensure_future(asyncio.sleep(0)) if pid == holds else
+                          asyncio.ensure_future(asyncio.to_thread(_attach, group, pid)))
                 try:
                     if prepare is not None and pidfd >= 0:
                         inside = await prepare(pid)
@@ -144,6 +224,8 @@ class ContainerDriver:
                             await asyncio.to_thread(netlink.configure_inside, inside, handed)
                 finally:
                     await joined
+                if staged is not None and not holds:  # its init has moved over: it is empty
+                    await asyncio.to_thread(self._destroy_group_quietly, staged)
                 try:
                     os.write(go_w, b"1")
                 except BrokenPipeError:
@@ -158,22 +240,37 @@ class ContainerDriver:
             if failure or pidfd < 0:
                 raise OperationFailed(f"starting {rec.name}: {failure.decode(errors='replace') or 'init died at once'}")
             undo.pop_all()
-        self.spawner.forget(queue)  # the helper's exit is no news
+        self.spawner.forget(queue)
+        if not rec.privileged:
+            self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
         rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
         self._watch(rc)
         return rc
 
-    def _make_group(self, group, rec: InstanceRecord, resources: Resources,  # type: ignore[no-untyped-def]
-                    undo: contextlib.ExitStack) -> None:
-        group.create()
+    def _make_group(self, rec: InstanceRecord, resources: Resources, undo: contextlib.ExitStack,  # type: ignore[no-untyped-def]
+                    staged=None, staged_pid: int = 0):
+        """The container's cgroup with its limits: the standby's group renamed, or a new one.
+        Returns it and the pid already in it (0 if none: init is moved in later)."""
+        group, holds = None, 0
+        if staged is not None:
+            try:
+                group, holds = staged.rename(cgroup_name(rec)), staged_pid
+            except CgroupError as exc:  # a stale ct-<name> left by a crash: init moves over
+                log.warning("%s: %s; moving its init instead", rec.name, exc)
+        if group is None:
+            group = container_group(self.cgroups, rec)
+            group.create()
         faults.point("start.after_cgroup")
         undo.callback(self._destroy_group_quietly, group)
         group.apply(resources)
         if rec.options.get("systemd") and not rec.privileged:
             # systemd inside manages its own subtree (init.scope, system.slice …)
             group.delegate(rec.idmap_base, rec.idmap_base)
+        if group.fixed:
+            rec.options[FIXED_KEY] = dict(group.fixed)
+        return group, holds
 
     # ------------------------------------------------------------- adopt after a daemon restart
 
@@ -265,7 +362,7 @@ class ContainerDriver:
 
     async def update(self, rec: InstanceRecord, resources: Resources, fallback: Resources) -> None:
         """Apply new limits to a running container; on a kernel refusal put the old ones back."""
-        group = self.cgroups.group(cgroup_name(rec))
+        group = container_group(self.cgroups, rec)
         try:
             await asyncio.to_thread(group.apply, resources)
             if rec.options.get("systemd") and not rec.privileged:
@@ -283,7 +380,7 @@ class ContainerDriver:
 
     async def cleanup(self, rec: InstanceRecord) -> None:
         """After init is gone: end stragglers (exec sessions) and remove the cgroup."""
-        group = self.cgroups.group(cgroup_name(rec))
+        group = container_group(self.cgroups, rec)
         await asyncio.to_thread(self._destroy_group_quietly, group)
 
     @staticmethod
@@ -335,7 +432,7 @@ class ContainerDriver:
             spec = ExecSpec(
                 init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
                 cwd=cwd, privileged=rec.privileged,
-                cgroup_procs=self.cgroups.group(cgroup_name(rec)).procs_files(),
+                cgroup_procs=container_group(self.cgroups, rec).procs_files(),
                 cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
                 nofile=rec.limits.get("numfile"),
             )

@@ -24,6 +24,10 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
   <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
+  <- {"event": "standby", "pid"}    an init made ahead waits; a spawn request may name it
+                                    ("standby": pid) once ctd has put it in cgroups ahead
+  <- {"event": "standby_gone", "pid"}  it died before a start took it
+  -> {"op": "refill"}               a start is done: make the next standby now (no reply)
 """
 
 from __future__ import annotations
@@ -186,8 +190,10 @@ class _Server:
             message = json.loads(data)
             try:
                 if message.get("op") == "spawn":
-                    self.spawn(message, data, fds)
-                    self.refill_at = time.monotonic() + REFILL_DELAY
+                    if self.spawn(message, data, fds):  # the next standby after this start
+                        self.refill_at = time.monotonic() + REFILL_DELAY
+                elif message.get("op") == "refill":  # ctd's start is done: the CPU is free again
+                    self.refill_at = time.monotonic()
                 else:
                     pid = _dispatch(self.sock, message, fds, self.inherited_fds())
                     if pid:
@@ -211,6 +217,7 @@ class _Server:
             elif (dead := next((s for s in self.standbys if s.pid == pid), None)) is not None:
                 self.standbys.remove(dead)  # died while it waited: another is made later
                 dead.close()
+                send(self.sock, {"event": "standby_gone", "pid": pid})
                 self.refill_at = time.monotonic() + REFILL_DELAY
             else:
                 send(self.sock, {"event": "exit", "pid": pid, "status": status})
@@ -261,10 +268,17 @@ class _Server:
             return
         standby.pid = report["pid"]
         standby.netns_socket = fds[0]
+        if standby in self.standbys:  # made ahead: ctd may put it in cgroups of its own meanwhile
+            send(self.sock, {"event": "standby", "pid": standby.pid})
 
-    def ready_standby(self, privileged: bool) -> Standby:
-        """One that has reported; made now if none was made ahead (privileged ones never are)."""
-        if not privileged and self.standbys:
+    def ready_standby(self, privileged: bool, wanted: int = 0) -> Standby:
+        """The one ctd asked for if it is still there, else the oldest; made now if none was
+        made ahead (privileged ones never are)."""
+        chosen = next((s for s in self.standbys if wanted and s.pid == wanted), None)
+        if not privileged and chosen is not None:
+            self.standbys.remove(chosen)
+            standby = chosen
+        elif not privileged and self.standbys:
             standby = self.standbys.pop(0)
         else:
             standby = self.make_standby(privileged, ahead=False)  # wanted now: no rehearsal
@@ -277,13 +291,16 @@ class _Server:
 
     # ------------------------------------------------------------ a start
 
-    def spawn(self, message: dict, data: bytes, fds: list[int]) -> None:
+    def spawn(self, message: dict, data: bytes, fds: list[int]) -> bool:
+        """Whether it was an unprivileged start (one that standbys made ahead serve)."""
         req_id = message["id"]
+        unprivileged = False
         standby: Standby | None = None
         handed: list[int] = []   # our copies of what init and ctd get
         try:
             spec = container_from_wire(message["spec"])
-            standby = self.ready_standby(spec.privileged)
+            unprivileged = not spec.privileged
+            standby = self.ready_standby(spec.privileged, message.get("standby") or 0)
             console_fd = fds[0] if spec.console else None
             tree = _root_tree(spec, standby.pid)
             handed.append(tree)
@@ -313,6 +330,7 @@ class _Server:
                 os.close(fd)
             if standby is not None:
                 standby.close()
+        return unprivileged
 
 
 @contextlib.contextmanager

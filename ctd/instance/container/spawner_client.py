@@ -14,6 +14,7 @@ from ctd.errors import OperationFailed
 from ctd.instance.container import spawner
 
 ExitCallback = Callable[[int, int], None]  # (pid, wait status)
+StandbyCallback = Callable[[int], None]  # (pid of an init made ahead)
 
 
 class SpawnerClient:
@@ -23,6 +24,8 @@ class SpawnerClient:
         self._ids = itertools.count(1)
         self._queues: dict[int, asyncio.Queue[tuple[dict, list[int]]]] = {}
         self.on_exit: ExitCallback | None = None
+        self.on_standby: StandbyCallback | None = None
+        self.on_standby_gone: StandbyCallback | None = None
         self.alive = True
         # Requests the socket could not take yet. ctd never blocks on a send: the spawner may be
         # blocked sending replies that only ctd's event loop reads (200 starts at once did that).
@@ -64,8 +67,10 @@ class SpawnerClient:
             self._lost()
             return
         if "event" in message:
-            if message["event"] == "exit" and self.on_exit:
-                self.on_exit(message["pid"], message["status"])
+            handler = {"exit": self.on_exit, "standby": self.on_standby,
+                       "standby_gone": self.on_standby_gone}.get(message["event"])
+            if handler is not None:
+                handler(*(message[k] for k in ("pid", "status") if k in message))
             return
         queue = self._queues.get(message["id"])
         if queue is None:
@@ -87,14 +92,14 @@ class SpawnerClient:
             queue.put_nowait(({"id": rid, "error": "the spawner process died"}, []))
         self._queues.clear()
 
-    def request(self, op: str, spec: dict, fds: list[int]) -> asyncio.Queue[tuple[dict, list[int]]]:
+    def request(self, op: str, spec: dict, fds: list[int], **extra: object) -> asyncio.Queue[tuple[dict, list[int]]]:
         """Send a request; replies for it arrive on the returned queue."""
         if not self.alive:
             raise OperationFailed("the spawner process is gone; restart ctd")
         rid = next(self._ids)
         queue: asyncio.Queue[tuple[dict, list[int]]] = asyncio.Queue()
         self._queues[rid] = queue
-        message = {"id": rid, "op": op, "spec": spec}
+        message = {"id": rid, "op": op, "spec": spec, **extra}
         if not self._outbox:
             try:
                 spawner.send(self.sock, message, fds)
@@ -106,6 +111,14 @@ class SpawnerClient:
         if len(self._outbox) == 1 and self._loop is not None:
             self._loop.add_writer(self.sock.fileno(), self._flush)
         return queue
+
+    def notify(self, op: str) -> None:
+        """A request without a reply; dropped if the socket cannot take it at once."""
+        if self.alive and not self._outbox:
+            try:
+                spawner.send(self.sock, {"op": op})
+            except OSError:
+                pass
 
     def _flush(self) -> None:
         while self._outbox:
@@ -128,6 +141,10 @@ class SpawnerClient:
                 del self._queues[rid]
 
     def close(self) -> None:
+        if self._loop is not None and self.sock.fileno() >= 0 and not self._loop.is_closed():
+            self._loop.remove_reader(self.sock.fileno())
+            self._loop.remove_writer(self.sock.fileno())
+        self.alive = False
         self.sock.close()
 
 
