@@ -133,3 +133,45 @@ def test_no_standby_outlives_ctd(fresh_ctd, how):
     gone = wait_for(lambda: not Path(f"/proc/{standby}").exists() or status_field(standby, "State").startswith("Z"))
     assert gone, f"standby {standby} outlived ctd ({how})"
     assert Path(f"/proc/{running}").exists(), "the running container died with ctd"
+
+
+def staged_groups(d, pid: int) -> list[Path]:
+    return [base / f"standby-{pid}" for base in d.cgroup_dirs() if (base / f"standby-{pid}").is_dir()]
+
+
+def test_a_standby_waits_in_cgroups_of_its_own_which_its_container_takes_over(fresh_ctd):
+    d = fresh_ctd
+    spawner = spawner_of(d.proc.pid)
+    d.ok("create", "sbc0", "--template", "busybox")
+    d.ok("start", "sbc0")  # the standby ready at start-up came before ctd's recovery: not staged
+    (standby,) = wait_for(lambda: standbys(spawner))
+    # ctd moves the new one into standby-PID in every hierarchy while it waits
+    dirs = wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()) and staged_groups(d, standby))
+    assert dirs and all(Path(g, "cgroup.procs").read_text().split() == [str(standby)] for g in dirs)
+    d.ok("create", "sbc1", "--template", "busybox", "--ram", "64M", "--numproc", "50")
+    d.ok("start", "sbc1")
+    assert d.instance("sbc1")["pid"] == standby
+    cgroups = d.instance("sbc1")["cgroups"]
+    for key, path in cgroups.items():  # v1: renamed; cgroup2 cannot rename: the standby's name
+        assert Path(path).name == ("standby-%d" % standby if key == "unified" else "ct-sbc1"), (key, path)
+        assert str(standby) in Path(path, "cgroup.procs").read_text().split()
+    assert Path(cgroups["memory"], "memory.limit_in_bytes").read_text().strip() == str(64 << 20)
+    assert Path(cgroups["pids"], "pids.max").read_text().strip() == "50"
+    # inside, the container sees itself at the root of every hierarchy
+    assert {line.split(":", 2)[2] for line in d.sh("sbc1", "cat /proc/1/cgroup").out.split()} == {"/"}
+    d.ok("stop", "sbc1")
+    assert not any(Path(p).exists() for p in cgroups.values())
+
+
+def test_the_group_of_a_standby_that_died_goes_with_it(fresh_ctd):
+    d = fresh_ctd
+    spawner = spawner_of(d.proc.pid)
+    d.ok("create", "sbd", "--template", "busybox")
+    d.ok("start", "sbd")
+    (standby,) = wait_for(lambda: standbys(spawner))
+    assert wait_for(lambda: staged_groups(d, standby))
+    os.kill(standby, signal.SIGKILL)
+    assert wait_for(lambda: not staged_groups(d, standby)), "the dead standby's cgroups stayed"
+    d.ok("stop", "sbd")
+    d.ok("start", "sbd")
+    assert d.sh("sbd", "echo up").out.strip() == "up"
