@@ -175,3 +175,24 @@ def test_the_group_of_a_standby_that_died_goes_with_it(fresh_ctd):
     d.ok("stop", "sbd")
     d.ok("start", "sbd")
     assert d.sh("sbd", "echo up").out.strip() == "up"
+
+
+def test_a_restarted_ctd_finds_the_cgroups_of_a_container_started_from_a_standby(fresh_ctd):
+    d = fresh_ctd
+    spawner = spawner_of(d.proc.pid)
+    d.ok("create", "sbr0", "--template", "busybox")
+    d.ok("start", "sbr0")
+    (standby,) = wait_for(lambda: standbys(spawner))
+    assert wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()))
+    d.ok("create", "sbr", "--template", "busybox")
+    d.ok("start", "sbr")
+    before = d.instance("sbr")["cgroups"]
+    assert Path(before["unified"]).name == f"standby-{standby}"
+    d.kill9()
+    d.start()
+    assert d.instance("sbr")["cgroups"] == before  # the cgroup2 name came back from the state
+    # an exec joins the container's cgroups, the renamed ones and the one that kept its name
+    lines = d.sh("sbr", "cat /proc/self/cgroup").out.split()
+    assert {line.split(":", 2)[2] for line in lines} == {"/"}, lines
+    d.ok("stop", "sbr")
+    assert not any(Path(p).exists() for p in before.values())
