@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+from pathlib import Path
 import subprocess
 import time
 from dataclasses import dataclass
@@ -95,6 +96,31 @@ def mem_sample(count: int = 5, interval: float = 0.2) -> dict[str, float]:
     return {"MemAvailable": statistics.median(avail), "MemFree": statistics.median(free),
             "used_excl_others": statistics.median(excl), "spread_kb": max(avail) - min(avail),
             "spread_excl_kb": max(excl) - min(excl)}
+
+
+BREAKDOWN_FIELDS = ("SUnreclaim", "SReclaimable", "Cached", "AnonPages", "PageTables", "KernelStack", "Percpu")
+
+
+def host_breakdown() -> dict[str, int]:
+    """Where host memory sits (kB): a few /proc/meminfo fields, and every slab cache's bytes
+    (as slab:NAME). Deltas of two of these show what a container costs outside any cgroup too."""
+    m = meminfo()
+    out = {k: m[k] for k in BREAKDOWN_FIELDS if k in m}
+    try:
+        for line in Path("/proc/slabinfo").read_text().splitlines()[2:]:
+            f = line.split()
+            out[f"slab:{f[0]}"] = int(f[2]) * int(f[3]) // 1024
+    except OSError:
+        pass
+    return out
+
+
+def breakdown_delta(before: dict[str, int], after: dict[str, int], n: int, top: int = 6) -> dict[str, float]:
+    """Per-container growth of the meminfo fields, and of the `top` slab caches that grew most."""
+    delta = {k: (after.get(k, 0) - before.get(k, 0)) / n for k in set(before) | set(after)}
+    fields = {k: round(v, 1) for k, v in delta.items() if not k.startswith("slab:")}
+    slabs = sorted(((v, k) for k, v in delta.items() if k.startswith("slab:")), reverse=True)[:top]
+    return {**fields, **{k: round(v, 1) for v, k in slabs}}
 
 
 def proc_rss(pid: int) -> dict[str, int]:

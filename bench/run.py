@@ -30,7 +30,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import (BenchError, container_shape, hierarchies, mem_sample, meminfo, memcg,  # noqa: E402
+from common import (BenchError, breakdown_delta, container_shape, hierarchies, host_breakdown,  # noqa: E402
+                    mem_sample, meminfo, memcg,
                     mounts_below, proc_rss, ratio, remove_cgroup_tree, summary, theil_sen)
 from ctd_side import CtdDaemon  # noqa: E402
 from peers import Crun, LoopBtrfs, Lxc, LxcSystem, ensure_installed, version  # noqa: E402
@@ -194,6 +195,9 @@ def bench_memory(tool: str, ctd: CtdDaemon, crun: Crun, lxc: Lxc, count: int, ro
     out = {"count": count, "rounds": rounds, "create_all_s": create_s}
     for key in per_round[0]:
         values = [p[key] for p in per_round if p.get(key) is not None]
+        if values and isinstance(values[0], dict):  # per-field medians (the last round's fields)
+            out[key] = {k: statistics.median(v.get(k, 0) for v in values) for k in values[-1]}
+            continue
         out[key] = statistics.median(values) if values else None
     # The first start of a container also reads its binaries into the page cache; later rounds
     # restart the same containers and find them there.
@@ -207,6 +211,7 @@ def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # ty
     n = len(names)
     time.sleep(settle)
     before = mem_sample()
+    parts0 = host_breakdown()
     cg0, tool0 = memcg(hier), memcg(hier, cg_dir)
     rss0 = ctd.rss() if tool == "ctd" else None
     avail_series = [meminfo()["MemAvailable"]]
@@ -222,6 +227,7 @@ def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # ty
         start_s = ms_since(t0) / 1000
         time.sleep(settle)
         after = mem_sample()
+        parts1 = host_breakdown()
         cg1, tool1 = memcg(hier), memcg(hier, cg_dir)
         rss1 = ctd.rss() if tool == "ctd" else None
         monitors = sum(proc_rss(p)["VmRSS"] for p in lxc.monitor_pids()) if tool == "lxc" else None
@@ -243,6 +249,7 @@ def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # ty
         # the host: everything, everybody's (noisy on a shared machine)
         "host_MemAvailable_kb": (before["MemAvailable"] - after["MemAvailable"]) / n,
         "host_MemFree_kb": (before["MemFree"] - after["MemFree"]) / n,
+        "host_breakdown_kb": breakdown_delta(parts0, parts1, n),
         "host_MemAvailable_slope_kb": -slope if slope is not None else None,
         "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
         "host_noise_kb": max(before["spread_kb"], after["spread_kb"]),
@@ -347,6 +354,11 @@ def report(res: dict) -> list[str]:
         if first["rounds"] > 1:
             lines.append("  page cache on the first start (round 1): " + ", ".join(
                 f"{t} {mm[t]['first_round_memcg_cache_kb']:.0f}" for t in TOOLS if t in mm) + " kB per container")
+        for t in TOOLS:
+            parts = mm.get(t, {}).get("host_breakdown_kb")
+            if isinstance(parts, dict):
+                lines.append(f"  {t} on the host, per container: " + ", ".join(
+                    f"{k.removeprefix('slab:')} {v:+.0f}" for k, v in parts.items()))
         lines.append("  one container has: " + ", ".join(
             f"{t} {mm[t].get('mounts_per_container', '?')} mounts/{mm[t].get('processes_per_container', '?')} processes"
             for t in TOOLS if t in mm))
