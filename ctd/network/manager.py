@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -145,11 +146,15 @@ class NetworkManager:
         net = NetworkRecord(name=checked["name"], bridge=checked["name"], subnet4=checked["subnet4"],
                             subnet6=checked["subnet6"], nat=checked["nat"], mtu=checked["mtu"],
                             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
-        self.bring_up(net)
         try:
+            self.bring_up(net)
             self.db.add_network(net)
-        except BaseException:
-            netlink.delete_link(net.bridge)
+        except BaseException:  # nothing of a half-made network stays (a bridge once did)
+            if net.nat:
+                with contextlib.suppress(Exception):
+                    self._nat(net, False)
+            with contextlib.suppress(Exception):
+                netlink.delete_link(net.bridge)
             raise
         return self.view(net)
 
