@@ -139,15 +139,23 @@ def staged_groups(d, pid: int) -> list[Path]:
     return [base / f"standby-{pid}" for base in d.cgroup_dirs() if (base / f"standby-{pid}").is_dir()]
 
 
+def staged_standby(d, first: str) -> int:  # type: ignore[no-untyped-def]
+    """Start `first` (the standby ready at ctd's start-up came before its recovery, so it was
+    not put in cgroups of its own); the pid of the next standby, once it is in standby-PID
+    in every hierarchy."""
+    spawner = spawner_of(d.proc.pid)
+    d.ok("create", first, "--template", "busybox")
+    d.ok("start", first)
+    (standby,) = wait_for(lambda: standbys(spawner))
+    assert wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()))
+    return standby
+
+
 def test_a_standby_waits_in_cgroups_of_its_own_which_its_container_takes_over(fresh_ctd):
     d = fresh_ctd
-    spawner = spawner_of(d.proc.pid)
-    d.ok("create", "sbc0", "--template", "busybox")
-    d.ok("start", "sbc0")  # the standby ready at start-up came before ctd's recovery: not staged
-    (standby,) = wait_for(lambda: standbys(spawner))
-    # ctd moves the new one into standby-PID in every hierarchy while it waits
-    dirs = wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()) and staged_groups(d, standby))
-    assert dirs and all(Path(g, "cgroup.procs").read_text().split() == [str(standby)] for g in dirs)
+    standby = staged_standby(d, "sbc0")  # ctd moved it into standby-PID while it waited
+    dirs = staged_groups(d, standby)
+    assert all(Path(g, "cgroup.procs").read_text().split() == [str(standby)] for g in dirs)
     d.ok("create", "sbc1", "--template", "busybox", "--ram", "64M", "--numproc", "50")
     d.ok("start", "sbc1")
     assert d.instance("sbc1")["pid"] == standby
@@ -165,11 +173,7 @@ def test_a_standby_waits_in_cgroups_of_its_own_which_its_container_takes_over(fr
 
 def test_the_group_of_a_standby_that_died_goes_with_it(fresh_ctd):
     d = fresh_ctd
-    spawner = spawner_of(d.proc.pid)
-    d.ok("create", "sbd", "--template", "busybox")
-    d.ok("start", "sbd")
-    (standby,) = wait_for(lambda: standbys(spawner))
-    assert wait_for(lambda: staged_groups(d, standby))
+    standby = staged_standby(d, "sbd")
     os.kill(standby, signal.SIGKILL)
     assert wait_for(lambda: not staged_groups(d, standby)), "the dead standby's cgroups stayed"
     d.ok("stop", "sbd")
@@ -179,11 +183,7 @@ def test_the_group_of_a_standby_that_died_goes_with_it(fresh_ctd):
 
 def test_a_restarted_ctd_finds_the_cgroups_of_a_container_started_from_a_standby(fresh_ctd):
     d = fresh_ctd
-    spawner = spawner_of(d.proc.pid)
-    d.ok("create", "sbr0", "--template", "busybox")
-    d.ok("start", "sbr0")
-    (standby,) = wait_for(lambda: standbys(spawner))
-    assert wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()))
+    standby = staged_standby(d, "sbr0")
     d.ok("create", "sbr", "--template", "busybox")
     d.ok("start", "sbr")
     before = d.instance("sbr")["cgroups"]
