@@ -90,7 +90,7 @@ class ContainerDriver:
         # waits for an RCU grace period, milliseconds). Off until recovery has run.
         self.staging = False
         self._staged: dict[int, object] = {}   # standby pid -> its group, ready
-        self._staging: set[int] = set()        # being made
+        self._staging: dict[int, asyncio.Future] = {}  # being made: pid -> its thread's future
         spawner.on_standby = self._standby_ready
         spawner.on_standby_gone = self._standby_gone
 
@@ -99,8 +99,8 @@ class ContainerDriver:
     def _standby_ready(self, pid: int) -> None:
         if not self.staging or not any(self.cgroups.renames_in(k) for k in self.cgroups.base_dirs()):
             return
-        self._staging.add(pid)
         future = asyncio.get_running_loop().run_in_executor(None, self._stage, pid)
+        self._staging[pid] = future
         future.add_done_callback(lambda f: self._staged_done(pid, f))
 
     def _stage(self, pid: int):  # type: ignore[no-untyped-def]
@@ -123,15 +123,26 @@ class ContainerDriver:
             if group is not None:
                 asyncio.get_running_loop().run_in_executor(None, self._destroy_group_quietly, group)
             return
-        self._staging.discard(pid)
+        del self._staging[pid]
         if group is not None:
             self._staged[pid] = group
 
     def _standby_gone(self, pid: int) -> None:
-        self._staging.discard(pid)
+        self._staging.pop(pid, None)
         group = self._staged.pop(pid, None)
         if group is not None:
             asyncio.get_running_loop().run_in_executor(None, self._destroy_group_quietly, group)
+
+    async def _settle_standby(self, pid: int):  # type: ignore[no-untyped-def]
+        """A start got standby pid without asking for it (another start's request, or none,
+        reached the spawner first). ctd may be moving it into its standby group right now:
+        let that finish (its move must not come after the start's), and take the group out of
+        the pool. Returns the group, to remove once init has moved out of it."""
+        future = self._staging.get(pid)
+        if future is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(future)  # _staged_done has run by now: it was added first
+        return self._staged.pop(pid, None)
 
     def _take_staged(self):  # type: ignore[no-untyped-def]
         """The oldest standby already in cgroups of its own: (pid, group), or (0, None)."""
@@ -214,6 +225,7 @@ class ContainerDriver:
             try:
                 # init waits for "go" while it builds /proc, /sys and /dev: move it into its
                 # cgroups (that waits for an RCU grace period) while its NICs are plugged in.
+                unasked = None if pid == holds else await self._settle_standby(pid)
                 joined = (asyncio.ensure_future(asyncio.sleep(0)) if pid == holds else
                           asyncio.ensure_future(asyncio.to_thread(_attach, group, pid)))
                 try:
@@ -224,8 +236,9 @@ class ContainerDriver:
                             await asyncio.to_thread(netlink.configure_inside, inside, handed)
                 finally:
                     await joined
-                if staged is not None and not holds:  # its init has moved over: it is empty
-                    await asyncio.to_thread(self._destroy_group_quietly, staged)
+                for empty in (staged if not holds else None, unasked):  # init has moved out
+                    if empty is not None:
+                        await asyncio.to_thread(self._destroy_group_quietly, empty)
                 try:
                     os.write(go_w, b"1")
                 except BrokenPipeError:
