@@ -163,7 +163,6 @@ def sample_container() -> ContainerSpec:
         name="web", hostname="web.example", rootfs="/var/lib/ctd/storage/instances/web/rootfs",
         init=["/sbin/init", "--verbose"],
         uid_map=[IdMap(0, 1_000_000, 65536)], gid_map=[IdMap(0, 1_000_000, 65536)],
-        cgroup_procs=["/sys/fs/cgroup/pids/ctd/web/cgroup.procs"],
         mounts=mount_plan(console=True, extra_tmpfs=(("/run", "mode=755"),)),
         env=["container=ctd", "TERM=linux"], cap_drop=["sys_module"], seccomp_deny=["kexec_load"],
         console=True)

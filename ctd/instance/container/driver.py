@@ -120,7 +120,9 @@ class ContainerDriver:
     def _staged_done(self, pid: int, future: asyncio.Future) -> None:
         group = None if future.cancelled() or future.exception() else future.result()
         if pid not in self._staging:  # gone (or taken by a start) meanwhile
-            if group is not None:
+            if group is not None and not self.staging:  # shutting down: no executor to ask
+                self._destroy_group_quietly(group)
+            elif group is not None:
                 asyncio.get_running_loop().run_in_executor(None, self._destroy_group_quietly, group)
             return
         del self._staging[pid]
@@ -152,6 +154,7 @@ class ContainerDriver:
 
     def drop_staged(self) -> None:
         """At shutdown: the standbys go with the spawner, and so do their groups."""
+        self.staging = False
         self._staging.clear()
         while self._staged:
             self._destroy_group_quietly(self._staged.popitem()[1])
@@ -170,7 +173,6 @@ class ContainerDriver:
         return ContainerSpec(
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
-            cgroup_procs=container_group(self.cgroups, rec).procs_files(),
             mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None,
                               extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),

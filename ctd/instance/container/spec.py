@@ -53,8 +53,7 @@ class ContainerSpec:
     init: list[str]
     uid_map: list[IdMap]  # empty: privileged container, no user namespace
     gid_map: list[IdMap]
-    cgroup_procs: list[str]
-    mounts: list[MountStep]
+    mounts: list[MountStep]  # (ctd puts init in its cgroups: the spec names none)
     env: list[str] = field(default_factory=list)
     cap_drop: list[str] = field(default_factory=list)
     seccomp_deny: list[str] = field(default_factory=list)
