@@ -601,6 +601,14 @@ def restore(file: str, name: str | None) -> None:
     click.echo(f"Restored {result['name']} (id {result['id']})")
 
 
+def _quota_state(info: dict) -> str:
+    if not info.get("quota"):
+        return "off"
+    if info.get("quota_consistent") is False:
+        return "on, numbers inconsistent: limits do not hold until the rescan ctd started ends"
+    return "on"
+
+
 @cli.command()
 @FORMAT
 def storage(fmt: str) -> None:
@@ -610,7 +618,7 @@ def storage(fmt: str) -> None:
     def render(i: dict) -> str:
         rows = [("driver", i["driver"]), ("path", i["path"]), ("size", human_bytes(i.get("size"))),
                 ("used", human_bytes(i.get("used"))), ("free", human_bytes(i.get("free"))),
-                ("quota", "on" if i.get("quota") else "off")]
+                ("quota", _quota_state(i))]
         rows += [(k, i[k]) for k in ("image", "device", "reason") if i.get(k)]
         return "\n".join(f"{k + ':':<8} {v}" for k, v in rows)
 

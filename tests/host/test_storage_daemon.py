@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,12 @@ def test_the_embedded_default_is_a_loop_backed_btrfs_pool(ctd):
     info = storage(ctd)
     assert info["driver"] == "btrfs", info
     assert info["image"].endswith("pool.img") and info["device"].startswith("/dev/loop")
-    assert ctd.ok("storage").splitlines()[0].split() == ["driver:", "btrfs"]
+    lines = ctd.ok("storage").splitlines()
+    assert lines[0].split() == ["driver:", "btrfs"] and "quota:   on" in lines
+    # every subvolume drop fully accounted, so qgroup numbers (and limits) stay right
+    from ctd.storage.btrfs import fs_uuid
+    knob = Path("/sys/fs/btrfs") / fs_uuid(ctd.state_dir / "storage") / "qgroups/drop_subtree_threshold"
+    assert knob.read_text().strip() == "8"
 
 
 def test_create_is_a_snapshot_not_a_copy(ctd):
