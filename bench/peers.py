@@ -41,18 +41,34 @@ def version(argv: list[str]) -> str:
 
 # ====================================================================== crun
 
+def shifted_copy(source: Path, target: Path, offset: int) -> None:
+    """A copy of source whose owners are shifted up by offset (a user namespace's root)."""
+    shutil.copytree(source, target, symlinks=True)
+    for path in [target, *target.rglob("*")]:
+        st = path.lstat()
+        os.lchown(path, st.st_uid + offset, st.st_gid + offset)
+        if not path.is_symlink():
+            os.chmod(path, st.st_mode & 0o7777)  # chown drops set-id bits; put them back
+
+
+
 class Crun:
     """crun through crun_agent.py (private mount namespace, see there why)."""
 
-    name = "crun"
-
-    def __init__(self, workdir: Path, tag: str, rootfs: Path, hier: list[Hierarchy]) -> None:
-        self.workdir = workdir / "crun"
+    def __init__(self, workdir: Path, tag: str, rootfs: Path, hier: list[Hierarchy],
+                 userns_base: int | None = None) -> None:
+        """userns_base: run the containers in a user namespace too, root inside mapped to
+        userns_base.. (65536 ids) outside, on a copy of rootfs owned by those ids: what ctd's
+        unprivileged containers are, for a like-for-like comparison."""
+        self.name = "crun" if userns_base is None else "crun_userns"
+        self.userns_base = userns_base
+        self.workdir = workdir / self.name
         self.root = self.workdir / "state"         # crun --root: our own container list
         self.bundles = self.workdir / "bundles"
         self.console_socket = self.workdir / "console.sock"
-        self.rootfs = rootfs
-        self.cgroup_dir = f"ctd-bench-{tag}-crun"
+        self.rootfs = rootfs if userns_base is None else self.workdir / "rootfs"
+        self.source_rootfs = rootfs
+        self.cgroup_dir = f"ctd-bench-{tag}-{self.name.replace('_', '-')}"
         self.hier = hier
         self.agent: subprocess.Popen | None = None
         self.pids: dict[str, int] = {}
@@ -63,6 +79,8 @@ class Crun:
 
     def start_agent(self) -> None:
         self.bundles.mkdir(parents=True, exist_ok=True)
+        if self.userns_base is not None and not self.rootfs.exists():
+            shifted_copy(self.source_rootfs, self.rootfs, self.userns_base)
         self.root.mkdir(parents=True, exist_ok=True)
         binds = []
         for h in self.hier:
@@ -120,6 +138,11 @@ class Crun:
             ns = spec["linux"]["namespaces"]
             if not any(n["type"] == "cgroup" for n in ns):
                 ns.append({"type": "cgroup"})
+            if self.userns_base is not None:
+                ns.append({"type": "user"})
+                ids = [{"containerID": 0, "hostID": self.userns_base, "size": 65536}]
+                spec["linux"]["uidMappings"] = ids
+                spec["linux"]["gidMappings"] = ids
             # Neither ctd nor LXC (proc:mixed sys:ro) mounts cgroupfs in the guest.
             spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/sys/fs/cgroup"]
             self._spec = spec

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -159,40 +161,76 @@ def bench_cycle(ctd: CtdDaemon, crun: Crun, lxc: Lxc, iterations: int) -> dict:
 
 # ====================================================================== (c) memory
 
-def bench_memory(tool: str, ctd: CtdDaemon, crun: Crun, lxc: Lxc, count: int, rounds: int, settle: float,
+# ctd's containers are unprivileged (user namespace); crun's default spec has none. Both ways
+# are measured for each, so each pair compares like with like.
+MEMORY_TOOLS = ("ctd", "ctd_privileged", "crun", "crun_userns", "lxc")
+# what the host cannot take back from a running container, read from /proc/meminfo (Cached,
+# page cache, is left out: reclaimable, and btrfs snapshots cache their files once each)
+CORE_FIELDS = ("AnonPages", "Shmem", "PageTables", "KernelStack", "Percpu", "SUnreclaim", "SReclaimable")
+
+
+@dataclass
+class MemTool:
+    label: str
+    runtime: object  # its init_pid(name) finds a container's init
+    create: Callable[[str], object]
+    start: Callable[[str], object]
+    stop: Callable[[str], object]
+    destroy: Callable[[str], object]
+    cgroup_dir: str
+    after_stop: Callable[[], object] = lambda: None  # crun: the agent lets go of the consoles
+    names: list[str] = field(default_factory=list)
+
+
+def memory_tools(ctd: CtdDaemon, crun: Crun, crun_userns: Crun, lxc: Lxc) -> list[MemTool]:
+    return [
+        MemTool("ctd", ctd, ctd.create, ctd.start_ct, ctd.stop_ct, ctd.destroy, ctd.cgroup_name),
+        MemTool("ctd_privileged", ctd, lambda n: ctd.create(n, privileged=True), ctd.start_ct, ctd.stop_ct,
+                ctd.destroy, ctd.cgroup_name),
+        MemTool("crun", crun, crun.create, crun.start, crun.force_delete, crun.destroy, crun.cgroup_dir,
+                crun.close_consoles),
+        MemTool("crun_userns", crun_userns, crun_userns.create, crun_userns.start, crun_userns.force_delete,
+                crun_userns.destroy, crun_userns.cgroup_dir, crun_userns.close_consoles),
+        MemTool("lxc", lxc, lxc.create, lxc.start, lxc.stop, lxc.destroy, lxc.cgroup_dir),
+    ]
+
+
+def bench_memory(tools: list[MemTool], ctd: CtdDaemon, lxc: Lxc, count: int, rounds: int, settle: float,
                  hier) -> dict:  # type: ignore[no-untyped-def]
-    """Create COUNT containers once, then ROUNDS times: start them all, let them idle, read the
-    host's and our cgroup's memory, stop them all. Per-container figures: median over rounds."""
-    names = [f"bench-mem-{i:03d}" for i in range(count)]
-    if tool == "ctd":
-        ops = (ctd.create, ctd.start_ct, ctd.stop_ct, ctd.destroy, ctd.cgroup_name)
-    elif tool == "crun":
-        ops = (crun.create, crun.start, crun.force_delete, crun.destroy, crun.cgroup_dir)
-    else:
-        ops = (lxc.create, lxc.start, lxc.stop, lxc.destroy, lxc.cgroup_dir)
-    create, _, _, destroy, _ = ops
-    made = []
-    t0 = time.perf_counter()
+    """Create COUNT containers per tool once, then ROUNDS times, one tool after the other (the
+    order rotated each round, so the host's drift falls on all alike): start its containers,
+    let them idle, read the host's and our cgroup's memory, stop them. Per-container figures:
+    median over rounds."""
+    per_round: dict[str, list[dict]] = {t.label: [] for t in tools}
+    create_s: dict[str, float] = {}
     try:
-        for n in names:
-            create(n)
-            made.append(n)
-        create_s = ms_since(t0) / 1000
-        # one untimed start/stop first: code paths of the daemon, binaries in the page cache
-        _, start, stop, _, _ = ops
-        start(names[0])
-        stop(names[0])
-        if tool == "crun":
-            crun.close_consoles()
-        per_round = []
+        for t in tools:
+            t0 = time.perf_counter()
+            for i in range(count):
+                name = f"bm-{t.label.replace('_', '-')}-{i:03d}"
+                t.create(name)
+                t.names.append(name)
+            create_s[t.label] = ms_since(t0) / 1000
+            # one untimed start/stop first: code paths of the daemon, binaries in the page cache
+            t.start(t.names[0])
+            t.stop(t.names[0])
+            t.after_stop()
         for r in range(rounds):
-            per_round.append(_memory_round(tool, ctd, crun, lxc, names, ops, settle, hier))
-            log(f"    round {r + 1}/{rounds}: MemAvailable {per_round[-1]['host_MemAvailable_kb']:.0f} kB, "
-                f"our cgroup {per_round[-1]['memcg_usage_kb']:.0f} kB per container")
+            order = tools[r % len(tools):] + tools[:r % len(tools)]
+            for t in order:
+                res = _memory_round(t, ctd, lxc, settle, hier)
+                per_round[t.label].append(res)
+                log(f"    round {r + 1}/{rounds} {t.label}: MemAvailable {res['host_MemAvailable_kb']:.0f}, "
+                    f"core {res['host_core_kb']:.0f}, our cgroup {res['memcg_usage_kb']:.0f} kB per container")
     finally:
-        for n in made:
-            destroy(n)
-    out = {"count": count, "rounds": rounds, "create_all_s": create_s}
+        for t in tools:
+            for n in t.names:
+                t.destroy(n)
+    return {t.label: _memory_summary(per_round[t.label], count, create_s[t.label]) for t in tools}
+
+
+def _memory_summary(per_round: list[dict], count: int, create_s: float) -> dict:
+    out: dict = {"count": count, "rounds": len(per_round), "create_all_s": create_s}
     for key in per_round[0]:
         values = [p[key] for p in per_round if p.get(key) is not None]
         if values and isinstance(values[0], dict):  # per-field medians (the last round's fields)
@@ -206,21 +244,21 @@ def bench_memory(tool: str, ctd: CtdDaemon, crun: Crun, lxc: Lxc, count: int, ro
     return out
 
 
-def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # type: ignore[no-untyped-def]
-    _, start, stop, _, cg_dir = ops
-    n = len(names)
+def _memory_round(t: MemTool, ctd: CtdDaemon, lxc: Lxc, settle: float, hier) -> dict:  # type: ignore[no-untyped-def]
+    names, n = t.names, len(t.names)
+    is_ctd, is_lxc = t.label.startswith("ctd"), t.label == "lxc"
     time.sleep(settle)
     before = mem_sample()
     parts0 = host_breakdown()
-    cg0, tool0 = memcg(hier), memcg(hier, cg_dir)
-    rss0 = ctd.rss() if tool == "ctd" else None
+    cg0, tool0 = memcg(hier), memcg(hier, t.cgroup_dir)
+    rss0 = ctd.rss() if is_ctd else None
     avail_series = [meminfo()["MemAvailable"]]
     cg_series = [cg0["usage"] / 1024]
     started: list[str] = []
     try:
         t0 = time.perf_counter()
         for name in names:
-            start(name)
+            t.start(name)
             started.append(name)
             avail_series.append(meminfo()["MemAvailable"])
             cg_series.append(memcg(hier)["usage"] / 1024)
@@ -228,18 +266,16 @@ def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # ty
         time.sleep(settle)
         after = mem_sample()
         parts1 = host_breakdown()
-        cg1, tool1 = memcg(hier), memcg(hier, cg_dir)
-        rss1 = ctd.rss() if tool == "ctd" else None
-        monitors = sum(proc_rss(p)["VmRSS"] for p in lxc.monitor_pids()) if tool == "lxc" else None
-        runtime = {"ctd": ctd, "crun": crun, "lxc": lxc}[tool]
-        shape = container_shape(runtime.init_pid(names[0]))
+        cg1, tool1 = memcg(hier), memcg(hier, t.cgroup_dir)
+        rss1 = ctd.rss() if is_ctd else None
+        monitors = sum(proc_rss(p)["VmRSS"] for p in lxc.monitor_pids()) if is_lxc else None
+        shape = container_shape(t.runtime.init_pid(names[0]))
     finally:
         t0 = time.perf_counter()
         for name in started:
-            stop(name)
+            t.stop(name)
         stop_s = ms_since(t0) / 1000
-        if tool == "crun":
-            crun.close_consoles()
+        t.after_stop()
     time.sleep(settle)
     cleaned = mem_sample()
     cg2 = memcg(hier)
@@ -250,6 +286,7 @@ def _memory_round(tool, ctd, crun, lxc, names, ops, settle, hier) -> dict:  # ty
         "host_MemAvailable_kb": (before["MemAvailable"] - after["MemAvailable"]) / n,
         "host_MemFree_kb": (before["MemFree"] - after["MemFree"]) / n,
         "host_breakdown_kb": breakdown_delta(parts0, parts1, n),
+        "host_core_kb": sum(parts1.get(k, 0) - parts0.get(k, 0) for k in CORE_FIELDS) / n,
         "host_MemAvailable_slope_kb": -slope if slope is not None else None,
         "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
         "host_noise_kb": max(before["spread_kb"], after["spread_kb"]),
@@ -331,68 +368,7 @@ def report(res: dict) -> list[str]:
                 f"{fmt_ratio(ratio(c['ctd'][s]['median'], c[t][s]['median'])):>9}" for s in STEPS + ('total',)))
 
     if "memory" in res:
-        mm = res["memory"]
-        first = next(iter(mm.values()))
-        lines.append("")
-        lines.append(f"(c) memory per running idle container, kB ({first['count']} containers per tool, one tool "
-                     f"at a time; median of {first['rounds']} round(s))")
-        cols = [("host", "host_MemAvailable_kb"), ("host-o", "host_excl_others_kb"),
-                ("memcg", "memcg_usage_kb"), ("-cache", "memcg_nocache_kb"), ("cache", "memcg_cache_kb"),
-                ("kmem", "memcg_kmem_kb"), ("anon", "memcg_anon_kb"), ("daemon", None)]
-        lines.append(f"  {'':6}" + "".join(f"{c:>8}" for c, _ in cols) + f"{'start N':>9}{'stop N':>8}"
-                     f"{'noise':>8}{'noise-o':>8}")
-        for t in TOOLS:
-            if t not in mm:
-                continue
-            v = mm[t]
-            cells = []
-            for _, key in cols:
-                val = v.get(key) if key else v.get("ctd_rss_kb", v.get("lxc_monitor_rss_kb"))
-                cells.append(f"{fmt(val, 0 if key else 1):>8}")
-            lines.append(f"  {t:6}" + "".join(cells) + f"{v['start_all_s']:>8.2f}s{v['stop_all_s']:>7.2f}s"
-                         f"{v['host_noise_kb'] / 1024:>6.1f}MB{v['host_excl_noise_kb'] / 1024:>6.1f}MB")
-        if first["rounds"] > 1:
-            lines.append("  page cache on the first start (round 1): " + ", ".join(
-                f"{t} {mm[t]['first_round_memcg_cache_kb']:.0f}" for t in TOOLS if t in mm) + " kB per container")
-        for t in TOOLS:
-            parts = mm.get(t, {}).get("host_breakdown_kb")
-            if isinstance(parts, dict):
-                lines.append(f"  {t} on the host, per container: " + ", ".join(
-                    f"{k.removeprefix('slab:')} {v:+.0f}" for k, v in parts.items()))
-        lines.append("  one container has: " + ", ".join(
-            f"{t} {mm[t].get('mounts_per_container', '?')} mounts/{mm[t].get('processes_per_container', '?')} processes"
-            for t in TOOLS if t in mm))
-        if all(t in mm for t in TOOLS):
-            for t in ("crun", "lxc"):
-                lines.append(f"  ctd/{t:4}" + "".join(
-                    f"{fmt_ratio(ratio(mm['ctd'][key], mm[t][key])):>8}" if key else f"{'':>8}"
-                    for _, key in cols))
-        lines += [
-            "  host: MemAvailable drop / N, the whole host (noisy while others work on the machine: see noise);",
-            "  host-o: that drop less the anonymous memory the other cgroups next to ours gained meanwhile;",
-            "  memcg: growth of this run's own memory cgroup / N (ctd + spawner, containers, LXC monitors, crun",
-            "  agent): -cache = without page cache (anon + charged kernel memory), cache = page cache, of",
-            "  which kmem and anon are parts; daemon: ctd = VmRSS growth of ctd + spawner / N, lxc = RSS of",
-            "  the [lxc monitor] processes / N; noise, noise-o: largest spread of host, host-o in a 1 s window",
-        ]
-        if all(t in mm for t in TOOLS):
-            for label, key, noise_key in (("host MemAvailable", "host_MemAvailable_kb", "host_noise_kb"),
-                                          ("our memcg without page cache", "memcg_nocache_kb", None)):
-                c_kb, r_kb, l_kb = mm["ctd"][key], mm["crun"][key], mm["lxc"][key]
-                # per-container noise: the largest 1 s spread seen, spread over the N containers
-                noise = max(mm[t][noise_key] for t in TOOLS) / first["count"] if noise_key else 0.0
-
-                def verdict(ok: bool, a: float, b: float) -> str:
-                    if noise and (min(a, b) <= 0 or noise > 0.25 * min(a, b)):
-                        return f"INCONCLUSIVE (host noise {noise:.0f} kB per container)"
-                    return "PASS" if ok else "FAIL"
-                verdicts.append(f"memory ({label}): ctd {c_kb:.0f} kB vs crun {r_kb:.0f} kB -> "
-                                f"{verdict(c_kb <= r_kb, c_kb, r_kb)} (target ctd <= crun); vs lxc {l_kb:.0f} kB "
-                                f"-> {verdict(c_kb <= 0.75 * l_kb, c_kb, l_kb)} (target well under lxc: <= 0.75x)")
-        if "ctd" in mm:
-            g = mm["ctd"]["ctd_rss_kb"]
-            verdicts.append(f"ctd RSS growth {g:.1f} kB per container -> {'PASS' if g < 100 else 'FAIL'} "
-                            f"(target < 100 kB)")
+        lines += memory_report(res["memory"], verdicts)
     if "net" in res:
         lines += net_part.report(res["net"], verdicts)
     if "storage" in res:
@@ -405,6 +381,71 @@ def report(res: dict) -> list[str]:
         lines.append("")
         lines.append("targets:")
         lines += [f"  {v}" for v in verdicts]
+    return lines
+
+
+MEMORY_PAIRS = (("ctd", "crun_userns", "both with a user namespace"),
+                ("ctd_privileged", "crun", "neither"),
+                ("ctd", "crun", "ctd's default vs crun's"))
+
+
+def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
+    tools = [t for t in MEMORY_TOOLS if t in mm]
+    first = mm[tools[0]]
+    lines = ["", f"(c) memory per running idle container, kB ({first['count']} containers per tool, one tool "
+                 f"at a time, taking turns; median of {first['rounds']} round(s))"]
+    cols = [("host", "host_MemAvailable_kb"), ("core", "host_core_kb"), ("memcg", "memcg_usage_kb"),
+            ("-cache", "memcg_nocache_kb"), ("cache", "memcg_cache_kb"), ("kmem", "memcg_kmem_kb"),
+            ("anon", "memcg_anon_kb"), ("daemon", None)]
+    lines.append(f"  {'':20}" + "".join(f"{c:>8}" for c, _ in cols) + f"{'start N':>9}{'stop N':>8}{'noise':>8}")
+    for t in tools:
+        v = mm[t]
+        cells = [f"{fmt(v.get(key) if key else v.get('ctd_rss_kb', v.get('lxc_monitor_rss_kb')), 0 if key else 1):>8}"
+                 for _, key in cols]
+        lines.append(f"  {t:20}" + "".join(cells) + f"{v['start_all_s']:>8.2f}s{v['stop_all_s']:>7.2f}s"
+                     f"{v['host_noise_kb'] / 1024:>6.1f}MB")
+    for a, b, _ in (*MEMORY_PAIRS, ("ctd", "lxc", "")):
+        if a in mm and b in mm:
+            lines.append(f"  {a + '/' + b:20}" + "".join(
+                f"{fmt_ratio(ratio(mm[a][key], mm[b][key])):>8}" if key else f"{'':>8}" for _, key in cols))
+    if first["rounds"] > 1:
+        lines.append("  page cache on the first start (round 1): " + ", ".join(
+            f"{t} {mm[t]['first_round_memcg_cache_kb']:.0f}" for t in tools) + " kB per container")
+    for t in tools:
+        parts = mm[t].get("host_breakdown_kb")
+        if isinstance(parts, dict):
+            lines.append(f"  {t} on the host, per container: " + ", ".join(
+                f"{k.removeprefix('slab:')} {v:+.0f}" for k, v in parts.items()))
+    lines.append("  one container has: " + ", ".join(
+        f"{t} {mm[t].get('mounts_per_container', '?')} mounts/{mm[t].get('processes_per_container', '?')} processes"
+        for t in tools))
+    lines += [
+        "  host: MemAvailable drop / N, the whole host (noisy while others work on the machine: see noise);",
+        "  core: growth / N of what the host cannot reclaim: " + " + ".join(CORE_FIELDS) + " (meminfo);",
+        "  memcg: growth of this run's own memory cgroup / N (ctd + spawner, containers, LXC monitors, crun",
+        "  agents): -cache = without page cache (anon + charged kernel memory), cache = page cache, of",
+        "  which kmem and anon are parts; daemon: ctd = VmRSS growth of ctd + spawner / N, lxc = RSS of",
+        "  the [lxc monitor] processes / N; noise: largest spread of MemAvailable in a 1 s window",
+    ]
+    noise = max(mm[t]["host_noise_kb"] for t in tools) / first["count"]  # per container
+    for label, key, noisy in (("host MemAvailable", "host_MemAvailable_kb", True),
+                              ("host core", "host_core_kb", False),
+                              ("our memcg without page cache", "memcg_nocache_kb", False)):
+        def verdict(ok: bool, x: float, y: float) -> str:
+            if noisy and (min(x, y) <= 0 or noise > 0.25 * min(x, y)):
+                return f"INCONCLUSIVE (host noise {noise:.0f} kB per container)"
+            return "PASS" if ok else "FAIL"
+        parts = [f"{a} {mm[a][key]:.0f} vs {b} {mm[b][key]:.0f} ({why}) -> "
+                 f"{verdict(mm[a][key] <= mm[b][key], mm[a][key], mm[b][key])}"
+                 for a, b, why in MEMORY_PAIRS if a in mm and b in mm]
+        if "ctd" in mm and "lxc" in mm:
+            c, x = mm["ctd"][key], mm["lxc"][key]
+            parts.append(f"ctd vs lxc {x:.0f} -> {verdict(c <= 0.75 * x, c, x)} (well under: <= 0.75x)")
+        verdicts.append(f"memory, {label} (target <= crun): " + "; ".join(parts))
+    if "ctd" in mm:
+        g = mm["ctd"]["ctd_rss_kb"]
+        verdicts.append(f"ctd RSS growth {g:.1f} kB per container -> {'PASS' if g < 100 else 'FAIL'} "
+                        f"(target < 100 kB)")
     return lines
 
 
@@ -485,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(scratch, 0o711)
     ctd = CtdDaemon(scratch, tag, storage=args.storage)
     crun: Crun | None = None
+    crun_userns: Crun | None = None
     lxc: Lxc | None = None
     extras = Extras(scratch, tag)
     vmb: vm_part.VmBench | None = None
@@ -523,11 +565,12 @@ def main(argv: list[str] | None = None) -> int:
             log(f"(b) full cycle: {args.cycles} per tool")
             results["cycle"] = bench_cycle(ctd, crun, lxc, args.cycles)
         if "memory" in args.only:
-            results["memory"] = {}
-            for tool in TOOLS:
-                log(f"(c) memory: {args.containers} idle {tool} containers")
-                results["memory"][tool] = bench_memory(tool, ctd, crun, lxc, args.containers, args.rounds,
-                                                          args.settle, hier)
+            crun_userns = Crun(scratch, tag, rootfs, hier, userns_base=ctd.idmap_base + 100_000_000)
+            crun_userns.start_agent()
+            log(f"(c) memory: {args.containers} idle containers per tool ({', '.join(MEMORY_TOOLS)}), "
+                f"{args.rounds} round(s), tools taking turns")
+            results["memory"] = bench_memory(memory_tools(ctd, crun, crun_userns, lxc), ctd, lxc,
+                                             args.containers, args.rounds, args.settle, hier)
         if "net" in args.only:
             log(f"(net) iperf3 over a bridge of ours vs loopback; start with one NIC vs none")
             extras.iperf = net_part.Iperf(net_part.free_port(), args.net_seconds)
@@ -578,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if vmb is not None:
             vmb.cleanup()
-        errors = cleanup(ctd, crun, lxc, hierarchies_or_empty(), extras)
+        errors = cleanup(ctd, [c for c in (crun, crun_userns) if c], lxc, hierarchies_or_empty(), extras)
         left_mounts = mounts_below(str(scratch))
         if left_mounts:
             errors.append(f"still mounted: {', '.join(left_mounts)}")
@@ -671,9 +714,9 @@ class Extras:
         return errors
 
 
-def cleanup(ctd: CtdDaemon, crun: Crun | None, lxc: Lxc | None, hier, extras: Extras) -> list[str]:  # type: ignore[no-untyped-def]
+def cleanup(ctd: CtdDaemon, cruns: list[Crun], lxc: Lxc | None, hier, extras: Extras) -> list[str]:  # type: ignore[no-untyped-def]
     errors: list[str] = []
-    for what, fn in (("extras", extras.cleanup), ("ctd", ctd.cleanup), ("crun", crun.cleanup if crun else None),
+    for what, fn in (("extras", extras.cleanup), ("ctd", ctd.cleanup), *((c.name, c.cleanup) for c in cruns),
                      ("lxc", lxc.cleanup if lxc else None)):
         if fn is None:
             continue
