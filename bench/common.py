@@ -82,7 +82,7 @@ def mem_sample(count: int = 5, interval: float = 0.2) -> dict[str, float]:
     of MB); still the whole host's kernel memory, ours included.
     """
     own, parent = memory_dirs()
-    avail, free, excl = [], [], []
+    avail, free, used, excl = [], [], [], []
     for i in range(count):
         m = meminfo()
         others = 0
@@ -90,12 +90,20 @@ def mem_sample(count: int = 5, interval: float = 0.2) -> dict[str, float]:
             others = (_anon_bytes(parent) - _anon_bytes(own)) // 1024
         avail.append(m["MemAvailable"])
         free.append(m["MemFree"])
+        used.append(free_used(m))
         excl.append(m["MemTotal"] - m["MemAvailable"] - others)
         if i + 1 < count:
             time.sleep(interval)
     return {"MemAvailable": statistics.median(avail), "MemFree": statistics.median(free),
-            "used_excl_others": statistics.median(excl), "spread_kb": max(avail) - min(avail),
+            "used": statistics.median(used), "used_excl_others": statistics.median(excl),
+            "spread_kb": max(avail) - min(avail), "spread_used_kb": max(used) - min(used),
             "spread_excl_kb": max(excl) - min(excl)}
+
+
+def free_used(m: dict[str, int]) -> int:
+    """The "used" column of free(1) (procps 4): all but free memory, buffers, page cache and
+    reclaimable slab, which the kernel gives back under pressure."""
+    return m["MemTotal"] - m["MemFree"] - m.get("Buffers", 0) - m["Cached"] - m.get("SReclaimable", 0)
 
 
 BREAKDOWN_FIELDS = ("SUnreclaim", "SReclaimable", "Cached", "AnonPages", "PageTables", "KernelStack", "Percpu")

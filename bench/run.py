@@ -164,9 +164,6 @@ def bench_cycle(ctd: CtdDaemon, crun: Crun, lxc: Lxc, iterations: int) -> dict:
 # ctd's containers are unprivileged (user namespace); crun's default spec has none. Both ways
 # are measured for each, so each pair compares like with like.
 MEMORY_TOOLS = ("ctd", "ctd_privileged", "crun", "crun_userns", "lxc")
-# what the host cannot take back from a running container, read from /proc/meminfo (Cached,
-# page cache, is left out: reclaimable, and btrfs snapshots cache their files once each)
-CORE_FIELDS = ("AnonPages", "Shmem", "PageTables", "KernelStack", "Percpu", "SUnreclaim", "SReclaimable")
 
 
 @dataclass
@@ -221,7 +218,7 @@ def bench_memory(tools: list[MemTool], ctd: CtdDaemon, lxc: Lxc, count: int, rou
                 res = _memory_round(t, ctd, lxc, settle, hier)
                 per_round[t.label].append(res)
                 log(f"    round {r + 1}/{rounds} {t.label}: MemAvailable {res['host_MemAvailable_kb']:.0f}, "
-                    f"core {res['host_core_kb']:.0f}, our cgroup {res['memcg_usage_kb']:.0f} kB per container")
+                    f"used {res['host_used_kb']:.0f}, our cgroup {res['memcg_usage_kb']:.0f} kB per container")
     finally:
         for t in tools:
             for n in t.names:
@@ -286,7 +283,8 @@ def _memory_round(t: MemTool, ctd: CtdDaemon, lxc: Lxc, settle: float, hier) -> 
         "host_MemAvailable_kb": (before["MemAvailable"] - after["MemAvailable"]) / n,
         "host_MemFree_kb": (before["MemFree"] - after["MemFree"]) / n,
         "host_breakdown_kb": breakdown_delta(parts0, parts1, n),
-        "host_core_kb": sum(parts1.get(k, 0) - parts0.get(k, 0) for k in CORE_FIELDS) / n,
+        "host_used_kb": (after["used"] - before["used"]) / n,
+        "host_used_noise_kb": max(before["spread_used_kb"], after["spread_used_kb"]),
         "host_MemAvailable_slope_kb": -slope if slope is not None else None,
         "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
         "host_noise_kb": max(before["spread_kb"], after["spread_kb"]),
@@ -394,7 +392,7 @@ def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
     first = mm[tools[0]]
     lines = ["", f"(c) memory per running idle container, kB ({first['count']} containers per tool, one tool "
                  f"at a time, taking turns; median of {first['rounds']} round(s))"]
-    cols = [("host", "host_MemAvailable_kb"), ("core", "host_core_kb"), ("memcg", "memcg_usage_kb"),
+    cols = [("host", "host_MemAvailable_kb"), ("used", "host_used_kb"), ("memcg", "memcg_usage_kb"),
             ("-cache", "memcg_nocache_kb"), ("cache", "memcg_cache_kb"), ("kmem", "memcg_kmem_kb"),
             ("anon", "memcg_anon_kb"), ("daemon", None)]
     lines.append(f"  {'':20}" + "".join(f"{c:>8}" for c, _ in cols) + f"{'start N':>9}{'stop N':>8}{'noise':>8}")
@@ -421,18 +419,22 @@ def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
         for t in tools))
     lines += [
         "  host: MemAvailable drop / N, the whole host (noisy while others work on the machine: see noise);",
-        "  core: growth / N of what the host cannot reclaim: " + " + ".join(CORE_FIELDS) + " (meminfo);",
+        "  used: growth / N of free(1)'s used: MemTotal - MemFree - Buffers - Cached - SReclaimable, i.e.",
+        "  what the host cannot take back (page cache and reclaimable slab left out: a ctd container's own",
+        "  root, a btrfs snapshot, caches its files for itself, while crun and LXC here share one root);",
         "  memcg: growth of this run's own memory cgroup / N (ctd + spawner, containers, LXC monitors, crun",
         "  agents): -cache = without page cache (anon + charged kernel memory), cache = page cache, of",
         "  which kmem and anon are parts; daemon: ctd = VmRSS growth of ctd + spawner / N, lxc = RSS of",
         "  the [lxc monitor] processes / N; noise: largest spread of MemAvailable in a 1 s window",
     ]
-    noise = max(mm[t]["host_noise_kb"] for t in tools) / first["count"]  # per container
-    for label, key, noisy in (("host MemAvailable", "host_MemAvailable_kb", True),
-                              ("host core", "host_core_kb", False),
-                              ("our memcg without page cache", "memcg_nocache_kb", False)):
+    for label, key, noise_key in (("host MemAvailable", "host_MemAvailable_kb", "host_noise_kb"),
+                                  ("host used (free(1))", "host_used_kb", "host_used_noise_kb"),
+                                  ("our memcg without page cache", "memcg_nocache_kb", None)):
+        # per container: the largest 1 s spread seen, over the N containers
+        noise = max(mm[t].get(noise_key) or 0 for t in tools) / first["count"] if noise_key else 0.0
+
         def verdict(ok: bool, x: float, y: float) -> str:
-            if noisy and (min(x, y) <= 0 or noise > 0.25 * min(x, y)):
+            if noise_key and (min(x, y) <= 0 or noise > 0.25 * min(x, y)):
                 return f"INCONCLUSIVE (host noise {noise:.0f} kB per container)"
             return "PASS" if ok else "FAIL"
         parts = [f"{a} {mm[a][key]:.0f} vs {b} {mm[b][key]:.0f} ({why}) -> "

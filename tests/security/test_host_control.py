@@ -282,3 +282,18 @@ def test_masks_are_defence_in_depth_only(ctd, make):
             ctd.sh(name, f"umount {path}")
             assert probe(ctd, name, "read", path) in ("EACCES", "EPERM"), path
 
+
+
+def test_masked_directories_are_one_empty_read_only_tmpfs(ctd, make, privileged):
+    name = make(privileged=privileged)
+    masked = [p for p in ("/sys/firmware", "/proc/acpi", "/proc/scsi") if Path(p).exists()]
+    assert "/sys/firmware" in masked
+    r = ctd.sh(name, "for d in " + " ".join(masked) + "; do stat -f -c '%T' $d; stat -c '%d %h' $d; "
+               "ls -A $d | wc -l; touch $d/x 2>/dev/null && echo WROTE; done")
+    lines = r.out.split()
+    # per directory: filesystem type, device, link count, entries
+    for i, path in enumerate(masked):
+        fstype, dev, _links, entries = lines[4 * i:4 * i + 4]
+        assert fstype == "tmpfs" and entries == "0", (path, r.out)
+        assert dev == lines[1], f"{path} is not the same tmpfs as /sys/firmware: {r.out}"
+    assert "WROTE" not in r.out

@@ -117,10 +117,15 @@ def test_read_only_proc_paths(plan: list[MountStep]) -> None:
         assert step(plan, K.REMOUNT_RO, path).optional
 
 
-def test_masked_dirs_are_empty_read_only_tmpfs(plan: list[MountStep]) -> None:
-    for path in spec.MASKED_DIRS:
+def test_masked_dirs_share_one_empty_read_only_tmpfs(plan: list[MountStep]) -> None:
+    first, *others = spec.MASKED_DIRS
+    assert first == "/sys/firmware"  # exists on every kernel, so the binds below have a source
+    s = step(plan, K.MOUNT, first)
+    assert s.fstype == "tmpfs" and s.flags & sc.MS_RDONLY and s.optional and "size=0" in s.data
+    for path in others:
         s = step(plan, K.MOUNT, path)
-        assert s.fstype == "tmpfs" and s.flags & sc.MS_RDONLY and s.optional
+        assert s.source == first and s.flags == sc.MS_BIND and s.fstype is None and s.optional
+        assert plan.index(s) > plan.index(step(plan, K.MOUNT, first))
 
 
 def test_optional_only_where_a_path_may_be_missing(plan: list[MountStep]) -> None:

@@ -105,7 +105,7 @@ def exec_from_wire(raw: dict) -> ExecSpec:
 # /dev/null (masked) or made read-only, in the spirit of LXC's proc:mixed and Docker's masks.
 MASKED_FILES = ("/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
                 "/proc/sched_debug", "/proc/kallsyms")
-MASKED_DIRS = ("/proc/acpi", "/proc/scsi", "/sys/firmware")
+MASKED_DIRS = ("/sys/firmware", "/proc/acpi", "/proc/scsi")  # the first is there on every kernel
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sysrq-trigger")
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 
@@ -170,7 +170,11 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
     # lxcfs' views of meminfo, cpuinfo, uptime … over the kernel's, so free/top/nproc see the limits.
     plan += [MountStep(k.BIND_FILE, target, source, optional=True) for source, target in (lxcfs or [])]
     plan += [MountStep(k.BIND_FILE, p, "/dev/null", optional=True) for p in MASKED_FILES]
-    plan += [MountStep(k.MOUNT, p, "tmpfs", "tmpfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC, "size=0",
-                       optional=True) for p in MASKED_DIRS]
+    # One empty read-only tmpfs masks every directory (the rest are binds of the first): each
+    # superblock costs the host a few kB outside any cgroup, and more in every memory cgroup's
+    # shrinker maps as superblocks add up.
+    plan.append(MountStep(k.MOUNT, MASKED_DIRS[0], "tmpfs", "tmpfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC,
+                          "size=0,mode=555", optional=True))
+    plan += [MountStep(k.MOUNT, p, MASKED_DIRS[0], None, sc.MS_BIND, optional=True) for p in MASKED_DIRS[1:]]
     plan += [MountStep(k.REMOUNT_RO, p, flags=_NOSUID_NODEV_NOEXEC, optional=True) for p in READONLY_PATHS]
     return plan
