@@ -164,6 +164,9 @@ def bench_cycle(ctd: CtdDaemon, crun: Crun, lxc: Lxc, iterations: int) -> dict:
 # ctd's containers are unprivileged (user namespace); crun's default spec has none. Both ways
 # are measured for each, so each pair compares like with like.
 MEMORY_TOOLS = ("ctd", "ctd_privileged", "crun", "crun_userns", "lxc")
+# what can never be reclaimed while the containers run, from /proc/meminfo: the steadiest figure
+# on a shared host (the page cache and reclaimable slab that others' work moves are left out)
+CORE_FIELDS = ("AnonPages", "Shmem", "PageTables", "KernelStack", "Percpu", "SUnreclaim")
 
 
 @dataclass
@@ -218,7 +221,7 @@ def bench_memory(tools: list[MemTool], ctd: CtdDaemon, lxc: Lxc, count: int, rou
                 res = _memory_round(t, ctd, lxc, settle, hier)
                 per_round[t.label].append(res)
                 log(f"    round {r + 1}/{rounds} {t.label}: MemAvailable {res['host_MemAvailable_kb']:.0f}, "
-                    f"used {res['host_used_kb']:.0f}, our cgroup {res['memcg_usage_kb']:.0f} kB per container")
+                    f"used {res['host_used_kb']:.0f}, core {res['host_core_kb']:.0f}, our cgroup {res['memcg_usage_kb']:.0f} kB per container")
     finally:
         for t in tools:
             for n in t.names:
@@ -284,6 +287,7 @@ def _memory_round(t: MemTool, ctd: CtdDaemon, lxc: Lxc, settle: float, hier) -> 
         "host_MemFree_kb": (before["MemFree"] - after["MemFree"]) / n,
         "host_breakdown_kb": breakdown_delta(parts0, parts1, n),
         "host_used_kb": (after["used"] - before["used"]) / n,
+        "host_core_kb": sum(parts1.get(k, 0) - parts0.get(k, 0) for k in CORE_FIELDS) / n,
         "host_used_noise_kb": max(before["spread_used_kb"], after["spread_used_kb"]),
         "host_MemAvailable_slope_kb": -slope if slope is not None else None,
         "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
@@ -387,12 +391,28 @@ MEMORY_PAIRS = (("ctd", "crun_userns", "both with a user namespace"),
                 ("ctd", "crun", "ctd's default vs crun's"))
 
 
+def _round_range(v: dict, key: str) -> float:
+    values = [r[key] for r in v.get("per_round", []) if r.get(key) is not None]
+    return max(values) - min(values) if len(values) > 1 else 0.0
+
+
+def _paired(mm: dict, a: str, b: str, key: str) -> str:
+    """a - b within each round (the ways took turns, so a round's pair shared the host's state):
+    the range says how far one round's comparison can be off."""
+    diffs = [ra[key] - rb[key] for ra, rb in zip(mm[a]["per_round"], mm[b]["per_round"])
+             if ra.get(key) is not None and rb.get(key) is not None]
+    if len(diffs) < 2:
+        return ""
+    return f"; per round {min(diffs):+.0f}..{max(diffs):+.0f}"
+
+
 def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
     tools = [t for t in MEMORY_TOOLS if t in mm]
     first = mm[tools[0]]
     lines = ["", f"(c) memory per running idle container, kB ({first['count']} containers per tool, one tool "
                  f"at a time, taking turns; median of {first['rounds']} round(s))"]
-    cols = [("host", "host_MemAvailable_kb"), ("used", "host_used_kb"), ("memcg", "memcg_usage_kb"),
+    cols = [("host", "host_MemAvailable_kb"), ("used", "host_used_kb"), ("core", "host_core_kb"),
+            ("memcg", "memcg_usage_kb"),
             ("-cache", "memcg_nocache_kb"), ("cache", "memcg_cache_kb"), ("kmem", "memcg_kmem_kb"),
             ("anon", "memcg_anon_kb"), ("daemon", None)]
     lines.append(f"  {'':20}" + "".join(f"{c:>8}" for c, _ in cols) + f"{'start N':>9}{'stop N':>8}{'noise':>8}")
@@ -422,6 +442,7 @@ def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
         "  used: growth / N of free(1)'s used: MemTotal - MemFree - Buffers - Cached - SReclaimable, i.e.",
         "  what the host cannot take back (page cache and reclaimable slab left out: a ctd container's own",
         "  root, a btrfs snapshot, caches its files for itself, while crun and LXC here share one root);",
+        "  core: growth / N of " + " + ".join(CORE_FIELDS) + ", never reclaimable: the steadiest;",
         "  memcg: growth of this run's own memory cgroup / N (ctd + spawner, containers, LXC monitors, crun",
         "  agents): -cache = without page cache (anon + charged kernel memory), cache = page cache, of",
         "  which kmem and anon are parts; daemon: ctd = VmRSS growth of ctd + spawner / N, lxc = RSS of",
@@ -429,15 +450,19 @@ def memory_report(mm: dict, verdicts: list[str]) -> list[str]:
     ]
     for label, key, noise_key in (("host MemAvailable", "host_MemAvailable_kb", "host_noise_kb"),
                                   ("host used (free(1))", "host_used_kb", "host_used_noise_kb"),
+                                  ("host core", "host_core_kb", None),
                                   ("our memcg without page cache", "memcg_nocache_kb", None)):
-        # per container: the largest 1 s spread seen, over the N containers
-        noise = max(mm[t].get(noise_key) or 0 for t in tools) / first["count"] if noise_key else 0.0
+        # per container: the largest 1 s spread seen over the N containers, or half the largest
+        # spread of one way's figure between rounds (a VM's balloon or virtio-mem moves free
+        # memory by tens of MB between rounds: identical runs differ by 200-500 kB/container)
+        noise = max(max(mm[t].get(noise_key) or 0 for t in tools) / first["count"],
+                    max(_round_range(mm[t], key) for t in tools) / 2) if noise_key else 0.0
 
         def verdict(ok: bool, x: float, y: float) -> str:
             if noise_key and (min(x, y) <= 0 or noise > 0.25 * min(x, y)):
                 return f"INCONCLUSIVE (host noise {noise:.0f} kB per container)"
             return "PASS" if ok else "FAIL"
-        parts = [f"{a} {mm[a][key]:.0f} vs {b} {mm[b][key]:.0f} ({why}) -> "
+        parts = [f"{a} {mm[a][key]:.0f} vs {b} {mm[b][key]:.0f} ({why}{_paired(mm, a, b, key)}) -> "
                  f"{verdict(mm[a][key] <= mm[b][key], mm[a][key], mm[b][key])}"
                  for a, b, why in MEMORY_PAIRS if a in mm and b in mm]
         if "ctd" in mm and "lxc" in mm:
