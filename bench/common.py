@@ -53,51 +53,19 @@ def meminfo() -> dict[str, int]:
     return out
 
 
-def _anon_bytes(memcg_dir: str) -> int:
-    """total_rss + total_shmem (hierarchical) of a v1 memory cgroup, read-only."""
-    total = 0
-    with contextlib.suppress(OSError):
-        with open(os.path.join(memcg_dir, "memory.stat")) as fh:
-            for line in fh:
-                key, _, value = line.partition(" ")
-                if key in ("total_rss", "total_shmem"):
-                    total += int(value)
-    return total
-
-
-def memory_dirs() -> tuple[str | None, str | None]:
-    """(our memory cgroup dir, its parent) in the v1 memory hierarchy, if there is one."""
-    for h in hierarchies():
-        if h.key == "memory" and not h.unified:
-            parent = os.path.dirname(h.own_dir) if h.own_dir != h.mountpoint else None
-            return h.own_dir, parent
-    return None, None
-
-
 def mem_sample(count: int = 5, interval: float = 0.2) -> dict[str, float]:
-    """Median host readings (kB) over a short window, and how much MemAvailable moved in it.
-
-    used_excl_others: MemTotal - MemAvailable minus the anonymous memory of the *other*
-    cgroups next to ours (other sessions on a shared machine allocating and freeing hundreds
-    of MB); still the whole host's kernel memory, ours included.
-    """
-    own, parent = memory_dirs()
-    avail, free, used, excl = [], [], [], []
+    """Median host readings (kB) over a short window, and how much they moved in it."""
+    avail, free, used = [], [], []
     for i in range(count):
         m = meminfo()
-        others = 0
-        if own and parent:
-            others = (_anon_bytes(parent) - _anon_bytes(own)) // 1024
         avail.append(m["MemAvailable"])
         free.append(m["MemFree"])
         used.append(free_used(m))
-        excl.append(m["MemTotal"] - m["MemAvailable"] - others)
         if i + 1 < count:
             time.sleep(interval)
     return {"MemAvailable": statistics.median(avail), "MemFree": statistics.median(free),
-            "used": statistics.median(used), "used_excl_others": statistics.median(excl),
-            "spread_kb": max(avail) - min(avail), "spread_used_kb": max(used) - min(used),
-            "spread_excl_kb": max(excl) - min(excl)}
+            "used": statistics.median(used), "spread_kb": max(avail) - min(avail),
+            "spread_used_kb": max(used) - min(used)}
 
 
 def free_used(m: dict[str, int]) -> int:

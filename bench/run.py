@@ -290,9 +290,7 @@ def _memory_round(t: MemTool, ctd: CtdDaemon, lxc: Lxc, settle: float, hier) -> 
         "host_core_kb": sum(parts1.get(k, 0) - parts0.get(k, 0) for k in CORE_FIELDS) / n,
         "host_used_noise_kb": max(before["spread_used_kb"], after["spread_used_kb"]),
         "host_MemAvailable_slope_kb": -slope if slope is not None else None,
-        "host_excl_others_kb": (after["used_excl_others"] - before["used_excl_others"]) / n,
         "host_noise_kb": max(before["spread_kb"], after["spread_kb"]),
-        "host_excl_noise_kb": max(before["spread_excl_kb"], after["spread_excl_kb"]),
         "host_not_returned_kb": before["MemAvailable"] - cleaned["MemAvailable"],
         # our own memory cgroup: this benchmark's processes only (ctd + spawner, containers,
         # LXC monitors, the crun agent), user + page cache + charged kernel memory

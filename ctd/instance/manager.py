@@ -130,9 +130,13 @@ class InstanceManager:
         cgroup2 directory may carry the name of the standby it started in)."""
         if not self.is_running(rec):
             return None
-        group = (self.cgroups.group(vm_group(rec)) if rec.type is InstanceType.VM
-                 else container_group(self.cgroups, rec))
-        return group.dirs()
+        return self.group_of(rec).dirs()
+
+    def group_of(self, rec: InstanceRecord):  # type: ignore[no-untyped-def]
+        """The instance's cgroup handle (no side effect)."""
+        if rec.type is InstanceType.VM:
+            return self.cgroups.group(vm_group(rec))
+        return container_group(self.cgroups, rec)
 
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
         """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
@@ -610,8 +614,7 @@ class InstanceManager:
     def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
         if not self.is_running(rec):
             return None
-        group = (self.cgroups.group(vm_group(rec)) if rec.type is InstanceType.VM
-                 else container_group(self.cgroups, rec))
+        group = self.group_of(rec)
         try:
             return dataclasses.asdict(group.usage())
         except (OSError, ValueError):
