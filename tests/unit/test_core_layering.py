@@ -1,4 +1,4 @@
-"""The package rules of DESIGN.md, checked on the source (every import, also inside functions)."""
+"""The package rules of docs/architecture.md, checked on the source (every import, also inside functions)."""
 from __future__ import annotations
 
 import ast
@@ -78,7 +78,7 @@ def test_linux_and_cgroups_never_import_state_api_or_ctctl(directory: str) -> No
 
 
 def test_linux_imports_nothing_else_from_ctd() -> None:
-    # DESIGN.md: linux/ is the thin syscall layer and "imports nothing else from ctd"
+    # docs/architecture.md: linux/ is the thin syscall layer and "imports nothing else from ctd"
     assert violations("ctd/linux", ["ctd"], allowed=["ctd.linux"]) == []
 
 
@@ -87,6 +87,6 @@ def test_hostcheck_imports_nothing_from_ctd_or_ctctl() -> None:
 
 
 def test_only_netlink_imports_pyroute2() -> None:
-    # DESIGN.md: ctd/network/netlink.py is the only module that imports pyroute2
+    # docs/architecture.md: ctd/network/netlink.py is the only module that imports pyroute2
     bad = [v for v in violations("ctd", ["pyroute2"]) if not v.startswith("ctd/network/netlink.py:")]
     assert bad == []
