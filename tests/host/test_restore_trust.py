@@ -156,6 +156,7 @@ def test_runtime_state_in_the_file_cannot_aim_destroy_at_a_neighbour(ctd, source
     ("limits", meta_set(limits={"ram": -5}), "invalid ram"),
     ("limits", meta_set(limits={"cpus": 4096}), "this host has only"),
     ("limits", meta_set(limits={"numproc": -1}), "invalid numproc"),
+    ("limits", meta_set(limits={"numproc": 10**30}), "from 1 to 4194304"),
     ("init", meta_set(init="/bin/sh -c 'evil'"), "command line"),
     ("stop_signal", meta_set(stop_signal="SIGNOPE"), "unknown stop_signal"),
     ("options", lambda h: h["meta"]["options"].update(network_style="evil"), "network_style"),

@@ -115,6 +115,7 @@ def test_another_name_is_a_copy_with_a_new_identity() -> None:
     ({"limits": {"numproc": "abc"}}, "limits", "invalid numproc 'abc'"),
     ({"limits": {"ram": -5}}, "limits", "invalid ram '-5'"),
     ({"limits": {"ram": "0"}}, "limits", "must be at least"),
+    ({"limits": {"numproc": 10**30}}, "limits", "from 1 to 4194304"),
     ({"limits": {"cpus": 4096}}, "limits", "this host has only 2 CPU"),
     ({"limits": {"cpulimit": 10**9}}, "limits", "at most 200"),
     ({"limits": {"cpuunits": 10**12}}, "limits", "from 8 to 500000"),
