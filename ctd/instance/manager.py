@@ -793,6 +793,8 @@ class InstanceManager:
     # ------------------------------------------------------------- reinstall
 
     def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
+        if rec.type is InstanceType.VM:
+            raise NotSupported(f"{rec.name} is a VM: reinstall is for containers (a VM's disk is its guest's)")
         self.templates.get(validate.instance_name(template, "template name"))
         if rec.state is not PowerState.STOPPED and not restart:
             raise Conflict(f"{rec.name} is running; stop it first or reinstall with --restart")

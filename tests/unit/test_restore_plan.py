@@ -277,3 +277,34 @@ def test_header_dict_is_not_modified_in_place() -> None:
     before = copy.deepcopy(h)
     plan_restore(FakeManager(), h, {"limits": {"numproc": "5"}})  # type: ignore[arg-type]
     assert h == before
+
+
+def test_a_backup_carries_guest_settings_but_no_runtime_state() -> None:
+    from ctd.state import InstanceRecord, InstanceType
+    manager = SimpleNamespace(storage=None, db=SimpleNamespace(nics_of=lambda instance_id: []))
+    rec = InstanceRecord(id=100, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
+                         privileged=False, idmap_base=1 << 20, limits={"numproc": 100},
+                         options={"systemd": True, "network_style": "networkd", "ssh_keys": [KEY],
+                                  "passwd": {"user": "root", "hash": HASH},
+                                  "cgroup_fixed": {"unified": "ct-standby-7"}})
+    meta = Transfers(manager).meta(rec)  # type: ignore[arg-type]
+    assert meta["options"] == {"systemd": True, "network_style": "networkd", "ssh_keys": [KEY],
+                               "passwd": {"user": "root", "hash": HASH}}
+    # and what it writes restores as it was
+    p = plan_restore(FakeManager(), {"name": "web", "meta": meta}, {})  # type: ignore[arg-type]
+    assert p.options["passwd"] == meta["options"]["passwd"] and p.limits == {"numproc": 100}
+
+
+def test_reinstall_refuses_a_vm_and_a_running_instance_without_restart() -> None:
+    from ctd.errors import Conflict, NotSupported
+    from ctd.state import InstanceRecord, InstanceType, PowerState
+    manager = SimpleNamespace(templates=SimpleNamespace(get=lambda name: name))
+    vm = InstanceRecord(id=1, name="vm1", type=InstanceType.VM, template="busybox", hostname="vm1",
+                        privileged=False, idmap_base=None)
+    with pytest.raises(NotSupported, match="reinstall is for containers"):
+        InstanceManager.check_reinstall(manager, vm, "busybox")  # type: ignore[arg-type]
+    ct = InstanceRecord(id=2, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
+                        privileged=False, idmap_base=1 << 20, state=PowerState.RUNNING)
+    with pytest.raises(Conflict, match="--restart"):
+        InstanceManager.check_reinstall(manager, ct, "busybox")  # type: ignore[arg-type]
+    InstanceManager.check_reinstall(manager, ct, "busybox", restart=True)  # type: ignore[arg-type]
