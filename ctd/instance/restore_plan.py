@@ -26,7 +26,7 @@ from ctd import guest, limits as limits_mod, validate
 from ctd.errors import InvalidRequest, NotFound
 from ctd.network import ipam, tc
 from ctd.network.manager import MAX_NICS, NicRequest
-from ctd.template.recipe import check_stop_signal
+from ctd.template.recipe import Recipe, check_stop_signal
 
 if TYPE_CHECKING:
     from ctd.instance.manager import InstanceManager
@@ -111,8 +111,9 @@ def plan_restore(manager: InstanceManager, header: dict[str, Any], body: dict[st
                      "id range); only 'restore --privileged' makes it privileged")
 
     limits = _limits(manager, meta.get("limits"), body.get("limits"))
-    init, stop_signal = _init(manager, template, meta)
-    options = _options(meta.get("options"), notes)
+    recipe = _recipe(manager, template)
+    init, stop_signal = _init(recipe, meta)
+    options = _options(meta.get("options"), recipe, notes)
     nics = _nics(manager, meta.get("nics"), validate.boolean(body, "filter", True), notes)
     return RestorePlan(name=name, hostname=hostname, template=template, privileged=privileged, limits=limits,
                        init=init, stop_signal=stop_signal, options=options, nics=nics,
@@ -141,16 +142,22 @@ def _limits(manager: InstanceManager, stored: Any, given: Any) -> dict[str, int]
     return merged
 
 
-def _init(manager: InstanceManager, template: str, meta: dict[str, Any]) -> tuple[list[str], str]:
+def _recipe(manager: InstanceManager, template: str) -> Recipe | None:
+    """How instances of the file's template run, when this host knows it (for what the file
+    leaves out)."""
+    if not template:
+        return None
+    try:
+        return manager.templates.recipe_of(template)
+    except NotFound:
+        return None
+
+
+def _init(recipe: Recipe | None, meta: dict[str, Any]) -> tuple[list[str], str]:
     """The init command and its stop signal: the file's if well-formed, else the template's
     recipe's (when this host knows the template), else /sbin/init and SIGTERM."""
-    default_init, default_signal = ["/sbin/init"], "SIGTERM"
-    if template:
-        try:
-            recipe = manager.templates.recipe_of(template)
-            default_init, default_signal = list(recipe.init), recipe.stop_signal
-        except NotFound:
-            pass
+    default_init = list(recipe.init) if recipe else ["/sbin/init"]
+    default_signal = recipe.stop_signal if recipe else "SIGTERM"
     init = meta.get("init")
     if init is None:
         init = default_init
@@ -158,9 +165,9 @@ def _init(manager: InstanceManager, template: str, meta: dict[str, Any]) -> tupl
         with _HeaderError("init"):
             if (not isinstance(init, list) or not 1 <= len(init) <= MAX_INIT_ARGS
                     or not all(isinstance(a, str) and 0 < len(a) <= MAX_ARG and "\0" not in a for a in init)
-                    or not init[0].startswith("/")):
+                    or not init[0].startswith("/") or ".." in init[0].split("/")):
                 raise InvalidRequest(f"init must be a command line of at most {MAX_INIT_ARGS} non-empty strings "
-                                     "whose first is an absolute path, like [\"/sbin/init\"]")
+                                     "whose first is an absolute path without '..', like [\"/sbin/init\"]")
     stop_signal = meta.get("stop_signal")
     if stop_signal is None:
         stop_signal = default_signal
@@ -170,15 +177,17 @@ def _init(manager: InstanceManager, template: str, meta: dict[str, Any]) -> tupl
     return list(init), stop_signal
 
 
-def _options(raw: Any, notes: list[str]) -> dict[str, Any]:
-    """The guest settings a new instance may have; the rest (runtime state) is dropped."""
+def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> dict[str, Any]:
+    """The guest settings a new instance may have; the rest (runtime state) is dropped. What
+    the file leaves out comes from the template's recipe, as at create."""
     if raw is None:
         raw = {}
     with _HeaderError("options"):
         if not isinstance(raw, dict):
             raise InvalidRequest("options must be an object")
-        out: dict[str, Any] = {"systemd": validate.boolean(raw, "systemd"),
-                               "network_style": raw.get("network_style", "none")}
+        out: dict[str, Any] = {
+            "systemd": validate.boolean(raw, "systemd", recipe.systemd if recipe else False),
+            "network_style": raw.get("network_style", recipe.network_style if recipe else "none")}
         if out["network_style"] not in NETWORK_STYLES:
             raise InvalidRequest(f"invalid network_style {out['network_style']!r}: use {', '.join(NETWORK_STYLES)}")
         out["ssh_keys"] = [guest.check_ssh_key(k) for k in validate.string_list(raw, "ssh_keys")]

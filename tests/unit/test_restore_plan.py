@@ -55,7 +55,8 @@ class FakeManager:
     def _recipe(name: str) -> Recipe:
         if name != "busybox":
             raise NotFound(f"no template {name!r}")
-        return Recipe(name="busybox", builder="busybox", init=["/sbin/init"], stop_signal="SIGUSR2")
+        return Recipe(name="busybox", builder="busybox", init=["/sbin/init"], stop_signal="SIGUSR2",
+                      network_style="ip")
 
     def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
         self.reserved.append(name)
@@ -140,6 +141,7 @@ def test_another_name_is_a_copy_with_a_new_identity() -> None:
     ({"init": []}, "init", "command line"),
     ({"init": ["sbin/init"]}, "init", "absolute path"),
     ({"init": ["/sbin/init\0"]}, "init", "command line"),
+    ({"init": ["/../../../usr/bin/python3"]}, "init", "without '..'"),
     ({"init": ["/x"] * 65}, "init", "at most 64"),
     ({"stop_signal": "SIGNOPE"}, "stop_signal", "unknown stop_signal"),
     ({"stop_signal": 9}, "stop_signal", "unknown stop_signal"),
@@ -214,6 +216,14 @@ def test_missing_init_comes_from_the_templates_recipe() -> None:
     h["meta"]["template"] = "gone"
     p = plan_restore(FakeManager(), h, {})  # type: ignore[arg-type]
     assert (p.init, p.stop_signal, p.template) == (["/sbin/init"], "SIGTERM", "gone")
+
+
+def test_options_the_file_leaves_out_come_from_the_recipe() -> None:
+    h = header(options={})
+    assert plan_restore(FakeManager(), h, {}).options["network_style"] == "ip"  # type: ignore[arg-type]
+    h["meta"]["template"] = "gone"
+    assert plan_restore(FakeManager(), h, {}).options == {  # type: ignore[arg-type]
+        "systemd": False, "network_style": "none", "ssh_keys": [], "timezone": None, "nameservers": []}
 
 
 # ---------------------------------------------------------------- through the API
