@@ -226,7 +226,7 @@ def _nics(manager: InstanceManager, raw: Any, filtered: bool, notes: list[str]) 
                 rate = tc.parse_rate(f"{rate}bit" if isinstance(rate, int) else rate)
             if network is None or manager.db.get_network(network) is None:
                 notes.append(f"NIC {index} not restored: network {network!r} does not exist here "
-                             "(create it, then add the NIC)" if network else
+                             "(create it and restore again to have it)" if network else
                              f"NIC {index} not restored: it is on no network (routed with fixed addresses)")
                 continue
             wanted.append({"network": network, "mode": mode, "filter": filtered,
