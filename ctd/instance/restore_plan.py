@@ -19,10 +19,13 @@ field that does not pass its check refuses the restore (400) with the field name
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ctd import guest, limits as limits_mod, validate
+from ctd import guest, validate
+from ctd import limits as limits_mod
 from ctd.errors import InvalidRequest, NotFound
 from ctd.network import ipam, tc
 from ctd.network.manager import MAX_NICS, NicRequest
@@ -58,20 +61,13 @@ class RestorePlan:
     notes: list[str] = field(default_factory=list)
 
 
-class _HeaderError:
-    """Turns a field's InvalidRequest into one that names the backup and the field."""
-
-    def __init__(self, label: str, hint: str = "") -> None:
-        self.label, self.hint = label, hint
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, exc, tb) -> bool:  # type: ignore[no-untyped-def]
-        if isinstance(exc, (InvalidRequest, NotFound)):
-            raise InvalidRequest(f"backup header, {self.label}: {exc.message}"
-                                 + (f"; {self.hint}" if self.hint else "")) from None
-        return False
+@contextlib.contextmanager
+def _header_field(label: str, hint: str = "") -> Iterator[None]:
+    """Turns a field's InvalidRequest into one that names the backup's header and the field."""
+    try:
+        yield
+    except (InvalidRequest, NotFound) as exc:
+        raise InvalidRequest(f"backup header, {label}: {exc.message}" + (f"; {hint}" if hint else "")) from None
 
 
 def _names(keys: Any) -> str:
@@ -88,7 +84,7 @@ def plan_restore(manager: InstanceManager, header: dict[str, Any], body: dict[st
     if body.get("name") is not None:
         name = validate.instance_name(body["name"])
     else:
-        with _HeaderError("name", "restore it with --name NEW"):
+        with _header_field("name", "restore it with --name NEW"):
             name = validate.instance_name(source)
     new_identity = name != source
     unknown = set(meta) - KNOWN_META
@@ -97,12 +93,12 @@ def plan_restore(manager: InstanceManager, header: dict[str, Any], body: dict[st
 
     template = meta.get("template") or ""
     if template:
-        with _HeaderError("template"):
+        with _header_field("template"):
             template = validate.instance_name(template, "template name")
     if new_identity or meta.get("hostname") is None:
         hostname = name
     else:
-        with _HeaderError("hostname"):
+        with _header_field("hostname"):
             hostname = validate.hostname(meta["hostname"])
 
     privileged = validate.boolean(body, "privileged")
@@ -126,7 +122,7 @@ def _limits(manager: InstanceManager, stored: Any, given: Any) -> dict[str, int]
     cpus = len(manager.host_cpus)
     override = limits_mod.normalise(given or {}, cpus)
     raw: Any = stored if stored is not None else {}
-    with _HeaderError("limits", "give the limit at restore (e.g. --numproc 100, or 'unlimited') to replace it"):
+    with _header_field("limits", "give the limit at restore (e.g. --numproc 100, or 'unlimited') to replace it"):
         if not isinstance(raw, dict):
             raise InvalidRequest("limits must be an object like {\"ram\": \"512M\"}")
         raw = {k: v for k, v in raw.items() if k not in override}
@@ -162,7 +158,7 @@ def _init(recipe: Recipe | None, meta: dict[str, Any]) -> tuple[list[str], str]:
     if init is None:
         init = default_init
     else:
-        with _HeaderError("init"):
+        with _header_field("init"):
             if (not isinstance(init, list) or not 1 <= len(init) <= MAX_INIT_ARGS
                     or not all(isinstance(a, str) and 0 < len(a) <= MAX_ARG and "\0" not in a for a in init)
                     or not init[0].startswith("/") or ".." in init[0].split("/")):
@@ -172,7 +168,7 @@ def _init(recipe: Recipe | None, meta: dict[str, Any]) -> tuple[list[str], str]:
     if stop_signal is None:
         stop_signal = default_signal
     else:
-        with _HeaderError("stop_signal"):
+        with _header_field("stop_signal"):
             stop_signal = check_stop_signal(stop_signal)
     return list(init), stop_signal
 
@@ -182,7 +178,7 @@ def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> dict[str, Any
     the file leaves out comes from the template's recipe, as at create."""
     if raw is None:
         raw = {}
-    with _HeaderError("options"):
+    with _header_field("options"):
         if not isinstance(raw, dict):
             raise InvalidRequest("options must be an object")
         out: dict[str, Any] = {
@@ -209,7 +205,7 @@ def _nics(manager: InstanceManager, raw: Any, filtered: bool, notes: list[str]) 
     if raw is None:
         return []
     wanted: list[dict[str, Any]] = []
-    with _HeaderError("nics"):
+    with _header_field("nics"):
         if not isinstance(raw, list) or len(raw) > MAX_NICS:
             raise InvalidRequest(f"nics must be a list of at most {MAX_NICS} objects")
         for index, nic in enumerate(raw, 1):
@@ -231,7 +227,8 @@ def _nics(manager: InstanceManager, raw: Any, filtered: bool, notes: list[str]) 
                 continue
             wanted.append({"network": network, "mode": mode, "filter": filtered,
                            **({"rate": f"{rate}bit"} if rate is not None else {})})
-        return manager.network.check_nics(wanted)
+        nics = manager.network.check_nics(wanted)
+    return nics
 
 
 __all__ = ["GUEST_OPTIONS", "RestorePlan", "plan_restore"]
