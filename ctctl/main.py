@@ -255,11 +255,16 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
 @cli.command()
 @INSTANCE
 @click.option("--template", "-t", help="a different template (default: the one it was made from)")
-def reinstall(instance: str, template: str | None) -> None:
-    """A fresh root from the template, keeping id, limits, addresses and ssh keys (stopped instance)."""
+@click.option("--restart", is_flag=True, help="stop a running instance, reinstall, start it again")
+def reinstall(instance: str, template: str | None, restart: bool) -> None:
+    """A fresh root from the template, keeping id, limits, addresses, ssh keys and passwords."""
     body: dict[str, Any] = {"template": template} if template else {}
+    if restart:
+        body["restart"] = True
     result = client().run("POST", f"/1.0/instances/{instance}/reinstall", body)
     click.echo(f"Reinstalled {result['name']} from {result['template']}")
+    for note in result.get("notes") or []:
+        click.echo(f"Note: {note}")
 
 
 @cli.command()
@@ -591,14 +596,28 @@ def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None
 
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, resolve_path=True))
-@click.option("--name", help="name of the restored instance (default: the backed-up one's)")
-def restore(file: str, name: str | None) -> None:
-    """Make an instance from a backup file (new id, id range, addresses)."""
+@click.option("--name", help="name of the restored instance (default: the backed-up one's); another name "
+              "makes a copy with a new machine-id and no ssh host keys, as clone does")
+@limit_options
+@click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NICs (default: on, whatever "
+              "the file says)")
+@click.option("--privileged", is_flag=True, help="restore as a privileged container (never taken from the file)")
+def restore(file: str, name: str | None, no_filter: bool, privileged: bool, **limits: Any) -> None:
+    """Make an instance from a backup file (new id, id range, MACs, addresses). The file's settings
+    are checked like a create request; limits given here replace the file's."""
     body: dict[str, Any] = {"file": file}
     if name:
         body["name"] = name
+    if _limits(limits):
+        body["limits"] = _limits(limits)
+    if no_filter:
+        body["filter"] = False
+    if privileged:
+        body["privileged"] = True
     result = run_with_progress("POST", "/1.0/restore", body)
     click.echo(f"Restored {result['name']} (id {result['id']})")
+    for note in result.get("notes") or []:
+        click.echo(f"Note: {note}")
 
 
 def _quota_state(info: dict) -> str:

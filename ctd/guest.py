@@ -20,6 +20,8 @@ from ctd.network.netlink import InsideNic
 
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 _TZ = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+){0,2}$")
+# a crypt(3) hash ($id$[params$]salt$hash): one line, no ':' (it lands in /etc/shadow)
+_HASH = re.compile(r"^\$[A-Za-z0-9]{1,8}\$[A-Za-z0-9./$=,+-]{1,1000}$")
 _KEY = re.compile(r"^(ssh-(rsa|ed25519|dss)|ecdsa-sha2-nistp(256|384|521)|sk-\S+) [A-Za-z0-9+/=]+( [^\n]*)?$")
 
 
@@ -37,11 +39,24 @@ def check_userpasswd(value: object) -> tuple[str, str]:
     if not isinstance(value, str) or ":" not in value:
         raise InvalidRequest("userpasswd must look like USER:PASSWORD")
     user, password = value.split(":", 1)
-    if not _USER.match(user):
+    if not _USER.fullmatch(user):
         raise InvalidRequest(f"invalid user name {user!r} in userpasswd")
     if not password or "\n" in password or "\0" in password:
         raise InvalidRequest("the password in userpasswd must be non-empty and on one line")
     return user, password
+
+
+def check_user(value: object) -> str:
+    if not isinstance(value, str) or not _USER.fullmatch(value):
+        raise InvalidRequest(f"invalid user name {value!r}")
+    return value
+
+
+def check_password_hash(value: object) -> str:
+    """A crypt(3) hash ctd may write into a guest's /etc/shadow (never a clear text)."""
+    if not is_password_hash(value):
+        raise InvalidRequest("invalid password hash: expected a crypt(3) hash like $6$salt$…")
+    return value
 
 
 def check_ssh_key(value: object) -> str:
@@ -152,6 +167,24 @@ def hash_password(password: str) -> str:
 def set_password(rootfs: Path, user: str, password: str) -> None:
     """Replace user's hash in the guest's /etc/shadow; the clear text goes nowhere else."""
     set_password_hash(rootfs, user, hash_password(password))
+
+
+def password_field(rootfs: Path, user: str) -> str | None:
+    """user's password field in the guest's /etc/shadow (a hash, or '*'/'!…' when locked);
+    None if the guest has no such user or a shadow ctd will not read (a tenant's file)."""
+    try:
+        shadow = guestfs.read_file(rootfs, "/etc/shadow")
+    except (InvalidRequest, OSError):  # too big, or a path that leads nowhere
+        return None
+    for line in (shadow or "").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 2 and fields[0] == user:
+            return fields[1]
+    return None
+
+
+def is_password_hash(value: object) -> bool:
+    return isinstance(value, str) and _HASH.fullmatch(value) is not None
 
 
 def set_password_hash(rootfs: Path, user: str, hashed: str) -> None:

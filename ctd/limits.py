@@ -29,6 +29,9 @@ LIMITS: dict[str, str] = {
     "diskspace": "disk space of the root filesystem, e.g. 10G (btrfs quota)",
 }
 MIN_RAM = 4 * 1024 * 1024
+# The kernel's PID_MAX_LIMIT on 64-bit: pids.max refuses more (a restore took such a number
+# from a backup's header and the container failed to start with an internal error).
+MAX_NUMPROC = 4 * 1024 * 1024
 CPUUNITS_DEFAULT = 1000
 
 
@@ -102,8 +105,8 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
         out["cpuunits"] = _count("cpuunits", given["cpuunits"], 8, 500_000, allow_unlimited=False)
     if "numproc" in given:
         barrier, limit = _split(given["numproc"])
-        out["numproc"] = _count("numproc", limit, 1)
-        if out["numproc"] != UNLIMITED and _count("numproc barrier", barrier, 1) > out["numproc"]:
+        out["numproc"] = _count("numproc", limit, 1, MAX_NUMPROC)
+        if out["numproc"] != UNLIMITED and _count("numproc barrier", barrier, 1, MAX_NUMPROC) > out["numproc"]:
             raise InvalidRequest(f"invalid numproc {given['numproc']!r}: the barrier must not exceed the limit")
     if "numfile" in given:
         out["numfile"] = _count("numfile", given["numfile"], 16, nr_open())

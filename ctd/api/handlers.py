@@ -374,13 +374,16 @@ async def clone(request: web.Request) -> web.Response:
 
 @routes.post("/1.0/instances/{ref}/reinstall")
 async def reinstall(request: web.Request) -> web.Response:
-    """OpenVZ's reinstall: a fresh root from the template; id, limits, NICs and keys stay."""
+    """OpenVZ's reinstall: a fresh root from the template; id, limits, NICs, keys and passwords
+    stay; restart: a running instance is stopped first and started again."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    body = validate.body_fields(await json_body(request), {"template"})
+    body = validate.body_fields(await json_body(request), {"template", "restart"})
     template = body.get("template") or rec.template
-    c.instances.check_reinstall(rec, template)
-    return await accepted(request, c.operations.start("reinstall", rec.name, c.instances.reinstall(rec, template)))
+    restart = validate.boolean(body, "restart")
+    c.instances.check_reinstall(rec, template, restart)
+    return await accepted(request, c.operations.start("reinstall", rec.name,
+                                                      c.instances.reinstall(rec, template, restart)))
 
 
 # ------------------------------------------------------------------ backups and template files

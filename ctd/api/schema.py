@@ -175,10 +175,11 @@ def build_schema() -> dict[str, Any]:
             },
             "/1.0/instances/{ref}/reinstall": {
                 "parameters": [REF],
-                "post": {"summary": "a fresh root from the template; id, limits, NICs, keys stay (an operation)",
+                "post": {"summary": "a fresh root from the template; id, limits, NICs, keys, passwords stay "
+                                    "(an operation); restart: stop a running instance first, start it after",
                          "requestBody": {"required": False, **_json({
                              "type": "object", "additionalProperties": False,
-                             "properties": {"template": NAME}})},
+                             "properties": {"template": NAME, "restart": {"type": "boolean"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/instances/{ref}/backup": {
@@ -191,10 +192,14 @@ def build_schema() -> dict[str, Any]:
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/restore": {
-                "post": {"summary": "an instance from a backup file (an operation)",
+                "post": {"summary": "an instance from a backup file (an operation); the file's settings are "
+                                    "checked like a create request; never privileged unless asked here, NIC "
+                                    "filters on unless filter is false; limits replace the file's",
                          "requestBody": {"required": True, **_json({
                              "type": "object", "required": ["file"], "additionalProperties": False,
-                             "properties": {"file": {"type": "string"}, "name": NAME}})},
+                             "properties": {"file": {"type": "string"}, "name": NAME,
+                                            "privileged": {"type": "boolean"}, "filter": {"type": "boolean"},
+                                            "limits": {"$ref": "#/components/schemas/Limits"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/templates/{name}/export": {

@@ -264,6 +264,8 @@ class InstanceManager:
                 undo.callback(self.db.delete_instance, rec.id)
                 faults.point("create.after_db")
                 await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+                if checked["userpasswd"] is not None:
+                    self.db.update_instance(rec)  # the password's hash, for reinstall
                 creating.unlink()
                 faults.point("create.after_guest")
                 undo.pop_all()
@@ -346,14 +348,19 @@ class InstanceManager:
         return self.brief(rec)
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
-        """Write the instance's settings into its root (runs in a thread)."""
+        """Write the instance's settings into its root (runs in a thread). A container's new
+        password is kept as its hash in rec.options["passwd"] (reinstall puts it back; the
+        caller saves rec)."""
         options = rec.options
         guest.apply(rootfs, guest.GuestSettings(
             hostname=rec.hostname, nics=self.network.inside_config(rec),
             nameservers=options.get("nameservers") or [], network_style=options.get("network_style", "none"),
             ssh_keys=options.get("ssh_keys") or [], timezone=options.get("timezone")))
         if userpasswd is not None:
-            guest.set_password(rootfs, *userpasswd)
+            hashed = guest.hash_password(userpasswd[1])
+            guest.set_password_hash(rootfs, userpasswd[0], hashed)
+            if rec.type is InstanceType.CONTAINER:
+                options["passwd"] = {"user": userpasswd[0], "hash": hashed}
 
     def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None,
                            new_identity: bool = False) -> bool:
@@ -556,6 +563,8 @@ class InstanceManager:
             elif guest_changed or checked["userpasswd"]:
                 self.db.update_instance(rec)
                 await asyncio.to_thread(self.setup_guest, rec, self.storage.rootfs(rec.name), checked["userpasswd"])
+                if checked["userpasswd"]:
+                    self.db.update_instance(rec)  # the password's hash, for reinstall
             if checked["limits"]:
                 notes += await self._set_limits_locked(rec, checked["limits"])
             return {**self.view(self.get(rec.id)), "notes": notes}
@@ -783,22 +792,60 @@ class InstanceManager:
 
     # ------------------------------------------------------------- reinstall
 
-    def check_reinstall(self, rec: InstanceRecord, template: Any) -> None:
+    def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
+        if rec.type is InstanceType.VM:
+            raise NotSupported(f"{rec.name} is a VM: reinstall is for containers (a VM's disk is its guest's)")
         self.templates.get(validate.instance_name(template, "template name"))
-        if rec.state is not PowerState.STOPPED:
-            raise Conflict(f"{rec.name} is running; stop it before reinstalling")
+        if rec.state is not PowerState.STOPPED and not restart:
+            raise Conflict(f"{rec.name} is running; stop it first or reinstall with --restart")
 
-    async def reinstall(self, rec: InstanceRecord, template: str) -> dict[str, Any]:
+    async def reinstall(self, rec: InstanceRecord, template: str, restart: bool = False) -> dict[str, Any]:
+        """A fresh root from the template (OpenVZ's reinstall): id, limits, NICs, keys and
+        passwords stay; with restart, a running instance is stopped first and started after."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            self.check_reinstall(rec, template)
+            self.check_reinstall(rec, template, restart)
+            was_running = self.is_running(rec)
+            if was_running:
+                await self._stop_locked(rec, self.config.stop_timeout, kill=False)
+                rec = self.get(rec.id)
             recipe = self.templates.recipe_of(template)
+            passwords = await asyncio.to_thread(self._passwords_of, rec, self.storage.rootfs(rec.name))
             rootfs = await asyncio.to_thread(self.storage.reinstall_root, rec.name, template)
             rec.template, rec.init, rec.stop_signal = template, list(recipe.init), recipe.stop_signal
             rec.options.update({"systemd": recipe.systemd, "network_style": recipe.network_style})
             self.db.update_instance(rec)
             await asyncio.to_thread(self.setup_guest, rec, rootfs)
-            return self.brief(rec)
+            notes = await asyncio.to_thread(self._put_passwords, rootfs, passwords, template)
+            if was_running:
+                await self._start_locked(self.get(rec.id))
+            return {**self.brief(self.get(rec.id)), "notes": notes}
+
+    @staticmethod
+    def _passwords_of(rec: InstanceRecord, rootfs: Path) -> dict[str, str]:
+        """The hashes a reinstall keeps: root's, and the user's set with --userpasswd, as they
+        are in the old root (the tenant may have changed them, or locked them: then none), else
+        (no such user or no readable shadow there) the hash ctd kept when it set the password."""
+        kept = rec.options.get("passwd") or {}
+        users = ["root"] + ([kept["user"]] if kept.get("user") not in (None, "root") else [])
+        out = {}
+        for user in users:
+            current = guest.password_field(rootfs, user)
+            if current is None and kept.get("user") == user:
+                current = kept.get("hash")
+            if guest.is_password_hash(current):
+                out[user] = current
+        return out
+
+    @staticmethod
+    def _put_passwords(rootfs: Path, passwords: dict[str, str], template: str) -> list[str]:
+        notes = []
+        for user, hashed in passwords.items():
+            try:
+                guest.set_password_hash(rootfs, user, hashed)
+            except InvalidRequest:  # the new template has no such user (or no /etc/shadow)
+                notes.append(f"the password of {user!r} was not kept: template {template} has no such user")
+        return notes
 
     # ------------------------------------------------------------- destroy
 

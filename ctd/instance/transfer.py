@@ -9,13 +9,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ctd import validate
+from ctd import guest, validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
-from ctd.instance.manager import InstanceManager
-from ctd.network.manager import NicRequest
+from ctd.instance.manager import CREATING, InstanceManager
+from ctd.instance.restore_plan import GUEST_OPTIONS, plan_restore
 from ctd.operations import Operation
-from ctd.state import InstanceRecord, InstanceType, NicMode, PowerState, TemplateRecord
+from ctd.state import InstanceRecord, InstanceType, PowerState, TemplateRecord
 from ctd.storage import archive, backup
 from ctd.template.manager import tree_size
 
@@ -52,11 +52,14 @@ class Transfers:
         return {"out": out, "snapshot": snap, "driver": None if driver == "auto" else "tar"}
 
     def meta(self, rec: InstanceRecord) -> dict[str, Any]:
+        """The settings a restore reads back (and checks: see restore_plan). Runtime state of a
+        running instance (its cgroup names, VM state) stays out of the file."""
         nics = [{"network": n.network, "mode": n.mode.value, "filter": n.filter, "rate": n.rate,
                  "addresses": n.addresses} for n in self.db.nics_of(rec.id)]
+        options = {k: v for k, v in rec.options.items() if k in GUEST_OPTIONS}
         return {"name": rec.name, "template": rec.template, "hostname": rec.hostname,
                 "privileged": rec.privileged, "limits": rec.limits, "init": rec.init,
-                "stop_signal": rec.stop_signal, "options": rec.options, "nics": nics}
+                "stop_signal": rec.stop_signal, "options": options, "nics": nics}
 
     async def backup(self, rec: InstanceRecord, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         async with self.instances.lock(rec):
@@ -68,41 +71,42 @@ class Transfers:
     # ------------------------------------------------------------- restore
 
     def check_restore(self, body: Any) -> dict[str, Any]:
-        body = validate.body_fields(body, {"file", "name"}, {"file"})
+        """The restore request and the backup's header, checked like a create request (runs in
+        a thread: it reads the file's header)."""
+        body = validate.body_fields(body, {"file", "name", "privileged", "filter", "limits"}, {"file"})
         source = input_file(body["file"], "backup file")
         header = backup.read_backup_header(source)
-        meta = header.get("meta") or {}
-        name = validate.instance_name(body.get("name") or header.get("name") or meta.get("name"))
-        instance_id = self.instances.reserve(name, None, "restore with --name NEW")
-        return {"file": source, "name": name, "id": instance_id, "meta": meta}
+        plan = plan_restore(self.instances, header, body)
+        instance_id = self.instances.reserve(plan.name, None, "restore with --name NEW")
+        return {"file": source, "name": plan.name, "id": instance_id, "plan": plan}
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
-        name, instance_id, meta = checked["name"], checked["id"], checked["meta"]
+        name, instance_id, plan = checked["name"], checked["id"], checked["plan"]
         try:
-            privileged = bool(meta.get("privileged"))
-            base = self.instances.reserve_idmap(instance_id, privileged)
+            base = self.instances.reserve_idmap(instance_id, plan.privileged)
             rec = InstanceRecord(
-                id=instance_id, name=name, type=InstanceType.CONTAINER, template=str(meta.get("template", "")),
-                hostname=name if meta.get("name") != name else str(meta.get("hostname") or name),
-                privileged=privileged, idmap_base=base, limits=dict(meta.get("limits") or {}),
+                id=instance_id, name=name, type=InstanceType.CONTAINER, template=plan.template,
+                hostname=plan.hostname, privileged=plan.privileged, idmap_base=base, limits=plan.limits,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                init=list(meta.get("init") or ["/sbin/init"]), stop_signal=str(meta.get("stop_signal") or "SIGTERM"),
-                options=dict(meta.get("options") or {}))
-            nics = [NicRequest(n.get("network"), NicMode(n.get("mode", "bridged")), [], bool(n.get("filter", True)),
-                               n.get("rate")) for n in meta.get("nics") or []
-                    if n.get("network") and self.db.get_network(n["network"])]
+                init=plan.init, stop_signal=plan.stop_signal, options=plan.options)
             with contextlib.ExitStack() as undo:
                 await asyncio.to_thread(backup.restore_backup, self.storage, checked["file"], name, progress_of(op))
                 undo.callback(self.storage.delete_instance, name)
                 if "diskspace" in rec.limits:
                     await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
+                creating.touch()
                 with self.db.transaction():
                     self.db.add_instance(rec)
-                    self.instances.network.allocate(rec.id, nics)
+                    self.instances.network.allocate(rec.id, plan.nics)
                 undo.callback(self.db.delete_instance, rec.id)
-                await asyncio.to_thread(self.instances.setup_guest, rec, self.storage.rootfs(name))
+                rootfs = self.storage.rootfs(name)
+                if plan.new_identity:  # a copy beside its source must not pass for it (as clone)
+                    await asyncio.to_thread(guest.new_identity, rootfs)
+                await asyncio.to_thread(self.instances.setup_guest, rec, rootfs)
+                creating.unlink()
                 undo.pop_all()
-            return self.instances.brief(rec)
+            return {**self.instances.brief(rec), "notes": plan.notes}
         finally:
             self.instances.release(name, instance_id)
 

@@ -48,12 +48,21 @@ def _load(path: Path) -> Recipe:
     if recipe.name != path.stem:
         raise InvalidRequest(f"template recipe {path}: name {recipe.name!r} must match the file name")
     try:
-        number = signal_number(recipe.stop_signal)
+        check_stop_signal(recipe.stop_signal)
+    except InvalidRequest as exc:
+        raise InvalidRequest(f"template recipe {path}: {exc.message}") from None
+    return recipe
+
+
+def check_stop_signal(name: object) -> str:
+    """A signal name an init can be stopped with ('SIGTERM', 'SIGRTMIN+3'); InvalidRequest else."""
+    try:
+        number = signal_number(name) if isinstance(name, str) else 0  # type: ignore[arg-type]
     except (KeyError, ValueError, AttributeError):
         number = 0
     if not 0 < number <= signal.SIGRTMAX:
-        raise InvalidRequest(f"template recipe {path}: unknown stop_signal {recipe.stop_signal!r}")
-    return recipe
+        raise InvalidRequest(f"unknown stop_signal {name!r}: use a signal name like SIGTERM or SIGRTMIN+3")
+    return name  # type: ignore[return-value]
 
 
 def load_recipes(directory: Path) -> dict[str, Recipe]:

@@ -77,9 +77,15 @@ def test_numproc(value: object, expected: int) -> None:
     assert norm({"numproc": value})["numproc"] == expected
 
 
-@pytest.mark.parametrize("value", [0, "0", -3, "ten", "1.5", "100:90", "x:100", True])
+@pytest.mark.parametrize("value", [0, "0", -3, "ten", "1.5", "100:90", "x:100", True, 4194305, 10**30,
+                                   "10000000000000000000:10000000000000000000"])
 def test_numproc_refuses(value: object) -> None:
     assert refused({"numproc": value}).startswith("invalid numproc")
+
+
+def test_numproc_takes_what_pids_max_takes() -> None:
+    assert norm({"numproc": 4194304})["numproc"] == 4194304  # PID_MAX_LIMIT: pids.max takes it
+    assert "from 1 to 4194304" in refused({"numproc": 10**30})
 
 
 def test_numproc_barrier_above_limit() -> None:
