@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cgroups import CgroupManager
+from cgroups import CgroupError, CgroupManager
 
 from cgroups import parse_size
 
@@ -21,7 +21,7 @@ from ctd import faults, guest, idmap, limits as limits_mod, validate
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
-from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
+from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -29,6 +29,7 @@ from ctd.network.manager import NetworkManager, NicRequest
 from ctd.network.tc import parse_rate
 from ctd.storage.backup import discard_partial as discard_partial_backups
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
+from ctd.state.records import RUNTIME_OPTIONS, copyable_options
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
@@ -49,6 +50,15 @@ def open_files(pids: set[int]) -> int:
         except OSError:
             pass
     return total
+
+
+def _remove_if_empty(cgroups: CgroupManager, name: str) -> bool:
+    """rmdir a group that holds no process (the kernel refuses a populated one); never kills."""
+    try:
+        cgroups.group(name).destroy(timeout=0.2)
+        return True
+    except CgroupError:
+        return False
 
 
 class InstanceManager:
@@ -136,7 +146,7 @@ class InstanceManager:
         """The instance's cgroup handle (no side effect)."""
         if rec.type is InstanceType.VM:
             return self.cgroups.group(vm_group(rec))
-        return container_group(self.cgroups, rec)
+        return self.containers.group(rec)
 
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
         """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
@@ -292,7 +302,8 @@ class InstanceManager:
             return None
         base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
                               self.db.used_idmap_bases() | set(self._reserved_bases.values()),
-                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")),
+                              self.config.idmap_limit)
         self._reserved_bases[instance_id] = base
         return base
 
@@ -500,6 +511,8 @@ class InstanceManager:
         fresh = self.db.get_instance(rec.id)
         if fresh is not None:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
+            for key in RUNTIME_OPTIONS:  # what the run recorded ends with it
+                fresh.options.pop(key, None)
             self.db.update_instance(fresh)
 
     # ------------------------------------------------------------- limits
@@ -624,7 +637,7 @@ class InstanceManager:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if rec.name not in self.containers.running:
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
-        group = container_group(self.cgroups, rec)
+        group = self.containers.group(rec)
         rows = [dataclasses.asdict(b) for b in group.beancounters(self.resources(rec))]
         held = open_files(group.pids())
         limit = rec.limits.get("numfile")
@@ -724,7 +737,7 @@ class InstanceManager:
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
                 privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                init=list(src.init), stop_signal=src.stop_signal, options=dict(src.options))
+                init=list(src.init), stop_signal=src.stop_signal, options=copyable_options(src.options))
             nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
                     for n in self.db.nics_of(src.id)]
             with contextlib.ExitStack() as undo:
@@ -763,7 +776,7 @@ class InstanceManager:
             id=checked["id"], name=name, type=InstanceType.VM, template=src.template, hostname=name,
             privileged=False, idmap_base=None, limits=dict(src.limits),
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            init=[], stop_signal=src.stop_signal, options={**src.options, "vm": vm})
+            init=[], stop_signal=src.stop_signal, options={**copyable_options(src.options), "vm": vm})
         nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in self.db.nics_of(src.id) if n.network]
         with contextlib.ExitStack() as undo:
             async with self.lock(src):
@@ -850,7 +863,7 @@ class InstanceManager:
     async def recover(self) -> dict[str, list[str]]:
         """Adopt containers that kept running; clean up what a crash left half-done."""
         report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": [],
-                                        "removed_records": []}
+                                        "removed_records": [], "left_cgroups": []}
         records = self.db.list_instances()
         for rec in records:
             if rec.type is InstanceType.VM and rootdisk.release_stale_mount(self.storage.instance_path(rec.name)):
@@ -894,14 +907,24 @@ class InstanceManager:
                 await asyncio.to_thread(self.storage.delete_instance, rec.name)
                 self.db.delete_instance(rec.id)
                 report["removed_records"].append(rec.name)
-        running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
-        running_groups |= {n for r in records if r.name in self.containers.running for n in fixed_names(r)}
-        running_groups |= {vm_group(r) for r in records if self.is_running(r) and r.type is InstanceType.VM}
+        # Only groups of instances this state records are ctd's to end; a standby group (ctd's
+        # own naming) goes only if empty; anything else under the base is left alone and named.
+        own = {cgroup_name(r) if r.type is InstanceType.CONTAINER else vm_group(r) for r in records}
+        in_use = {os.path.basename(d) for r in records if self.is_running(r) for d in self.group_of(r).dirs().values()}
         for group_name in self.cgroups.list_groups():
-            if group_name not in running_groups:
-                group = self.cgroups.group(group_name)
-                await asyncio.to_thread(ContainerDriver._destroy_group_quietly, group)
+            if group_name in in_use:
+                continue
+            if group_name in own:
+                await asyncio.to_thread(ContainerDriver._destroy_group_quietly, self.cgroups.group(group_name))
                 report["removed_cgroups"].append(group_name)
+            elif STANDBY_GROUP.fullmatch(group_name) and await asyncio.to_thread(_remove_if_empty, self.cgroups,
+                                                                                 group_name):
+                report["removed_cgroups"].append(group_name)
+            else:
+                report["left_cgroups"].append(group_name)
+        if report["left_cgroups"]:
+            log.warning("recovery: cgroups under the base that no instance of %s records were left alone: %s",
+                        self.config.state_dir, ", ".join(report["left_cgroups"]))
         for key, names in report.items():
             if names:
                 log.info("recovery: %s: %s", key, ", ".join(names))

@@ -16,6 +16,7 @@ from ctd.instance.manager import InstanceManager
 from ctd.network.manager import NicRequest
 from ctd.operations import Operation
 from ctd.state import InstanceRecord, InstanceType, NicMode, PowerState, TemplateRecord
+from ctd.state.records import copyable_options
 from ctd.storage import archive, backup
 from ctd.template.manager import tree_size
 
@@ -56,7 +57,7 @@ class Transfers:
                  "addresses": n.addresses} for n in self.db.nics_of(rec.id)]
         return {"name": rec.name, "template": rec.template, "hostname": rec.hostname,
                 "privileged": rec.privileged, "limits": rec.limits, "init": rec.init,
-                "stop_signal": rec.stop_signal, "options": rec.options, "nics": nics}
+                "stop_signal": rec.stop_signal, "options": copyable_options(rec.options), "nics": nics}
 
     async def backup(self, rec: InstanceRecord, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         async with self.instances.lock(rec):

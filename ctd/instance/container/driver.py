@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import resource
 import signal
 from collections.abc import Awaitable, Callable
@@ -47,6 +48,8 @@ class RunningContainer:
     console: Console | None
     adopted: bool = False
     stopping: bool = False
+    killed: bool = False  # ctd sent SIGKILL (a stop that timed out, or --kill)
+    group: object = None  # its cgroup handle: made by this start, or verified at adoption
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -63,12 +66,12 @@ def cgroup_name(instance: InstanceRecord) -> str:
 
 
 FIXED_KEY = "cgroup_fixed"  # rec.options: hierarchy -> the running container's group name there
+# The only shape a recorded fixed name may have: the standby group the container started in.
+STANDBY_GROUP = re.compile(r"standby-[1-9][0-9]{0,9}")
 
 
-def container_group(cgroups: CgroupManager, rec: InstanceRecord):  # type: ignore[no-untyped-def]
-    """The container's cgroup: ct-<name>, but in a hierarchy that cannot rename (cgroup2) the
-    standby group it was started in keeps its name (recorded in its options)."""
-    return cgroups.group(cgroup_name(rec), rec.options.get(FIXED_KEY))
+def standby_group_name(pid: int) -> str:
+    return f"standby-{pid}"
 
 
 def fixed_names(rec: InstanceRecord) -> set[str]:
@@ -90,6 +93,8 @@ class ContainerDriver:
         # waits for an RCU grace period, milliseconds). Off until recovery has run.
         self.staging = False
         self._staged: dict[int, object] = {}   # standby pid -> its group, ready
+        # The group of a container whose init has exited, until cleanup() removes it.
+        self._exited_groups: dict[str, object] = {}
         self._staging: dict[int, asyncio.Future] = {}  # being made: pid -> its thread's future
         spawner.on_standby = self._standby_ready
         spawner.on_standby_gone = self._standby_gone
@@ -104,7 +109,7 @@ class ContainerDriver:
         future.add_done_callback(lambda f: self._staged_done(pid, f))
 
     def _stage(self, pid: int):  # type: ignore[no-untyped-def]
-        group = self.cgroups.group(f"standby-{pid}")
+        group = self.cgroups.group(standby_group_name(pid))
         try:
             group.create()
             pidfd = os.pidfd_open(pid)  # alive now, so pid is still our standby's number
@@ -260,7 +265,7 @@ class ContainerDriver:
             self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
-        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, group=group)
         self._watch(rc)
         return rc
 
@@ -275,7 +280,7 @@ class ContainerDriver:
             except CgroupError as exc:  # a stale ct-<name> left by a crash: init moves over
                 log.warning("%s: %s; moving its init instead", rec.name, exc)
         if group is None:
-            group = container_group(self.cgroups, rec)
+            group = self.cgroups.group(cgroup_name(rec))
             group.create()
         faults.point("start.after_cgroup")
         undo.callback(self._destroy_group_quietly, group)
@@ -300,9 +305,47 @@ class ContainerDriver:
         if start_time(rec.pid) != rec.pid_start:  # recycled between the two checks
             os.close(pidfd)
             return None
-        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True)
+        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
+                              group=self.cgroups.group(cgroup_name(rec), self._verified_fixed(rec)))
         self._watch(rc)
         return rc
+
+    def _verified_fixed(self, rec: InstanceRecord) -> dict[str, str]:
+        """The recorded fixed group names (see FIXED_KEY) that really hold this container's init
+        (pid and start time were checked by the caller). A record is not trusted: a name of
+        another shape, for a hierarchy that renames, or of a group without this init is dropped."""
+        recorded = rec.options.get(FIXED_KEY)
+        kept: dict[str, str] = {}
+        if not isinstance(recorded, dict):
+            return kept
+        bases = self.cgroups.base_dirs()
+        for key, name in recorded.items():
+            if key not in bases or self.cgroups.renames_in(key) or not isinstance(name, str) \
+                    or not STANDBY_GROUP.fullmatch(name):
+                log.warning("%s: ignoring recorded cgroup %r in %r (not a group ctd made for it)", rec.name, name, key)
+                continue
+            try:
+                procs = open(os.path.join(bases[key], name, "cgroup.procs")).read().split()
+            except OSError:
+                procs = []
+            if str(rec.pid) in procs:
+                kept[key] = name
+            else:
+                log.warning("%s: recorded cgroup %s/%s does not hold its init %d; ignored", rec.name, key, name,
+                            rec.pid)
+        return kept
+
+    def group(self, rec: InstanceRecord):  # type: ignore[no-untyped-def]
+        """The container's cgroup handle. Only a group this driver made (or verified at adoption)
+        for a live container carries fixed names; otherwise ct-<name>, derived from the
+        instance's own name below this daemon's base: a record can never aim it elsewhere."""
+        rc = self.running.get(rec.name)
+        if rc is not None and rc.group is not None:
+            return rc.group
+        exited = self._exited_groups.get(rec.name)
+        if exited is not None:
+            return exited
+        return self.cgroups.group(cgroup_name(rec))
 
     # ------------------------------------------------------------- exit tracking
 
@@ -340,6 +383,8 @@ class ContainerDriver:
         if rc.console:
             rc.console.close()
         self.running.pop(rc.name, None)
+        if rc.group is not None:
+            self._exited_groups[rc.name] = rc.group
         rc.exited.set_result(status)
         if self.on_stopped:
             self.on_stopped(rc.name, status)
@@ -366,6 +411,7 @@ class ContainerDriver:
                 except TimeoutError:
                     if caught:
                         break
+        rc.killed = True
         self._signal(rc, signal.SIGKILL)
         faults.point("stop.after_kill")
         return await rc.exited
@@ -377,7 +423,7 @@ class ContainerDriver:
 
     async def update(self, rec: InstanceRecord, resources: Resources, fallback: Resources) -> None:
         """Apply new limits to a running container; on a kernel refusal put the old ones back."""
-        group = container_group(self.cgroups, rec)
+        group = self.group(rec)
         try:
             await asyncio.to_thread(group.apply, resources)
             if rec.options.get("systemd") and not rec.privileged:
@@ -394,8 +440,11 @@ class ContainerDriver:
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
 
     async def cleanup(self, rec: InstanceRecord) -> None:
-        """After init is gone: end stragglers (exec sessions) and remove the cgroup."""
-        group = container_group(self.cgroups, rec)
+        """After init is gone: end stragglers (exec sessions) and remove the cgroup (only the
+        one this driver made for it, or ct-<name>: never a group a record names)."""
+        if rec.name in self.running:
+            return  # it runs (a record copied from it must not end it)
+        group = self._exited_groups.pop(rec.name, None) or self.cgroups.group(cgroup_name(rec))
         await asyncio.to_thread(self._destroy_group_quietly, group)
 
     @staticmethod
@@ -447,7 +496,7 @@ class ContainerDriver:
             spec = ExecSpec(
                 init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
                 cwd=cwd, privileged=rec.privileged,
-                cgroup_procs=container_group(self.cgroups, rec).procs_files(),
+                cgroup_procs=self.group(rec).procs_files(),
                 cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
                 nofile=rec.limits.get("numfile"),
             )
