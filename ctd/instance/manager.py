@@ -22,6 +22,7 @@ from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance import exits
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -123,6 +124,7 @@ class InstanceManager:
             "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
                                                   "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
+            "last_exit": rec.last_exit or None,
             "nics": self.network.counters(rec),
             "disk": self.disk(rec, cached),
             "console": bool(rc and rc.console) or vm is not None,
@@ -478,16 +480,21 @@ class InstanceManager:
 
     def _container_exited(self, name: str, status: int | None) -> None:
         rc_stopping = self.db.get_instance(name)
-        task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping))
+        facts = self.containers.exit_facts.pop(name, None)
+        report = exits.describe(status, requested=rc_stopping is not None and rc_stopping.state is PowerState.STOPPING,
+                                killed=bool(facts and facts.killed), oom_kills=facts.oom_kills if facts else 0)
+        log.info("%s: %s", name, report.text)
+        task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping, report))
         self._exit_tasks[name] = task
         task.add_done_callback(lambda t: self._exit_tasks.pop(name, None) if self._exit_tasks.get(name) is t else None)
 
-    async def _after_exit(self, name: str, status: int | None, rec: InstanceRecord | None) -> None:
+    async def _after_exit(self, name: str, status: int | None, rec: InstanceRecord | None,
+                          report: exits.ExitReport) -> None:
         if rec is None:
             return
         requested = rec.state is PowerState.STOPPING
         faults.point("stop.after_exit")
-        await self._mark_stopped(rec)
+        await self._mark_stopped(rec, report)
         # reboot(2) inside a pid namespace ends its init with SIGHUP: the guest asked to reboot.
         rebooted = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
         if rebooted and not requested:
@@ -500,7 +507,7 @@ class InstanceManager:
                     except Exception:  # noqa: BLE001
                         log.exception("restarting %s after its reboot failed", name)
 
-    async def _mark_stopped(self, rec: InstanceRecord) -> None:
+    async def _mark_stopped(self, rec: InstanceRecord, report: exits.ExitReport | None = None) -> None:
         # a container's veths go with its network namespace; a VM's taps stay until deleted
         await asyncio.to_thread(self.network.teardown, rec, rec.type is InstanceType.CONTAINER)
         faults.point("stop.after_nic_teardown")
@@ -513,6 +520,8 @@ class InstanceManager:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
             for key in RUNTIME_OPTIONS:  # what the run recorded ends with it
                 fresh.options.pop(key, None)
+            if report is not None:
+                fresh.last_exit = report.as_dict()
             self.db.update_instance(fresh)
 
     # ------------------------------------------------------------- limits
@@ -860,6 +869,12 @@ class InstanceManager:
 
     # ------------------------------------------------------------- after a daemon restart
 
+    @staticmethod
+    def _lost(rec: InstanceRecord) -> exits.ExitReport:
+        report = exits.describe(None, requested=rec.state is PowerState.STOPPING, killed=False, lost=True)
+        log.info("%s: %s", rec.name, report.text)
+        return report
+
     async def recover(self) -> dict[str, list[str]]:
         """Adopt containers that kept running; clean up what a crash left half-done."""
         report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": [],
@@ -876,7 +891,7 @@ class InstanceManager:
                     self.db.update_instance(rec)
                     report["adopted"].append(rec.name)
                 else:
-                    await self._mark_stopped(rec)
+                    await self._mark_stopped(rec, self._lost(rec))
                     report["stopped"].append(rec.name)
                 continue
             if self.containers.adopt(rec) is not None:
@@ -885,7 +900,7 @@ class InstanceManager:
                 self.db.update_instance(rec)
                 report["adopted"].append(rec.name)
             else:
-                await self._mark_stopped(rec)
+                await self._mark_stopped(rec, self._lost(rec))
                 report["stopped"].append(rec.name)
         # Filters of NICs whose container died with the old ctd go; those of adopted ones stay.
         if self.network.filters:

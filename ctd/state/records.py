@@ -38,6 +38,8 @@ class InstanceRecord:
     stop_signal: str = "SIGTERM"
     # {"systemd": bool, "network_style": str, "ssh_keys": [...], "timezone": str}
     options: dict = field(default_factory=dict)
+    # How its last run ended (ctd.instance.exits.ExitReport.as_dict()); {} if it never ran.
+    last_exit: dict = field(default_factory=dict)
 
 
 # Option keys that describe one run of an instance, not the instance: cleared when it stops,

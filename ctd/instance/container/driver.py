@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgroups import CgroupError, CgroupManager, Resources
+from cgroups.discovery import UNIFIED
 
 from ctd.errors import Conflict, OperationFailed
 from ctd import faults
@@ -51,6 +52,13 @@ class RunningContainer:
     killed: bool = False  # ctd sent SIGKILL (a stop that timed out, or --kill)
     group: object = None  # its cgroup handle: made by this start, or verified at adoption
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class ExitFacts:
+    """What the driver saw of a container's end, for the manager's exit report."""
+    killed: bool     # ctd sent SIGKILL
+    oom_kills: int   # the OOM killer's count in its cgroup
 
 
 @dataclass
@@ -95,6 +103,7 @@ class ContainerDriver:
         self._staged: dict[int, object] = {}   # standby pid -> its group, ready
         # The group of a container whose init has exited, until cleanup() removes it.
         self._exited_groups: dict[str, object] = {}
+        self.exit_facts: dict[str, ExitFacts] = {}  # taken by the on_stopped callback
         self._staging: dict[int, asyncio.Future] = {}  # being made: pid -> its thread's future
         spawner.on_standby = self._standby_ready
         spawner.on_standby_gone = self._standby_gone
@@ -305,34 +314,36 @@ class ContainerDriver:
         if start_time(rec.pid) != rec.pid_start:  # recycled between the two checks
             os.close(pidfd)
             return None
+        fixed = self._verified_fixed(rec)
+        rec.options.pop(FIXED_KEY, None)
+        if fixed:
+            rec.options[FIXED_KEY] = fixed  # the caller saves the record
         rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
-                              group=self.cgroups.group(cgroup_name(rec), self._verified_fixed(rec)))
+                              group=self.cgroups.group(cgroup_name(rec), fixed))
         self._watch(rc)
         return rc
 
     def _verified_fixed(self, rec: InstanceRecord) -> dict[str, str]:
-        """The recorded fixed group names (see FIXED_KEY) that really hold this container's init
-        (pid and start time were checked by the caller). A record is not trusted: a name of
-        another shape, for a hierarchy that renames, or of a group without this init is dropped."""
-        recorded = rec.options.get(FIXED_KEY)
-        kept: dict[str, str] = {}
-        if not isinstance(recorded, dict):
-            return kept
+        """Where the adopted init (pid and start time checked by the caller) really is in the
+        hierarchy that cannot rename (cgroup2): the kernel says so in /proc/PID/cgroup. Only a
+        standby group right below this daemon's base counts; what the record says is not trusted."""
         bases = self.cgroups.base_dirs()
-        for key, name in recorded.items():
-            if key not in bases or self.cgroups.renames_in(key) or not isinstance(name, str) \
-                    or not STANDBY_GROUP.fullmatch(name):
-                log.warning("%s: ignoring recorded cgroup %r in %r (not a group ctd made for it)", rec.name, name, key)
-                continue
+        kept: dict[str, str] = {}
+        if UNIFIED in bases and not self.cgroups.renames_in(UNIFIED):
             try:
-                procs = open(os.path.join(bases[key], name, "cgroup.procs")).read().split()
+                lines = open(f"/proc/{rec.pid}/cgroup").read().splitlines()
             except OSError:
-                procs = []
-            if str(rec.pid) in procs:
-                kept[key] = name
-            else:
-                log.warning("%s: recorded cgroup %s/%s does not hold its init %d; ignored", rec.name, key, name,
-                            rec.pid)
+                lines = []
+            for line in lines:
+                if line.startswith("0::"):
+                    parent, name = os.path.split(line[3:].strip())
+                    if (STANDBY_GROUP.fullmatch(name) and bases[UNIFIED].endswith(parent)
+                            and os.path.isdir(os.path.join(bases[UNIFIED], name))):
+                        kept[UNIFIED] = name
+        recorded = rec.options.get(FIXED_KEY)
+        if recorded and recorded != kept:
+            log.warning("%s: its record names cgroup(s) %r, but its init is in %r; using what the kernel says",
+                        rec.name, recorded, kept)
         return kept
 
     def group(self, rec: InstanceRecord):  # type: ignore[no-untyped-def]
@@ -383,8 +394,12 @@ class ContainerDriver:
         if rc.console:
             rc.console.close()
         self.running.pop(rc.name, None)
+        oom_kills = 0
         if rc.group is not None:
             self._exited_groups[rc.name] = rc.group
+            with contextlib.suppress(Exception):  # read before cleanup() removes the group
+                oom_kills = rc.group.usage().oom_kills or 0
+        self.exit_facts[rc.name] = ExitFacts(rc.killed, oom_kills)
         rc.exited.set_result(status)
         if self.on_stopped:
             self.on_stopped(rc.name, status)
