@@ -82,10 +82,6 @@ def standby_group_name(pid: int) -> str:
     return f"standby-{pid}"
 
 
-def fixed_names(rec: InstanceRecord) -> set[str]:
-    return set((rec.options.get(FIXED_KEY) or {}).values())
-
-
 class ContainerDriver:
     def __init__(self, spawner: SpawnerClient, cgroups: CgroupManager, lxcfs: Lxcfs | None = None) -> None:
         self.spawner = spawner
