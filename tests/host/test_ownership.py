@@ -200,3 +200,39 @@ def test_recovery_leaves_cgroups_its_state_does_not_record(fresh_ctd):
                 break
             except OSError:
                 time.sleep(0.05)
+
+
+def test_a_stopped_containers_old_cgroup_name_cannot_end_the_next_owner_of_its_pid(fresh_ctd):
+    """Why a container once stopped 0.2 s after 'Started' with no trace: a stopped record kept
+    the cgroup2 group name of its last run (standby-PID); pids wrap (pid_max 32768 here), a new
+    standby got the same pid, a new container ran in standby-PID, and the destroy of the old,
+    stopped one killed everything in it. Now a run's cgroup names end with the run."""
+    d = fresh_ctd
+    pid, cgroups = running_in_a_standby_group(d, "old")
+    stale = Path(next(p for p in cgroups.values() if Path(p).name.startswith("standby-")))
+    d.ok("stop", "old")
+    assert not stale.exists()
+    db = sqlite3.connect(d.state_dir / "ctd.db")
+    try:
+        (options,) = db.execute("SELECT options FROM instances WHERE name = 'old'").fetchone()
+    finally:
+        db.close()
+    assert "cgroup_fixed" not in json.loads(options), "the stopped record still names its last run's cgroup"
+    # the pid comes round again: a process in a group of that name, as the next container's init
+    stale.mkdir()
+    newcomer = subprocess.Popen(["sleep", "600"])
+    try:
+        (stale / "cgroup.procs").write_text(str(newcomer.pid))
+        d.ok("destroy", "old")
+        assert newcomer.poll() is None, "destroying a stopped container killed the next owner of its cgroup name"
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+        for _ in range(100):
+            try:
+                stale.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
