@@ -48,10 +48,10 @@ def now() -> str:
 
 
 def describe(status: int | None, *, requested: bool, killed: bool, oom_kills: int = 0,
-             lost: bool = False) -> ExitReport:
+             lost: bool = False, what: str = "init") -> ExitReport:
     """status: the wait status of init (None if unknown). requested: a stop by ctd was under way;
     killed: ctd sent SIGKILL; oom_kills: the OOM killer's count in its cgroup during this run;
-    lost: it ended while ctd was not running."""
+    lost: it ended while ctd was not running; what: the process whose end it is (init, QEMU)."""
     oom_note = f"; the OOM killer ended {oom_kills} process(es) in it" if oom_kills else ""
     if status is None:
         why = "it ended while ctd was not running" if lost else "its exit status went to another process " \
@@ -60,24 +60,24 @@ def describe(status: int | None, *, requested: bool, killed: bool, oom_kills: in
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
         if requested:
-            return ExitReport(ExitKind.STOPPED, f"stopped by ctd (init exited with code {code}){oom_note}", now(),
+            return ExitReport(ExitKind.STOPPED, f"stopped by ctd ({what} exited with code {code}){oom_note}", now(),
                               code=code, oom_kills=oom_kills)
-        return ExitReport(ExitKind.EXITED, f"init exited with code {code}{oom_note}", now(), code=code,
+        return ExitReport(ExitKind.EXITED, f"{what} exited with code {code}{oom_note}", now(), code=code,
                           oom_kills=oom_kills)
     number = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
     name = _signame(number)
     if killed and number == signal.SIGKILL:
         kind, text = ExitKind.KILLED, "killed by ctd (SIGKILL)"
     elif requested:
-        kind, text = ExitKind.STOPPED, f"stopped by ctd (init ended by {name})"
-    elif number == signal.SIGHUP:
+        kind, text = ExitKind.STOPPED, f"stopped by ctd ({what} ended by {name})"
+    elif number == signal.SIGHUP and what == "init":  # a pid namespace's reboot(2)
         kind, text = ExitKind.REBOOT, "rebooted from inside (reboot)"
-    elif number == signal.SIGINT:
+    elif number == signal.SIGINT and what == "init":
         kind, text = ExitKind.POWEROFF, "powered off from inside (poweroff or halt)"
     elif number == signal.SIGKILL and oom_kills:
-        return ExitReport(ExitKind.OOM, f"init killed by the OOM killer (out of memory in its limit; "
+        return ExitReport(ExitKind.OOM, f"{what} killed by the OOM killer (out of memory in its limit; "
                                         f"{oom_kills} OOM kill(s) in its cgroup)", now(), signal=name,
                           oom_kills=oom_kills)
     else:
-        kind, text = ExitKind.SIGNALED, f"init killed by {name}"
+        kind, text = ExitKind.SIGNALED, f"{what} killed by {name}"
     return ExitReport(kind, text + oom_note, now(), signal=name, oom_kills=oom_kills)

@@ -482,7 +482,8 @@ class InstanceManager:
         rc_stopping = self.db.get_instance(name)
         facts = self.containers.exit_facts.pop(name, None)
         report = exits.describe(status, requested=rc_stopping is not None and rc_stopping.state is PowerState.STOPPING,
-                                killed=bool(facts and facts.killed), oom_kills=facts.oom_kills if facts else 0)
+                                killed=bool(facts and facts.killed), oom_kills=facts.oom_kills if facts else 0,
+                                what="QEMU" if rc_stopping is not None and rc_stopping.type is InstanceType.VM else "init")
         log.info("%s: %s", name, report.text)
         task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping, report))
         self._exit_tasks[name] = task

@@ -33,3 +33,9 @@ def test_each_end_has_its_words(status, requested, by_ctd, oom, kind, text) -> N
     assert report.kind is kind and text in report.text, report
     as_dict = report.as_dict()
     assert as_dict["kind"] == kind.value and as_dict["at"].endswith("+00:00")
+
+
+def test_a_vm_is_told_by_its_qemu() -> None:
+    report = describe(killed(signal.SIGHUP), requested=False, killed=False, what="QEMU")
+    assert report.kind is ExitKind.SIGNALED and report.text == "QEMU killed by SIGHUP"
+    assert describe(exited(0), requested=False, killed=False, what="QEMU").text == "QEMU exited with code 0"
