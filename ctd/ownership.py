@@ -42,24 +42,50 @@ class Ownership:
     def __init__(self, state_dir: Path, lock_dir: Path = LOCK_DIR) -> None:
         self.state_dir = state_dir
         self.lock_dir = lock_dir
-        self._held: list[int] = []
+        self._held: list[tuple[int, Path]] = []
 
     def claim(self, claims: list[Claim]) -> None:
         """Take every claim or none; Conflict names the owner and the setting to change."""
         self.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._global():
+            self._sweep()
             try:
                 for claim in claims:
                     if claim.span is not None:
                         self._check_overlap(claim)
-                    self._held.append(self._take(claim))
+                    self._held.append((self._take(claim), self.lock_dir / claim.key))
             except BaseException:
-                self.release()
+                self._release_locked()
                 raise
 
     def release(self) -> None:
+        if self._held:
+            with self._global():
+                self._release_locked()
+
+    def _release_locked(self) -> None:
+        """Unlink, then unlock (under the global lock nobody is opening them meanwhile)."""
         while self._held:
-            os.close(self._held.pop())
+            fd, path = self._held.pop()
+            path.unlink(missing_ok=True)
+            os.close(fd)
+
+    def _sweep(self) -> None:
+        """Lock files of ctds that died without releasing them (SIGKILL, a crash) go."""
+        for path in self.lock_dir.iterdir():
+            if path.name.startswith("."):
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+            except BlockingIOError:
+                pass  # a live ctd's
+            finally:
+                os.close(fd)
 
     @contextlib.contextmanager
     def _global(self):  # type: ignore[no-untyped-def]
@@ -99,8 +125,6 @@ class Ownership:
                     span = owner.get("span")
                     if isinstance(span, list) and len(span) == 2 and span[0] < end and start < span[1]:
                         raise self._conflict(claim, owner) from None
-                else:  # its ctd has gone (we hold the global lock: nobody is taking it now)
-                    path.unlink(missing_ok=True)
             finally:
                 os.close(fd)
 

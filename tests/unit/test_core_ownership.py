@@ -59,3 +59,14 @@ def test_a_dead_owner_blocks_nothing(tmp_path: Path) -> None:
         done.set()
         proc.join(10)
     Ownership(Path("/x/b"), tmp_path).claim(claims("b", ids=(1, 3)))
+
+
+def test_lock_files_go_with_their_owner(tmp_path: Path) -> None:
+    first = Ownership(Path("/x/a"), tmp_path)
+    first.claim(claims("a"))
+    assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 6
+    first.release()
+    assert [p.name for p in tmp_path.iterdir()] == [".global"]
+    (tmp_path / "nic-qq").write_text("{}")  # left by a ctd that was SIGKILLed: nobody holds it
+    Ownership(Path("/x/b"), tmp_path).claim(claims("b", prefix="bb"))
+    assert not (tmp_path / "nic-qq").exists()
