@@ -66,7 +66,11 @@ class CtlResult:
 
 
 class AreaTaken(Exception):
-    """Another live ctd owns (part of) the id area a test daemon tried."""
+    """Another live ctd owns (part of) the id area, or the NIC prefix, a test daemon tried."""
+
+
+def random_nic_prefix() -> str:
+    return "".join(_SLOTS.choice("abcdfghjkmnqrstwxyz") for _ in range(2))
 
 
 @dataclass
@@ -78,7 +82,7 @@ class Daemon:
     log: Path | None = None
     extra_config: str = ""
     # NIC names are host-wide: a prefix of its own keeps this daemon off other daemons' names.
-    nic_prefix: str = field(default_factory=lambda: "".join(random.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
+    nic_prefix: str = field(default_factory=lambda: random_nic_prefix())
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     idmap_area: tuple[int, int] | None = None  # (base, end); None: a free test slot, found at start
 
@@ -98,9 +102,10 @@ class Daemon:
         for area in self.area_choices():
             try:
                 return self._start_with(area)
-            except AreaTaken:
-                continue
-        raise RuntimeError("no free test id area: other test daemons hold them all")
+            except AreaTaken as taken:
+                if "owns nic_prefix" in str(taken):  # another live test daemon drew the same letters
+                    self.nic_prefix = random_nic_prefix()
+        raise RuntimeError("no free test id area or NIC prefix: other test daemons hold them all")
 
     def config_text(self, area: tuple[int, int]) -> str:
         return (f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {area[0]}\nidmap_end = {area[1]}\n'
@@ -120,8 +125,8 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 said = self.log.read_bytes()[offset:].decode(errors="replace")
-                if "owns host ids" in said and self.idmap_area is None:
-                    raise AreaTaken(said)
+                if ("owns host ids" in said or "owns nic_prefix" in said) and self.idmap_area is None:
+                    raise AreaTaken(said)  # first start only: a restart must keep both
                 raise RuntimeError(f"ctd exited at start:\n{self.log.read_text()[-3000:]}")
             try:
                 self.client.get("/1.0")

@@ -6,7 +6,6 @@ leaves cgroups it does not know."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -208,7 +207,7 @@ def test_a_stopped_containers_old_cgroup_name_cannot_end_the_next_owner_of_its_p
     standby got the same pid, a new container ran in standby-PID, and the destroy of the old,
     stopped one killed everything in it. Now a run's cgroup names end with the run."""
     d = fresh_ctd
-    pid, cgroups = running_in_a_standby_group(d, "old")
+    _, cgroups = running_in_a_standby_group(d, "old")
     stale = Path(next(p for p in cgroups.values() if Path(p).name.startswith("standby-")))
     d.ok("stop", "old")
     assert not stale.exists()

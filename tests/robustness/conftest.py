@@ -11,7 +11,7 @@ import os
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
@@ -26,8 +26,6 @@ _RANDOM = random.SystemRandom()  # not the global one: hypothesis seeds that, ru
 
 @dataclass
 class RobustDaemon(Daemon):
-    nic_prefix: str = field(default_factory=lambda: "".join(_RANDOM.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
-
     def area_choices(self) -> Iterator[tuple[int, int]]:
         if self.idmap_area is not None:
             yield self.idmap_area
