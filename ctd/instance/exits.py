@@ -53,10 +53,17 @@ def describe(status: int | None, *, requested: bool, killed: bool, oom_kills: in
     killed: ctd sent SIGKILL; oom_kills: the OOM killer's count in its cgroup during this run;
     lost: it ended while ctd was not running; what: the process whose end it is (init, QEMU)."""
     oom_note = f"; the OOM killer ended {oom_kills} process(es) in it" if oom_kills else ""
-    if status is None:
-        why = "it ended while ctd was not running" if lost else "its exit status went to another process " \
-            "(ctd was restarted since it started)"
-        return ExitReport(ExitKind.UNKNOWN, f"stopped; {why}{oom_note}", now(), oom_kills=oom_kills)
+    if status is None:  # not ctd's child (adopted after a restart; QEMU daemonises): no wait status
+        if lost:
+            return ExitReport(ExitKind.UNKNOWN, f"stopped; it ended while ctd was not running{oom_note}", now(),
+                              oom_kills=oom_kills)
+        if killed:
+            return ExitReport(ExitKind.KILLED, f"killed by ctd (SIGKILL){oom_note}", now(), oom_kills=oom_kills)
+        if requested:
+            return ExitReport(ExitKind.STOPPED, f"stopped by ctd{oom_note}", now(), oom_kills=oom_kills)
+        why = " (ctd was restarted since it started)" if what == "init" else ""
+        return ExitReport(ExitKind.UNKNOWN, f"{what} ended; its exit status did not reach ctd{why}{oom_note}", now(),
+                          oom_kills=oom_kills)
     if os.WIFEXITED(status):
         code = os.WEXITSTATUS(status)
         if requested:

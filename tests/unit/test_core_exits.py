@@ -26,7 +26,9 @@ def killed(sig: int) -> int:
     (killed(signal.SIGSEGV), False, False, 1, ExitKind.SIGNALED, "init killed by SIGSEGV; the OOM killer ended 1"),
     (killed(signal.SIGHUP), False, False, 0, ExitKind.REBOOT, "rebooted from inside"),
     (killed(signal.SIGINT), False, False, 0, ExitKind.POWEROFF, "powered off from inside"),
-    (None, False, False, 0, ExitKind.UNKNOWN, "exit status went to another process"),
+    (None, False, False, 0, ExitKind.UNKNOWN, "init ended; its exit status did not reach ctd (ctd was restarted"),
+    (None, True, False, 0, ExitKind.STOPPED, "stopped by ctd"),
+    (None, True, True, 0, ExitKind.KILLED, "killed by ctd (SIGKILL)"),
 ])
 def test_each_end_has_its_words(status, requested, by_ctd, oom, kind, text) -> None:  # type: ignore[no-untyped-def]
     report = describe(status, requested=requested, killed=by_ctd, oom_kills=oom)
