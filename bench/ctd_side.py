@@ -20,7 +20,7 @@ VENV_BIN = Path(sys.executable).parent
 
 
 class CtdDaemon:
-    def __init__(self, workdir: Path, tag: str, idmap_base: int = 700_000_000, storage: str | None = None) -> None:
+    def __init__(self, workdir: Path, tag: str, idmap_base: int = 3_600_000_000, storage: str | None = None) -> None:
         self.workdir = workdir
         self.state_dir = workdir / "ctd-state"
         self.socket = workdir / "ctd.sock"
@@ -45,7 +45,10 @@ class CtdDaemon:
         ctd = VENV_BIN / "ctd"
         if not ctd.exists():
             raise BenchError(f"{ctd} is missing: run /work/main/setup.sh install")
+        # An id area of its own (ctd refuses one that another live ctd's overlaps): above the
+        # test suites' areas.
         settings = (f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {self.idmap_base}\n'
+                    f'idmap_end = {self.idmap_base + 600_000_000}\n'
                     f'nft_table = "{self.nft_table}"\nnic_prefix = "{self.nic_prefix}"\n')
         if self.storage:
             settings += f'storage_driver = "{self.storage}"\n'

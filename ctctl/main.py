@@ -351,6 +351,9 @@ def status(instance: str, fmt: str) -> None:
                 ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
                 ("limits", _limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
                 ("created", i["created_at"])]
+        last = i.get("last_exit")
+        if last:
+            rows.append(("last exit", f"{last.get('at', '?')}: {last.get('text', last.get('kind', '?'))}"))
         for nic in i.get("nics", []):
             rows.append((nic["name"], f"{nic['mode']} {nic['network'] or ''} {nic['mac']} "
                                       f"{','.join(nic['addresses']) or 'no address'} (host {nic['host_name']}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,8 @@ from pathlib import Path
 from ctd.errors import InvalidRequest
 
 DEFAULT_CONFIG_FILE = Path("/etc/ctd/ctd.toml")
+DEFAULT_IDMAP_RANGES = 8192
+MAX_ID = 2**32 - 1  # (uid_t)-1 is no id
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,9 @@ class DaemonConfig:
     # skipping ranges that /etc/subuid or /etc/subgid give to host users.
     idmap_base: int = 1_000_000
     idmap_size: int = 65536
+    # First id above ctd's area (exclusive): two ctds on one host need areas that do not
+    # overlap (a second ctd on an overlapping area is refused). 0: room for 8192 containers.
+    idmap_end: int = 0
     # cgroup directory ctd creates below its own cgroup in every hierarchy.
     cgroup_name: str = "ctd"
     # nftables table (bridge and inet families) holding the anti-spoofing rules.
@@ -38,6 +44,11 @@ class DaemonConfig:
     # Size of a new pool image, e.g. "50G"; empty: 20% of the free space, at most 100G.
     pool_size: str = ""
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
+
+    @property
+    def idmap_limit(self) -> int:
+        """The end of ctd's id area (exclusive)."""
+        return self.idmap_end or self.idmap_base + DEFAULT_IDMAP_RANGES * self.idmap_size
 
     @property
     def db_path(self) -> Path:
@@ -71,4 +82,22 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig
     for name, value in values.items():
         kind = known[name].type
         typed[name] = Path(str(value)) if kind == "Path" else value
-    return DaemonConfig(**typed)  # type: ignore[arg-type]
+    config = DaemonConfig(**typed)  # type: ignore[arg-type]
+    check_config(config, file)
+    return config
+
+
+def check_config(config: DaemonConfig, file: Path) -> None:
+    """What names host-wide resources must be well-formed: they key ctd's ownership locks."""
+    for name in ("idmap_base", "idmap_size", "idmap_end"):
+        if not isinstance(getattr(config, name), int) or isinstance(getattr(config, name), bool):
+            raise InvalidRequest(f"{file}: {name} must be a whole number")
+    if config.idmap_size < 65536 or config.idmap_base < 65536:
+        raise InvalidRequest(f"{file}: idmap_base and idmap_size must be at least 65536 (below are host ids)")
+    if not config.idmap_base + config.idmap_size <= config.idmap_limit <= MAX_ID:
+        raise InvalidRequest(f"{file}: idmap_end must be above idmap_base + idmap_size and at most {MAX_ID} "
+                             "(or 0 for the default)")
+    if not isinstance(config.nft_table, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", config.nft_table):
+        raise InvalidRequest(f"{file}: nft_table must be a letter then letters, digits or _ (at most 64)")
+    if not isinstance(config.nic_prefix, str) or not re.fullmatch(r"[a-z]{2}", config.nic_prefix):
+        raise InvalidRequest(f"{file}: nic_prefix must be two lowercase letters, not {config.nic_prefix!r}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from ctd import __version__
 from ctd.config import DaemonConfig, load_config
 from ctd.errors import CtdError
+from ctd.ownership import Ownership, daemon_claims
 
 log = logging.getLogger("ctd")
 
@@ -54,8 +55,29 @@ def take_lock(config: DaemonConfig) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise CtdError(f"another ctd is running on {config.state_dir}") from None
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CtdError(f"another ctd (pid {owner}) runs on state dir {config.state_dir}; stop it first, "
+                       "or use another --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def claim_resources(config: DaemonConfig) -> Ownership:
+    """Own the host-wide resources this ctd's settings name, or refuse to run: another ctd on
+    the same cgroup base, nftables table, NIC prefix or id area would end or rewrite what the
+    first one runs (its recovery stopped every container of the other)."""
+    from cgroups import CgroupError, CgroupManager
+
+    try:
+        cgroup_dirs = CgroupManager.detect(base_name=config.cgroup_name).base_dirs()
+    except CgroupError as exc:
+        raise CtdError(f"cgroups: {exc}") from None
+    ownership = Ownership(config.state_dir)
+    ownership.claim(daemon_claims(config.state_dir, config.socket, cgroup_dirs, config.cgroup_name,
+                                  config.nft_table, config.nic_prefix, config.idmap_base, config.idmap_limit))
+    return ownership
 
 
 def open_storage(config: DaemonConfig):  # type: ignore[no-untyped-def]
@@ -120,12 +142,20 @@ def main(argv: list[str] | None = None) -> int:
         spawner.close()
         return 1
     try:
+        ownership = claim_resources(config)
+    except CtdError as exc:
+        print(f"ctd: {exc.message}", file=sys.stderr)
+        spawner.close()
+        os.close(lock_fd)
+        return 1
+    try:
         return asyncio.run(serve(config, spawner))
     except CtdError as exc:
         print(f"ctd: {exc.message}", file=sys.stderr)
         return 1
     finally:
         spawner.close()
+        ownership.release()
         os.close(lock_fd)
 
 

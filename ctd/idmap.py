@@ -28,14 +28,17 @@ def subid_ranges(*files: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-def allocate(base: int, size: int, taken: set[int], reserved: list[tuple[int, int]]) -> int:
-    """The lowest range start >= base, aligned to size, overlapping nothing taken or reserved."""
+def allocate(base: int, size: int, taken: set[int], reserved: list[tuple[int, int]],
+             limit: int = MAX_ID + 1) -> int:
+    """The lowest range start >= base, aligned to size, ending at or below limit, overlapping
+    nothing taken or reserved."""
     start = base
-    while start + size - 1 <= MAX_ID:
+    while start + size <= min(limit, MAX_ID + 1):
         end = start + size
         clash = any(t < end and start < t + size for t in taken) or \
             any(r < end and start < r + n for r, n in reserved)
         if not clash:
             return start
         start += size
-    raise OperationFailed("no free id range left for a new container; destroy unused containers")
+    raise OperationFailed("no free id range left for a new container; destroy unused containers "
+                          "or raise idmap_end in ctd.toml")

@@ -23,7 +23,19 @@ sys.path.insert(0, str(REPO))
 from ctctl.client import ApiError, Client  # noqa: E402
 from ctd.storage.pool import release_pool  # noqa: E402
 
-TEST_IDMAP_BASE = 600_000_000  # far from a ctd that may run on this machine for real
+# Test daemons take id areas of their own (ctd refuses an area another live ctd overlaps):
+# slots of TEST_IDMAP_SLOT ids from TEST_IDMAP_BASE, far from a ctd that runs here for real
+# (its default area ends below 600M) and below tests/robustness' area (from 1e9).
+TEST_IDMAP_BASE = 600_000_000
+TEST_IDMAP_SLOT = 20_000_000
+TEST_IDMAP_SLOTS = 20
+_SLOTS = random.SystemRandom()
+
+
+def free_idmap_area() -> tuple[int, int]:
+    """A random test slot: (base, end). A taken one makes ctd refuse; Daemon.start tries another."""
+    base = TEST_IDMAP_BASE + _SLOTS.randrange(TEST_IDMAP_SLOTS) * TEST_IDMAP_SLOT
+    return base, base + TEST_IDMAP_SLOT
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -53,6 +65,14 @@ class CtlResult:
     err: str
 
 
+class AreaTaken(Exception):
+    """Another live ctd owns (part of) the id area, or the NIC prefix, a test daemon tried."""
+
+
+def random_nic_prefix() -> str:
+    return "".join(_SLOTS.choice("abcdfghjkmnqrstwxyz") for _ in range(2))
+
+
 @dataclass
 class Daemon:
     state_dir: Path
@@ -62,19 +82,41 @@ class Daemon:
     log: Path | None = None
     extra_config: str = ""
     # NIC names are host-wide: a prefix of its own keeps this daemon off other daemons' names.
-    nic_prefix: str = field(default_factory=lambda: "".join(random.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
+    nic_prefix: str = field(default_factory=lambda: random_nic_prefix())
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    idmap_area: tuple[int, int] | None = None  # (base, end); None: a free test slot, found at start
+
+    def area_choices(self) -> Iterator[tuple[int, int]]:
+        """Id areas to try: the one set, or random free slots."""
+        if self.idmap_area is not None:
+            yield self.idmap_area
+            return
+        for _ in range(3 * TEST_IDMAP_SLOTS):
+            yield free_idmap_area()
 
     @property
     def client(self) -> Client:
         return Client(str(self.socket), timeout=120)
 
     def start(self) -> None:
+        for area in self.area_choices():
+            try:
+                return self._start_with(area)
+            except AreaTaken as taken:
+                if "owns nic_prefix" in str(taken):  # another live test daemon drew the same letters
+                    self.nic_prefix = random_nic_prefix()
+        raise RuntimeError("no free test id area or NIC prefix: other test daemons hold them all")
+
+    def config_text(self, area: tuple[int, int]) -> str:
+        return (f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {area[0]}\nidmap_end = {area[1]}\n'
+                f'nft_table = "{self.cgroup_name.replace("-", "_")}"\n'
+                f'nic_prefix = "{self.nic_prefix}"\n' + self.extra_config)
+
+    def _start_with(self, area: tuple[int, int]) -> None:
         config = self.state_dir.parent / f"{self.state_dir.name}.toml"
-        config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n'
-                          f'nft_table = "{self.cgroup_name.replace("-", "_")}"\n'
-                          f'nic_prefix = "{self.nic_prefix}"\n' + self.extra_config)
+        config.write_text(self.config_text(area))
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
+        offset = self.log.stat().st_size if self.log.exists() else 0
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
              "--socket", str(self.socket), "--log-level", "debug"],
@@ -82,9 +124,13 @@ class Daemon:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                said = self.log.read_bytes()[offset:].decode(errors="replace")
+                if ("owns host ids" in said or "owns nic_prefix" in said) and self.idmap_area is None:
+                    raise AreaTaken(said)  # first start only: a restart must keep both
                 raise RuntimeError(f"ctd exited at start:\n{self.log.read_text()[-3000:]}")
             try:
                 self.client.get("/1.0")
+                self.idmap_area = area  # a restart keeps it
                 return
             except ApiError:
                 time.sleep(0.05)

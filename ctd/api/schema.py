@@ -255,7 +255,10 @@ def build_schema() -> dict[str, Any]:
                 "id": {"type": "integer"}, "name": {"type": "string"}, "type": {"type": "string"},
                 "state": {"type": "string"}, "pid": {"type": "integer", "nullable": True},
                 "template": {"type": "string"}, "hostname": {"type": "string"},
-                "privileged": {"type": "boolean"}, "limits": {"type": "object"}}},
+                "privileged": {"type": "boolean"}, "limits": {"type": "object"},
+                "last_exit": {"type": "object", "nullable": True, "description":
+                              "how its last run ended: at, kind (exited, signaled, oom, reboot, poweroff, "
+                              "stopped, killed, unknown), text, code, signal, oom_kills"}}},
             "Operation": {"type": "object", "properties": {
                 "id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": "string"},
                 "status": {"type": "string", "enum": ["running", "success", "failure"]},

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cgroups import CgroupManager
+from cgroups import CgroupError, CgroupManager
 
 from cgroups import parse_size
 
@@ -21,7 +21,8 @@ from ctd import faults, guest, idmap, limits as limits_mod, validate
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
-from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
+from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance import exits
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -29,6 +30,7 @@ from ctd.network.manager import NetworkManager, NicRequest
 from ctd.network.tc import parse_rate
 from ctd.storage.backup import discard_partial as discard_partial_backups
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
+from ctd.state.records import RUNTIME_OPTIONS, copyable_options
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
@@ -49,6 +51,15 @@ def open_files(pids: set[int]) -> int:
         except OSError:
             pass
     return total
+
+
+def _remove_if_empty(cgroups: CgroupManager, name: str) -> bool:
+    """rmdir a group that holds no process (the kernel refuses a populated one); never kills."""
+    try:
+        cgroups.group(name).destroy(timeout=0.2)
+        return True
+    except CgroupError:
+        return False
 
 
 class InstanceManager:
@@ -113,6 +124,7 @@ class InstanceManager:
             "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
                                                   "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
+            "last_exit": rec.last_exit or None,
             "nics": self.network.counters(rec),
             "disk": self.disk(rec, cached),
             "console": bool(rc and rc.console) or vm is not None,
@@ -136,7 +148,7 @@ class InstanceManager:
         """The instance's cgroup handle (no side effect)."""
         if rec.type is InstanceType.VM:
             return self.cgroups.group(vm_group(rec))
-        return container_group(self.cgroups, rec)
+        return self.containers.group(rec)
 
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
         """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
@@ -294,7 +306,8 @@ class InstanceManager:
             return None
         base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
                               self.db.used_idmap_bases() | set(self._reserved_bases.values()),
-                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")))
+                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")),
+                              self.config.idmap_limit)
         self._reserved_bases[instance_id] = base
         return base
 
@@ -474,16 +487,22 @@ class InstanceManager:
 
     def _container_exited(self, name: str, status: int | None) -> None:
         rc_stopping = self.db.get_instance(name)
-        task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping))
+        facts = self.containers.exit_facts.pop(name, None)
+        report = exits.describe(status, requested=rc_stopping is not None and rc_stopping.state is PowerState.STOPPING,
+                                killed=bool(facts and facts.killed), oom_kills=facts.oom_kills if facts else 0,
+                                what="QEMU" if rc_stopping is not None and rc_stopping.type is InstanceType.VM else "init")
+        log.info("%s: %s", name, report.text)
+        task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rc_stopping, report))
         self._exit_tasks[name] = task
         task.add_done_callback(lambda t: self._exit_tasks.pop(name, None) if self._exit_tasks.get(name) is t else None)
 
-    async def _after_exit(self, name: str, status: int | None, rec: InstanceRecord | None) -> None:
+    async def _after_exit(self, name: str, status: int | None, rec: InstanceRecord | None,
+                          report: exits.ExitReport) -> None:
         if rec is None:
             return
         requested = rec.state is PowerState.STOPPING
         faults.point("stop.after_exit")
-        await self._mark_stopped(rec)
+        await self._mark_stopped(rec, report)
         # reboot(2) inside a pid namespace ends its init with SIGHUP: the guest asked to reboot.
         rebooted = status is not None and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGHUP
         if rebooted and not requested:
@@ -496,7 +515,7 @@ class InstanceManager:
                     except Exception:  # noqa: BLE001
                         log.exception("restarting %s after its reboot failed", name)
 
-    async def _mark_stopped(self, rec: InstanceRecord) -> None:
+    async def _mark_stopped(self, rec: InstanceRecord, report: exits.ExitReport | None = None) -> None:
         # a container's veths go with its network namespace; a VM's taps stay until deleted
         await asyncio.to_thread(self.network.teardown, rec, rec.type is InstanceType.CONTAINER)
         faults.point("stop.after_nic_teardown")
@@ -507,6 +526,10 @@ class InstanceManager:
         fresh = self.db.get_instance(rec.id)
         if fresh is not None:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
+            for key in RUNTIME_OPTIONS:  # what the run recorded ends with it
+                fresh.options.pop(key, None)
+            if report is not None:
+                fresh.last_exit = report.as_dict()
             self.db.update_instance(fresh)
 
     # ------------------------------------------------------------- limits
@@ -633,7 +656,7 @@ class InstanceManager:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if rec.name not in self.containers.running:
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
-        group = container_group(self.cgroups, rec)
+        group = self.containers.group(rec)
         rows = [dataclasses.asdict(b) for b in group.beancounters(self.resources(rec))]
         held = open_files(group.pids())
         limit = rec.limits.get("numfile")
@@ -733,7 +756,7 @@ class InstanceManager:
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
                 privileged=src.privileged, idmap_base=base, limits=dict(src.limits),
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                init=list(src.init), stop_signal=src.stop_signal, options=dict(src.options))
+                init=list(src.init), stop_signal=src.stop_signal, options=copyable_options(src.options))
             nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
                     for n in self.db.nics_of(src.id)]
             with contextlib.ExitStack() as undo:
@@ -772,7 +795,7 @@ class InstanceManager:
             id=checked["id"], name=name, type=InstanceType.VM, template=src.template, hostname=name,
             privileged=False, idmap_base=None, limits=dict(src.limits),
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            init=[], stop_signal=src.stop_signal, options={**src.options, "vm": vm})
+            init=[], stop_signal=src.stop_signal, options={**copyable_options(src.options), "vm": vm})
         nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in self.db.nics_of(src.id) if n.network]
         with contextlib.ExitStack() as undo:
             async with self.lock(src):
@@ -894,10 +917,16 @@ class InstanceManager:
 
     # ------------------------------------------------------------- after a daemon restart
 
+    @staticmethod
+    def _lost(rec: InstanceRecord) -> exits.ExitReport:
+        report = exits.describe(None, requested=rec.state is PowerState.STOPPING, killed=False, lost=True)
+        log.info("%s: %s", rec.name, report.text)
+        return report
+
     async def recover(self) -> dict[str, list[str]]:
         """Adopt containers that kept running; clean up what a crash left half-done."""
         report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": [],
-                                        "removed_records": []}
+                                        "removed_records": [], "left_cgroups": []}
         records = self.db.list_instances()
         for rec in records:
             if rec.type is InstanceType.VM and rootdisk.release_stale_mount(self.storage.instance_path(rec.name)):
@@ -910,7 +939,7 @@ class InstanceManager:
                     self.db.update_instance(rec)
                     report["adopted"].append(rec.name)
                 else:
-                    await self._mark_stopped(rec)
+                    await self._mark_stopped(rec, self._lost(rec))
                     report["stopped"].append(rec.name)
                 continue
             if self.containers.adopt(rec) is not None:
@@ -919,7 +948,7 @@ class InstanceManager:
                 self.db.update_instance(rec)
                 report["adopted"].append(rec.name)
             else:
-                await self._mark_stopped(rec)
+                await self._mark_stopped(rec, self._lost(rec))
                 report["stopped"].append(rec.name)
         # Filters of NICs whose container died with the old ctd go; those of adopted ones stay.
         if self.network.filters:
@@ -941,14 +970,24 @@ class InstanceManager:
                 await asyncio.to_thread(self.storage.delete_instance, rec.name)
                 self.db.delete_instance(rec.id)
                 report["removed_records"].append(rec.name)
-        running_groups = {cgroup_name(r) for r in records if r.name in self.containers.running}
-        running_groups |= {n for r in records if r.name in self.containers.running for n in fixed_names(r)}
-        running_groups |= {vm_group(r) for r in records if self.is_running(r) and r.type is InstanceType.VM}
+        # Only groups of instances this state records are ctd's to end; a standby group (ctd's
+        # own naming) goes only if empty; anything else under the base is left alone and named.
+        own = {cgroup_name(r) if r.type is InstanceType.CONTAINER else vm_group(r) for r in records}
+        in_use = {os.path.basename(d) for r in records if self.is_running(r) for d in self.group_of(r).dirs().values()}
         for group_name in self.cgroups.list_groups():
-            if group_name not in running_groups:
-                group = self.cgroups.group(group_name)
-                await asyncio.to_thread(ContainerDriver._destroy_group_quietly, group)
+            if group_name in in_use:
+                continue
+            if group_name in own:
+                await asyncio.to_thread(ContainerDriver._destroy_group_quietly, self.cgroups.group(group_name))
                 report["removed_cgroups"].append(group_name)
+            elif STANDBY_GROUP.fullmatch(group_name) and await asyncio.to_thread(_remove_if_empty, self.cgroups,
+                                                                                 group_name):
+                report["removed_cgroups"].append(group_name)
+            else:
+                report["left_cgroups"].append(group_name)
+        if report["left_cgroups"]:
+            log.warning("recovery: cgroups under the base that no instance of %s records were left alone: %s",
+                        self.config.state_dir, ", ".join(report["left_cgroups"]))
         for key, names in report.items():
             if names:
                 log.info("recovery: %s: %s", key, ", ".join(names))

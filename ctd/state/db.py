@@ -13,7 +13,7 @@ from ctd.state.records import (
     InstanceRecord, InstanceType, NetworkRecord, NicMode, NicRecord, PowerState, TemplateRecord,
 )
 
-_JSON_COLUMNS = ("limits", "init", "options")
+_JSON_COLUMNS = ("limits", "init", "options", "last_exit")
 
 
 class StateDB:

@@ -73,4 +73,8 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE networks ADD COLUMN mtu INTEGER NOT NULL DEFAULT 1500;
     """,
+    # 5: how an instance's last run ended (exit code, signal, OOM kill, reboot, stop by ctd)
+    """
+    ALTER TABLE instances ADD COLUMN last_exit TEXT NOT NULL DEFAULT '{}';
+    """,
 ]

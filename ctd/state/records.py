@@ -38,6 +38,18 @@ class InstanceRecord:
     stop_signal: str = "SIGTERM"
     # {"systemd": bool, "network_style": str, "ssh_keys": [...], "timezone": str}
     options: dict = field(default_factory=dict)
+    # How its last run ended (ctd.instance.exits.ExitReport.as_dict()); {} if it never ran.
+    last_exit: dict = field(default_factory=dict)
+
+
+# Option keys that describe one run of an instance, not the instance: cleared when it stops,
+# never copied into a clone or a backup (the copy would point at the original's cgroups).
+RUNTIME_OPTIONS = frozenset({"cgroup_fixed"})
+
+
+def copyable_options(options: dict) -> dict:
+    """An instance's options without what belongs to its current run."""
+    return {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
 
 
 @dataclass

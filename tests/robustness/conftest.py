@@ -1,8 +1,8 @@
 """Fixtures for the robustness tests: daemons that can be started with a crash point armed.
 
-Each daemon here gets an id range of its own (not tests.conftest's TEST_IDMAP_BASE, which every
-other test daemon shares), so that the leak audit can tell its containers' processes from
-those of daemons that other test runs have going at the same time.
+Each daemon here gets a large id area of its own (above tests.conftest's test slots), so that
+the leak audit can tell its containers' processes from those of daemons that other test runs
+have going at the same time.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import os
 import random
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 
-import tests.conftest as base
 from tests.conftest import Daemon, _teardown, needs_root
 
 IDMAP_AREA = 1_000_000_000  # 50 slots of 50M ids each above it, below 2**32
@@ -27,16 +26,18 @@ _RANDOM = random.SystemRandom()  # not the global one: hypothesis seeds that, ru
 
 @dataclass
 class RobustDaemon(Daemon):
-    idmap_base: int = field(default_factory=lambda: IDMAP_AREA + _RANDOM.randrange(50) * IDMAP_SLOT)
-    nic_prefix: str = field(default_factory=lambda: "".join(_RANDOM.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
+    def area_choices(self) -> Iterator[tuple[int, int]]:
+        if self.idmap_area is not None:
+            yield self.idmap_area
+            return
+        for _ in range(150):
+            base = IDMAP_AREA + _RANDOM.randrange(50) * IDMAP_SLOT
+            yield base, base + IDMAP_SLOT
 
-    def start(self) -> None:
-        saved = base.TEST_IDMAP_BASE
-        base.TEST_IDMAP_BASE = self.idmap_base  # Daemon.start writes it into the config
-        try:
-            super().start()
-        finally:
-            base.TEST_IDMAP_BASE = saved
+    @property
+    def idmap_base(self) -> int:
+        assert self.idmap_area is not None, "started"
+        return self.idmap_area[0]
 
 
 def start_with_fault(d: Daemon, fault: str | None) -> int:

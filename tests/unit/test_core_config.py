@@ -72,3 +72,18 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "none.toml", {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.socket = Path("/elsewhere")  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("line, what", [('nft_table = "a;b"', "nft_table"), ('nic_prefix = "abc"', "nic_prefix"),
+                                        ("idmap_end = 5", "idmap_end"), ("idmap_base = 10", "idmap_base"),
+                                        ('idmap_base = "x"', "idmap_base")])
+def test_names_of_host_resources_are_checked(tmp_path: Path, line: str, what: str) -> None:
+    file = tmp_path / "ctd.toml"
+    file.write_text(line + "\n")
+    with pytest.raises(InvalidRequest, match=what):
+        load_config(file, {})
+
+
+def test_the_id_area_ends_by_default_after_8192_ranges(tmp_path: Path) -> None:
+    cfg = load_config(tmp_path / "missing.toml", {})
+    assert cfg.idmap_limit == 1_000_000 + 8192 * 65536

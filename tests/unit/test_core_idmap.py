@@ -107,3 +107,9 @@ def test_subid_ranges_feed_allocate(tmp_path: Path) -> None:
     subuid = tmp_path / "subuid"
     subuid.write_text(f"user:{BASE}:{SIZE}\n")
     assert idmap.allocate(BASE, SIZE, set(), idmap.subid_ranges(subuid)) == BASE + SIZE
+
+
+def test_stays_below_the_area_end() -> None:
+    assert idmap.allocate(BASE, SIZE, {BASE}, [], BASE + 2 * SIZE) == BASE + SIZE
+    with pytest.raises(OperationFailed, match="idmap_end"):
+        idmap.allocate(BASE, SIZE, {BASE, BASE + SIZE}, [], BASE + 2 * SIZE)

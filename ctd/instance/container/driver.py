@@ -7,6 +7,7 @@ import contextlib
 import errno
 import logging
 import os
+import re
 import resource
 import signal
 from collections.abc import Awaitable, Callable
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cgroups import CgroupError, CgroupManager, Resources
+from cgroups.discovery import UNIFIED
 
 from ctd.errors import Conflict, OperationFailed
 from ctd import faults
@@ -47,7 +49,16 @@ class RunningContainer:
     console: Console | None
     adopted: bool = False
     stopping: bool = False
+    killed: bool = False  # ctd sent SIGKILL (a stop that timed out, or --kill)
+    group: object = None  # its cgroup handle: made by this start, or verified at adoption
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+@dataclass(frozen=True)
+class ExitFacts:
+    """What the driver saw of a container's end, for the manager's exit report."""
+    killed: bool     # ctd sent SIGKILL
+    oom_kills: int   # the OOM killer's count in its cgroup
 
 
 @dataclass
@@ -63,16 +74,12 @@ def cgroup_name(instance: InstanceRecord) -> str:
 
 
 FIXED_KEY = "cgroup_fixed"  # rec.options: hierarchy -> the running container's group name there
+# The only shape a recorded fixed name may have: the standby group the container started in.
+STANDBY_GROUP = re.compile(r"standby-[1-9][0-9]{0,9}")
 
 
-def container_group(cgroups: CgroupManager, rec: InstanceRecord):  # type: ignore[no-untyped-def]
-    """The container's cgroup: ct-<name>, but in a hierarchy that cannot rename (cgroup2) the
-    standby group it was started in keeps its name (recorded in its options)."""
-    return cgroups.group(cgroup_name(rec), rec.options.get(FIXED_KEY))
-
-
-def fixed_names(rec: InstanceRecord) -> set[str]:
-    return set((rec.options.get(FIXED_KEY) or {}).values())
+def standby_group_name(pid: int) -> str:
+    return f"standby-{pid}"
 
 
 class ContainerDriver:
@@ -90,6 +97,9 @@ class ContainerDriver:
         # waits for an RCU grace period, milliseconds). Off until recovery has run.
         self.staging = False
         self._staged: dict[int, object] = {}   # standby pid -> its group, ready
+        # The group of a container whose init has exited, until cleanup() removes it.
+        self._exited_groups: dict[str, object] = {}
+        self.exit_facts: dict[str, ExitFacts] = {}  # taken by the on_stopped callback
         self._staging: dict[int, asyncio.Future] = {}  # being made: pid -> its thread's future
         spawner.on_standby = self._standby_ready
         spawner.on_standby_gone = self._standby_gone
@@ -104,7 +114,7 @@ class ContainerDriver:
         future.add_done_callback(lambda f: self._staged_done(pid, f))
 
     def _stage(self, pid: int):  # type: ignore[no-untyped-def]
-        group = self.cgroups.group(f"standby-{pid}")
+        group = self.cgroups.group(standby_group_name(pid))
         try:
             group.create()
             pidfd = os.pidfd_open(pid)  # alive now, so pid is still our standby's number
@@ -260,7 +270,7 @@ class ContainerDriver:
             self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
-        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, group=group)
         self._watch(rc)
         return rc
 
@@ -275,7 +285,7 @@ class ContainerDriver:
             except CgroupError as exc:  # a stale ct-<name> left by a crash: init moves over
                 log.warning("%s: %s; moving its init instead", rec.name, exc)
         if group is None:
-            group = container_group(self.cgroups, rec)
+            group = self.cgroups.group(cgroup_name(rec))
             group.create()
         faults.point("start.after_cgroup")
         undo.callback(self._destroy_group_quietly, group)
@@ -300,9 +310,49 @@ class ContainerDriver:
         if start_time(rec.pid) != rec.pid_start:  # recycled between the two checks
             os.close(pidfd)
             return None
-        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True)
+        fixed = self._verified_fixed(rec)
+        rec.options.pop(FIXED_KEY, None)
+        if fixed:
+            rec.options[FIXED_KEY] = fixed  # the caller saves the record
+        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
+                              group=self.cgroups.group(cgroup_name(rec), fixed))
         self._watch(rc)
         return rc
+
+    def _verified_fixed(self, rec: InstanceRecord) -> dict[str, str]:
+        """Where the adopted init (pid and start time checked by the caller) really is in the
+        hierarchy that cannot rename (cgroup2): the kernel says so in /proc/PID/cgroup. Only a
+        standby group right below this daemon's base counts; what the record says is not trusted."""
+        bases = self.cgroups.base_dirs()
+        kept: dict[str, str] = {}
+        if UNIFIED in bases and not self.cgroups.renames_in(UNIFIED):
+            try:
+                lines = open(f"/proc/{rec.pid}/cgroup").read().splitlines()
+            except OSError:
+                lines = []
+            for line in lines:
+                if line.startswith("0::"):
+                    parent, name = os.path.split(line[3:].strip())
+                    if (STANDBY_GROUP.fullmatch(name) and bases[UNIFIED].endswith(parent)
+                            and os.path.isdir(os.path.join(bases[UNIFIED], name))):
+                        kept[UNIFIED] = name
+        recorded = rec.options.get(FIXED_KEY)
+        if recorded and recorded != kept:
+            log.warning("%s: its record names cgroup(s) %r, but its init is in %r; using what the kernel says",
+                        rec.name, recorded, kept)
+        return kept
+
+    def group(self, rec: InstanceRecord):  # type: ignore[no-untyped-def]
+        """The container's cgroup handle. Only a group this driver made (or verified at adoption)
+        for a live container carries fixed names; otherwise ct-<name>, derived from the
+        instance's own name below this daemon's base: a record can never aim it elsewhere."""
+        rc = self.running.get(rec.name)
+        if rc is not None and rc.group is not None:
+            return rc.group
+        exited = self._exited_groups.get(rec.name)
+        if exited is not None:
+            return exited
+        return self.cgroups.group(cgroup_name(rec))
 
     # ------------------------------------------------------------- exit tracking
 
@@ -340,6 +390,12 @@ class ContainerDriver:
         if rc.console:
             rc.console.close()
         self.running.pop(rc.name, None)
+        oom_kills = 0
+        if rc.group is not None:
+            self._exited_groups[rc.name] = rc.group
+            with contextlib.suppress(Exception):  # read before cleanup() removes the group
+                oom_kills = rc.group.usage().oom_kills or 0
+        self.exit_facts[rc.name] = ExitFacts(rc.killed, oom_kills)
         rc.exited.set_result(status)
         if self.on_stopped:
             self.on_stopped(rc.name, status)
@@ -366,6 +422,7 @@ class ContainerDriver:
                 except TimeoutError:
                     if caught:
                         break
+        rc.killed = True
         self._signal(rc, signal.SIGKILL)
         faults.point("stop.after_kill")
         return await rc.exited
@@ -377,7 +434,7 @@ class ContainerDriver:
 
     async def update(self, rec: InstanceRecord, resources: Resources, fallback: Resources) -> None:
         """Apply new limits to a running container; on a kernel refusal put the old ones back."""
-        group = container_group(self.cgroups, rec)
+        group = self.group(rec)
         try:
             await asyncio.to_thread(group.apply, resources)
             if rec.options.get("systemd") and not rec.privileged:
@@ -394,8 +451,11 @@ class ContainerDriver:
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
 
     async def cleanup(self, rec: InstanceRecord) -> None:
-        """After init is gone: end stragglers (exec sessions) and remove the cgroup."""
-        group = container_group(self.cgroups, rec)
+        """After init is gone: end stragglers (exec sessions) and remove the cgroup (only the
+        one this driver made for it, or ct-<name>: never a group a record names)."""
+        if rec.name in self.running:
+            return  # it runs (a record copied from it must not end it)
+        group = self._exited_groups.pop(rec.name, None) or self.cgroups.group(cgroup_name(rec))
         await asyncio.to_thread(self._destroy_group_quietly, group)
 
     @staticmethod
@@ -447,7 +507,7 @@ class ContainerDriver:
             spec = ExecSpec(
                 init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
                 cwd=cwd, privileged=rec.privileged,
-                cgroup_procs=container_group(self.cgroups, rec).procs_files(),
+                cgroup_procs=self.group(rec).procs_files(),
                 cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
                 nofile=rec.limits.get("numfile"),
             )
