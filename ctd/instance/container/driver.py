@@ -26,7 +26,7 @@ from ctd.instance.container.spec import (
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
-from ctd.linux.proc import start_time
+from ctd.linux.proc import is_zombie, start_time
 from ctd.network import netlink
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
@@ -302,6 +302,8 @@ class ContainerDriver:
     def adopt(self, rec: InstanceRecord) -> RunningContainer | None:
         """Find a container that kept running while ctd was away; None if it is gone."""
         if rec.pid is None or rec.pid_start is None or start_time(rec.pid) != rec.pid_start:
+            return None
+        if is_zombie(rec.pid):  # ended while ctd was away, not reaped yet: nothing to adopt
             return None
         try:
             pidfd = os.pidfd_open(rec.pid)
