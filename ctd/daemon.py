@@ -230,6 +230,8 @@ def remote_access(config: DaemonConfig, db):  # type: ignore[no-untyped-def]
     from ctd.remote.api import RemoteAccess
     from ctd.remote.audit import AuditLog
     from ctd.remote.tokens import TokenStore
+    # The DB holds the tokens' hashes: nobody but root reads it (SQLite gives -wal/-shm its mode).
+    os.chmod(config.db_path, 0o600)
     return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log))
 
 
