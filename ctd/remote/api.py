@@ -190,3 +190,38 @@ async def read_audit(request: web.Request) -> web.Response:
     audit = request.app[ACCESS].audit
     entries = await asyncio.to_thread(audit.read, when) if os.path.exists(audit.path) else []
     return web.json_response({"entries": entries})
+
+
+def schema_paths() -> dict:
+    """The OpenAPI description of the endpoints above (merged into /1.0/openapi.json)."""
+    error = {"description": "error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Error"}}}}
+
+    def ok(status: int = 200) -> dict:
+        return {str(status): {"description": "success", "content": {"application/json": {
+            "schema": {"type": "object"}}}}, "400": error, "403": error}
+
+    token_name = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}
+    return {
+        "/1.0/tokens": {
+            "get": {"summary": "API tokens, without secrets (unix socket only)", "responses": ok()},
+            "post": {"summary": "make an API token; the answer holds its secret, shown once (unix socket only)",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["name"], "additionalProperties": False,
+                         "properties": {"name": token_name["schema"], "role": {"type": "string", "enum": ["admin"]},
+                                        "expires": {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"}}}}}},
+                     "responses": {**ok(201), "409": error}},
+        },
+        "/1.0/tokens/{name}": {
+            "parameters": [token_name],
+            "delete": {"summary": "revoke an API token (unix socket only)", "responses": {**ok(), "404": error}},
+        },
+        "/1.0/audit": {
+            "get": {"summary": "the audit log: every mutating request",
+                    "parameters": [{"name": "since", "in": "query", "required": False,
+                                    "description": "a duration back from now (1h, 2d) or an ISO 8601 time",
+                                    "schema": {"type": "string"}}],
+                    "responses": ok()},
+        },
+    }
