@@ -15,7 +15,7 @@ from ctd.api.context import ApiContext
 from ctd.api.errors import error_middleware
 from ctd.api.handlers import CTX, routes
 from ctd.errors import OperationFailed
-from ctd.remote.api import ACCESS, RemoteAccess, access_middleware
+from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
 from ctd.remote.api import routes as remote_routes
 
 
@@ -29,6 +29,7 @@ def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.App
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)
+        app.on_response_prepare.append(audit_response)
     return app
 
 

@@ -34,7 +34,9 @@ class RemoteAccess:
 
 
 ACCESS = web.AppKey("access", RemoteAccess)
-IDENTITY = "ctd.identity"
+IDENTITY = "ctd.identity"  # request keys the middleware sets
+SOURCE = "ctd.source"
+STARTED = "ctd.started"
 routes = web.RouteTableDef()
 
 
@@ -107,36 +109,36 @@ async def _target(request: web.Request) -> str | None:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Who is asking: the socket's peer, or a token on HTTPS (else 401/429 and nothing more)."""
     access = request.app[ACCESS]
-    started = utcnow()
+    request[STARTED] = utcnow()
     who = _local_identity(request)
-    source = "unix" if who is not None else (request.remote or "?")
-    status = 500
+    request[SOURCE] = "unix" if who is not None else (request.remote or "?")
+    if who is None:
+        checked = _authenticate(request, access, request[SOURCE])
+        if isinstance(checked, web.Response):
+            return checked
+        who = checked
+    request[IDENTITY] = who
+    return await handler(request)
+
+
+async def audit_response(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the status is known, nothing is sent yet. A WebSocket upgrade
+    (exec, console) is recorded when it is accepted (101), not when the session ends."""
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method not in MUTATING and not upgrade:
+        return
+    access = request.app[ACCESS]
+    who: Identity | None = request.get(IDENTITY)
+    target = await _target(request) if who is not None else None  # never read a stranger's body
+    entry = AuditEntry(request.get(STARTED, utcnow()).isoformat(timespec="milliseconds"),
+                       who.label if who else "anonymous", request.get(SOURCE) or request.remote or "?",
+                       request.method, request.path, target, response.status)
     try:
-        if who is None:
-            checked = _authenticate(request, access, source)
-            if isinstance(checked, web.Response):
-                status = checked.status
-                return checked
-            who = checked
-        request[IDENTITY] = who
-        try:
-            response = await handler(request)
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        status = response.status
-        return response
-    finally:
-        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-        if request.method in MUTATING or upgrade:
-            target = await _target(request) if IDENTITY in request else None  # never read a stranger's body
-            entry = AuditEntry(started.isoformat(timespec="milliseconds"), who.label if who else "anonymous",
-                               source, request.method, request.path, target, status)
-            try:
-                access.audit.write(entry)
-            except OSError as exc:
-                log.error("could not write the audit log %s: %s", access.audit.path, exc)
+        access.audit.write(entry)
+    except OSError as exc:
+        log.error("could not write the audit log %s: %s", access.audit.path, exc)
 
 
 # ------------------------------------------------------------------ tokens (local admin only)

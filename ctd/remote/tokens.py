@@ -9,7 +9,7 @@ import re
 import secrets
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.remote.identity import DEFAULT_PROJECT, Identity, IdentityKind, Role
@@ -50,6 +50,7 @@ class TokenRecord:
     project: str
     created_at: str
     expires_at: str | None
+    secret_sha256: str = field(default="", repr=False)  # never in an answer
 
     def expired(self, now: datetime.datetime) -> bool:
         return self.expires_at is not None and datetime.datetime.fromisoformat(self.expires_at) <= now
@@ -71,7 +72,7 @@ class TokenStore:
     def _load(self) -> None:
         self._by_hash = {
             row["secret_sha256"]: TokenRecord(row["name"], Role(row["role"]), row["project"], row["created_at"],
-                                              row["expires_at"])
+                                              row["expires_at"], row["secret_sha256"])
             for row in self.conn.execute("SELECT * FROM api_tokens")}
 
     def create(self, name: object, role: object = "admin", expires: object = None) -> tuple[TokenRecord, str]:
@@ -90,14 +91,15 @@ class TokenStore:
                 raise InvalidRequest("expires must be a string such as \"30d\"")
             expires_at = (now + parse_duration(expires)).isoformat(timespec="seconds")
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
-        record = TokenRecord(name, role_value, DEFAULT_PROJECT, now.isoformat(timespec="seconds"), expires_at)
+        digest = hash_secret(secret)
+        record = TokenRecord(name, role_value, DEFAULT_PROJECT, now.isoformat(timespec="seconds"), expires_at, digest)
         try:
             self.conn.execute("INSERT INTO api_tokens (name, secret_sha256, role, project, created_at, expires_at) "
-                              "VALUES (?, ?, ?, ?, ?, ?)", (name, hash_secret(secret), role_value.value,
+                              "VALUES (?, ?, ?, ?, ?, ?)", (name, digest, role_value.value,
                                                             record.project, record.created_at, expires_at))
         except sqlite3.IntegrityError:
             raise Conflict(f"a token named {name} exists; revoke it first or pick another name") from None
-        self._by_hash[hash_secret(secret)] = record
+        self._by_hash[digest] = record
         return record, secret
 
     def list(self) -> list[TokenRecord]:
@@ -111,10 +113,9 @@ class TokenStore:
     def authenticate(self, secret: str) -> Identity | None:
         """The identity of a valid, unexpired token; None for anything else."""
         digest = hash_secret(secret)
+        # The lookup compares hashes, not secrets: its timing says nothing an attacker could use
+        # to build a secret; the final check is constant-time all the same.
         record = self._by_hash.get(digest)
-        if record is None:
-            return None
-        stored = self.conn.execute("SELECT secret_sha256 FROM api_tokens WHERE name = ?", (record.name,)).fetchone()
-        if stored is None or not hmac.compare_digest(stored[0], digest) or record.expired(self.clock()):
+        if record is None or not hmac.compare_digest(record.secret_sha256, digest) or record.expired(self.clock()):
             return None
         return Identity(record.name, IdentityKind.TOKEN, record.role, record.project)

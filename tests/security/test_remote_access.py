@@ -234,6 +234,25 @@ def test_ctctl_remote_manages_instances_over_https_and_is_audited(daemon: Daemon
         assert name in ok("list")
         assert ok("exec", name, "--", "/bin/sh", "-c", "echo hello-$((6*7))").strip() == "hello-42"
         assert ctl(user_config, "--remote", "node1", "exec", name, "--", "/bin/sh", "-c", "exit 3").code == 3
+        # An exec session is in the audit log while it runs, not only once it ends.
+        def exec_lines() -> int:
+            return sum(1 for line in (daemon.state_dir / "audit.log").read_text().splitlines()
+                       if '"token:panel"' in line and line.count("/exec") and '"status":101' in line)
+
+        before = exec_lines()
+        env = {**os.environ, "XDG_CONFIG_HOME": str(user_config)}
+        session = subprocess.Popen([sys.executable, "-m", "ctctl.main", "--remote", "node1", "exec", name, "--",
+                                    "sleep", "30"], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 20
+            while exec_lines() == before:
+                assert time.monotonic() < deadline and session.poll() is None, "no audit line for the running exec"
+                time.sleep(0.1)
+            assert session.poll() is None, "the session still runs"
+        finally:
+            session.kill()
+            session.wait(10)
         # remote switch makes it the default: no --remote needed
         assert ctl(user_config, "remote", "switch", "node1").code == 0
         assert name in ctl(user_config, "list").out
