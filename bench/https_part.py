@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from ctd_side import CtdDaemon  # noqa: E402
+from ctd_side import CtdDaemon
 
 INSTANCES = 10
 
@@ -37,7 +37,7 @@ def summary(samples_ms: list[float]) -> dict:
     s = sorted(samples_ms)
     if not s:
         return {"n": 0, "p50_ms": None, "p99_ms": None, "max_ms": None}
-    pick = lambda p: round(s[min(len(s) - 1, int(p / 100 * len(s)))], 2)  # noqa: E731
+    pick = lambda p: round(s[min(len(s) - 1, int(p / 100 * len(s)))], 2)
     return {"n": len(s), "p50_ms": pick(50), "p99_ms": pick(99), "max_ms": round(s[-1], 2)}
 
 

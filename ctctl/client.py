@@ -71,9 +71,9 @@ def peer_fingerprint(sock: ssl.SSLSocket) -> str:
 
 def fetch_fingerprint(host: str, port: int, timeout: float = 10.0) -> str:
     """The SHA-256 of the certificate a TLS server shows (a handshake, no HTTP request)."""
-    with socket.create_connection((host, port), timeout=timeout) as raw:
-        with pinning_context().wrap_socket(raw, server_hostname=host) as tls:
-            return peer_fingerprint(tls)
+    with socket.create_connection((host, port), timeout=timeout) as raw, \
+            pinning_context().wrap_socket(raw, server_hostname=host) as tls:
+        return peer_fingerprint(tls)
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):

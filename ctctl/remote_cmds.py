@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import sys
 
@@ -133,7 +132,7 @@ def remote_add(name: str, url: str, secret: str, accept: str | None) -> None:
     probe = Remote(name, url, secret, "0" * 64)
     try:
         seen = fetch_fingerprint(probe.host, probe.port)
-    except (OSError, ssl.SSLError, socket.timeout) as exc:
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise ApiError(f"cannot make a TLS connection to {url}: {exc}") from None
     if accept is not None:
         if normalize_fingerprint(accept) != seen:

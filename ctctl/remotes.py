@@ -44,7 +44,7 @@ def check_url(url: str) -> str:
     if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise ApiError(f"remote URL {url!r} must be https://HOST[:PORT] (ctd speaks no plain HTTP)")
     try:
-        parts.port
+        _ = parts.port  # raises on a bad one
     except ValueError:
         raise ApiError(f"remote URL {url!r} has a bad port") from None
     return f"https://{parts.netloc}"

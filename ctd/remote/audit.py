@@ -64,4 +64,4 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
     except ValueError:
         raise InvalidRequest(f"since {text!r} must be a duration such as 1h or 2d, or a time such as "
                              "2026-01-31T12:00:00") from None
-    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=datetime.UTC)

@@ -71,7 +71,7 @@ def make_self_signed(cert_path: Path, key_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())  # fast handshakes, 128-bit security
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ctd"),
                       x509.NameAttribute(NameOID.COMMON_NAME, f"ctd@{socket.gethostname()}"[:64])])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt = x509.SubjectAlternativeName([x509.DNSName(socket.gethostname()), x509.DNSName("localhost"),
                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
                                        x509.IPAddress(ipaddress.ip_address("::1"))])

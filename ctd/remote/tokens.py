@@ -24,7 +24,7 @@ Clock = Callable[[], datetime.datetime]
 
 
 def utcnow() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def parse_duration(text: str) -> datetime.timedelta:

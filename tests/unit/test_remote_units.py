@@ -21,7 +21,7 @@ from ctd.remote.tls import make_self_signed, parse_listen_address, server_certif
 from ctd.remote.tokens import TokenStore, parse_duration
 from ctd.state import StateDB
 
-NOW = datetime.datetime(2026, 1, 31, 12, 0, tzinfo=datetime.timezone.utc)
+NOW = datetime.datetime(2026, 1, 31, 12, 0, tzinfo=datetime.UTC)
 
 
 class Clock:
