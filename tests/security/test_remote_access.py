@@ -8,6 +8,7 @@ rate limit they trip does not block the others.
 """
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -158,7 +159,6 @@ def test_secrets_are_never_stored_or_logged_in_clear(daemon: Daemon) -> None:
         https(daemon, "GET", "/1.0", bad, source="127.0.0.5")
     # Every file ctd writes text or records to (not the pool image: it holds the instances' disks).
     files = [p for p in daemon.state_dir.iterdir() if p.is_file() and p.name != "pool.img"] + [daemon.log]
-    import hashlib
     digest = hashlib.sha256(secret.encode()).hexdigest().encode()
     found_hash = False
     for path in files:
@@ -292,3 +292,38 @@ def test_ctctl_refuses_a_server_whose_certificate_is_not_the_pinned_one(daemon: 
         assert r.code == 1 and "not the pinned" in r.err, (args, r.err)
     assert (daemon.state_dir / "audit.log").read_text() == before, "no request reached ctd"
     daemon.ok("token", "revoke", "pinned")
+
+
+def _bare_daemon(tmp: Path, settings: str) -> Daemon:
+    import uuid
+    return Daemon(tmp / "state", tmp / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}", extra_config=settings)
+
+
+def test_an_operators_certificate_replaces_ctds_own(tmp_path: Path) -> None:
+    from ctd.remote.tls import make_self_signed
+    cert, key = tmp_path / "operator.crt", tmp_path / "operator.key"
+    make_self_signed(cert, key)  # stands in for a CA-issued one: any PEM pair
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+    port = free_port()
+    d = _bare_daemon(tmp_path, f'https_address = "127.0.0.1:{port}"\nhttps_cert = "{cert}"\nhttps_key = "{key}"\n')
+    d.start()
+    try:
+        assert fetch_fingerprint("127.0.0.1", port) == expected == fingerprint(d)
+        assert d.client.get("/1.0")["https"]["self_signed"] is False
+        assert not (d.state_dir / "tls").exists(), "no certificate of its own made"
+    finally:
+        _teardown(d)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('https_address = "localhost:8443"\n', "not an IP address"),
+    ('https_address = "127.0.0.1:{port}"\nhttps_cert = "/nonexistent.crt"\n', "go together"),
+    ('https_address = "127.0.0.1:{port}"\nhttps_cert = "/etc/hostname"\nhttps_key = "/etc/hostname"\n',
+     "not a readable PEM"),
+])
+def test_bad_https_settings_stop_ctd_at_start_with_a_clear_error(tmp_path: Path, settings: str, message: str) -> None:
+    d = _bare_daemon(tmp_path, settings.format(port=free_port()))
+    with pytest.raises(RuntimeError, match=message):
+        d.start()
+    assert d.proc is not None and d.proc.wait(10) == 1
+    assert not d.socket.exists() and not (d.state_dir / "ctd.db").exists(), "it touched nothing"
