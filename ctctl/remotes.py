@@ -75,10 +75,10 @@ class RemoteConfig:
     @classmethod
     def load(cls, path: Path | None = None) -> RemoteConfig:
         path = path or config_file()
-        if not path.exists():
-            return cls(path=path)
         try:
             data = tomllib.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return cls(path=path)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ApiError(f"{path}: cannot read it ({exc}); fix or remove the file") from None
         remotes = {}
