@@ -6,7 +6,8 @@ socket, with N concurrent clients, and the cost of a fresh TLS handshake.
 A private ctd (dir storage, own state dir and cgroup name) with 10 stopped busybox containers,
 so the list has something to say. The clients run in this process (one event loop), the
 daemon in its own: on a 2-core machine they compete for CPU the same way on both transports.
-Target (issue 17): HTTPS p99 within 1.5x of the socket's.
+Target (issue 17): HTTPS p99 within 1.5x of the socket's. ctd's CPU time per request is shown
+too: unlike latency, it hardly depends on what else the machine is doing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -68,6 +70,20 @@ async def load(session: aiohttp.ClientSession, url: str, clients: int, seconds: 
     return {"requests_per_s": round(len(latencies) / elapsed, 1), "errors": errors, **summary(latencies)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (ctd's: what a request costs it, whatever else runs)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def timed_load(ctd: CtdDaemon, session: aiohttp.ClientSession, url: str, clients: int, seconds: float) -> dict:
+    before = cpu_seconds(ctd.pid)
+    result = await load(session, url, clients, seconds)
+    spent = cpu_seconds(ctd.pid) - before
+    result["ctd_cpu_ms_per_request"] = round(spent * 1000 / max(1, result["n"]), 3)
+    return result
+
+
 async def measure(ctd: CtdDaemon, port: int, token: str, fingerprint: str, clients: int, seconds: float) -> dict:
     unix = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(ctd.socket), limit=clients))
     tls = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients,
@@ -75,9 +91,9 @@ async def measure(ctd: CtdDaemon, port: int, token: str, fingerprint: str, clien
                                 headers={"Authorization": f"Bearer {token}"})
     try:
         await load(unix, "http://localhost/1.0/instances", clients, 1.0)  # warm-up: connections made
-        socket_result = await load(unix, "http://localhost/1.0/instances", clients, seconds)
+        socket_result = await timed_load(ctd, unix, "http://localhost/1.0/instances", clients, seconds)
         await load(tls, f"https://127.0.0.1:{port}/1.0/instances", clients, 1.0)
-        https_result = await load(tls, f"https://127.0.0.1:{port}/1.0/instances", clients, seconds)
+        https_result = await timed_load(ctd, tls, f"https://127.0.0.1:{port}/1.0/instances", clients, seconds)
     finally:
         await unix.close()
         await tls.close()
@@ -127,7 +143,8 @@ def main() -> int:
     print(json.dumps(result, indent=2))
     print(f"GET /1.0/instances, {args.clients} keep-alive clients: socket {result['socket']['requests_per_s']}/s "
           f"p99 {result['socket']['p99_ms']} ms; HTTPS {result['https']['requests_per_s']}/s "
-          f"p99 {result['https']['p99_ms']} ms (x{result['p99_ratio']}, target <= 1.5); "
+          f"p99 {result['https']['p99_ms']} ms (x{result['p99_ratio']}, target <= 1.5); ctd CPU per request "
+          f"{result['socket']['ctd_cpu_ms_per_request']} ms vs {result['https']['ctd_cpu_ms_per_request']} ms; "
           f"TLS handshake p50 {result['tls_handshake']['p50_ms']} ms", file=sys.stderr)
     if args.output:
         args.output.write_text(json.dumps(result, indent=2))
