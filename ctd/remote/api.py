@@ -131,6 +131,8 @@ async def audit_response(request: web.Request, response: web.StreamResponse) -> 
         return
     access = request.app[ACCESS]
     who: Identity | None = request.get(IDENTITY)
+    if who is None and response.status == 429:
+        return  # a blocked source's flood would fill the disk; its block was logged once
     target = await _target(request) if who is not None else None  # never read a stranger's body
     entry = AuditEntry(request.get(STARTED, utcnow()).isoformat(timespec="milliseconds"),
                        who.label if who else "anonymous", request.get(SOURCE) or request.remote or "?",

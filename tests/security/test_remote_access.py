@@ -210,6 +210,12 @@ def test_failed_authentications_are_rate_limited_per_source(daemon: Daemon) -> N
     assert https(daemon, "GET", "/1.0/instances", good)[0] == 200, "another source is not blocked"
     assert "too many failed" in daemon.ok("audit") or "refused" in daemon.log.read_text()  # type: ignore[union-attr]
     assert "source blocked" in daemon.log.read_text()  # type: ignore[union-attr]
+    # A flood of writes from a blocked source does not fill the audit log (its first failures do).
+    flooder = "127.0.0.6"
+    for i in range(40):
+        https(daemon, "DELETE", f"/1.0/instances/x{i}", "ctd_guess", source=flooder)
+    lines = [line for line in (daemon.state_dir / "audit.log").read_text().splitlines() if flooder in line]
+    assert len(lines) == 10 and all('"status":401' in line for line in lines)
     daemon.ok("token", "revoke", "limited")
 
 
