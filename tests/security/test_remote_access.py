@@ -240,6 +240,8 @@ def test_ctctl_remote_manages_instances_over_https_and_is_audited(daemon: Daemon
         assert name in ok("list")
         assert ok("exec", name, "--", "/bin/sh", "-c", "echo hello-$((6*7))").strip() == "hello-42"
         assert ctl(user_config, "--remote", "node1", "exec", name, "--", "/bin/sh", "-c", "exit 3").code == 3
+        console = ctl(user_config, "--remote", "node1", "console", name, input="echo console-$((6*7))\n", timeout=30)
+        assert console.code == 0 and "console-42" in console.out, console.err
         # An exec session is in the audit log while it runs, not only once it ends.
         def exec_lines() -> int:
             return sum(1 for line in (daemon.state_dir / "audit.log").read_text().splitlines()
