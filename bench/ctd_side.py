@@ -32,6 +32,7 @@ class CtdDaemon:
         self.nft_table = f"ctd_bench_{tag}"
         self.nic_prefix = _free_nic_prefix()
         self.storage = storage  # storage_driver setting; None: ctd's default
+        self.extra_settings = ""  # more ctd.toml lines (e.g. https_address)
         self.info: dict = {}
         self.proc: subprocess.Popen | None = None
         self.created: set[str] = set()  # instances this run made (for cleanup)
@@ -52,7 +53,7 @@ class CtdDaemon:
                     f'nft_table = "{self.nft_table}"\nnic_prefix = "{self.nic_prefix}"\n')
         if self.storage:
             settings += f'storage_driver = "{self.storage}"\n'
-        self.config.write_text(settings)
+        self.config.write_text(settings + self.extra_settings)
         log = self.log.open("w")
         # A session of its own: Ctrl-C in the terminal must not reach ctd (it would leave the
         # containers running and us without an API to clean them up).

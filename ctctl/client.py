@@ -1,15 +1,21 @@
-"""A small client for ctd's REST API over its unix socket (stdlib only, for plain requests)."""
+"""A small client for ctd's REST API over its unix socket or HTTPS (stdlib only, for plain requests)."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import json
 import os
 import socket
+import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ctctl.remotes import Remote
 
 DEFAULT_SOCKET = "/run/ctd/ctd.sock"
 
@@ -44,36 +50,98 @@ class _UnixConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
+class CertificateMismatch(ApiError):
+    """The server's certificate is not the pinned one: nothing (no token) was sent to it."""
+
+
+def pinning_context() -> ssl.SSLContext:
+    """TLS 1.2+, no CA check: the certificate is checked against the pinned fingerprint instead
+    (ctd's own certificate is self-signed)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def peer_fingerprint(sock: ssl.SSLSocket) -> str:
+    der = sock.getpeercert(binary_form=True)
+    return hashlib.sha256(der or b"").hexdigest()
+
+
+def fetch_fingerprint(host: str, port: int, timeout: float = 10.0) -> str:
+    """The SHA-256 of the certificate a TLS server shows (a handshake, no HTTP request)."""
+    with socket.create_connection((host, port), timeout=timeout) as raw, \
+            pinning_context().wrap_socket(raw, server_hostname=host) as tls:
+        return peer_fingerprint(tls)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=pinning_context())
+        self.fingerprint = fingerprint
+
+    def connect(self) -> None:
+        super().connect()
+        seen = peer_fingerprint(self.sock)  # type: ignore[arg-type]
+        if not hmac.compare_digest(seen, self.fingerprint):
+            self.sock.close()
+            raise CertificateMismatch(
+                f"the certificate of {self.host}:{self.port} has SHA-256 {seen}, not the pinned {self.fingerprint}: "
+                "refusing to talk to it. If the server's certificate was changed on purpose, "
+                "'ctctl remote remove' and 'remote add' it again", "certificate")
+
+
 @dataclass
 class Client:
     socket_path: str
     timeout: float = 3700.0
+    remote: Remote | None = None
+
+    @property
+    def where(self) -> str:
+        return f"remote {self.remote.name} ({self.remote.url})" if self.remote else self.socket_path
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.remote is not None:
+            return _PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout)
+        return _UnixConnection(self.socket_path, self.timeout)
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.remote.token}"} if self.remote else {}
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
             path += "?" + urllib.parse.urlencode(query, doseq=True)
-        conn = _UnixConnection(self.socket_path, self.timeout)
+        conn = self._connection()
         try:
             payload = None if body is None else json.dumps(body)
             headers = {"Content-Type": "application/json"} if payload is not None else {}
+            headers.update(self.auth_headers())
             try:
                 conn.request(method, path, payload, headers)
                 response = conn.getresponse()
                 raw = response.read()
             except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if self.remote:
+                    raise ApiError(f"cannot reach {self.where}: {exc.strerror}; is ctd's https_address set "
+                                   "there?") from None
                 raise ApiError(f"cannot reach ctd at {self.socket_path} ({exc.strerror}); "
                                "is it running? Start it with 'ctd' or 'systemctl start ctd'") from None
             except PermissionError:
                 raise ApiError(f"permission denied on {self.socket_path}: run as root or as a member "
                                "of group 'ctd'") from None
             except OSError as exc:
-                raise ApiError(f"talking to ctd at {self.socket_path} failed: {exc}") from None
+                raise ApiError(f"talking to ctd at {self.where} failed: {exc}") from None
         finally:
             conn.close()
         try:
             data = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
             raise ApiError(f"ctd sent a reply that is not JSON (HTTP {response.status})") from None
+        if response.status == 401 and self.remote:
+            raise ApiError(f"{self.where} refused the token (revoked, expired or wrong): make a new one there "
+                           "with 'ctctl token create' and add the remote again", "unauthorized", 401)
         if response.status >= 400:
             raise ApiError(data.get("error", f"HTTP {response.status}"), data.get("code", "error"), response.status)
         return data

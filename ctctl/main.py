@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from ctctl import remote_cmds
 from ctctl.client import ApiError, Client, default_socket
 from ctctl.output import emit, human_bytes, table
 
@@ -33,10 +34,13 @@ class CtlGroup(click.Group):
 @click.group(cls=CtlGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--socket", "socket_path", default=default_socket, show_default="/run/ctd/ctd.sock or $CTD_SOCKET",
               help="ctd's API socket")
+@click.option("--remote", "remote_name", help="talk to this remote over HTTPS ('ctctl remote list'; 'local': "
+              "the socket)")
 @click.pass_context
-def cli(ctx: click.Context, socket_path: str) -> None:
+def cli(ctx: click.Context, socket_path: str, remote_name: str | None) -> None:
     """Manage ctd's system containers."""
-    ctx.obj = Client(socket_path)
+    from ctctl.remote_cmds import make_client
+    ctx.obj = make_client(ctx, socket_path, remote_name)
 
 
 def client() -> Client:
@@ -419,7 +423,7 @@ def exec_(instance: str, use_tty: bool, env: tuple[str, ...], cwd: str | None, c
     argv = list(command[1:] if command and command[0] == "--" else command)
     if not argv:
         raise click.UsageError("give the command after '--', e.g. ctctl exec NAME -- ps")
-    code = asyncio.run(run_exec(client().socket_path, instance, argv, list(env), cwd, use_tty))
+    code = asyncio.run(run_exec(client(), instance, argv, list(env), cwd, use_tty))
     sys.exit(code)
 
 
@@ -429,7 +433,7 @@ def enter(instance: str) -> None:
     """An interactive root shell inside."""
     from ctctl.stream import run_exec
     shell = ["/bin/sh", "-c", "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi"]
-    sys.exit(asyncio.run(run_exec(client().socket_path, instance, shell, [], None, sys.stdin.isatty())))
+    sys.exit(asyncio.run(run_exec(client(), instance, shell, [], None, sys.stdin.isatty())))
 
 
 @cli.command()
@@ -437,7 +441,7 @@ def enter(instance: str) -> None:
 def console(instance: str) -> None:
     """Attach to the container's /dev/console (detach with Ctrl-])."""
     from ctctl.stream import run_console
-    asyncio.run(run_console(client().socket_path, instance))
+    asyncio.run(run_console(client(), instance))
 
 
 # ------------------------------------------------------------------ templates
@@ -724,6 +728,7 @@ def _register_optional() -> None:
 
 
 _register_optional()
+remote_cmds.register(cli)
 
 
 def main() -> None:

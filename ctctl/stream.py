@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from ctctl.client import ApiError
+from ctctl.client import ApiError, Client
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
@@ -33,11 +33,25 @@ def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-async def _connect(socket_path: str, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
-    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=socket_path))
+def _session(client: Client) -> tuple[aiohttp.ClientSession, str]:
+    """A session to the socket, or to a remote whose certificate must be the pinned one."""
+    if client.remote is None:
+        return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=client.socket_path)), "http://localhost"
+    pinned = aiohttp.Fingerprint(bytes.fromhex(client.remote.fingerprint))
+    return (aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=pinned), headers=client.auth_headers()),
+            client.remote.url)
+
+
+async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+    session, base = _session(client)
+    socket_path = client.where
     try:
-        ws = await session.ws_connect(f"http://localhost{path}", params=query, max_msg_size=1 << 22,
+        ws = await session.ws_connect(f"{base}{path}", params=query, max_msg_size=1 << 22,
                                       autoping=True, heartbeat=None)
+    except aiohttp.ServerFingerprintMismatch as exc:
+        await session.close()
+        raise ApiError(f"the certificate of {socket_path} has SHA-256 {exc.got.hex()}, not the pinned "
+                       f"{exc.expected.hex()}: refusing to talk to it") from None
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
         # ctd puts its error message in a header of the refused upgrade
@@ -46,6 +60,9 @@ async def _connect(socket_path: str, path: str, query: list[tuple[str, str]]):  
     except aiohttp.ClientConnectorError as exc:
         await session.close()
         raise ApiError(f"cannot reach ctd at {socket_path} ({exc.os_error.strerror}); is it running?") from None
+    except aiohttp.ClientError as exc:
+        await session.close()
+        raise ApiError(f"talking to ctd at {socket_path} failed: {exc}") from None
     return session, ws
 
 
@@ -63,7 +80,7 @@ def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None
     threading.Thread(target=pump, daemon=True).start()
 
 
-async def run_exec(socket_path: str, ref: str, command: list[str], env: list[str], cwd: str | None,
+async def run_exec(client: Client, ref: str, command: list[str], env: list[str], cwd: str | None,
                    use_tty: bool) -> int:
     query = [("cmd", c) for c in command] + [("env", e) for e in env]
     if cwd:
@@ -74,7 +91,7 @@ async def run_exec(socket_path: str, ref: str, command: list[str], env: list[str
         term = os.environ.get("TERM")
         if term:
             query.append(("env", f"TERM={term}"))
-    session, ws = await _connect(socket_path, f"/1.0/instances/{ref}/exec", query)
+    session, ws = await _connect(client, f"/1.0/instances/{ref}/exec", query)
     loop = asyncio.get_running_loop()
     stdin: asyncio.Queue[bytes] = asyncio.Queue()
     _stdin_reader(loop, stdin)
@@ -120,9 +137,9 @@ async def run_exec(socket_path: str, ref: str, command: list[str], env: list[str
     return exit_code
 
 
-async def run_console(socket_path: str, ref: str) -> None:
+async def run_console(client: Client, ref: str) -> None:
     size = shutil.get_terminal_size()
-    session, ws = await _connect(socket_path, f"/1.0/instances/{ref}/console",
+    session, ws = await _connect(client, f"/1.0/instances/{ref}/console",
                                  [("width", str(size.columns)), ("height", str(size.lines))])
     loop = asyncio.get_running_loop()
     stdin: asyncio.Queue[bytes] = asyncio.Queue()

@@ -44,6 +44,11 @@ class DaemonConfig:
     # Size of a new pool image, e.g. "50G"; empty: 20% of the free space, at most 100G.
     pool_size: str = ""
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
+    # The remote API: off unless set, e.g. "[::]:8443" (every address) or "127.0.0.1:8443".
+    https_address: str = ""
+    # The operator's certificate and key (PEM); unset: a self-signed one made in STATE/tls.
+    https_cert: Path | None = None
+    https_key: Path | None = None
 
     @property
     def idmap_limit(self) -> int:
@@ -61,6 +66,14 @@ class DaemonConfig:
     @property
     def run_dir(self) -> Path:
         return self.state_dir / "run"
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.state_dir / "tls"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.state_dir / "audit.log"
 
 
 def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig:
@@ -81,9 +94,14 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig
     typed: dict[str, object] = {}
     for name, value in values.items():
         kind = known[name].type
-        typed[name] = Path(str(value)) if kind == "Path" else value
+        typed[name] = Path(str(value)) if kind in ("Path", "Path | None") else value
     config = DaemonConfig(**typed)  # type: ignore[arg-type]
     check_config(config, file)
+    if config.https_address:
+        from ctd.remote.tls import parse_listen_address
+        if not isinstance(config.https_address, str):
+            raise InvalidRequest(f"{file}: https_address must be a string such as \"[::]:8443\"")
+        parse_listen_address(config.https_address)
     return config
 
 

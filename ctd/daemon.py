@@ -176,6 +176,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
 
     loop = asyncio.get_running_loop()
     spawner.attach(loop)
+    https = https_listener(config)  # a bad certificate stops ctd before it touches anything
     db = StateDB(config.db_path)
     storage = await asyncio.to_thread(open_storage, config)
     storage.prepare()
@@ -210,13 +211,23 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         "recovered": report,
     }
     context = ApiContext(config, db, instances, templates, Operations(), network, Transfers(instances), info)
-    app = make_app(context)
+    access = remote_access(config, db)
+    info["https"] = https[2] if https else None
+    app = make_app(context, access)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     prepare_socket_path(config.socket, config.socket_group)
     site = web.UnixSite(runner, str(config.socket), backlog=1024)  # 128 refuses 200 clients at once
     await site.start()
     secure_socket(config.socket, config.socket_group)
+    if https:
+        address, ssl_context, public = https
+        try:
+            await web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context, backlog=1024).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise CtdError(f"cannot listen on https_address {address}: {exc.strerror}") from None
+        log.info("HTTPS API on %s, certificate SHA-256 %s", address, public["certificate_fingerprint"])
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -240,8 +251,30 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         config.socket.unlink()
     except FileNotFoundError:
         pass
+    access.audit.close()
     db.close()
     return 0
+
+
+def remote_access(config: DaemonConfig, db):  # type: ignore[no-untyped-def]
+    from ctd.remote.api import RemoteAccess
+    from ctd.remote.audit import AuditLog
+    from ctd.remote.tokens import TokenStore
+    # The DB holds the tokens' hashes: nobody but root reads it (SQLite gives -wal/-shm its mode).
+    os.chmod(config.db_path, 0o600)
+    return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log))
+
+
+def https_listener(config: DaemonConfig):  # type: ignore[no-untyped-def]
+    """(address, SSL context, what GET /1.0 shows) when https_address is set; None when it is off."""
+    if not config.https_address:
+        return None
+    from ctd.remote.tls import parse_listen_address, server_certificate
+    address = parse_listen_address(config.https_address)
+    cert = server_certificate(config.tls_dir, config.https_cert, config.https_key)
+    public = {"address": str(address), "certificate_fingerprint": cert.fingerprint,
+              "self_signed": cert.self_signed}
+    return address, cert.ssl_context(), public
 
 
 if __name__ == "__main__":

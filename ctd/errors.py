@@ -25,6 +25,12 @@ class Conflict(CtdError):
     code = "conflict"
 
 
+class Forbidden(CtdError):
+    """The caller is known but may not do this (e.g. token management over HTTPS)."""
+
+    code = "forbidden"
+
+
 class NotSupported(CtdError):
     code = "not-supported"
 

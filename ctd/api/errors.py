@@ -13,6 +13,7 @@ log = logging.getLogger("ctd.api")
 
 STATUS: dict[type[errors.CtdError], int] = {
     errors.InvalidRequest: 400,
+    errors.Forbidden: 403,
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.NotSupported: 501,

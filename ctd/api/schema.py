@@ -6,6 +6,7 @@ from typing import Any
 
 from ctd import __version__
 from ctd.limits import LIMITS
+from ctd.remote.api import schema_paths as remote_paths
 
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
 REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
@@ -35,6 +36,7 @@ def build_schema() -> dict[str, Any]:
                                 "operation; GET /1.0/operations/{id}/wait waits for it."},
         "paths": {
             "/1.0": {"get": {"summary": "server information", "responses": _responses(200, {"type": "object"})}},
+            **remote_paths(),
             "/1.0/instances": {
                 "get": {"summary": "list instances",
                         "responses": _responses(200, {"type": "object", "properties": {

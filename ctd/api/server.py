@@ -15,12 +15,21 @@ from ctd.api.context import ApiContext
 from ctd.api.errors import error_middleware
 from ctd.api.handlers import CTX, routes
 from ctd.errors import OperationFailed
+from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
+from ctd.remote.api import routes as remote_routes
 
 
-def make_app(context: ApiContext) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20)
+def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.Application:
+    """With `access` (the daemon always gives it): every request gets an identity (a token on
+    HTTPS), mutating ones are audited, and the token and audit endpoints exist."""
+    middlewares = [error_middleware] if access is None else [access_middleware, error_middleware]
+    app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CTX] = context
     app.add_routes(routes)
+    if access is not None:
+        app[ACCESS] = access
+        app.add_routes(remote_routes)
+        app.on_response_prepare.append(audit_response)
     return app
 
 

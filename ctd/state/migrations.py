@@ -77,4 +77,15 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE instances ADD COLUMN last_exit TEXT NOT NULL DEFAULT '{}';
     """,
+    # 6: API tokens for the HTTPS listener; only a hash of the secret is kept
+    """
+    CREATE TABLE api_tokens (
+        name          TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        role          TEXT NOT NULL,
+        project       TEXT NOT NULL DEFAULT 'default',
+        created_at    TEXT NOT NULL,
+        expires_at    TEXT
+    );
+    """,
 ]

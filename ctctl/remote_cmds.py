@@ -1,0 +1,195 @@
+"""ctctl info, token, audit and remote: the remote API from the command line."""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+
+import click
+
+from ctctl.client import ApiError, Client, fetch_fingerprint
+from ctctl.output import emit, table
+from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
+
+FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+                      show_default=True, help="output format")
+
+
+def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -> Client:
+    """--remote NAME, else the socket when --socket or $CTD_SOCKET says so, else the default remote."""
+    if remote_name is None:
+        explicit_socket = (ctx.get_parameter_source("socket_path") is not click.core.ParameterSource.DEFAULT
+                           or "CTD_SOCKET" in os.environ)
+        if explicit_socket:
+            return Client(socket_path)
+        try:
+            remote_name = RemoteConfig.load().default
+        except ApiError as exc:
+            click.echo(f"ctctl: warning: {exc.message}; using the local socket", err=True)
+            return Client(socket_path)
+    if remote_name == LOCAL:
+        return Client(socket_path)
+    return Client(socket_path, remote=RemoteConfig.load().get(remote_name))
+
+
+def client() -> Client:
+    return click.get_current_context().find_object(Client)
+
+
+# ------------------------------------------------------------------ info
+
+@click.command()
+@FORMAT
+def info(fmt: str) -> None:
+    """The server: version, kernel, storage, and the HTTPS listener's certificate fingerprint."""
+    data = client().get("/1.0")
+
+    def render(i: dict) -> str:
+        https = i.get("https") or {}
+        rows = [("version", i.get("version")), ("kernel", i.get("kernel")),
+                ("storage", (i.get("storage") or {}).get("driver")), ("cgroup", f"v{i.get('cgroup_version')}"),
+                ("https", https.get("address") or "off (set https_address in ctd.toml)")]
+        if https:
+            rows.append(("certificate SHA-256", https.get("certificate_fingerprint")))
+        return "\n".join(f"{k + ':':<20} {v if v is not None else '-'}" for k, v in rows)
+
+    emit(fmt, data, render)
+
+
+# ------------------------------------------------------------------ tokens
+
+@click.group()
+def token() -> None:
+    """API tokens for the HTTPS listener (managed on the host, over the socket)."""
+
+
+@token.command(name="create")
+@click.argument("name")
+@click.option("--expires", help="lifetime, e.g. 30d, 12h, 2w (default: never expires)")
+@click.option("--role", type=click.Choice(["admin"]), default="admin", show_default=True,
+              help="what the token may do (more roles come with projects)")
+def token_create(name: str, expires: str | None, role: str) -> None:
+    """Make a token; its secret is printed this once (ctd keeps only a hash)."""
+    body = {"name": name, "role": role}
+    if expires:
+        body["expires"] = expires
+    made = client().request("POST", "/1.0/tokens", body)["token"]
+    click.echo(made["secret"])
+    click.echo(f"Created token {made['name']} (role {made['role']}, expires {made['expires_at'] or 'never'}); "
+               "the secret above is shown only now", err=True)
+
+
+@token.command(name="list")
+@FORMAT
+def token_list(fmt: str) -> None:
+    """Tokens (never their secrets)."""
+    rows = client().get("/1.0/tokens")["tokens"]
+    emit(fmt, rows, lambda ts: table(
+        ["NAME", "ROLE", "PROJECT", "CREATED", "EXPIRES"],
+        [[t["name"], t["role"], t["project"], t["created_at"],
+          ("expired " if t["expired"] else "") + (t["expires_at"] or "never")] for t in ts]))
+
+
+@token.command(name="revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke a token: requests with it are refused from now on."""
+    client().request("DELETE", f"/1.0/tokens/{name}")
+    click.echo(f"Revoked token {name}")
+
+
+# ------------------------------------------------------------------ audit
+
+@click.command()
+@click.option("--since", help="only entries from this long ago (1h, 2d) or this time (2026-01-31T12:00)")
+@FORMAT
+def audit(since: str | None, fmt: str) -> None:
+    """The audit log: every mutating request, who made it, from where, and its result."""
+    entries = client().get("/1.0/audit", **({"since": since} if since else {}))["entries"]
+    emit(fmt, entries, lambda es: table(
+        ["TIME", "IDENTITY", "SOURCE", "METHOD", "PATH", "TARGET", "STATUS"],
+        [[e["time"], e["identity"], e["source"], e["method"], e["path"], e["target"], e["status"]] for e in es]))
+
+
+# ------------------------------------------------------------------ remotes
+
+@click.group()
+def remote() -> None:
+    """Other ctd hosts over HTTPS (their certificate pinned by fingerprint)."""
+
+
+@remote.command(name="add")
+@click.argument("name")
+@click.argument("url")
+@click.option("--token", "secret", required=True, help="an API token made there with 'ctctl token create'")
+@click.option("--accept-certificate", "accept", help="the server's certificate SHA-256 ('ctctl info' on the "
+              "server shows it); without it ctctl shows the fingerprint and asks")
+def remote_add(name: str, url: str, secret: str, accept: str | None) -> None:
+    """Add a remote: ctctl remote add web1 https://203.0.113.5:8443 --token ctd_..."""
+    config = RemoteConfig.load()
+    url = check_url(url)
+    probe = Remote(name, url, secret, "0" * 64)
+    try:
+        seen = fetch_fingerprint(probe.host, probe.port)
+    except (TimeoutError, OSError, ssl.SSLError) as exc:
+        raise ApiError(f"cannot make a TLS connection to {url}: {exc}") from None
+    if accept is not None:
+        if normalize_fingerprint(accept) != seen:
+            raise ApiError(f"{url} shows a certificate with SHA-256 {seen}, not {normalize_fingerprint(accept)}: "
+                           "not added (someone may be in between, or the fingerprint is of another host)")
+    elif sys.stdin.isatty():
+        click.echo(f"Certificate SHA-256 of {url}:\n  {seen}\nCompare it with 'ctctl info' on that host.")
+        if not click.confirm("Trust this certificate?", default=False):
+            raise ApiError("not added")
+    else:
+        raise ApiError(f"{url} shows a certificate with SHA-256 {seen}; check it against 'ctctl info' on that "
+                       "host and pass it with --accept-certificate (no terminal to ask on)")
+    added = Remote(name, url, secret, seen)
+    Client("", timeout=30, remote=added).get("/1.0")  # the token works (before it is stored)
+    config.add(added)
+    config.save()
+    click.echo(f"Added remote {name} ({url}); use it with 'ctctl --remote {name} ...' or 'ctctl remote switch {name}'")
+
+
+@remote.command(name="list")
+@FORMAT
+def remote_list(fmt: str) -> None:
+    """Remotes (never their tokens); * marks the default."""
+    config = RemoteConfig.load()
+    rows = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "default": config.default == LOCAL}]
+    rows += [{"name": r.name, "url": r.url, "fingerprint": r.fingerprint, "default": config.default == r.name}
+             for r in sorted(config.remotes.values(), key=lambda r: r.name)]
+    emit(fmt, rows, lambda rs: table(["NAME", "URL", "CERTIFICATE SHA-256"],
+                                     [[r["name"] + (" *" if r["default"] else ""), r["url"], r["fingerprint"]]
+                                      for r in rs]))
+
+
+@remote.command(name="remove")
+@click.argument("name")
+def remote_remove(name: str) -> None:
+    """Forget a remote (and its token)."""
+    config = RemoteConfig.load()
+    config.get(name)
+    del config.remotes[name]
+    if config.default == name:
+        config.default = LOCAL
+    config.save()
+    click.echo(f"Removed remote {name}")
+
+
+@remote.command(name="switch")
+@click.argument("name")
+def remote_switch(name: str) -> None:
+    """Make NAME the default remote ('local': the socket)."""
+    config = RemoteConfig.load()
+    if name != LOCAL:
+        config.get(name)
+    config.default = name
+    config.save()
+    click.echo(f"Default remote: {name}")
+
+
+def register(cli: click.Group) -> None:
+    for command in (info, token, audit, remote):
+        cli.add_command(command)

@@ -1,0 +1,231 @@
+"""Who may ask, and what was asked: the access middleware (identity, tokens, rate limit, audit)
+and the token and audit endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from ctd.api.errors import error_response
+from ctd.errors import Forbidden, InvalidRequest
+from ctd.remote.audit import AuditEntry, AuditLog, parse_since
+from ctd.remote.identity import Identity, IdentityKind, Role
+from ctd.remote.ratelimit import FailureLimiter
+from ctd.remote.tokens import TokenStore, utcnow
+
+log = logging.getLogger("ctd.remote")
+
+MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <token>' (ctctl token create makes one)"
+
+
+@dataclass
+class RemoteAccess:
+    tokens: TokenStore
+    audit: AuditLog
+    limiter: FailureLimiter = field(default_factory=FailureLimiter)
+
+
+ACCESS = web.AppKey("access", RemoteAccess)
+IDENTITY = "ctd.identity"  # request keys the middleware sets
+SOURCE = "ctd.source"
+STARTED = "ctd.started"
+routes = web.RouteTableDef()
+
+
+def identity(request: web.Request) -> Identity:
+    return request[IDENTITY]
+
+
+def _peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def _bearer(header: str) -> str | None:
+    scheme, _, secret = header.partition(" ")
+    return secret.strip() if scheme.lower() == "bearer" and secret.strip() else None
+
+
+def _local_identity(request: web.Request) -> Identity | None:
+    """The peer of a unix-socket connection (its permissions already let it in); None for TCP."""
+    transport = request.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None
+    try:
+        uid = str(_peer_uid(sock))
+    except OSError:
+        uid = "?"
+    return Identity(uid, IdentityKind.LOCAL, Role.ADMIN)
+
+
+def _refused(status: int, message: str, code: str, retry_after: float = 0.0) -> web.Response:
+    response = error_response(message, code, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="ctd"'
+    if retry_after:
+        response.headers["Retry-After"] = str(int(retry_after) + 1)
+    return response
+
+
+def _authenticate(request: web.Request, access: RemoteAccess, source: str) -> Identity | web.Response:
+    wait = access.limiter.retry_after(source)
+    if wait:
+        return _refused(429, f"too many failed authentications from {source}; retry in {int(wait) + 1} s",
+                        "rate-limited", wait)
+    secret = _bearer(request.headers.get("Authorization", ""))
+    found = access.tokens.authenticate(secret) if secret else None
+    if found is None:
+        blocked = access.limiter.failed(source)
+        log.warning("refused %s %s from %s: %s%s", request.method, request.path, source,
+                    "bad, expired or revoked token" if secret else "no token",
+                    "; source blocked for a while" if blocked else "")
+        return _refused(401, UNAUTHORIZED, "unauthorized")
+    return found
+
+
+async def _target(request: web.Request) -> str | None:
+    """What the request acts on: the path's instance, template or network, else the body's name."""
+    for key in ("ref", "name", "id"):
+        if key in request.match_info:
+            return request.match_info[key]
+    if request.method in MUTATING and request.body_exists and request.content_length is not None:
+        try:
+            body = json.loads(await request.read())  # already read (and size-capped) by the handler
+        except (ValueError, UnicodeDecodeError, web.HTTPException):
+            return None
+        if isinstance(body, dict) and isinstance(body.get("name"), str):
+            return body["name"][:200]
+    return None
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    """Who is asking: the socket's peer, or a token on HTTPS (else 401/429 and nothing more)."""
+    access = request.app[ACCESS]
+    request[STARTED] = utcnow()
+    who = _local_identity(request)
+    request[SOURCE] = "unix" if who is not None else (request.remote or "?")
+    if who is None:
+        checked = _authenticate(request, access, request[SOURCE])
+        if isinstance(checked, web.Response):
+            return checked
+        who = checked
+    request[IDENTITY] = who
+    return await handler(request)
+
+
+async def audit_response(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: the status is known, nothing is sent yet. A WebSocket upgrade
+    (exec, console) is recorded when it is accepted (101), not when the session ends."""
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    if request.method not in MUTATING and not upgrade:
+        return
+    access = request.app[ACCESS]
+    who: Identity | None = request.get(IDENTITY)
+    if who is None and response.status == 429:
+        return  # a blocked source's flood would fill the disk; its block was logged once
+    target = await _target(request) if who is not None else None  # never read a stranger's body
+    entry = AuditEntry(request.get(STARTED, utcnow()).isoformat(timespec="milliseconds"),
+                       who.label if who else "anonymous", request.get(SOURCE) or request.remote or "?",
+                       request.method, request.path, target, response.status)
+    try:
+        access.audit.write(entry)
+    except OSError as exc:
+        log.error("could not write the audit log %s: %s", access.audit.path, exc)
+
+
+# ------------------------------------------------------------------ tokens (local admin only)
+
+def _local_only(request: web.Request) -> None:
+    if not identity(request).is_local:
+        raise Forbidden("tokens are managed on the host only: run 'ctctl token ...' there (unix socket)")
+
+
+@routes.get("/1.0/tokens")
+async def list_tokens(request: web.Request) -> web.Response:
+    _local_only(request)
+    access = request.app[ACCESS]
+    now = utcnow()
+    return web.json_response({"tokens": [t.to_json(now) for t in access.tokens.list()]})
+
+
+@routes.post("/1.0/tokens")
+async def create_token(request: web.Request) -> web.Response:
+    _local_only(request)
+    from ctd.api.handlers import json_body
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object: {\"name\": ..., \"expires\": \"30d\"}")
+    unknown = sorted(set(body) - {"name", "role", "expires"})
+    if unknown:
+        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; known: name, role, expires")
+    record, secret = request.app[ACCESS].tokens.create(body.get("name"), body.get("role", "admin"),
+                                                      body.get("expires"))
+    log.info("token %s created (role %s, expires %s)", record.name, record.role.value, record.expires_at or "never")
+    return web.json_response({"token": {**record.to_json(utcnow()), "secret": secret}}, status=201)
+
+
+@routes.delete("/1.0/tokens/{name}")
+async def revoke_token(request: web.Request) -> web.Response:
+    _local_only(request)
+    name = request.match_info["name"]
+    request.app[ACCESS].tokens.revoke(name)
+    log.info("token %s revoked", name)
+    return web.json_response({})
+
+
+# ------------------------------------------------------------------ audit
+
+@routes.get("/1.0/audit")
+async def read_audit(request: web.Request) -> web.Response:
+    if identity(request).role is not Role.ADMIN:
+        raise Forbidden("only an admin may read the audit log")
+    since = request.query.get("since")
+    when = parse_since(since, utcnow()) if since else None
+    audit = request.app[ACCESS].audit
+    entries = await asyncio.to_thread(audit.read, when) if os.path.exists(audit.path) else []
+    return web.json_response({"entries": entries})
+
+
+def schema_paths() -> dict:
+    """The OpenAPI description of the endpoints above (merged into /1.0/openapi.json)."""
+    error = {"description": "error", "content": {"application/json": {"schema": {
+        "$ref": "#/components/schemas/Error"}}}}
+
+    def ok(status: int = 200) -> dict:
+        return {str(status): {"description": "success", "content": {"application/json": {
+            "schema": {"type": "object"}}}}, "400": error, "403": error}
+
+    token_name = {"name": "name", "in": "path", "required": True,
+                  "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}
+    return {
+        "/1.0/tokens": {
+            "get": {"summary": "API tokens, without secrets (unix socket only)", "responses": ok()},
+            "post": {"summary": "make an API token; the answer holds its secret, shown once (unix socket only)",
+                     "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                         "type": "object", "required": ["name"], "additionalProperties": False,
+                         "properties": {"name": token_name["schema"], "role": {"type": "string", "enum": ["admin"]},
+                                        "expires": {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"}}}}}},
+                     "responses": {**ok(201), "409": error}},
+        },
+        "/1.0/tokens/{name}": {
+            "parameters": [token_name],
+            "delete": {"summary": "revoke an API token (unix socket only)", "responses": {**ok(), "404": error}},
+        },
+        "/1.0/audit": {
+            "get": {"summary": "the audit log: every mutating request",
+                    "parameters": [{"name": "since", "in": "query", "required": False,
+                                    "description": "a duration back from now (1h, 2d) or an ISO 8601 time",
+                                    "schema": {"type": "string"}}],
+                    "responses": ok()},
+        },
+    }
