@@ -29,6 +29,13 @@ LIMITS: dict[str, str] = {
     "diskspace": "disk space of the root filesystem, e.g. 10G (btrfs quota)",
 }
 MIN_RAM = 4 * 1024 * 1024
+# The kernel keeps memory limits as page counts below LONG_MAX bytes and qgroup/io limits as
+# u64: 8388607T (just under 2^63 bytes) is the largest size every one of them takes. Far
+# beyond any host (x86-64 addresses 4096T at most), so a bigger number is a typo or an attack.
+MAX_SIZE = 8388607 << 40
+MAX_COUNT = (1 << 63) - 1
+# pids.max refuses anything from PID_MAX_LIMIT + 1 on (kernel/pid.c: 4M on 64-bit).
+MAX_NUMPROC = 4 * 1024 * 1024
 CPUUNITS_DEFAULT = 1000
 
 
@@ -45,9 +52,10 @@ def _count(name: str, value: Any, minimum: int = 1, maximum: int | None = None,
         if not allow_unlimited:
             raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number")
         return UNLIMITED
-    if number < minimum or (maximum is not None and number > maximum):
+    if number < minimum or number > (MAX_COUNT if maximum is None else maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(f"invalid {name} {value!r}: must be {bound}")
+        raise InvalidRequest(f"invalid {name} {value!r}: must be {bound}"
+                             + ("" if maximum is not None else f" and at most {MAX_COUNT}"))
     return number
 
 
@@ -60,6 +68,10 @@ def _size(name: str, value: Any, minimum: int = 1) -> int:
         raise InvalidRequest(f"invalid {name} {value!r}: {exc}") from None
     if size != UNLIMITED and size < minimum:
         raise InvalidRequest(f"invalid {name} {value!r}: must be at least {human_size(minimum)}")
+    if size != UNLIMITED and size > MAX_SIZE:
+        raise InvalidRequest(f"invalid {name} {value!r}: at most {human_size(MAX_SIZE)} "
+                             "(the largest limit the kernel takes; no host has that much), "
+                             "or 'unlimited'")
     return size
 
 
@@ -102,8 +114,8 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
         out["cpuunits"] = _count("cpuunits", given["cpuunits"], 8, 500_000, allow_unlimited=False)
     if "numproc" in given:
         barrier, limit = _split(given["numproc"])
-        out["numproc"] = _count("numproc", limit, 1)
-        if out["numproc"] != UNLIMITED and _count("numproc barrier", barrier, 1) > out["numproc"]:
+        out["numproc"] = _count("numproc", limit, 1, MAX_NUMPROC)
+        if out["numproc"] != UNLIMITED and _count("numproc barrier", barrier, 1, MAX_NUMPROC) > out["numproc"]:
             raise InvalidRequest(f"invalid numproc {given['numproc']!r}: the barrier must not exceed the limit")
     if "numfile" in given:
         out["numfile"] = _count("numfile", given["numfile"], 16, nr_open())
