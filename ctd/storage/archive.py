@@ -16,14 +16,24 @@ emptied again, so nothing of the archive is left; the caller removes the target 
   openat(O_NOFOLLOW | O_DIRECTORY) from the target's own descriptor, so no extracted symlink is
   ever followed;
 - hard links whose target is absolute, has `..`, or is not a member extracted before them;
-- block and character device nodes outside `dev/`. Device nodes *inside* `dev/` (debootstrap
-  and many OpenVZ/Proxmox templates carry /dev/null, /dev/console ...) are skipped, not made:
-  ctd mounts a private tmpfs on every guest's /dev and makes the few nodes it allows itself;
 - a directory replaced by a later member of another type, and member types tar has but a root
-  does not need (GNU volume labels, multi-volume continuations ...).
+  does not need (GNU volume labels, multi-volume continuations ...);
+- more file data than fits: members are charged as their headers are read, before their data
+  is written, against the free space of the target's filesystem and max_bytes (the quota the
+  root will have); a file declaring more bytes than that whole filesystem holds is refused
+  even when sparse. Sparse members (GNU tar --sparse, old GNU and PAX formats) count their
+  data segments only, and are written segment by segment, seeking over the holes: the cost of
+  an import follows the bytes in the archive, not the sizes it declares.
+
+Dropped, never made, and counted ("skipped_devices", and a warning naming the first few):
+block and character device nodes, wherever they are (dev/loop0 on a guest's disk reads the
+pool's block device; a chroot's dev/ or home/sda no less), and hard links to them. Roots
+carry them legitimately (debootstrap's /dev/null ...), so they are not refused: ctd mounts a
+private tmpfs on every guest's /dev and makes the few nodes it allows itself.
 
 Kept as they are: symlinks to anywhere (they are resolved inside the container, never by the
-import), FIFOs, hard links inside the root, setuid/setgid bits (a system needs /usr/bin/sudo
+import), FIFOs (inert on disk; ctd never opens a guest's files but through guestfs, which
+refuses them), hard links inside the root, setuid/setgid bits (a system needs /usr/bin/sudo
 setuid; with every path confined to the target there is no "setuid file outside the root"),
 numeric owners (uname/gname are ignored: the ids of the archive are the ids of the guest),
 modes, mtimes and extended attributes stored the GNU tar / star way (`SCHILY.xattr.NAME`: file
@@ -270,15 +280,63 @@ def _components(name: str, member: str, what: str = "its name") -> tuple[str, ..
     return parts
 
 
+class _Space:
+    """What an import may write: the data of its files must fit the free space of the target's
+    filesystem (and max_bytes, the quota it will live under), and no file may declare more
+    bytes than the whole filesystem holds. Charged member by member as headers are read,
+    before a member's data is written."""
+
+    def __init__(self, target: Path, max_bytes: int | None) -> None:
+        st = os.statvfs(target)
+        self.fs_size = st.f_blocks * st.f_frsize
+        self.limit = st.f_bavail * st.f_frsize
+        self.what = f"the {self.limit} bytes free where it is extracted"
+        if max_bytes is not None and max_bytes < self.limit:
+            self.limit, self.what = max_bytes, f"its disk space limit of {max_bytes} bytes"
+        self.used = 0
+
+    def charge(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> list[tuple[int, int]]:
+        """The member's data segments (offset, size); refuses what cannot fit."""
+        if m.size > self.fs_size:
+            raise _Refused(m.name, f"declares a file of {m.size} bytes, more than the whole "
+                                   f"filesystem it would land on holds ({self.fs_size} bytes)")
+        segments = self._sparse_map(m, tf) if m.issparse() else [(0, m.size)]
+        self.used += sum(size for _, size in segments)
+        if self.used > self.limit:
+            raise _Refused(m.name, f"brings the archive's data past {self.what}; free space "
+                                   "(or raise the limit) and try again")
+        return segments
+
+    @staticmethod
+    def _sparse_map(m: tarfile.TarInfo, tf: tarfile.TarFile) -> list[tuple[int, int]]:
+        """The sparse map checked: ascending, inside the file, backed by the archive's bytes."""
+        segments, end = [], 0
+        for offset, size in m.sparse or ():
+            if size == 0:
+                continue  # GNU tar pads its map with (0, 0)
+            if offset < end or size < 0 or offset + size > m.size:
+                raise _Refused(m.name, "has a sparse map with overlapping or out-of-file "
+                                       "segments (corrupt)")
+            segments.append((offset, size))
+            end = offset + size
+        stored = tf.offset - m.offset_data  # the member's data, rounded up to whole blocks
+        if sum(size for _, size in segments) > stored:
+            raise _Refused(m.name, "has a sparse map that claims more data than the archive "
+                                   "holds (corrupt)")
+        return segments
+
+
 class _Extractor:
     DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def __init__(self, target: Path, same_owner: bool) -> None:
+    def __init__(self, target: Path, same_owner: bool, space: "_Space") -> None:
         self.root_fd = os.open(target, self.DIR_FLAGS)
         self.same_owner = same_owner
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
         self.skipped: set[tuple[str, ...]] = set()
         self.skipped_devices = 0
+        self.skipped_names: list[str] = []
+        self.space = space
         self._key: tuple[str, ...] | None = None
         self._fd = -1
 
@@ -381,12 +439,14 @@ class _Extractor:
         if not comps:
             raise _Refused(m.name, "names the root itself but is not a directory")
         if m.ischr() or m.isblk():
-            if comps[0] == "dev":
-                self.skipped.add(comps)
-                self.skipped_devices += 1
-                return
-            raise _Refused(m.name, "is a device node outside /dev; a root filesystem tarball has "
-                                   "none there (ctd makes each guest's /dev itself)")
+            # Never made, wherever they are: a node on the guest's disk is a door to the host's
+            # devices (dev/loop0 reads the pool). ctd makes each guest's /dev itself.
+            self.skipped.add(comps)
+            self.skipped_devices += 1
+            if len(self.skipped_names) < 5:
+                self.skipped_names.append(m.name)
+            return
+        self.skipped.discard(comps)  # a later member of that name is no longer a dropped node
         if m.islnk():
             self._hardlink(comps, m)
             return
@@ -416,19 +476,37 @@ class _Extractor:
             finally:
                 os.close(fd)
             return
+        segments = self.space.charge(m, tf)  # before a byte of it is written
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         try:
-            self._write(fd, tf.extractfile(m), m.size)
+            if m.issparse():
+                self._write_sparse(fd, tf, m, segments)
+            else:
+                self._write(fd, tf.extractfile(m), m.size)
+            os.ftruncate(fd, m.size)
             self._owner_mode(fd, m)
             self._xattrs(fd, m)
             self._times(fd, m)
         finally:
             os.close(fd)
 
+    @classmethod
+    def _write_sparse(cls, fd: int, tf: tarfile.TarFile, m: tarfile.TarInfo,
+                      segments: list[tuple[int, int]]) -> None:
+        """A sparse member's data segments, each at its offset: holes are seeked over, never
+        written or even made as zeros in memory, so the cost follows the archive's bytes (a
+        GNU tar --sparse file of 160 GB of holes is a 129-byte .tgz)."""
+        stream = tf.fileobj  # positioned at the member's data (a stream: seeks only forward)
+        stream.seek(m.offset_data)  # type: ignore[union-attr]
+        for offset, size in segments:
+            os.lseek(fd, offset, os.SEEK_SET)
+            cls._write(fd, stream, size)
+
     @staticmethod
     def _write(fd: int, data, size: int) -> None:  # type: ignore[no-untyped-def]
-        """Copy size bytes; 64 KiB runs of zeros become holes (sparse files stay sparse)."""
+        """Copy size bytes from the current offset; 64 KiB runs of zeros become holes (sparse
+        files stay sparse; the caller truncates to the file's size)."""
         zeros = bytes(CHUNK)
         left = size
         while left > 0:
@@ -448,7 +526,6 @@ class _Extractor:
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view):]
-        os.ftruncate(fd, size)
 
     def _dir(self, comps: tuple[str, ...], m: tarfile.TarInfo) -> None:
         if comps:
@@ -530,13 +607,15 @@ def _size_of(fh: BinaryIO) -> int:
 
 
 def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | None = None, *,
-                  same_owner: bool | None = None, label: str | None = None) -> dict:
+                  same_owner: bool | None = None, label: str | None = None,
+                  max_bytes: int | None = None) -> dict:
     """Extract a (compressed) rootfs tarball into the empty directory target (see the module
     doc for what is refused). progress(done, total) gets archive bytes read and the archive's
     size (0 when it is not a regular file). same_owner: set numeric owners (default: when root).
     Returns {"members": N, "skipped_devices": N}. On failure target is left empty and the
     error is InvalidRequest (bad archive), NotSupported (no zstd module) or OperationFailed.
-    label: how messages name the archive (default: its path)."""
+    label: how messages name the archive (default: its path). max_bytes: the quota the root
+    will live under; the files' data must fit it and the free space of target's filesystem."""
     label = label or _label(archive)
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -562,7 +641,7 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
             raise InvalidRequest(f"{label} is not a tar archive (plain, or compressed with gzip, "
                                  "xz, zstd or bzip2)")
         guard = _Guard(_decompressor(comp, src))
-        extractor = _Extractor(target, same_owner)
+        extractor = _Extractor(target, same_owner, _Space(target, max_bytes))
         try:
             tf = tarfile.open(fileobj=guard, mode="r|")  # type: ignore[call-overload]
             while True:
@@ -591,8 +670,9 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
                 raise OperationFailed(f"importing {label} failed{where}: {exc.strerror}") from None
             raise InvalidRequest(f"{label}: cannot extract{where}: {exc.strerror}") from None
         if extractor.skipped_devices:
-            log.info("%s: skipped %d device nodes under /dev (ctd makes /dev itself)", label,
-                     extractor.skipped_devices)
+            log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's /dev "
+                        "itself)", label, extractor.skipped_devices,
+                        ", ".join(extractor.skipped_names))
         prog.finish()
         return {"members": members, "skipped_devices": extractor.skipped_devices}
     except BaseException:
