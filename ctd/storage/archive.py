@@ -576,6 +576,27 @@ class _Extractor:
                 os.close(fd)
 
 
+def drop_device_nodes(root: Path) -> list[str]:
+    """Removes every block and character device node below root (each name of one, hard links
+    included) and returns their paths relative to root. For trees made outside ctd's own import
+    (a builder's output, a copy of an instance's root) before they become a template: only call
+    it on a tree no container can reach yet (a staging directory). Symlinks are not followed."""
+    removed = []
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        for name in filenames + dirnames:
+            try:
+                mode = os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                os.unlink(name, dir_fd=dirfd)
+                removed.append(os.path.normpath(os.path.join(os.path.relpath(dirpath, root), name)))
+    if removed:
+        log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's /dev itself)",
+                    root, len(removed), ", ".join(removed[:5]))
+    return removed
+
+
 def _empty(target: Path) -> None:
     """Remove everything below target (not target itself); symlink-safe."""
     import shutil
@@ -917,4 +938,4 @@ def export_rootfs(source: Path, out: Path | BinaryIO, compression: str | None = 
     return writer.count
 
 
-__all__ = ["import_rootfs", "export_rootfs", "compression_for", "COMPRESSIONS"]
+__all__ = ["import_rootfs", "export_rootfs", "compression_for", "drop_device_nodes", "COMPRESSIONS"]

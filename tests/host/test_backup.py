@@ -480,6 +480,25 @@ def test_btrfs_stream_cannot_write_through_a_device_node(bt: BtrfsStorage, tmp_p
     assert not leftovers(bt)
 
 
+def test_template_from_an_instance_carries_no_device_nodes(driver: StorageDriver, tmp_path: Path) -> None:
+    """A (privileged) guest's mknod stays out of templates made from its root, so instances
+    of the template (any tenant's) never get it; hard links to a node go too."""
+    from ctd.state import StateDB
+    from ctd.template.manager import TemplateManager
+    root = make_instance(driver)
+    os.mknod(root / "dev/loop0", 0o666 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mknod(root / "home/user/disk", 0o666 | stat.S_IFBLK, os.makedev(8, 0))
+    os.link(root / "home/user/disk", root / "home/user/disk-again")
+    (tmp_path / "recipes").mkdir()
+    manager = TemplateManager(tmp_path / "recipes", StateDB(tmp_path / "ctd.db"), driver)
+    record = manager.from_instance_blocking("golden", root, None)
+    made = Path(record.path) / "rootfs"
+    assert _device_nodes(made) == []
+    assert tree(made, skip_dev=True) == {k: v for k, v in tree(root, skip_dev=True).items()
+                                         if not k.startswith("home/user/disk")}
+    assert len(_device_nodes(root)) == 4  # the instance's own root is left as it is
+
+
 def test_restore_refuses_data_beyond_its_quota_or_the_pool(bt: BtrfsStorage, tmp_path: Path) -> None:
     """The backup's own disk space limit (or the pool's free space) bounds the data a restore
     writes, checked as the stream flows; a file larger than the whole pool is refused too."""
