@@ -592,11 +592,16 @@ def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, resolve_path=True))
 @click.option("--name", help="name of the restored instance (default: the backed-up one's)")
-def restore(file: str, name: str | None) -> None:
+@click.option("--privileged/--unprivileged", default=None,
+              help="run it as host root (trusted files only) or in its own id range; a backup of "
+                   "a privileged container needs one of them")
+def restore(file: str, name: str | None, privileged: bool | None) -> None:
     """Make an instance from a backup file (new id, id range, addresses)."""
     body: dict[str, Any] = {"file": file}
     if name:
         body["name"] = name
+    if privileged is not None:
+        body["privileged"] = privileged
     result = run_with_progress("POST", "/1.0/restore", body)
     click.echo(f"Restored {result['name']} (id {result['id']})")
 

@@ -194,7 +194,8 @@ def build_schema() -> dict[str, Any]:
                 "post": {"summary": "an instance from a backup file (an operation)",
                          "requestBody": {"required": True, **_json({
                              "type": "object", "required": ["file"], "additionalProperties": False,
-                             "properties": {"file": {"type": "string"}, "name": NAME}})},
+                             "properties": {"file": {"type": "string"}, "name": NAME,
+                                            "privileged": {"type": "boolean"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
             },
             "/1.0/templates/{name}/export": {

@@ -68,13 +68,23 @@ class Transfers:
     # ------------------------------------------------------------- restore
 
     def check_restore(self, body: Any) -> dict[str, Any]:
-        body = validate.body_fields(body, {"file", "name"}, {"file"})
+        body = validate.body_fields(body, {"file", "name", "privileged"}, {"file"})
         source = input_file(body["file"], "backup file")
         header = backup.read_backup_header(source)
         meta = header.get("meta") or {}
         name = validate.instance_name(body.get("name") or header.get("name") or meta.get("name"))
+        # The file's word is not enough to run its root (its owners, setuid bits) as host root:
+        # whoever wrote or edited the backup would choose. The request says so, or it is refused.
+        if "privileged" in body:
+            privileged = validate.boolean(body, "privileged")
+        elif meta.get("privileged"):
+            raise InvalidRequest(f"{source} is a backup of a privileged container, whose root runs "
+                                 "as host root with the files' owners and setuid bits; restore it "
+                                 "with --privileged if you trust the file, or --unprivileged")
+        else:
+            privileged = False
         instance_id = self.instances.reserve(name, None, "restore with --name NEW")
-        return {"file": source, "name": name, "id": instance_id, "meta": meta}
+        return {"file": source, "name": name, "id": instance_id, "meta": {**meta, "privileged": privileged}}
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         name, instance_id, meta = checked["name"], checked["id"], checked["meta"]

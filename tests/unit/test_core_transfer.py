@@ -1,0 +1,62 @@
+"""Transfers.check_restore: what a backup file's header may decide and what only the request may."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ctd.errors import InvalidRequest
+from ctd.instance.transfer import Transfers
+
+
+class FakeInstances:
+    storage = db = None
+
+    def __init__(self) -> None:
+        self.reserved: list[str] = []
+
+    def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
+        self.reserved.append(name)
+        return 100
+
+
+def backup_file(tmp_path: Path, meta: dict[str, Any]) -> str:
+    header = {"format": "ctd-backup", "version": 1, "driver": "tar", "member": "rootfs.tar.zst",
+              "name": "web", "meta": meta}
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        body = json.dumps(header).encode()
+        ti = tarfile.TarInfo("ctd-backup.json")
+        ti.size = len(body)
+        tf.addfile(ti, io.BytesIO(body))
+    path = tmp_path / "web.backup"
+    path.write_bytes(raw.getvalue())
+    return str(path)
+
+
+def test_a_header_saying_privileged_is_not_enough(tmp_path: Path) -> None:
+    """A backup whose header was edited to say privileged (or that was one) would make a
+    container running its root - owners, setuid binaries - as host root: the request must say."""
+    instances = FakeInstances()
+    transfers = Transfers(instances)  # type: ignore[arg-type]
+    path = backup_file(tmp_path, {"privileged": True, "template": "base"})
+    with pytest.raises(InvalidRequest) as exc:
+        transfers.check_restore({"file": path})
+    assert "privileged container" in exc.value.message and "--privileged" in exc.value.message
+    assert instances.reserved == []
+    assert transfers.check_restore({"file": path, "privileged": True})["meta"]["privileged"] is True
+    assert transfers.check_restore({"file": path, "privileged": False})["meta"]["privileged"] is False
+    with pytest.raises(InvalidRequest, match="true or false"):
+        transfers.check_restore({"file": path, "privileged": "yes"})
+
+
+def test_an_unprivileged_backup_restores_unprivileged_unless_asked(tmp_path: Path) -> None:
+    transfers = Transfers(FakeInstances())  # type: ignore[arg-type]
+    path = backup_file(tmp_path, {"template": "base"})
+    checked = transfers.check_restore({"file": path})
+    assert checked["meta"]["privileged"] is False and checked["meta"]["template"] == "base"
+    assert transfers.check_restore({"file": path, "privileged": True})["meta"]["privileged"] is True
