@@ -131,6 +131,21 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
     return out
 
 
+def check_stored(stored: Any, host_cpus: int) -> dict[str, int]:
+    """A limit set in its stored form (bytes and counts, "ram_high" beside "ram"), as a backup's
+    header carries it, validated like a request: it comes from a file anyone may have edited."""
+    if not isinstance(stored, dict):
+        raise InvalidRequest("limits must be an object like {\"ram\": 536870912}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in stored.values()):
+        raise InvalidRequest("limits must be numbers")
+    raw: dict[str, Any] = {k: v for k, v in stored.items() if k != "ram_high"}
+    if "ram_high" in stored:
+        if "ram" not in stored:
+            raise InvalidRequest("limits: ram_high without ram")
+        raw["ram"] = f"{stored['ram_high']}:{stored['ram']}"
+    return merge({}, normalise(raw, host_cpus))
+
+
 def merge(current: dict[str, int], changes: dict[str, int]) -> dict[str, int]:
     """The limits after a change; a removed limit disappears from the stored set."""
     merged = {**current, **changes}

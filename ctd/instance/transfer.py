@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ctd import limits as limits_mod
 from ctd import validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
@@ -83,8 +84,13 @@ class Transfers:
                                  "with --privileged if you trust the file, or --unprivileged")
         else:
             privileged = False
+        try:
+            limits = limits_mod.check_stored(meta.get("limits") or {}, len(self.instances.host_cpus))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{source}: the backup's {exc.message}") from None
         instance_id = self.instances.reserve(name, None, "restore with --name NEW")
-        return {"file": source, "name": name, "id": instance_id, "meta": {**meta, "privileged": privileged}}
+        return {"file": source, "name": name, "id": instance_id,
+                "meta": {**meta, "privileged": privileged, "limits": limits}}
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         name, instance_id, meta = checked["name"], checked["id"], checked["meta"]

@@ -360,9 +360,12 @@ def _read_header(tf: tarfile.TarFile, label: str) -> dict:
     if len(data) != m.size:
         raise tarfile.ReadError("unexpected end of data")
     try:
-        return validate_header(json.loads(data))
+        header = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"{label}: {HEADER} is not valid JSON ({exc})") from None
+    except RecursionError:  # 1 MiB of '[' exhausts the parser's stack
+        raise InvalidRequest(f"{label}: {HEADER} nests too deeply to be a backup header") from None
+    return validate_header(header)
 
 
 def read_backup_header(archive_: Path | BinaryIO) -> dict:

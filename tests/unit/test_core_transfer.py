@@ -15,6 +15,7 @@ from ctd.instance.transfer import Transfers
 
 class FakeInstances:
     storage = db = None
+    host_cpus = [0, 1]
 
     def __init__(self) -> None:
         self.reserved: list[str] = []
@@ -60,3 +61,37 @@ def test_an_unprivileged_backup_restores_unprivileged_unless_asked(tmp_path: Pat
     checked = transfers.check_restore({"file": path})
     assert checked["meta"]["privileged"] is False and checked["meta"]["template"] == "base"
     assert transfers.check_restore({"file": path, "privileged": True})["meta"]["privileged"] is True
+
+
+def test_a_header_nested_too_deeply_is_400(tmp_path: Path) -> None:
+    """ctd-backup.json may be 1 MiB: 500,000 '[' made json.loads raise RecursionError (a 500)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        body = b"[" * 500_000 + b"]" * 500_000
+        ti = tarfile.TarInfo("ctd-backup.json")
+        ti.size = len(body)
+        tf.addfile(ti, io.BytesIO(body))
+    path = tmp_path / "deep.backup"
+    path.write_bytes(raw.getvalue())
+    with pytest.raises(InvalidRequest, match="nests too deeply"):
+        Transfers(FakeInstances()).check_restore({"file": str(path)})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("limits,why", [({"ram": 99999999999 << 40}, "at most 8388607T"),
+                                        ({"numproc": -5}, "numproc"), ({"ram": "lots"}, "invalid ram"),
+                                        ({"cpus": 64}, "only 2 CPU"), ({"evil": 1}, "unknown limit"),
+                                        ({"ram": [1]}, "numbers"), ("1G", "object")])
+def test_the_backups_limits_are_validated_like_a_request(tmp_path: Path, limits: Any, why: str) -> None:
+    instances = FakeInstances()
+    path = backup_file(tmp_path, {"limits": limits})
+    with pytest.raises(InvalidRequest) as exc:
+        Transfers(instances).check_restore({"file": path})  # type: ignore[arg-type]
+    assert "the backup's" in exc.value.message and why in exc.value.message, exc.value.message
+    assert instances.reserved == []
+
+
+def test_stored_limits_restore_as_they_were(tmp_path: Path) -> None:
+    stored = {"ram": 512 << 20, "ram_high": 256 << 20, "swap": 1 << 30, "numproc": 100, "cpus": 2,
+              "diskspace": 10 << 30, "ioprio": 6}
+    path = backup_file(tmp_path, {"limits": stored})
+    assert Transfers(FakeInstances()).check_restore({"file": path})["meta"]["limits"] == stored  # type: ignore[arg-type]
