@@ -6,11 +6,14 @@ import asyncio
 import contextlib
 import datetime as dt
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 from ctd import limits as limits_mod
-from ctd import validate
+from ctd import guest, validate
+from ctd.network import ipam
+from ctd.network.manager import MAX_NICS
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
 from ctd.instance.manager import InstanceManager
@@ -85,12 +88,11 @@ class Transfers:
         else:
             privileged = False
         try:
-            limits = limits_mod.check_stored(meta.get("limits") or {}, len(self.instances.host_cpus))
+            meta = _check_meta(meta, len(self.instances.host_cpus))
         except InvalidRequest as exc:
             raise InvalidRequest(f"{source}: the backup's {exc.message}") from None
         instance_id = self.instances.reserve(name, None, "restore with --name NEW")
-        return {"file": source, "name": name, "id": instance_id,
-                "meta": {**meta, "privileged": privileged, "limits": limits}}
+        return {"file": source, "name": name, "id": instance_id, "meta": {**meta, "privileged": privileged}}
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         name, instance_id, meta = checked["name"], checked["id"], checked["meta"]
@@ -158,6 +160,68 @@ class Transfers:
         size = archive.export_rootfs(self.storage.template_path(checked["name"]) / "rootfs", checked["out"], None,
                                      progress_of(op))
         return {"file": str(checked["out"]), "size": size}
+
+
+NETWORK_STYLES = ("none", "networkd", "ip")
+MAX_INIT_ARGS = 256
+
+
+def _check_meta(meta: Any, host_cpus: int) -> dict[str, Any]:
+    """A backup header's meta (the instance's config), validated like the request that made
+    the instance: the file may have been written or edited by anyone. Returns what restore
+    uses; keys it does not know are left out."""
+    if not isinstance(meta, dict):
+        raise InvalidRequest("meta must be an object")
+    out: dict[str, Any] = {"limits": limits_mod.check_stored(meta.get("limits") or {}, host_cpus)}
+    for key in ("name", "template"):
+        if meta.get(key) is not None:
+            out[key] = validate.instance_name(meta[key], f"{key} in meta")
+    if meta.get("hostname") is not None:
+        out["hostname"] = validate.hostname(meta["hostname"])
+    init = validate.string_list(meta, "init")
+    if len(init) > MAX_INIT_ARGS or any(not arg or "\0" in arg for arg in init):
+        raise InvalidRequest(f"init must be at most {MAX_INIT_ARGS} non-empty strings without NUL")
+    out["init"] = init
+    if meta.get("stop_signal") is not None:
+        from ctd.template.recipe import signal_number
+        try:
+            number = signal_number(str(meta["stop_signal"]))
+        except (KeyError, ValueError):
+            number = 0
+        if not 0 < number <= signal.SIGRTMAX:
+            raise InvalidRequest(f"stop_signal {meta['stop_signal']!r} is not a signal name")
+        out["stop_signal"] = str(meta["stop_signal"])
+    options = meta.get("options") or {}
+    if not isinstance(options, dict):
+        raise InvalidRequest("options must be an object")
+    kept: dict[str, Any] = {}
+    if options.get("systemd") is not None:
+        kept["systemd"] = validate.boolean(options, "systemd")
+    if options.get("network_style") is not None:
+        if options["network_style"] not in NETWORK_STYLES:
+            raise InvalidRequest(f"options.network_style must be one of {', '.join(NETWORK_STYLES)}")
+        kept["network_style"] = options["network_style"]
+    if options.get("nameservers"):
+        kept["nameservers"] = [str(ipam.parse_address(a)) for a in validate.string_list(options, "nameservers")]
+    if options.get("ssh_keys"):
+        kept["ssh_keys"] = [guest.check_ssh_key(k) for k in validate.string_list(options, "ssh_keys")]
+    if options.get("timezone") is not None:
+        kept["timezone"] = guest.check_timezone(options["timezone"])
+    out["options"] = kept
+    nics = meta.get("nics") or []
+    if not isinstance(nics, list) or len(nics) > MAX_NICS:
+        raise InvalidRequest(f"nics must be a list of at most {MAX_NICS} objects")
+    out["nics"] = []
+    for nic in nics:
+        rate = nic.get("rate") if isinstance(nic, dict) else None
+        if not isinstance(nic, dict) or not isinstance(nic.get("network"), (str, type(None))) \
+                or nic.get("mode", "bridged") not in ("bridged", "routed") \
+                or not (rate is None or (type(rate) is int and 8000 <= rate <= limits_mod.MAX_COUNT)):
+            raise InvalidRequest("nics: each is {network: NAME, mode: bridged|routed, filter: "
+                                 "true|false, rate: bits per second (8000 or more)}")
+        out["nics"].append({"network": nic.get("network"), "mode": nic.get("mode", "bridged"),
+                            "filter": validate.boolean(nic, "filter", True), "rate": rate})
+    return out
 
 
 def _os_release(rootfs: Path) -> tuple[str, str]:

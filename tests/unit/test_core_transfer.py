@@ -95,3 +95,36 @@ def test_stored_limits_restore_as_they_were(tmp_path: Path) -> None:
               "diskspace": 10 << 30, "ioprio": 6}
     path = backup_file(tmp_path, {"limits": stored})
     assert Transfers(FakeInstances()).check_restore({"file": path})["meta"]["limits"] == stored  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("meta,why", [
+    ({"init": "/sbin/init"}, "init"), ({"init": ["/sbin/init", ""]}, "init"),
+    ({"stop_signal": "SIGNOPE"}, "stop_signal"), ({"stop_signal": "SIGRTMIN+999"}, "stop_signal"),
+    ({"hostname": "a" * 300}, "hostname"), ({"template": "../../etc"}, "template"),
+    ({"options": ["systemd"]}, "options"), ({"options": {"network_style": "rm -rf"}}, "network_style"),
+    ({"options": {"nameservers": ["not-an-ip"]}}, "not-an-ip"),
+    ({"nics": [{"network": "n", "mode": "bogus"}]}, "nics"), ({"nics": [{"rate": 10 ** 30}]}, "nics"),
+    ({"nics": [{"network": "n"}] * 9}, "at most 8")])
+def test_the_rest_of_the_backups_meta_is_validated_too(tmp_path: Path, meta: dict[str, Any], why: str) -> None:
+    """meta went into the new instance's record as it was: a KeyError or TypeError (a 500)
+    later, or an init, hostname or option no request could have set."""
+    instances = FakeInstances()
+    with pytest.raises(InvalidRequest) as exc:
+        Transfers(instances).check_restore({"file": backup_file(tmp_path, meta)})  # type: ignore[arg-type]
+    assert "the backup's" in exc.value.message and why in exc.value.message, exc.value.message
+    assert instances.reserved == []
+
+
+def test_a_real_meta_passes_as_it_was(tmp_path: Path) -> None:
+    meta = {"name": "web", "template": "debian-12", "hostname": "web.example", "privileged": False,
+            "limits": {"ram": 1 << 30}, "init": ["/sbin/init", "--log-level=info"], "stop_signal": "SIGRTMIN+3",
+            "options": {"systemd": True, "network_style": "networkd", "ssh_keys": [], "timezone": None,
+                        "nameservers": ["10.0.0.1"]},
+            "nics": [{"network": "ctbr0", "mode": "bridged", "filter": True, "rate": 10_000_000,
+                      "addresses": ["10.0.0.5"]}]}
+    checked = Transfers(FakeInstances()).check_restore({"file": backup_file(tmp_path, meta)})  # type: ignore[arg-type]
+    got = checked["meta"]
+    assert got["init"] == meta["init"] and got["stop_signal"] == "SIGRTMIN+3" and got["hostname"] == "web.example"
+    assert got["options"] == {"systemd": True, "network_style": "networkd", "nameservers": ["10.0.0.1"]}
+    assert got["nics"] == [{"network": "ctbr0", "mode": "bridged", "filter": True, "rate": 10_000_000}]
+    assert got["limits"] == {"ram": 1 << 30} and got["template"] == "debian-12"
