@@ -31,7 +31,8 @@ device node exists on disk at any moment (btrfs receive runs as host root and wo
 open such a node for a later write command: a crafted stream wrote the host's block device
 that way), the commands that follow (chmod, rename, link, write) act on a plain file, and
 after the receive every name of a tagged file (hard links too) is removed from the writable
-copy, in the restore's 0700 staging directory, before it becomes the instance's root. A
+copy, in the restore's 0700 staging directory, before it becomes the instance's root. FIFOs
+and sockets are kept (inert on disk; ctd never opens a guest's files but through guestfs). A
 btrfs-send backup needs btrfs storage to restore: on the dir driver it is refused (make the
 backup with driver "tar" for such hosts).
 
