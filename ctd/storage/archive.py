@@ -746,6 +746,78 @@ class _FileData:
         return data
 
 
+MAX_SEGMENTS = 4096  # a sparse map longer than this is coalesced (holes between become zeros)
+SPARSE_MIN_HOLES = 1 * MiB  # files with fewer bytes of holes are archived as they are
+
+
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of the data in a file with holes, from SEEK_DATA/SEEK_HOLE; None when
+    it has too few holes to be worth a sparse member (or the filesystem does not say)."""
+    segments: list[tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break  # only a hole from here to the end
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end - start))
+            offset = end
+    except OSError:
+        return None
+    if size - sum(n for _, n in segments) < SPARSE_MIN_HOLES:
+        return None
+    gap = HOLE
+    while len(segments) > MAX_SEGMENTS:  # merge across the smallest holes until the map is short
+        merged = [segments[0]]
+        for start, n in segments[1:]:
+            last_start, last_n = merged[-1]
+            if start - (last_start + last_n) <= gap:
+                merged[-1] = (last_start, start + n - last_start)
+            else:
+                merged.append((start, n))
+        segments, gap = merged, gap * 4
+    return segments
+
+
+class _SparseData:
+    """A sparse member's data in GNU tar's PAX 1.0 sparse format: the map (the segment count,
+    then each segment's offset and length, one decimal per line, padded to whole blocks), then
+    each data segment. Reading costs what the file holds: a 1 TiB file of holes is a few blocks."""
+
+    def __init__(self, fd: int, segments: list[tuple[int, int]], progress: _Progress) -> None:
+        text = f"{len(segments)}\n" + "".join(f"{o}\n{n}\n" for o, n in segments)
+        head = text.encode()
+        self.head = head + bytes(-len(head) % tarfile.BLOCKSIZE)
+        self.size = len(self.head) + sum(n for _, n in segments)
+        self.fd, self.progress = fd, progress
+        self._todo = list(reversed(segments))
+
+    def read(self, n: int = -1) -> bytes:
+        """n bytes (fewer only at the end): tarfile takes a short read for a truncated file."""
+        parts, want = [], n if n >= 0 else self.size
+        while want > 0 and (self.head or self._todo):
+            if self.head:
+                part, self.head = self.head[:want], self.head[want:]
+            else:
+                offset, length = self._todo.pop()
+                if want < length:
+                    self._todo.append((offset + want, length - want))
+                    length = want
+                part = os.pread(self.fd, length, offset)
+                if len(part) < length:  # the file shrank while it was read
+                    part += bytes(length - len(part))
+                self.progress.add(len(part))
+            parts.append(part)
+            want -= len(part)
+        return b"".join(parts)
+
+
 def _data_size(source: Path) -> int:
     total, seen = 0, set()
     for dirpath, _dirs, files in os.walk(source):
@@ -759,7 +831,7 @@ def _data_size(source: Path) -> int:
                     if (st.st_dev, st.st_ino) in seen:
                         continue
                     seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
+                total += min(st.st_size, st.st_blocks * 512)  # sparse files: what they hold
     return total
 
 
@@ -849,7 +921,17 @@ class _Exporter:
                     return  # replaced since it was listed
                 ti.type, ti.size = tarfile.REGTYPE, fst.st_size
                 self._xattrs(ti, fd)
-                self.tf.addfile(ti, _FileData(fd, ti.size, self.progress))  # type: ignore[arg-type]
+                segments = (_data_segments(fd, fst.st_size)
+                            if fst.st_blocks * 512 + SPARSE_MIN_HOLES <= fst.st_size else None)
+                if segments is None:
+                    self.tf.addfile(ti, _FileData(fd, ti.size, self.progress))  # type: ignore[arg-type]
+                else:
+                    data = _SparseData(fd, segments, self.progress)
+                    ti.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                           "GNU.sparse.name": arcname,
+                                           "GNU.sparse.realsize": str(fst.st_size)})
+                    ti.size = data.size
+                    self.tf.addfile(ti, data)  # type: ignore[arg-type]
             finally:
                 os.close(fd)
             if st.st_nlink > 1:
@@ -900,7 +982,9 @@ def export_rootfs(source: Path, out: Path | BinaryIO, compression: str | None = 
                   progress: Progress | None = None) -> int:
     """Write the root at source as a tarball of its contents (`./`, `./etc/`, `./etc/hostname`
     ..., numeric owners, modes, mtimes, xattrs, hard links, symlinks, FIFOs; device nodes only
-    under ./dev; sockets not at all). compression: "zst", "gz", "xz", "bz2" or "none"; None
+    under ./dev; sockets not at all). A file with 1 MiB or more of holes is a sparse member
+    (GNU tar's PAX 1.0 format, found with SEEK_DATA/SEEK_HOLE): the cost of an export follows
+    the data a guest's files hold, not the sizes a tenant can declare with truncate. compression: "zst", "gz", "xz", "bz2" or "none"; None
     picks it from out's name (.tar.xz -> xz), zst when that says nothing. A path out is written
     aside and renamed into place when complete (no half file, ever); a file object is written
     as a stream. progress(done, total) counts file data bytes. Returns the bytes written.

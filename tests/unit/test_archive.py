@@ -442,3 +442,35 @@ def test_data_beyond_the_quota_is_refused_and_holes_do_not_count(place: dict[str
 def _empty_dir(path: Path) -> None:
     for entry in path.iterdir():
         entry.unlink()
+
+
+@pytest.mark.parametrize("comp", ["zst", "none"])
+def test_sparse_files_export_as_sparse_members(tmp_path: Path, comp: str) -> None:
+    """A guest's 64 GiB file of holes was read and compressed whole on export (and so in a tar
+    backup): ~0.15 s of CPU per GiB for a file any tenant makes with truncate. It is now a PAX
+    1.0 sparse member holding only the data, which this import and GNU tar both read back."""
+    src, dst, gnu = tmp_path / "src", tmp_path / "dst", tmp_path / "gnu"
+    for d in (src, dst, gnu):
+        d.mkdir()
+    with (src / "big").open("wb") as fh:
+        fh.truncate(64 * GiB)
+        for offset, data in PIECES.items():
+            fh.seek(offset)
+            fh.write(data)
+    (src / "dense").write_bytes(os.urandom(3 * 1024 * 1024))
+    out = tmp_path / f"out.tar.{comp}" if comp != "none" else tmp_path / "out.tar"
+    cpu = time.process_time()
+    export_rootfs(src, out, comp)
+    assert time.process_time() - cpu < 1.0
+    assert out.stat().st_size < 4 * 1024 * 1024
+    import_rootfs(out, dst)
+    for root in (dst, gnu):
+        if root == gnu:
+            subprocess.run(["tar", "-xf", str(out), "-C", str(gnu)], check=True)
+        st = os.lstat(root / "big")
+        assert st.st_size == 64 * GiB and st.st_blocks * 512 < 1 << 20, root
+        with (root / "big").open("rb") as fh:
+            for offset, data in PIECES.items():
+                fh.seek(offset)
+                assert fh.read(len(data)) == data
+        assert (root / "dense").read_bytes() == (src / "dense").read_bytes()
