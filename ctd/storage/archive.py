@@ -329,7 +329,7 @@ class _Space:
 class _Extractor:
     DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def __init__(self, target: Path, same_owner: bool, space: "_Space") -> None:
+    def __init__(self, target: Path, same_owner: bool, space: _Space) -> None:
         self.root_fd = os.open(target, self.DIR_FLAGS)
         self.same_owner = same_owner
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
