@@ -346,7 +346,7 @@ def _start(reader: _Reader, label: str) -> tarfile.TarFile:
                                  "filesystem tarball is imported as a template instead")
     reader.head = head
     try:
-        return tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=reader, mode="r|", tarinfo=archive.BoundedTarInfo)  # type: ignore[call-overload]
     except tarfile.ReadError as exc:
         raise InvalidRequest(f"{label} is not a ctd backup, or its start is corrupt ({exc})") from None
 

@@ -474,3 +474,42 @@ def test_sparse_files_export_as_sparse_members(tmp_path: Path, comp: str) -> Non
                 fh.seek(offset)
                 assert fh.read(len(data)) == data
         assert (root / "dense").read_bytes() == (src / "dense").read_bytes()
+
+
+def _meta_header_bomb(kind: bytes, size: int) -> bytes:
+    """A tar whose first header is a PAX / GNU long-name header declaring size bytes (zeros),
+    gzip-compressed: a few hundred bytes per MiB."""
+    ti = tarfile.TarInfo("././@LongLink" if kind == tarfile.GNUTYPE_LONGNAME else "././@PaxHeader")
+    ti.type, ti.size = kind, size
+    raw = io.BytesIO()
+    with gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1) as gz:
+        gz.write(ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        gz.write(b"20 comment=aaaaaaaa\n" if kind == tarfile.XHDTYPE else b"x")
+        zeros = bytes(1 << 20)
+        left = size - (20 if kind == tarfile.XHDTYPE else 1) + (-size % 512)
+        while left > 0:
+            gz.write(zeros[:min(left, len(zeros))])
+            left -= len(zeros)
+        gz.write(tarfile.TarInfo("./f").tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict") + bytes(1024))
+    return raw.getvalue()
+
+
+@pytest.mark.parametrize("kind,what", [(tarfile.XHDTYPE, "PAX header"),
+                                       (tarfile.GNUTYPE_LONGNAME, "GNU long name header")])
+def test_huge_pax_and_long_name_headers_are_refused_unread(place: dict[str, Path], kind: bytes,
+                                                           what: str) -> None:
+    """tarfile reads such a header whole into memory (3 copies): a 510 KB .tgz declaring a
+    512 MiB PAX header cost the daemon 1.5 GiB. 64 MiB here (~190 MiB traced before)."""
+    import tracemalloc
+    data = _meta_header_bomb(kind, 64 << 20)
+    assert len(data) < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest) as exc:
+            _import_bytes(place, data, "bomb.tar.gz")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"{what} of {64 << 20} bytes" in exc.value.message and "at most 1048576" in exc.value.message
+    assert peak < 32 << 20, peak
+    assert list(place["target"].iterdir()) == []

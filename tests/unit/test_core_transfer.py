@@ -128,3 +128,23 @@ def test_a_real_meta_passes_as_it_was(tmp_path: Path) -> None:
     assert got["options"] == {"systemd": True, "network_style": "networkd", "nameservers": ["10.0.0.1"]}
     assert got["nics"] == [{"network": "ctbr0", "mode": "bridged", "filter": True, "rate": 10_000_000}]
     assert got["limits"] == {"ram": 1 << 30} and got["template"] == "debian-12"
+
+
+def test_a_backup_starting_with_a_huge_pax_header_is_400_unread(tmp_path: Path) -> None:
+    """The backup's outer tar is read by tarfile too: a PAX header declaring 64 MiB would be
+    read whole (three copies) before ctd-backup.json is even looked at."""
+    import tracemalloc
+    ti = tarfile.TarInfo("././@PaxHeader")
+    ti.type, ti.size = tarfile.XHDTYPE, 64 << 20
+    path = tmp_path / "bomb.backup"
+    with path.open("wb") as fh:
+        fh.write(ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "strict"))
+        fh.truncate(512 + (64 << 20) + 1536)  # zeros (sparse here): the header's "records"
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest, match="PAX header of 67108864 bytes"):
+            Transfers(FakeInstances()).check_restore({"file": str(path)})  # type: ignore[arg-type]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 << 20, peak
