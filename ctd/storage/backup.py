@@ -390,7 +390,9 @@ C_TRUNCATE, C_END, C_FALLOCATE, C_ENCODED_WRITE = 17, 21, 23, 25
 A_UUID, A_SIZE, A_MODE, A_RDEV, A_XATTR_NAME, A_XATTR_DATA = 1, 4, 5, 8, 13, 14
 A_PATH, A_DATA, A_CLONE_UUID, A_FALLOCATE_MODE = 15, 19, 20, 25
 FALLOC_FL_PUNCH_HOLE = 2
-MAX_COMMAND = 64 << 20
+# btrfs receive's own buffer holds a command of at most 16 KiB + 128 KiB (v2, encoded writes);
+# a bigger one is refused there anyway, after ctd would have held it in memory
+MAX_COMMAND = 1 << 20
 # Set on the regular file a mknod command is turned into, so it can be found and removed after
 # the receive (whatever renames and hard links followed); the value is a per-restore nonce.
 DROPPED_XATTR = "trusted.ctd.dropped-device"
@@ -465,7 +467,8 @@ class _StreamCheck:
         while len(self.buf) - off >= 10:
             length, cmd, _crc = struct.unpack_from("<IHI", self.buf, off)
             if length > MAX_COMMAND:
-                raise self._bad(f"has a {length}-byte command (corrupt)")
+                raise self._bad(f"has a {length}-byte command; btrfs send makes none over "
+                                f"{MAX_COMMAND} (corrupt)")
             if len(self.buf) - off - 10 < length:
                 break
             replaced = self._command(cmd, memoryview(self.buf)[off + 10:off + 10 + length])

@@ -73,3 +73,12 @@ def test_a_repeated_mode_in_mknod_is_refused() -> None:
 def test_a_malformed_mknod_is_refused(attrs: list[tuple[int, bytes]], why: str) -> None:
     with pytest.raises(InvalidRequest, match=why):
         run(HEAD + SUBVOL + send_command(5, attrs) + END)
+
+
+def test_a_command_bigger_than_btrfs_receive_takes_is_refused_before_it_is_buffered() -> None:
+    """64 MiB commands were buffered whole (zeros: a few KB of zstd); btrfs send never makes
+    one over 16 KiB + 128 KiB."""
+    check = _StreamCheck("b")
+    check.feed(HEAD + SUBVOL)
+    with pytest.raises(InvalidRequest, match="2097152-byte command"):
+        check.feed(struct.pack("<IHI", 2 << 20, 15, 0) + bytes(4096))
