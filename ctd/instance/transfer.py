@@ -22,6 +22,7 @@ from ctd.operations import Operation
 from ctd.state import InstanceRecord, InstanceType, NicMode, PowerState, TemplateRecord
 from ctd.storage import archive, backup
 from ctd.template.manager import tree_size
+from ctd.template.recipe import signal_number
 
 
 def progress_of(op: Operation):  # type: ignore[no-untyped-def]
@@ -174,7 +175,7 @@ def _check_meta(meta: Any, host_cpus: int) -> dict[str, Any]:
         raise InvalidRequest("meta must be an object")
     out: dict[str, Any] = {"limits": limits_mod.check_stored(meta.get("limits") or {}, host_cpus)}
     for key in ("name", "template"):
-        if meta.get(key) is not None:
+        if meta.get(key):  # "" or absent: none
             out[key] = validate.instance_name(meta[key], f"{key} in meta")
     if meta.get("hostname") is not None:
         out["hostname"] = validate.hostname(meta["hostname"])
@@ -183,7 +184,6 @@ def _check_meta(meta: Any, host_cpus: int) -> dict[str, Any]:
         raise InvalidRequest(f"init must be at most {MAX_INIT_ARGS} non-empty strings without NUL")
     out["init"] = init
     if meta.get("stop_signal") is not None:
-        from ctd.template.recipe import signal_number
         try:
             number = signal_number(str(meta["stop_signal"]))
         except (KeyError, ValueError):
