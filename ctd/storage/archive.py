@@ -948,11 +948,18 @@ class _Exporter:
                 if segments is None:
                     self.tf.addfile(ti, _FileData(fd, ti.size, self.progress))  # type: ignore[arg-type]
                 else:
+                    if not segments or sum(segments[-1]) < fst.st_size:
+                        segments.append((fst.st_size, 0))  # as GNU tar ends it: the size, no data
                     data = _SparseData(fd, segments, self.progress)
-                    ti.pax_headers.update({"GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                                           "GNU.sparse.name": arcname,
-                                           "GNU.sparse.realsize": str(fst.st_size)})
-                    ti.size = data.size
+                    # GNU tar's header name: a reader without sparse support extracts the raw
+                    # map and data aside, never over the real path. "path" goes first: readers
+                    # apply the records in order, so GNU.sparse.name, later, names the file.
+                    head, _, base = arcname.rpartition("/")
+                    ti.name, ti.size = f"{head}/GNUSparseFile.0/{base}", data.size
+                    ti.pax_headers = {"path": ti.name, **ti.pax_headers,
+                                      "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                      "GNU.sparse.name": arcname,
+                                      "GNU.sparse.realsize": str(fst.st_size)}
                     self.tf.addfile(ti, data)  # type: ignore[arg-type]
             finally:
                 os.close(fd)

@@ -452,6 +452,11 @@ def test_sparse_files_export_as_sparse_members(tmp_path: Path, comp: str) -> Non
     src, dst, gnu = tmp_path / "src", tmp_path / "dst", tmp_path / "gnu"
     for d in (src, dst, gnu):
         d.mkdir()
+    deep = "d" * 90 + "/ünïcode-" + "e" * 80  # past ustar's 100 characters: a PAX path record
+    (src / deep).parent.mkdir()
+    with (src / deep).open("wb") as fh:
+        fh.truncate(2 * GiB)
+        fh.write(b"start")
     with (src / "big").open("wb") as fh:
         fh.truncate(64 * GiB)
         for offset, data in PIECES.items():
@@ -474,6 +479,9 @@ def test_sparse_files_export_as_sparse_members(tmp_path: Path, comp: str) -> Non
                 fh.seek(offset)
                 assert fh.read(len(data)) == data
         assert (root / "dense").read_bytes() == (src / "dense").read_bytes()
+        with (root / deep).open("rb") as fh:
+            assert os.fstat(fh.fileno()).st_size == 2 * GiB and fh.read(5) == b"start"
+        assert sorted(os.listdir(root / deep.split("/")[0])) == [deep.split("/")[1]]  # nothing aside
 
 
 def _meta_header_bomb(kind: bytes, size: int) -> bytes:
