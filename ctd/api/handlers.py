@@ -217,7 +217,8 @@ async def build_template(request: web.Request) -> web.Response:
             finally:
                 c.templates.building.discard(checked["name"])
             c.db.add_template(rec)
-            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
+            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at,
+                    "dropped_devices": checked.get("dropped_devices", 0)}
 
         return await accepted(request, c.operations.start("template-import", checked["name"], imported(), op))
     if "name" not in body:
