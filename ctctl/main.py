@@ -515,7 +515,9 @@ def template_import(file: str, name: str | None) -> None:
     if name:
         body["name"] = name
     result = run_with_progress("POST", "/1.0/templates", body)
-    click.echo(f"Imported {result['name']} ({human_bytes(result['size'])})")
+    dropped = result.get("dropped_devices") or 0
+    note = f"; dropped {dropped} device node(s), ctd makes /dev itself" if dropped else ""
+    click.echo(f"Imported {result['name']} ({human_bytes(result['size'])}){note}")
 
 
 @template.command(name="export")

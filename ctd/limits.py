@@ -29,8 +29,12 @@ LIMITS: dict[str, str] = {
     "diskspace": "disk space of the root filesystem, e.g. 10G (btrfs quota)",
 }
 MIN_RAM = 4 * 1024 * 1024
-# The kernel's PID_MAX_LIMIT on 64-bit: pids.max refuses more (a restore took such a number
-# from a backup's header and the container failed to start with an internal error).
+# The kernel keeps memory limits as page counts below LONG_MAX bytes and qgroup/io limits as
+# u64: 8388607T (just under 2^63 bytes) is the largest size every one of them takes. Far
+# beyond any host (x86-64 addresses 4096T at most), so a bigger number is a typo or an attack.
+MAX_SIZE = 8388607 << 40
+MAX_COUNT = (1 << 63) - 1
+# pids.max refuses anything from PID_MAX_LIMIT + 1 on (kernel/pid.c: 4M on 64-bit).
 MAX_NUMPROC = 4 * 1024 * 1024
 CPUUNITS_DEFAULT = 1000
 
@@ -48,9 +52,10 @@ def _count(name: str, value: Any, minimum: int = 1, maximum: int | None = None,
         if not allow_unlimited:
             raise InvalidRequest(f"invalid {name} {value!r}: expected a whole number")
         return UNLIMITED
-    if number < minimum or (maximum is not None and number > maximum):
+    if number < minimum or number > (MAX_COUNT if maximum is None else maximum):
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
-        raise InvalidRequest(f"invalid {name} {value!r}: must be {bound}")
+        raise InvalidRequest(f"invalid {name} {value!r}: must be {bound}"
+                             + ("" if maximum is not None else f" and at most {MAX_COUNT}"))
     return number
 
 
@@ -63,6 +68,10 @@ def _size(name: str, value: Any, minimum: int = 1) -> int:
         raise InvalidRequest(f"invalid {name} {value!r}: {exc}") from None
     if size != UNLIMITED and size < minimum:
         raise InvalidRequest(f"invalid {name} {value!r}: must be at least {human_size(minimum)}")
+    if size != UNLIMITED and size > MAX_SIZE:
+        raise InvalidRequest(f"invalid {name} {value!r}: at most {human_size(MAX_SIZE)} "
+                             "(the largest limit the kernel takes; no host has that much), "
+                             "or 'unlimited'")
     return size
 
 
@@ -120,6 +129,21 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
         barrier, limit = _split(given["diskspace"])  # OpenVZ's barrier:limit; the limit is enforced
         out["diskspace"] = _size("diskspace", limit, 1 << 20)
     return out
+
+
+def check_stored(stored: Any, host_cpus: int) -> dict[str, int]:
+    """A limit set in its stored form (bytes and counts, "ram_high" beside "ram"), as a backup's
+    header carries it, validated like a request: it comes from a file anyone may have edited."""
+    if not isinstance(stored, dict):
+        raise InvalidRequest("limits must be an object like {\"ram\": 536870912}")
+    if any(isinstance(v, bool) or not isinstance(v, (int, str)) for v in stored.values()):
+        raise InvalidRequest("limits must be numbers")
+    raw: dict[str, Any] = {k: v for k, v in stored.items() if k != "ram_high"}
+    if "ram_high" in stored:
+        if "ram" not in stored:
+            raise InvalidRequest("limits: ram_high without ram")
+        raw["ram"] = f"{stored['ram_high']}:{stored['ram']}"
+    return merge({}, normalise(raw, host_cpus))
 
 
 def merge(current: dict[str, int], changes: dict[str, int]) -> dict[str, int]:

@@ -23,14 +23,43 @@ def ctx(request: web.Request) -> ApiContext:
     return request.app[CTX]
 
 
+MAX_JSON_DEPTH = 32  # ctd's deepest body is 3 levels; deeper is an attack on the parser's stack
+
+
+def json_depth(value: Any) -> int:
+    """How deeply value nests lists and objects (iterative: no recursion to exhaust)."""
+    deepest, todo = 0, [(value, 1)]
+    while todo:
+        item, depth = todo.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_JSON_DEPTH:
+                todo.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A JSON document from a client; InvalidRequest (400) for bad JSON or nesting deeper than
+    MAX_JSON_DEPTH (json.loads itself raises RecursionError near Python's stack limit)."""
+    try:
+        value = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        value = None
+    else:
+        if json_depth(value) <= MAX_JSON_DEPTH:
+            return value
+    raise InvalidRequest(f"the request body nests lists/objects more than {MAX_JSON_DEPTH} levels "
+                         "deep; no ctd request needs more than a few")
+
+
 async def json_body(request: web.Request) -> Any:
     if not request.can_read_body:
         return {}
-    raw = await request.read()
-    try:
-        return json.loads(raw or b"{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    return parse_json(await request.read() or b"{}")
 
 
 async def accepted(request: web.Request, op: Operation) -> web.Response:
@@ -188,7 +217,8 @@ async def build_template(request: web.Request) -> web.Response:
             finally:
                 c.templates.building.discard(checked["name"])
             c.db.add_template(rec)
-            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at}
+            return {"name": rec.name, "size": rec.size, "built_at": rec.built_at,
+                    "dropped_devices": checked.get("dropped_devices", 0)}
 
         return await accepted(request, c.operations.start("template-import", checked["name"], imported(), op))
     if "name" not in body:

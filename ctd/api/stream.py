@@ -149,7 +149,7 @@ async def _bridge_exec(ws: web.WebSocketResponse, proc, tty: bool) -> None:  # t
             elif msg.type == WSMsgType.TEXT:
                 try:
                     control = json.loads(msg.data)
-                except json.JSONDecodeError:
+                except (json.JSONDecodeError, RecursionError):  # deep nesting: ignored, like bad JSON
                     continue
                 kind = control.get("type") if isinstance(control, dict) else None
                 if kind == "eof" and stdin_open and not tty:
@@ -229,7 +229,8 @@ async def console_ws(request: web.Request) -> web.StreamResponse:
             if msg.type == WSMsgType.BINARY:
                 console.write(msg.data)
             elif msg.type == WSMsgType.TEXT:
-                with contextlib.suppress(json.JSONDecodeError, ValueError, TypeError, AttributeError):
+                with contextlib.suppress(json.JSONDecodeError, ValueError, TypeError, AttributeError,
+                                         RecursionError):
                     control = json.loads(msg.data)
                     if control.get("type") == "resize":
                         set_winsize(console.master_fd, int(control["width"]), int(control["height"]))

@@ -126,7 +126,8 @@ class Transfers:
         name = checked["name"]
         staging = self.storage.new_template_dir(name)
         try:
-            archive.import_rootfs(checked["file"], staging / "rootfs", progress_of(op))
+            result = archive.import_rootfs(checked["file"], staging / "rootfs", progress_of(op))
+            checked["dropped_devices"] = result["skipped_devices"]  # for the operation's result
             path = self.storage.commit_template(name, staging)
         except BaseException:
             self.storage.discard_template_staging(staging)

@@ -16,14 +16,24 @@ emptied again, so nothing of the archive is left; the caller removes the target 
   openat(O_NOFOLLOW | O_DIRECTORY) from the target's own descriptor, so no extracted symlink is
   ever followed;
 - hard links whose target is absolute, has `..`, or is not a member extracted before them;
-- block and character device nodes outside `dev/`. Device nodes *inside* `dev/` (debootstrap
-  and many OpenVZ/Proxmox templates carry /dev/null, /dev/console ...) are skipped, not made:
-  ctd mounts a private tmpfs on every guest's /dev and makes the few nodes it allows itself;
 - a directory replaced by a later member of another type, and member types tar has but a root
-  does not need (GNU volume labels, multi-volume continuations ...).
+  does not need (GNU volume labels, multi-volume continuations ...);
+- more file data than fits: members are charged as their headers are read, before their data
+  is written, against the free space of the target's filesystem and max_bytes (the quota the
+  root will have); a file declaring more bytes than that whole filesystem holds is refused
+  even when sparse. Sparse members (GNU tar --sparse, old GNU and PAX formats) count their
+  data segments only, and are written segment by segment, seeking over the holes: the cost of
+  an import follows the bytes in the archive, not the sizes it declares.
+
+Dropped, never made, and counted ("skipped_devices", and a warning naming the first few):
+block and character device nodes, wherever they are (dev/loop0 on a guest's disk reads the
+pool's block device; a chroot's dev/ or home/sda no less), and hard links to them. Roots
+carry them legitimately (debootstrap's /dev/null ...), so they are not refused: ctd mounts a
+private tmpfs on every guest's /dev and makes the few nodes it allows itself.
 
 Kept as they are: symlinks to anywhere (they are resolved inside the container, never by the
-import), FIFOs, hard links inside the root, setuid/setgid bits (a system needs /usr/bin/sudo
+import), FIFOs (inert on disk; ctd never opens a guest's files but through guestfs, which
+refuses them), hard links inside the root, setuid/setgid bits (a system needs /usr/bin/sudo
 setuid; with every path confined to the target there is no "setuid file outside the root"),
 numeric owners (uname/gname are ignored: the ids of the archive are the ids of the guest),
 modes, mtimes and extended attributes stored the GNU tar / star way (`SCHILY.xattr.NAME`: file
@@ -254,6 +264,28 @@ def _decompressor(comp: str, src: _Source):  # type: ignore[no-untyped-def]
 
 # -- import -------------------------------------------------------------------------------------
 
+MAX_META_HEADER = 1 * MiB  # PAX and GNU long-name headers: xattrs, long paths; never more
+META_TYPES = {tarfile.XHDTYPE: "PAX", tarfile.XGLTYPE: "PAX global", tarfile.SOLARIS_XHDTYPE: "PAX",
+              tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
+
+
+class HeaderTooBig(tarfile.HeaderError):
+    """A PAX or GNU long-name header bigger than MAX_META_HEADER."""
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """TarInfo that refuses huge PAX / GNU long-name headers before tarfile reads them whole
+    into memory (three copies: a 510 KB .tgz declaring a 512 MiB PAX header took 1.5 GiB)."""
+
+    def _proc_member(self, tarfile_):  # type: ignore[no-untyped-def]
+        kind = META_TYPES.get(self.type)
+        if kind is not None and self.size > MAX_META_HEADER:
+            raise HeaderTooBig(f"it has a {kind} header of {self.size} bytes; ctd reads at most "
+                               f"{MAX_META_HEADER} (extended attributes and long names need far "
+                               "less)")
+        return super()._proc_member(tarfile_)
+
+
 class _Refused(Exception):
     def __init__(self, member: str, why: str) -> None:
         super().__init__(f"member {member!r} {why}")
@@ -270,15 +302,63 @@ def _components(name: str, member: str, what: str = "its name") -> tuple[str, ..
     return parts
 
 
+class _Space:
+    """What an import may write: the data of its files must fit the free space of the target's
+    filesystem (and max_bytes, the quota it will live under), and no file may declare more
+    bytes than the whole filesystem holds. Charged member by member as headers are read,
+    before a member's data is written."""
+
+    def __init__(self, target: Path, max_bytes: int | None) -> None:
+        st = os.statvfs(target)
+        self.fs_size = st.f_blocks * st.f_frsize
+        self.limit = st.f_bavail * st.f_frsize
+        self.what = f"the {self.limit} bytes free where it is extracted"
+        if max_bytes is not None and max_bytes < self.limit:
+            self.limit, self.what = max_bytes, f"its disk space limit of {max_bytes} bytes"
+        self.used = 0
+
+    def charge(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> list[tuple[int, int]]:
+        """The member's data segments (offset, size); refuses what cannot fit."""
+        if m.size > self.fs_size:
+            raise _Refused(m.name, f"declares a file of {m.size} bytes, more than the whole "
+                                   f"filesystem it would land on holds ({self.fs_size} bytes)")
+        segments = self._sparse_map(m, tf) if m.issparse() else [(0, m.size)]
+        self.used += sum(size for _, size in segments)
+        if self.used > self.limit:
+            raise _Refused(m.name, f"brings the archive's data past {self.what}; free space "
+                                   "(or raise the limit) and try again")
+        return segments
+
+    @staticmethod
+    def _sparse_map(m: tarfile.TarInfo, tf: tarfile.TarFile) -> list[tuple[int, int]]:
+        """The sparse map checked: ascending, inside the file, backed by the archive's bytes."""
+        segments, end = [], 0
+        for offset, size in m.sparse or ():
+            if size == 0:
+                continue  # GNU tar pads its map with (0, 0)
+            if offset < end or size < 0 or offset + size > m.size:
+                raise _Refused(m.name, "has a sparse map with overlapping or out-of-file "
+                                       "segments (corrupt)")
+            segments.append((offset, size))
+            end = offset + size
+        stored = tf.offset - m.offset_data  # the member's data, rounded up to whole blocks
+        if sum(size for _, size in segments) > stored:
+            raise _Refused(m.name, "has a sparse map that claims more data than the archive "
+                                   "holds (corrupt)")
+        return segments
+
+
 class _Extractor:
     DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-    def __init__(self, target: Path, same_owner: bool) -> None:
+    def __init__(self, target: Path, same_owner: bool, space: _Space) -> None:
         self.root_fd = os.open(target, self.DIR_FLAGS)
         self.same_owner = same_owner
         self.dirs: list[tuple[tuple[str, ...], tarfile.TarInfo]] = []
         self.skipped: set[tuple[str, ...]] = set()
         self.skipped_devices = 0
+        self.skipped_names: list[str] = []
+        self.space = space
         self._key: tuple[str, ...] | None = None
         self._fd = -1
 
@@ -381,12 +461,14 @@ class _Extractor:
         if not comps:
             raise _Refused(m.name, "names the root itself but is not a directory")
         if m.ischr() or m.isblk():
-            if comps[0] == "dev":
-                self.skipped.add(comps)
-                self.skipped_devices += 1
-                return
-            raise _Refused(m.name, "is a device node outside /dev; a root filesystem tarball has "
-                                   "none there (ctd makes each guest's /dev itself)")
+            # Never made, wherever they are: a node on the guest's disk is a door to the host's
+            # devices (dev/loop0 reads the pool). ctd makes each guest's /dev itself.
+            self.skipped.add(comps)
+            self.skipped_devices += 1
+            if len(self.skipped_names) < 5:
+                self.skipped_names.append(m.name)
+            return
+        self.skipped.discard(comps)  # a later member of that name is no longer a dropped node
         if m.islnk():
             self._hardlink(comps, m)
             return
@@ -416,19 +498,37 @@ class _Extractor:
             finally:
                 os.close(fd)
             return
+        segments = self.space.charge(m, tf)  # before a byte of it is written
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         try:
-            self._write(fd, tf.extractfile(m), m.size)
+            if m.issparse():
+                self._write_sparse(fd, tf, m, segments)
+            else:
+                self._write(fd, tf.extractfile(m), m.size)
+            os.ftruncate(fd, m.size)
             self._owner_mode(fd, m)
             self._xattrs(fd, m)
             self._times(fd, m)
         finally:
             os.close(fd)
 
+    @classmethod
+    def _write_sparse(cls, fd: int, tf: tarfile.TarFile, m: tarfile.TarInfo,
+                      segments: list[tuple[int, int]]) -> None:
+        """A sparse member's data segments, each at its offset: holes are seeked over, never
+        written or even made as zeros in memory, so the cost follows the archive's bytes (a
+        GNU tar --sparse file of 160 GB of holes is a 129-byte .tgz)."""
+        stream = tf.fileobj  # positioned at the member's data (a stream: seeks only forward)
+        stream.seek(m.offset_data)  # type: ignore[union-attr]
+        for offset, size in segments:
+            os.lseek(fd, offset, os.SEEK_SET)
+            cls._write(fd, stream, size)
+
     @staticmethod
     def _write(fd: int, data, size: int) -> None:  # type: ignore[no-untyped-def]
-        """Copy size bytes; 64 KiB runs of zeros become holes (sparse files stay sparse)."""
+        """Copy size bytes from the current offset; 64 KiB runs of zeros become holes (sparse
+        files stay sparse; the caller truncates to the file's size)."""
         zeros = bytes(CHUNK)
         left = size
         while left > 0:
@@ -448,7 +548,6 @@ class _Extractor:
                 view = memoryview(piece)
                 while view:
                     view = view[os.write(fd, view):]
-        os.ftruncate(fd, size)
 
     def _dir(self, comps: tuple[str, ...], m: tarfile.TarInfo) -> None:
         if comps:
@@ -499,6 +598,27 @@ class _Extractor:
                 os.close(fd)
 
 
+def drop_device_nodes(root: Path) -> list[str]:
+    """Removes every block and character device node below root (each name of one, hard links
+    included) and returns their paths relative to root. For trees made outside ctd's own import
+    (a builder's output, a copy of an instance's root) before they become a template: only call
+    it on a tree no container can reach yet (a staging directory). Symlinks are not followed."""
+    removed = []
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
+        for name in filenames + dirnames:
+            try:
+                mode = os.stat(name, dir_fd=dirfd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                os.unlink(name, dir_fd=dirfd)
+                removed.append(os.path.normpath(os.path.join(os.path.relpath(dirpath, root), name)))
+    if removed:
+        log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's /dev itself)",
+                    root, len(removed), ", ".join(removed[:5]))
+    return removed
+
+
 def _empty(target: Path) -> None:
     """Remove everything below target (not target itself); symlink-safe."""
     import shutil
@@ -530,13 +650,15 @@ def _size_of(fh: BinaryIO) -> int:
 
 
 def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | None = None, *,
-                  same_owner: bool | None = None, label: str | None = None) -> dict:
+                  same_owner: bool | None = None, label: str | None = None,
+                  max_bytes: int | None = None) -> dict:
     """Extract a (compressed) rootfs tarball into the empty directory target (see the module
     doc for what is refused). progress(done, total) gets archive bytes read and the archive's
     size (0 when it is not a regular file). same_owner: set numeric owners (default: when root).
     Returns {"members": N, "skipped_devices": N}. On failure target is left empty and the
     error is InvalidRequest (bad archive), NotSupported (no zstd module) or OperationFailed.
-    label: how messages name the archive (default: its path)."""
+    label: how messages name the archive (default: its path). max_bytes: the quota the root
+    will live under; the files' data must fit it and the free space of target's filesystem."""
     label = label or _label(archive)
     if same_owner is None:
         same_owner = os.geteuid() == 0
@@ -562,9 +684,9 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
             raise InvalidRequest(f"{label} is not a tar archive (plain, or compressed with gzip, "
                                  "xz, zstd or bzip2)")
         guard = _Guard(_decompressor(comp, src))
-        extractor = _Extractor(target, same_owner)
+        extractor = _Extractor(target, same_owner, _Space(target, max_bytes))
         try:
-            tf = tarfile.open(fileobj=guard, mode="r|")  # type: ignore[call-overload]
+            tf = tarfile.open(fileobj=guard, mode="r|", tarinfo=BoundedTarInfo)  # type: ignore[call-overload]
             while True:
                 m = tf.next()
                 if m is None:
@@ -581,7 +703,7 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
             if guard.count < end + tarfile.BLOCKSIZE:
                 raise _Corrupt("the tar stream stops without its end-of-archive block")
             extractor.finish()
-        except _Refused as exc:
+        except (_Refused, HeaderTooBig) as exc:
             raise InvalidRequest(f"{label}: {exc}; nothing was imported") from None
         except (_Corrupt, tarfile.TarError, EOFError) as exc:
             raise InvalidRequest(f"{label} is truncated or corrupt: {exc}") from None
@@ -591,8 +713,9 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
                 raise OperationFailed(f"importing {label} failed{where}: {exc.strerror}") from None
             raise InvalidRequest(f"{label}: cannot extract{where}: {exc.strerror}") from None
         if extractor.skipped_devices:
-            log.info("%s: skipped %d device nodes under /dev (ctd makes /dev itself)", label,
-                     extractor.skipped_devices)
+            log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's /dev "
+                        "itself)", label, extractor.skipped_devices,
+                        ", ".join(extractor.skipped_names))
         prog.finish()
         return {"members": members, "skipped_devices": extractor.skipped_devices}
     except BaseException:
@@ -645,6 +768,78 @@ class _FileData:
         return data
 
 
+MAX_SEGMENTS = 4096  # a sparse map longer than this is coalesced (holes between become zeros)
+SPARSE_MIN_HOLES = 1 * MiB  # files with fewer bytes of holes are archived as they are
+
+
+def _data_segments(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """(offset, length) of the data in a file with holes, from SEEK_DATA/SEEK_HOLE; None when
+    it has too few holes to be worth a sparse member (or the filesystem does not say)."""
+    segments: list[tuple[int, int]] = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:
+                    break  # only a hole from here to the end
+                raise
+            if start >= size:
+                break
+            end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            segments.append((start, end - start))
+            offset = end
+    except OSError:
+        return None
+    if size - sum(n for _, n in segments) < SPARSE_MIN_HOLES:
+        return None
+    gap = HOLE
+    while len(segments) > MAX_SEGMENTS:  # merge across the smallest holes until the map is short
+        merged = [segments[0]]
+        for start, n in segments[1:]:
+            last_start, last_n = merged[-1]
+            if start - (last_start + last_n) <= gap:
+                merged[-1] = (last_start, start + n - last_start)
+            else:
+                merged.append((start, n))
+        segments, gap = merged, gap * 4
+    return segments
+
+
+class _SparseData:
+    """A sparse member's data in GNU tar's PAX 1.0 sparse format: the map (the segment count,
+    then each segment's offset and length, one decimal per line, padded to whole blocks), then
+    each data segment. Reading costs what the file holds: a 1 TiB file of holes is a few blocks."""
+
+    def __init__(self, fd: int, segments: list[tuple[int, int]], progress: _Progress) -> None:
+        text = f"{len(segments)}\n" + "".join(f"{o}\n{n}\n" for o, n in segments)
+        head = text.encode()
+        self.head = head + bytes(-len(head) % tarfile.BLOCKSIZE)
+        self.size = len(self.head) + sum(n for _, n in segments)
+        self.fd, self.progress = fd, progress
+        self._todo = list(reversed(segments))
+
+    def read(self, n: int = -1) -> bytes:
+        """n bytes (fewer only at the end): tarfile takes a short read for a truncated file."""
+        parts, want = [], n if n >= 0 else self.size
+        while want > 0 and (self.head or self._todo):
+            if self.head:
+                part, self.head = self.head[:want], self.head[want:]
+            else:
+                offset, length = self._todo.pop()
+                if want < length:
+                    self._todo.append((offset + want, length - want))
+                    length = want
+                part = os.pread(self.fd, length, offset)
+                if len(part) < length:  # the file shrank while it was read
+                    part += bytes(length - len(part))
+                self.progress.add(len(part))
+            parts.append(part)
+            want -= len(part)
+        return b"".join(parts)
+
+
 def _data_size(source: Path) -> int:
     total, seen = 0, set()
     for dirpath, _dirs, files in os.walk(source):
@@ -658,7 +853,7 @@ def _data_size(source: Path) -> int:
                     if (st.st_dev, st.st_ino) in seen:
                         continue
                     seen.add((st.st_dev, st.st_ino))
-                total += st.st_size
+                total += min(st.st_size, st.st_blocks * 512)  # sparse files: what they hold
     return total
 
 
@@ -748,7 +943,24 @@ class _Exporter:
                     return  # replaced since it was listed
                 ti.type, ti.size = tarfile.REGTYPE, fst.st_size
                 self._xattrs(ti, fd)
-                self.tf.addfile(ti, _FileData(fd, ti.size, self.progress))  # type: ignore[arg-type]
+                segments = (_data_segments(fd, fst.st_size)
+                            if fst.st_blocks * 512 + SPARSE_MIN_HOLES <= fst.st_size else None)
+                if segments is None:
+                    self.tf.addfile(ti, _FileData(fd, ti.size, self.progress))  # type: ignore[arg-type]
+                else:
+                    if not segments or sum(segments[-1]) < fst.st_size:
+                        segments.append((fst.st_size, 0))  # as GNU tar ends it: the size, no data
+                    data = _SparseData(fd, segments, self.progress)
+                    # GNU tar's header name: a reader without sparse support extracts the raw
+                    # map and data aside, never over the real path. "path" goes first: readers
+                    # apply the records in order, so GNU.sparse.name, later, names the file.
+                    head, _, base = arcname.rpartition("/")
+                    ti.name, ti.size = f"{head}/GNUSparseFile.0/{base}", data.size
+                    ti.pax_headers = {"path": ti.name, **ti.pax_headers,
+                                      "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                                      "GNU.sparse.name": arcname,
+                                      "GNU.sparse.realsize": str(fst.st_size)}
+                    self.tf.addfile(ti, data)  # type: ignore[arg-type]
             finally:
                 os.close(fd)
             if st.st_nlink > 1:
@@ -799,7 +1011,9 @@ def export_rootfs(source: Path, out: Path | BinaryIO, compression: str | None = 
                   progress: Progress | None = None) -> int:
     """Write the root at source as a tarball of its contents (`./`, `./etc/`, `./etc/hostname`
     ..., numeric owners, modes, mtimes, xattrs, hard links, symlinks, FIFOs; device nodes only
-    under ./dev; sockets not at all). compression: "zst", "gz", "xz", "bz2" or "none"; None
+    under ./dev; sockets not at all). A file with 1 MiB or more of holes is a sparse member
+    (GNU tar's PAX 1.0 format, found with SEEK_DATA/SEEK_HOLE): the cost of an export follows
+    the data a guest's files hold, not the sizes a tenant can declare with truncate. compression: "zst", "gz", "xz", "bz2" or "none"; None
     picks it from out's name (.tar.xz -> xz), zst when that says nothing. A path out is written
     aside and renamed into place when complete (no half file, ever); a file object is written
     as a stream. progress(done, total) counts file data bytes. Returns the bytes written.
@@ -837,4 +1051,4 @@ def export_rootfs(source: Path, out: Path | BinaryIO, compression: str | None = 
     return writer.count
 
 
-__all__ = ["import_rootfs", "export_rootfs", "compression_for", "COMPRESSIONS"]
+__all__ = ["import_rootfs", "export_rootfs", "compression_for", "drop_device_nodes", "COMPRESSIONS"]

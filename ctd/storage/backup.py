@@ -20,9 +20,26 @@ crash leaves only a dot-directory that discard_partial() removes at the next sta
 A btrfs stream comes from outside, so it is checked as it flows into `btrfs receive --chroot`:
 it must be one full subvolume (no incremental `snapshot` command, whose parent would be looked
 up among this host's subvolumes) whose `clone` commands only clone from itself (never data of
-another subvolume on the pool), and it must end with its end command. After receiving, device
-nodes outside /dev are refused as they are in tarballs. A btrfs-send backup needs btrfs storage
-to restore: on the dir driver it is refused (make the backup with driver "tar" for such hosts).
+another subvolume on the pool), and it must end with its end command. Its file data (write,
+fallocate) must fit the pool's free space and the disk space limit in the backup's meta, and no
+file may be truncated to more than the whole pool.
+
+Device nodes are dropped from every restore, as from template imports (ctd makes each guest's
+/dev itself). In a btrfs stream each mknod command is rewritten, before btrfs receive sees it,
+into a mknod of an empty regular file tagged with an xattr holding a per-restore nonce: no
+device node exists on disk at any moment (btrfs receive runs as host root and would otherwise
+open such a node for a later write command: a crafted stream wrote the host's block device
+that way), the commands that follow (chmod, rename, link, write) act on a plain file, and
+after the receive every name of a tagged file (hard links too) is removed from the writable
+copy, in the restore's 0700 staging directory, before it becomes the instance's root. FIFOs
+and sockets are kept (inert on disk; ctd never opens a guest's files but through guestfs). A
+btrfs-send backup needs btrfs storage to restore: on the dir driver it is refused (make the
+backup with driver "tar" for such hosts).
+
+Owners, modes, setuid bits and file capabilities are restored as they were: they are the
+guest's ids. A restored root lives under STORAGE/instances/NAME (0700), so no host user can
+reach a setuid file in it; inside an unprivileged container uid 0 is the container's base uid.
+Only a privileged container runs such a file as host root, as it runs anything it holds.
 """
 
 from __future__ import annotations
@@ -329,7 +346,7 @@ def _start(reader: _Reader, label: str) -> tarfile.TarFile:
                                  "filesystem tarball is imported as a template instead")
     reader.head = head
     try:
-        return tarfile.open(fileobj=reader, mode="r|")  # type: ignore[call-overload]
+        return tarfile.open(fileobj=reader, mode="r|", tarinfo=archive.BoundedTarInfo)  # type: ignore[call-overload]
     except tarfile.ReadError as exc:
         raise InvalidRequest(f"{label} is not a ctd backup, or its start is corrupt ({exc})") from None
 
@@ -344,9 +361,12 @@ def _read_header(tf: tarfile.TarFile, label: str) -> dict:
     if len(data) != m.size:
         raise tarfile.ReadError("unexpected end of data")
     try:
-        return validate_header(json.loads(data))
+        header = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"{label}: {HEADER} is not valid JSON ({exc})") from None
+    except RecursionError:  # 1 MiB of '[' exhausts the parser's stack
+        raise InvalidRequest(f"{label}: {HEADER} nests too deeply to be a backup header") from None
+    return validate_header(header)
 
 
 def read_backup_header(archive_: Path | BinaryIO) -> dict:
@@ -364,63 +384,128 @@ def read_backup_header(archive_: Path | BinaryIO) -> dict:
 # -- btrfs stream checks ------------------------------------------------------------------------
 
 SEND_MAGIC = b"btrfs-stream\0"
-C_SUBVOL, C_SNAPSHOT, C_CLONE, C_END = 1, 2, 16, 21
-A_UUID, A_DATA, A_CLONE_UUID = 1, 19, 20
-MAX_COMMAND = 64 << 20
+# btrfs send commands and attributes (include/uapi/linux/btrfs.h's send.h in btrfs-progs)
+C_SUBVOL, C_SNAPSHOT, C_MKNOD, C_SET_XATTR, C_WRITE, C_CLONE = 1, 2, 5, 13, 15, 16
+C_TRUNCATE, C_END, C_FALLOCATE, C_ENCODED_WRITE = 17, 21, 23, 25
+A_UUID, A_SIZE, A_MODE, A_RDEV, A_XATTR_NAME, A_XATTR_DATA = 1, 4, 5, 8, 13, 14
+A_PATH, A_DATA, A_CLONE_UUID, A_FALLOCATE_MODE = 15, 19, 20, 25
+FALLOC_FL_PUNCH_HOLE = 2
+# btrfs receive's own buffer holds a command of at most 16 KiB + 128 KiB (v2, encoded writes);
+# a bigger one is refused there anyway, after ctd would have held it in memory
+MAX_COMMAND = 1 << 20
+# Set on the regular file a mknod command is turned into, so it can be found and removed after
+# the receive (whatever renames and hard links followed); the value is a per-restore nonce.
+DROPPED_XATTR = "trusted.ctd.dropped-device"
+
+
+def _crc32c_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C as btrfs send seals each command with it: seed 0, no final inversion. Only the
+    few commands ctd rewrites are summed, so a table in Python is fast enough."""
+    crc = 0
+    for byte in data:
+        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
+    return crc
+
+
+def send_command(cmd: int, attrs: list[tuple[int, bytes]]) -> bytes:
+    """One btrfs send command with its CRC."""
+    body = b"".join(struct.pack("<HH", kind, len(value)) + value for kind, value in attrs)
+    head = struct.pack("<IHI", len(body), cmd, 0)
+    return struct.pack("<IHI", len(body), cmd, crc32c(head + body)) + body
 
 
 class _StreamCheck:
-    """Follows a btrfs send stream as it passes: one full subvolume, clones only from itself,
-    ends with its end command. Raises InvalidRequest on anything else."""
+    """Filters a btrfs send stream on its way into btrfs receive. It must be one full subvolume,
+    clone only from itself, end with its end command, and write no more file data than the
+    space allows (a file's size may not pass the whole filesystem's). Device nodes never reach
+    the disk: each mknod becomes a mknod of an empty regular file tagged with DROPPED_XATTR
+    (commands that follow - chmod, rename, link, even a write - then act on a harmless file),
+    which _drop_placeholders removes after the receive. Refusals raise InvalidRequest."""
 
-    def __init__(self, label: str) -> None:
-        self.label = label
+    def __init__(self, label: str, space: archive._Space | None = None) -> None:
+        self.label, self.space = label, space
+        self.nonce = os.urandom(16).hex().encode()
         self.buf = bytearray()
         self.version = 0
         self.uuid: bytes | None = None
         self.commands = 0
         self.ended = False
+        self.written = 0
+        self.dropped = 0
 
     def _bad(self, why: str) -> InvalidRequest:
         return InvalidRequest(f"{self.label}: the btrfs stream {why}")
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes) -> bytes:
+        """Takes the next bytes of the stream; returns what may go on to btrfs receive."""
         self.buf += data
         off = 0
+        out = bytearray()
         if not self.version:
             if len(self.buf) < len(SEND_MAGIC) + 4:
-                return
+                return b""
             if bytes(self.buf[:len(SEND_MAGIC)]) != SEND_MAGIC:
                 raise self._bad("does not start with the btrfs-stream magic (corrupt)")
             self.version = struct.unpack_from("<I", self.buf, len(SEND_MAGIC))[0]
             if not 1 <= self.version <= 3:
                 raise self._bad(f"has version {self.version}, which ctd does not know")
             off = len(SEND_MAGIC) + 4
+            out += self.buf[:off]
         while len(self.buf) - off >= 10:
             length, cmd, _crc = struct.unpack_from("<IHI", self.buf, off)
             if length > MAX_COMMAND:
-                raise self._bad(f"has a {length}-byte command (corrupt)")
+                raise self._bad(f"has a {length}-byte command; btrfs send makes none over "
+                                f"{MAX_COMMAND} (corrupt)")
             if len(self.buf) - off - 10 < length:
                 break
-            self._command(cmd, memoryview(self.buf)[off + 10:off + 10 + length])
+            replaced = self._command(cmd, memoryview(self.buf)[off + 10:off + 10 + length])
+            out += self.buf[off:off + 10 + length] if replaced is None else replaced
             off += 10 + length
         if off:
             del self.buf[:off]
+        return bytes(out)
 
-    def _attrs(self, body: memoryview) -> dict[int, bytes]:
-        attrs, off = {}, 0
+    def _spans(self, body: memoryview) -> list[tuple[int, int, int]]:
+        """(kind, start, size) of each attribute of a command body."""
+        spans, off = [], 0
         while off + 2 <= len(body):
             (kind,) = struct.unpack_from("<H", body, off)
             if kind == A_DATA and self.version >= 2:
+                spans.append((kind, off + 2, len(body) - off - 2))
                 break  # v2: the data attribute runs to the end of the command
             if off + 4 > len(body):
                 raise self._bad("has a cut attribute (corrupt)")
             (size,) = struct.unpack_from("<H", body, off + 2)
-            attrs[kind] = bytes(body[off + 4:off + 4 + size])
+            if off + 4 + size > len(body):
+                raise self._bad("has a cut attribute (corrupt)")
+            spans.append((kind, off + 4, size))
             off += 4 + size
-        return attrs
+        return spans
 
-    def _command(self, cmd: int, body: memoryview) -> None:
+    def _attrs(self, body: memoryview) -> dict[int, bytes]:
+        return {kind: bytes(body[start:start + size]) for kind, start, size in self._spans(body)}
+
+    def _u64(self, attrs: dict[int, bytes], kind: int, cmd: int) -> int:
+        value = attrs.get(kind, b"")
+        if len(value) != 8:
+            raise self._bad(f"has command {cmd} without its 8-byte attribute {kind} (corrupt)")
+        return struct.unpack("<Q", value)[0]
+
+    def _command(self, cmd: int, body: memoryview) -> bytes | None:
+        """None to pass the command on as it is, or the bytes that replace it."""
         self.commands += 1
         if self.ended:
             raise self._bad("goes on after its end command")
@@ -438,18 +523,60 @@ class _StreamCheck:
             if self._attrs(body).get(A_CLONE_UUID) != self.uuid:
                 raise self._bad("clones data from another subvolume, which ctd never sends and "
                                 "does not accept")
+        elif cmd == C_MKNOD:
+            return self._drop_node(body)
+        elif cmd in (C_WRITE, C_ENCODED_WRITE):
+            self._charge(len(body))
+        elif cmd == C_FALLOCATE:
+            attrs = self._attrs(body)
+            if not self._u64(attrs, A_FALLOCATE_MODE, cmd) & FALLOC_FL_PUNCH_HOLE:
+                self._charge(self._u64(attrs, A_SIZE, cmd))
+        elif cmd == C_TRUNCATE:
+            size = self._u64(self._attrs(body), A_SIZE, cmd)
+            if self.space is not None and size > self.space.fs_size:
+                raise self._bad(f"makes a file of {size} bytes, more than the whole filesystem "
+                                f"it would land on holds ({self.space.fs_size} bytes)")
         elif cmd == C_END:
             self.ended = True
+        return None
+
+    def _charge(self, n: int) -> None:
+        self.written += n
+        if self.space is not None and self.written > self.space.limit:
+            raise self._bad(f"writes more file data than {self.space.what}; free space (or "
+                            "raise the limit) and try again")
+
+    def _drop_node(self, body: memoryview) -> bytes:
+        """mknod PATH MODE RDEV -> mknod of an empty regular file at PATH, then a set_xattr that
+        tags it. btrfs receive keeps one value per attribute kind, so a repeated one (a second
+        MODE that would win over the rewritten first) is refused."""
+        spans = self._spans(body)
+        kinds = [kind for kind, _, _ in spans]
+        if len(set(kinds)) != len(kinds):
+            raise self._bad("has a mknod command with a repeated attribute (corrupt)")
+        new = bytearray(body)
+        for kind, start, size in spans:
+            if kind in (A_MODE, A_RDEV):
+                if size != 8:
+                    raise self._bad("has a mknod command with a bad mode or device (corrupt)")
+                struct.pack_into("<Q", new, start, stat.S_IFREG | 0o600 if kind == A_MODE else 0)
+        path = self._attrs(body).get(A_PATH)
+        if path is None or A_MODE not in kinds:
+            raise self._bad("has a mknod command without a path or mode (corrupt)")
+        self.dropped += 1
+        head = struct.pack("<IHI", len(new), C_MKNOD, 0)
+        mknod = struct.pack("<IHI", len(new), C_MKNOD, crc32c(head + new)) + new
+        return mknod + send_command(C_SET_XATTR, [(A_PATH, path), (A_XATTR_NAME, DROPPED_XATTR.encode()),
+                                                  (A_XATTR_DATA, self.nonce)])
 
     def finish(self) -> None:
         if not self.version or not self.ended or self.buf:
             raise self._bad("ends early (the backup is truncated)")
 
 
-def _receive(bt, data, dest: Path, label: str) -> Path:  # type: ignore[no-untyped-def]
-    """btrfs receive of the stream data (a file object) into the empty dir dest; returns the
-    received read-only subvolume."""
-    check = _StreamCheck(label)
+def _receive(bt, data, dest: Path, label: str, check: _StreamCheck) -> Path:  # type: ignore[no-untyped-def]
+    """btrfs receive of the stream data (a file object), filtered by check, into the empty dir
+    dest; returns the received read-only subvolume."""
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(["btrfs", "receive", "-q", "-e", "--chroot", str(dest)],
@@ -460,9 +587,9 @@ def _receive(bt, data, dest: Path, label: str) -> Path:  # type: ignore[no-untyp
         broken = False
         try:
             while chunk := data.read(CHUNK):
-                check.feed(chunk)
+                passed = check.feed(chunk)
                 try:
-                    proc.stdin.write(chunk)
+                    proc.stdin.write(passed)
                 except BrokenPipeError:
                     broken = True
                     break
@@ -488,21 +615,29 @@ def _receive(bt, data, dest: Path, label: str) -> Path:  # type: ignore[no-untyp
     return entries[0]
 
 
-def _refuse_devices(root: Path, label: str) -> None:
-    """Device nodes outside dev/ are refused in restored roots as they are in tarballs."""
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel == "dev" or rel.startswith("dev/"):
-            continue
+def _drop_placeholders(root: Path, nonce: bytes, label: str, expected: int) -> list[str]:
+    """Removes every name of the files _StreamCheck made of device nodes (hard links included)
+    from the writable root; returns them. root is in a restore's staging directory (0700, no
+    container sees it). A device node found here would mean the stream check missed one:
+    refused rather than kept."""
+    removed = []
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(root, follow_symlinks=False):
         for name in filenames + dirnames:
+            st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            rel = os.path.normpath(os.path.join(os.path.relpath(dirpath, root), name))
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                raise InvalidRequest(f"{label}: the restored root holds a device node ({rel}); "
+                                     "refused")
+            if not expected or not stat.S_ISREG(st.st_mode):
+                continue  # expected: mknod commands the stream had (no tags to look for if none)
             try:
-                mode = os.lstat(os.path.join(dirpath, name)).st_mode
+                tag = os.getxattr(f"/proc/self/fd/{dirfd}/{name}", DROPPED_XATTR, follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-                path = os.path.normpath(os.path.join(rel, name))
-                raise InvalidRequest(f"{label}: the backup holds a device node outside /dev "
-                                     f"({path}); refused")
+            if tag == nonce:
+                os.unlink(name, dir_fd=dirfd)
+                removed.append(rel)
+    return removed
 
 
 # -- restore ------------------------------------------------------------------------------------
@@ -534,6 +669,13 @@ def _empty_root(storage: StorageDriver, path: Path) -> None:
         path.mkdir(mode=0o755)
 
 
+def _quota_of(header: dict) -> int | None:
+    """The disk space limit the restored instance will get (its data must fit it)."""
+    limits = header.get("meta", {}).get("limits")
+    value = limits.get("diskspace") if isinstance(limits, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
 def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: str,
                    progress: Progress | None = None) -> dict:
     """Restore a backup as instance new_name (instances/NEW/rootfs; no snapshots). Returns the
@@ -555,6 +697,7 @@ def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: 
             raise NotSupported(
                 f"{label} is a btrfs-send backup and this host's storage is {storage.name}; "
                 "restore it on a host with btrfs storage, or make the backup with the tar driver")
+        max_bytes = _quota_of(header)
         m = tf.next()
         if m is None or m.name != header["member"] or not m.isreg():
             raise InvalidRequest(f"{label} is truncated or corrupt: {header['member']} is missing")
@@ -566,15 +709,20 @@ def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: 
         if driver == "btrfs-send":
             recv = staging / ".received"
             recv.mkdir(mode=0o700)
-            received = _receive(bt, data, recv, label)
-            _refuse_devices(received, label)
+            check = _StreamCheck(label, archive._Space(recv, max_bytes))
+            received = _receive(bt, data, recv, label, check)
             from ctd.storage.btrfs import btrfsutil
             with bt._errors(f"snapshotting {received}"):
                 btrfsutil.create_snapshot(received, staging / "rootfs", read_only=False)
             storage._remove_root(recv)
+            dropped = _drop_placeholders(staging / "rootfs", check.nonce, label, check.dropped)
+            if dropped:
+                log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's "
+                            "/dev itself)", label, check.dropped, ", ".join(dropped[:5]))
         else:
             _empty_root(storage, staging / "rootfs")
-            archive.import_rootfs(data, staging / "rootfs", label=label)  # type: ignore[arg-type]
+            archive.import_rootfs(data, staging / "rootfs", label=label,  # type: ignore[arg-type]
+                                  max_bytes=max_bytes)  # logs the device nodes it dropped
         if tf.next() is not None:
             raise InvalidRequest(f"{label} holds more than a backup (unexpected members)")
         storage.instance_path(new_name).parent.mkdir(parents=True, exist_ok=True)

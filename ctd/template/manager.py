@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ctd.errors import Conflict, NotFound, OperationFailed
 from ctd.state import StateDB, TemplateRecord
+from ctd.storage.archive import drop_device_nodes
 from ctd.storage.base import StorageDriver
 from ctd.template import busybox, mmdebstrap
 from ctd.template.mmdebstrap import BuildContext
@@ -78,6 +79,7 @@ class TemplateManager:
         staging = self.storage.new_template_dir(name)
         try:
             builder(recipe, staging / "rootfs", ctx)
+            drop_device_nodes(staging / "rootfs")  # mmdebstrap makes dev/*; ctd makes /dev itself
             if self.storage.template_path(name).exists():
                 self.storage.delete_template(name)  # a rebuild replaces the old one
             path = self.storage.commit_template(name, staging)
@@ -115,6 +117,7 @@ class TemplateManager:
                                     capture_output=True, text=True)
             if result.returncode != 0:
                 raise OperationFailed(f"copying the instance's root failed: {result.stderr.strip()}")
+            drop_device_nodes(staging / "rootfs")  # a (privileged) guest may have made some
             path = self.storage.commit_template(name, staging)
         except BaseException:
             self.storage.discard_template_staging(staging)

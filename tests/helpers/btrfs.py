@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -50,3 +51,21 @@ def loop_btrfs(tmp: Path, size: int = 3 * GiB) -> Iterator[Path]:
             if device:
                 subprocess.run(["losetup", "--detach", device], capture_output=True)
             image.unlink(missing_ok=True)
+
+
+def _crc32c(data: bytes) -> int:
+    """btrfs send's command checksum: CRC-32C (Castagnoli), seed 0, no final inversion."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+    return crc
+
+
+def send_command(cmd: int, attrs: list[tuple[int, bytes]]) -> bytes:
+    """One btrfs send stream command (type-length-value attributes, v1 layout) with the checksum
+    btrfs receive verifies, for crafting hostile streams."""
+    body = b"".join(struct.pack("<HH", kind, len(value)) + value for kind, value in attrs)
+    crc = _crc32c(struct.pack("<IHI", len(body), cmd, 0) + body)
+    return struct.pack("<IHI", len(body), cmd, crc) + body

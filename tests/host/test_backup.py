@@ -40,7 +40,7 @@ pytest.importorskip("zstandard", reason="pip install zstandard (setup.sh does)")
 from ctd.storage.backup import (create_backup, discard_partial, read_backup_header,  # noqa: E402
                                 restore_backup)
 from ctd.storage.btrfs import BtrfsStorage  # noqa: E402
-from tests.helpers.btrfs import _run, loop_btrfs  # noqa: E402,F401
+from tests.helpers.btrfs import _run, loop_btrfs, send_command  # noqa: E402,F401
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -174,7 +174,7 @@ def test_backup_destroy_restore_gives_everything_back(how: tuple[str, str | None
     driver: StorageDriver = request.getfixturevalue("bt" if kind == "btrfs" else "ds")
     root = make_instance(driver)
     expected_driver = forced or ("btrfs-send" if kind == "btrfs" else "tar")
-    skip_dev = expected_driver == "tar"  # tarball imports skip /dev nodes (ctd makes /dev)
+    skip_dev = True  # restores drop device nodes (ctd makes /dev); compared without dev/
     before = tree(root, skip_dev=skip_dev)
     assert before["usr/bin/sudo"][1] == 0o4755 and before["home/user/notes"][2:4] == (1000, 1000)
 
@@ -195,8 +195,7 @@ def test_backup_destroy_restore_gives_everything_back(how: tuple[str, str | None
     assert seen[-1] == (out.stat().st_size, out.stat().st_size)
     restored = driver.rootfs("web")
     assert tree(restored, skip_dev=skip_dev) == before
-    if skip_dev:
-        assert os.listdir(restored / "dev") == []
+    assert os.listdir(restored / "dev") == []  # dev/null was dropped, whatever the driver
     assert os.lstat(restored / "var/log/lastlog").st_blocks * 512 < 4 * MiB  # still sparse
     assert sorted(p.name for p in driver.instance_path("web").iterdir()) == ["rootfs"]
     assert stat.S_IMODE(driver.instance_path("web").stat().st_mode) == 0o700
@@ -216,7 +215,7 @@ def test_backup_destroy_restore_gives_everything_back(how: tuple[str, str | None
 def test_backup_from_a_snapshot(driver: StorageDriver, tmp_path: Path) -> None:
     root = make_instance(driver)
     driver.snapshot_instance("web", "s1")
-    at_snapshot = {False: tree(root), True: tree(root, skip_dev=True)}
+    at_snapshot = tree(root, skip_dev=True)
     (root / "etc/hostname").write_text("changed after the snapshot\n")
     (root / "new-file").write_text("x")
     subvols = subvolumes(driver)
@@ -226,8 +225,8 @@ def test_backup_from_a_snapshot(driver: StorageDriver, tmp_path: Path) -> None:
     assert header["snapshot"] == "s1"
     assert subvolumes(driver) == subvols and not leftovers(driver)  # no temporary snapshot
     restore_backup(driver, out, "old")
-    skip_dev = header["driver"] == "tar"
-    assert tree(driver.rootfs("old"), skip_dev=skip_dev) == at_snapshot[skip_dev]
+    assert tree(driver.rootfs("old"), skip_dev=True) == at_snapshot  # device nodes dropped
+    assert os.listdir(driver.rootfs("old") / "dev") == []
     assert (driver.rootfs("old") / "etc/hostname").read_text() == "web\n"
     assert not (driver.rootfs("old") / "new-file").exists()
     with pytest.raises(NotFound):
@@ -414,13 +413,114 @@ def _send_cmd(cmd: int, attrs: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("<IHI", len(body), cmd, 0) + body
 
 
-def test_device_node_outside_dev_in_a_btrfs_backup(bt: BtrfsStorage, tmp_path: Path) -> None:
+def _device_nodes(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if stat.S_ISCHR(os.lstat(p).st_mode) or stat.S_ISBLK(os.lstat(p).st_mode))
+
+
+@pytest.mark.parametrize("backup_driver", ["btrfs-send", "tar"])
+def test_device_nodes_are_dropped_from_restores(bt: BtrfsStorage, tmp_path: Path,
+                                                backup_driver: str) -> None:
+    """Device nodes in dev/ (a loop device: the pool's disk), outside it, and hard links to
+    them are not in the restored root; everything else is, and no trace of ctd's tagging."""
     root = make_instance(bt)
+    os.mknod(root / "dev/loop0", 0o666 | stat.S_IFBLK, os.makedev(7, 0))
     os.mknod(root / "home/user/disk", 0o666 | stat.S_IFBLK, os.makedev(8, 0))
-    create_backup(bt, "web", tmp_path / "b")
-    with pytest.raises(InvalidRequest, match="device node outside /dev"):
-        restore_backup(bt, tmp_path / "b", "copy")
-    assert not bt.instance_path("copy").exists() and not leftovers(bt)
+    os.link(root / "home/user/disk", root / "home/user/disk-again")
+    os.mknod(root / "home/user/mem", 0o4666 | stat.S_IFCHR, os.makedev(1, 1))
+    assert len(_device_nodes(root)) == 5
+    before = {k: v for k, v in tree(root, skip_dev=True).items() if not k.startswith("home/user/")}
+    create_backup(bt, "web", tmp_path / "b", driver=backup_driver)
+    restore_backup(bt, tmp_path / "b", "copy")
+    copy = bt.rootfs("copy")
+    assert _device_nodes(copy) == []
+    assert os.listdir(copy / "dev") == []
+    assert sorted(os.listdir(copy / "home/user")) == ["abs-link", "notes", "rel-link"]
+    after = tree(copy, skip_dev=True)
+    assert {k: v for k, v in after.items() if not k.startswith("home/user/")} == before
+    assert not any("ctd" in name for v in after.values() for name in v[5])  # no tag left
+    assert not leftovers(bt)
+
+
+def test_btrfs_stream_cannot_write_through_a_device_node(bt: BtrfsStorage, tmp_path: Path) -> None:
+    """A crafted stream makes dev/loopX (a loop device this test owns, standing for the pool's)
+    and then writes to it: btrfs receive would open the node and write the block device as
+    host root. The node is made a plain file before receive sees it, so the write lands in
+    that file (which the restore then removes) and the device is untouched."""
+    victim = tmp_path / "victim.img"
+    victim.write_bytes(b"V" * MiB)
+    device = _run("losetup", "--find", "--show", str(victim)).strip()
+    try:
+        rdev = os.stat(device).st_rdev
+        work = bt.root / "work"
+        work.mkdir()
+        btrfsutil.create_subvolume(work / "a")
+        (work / "a/dev").mkdir()
+        os.mknod(work / "a/dev/loopX", 0o600 | stat.S_IFBLK, rdev)
+        btrfsutil.create_snapshot(work / "a", work / "a-ro", read_only=True)
+        try:
+            stream = subprocess.run(["btrfs", "send", "-q", str(work / "a-ro")], check=True,
+                                    capture_output=True).stdout
+        finally:
+            for sub in ("a-ro", "a"):
+                btrfsutil.delete_subvolume(work / sub)
+            work.rmdir()
+        end = send_command(21, [])
+        assert stream.endswith(end)
+        hostile = stream[:-len(end)] + send_command(15, [
+            (15, b"dev/loopX"), (18, struct.pack("<Q", 0)), (19, b"PWNED" * 100)]) + end
+        path = tmp_path / "evil.backup"
+        path.write_bytes(_backup_with("rootfs.btrfs", hostile, {**HEADER, "driver": "btrfs-send",
+                                                                "member": "rootfs.btrfs"}))
+        restore_backup(bt, path, "evil")
+    finally:
+        subprocess.run(["losetup", "--detach", device], capture_output=True)  # flushes its cache
+    assert victim.read_bytes() == b"V" * MiB, "btrfs receive wrote to the device"
+    assert _device_nodes(bt.rootfs("evil")) == [] and os.listdir(bt.rootfs("evil") / "dev") == []
+    assert not leftovers(bt)
+
+
+def test_template_from_an_instance_carries_no_device_nodes(driver: StorageDriver, tmp_path: Path) -> None:
+    """A (privileged) guest's mknod stays out of templates made from its root, so instances
+    of the template (any tenant's) never get it; hard links to a node go too."""
+    from ctd.state import StateDB
+    from ctd.template.manager import TemplateManager
+    root = make_instance(driver)
+    os.mknod(root / "dev/loop0", 0o666 | stat.S_IFBLK, os.makedev(7, 0))
+    os.mknod(root / "home/user/disk", 0o666 | stat.S_IFBLK, os.makedev(8, 0))
+    os.link(root / "home/user/disk", root / "home/user/disk-again")
+    (tmp_path / "recipes").mkdir()
+    manager = TemplateManager(tmp_path / "recipes", StateDB(tmp_path / "ctd.db"), driver)
+    record = manager.from_instance_blocking("golden", root, None)
+    made = Path(record.path) / "rootfs"
+    assert _device_nodes(made) == []
+    assert tree(made, skip_dev=True) == {k: v for k, v in tree(root, skip_dev=True).items()
+                                         if not k.startswith("home/user/disk")}
+    assert len(_device_nodes(root)) == 4  # the instance's own root is left as it is
+
+
+def test_restore_refuses_data_beyond_its_quota_or_the_pool(bt: BtrfsStorage, tmp_path: Path) -> None:
+    """The backup's own disk space limit (or the pool's free space) bounds the data a restore
+    writes, checked as the stream flows; a file larger than the whole pool is refused too."""
+    root = make_instance(bt)
+    (root / "data").write_bytes(os.urandom(3 * MiB))
+    subvols = subvolumes(bt)
+    for backup_driver in ("btrfs-send", "tar"):
+        out = tmp_path / f"q-{backup_driver}.backup"
+        create_backup(bt, "web", out, driver=backup_driver, meta={"limits": {"diskspace": 2 * MiB}})
+        with pytest.raises(InvalidRequest, match="disk space limit of 2097152 bytes"):
+            restore_backup(bt, out, "copy")
+        assert not bt.instance_path("copy").exists() and not leftovers(bt) and subvolumes(bt) == subvols
+    (root / "data").unlink()
+    st = os.statvfs(bt.root)
+    with (root / "huge").open("wb") as fh:
+        fh.truncate(st.f_blocks * st.f_frsize + GiB)
+    for backup_driver, why in (("btrfs-send", "makes a file of"), ("tar", "declares a file of")):
+        out = tmp_path / f"huge-{backup_driver}.backup"
+        create_backup(bt, "web", out, driver=backup_driver)
+        with pytest.raises(InvalidRequest, match=why):
+            restore_backup(bt, out, "copy")
+        assert not bt.instance_path("copy").exists() and not leftovers(bt) and subvolumes(bt) == subvols
 
 
 def test_discard_partial_cleans_up_after_a_crash(bt: BtrfsStorage) -> None:
@@ -438,7 +538,7 @@ def test_pipe_in_and_out(bt: BtrfsStorage, tmp_path: Path) -> None:
     """Backups stream: to a pipe (spooled in the pool, since tar needs sizes first) and
     restored from one (read front to back, never seeked)."""
     root = make_instance(bt)
-    before = tree(root)
+    before = tree(root, skip_dev=True)
     r, w = os.pipe()
     sink = tmp_path / "piped.backup"
     cat = subprocess.Popen(["cat"], stdin=r, stdout=sink.open("wb"))
@@ -452,7 +552,7 @@ def test_pipe_in_and_out(bt: BtrfsStorage, tmp_path: Path) -> None:
     with os.fdopen(r, "rb") as pipe:
         restore_backup(bt, pipe, "copy")
     feeder.wait()
-    assert tree(bt.rootfs("copy")) == before
+    assert tree(bt.rootfs("copy"), skip_dev=True) == before
 
 
 # -- template tarballs with owners (needs root) ----------------------------------------------------

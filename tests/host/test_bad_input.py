@@ -33,7 +33,11 @@ def test_invalid_names_are_refused(ctd, bad):
 def test_api_gives_400_for_invalid_names_and_bodies(ctd):
     for body in ({"name": "../x", "template": "busybox"}, {"name": "ok", "template": "busybox", "limits": {"ram": "1Q"}},
                  {"name": "ok"}, {"name": "ok", "template": "busybox", "bogus": 1}, [], "x",
-                 {"name": "ok", "template": "busybox", "id": "7"}, {"name": "ok", "template": "busybox", "privileged": "yes"}):
+                 {"name": "ok", "template": "busybox", "id": "7"}, {"name": "ok", "template": "busybox", "privileged": "yes"},
+                 {"name": "ok", "template": "busybox", "limits": {"ram": "99999999999T"}},
+                 {"name": "ok", "template": "busybox", "limits": {"numproc": "99999999999"}},
+                 {"name": "ok", "template": "busybox", "limits": {"ram": [[[[]]]]}},
+                 {"name": "ok", "template": "busybox", "x": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}):
         with pytest.raises(ApiError) as err:
             ctd.client.request("POST", "/1.0/instances", body)
         assert err.value.status == 400, body
@@ -46,6 +50,13 @@ def test_api_gives_400_for_invalid_names_and_bodies(ctd):
     resp = conn.getresponse()
     body = json.loads(resp.read())
     assert resp.status == 400 and body["code"] == "invalid" and "JSON" in body["error"]
+    deep = '{"name": "ok", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"  # RecursionError: was a 500
+    conn.request("POST", "/1.0/instances", deep, {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    body = json.loads(resp.read())
+    assert resp.status == 400 and "32 levels" in body["error"], body
+    r = ctd.ctl("create", "big", "--template", "busybox", "--ram", "99999999999T")
+    assert "at most 8388607T" in one_line_error(r)
 
 
 def test_unknown_template(ctd):

@@ -212,6 +212,23 @@ def test_bad_json_body_is_400(tmp_path: Path, raw: bytes) -> None:
     serve(tmp_path, t)
 
 
+@pytest.mark.parametrize("depth", [100_000, 33])
+def test_deeply_nested_json_is_400(tmp_path: Path, depth: int) -> None:
+    """100,000 nested lists exhaust json.loads' stack (RecursionError, a 500 before); 33 levels
+    parse but are refused too (no ctd body nests more than a few), with the limit named."""
+    async def t(client: TestClient, env: Env) -> None:
+        raw = b'{"name": ' + b"[" * depth + b"]" * depth + b"}"
+        for method, path in (("POST", "/1.0/instances"), ("PUT", "/1.0/instances/web/state")):
+            resp = await client.request(method, path, data=raw, headers={"Content-Type": "application/json"})
+            body = await error_of(resp, 400)
+            assert body["code"] == "invalid" and "32 levels" in body["error"], body
+        ok = b'{"name": ' + b"[" * 31 + b"]" * 31 + b', "template": "busybox"}'
+        resp = await client.post("/1.0/instances", data=ok, headers={"Content-Type": "application/json"})
+        assert resp.status == 400 and "32 levels" not in (await resp.json())["error"]  # a bad name, not depth
+        assert env.instances.calls == []
+    serve(tmp_path, t)
+
+
 def test_body_that_is_not_an_object_is_400(tmp_path: Path) -> None:
     async def t(client: TestClient, env: Env) -> None:
         body = await error_of(await client.put("/1.0/instances/web/state", json=["start"]), 400)

@@ -178,3 +178,25 @@ def test_human_size(n: int | None, text: str) -> None:
 def test_human_size_round_trips_through_normalise() -> None:
     for n in (4 * M, 512 * M, 1536 * M, 3 * G):
         assert norm({"ram": limits.human_size(n)})["ram"] == n
+
+
+@pytest.mark.parametrize("key,text", [("ram", "99999999999T"), ("ram", "1G:99999999999T"),
+                                      ("swap", "8388608T"), ("diskspace", "99999999999T"),
+                                      ("iolimit", str(1 << 64))])
+def test_sizes_no_host_can_have_are_refused_naming_the_maximum(key: str, text: str) -> None:
+    raw = {"ram": "1G", key: text} if key == "swap" else {key: text}
+    msg = refused(raw)
+    assert msg.startswith(f"invalid {key}") and "at most 8388607T" in msg, msg
+
+
+def test_the_largest_size_is_accepted() -> None:
+    assert norm({"ram": "8388607T"})["ram"] == 8388607 << 40 < 1 << 63
+
+
+@pytest.mark.parametrize("key,value,bound", [("numproc", "99999999999", "4194304"),
+                                             ("numproc", "1:99999999999", "4194304"),
+                                             ("iopslimit", str(10 ** 30), str((1 << 63) - 1)),
+                                             ("cpulimit", str(10 ** 30), str((1 << 63) - 1))])
+def test_counts_beyond_what_the_kernel_takes_are_refused(key: str, value: str, bound: str) -> None:
+    msg = refused({key: value})
+    assert msg.startswith(f"invalid {key}") and bound in msg, msg
