@@ -4,7 +4,6 @@ and the token and audit endpoints."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ctd.api.errors import error_response
+from ctd.api.jsonbody import parse_json
 from ctd.errors import Forbidden, InvalidRequest
 from ctd.remote.audit import AuditEntry, AuditLog, parse_since
 from ctd.remote.identity import Identity, IdentityKind, Role
@@ -99,8 +99,8 @@ async def _target(request: web.Request) -> str | None:
             return request.match_info[key]
     if request.method in MUTATING and request.body_exists and request.content_length is not None:
         try:
-            body = json.loads(await request.read())  # already read (and size-capped) by the handler
-        except (ValueError, UnicodeDecodeError, web.HTTPException):
+            body = parse_json(await request.read())  # already read (and size-capped) by the handler
+        except (InvalidRequest, web.HTTPException):
             return None
         if isinstance(body, dict) and isinstance(body.get("name"), str):
             return body["name"][:200]
