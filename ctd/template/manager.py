@@ -15,6 +15,7 @@ from ctd.errors import Conflict, NotFound, OperationFailed
 from ctd.state import StateDB, TemplateRecord
 from ctd.storage.base import StorageDriver
 from ctd.template import busybox, mmdebstrap
+from ctd.template.devnodes import strip_device_nodes
 from ctd.template.mmdebstrap import BuildContext
 from ctd.template.recipe import Recipe, get_recipe, load_recipes
 
@@ -78,6 +79,7 @@ class TemplateManager:
         staging = self.storage.new_template_dir(name)
         try:
             builder(recipe, staging / "rootfs", ctx)
+            strip_device_nodes(staging / "rootfs")
             if self.storage.template_path(name).exists():
                 self.storage.delete_template(name)  # a rebuild replaces the old one
             path = self.storage.commit_template(name, staging)
@@ -115,6 +117,7 @@ class TemplateManager:
                                     capture_output=True, text=True)
             if result.returncode != 0:
                 raise OperationFailed(f"copying the instance's root failed: {result.stderr.strip()}")
+            strip_device_nodes(staging / "rootfs")  # nodes its root (privileged) may have made
             path = self.storage.commit_template(name, staging)
         except BaseException:
             self.storage.discard_template_staging(staging)

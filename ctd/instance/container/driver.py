@@ -17,6 +17,7 @@ from cgroups import CgroupError, CgroupManager, Resources
 
 from ctd.errors import Conflict, OperationFailed
 from ctd import faults
+from ctd.instance.container import devices
 from ctd.instance.container.console import Console
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
@@ -279,6 +280,8 @@ class ContainerDriver:
             group.create()
         faults.point("start.after_cgroup")
         undo.callback(self._destroy_group_quietly, group)
+        # Before init runs (a staged standby sits in the group, but runs no guest code yet).
+        group.restrict_devices(devices.ALLOWED, seal=rec.privileged)
         group.apply(resources)
         if rec.options.get("systemd") and not rec.privileged:
             # systemd inside manages its own subtree (init.scope, system.slice …)
