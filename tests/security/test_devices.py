@@ -117,3 +117,37 @@ def test_exec_sessions_get_the_same_list(ctd, make, privileged):
     assert devices, procs
     listing = (devices[0].parent / "devices.list").read_text().split("\n")
     assert "a *:* rwm" not in listing and "c 1:3 rwm" in listing and "c 5:1 rwm" not in listing
+
+
+def _opens_of(path: Path):  # type: ignore[no-untyped-def]
+    """An inotify watch for IN_OPEN on path; call the result to learn whether it was opened."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    assert libc.inotify_add_watch(fd, os.fsencode(path), 0x20) >= 0  # IN_OPEN
+
+    def opened() -> bool:
+        try:
+            return bool(os.read(fd, 4096))
+        except BlockingIOError:
+            return False
+        finally:
+            os.close(fd)
+    return opened
+
+
+def test_ctd_never_opens_a_device_node_in_the_guest(tmp_path):
+    """ctd reads guest files as host root (machine-id, shadow, os-release): a node the tenant
+    put there is looked at (O_PATH), never opened -- opening alone acts on some devices."""
+    from ctd import guestfs
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    os.mknod(root / "etc/machine-id", stat.S_IFCHR | 0o644, os.makedev(*NULL))
+    opened = _opens_of(root / "etc/machine-id")
+    assert guestfs.read_file(root, "/etc/machine-id") is None
+    assert not opened()
+    (root / "etc/os-release").write_text("ID=debian\n")
+    opened = _opens_of(root / "etc/os-release")
+    assert guestfs.read_file(root, "/etc/os-release") == "ID=debian\n"
+    assert opened()  # the watch does see opens
