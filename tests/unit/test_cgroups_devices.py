@@ -135,3 +135,27 @@ def test_v2_attaches_a_program_to_the_group(tmp_path: Path) -> None:
     grp.restrict_devices(devices.ALLOWED, seal=True)
     assert fs.device_filters == {grp.dir: [list(devices.ALLOWED)]}
     assert grp.procs_files() == [os.path.join(grp.dir, "cgroup.procs")]  # no leaf on v2
+
+
+def test_start_refuses_a_host_that_cannot_confine_devices(tmp_path: Path) -> None:
+    """No container runs without its device list: the start fails with a clear message and
+    the group it made is gone."""
+    import contextlib
+    from ctd.errors import OperationFailed
+    from ctd.instance.container.driver import ContainerDriver
+    from ctd.state.records import InstanceRecord, InstanceType
+    from cgroups import Resources
+
+    class Spawner:  # the driver only registers callbacks on it here
+        pass
+
+    fs, proc = fake_v1_host(tmp_path, omit=frozenset({"devices.deny"}))
+    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    driver = ContainerDriver(Spawner(), mgr)  # type: ignore[arg-type]
+    rec = InstanceRecord(id=1, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
+                         privileged=False, idmap_base=1000000)
+    with pytest.raises(OperationFailed, match="cannot confine its devices on this host: device allow-list: "
+                                              "this kernel has no devices.deny"):
+        with contextlib.ExitStack() as undo:
+            driver._make_group(rec, Resources(), undo)
+    assert mgr.list_groups() == []
