@@ -81,7 +81,10 @@ class DeviceRule:
     access: str
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "type", DeviceType(self.type))
+        try:
+            object.__setattr__(self, "type", DeviceType(self.type))
+        except ValueError:
+            raise CgroupError(f"device rule type {self.type!r}: use 'c', 'b' or 'a'") from None
         for name, value, top in (("major", self.major, _MAX_MAJOR), ("minor", self.minor, _MAX_MINOR)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or not 0 <= value <= top):

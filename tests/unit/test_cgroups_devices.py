@@ -29,7 +29,7 @@ def test_rule_lines_and_validation() -> None:
             DeviceRule(**{"type": C, "major": 1, "minor": 3, "access": "rw", **bad})  # type: ignore[arg-type]
     with pytest.raises(CgroupError, match="no major or minor"):
         DeviceRule(A, 1, None, "r")
-    with pytest.raises(ValueError):
+    with pytest.raises(CgroupError, match="use 'c', 'b' or 'a'"):
         DeviceRule("x", 1, 3, "r")  # type: ignore[arg-type]
 
 
