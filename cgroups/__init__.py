@@ -12,7 +12,7 @@ from .beancounters import LONG_MAX, build_beancounters, format_beancounters
 from .discovery import Hierarchy, discover
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import (Beancounter, IoLimit, Resources, Usage, cpu_shares_to_weight,
+from .model import (Beancounter, DeviceRule, DeviceType, IoLimit, Resources, Usage, cpu_shares_to_weight,
                     cpu_weight_to_shares)
 from .units import UNLIMITED, parse_count, parse_cpulist, parse_limit, parse_size
 from .v1 import V1Group, V1Manager
@@ -20,7 +20,7 @@ from .v2 import V2Group, V2Manager
 
 __all__ = [
     "UNLIMITED", "LONG_MAX", "Beancounter", "CgroupError", "CgroupFS", "CgroupGroup",
-    "CgroupManager", "Hierarchy", "IoLimit", "Resources", "Usage", "V1Group", "V1Manager",
+    "CgroupManager", "DeviceRule", "DeviceType", "Hierarchy", "IoLimit", "Resources", "Usage", "V1Group", "V1Manager",
     "V2Group", "V2Manager", "build_beancounters", "cpu_shares_to_weight",
     "cpu_weight_to_shares", "discover", "format_beancounters", "parse_count",
     "parse_cpulist", "parse_limit", "parse_size",

@@ -7,13 +7,13 @@ import re
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 from .beancounters import build_beancounters
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import Beancounter, Resources, Usage
+from .model import Beancounter, DeviceRule, Resources, Usage
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@:+-]{0,127}$")
 _POLL = 0.02
@@ -189,6 +189,13 @@ class CgroupGroup(ABC):
 
     @abstractmethod
     def usage(self) -> Usage: ...
+
+    @abstractmethod
+    def restrict_devices(self, allow: Sequence[DeviceRule], seal: bool = False) -> None:
+        """Deny every device to the group's processes except those `allow` lists (open and
+        mknod; an fd already open is not checked again). Call it on a new group, before it
+        has sub-cgroups; CgroupError if this host cannot confine devices. seal: the list must
+        hold against root inside with CAP_SYS_ADMIN over the host (a privileged container)."""
 
     @abstractmethod
     def read_limits(self) -> Resources:

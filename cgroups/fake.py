@@ -40,7 +40,7 @@ _V1_FILES: dict[str, dict[str, str]] = {
               "blkio.throttle.io_service_bytes_recursive": "Total 0\n",
               "blkio.throttle.io_serviced_recursive": "Total 0\n"},
     "freezer": {"freezer.state": "THAWED"},
-    "devices": {"devices.list": "a *:* rwm"},
+    "devices": {"devices.list": "a *:* rwm", "devices.allow": "", "devices.deny": ""},
 }
 _V2_CORE = {"cgroup.procs": "", "cgroup.controllers": "", "cgroup.subtree_control": "",
             "cgroup.events": "populated 0\nfrozen 0\n", "cgroup.freeze": "0",
@@ -77,6 +77,12 @@ class FakeKernelFS(CgroupFS):
     writes: list[tuple[str, str]] = field(default_factory=list)
     kills: list[tuple[int, int]] = field(default_factory=list)
     refuse: dict[str, int] = field(default_factory=dict)
+    device_filters: dict[str, list] = field(default_factory=dict)  # v2 dir -> DeviceRules attached
+
+    def attach_device_filter(self, path: str, allow) -> None:  # type: ignore[no-untyped-def]
+        if not os.path.isdir(path):
+            raise OSError(E.EBADF, os.strerror(E.EBADF), path)
+        self.device_filters.setdefault(path, []).append(list(allow))
 
     # --- plumbing ------------------------------------------------------------------
 

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 
 from .errors import CgroupError
+from .model import DeviceRule
 
 
 class CgroupFS:
@@ -52,6 +54,11 @@ class CgroupFS:
 
     def getpid(self) -> int:
         return os.getpid()
+
+    def attach_device_filter(self, path: str, allow: Sequence[DeviceRule]) -> None:
+        """cgroup v2: a BPF device program allowing only `allow`, attached to cgroup path."""
+        from . import devices_bpf  # ctypes and bpf(): only v2 hosts need them
+        devices_bpf.attach(path, allow)
 
     # Helpers built on the primitives above.
 

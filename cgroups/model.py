@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Final
 
 from .errors import CgroupError
@@ -57,6 +58,48 @@ class IoLimit:
         """(kind, value) for the fields that are set, kind in rbps/wbps/riops/wiops."""
         return [(k, v) for k in ("rbps", "wbps", "riops", "wiops")
                 if (v := getattr(self, k)) is not None]
+
+
+class DeviceType(str, Enum):
+    CHAR = "c"
+    BLOCK = "b"
+    ALL = "a"   # both kinds (v1's "a")
+
+
+DEVICE_ACCESS: Final = "rwm"   # read, write, mknod
+_MAX_MAJOR: Final = (1 << 12) - 1   # the kernel's dev_t: 12-bit major, 20-bit minor
+_MAX_MINOR: Final = (1 << 20) - 1
+
+
+@dataclass(frozen=True)
+class DeviceRule:
+    """One entry of a device allow-list: kind, major and minor (None = any) and access."""
+
+    type: DeviceType
+    major: int | None
+    minor: int | None
+    access: str
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "type", DeviceType(self.type))
+        except ValueError:
+            raise CgroupError(f"device rule type {self.type!r}: use 'c', 'b' or 'a'") from None
+        for name, value, top in (("major", self.major, _MAX_MAJOR), ("minor", self.minor, _MAX_MINOR)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not 0 <= value <= top):
+                raise CgroupError(f"device rule {name}={value!r}: use 0..{top} or None for any")
+        if (not self.access or len(set(self.access)) != len(self.access)
+                or set(self.access) - set(DEVICE_ACCESS)):
+            raise CgroupError(f"device rule access {self.access!r}: use letters of {DEVICE_ACCESS!r}, once each")
+        if self.type is DeviceType.ALL and (self.major, self.minor) != (None, None):
+            raise CgroupError("device rule of type 'a' covers every device: no major or minor")
+
+    def v1_line(self) -> str:
+        """As devices.allow takes it: 'c 1:3 rwm', 'b *:* m', 'a *:* rwm'."""
+        def part(n: int | None) -> str:
+            return "*" if n is None else str(n)
+        return f"{self.type.value} {part(self.major)}:{part(self.minor)} {self.access}"
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from .base import CgroupGroup, CgroupManager, make_dirs, undo_dirs
 from .discovery import UNIFIED, Hierarchy
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import (CPU_PERIOD_US, IoLimit, Resources, Usage, cpu_shares_to_weight,
+from .model import (CPU_PERIOD_US, DeviceRule, IoLimit, Resources, Usage, cpu_shares_to_weight,
                     cpu_weight_to_shares)
 from .units import UNLIMITED, parse_cpulist
 
@@ -23,6 +24,8 @@ _THROTTLE: Final = {
 }
 _WEIGHT_FILES: Final = ("blkio.weight", "blkio.bfq.weight")
 _FREEZE_WAIT: Final = 1.0
+# A sealed group's processes live here in the devices hierarchy (see restrict_devices).
+DEVICES_LEAF: Final = "payload"
 
 Plan = list[tuple[str, str, str]]   # (file, data, setting name for the error message)
 
@@ -149,6 +152,31 @@ class V1Group(CgroupGroup):
         if not self.fs.exists(path):
             raise CgroupError(f"{what}: this kernel has no {name} (cgroup v1)")
         return path
+
+    def procs_files(self) -> list[str]:
+        """cgroup.procs in each hierarchy; in the devices one, the leaf's of a sealed group."""
+        h = self.manager.hierarchy("devices")
+        files = []
+        for key, d in self.dirs().items():
+            if h is not None and key == h.key and self.fs.isdir(os.path.join(d, DEVICES_LEAF)):
+                d = os.path.join(d, DEVICES_LEAF)
+            files.append(os.path.join(d, "cgroup.procs"))
+        return files
+
+    def restrict_devices(self, allow: Sequence[DeviceRule], seal: bool = False) -> None:
+        """devices.deny "a", then each rule to devices.allow (the kernel copies a new cgroup's
+        list from its parent, so sub-cgroups the guest makes get no more). seal: processes
+        then join a sub-cgroup of the group in the devices hierarchy. A v1 cgroup may take back
+        anything its parent allows, and root of a privileged container (CAP_SYS_ADMIN over the
+        host) can write its own cgroup's devices.allow; not its parent's, which its cgroup
+        namespace hides."""
+        d = os.path.dirname(self._need("devices", "devices.deny", "device allow-list"))
+        self.fs.write_checked(os.path.join(d, "devices.deny"), "a", "device allow-list")
+        for rule in allow:
+            self.fs.write_checked(os.path.join(d, "devices.allow"), rule.v1_line(),
+                                  f"device allow-list ({rule.v1_line()})")
+        if seal:
+            make_dirs(self.fs, [os.path.join(d, DEVICES_LEAF)])
 
     def create(self) -> None:
         self.manager.ensure_base()

@@ -4,13 +4,14 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Sequence
 from typing import Final
 
 from .base import CgroupGroup, CgroupManager, make_dirs
 from .discovery import UNIFIED, Hierarchy
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import CPU_PERIOD_US, IoLimit, Resources, Usage
+from .model import CPU_PERIOD_US, DeviceRule, IoLimit, Resources, Usage
 from .units import UNLIMITED, parse_cpulist
 
 WANTED: Final = ("cpuset", "cpu", "io", "memory", "pids")
@@ -159,6 +160,19 @@ class V2Group(CgroupGroup):
     def create(self) -> None:
         self.manager.ensure_base()
         make_dirs(self.fs, [self.dir])
+
+    def restrict_devices(self, allow: Sequence[DeviceRule], seal: bool = False) -> None:
+        """A BPF device program on the group (cgroup v2 has no devices.allow); it judges the
+        group's sub-cgroups too. Sealed as it is: detaching it takes bpf(), which containers
+        are denied (seccomp), privileged or not."""
+        d = self._require()[UNIFIED]
+        try:
+            self.fs.attach_device_filter(d, allow)
+        except OSError as e:
+            hint = (" (this kernel lacks CONFIG_CGROUP_BPF: ctd cannot confine devices on it)"
+                    if e.errno == errno.EINVAL else "")
+            raise CgroupError(f"device allow-list: attaching its BPF program to {d}: "
+                              f"{e.strerror or e}{hint}", errno=e.errno, path=d) from e
 
     # --- limits -----------------------------------------------------------------------
 

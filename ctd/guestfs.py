@@ -68,12 +68,18 @@ def read_file(rootfs: Path, path: str) -> str | None:
     root_fd = _open_root(rootfs)
     try:
         try:
-            fd = open_in_root(root_fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            # O_PATH first: a device node the tenant put there is never opened by host root
+            # (an open alone acts on some devices: a watchdog starts, a tape rewinds).
+            handle = open_in_root(root_fd, path, os.O_PATH)
         except FileNotFoundError:
             return None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            if not stat.S_ISREG(os.fstat(handle).st_mode):
                 return None
+            fd = os.open(f"/proc/self/fd/{handle}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        finally:
+            os.close(handle)
+        try:
             data = os.read(fd, MAX_READ + 1)
         finally:
             os.close(fd)

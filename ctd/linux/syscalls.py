@@ -134,13 +134,14 @@ def move_mount(from_fd: int, to_path: str = "", to_fd: int = -100) -> None:
     )
 
 
-def private_clone(source: str, recursive: bool = True, userns_fd: int = 0) -> int:
+def private_clone(source: str, recursive: bool = True, userns_fd: int = 0, attr_set: int = 0) -> int:
     """A detached copy of the mount at source (and those below it, if recursive), private: a
     clone of a shared mount would stay in its peer group, and mounts made on it later would
-    show on the host. With userns_fd, shown through that user namespace's id mapping."""
+    show on the host. With userns_fd, shown through that user namespace's id mapping; attr_set
+    adds MOUNT_ATTR_* flags (e.g. MOUNT_ATTR_NODEV) to every mount of the copy."""
     fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0))
     try:
-        mount_setattr(fd, attr_set=MOUNT_ATTR_IDMAP if userns_fd else 0, userns_fd=userns_fd,
+        mount_setattr(fd, attr_set=attr_set | (MOUNT_ATTR_IDMAP if userns_fd else 0), userns_fd=userns_fd,
                       recursive=recursive, propagation=MS_PRIVATE)
     except BaseException:
         os.close(fd)

@@ -271,6 +271,8 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "open"))                 /* open PATH: read-only */
         return report(open(argv[2], O_RDONLY));
+    if (!strcmp(cmd, "opendev"))              /* opendev PATH: read-write, never a controlling tty, never blocking */
+        return report(open(argv[2], O_RDWR | O_NOCTTY | O_NONBLOCK));
     if (!strcmp(cmd, "openw"))                /* openw PATH: for writing */
         return report(open(argv[2], O_WRONLY));
     if (!strcmp(cmd, "kill"))                 /* kill PID SIG */

@@ -199,3 +199,43 @@ def test_a_clone_gets_its_own_machine_id_and_ssh_host_keys(ctd, vps, lan):
         assert identity(src) == (src_id, src_key)   # the source keeps its own
     finally:
         ctd.ctl("destroy", "--force", dst)
+
+
+def _device_nodes(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*")
+            if not p.is_symlink() and (p.is_char_device() or p.is_block_device())]
+
+
+@pytest.mark.parametrize("privileged", [False, True], ids=["unprivileged", "privileged"])
+def test_host_console_stays_shut(ctd, debian, lan, probe, privileged):
+    """mmdebstrap leaves dev/console (c 5:1, 0666: the host's console) in its tree; ctd strips
+    every node from a template it builds. A root built before that still carries it: the node
+    is planted back here, and a guest reaching it through a bind of / gets nothing (nodev, and
+    the device list once root inside lifts nodev). systemd still boots with the list on."""
+    import os
+    import shutil
+    import stat
+    assert _device_nodes(ctd.state_dir / "storage" / "templates" / debian / "rootfs") == []
+    name = ctd.unique("deb")
+    ctd.ok("create", name, "--template", debian, "--net", lan["name"], "--ram", "512M",
+           *(["--privileged"] if privileged else []))
+    try:
+        root = ctd.rootfs(name)
+        assert _device_nodes(root) == []
+        os.mknod(root / "dev/console", stat.S_IFCHR | 0o666, os.makedev(5, 1))
+        os.chmod(root / "dev/console", 0o666)
+        shutil.copy2(probe, root / "usr/local/bin/probe")
+        ctd.ok("start", name)
+        state = system_state(ctd, name)
+        failed = ctd.ctl("exec", name, "--", "systemctl", "--failed", "--no-legend", "--plain").out
+        assert state == "running", f"{state}; failed units:\n{failed}"
+        assert ctd.sh(name, "mkdir -p /mnt/r && mount --bind / /mnt/r").code == 0
+        out = ctd.ctl("exec", name, "--", "probe", "opendev", "/mnt/r/dev/console").out.strip()
+        assert out == "EACCES"
+        assert ctd.sh(name, "mount -o remount,bind,dev /mnt/r").code == 0
+        out = ctd.ctl("exec", name, "--", "probe", "opendev", "/mnt/r/dev/console").out.strip()
+        assert out == "EPERM"
+        # its own console (a pty of ctd's) is what /dev/console is inside
+        assert ctd.ctl("exec", name, "--", "probe", "opendev", "/dev/console").out.strip() == "ok"
+    finally:
+        ctd.ctl("destroy", "--force", name)

@@ -57,7 +57,7 @@ def test_sys_is_read_only(plan: list[MountStep]) -> None:
 def test_dev_tmpfs_comes_before_every_device_bind(plan: list[MountStep]) -> None:
     dev = index(plan, K.MOUNT, "/dev")
     assert plan[dev].fstype == "tmpfs" and not plan[dev].optional
-    assert plan[dev].flags & sc.MS_NOSUID and plan[dev].flags & sc.MS_NOEXEC
+    assert plan[dev].flags & sc.MS_NOSUID and plan[dev].flags & sc.MS_NOEXEC and plan[dev].flags & sc.MS_NODEV
     for name in spec.DEVICES:
         i = index(plan, K.BIND_FILE, f"/dev/{name}")
         assert i > dev

@@ -140,3 +140,67 @@ def test_is_static_elf_on_real_binaries() -> None:
         pytest.skip("/bin/busybox is missing: apt-get install busybox-static")
     assert busybox.is_static_elf(Path("/bin/busybox")), "busybox-static's /bin/busybox is static"
     assert not busybox.is_static_elf(Path("/bin/ls")), "/bin/ls needs the dynamic loader"
+
+
+def _nodes(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if not p.is_symlink() and (p.is_char_device() or p.is_block_device()))
+
+
+def _needs_mknod() -> None:
+    import os
+    if os.geteuid() != 0:
+        pytest.fail("making device nodes needs root: run the suite as root")
+
+
+def test_drop_device_nodes_keeps_everything_else(tmp_path: Path) -> None:
+    import os
+    import stat
+    from ctd.storage.archive import drop_device_nodes
+    _needs_mknod()
+    root = tmp_path / "rootfs"
+    (root / "dev/pts").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "etc/hostname").write_text("x\n")
+    os.mknod(root / "dev/console", stat.S_IFCHR | 0o666, os.makedev(5, 1))
+    os.mknod(root / "dev/loop0", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+    os.mknod(root / "dev/pts/ptmx", stat.S_IFCHR | 0o666, os.makedev(5, 2))
+    os.mkfifo(root / "dev/initctl")
+    os.symlink("/proc/self/fd", root / "dev/fd")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.mknod(outside / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.symlink(str(outside), root / "dev/elsewhere")   # never followed
+    assert sorted(drop_device_nodes(root)) == ["dev/console", "dev/loop0", "dev/pts/ptmx"]
+    assert _nodes(root) == []
+    assert (root / "dev/initctl").exists() and (root / "dev/fd").is_symlink()
+    assert (root / "etc/hostname").read_text() == "x\n"
+    assert (outside / "null").is_char_device()
+
+
+def test_built_template_has_no_device_nodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever the builder leaves (mmdebstrap: dev/console, dev/null ...), the committed
+    template holds no node."""
+    import os
+    import stat
+    from ctd.state import StateDB
+    from ctd.storage.dir import DirStorage
+    from ctd.template.manager import TemplateManager
+    _needs_mknod()
+
+    def builder(recipe: Recipe, rootfs: Path, ctx: object) -> None:
+        (rootfs / "dev").mkdir(parents=True)
+        os.mknod(rootfs / "dev/console", stat.S_IFCHR | 0o666, os.makedev(5, 1))
+        os.mknod(rootfs / "dev/null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        (rootfs / "sbin").mkdir()
+        (rootfs / "sbin/init").write_text("#!/bin/sh\n")
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "nodes.toml").write_text('name = "nodes"\nbuilder = "fake"\ninit = ["/sbin/init"]\n')
+    monkeypatch.setitem(BUILDERS, "fake", builder)
+    storage = DirStorage(tmp_path / "storage")
+    storage.prepare()
+    manager = TemplateManager(recipes, StateDB(tmp_path / "state.db"), storage)
+    rec = manager.build_blocking("nodes")
+    assert _nodes(Path(rec.path)) == [] and (Path(rec.path) / "rootfs/sbin/init").exists()

@@ -373,3 +373,36 @@ def test_beancounter_rows(grp: V2Group, procs: list[subprocess.Popen[str]]) -> N
     text = format_beancounters(rows, 101)
     assert text.splitlines()[1].split()[:2] == ["101:", "physpages"]
     assert "9223372036854775807" in text          # unlimited io row, OpenVZ style
+
+
+def test_device_allow_list(grp: V2Group, procs: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """The BPF device program on a pure cgroup2 kernel: only listed devices open, whatever
+    node is used; mknod is judged too; a sub-cgroup (a guest's systemd) gets no more."""
+    from cgroups import DeviceRule, DeviceType
+    grp.restrict_devices([DeviceRule(DeviceType.CHAR, 1, 3, "rwm"), DeviceRule(DeviceType.CHAR, 1, 5, "m")])
+    p = spawn(grp, procs, f"""\
+        import stat
+        def attempt(what, call):
+            try:
+                call()
+                print(what, "ok", flush=True)
+            except OSError as e:
+                print(what, e.errno, flush=True)
+        attempt("null", lambda: os.close(os.open("/dev/null", os.O_RDWR)))
+        attempt("zero", lambda: os.close(os.open("/dev/zero", os.O_RDONLY)))
+        attempt("mknod-zero", lambda: os.mknod("{tmp_path}/zero", stat.S_IFCHR | 0o600, os.makedev(1, 5)))
+        attempt("open-made-zero", lambda: os.close(os.open("{tmp_path}/zero", os.O_RDONLY)))
+        attempt("mknod-full", lambda: os.mknod("{tmp_path}/full", stat.S_IFCHR | 0o600, os.makedev(1, 7)))
+        inner = os.path.join(os.path.dirname(sys.argv[1]), "inner")
+        os.mkdir(inner)
+        with open(os.path.join(inner, "cgroup.procs"), "w") as fh:
+            fh.write(str(os.getpid()))
+        attempt("inner-zero", lambda: os.close(os.open("/dev/zero", os.O_RDONLY)))
+        attempt("inner-null", lambda: os.close(os.open("/dev/null", os.O_RDWR)))
+    """)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    got = dict(line.split() for line in out.splitlines())
+    eperm = str(errno.EPERM)
+    assert got == {"null": "ok", "zero": eperm, "mknod-zero": "ok", "open-made-zero": eperm,
+                   "mknod-full": eperm, "inner-zero": eperm, "inner-null": "ok"}, out

@@ -19,6 +19,7 @@ from cgroups.discovery import UNIFIED
 
 from ctd.errors import Conflict, OperationFailed
 from ctd import faults
+from ctd.instance.container import devices
 from ctd.instance.container.console import Console
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
@@ -289,6 +290,12 @@ class ContainerDriver:
             group.create()
         faults.point("start.after_cgroup")
         undo.callback(self._destroy_group_quietly, group)
+        # Before init runs (a staged standby sits in the group, but runs no guest code yet).
+        try:
+            group.restrict_devices(devices.ALLOWED, seal=rec.privileged)
+        except CgroupError as exc:  # no container runs without its device list
+            raise OperationFailed(f"starting {rec.name}: ctd cannot confine its devices on this host: {exc}; "
+                                  "'ctctl check' shows what the host lacks") from None
         group.apply(resources)
         if rec.options.get("systemd") and not rec.privileged:
             # systemd inside manages its own subtree (init.scope, system.slice …)

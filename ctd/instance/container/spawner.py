@@ -343,18 +343,24 @@ def _borrowed(fd: int) -> Iterator[socket.socket]:
         sock.detach()
 
 
+# Device nodes on the container's disk (a template's dev/console, a restored backup's
+# dev/loop0) must open nothing, also through a bind of / made inside: nodev on the root; the
+# /dev ctd builds is a tmpfs of bind-mounted host nodes and a devpts, unaffected.
+ROOT_ATTRS = sc.MOUNT_ATTR_NODEV
+
+
 def _root_tree(spec: ContainerSpec, init_pid: int) -> int:
-    """The root filesystem as a detached mount; for an unprivileged container, after its user
-    namespace got the container's id maps, shown through them."""
+    """The root filesystem as a detached mount (nodev); for an unprivileged container, after
+    its user namespace got the container's id maps, shown through them."""
     if spec.privileged:
-        return sc.private_clone(spec.rootfs)
+        return sc.private_clone(spec.rootfs, attr_set=ROOT_ATTRS)
     with open(f"/proc/{init_pid}/uid_map", "w") as fh:
         fh.write("\n".join(m.line() for m in spec.uid_map))
     with open(f"/proc/{init_pid}/gid_map", "w") as fh:
         fh.write("\n".join(m.line() for m in spec.gid_map))
     userns_fd = os.open(f"/proc/{init_pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return sc.private_clone(spec.rootfs, userns_fd=userns_fd)
+        return sc.private_clone(spec.rootfs, userns_fd=userns_fd, attr_set=ROOT_ATTRS)
     finally:
         os.close(userns_fd)
 

@@ -134,7 +134,9 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
         MountStep(k.MOUNT, "/proc/sys/net", "/proc/sys/net", None, sc.MS_BIND, optional=True),
         MountStep(k.REMOUNT_RO, "/proc/sys", flags=_NOSUID_NODEV_NOEXEC),
         MountStep(k.MOUNT, "/sys", "sysfs", "sysfs", sc.MS_RDONLY | _NOSUID_NODEV_NOEXEC),
-        MountStep(k.MOUNT, "/dev", "tmpfs", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC | sc.MS_STRICTATIME,
+        # nodev: the nodes in /dev are binds of the host's (mounts of their own) and a devpts;
+        # a node made in this tmpfs (mknod by a privileged root) opens nothing.
+        MountStep(k.MOUNT, "/dev", "tmpfs", "tmpfs", _NOSUID_NODEV_NOEXEC | sc.MS_STRICTATIME,
                   "mode=755,size=65536k"),
         MountStep(k.MKDIR, "/dev/pts"),
         MountStep(k.MOUNT, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
