@@ -237,7 +237,7 @@ def hardware(instance: str, fmt: str) -> None:
               help="seconds to wait for a clean shutdown before killing")
 @click.option("--kill", is_flag=True, help="kill at once, no clean shutdown")
 def stop(instance: str, timeout: float, kill: bool) -> None:
-    """Stop a container (the template's shutdown signal, then SIGKILL after --timeout)."""
+    """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button; killed after --timeout."""
     result = _state(instance, "stop", timeout, kill)
     click.echo(f"Stopped {result['name']}")
 
@@ -247,7 +247,7 @@ def stop(instance: str, timeout: float, kill: bool) -> None:
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.option("--kill", is_flag=True)
 def restart(instance: str, timeout: float, kill: bool) -> None:
-    """Stop and start a container."""
+    """Stop and start an instance."""
     result = _state(instance, "restart", timeout, kill)
     click.echo(f"Restarted {result['name']} (init pid {result['pid']})")
 
@@ -256,7 +256,7 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
 @INSTANCE
 @click.option("--template", "-t", help="a different template (default: the one it was made from)")
 def reinstall(instance: str, template: str | None) -> None:
-    """A fresh root from the template, keeping id, limits, addresses and ssh keys (stopped instance)."""
+    """A fresh root from the template, keeping id, limits, addresses and ssh keys (a stopped container; not VMs)."""
     body: dict[str, Any] = {"template": template} if template else {}
     result = client().run("POST", f"/1.0/instances/{instance}/reinstall", body)
     click.echo(f"Reinstalled {result['name']} from {result['template']}")
@@ -266,7 +266,7 @@ def reinstall(instance: str, template: str | None) -> None:
 @INSTANCE
 @click.option("--force", "-f", is_flag=True, help="stop it first if it is running")
 def destroy(instance: str, force: bool) -> None:
-    """Destroy a container and its files."""
+    """Destroy an instance (container or VM) and its files."""
     client().run("DELETE", f"/1.0/instances/{instance}", query={"force": "true"} if force else None)
     click.echo(f"Destroyed {instance}")
 
@@ -529,7 +529,7 @@ def template_delete(name: str) -> None:
 @click.argument("instance", shell_complete=complete_instance)
 @click.argument("snapshot")
 def snapshot(instance: str, snapshot: str) -> None:
-    """Take a snapshot of an instance's root (instant on btrfs; it may keep running)."""
+    """Take a snapshot of an instance's root (instant on btrfs): a container may keep running, a VM must be stopped."""
     client().run("POST", f"/1.0/instances/{instance}/snapshots", {"name": snapshot})
     click.echo(f"Snapshot {snapshot} of {instance} taken")
 
@@ -581,7 +581,7 @@ def clone(source: str, name: str, snapshot: str | None) -> None:
 @click.option("--snapshot", help="back up this snapshot (the instance keeps running)")
 @click.option("--tar", "as_tar", is_flag=True, help="a .tar.zst stream even on btrfs (restores on any pool)")
 def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None:
-    """Write a backup of an instance to FILE (btrfs send where possible, else tar.zst)."""
+    """Write a backup of a container to FILE (btrfs send where possible, else tar.zst; not VMs)."""
     body: dict[str, Any] = {"file": file, "driver": "tar" if as_tar else "auto"}
     if snapshot:
         body["snapshot"] = snapshot
@@ -593,7 +593,7 @@ def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, resolve_path=True))
 @click.option("--name", help="name of the restored instance (default: the backed-up one's)")
 def restore(file: str, name: str | None) -> None:
-    """Make an instance from a backup file (new id, id range, addresses)."""
+    """Make a container from a backup file (new id, id range, addresses)."""
     body: dict[str, Any] = {"file": file}
     if name:
         body["name"] = name

@@ -789,6 +789,9 @@ class InstanceManager:
     # ------------------------------------------------------------- reinstall
 
     def check_reinstall(self, rec: InstanceRecord, template: Any) -> None:
+        if rec.type is InstanceType.VM:
+            raise InvalidRequest(f"{rec.name} is a VM: reinstall is for containers; make a new VM from the "
+                                 "template (ctctl create NAME --type vm --template T) and destroy this one")
         self.templates.get(validate.instance_name(template, "template name"))
         if rec.state is not PowerState.STOPPED:
             raise Conflict(f"{rec.name} is running; stop it before reinstalling")

@@ -221,3 +221,23 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
         ctd.ctl("network", "delete", net)
     assert not (qemu_pids() - before)
     assert not (ctd.state_dir / "storage/instances" / name).exists()
+
+
+def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
+    """They are containers-only (README, ctctl help): a clear 400, no file, the VM unchanged."""
+    installer = iso(tmp_path / "inst.iso", "INST")
+    name = ctd.unique("vmb")
+    ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer), "--disk", "1G")
+    try:
+        target = tmp_path / "vm.bak"
+        r = ctd.ctl("backup", name, str(target))
+        assert r.code == 1 and "is a VM: backup and restore are for containers" in r.err, r.err
+        assert not target.exists()
+        with pytest.raises(ApiError) as err:
+            ctd.client.request("POST", f"/1.0/instances/{name}/backup", {"file": str(target)})
+        assert err.value.status == 400
+        r = ctd.ctl("reinstall", name, "--template", "busybox")
+        assert r.code == 1 and "is a VM: reinstall is for containers" in r.err, r.err
+        assert ctd.instance(name)["type"] == "vm" and ctd.instance(name)["state"] == "stopped"
+    finally:
+        ctd.ctl("destroy", "--force", name)
