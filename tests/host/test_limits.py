@@ -92,10 +92,11 @@ def test_cpus_pins_and_nproc_sees_it(ctd, make_container):
 
 def test_cpuunits_are_written(ctd, make_container):
     name = make_container(cpuunits="2000")
-    dirs = group(ctd, name).dirs()
-    assert Path(dirs["cpu"], "cpu.shares").read_text().strip() == str(200 * 1024 // 100)
+    grp = group(ctd, name)
+    cpu = grp.dirs()[grp.manager.hierarchy("cpu").key]   # "cpu" or "cpu,cpuacct", as mounted
+    assert Path(cpu, "cpu.shares").read_text().strip() == str(200 * 1024 // 100)
     ctd.ok("set", name, "--cpuunits", "500")
-    assert Path(dirs["cpu"], "cpu.shares").read_text().strip() == str(50 * 1024 // 100)
+    assert Path(cpu, "cpu.shares").read_text().strip() == str(50 * 1024 // 100)
 
 
 WEIGHT_FILES = ("blkio.bfq.weight", "blkio.weight", "io.weight", "io.bfq.weight")
