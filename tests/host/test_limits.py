@@ -182,3 +182,26 @@ def test_ram_below_current_use_is_refused_and_nothing_changes(ctd, make_containe
     assert r.code == 1 and "refused" in r.err, r.err
     assert ctd.instance(name)["limits"]["ram"] == "256M"
     assert beancounter(ctd, name, "physpages")["limit"] == 256 * 1024 * 1024
+
+
+def test_a_stored_ioprio_on_a_host_without_weights_refuses_start_with_the_fix(fresh_ctd):
+    """A container made where bfq was loaded, started after a reboot without it: a 409 naming the
+    fix, not a 500 half-way through the start (and nothing of a start is left behind)."""
+    import json
+    import sqlite3
+    d = fresh_ctd
+    d.ok("create", "prio", "--template", "busybox")
+    d.stop()
+    with sqlite3.connect(d.state_dir / "ctd.db") as db:   # as written on a host with bfq
+        db.execute("UPDATE instances SET limits = ? WHERE name = 'prio'", (json.dumps({"ioprio": 6}),))
+    d.start()
+    r = d.ctl("start", "prio")
+    if io_weight_file(d.cgroup_dirs()) is not None:
+        assert r.code == 0, r.err
+        weight = io_weight_file(group(d, "prio").dirs().values())
+        assert weight is not None and weight.read_text().split()[-1] == "871"
+        return
+    assert r.code == 1 and "prio has an ioprio: ioprio needs the bfq I/O scheduler" in r.err, r.err
+    assert "modprobe bfq" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert d.instance("prio")["state"] == "stopped"
+    assert not [p for p in d.cgroup_dirs() if (p / "ct-prio").exists()]
