@@ -14,7 +14,8 @@ from .model import CPU_PERIOD_US, IoLimit, Resources, Usage
 from .units import UNLIMITED, parse_cpulist
 
 WANTED: Final = ("cpuset", "cpu", "io", "memory", "pids")
-_WEIGHT_FILES: Final = ("io.weight", "io.bfq.weight")
+# bfq reads only its own file; io.weight is iocost's (acting where io.cost.qos enables it).
+_WEIGHT_FILES: Final = ("io.bfq.weight", "io.weight")
 _IO_KINDS: Final = ("rbps", "wbps", "riops", "wiops")
 _FREEZE_WAIT: Final = 1.0
 

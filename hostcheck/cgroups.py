@@ -217,11 +217,23 @@ def _schedulers(sys_block: Path) -> set[str]:
 def check_io_weight(layout: Layout, sys_block: Path = Path("/sys/block")) -> CheckResult:
     """--ioprio writes a weight file that only bfq (or cgroup v2's iocost) provides."""
     if layout.version == "v2":
-        names, d = ("io.weight", "io.bfq.weight"), layout.own_dir("")
+        names, d = ("io.bfq.weight", "io.weight"), layout.own_dir("")
     else:
         names, d = ("blkio.bfq.weight", "blkio.weight"), layout.own_dir("blkio")
     found = [n for n in names if _has_file(d, n)]
-    if found or "bfq" in _schedulers(sys_block):
+    bfq = "bfq" in _schedulers(sys_block)
+    if layout.version == "v2" and found and not bfq and layout.v2 is not None:
+        qos = Path(layout.v2.point) / "io.cost.qos"
+        try:
+            enabled = "enable=1" in qos.read_text()
+        except OSError:
+            enabled = False
+        if not enabled:
+            return bad("cgroup:io-weight", "io.weight exists but iocost is off for every disk and no disk "
+                       "offers bfq: --ioprio is accepted and has no effect",
+                       f"echo 'MAJ:MIN enable=1' > {qos} for the pool's disk, or use bfq "
+                       "(modprobe bfq; echo bfq > /sys/block/DEV/queue/scheduler)", CATEGORY, False)
+    if found or bfq:
         what = found[0] if found else names[0]
         return ok("cgroup:io-weight", f"{what}: --ioprio works", CATEGORY)
     return bad("cgroup:io-weight", f"no {' or '.join(names)} (no bfq I/O scheduler): --ioprio is refused",

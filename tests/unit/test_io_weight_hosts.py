@@ -93,3 +93,38 @@ def test_ctctl_check_says_whether_ioprio_works(tmp_path: Path) -> None:
     # bfq offered by a disk: its weight files exist below the root even if no cgroup is there yet
     by_sched = check_io_weight(_v1_layout(tmp_path / "c", None), _disks(tmp_path / "c", "mq-deadline [bfq] none"))
     assert by_sched.status is Status.OK
+
+
+def test_v2_with_bfq_writes_bfqs_own_file(tmp_path: Path) -> None:
+    """bfq reads io.bfq.weight only; io.weight is iocost's: with both, the weight goes to bfq's."""
+    mgr = manager(tmp_path, 2, has_weight=True)
+    grp = mgr.group("ct1")
+    grp.create()
+    Path(grp.dir, "io.bfq.weight").write_text("default 100\n")       # bfq loaded
+    Path(mgr.base_dirs()["unified"], "io.bfq.weight").write_text("default 100\n")
+    assert mgr.io_weight_file() == "io.bfq.weight"
+    grp.apply(Resources(io_weight=871))
+    assert Path(grp.dir, "io.bfq.weight").read_text().strip() == "871"
+    assert Path(grp.dir, "io.weight").read_text().strip() == "default 100"
+
+
+def _v2_layout(tmp_path: Path, qos: str | None):
+    own = tmp_path / "cg" / "ctd.service"
+    own.mkdir(parents=True)
+    (own / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (own / "io.weight").write_text("default 100\n")
+    if qos is not None:
+        (tmp_path / "cg" / "io.cost.qos").write_text(qos)
+    (tmp_path / "mountinfo").write_text(f"30 25 0:26 / {tmp_path / 'cg'} rw - cgroup2 cgroup2 rw\n")
+    (tmp_path / "cgroup").write_text("0::/ctd.service\n")
+    (tmp_path / "cgroups").write_text("#subsys_name\thierarchy\tnum_cgroups\tenabled\n")
+    return read_layout(tmp_path / "mountinfo", tmp_path / "cgroup", tmp_path / "cgroups")
+
+
+def test_ctctl_check_on_v2_says_when_io_weight_does_nothing(tmp_path: Path) -> None:
+    off = check_io_weight(_v2_layout(tmp_path / "a", "8:0 enable=0 ctrl=auto\n"), _disks(tmp_path / "a", "[none]"))
+    assert off.status is Status.WARN and "no effect" in off.detail and "io.cost.qos" in off.fix
+    on = check_io_weight(_v2_layout(tmp_path / "b", "8:0 enable=1 ctrl=auto\n"), _disks(tmp_path / "b", "[none]"))
+    assert on.status is Status.OK and "io.weight" in on.detail
+    bfq = check_io_weight(_v2_layout(tmp_path / "c", None), _disks(tmp_path / "c", "none [bfq]"))
+    assert bfq.status is Status.OK
