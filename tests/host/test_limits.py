@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 
-from pathlib import Path
-
 from ctctl.client import ApiError
-
 
 
 def group(ctd, name):

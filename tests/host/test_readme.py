@@ -101,7 +101,7 @@ class Session:
         raise AssertionError(f"{name} has no IPv4 address: {inst.get('nics')}")
 
     def sh(self, text: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-c", text], cwd=self.work, env=self.env, capture_output=True, text=True,
+        return subprocess.run(["bash", "-c", text], cwd=self.work, env=self.env, capture_output=True, text=True, check=False,
                               stdin=subprocess.DEVNULL, timeout=timeout)
 
     def run(self, block: Block, cmd: Command) -> str | None:

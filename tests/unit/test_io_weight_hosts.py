@@ -8,7 +8,6 @@ import pytest
 
 from cgroups import CgroupManager, Resources
 from cgroups.fake import fake_v1_host, fake_v2_host
-
 from ctd import limits
 from ctd.errors import InvalidRequest
 from hostcheck import Status
