@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctctl.client import ApiError
+from ctctl.client import ApiError, Client
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
 
 
 def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, tmp_path):
-    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
+    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})  # 1-3 min
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     net = f"tv{uuid.uuid4().hex[:6]}"
