@@ -2,7 +2,8 @@
 
 Every `$ ` line of every command block runs in bash with `ctctl` on PATH talking to this
 test's daemon (CTD_SOCKET), HOME in a scratch directory with an ssh key (and `ssh` told to use
-it and to accept the new container's host key), and the working
+it and to accept the new container's host key), stdin at end-of-file (interactive commands
+end there), and the working
 directory a scratch directory (so relative file names land there). A line must exit 0, or
 non-zero where its block's readme-test marker says `fails`; output the README shows must
 appear (numbers may differ). Lines marked `skip` are listed, not run. See tests/helpers/readme.py.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -30,6 +32,7 @@ from tests.conftest import REPO, Daemon, _teardown, needs_root
 from tests.helpers.readme import Block, Command, Mode, missing_output, parse
 
 README = REPO / "README.md"
+COMMAND_TIMEOUT = 400   # the longest line is the debian-12 build: 2-3 min on a busy machine
 
 
 def test_every_command_block_parses_and_every_marker_matches() -> None:
@@ -101,15 +104,28 @@ class Session:
         raise AssertionError(f"{name} has no IPv4 address: {inst.get('nics')}")
 
     def sh(self, text: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["bash", "-c", text], cwd=self.work, env=self.env, capture_output=True, text=True, check=False,
-                              stdin=subprocess.DEVNULL, timeout=timeout)
+        """bash -c text in a process group of its own, all of which a timeout kills."""
+        with subprocess.Popen(["bash", "-c", text], cwd=self.work, env=self.env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              start_new_session=True) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def run(self, block: Block, cmd: Command) -> str | None:
         """Run one command; None if it did what the README says, else why not."""
         text = self.substitute(cmd.text)
         deadline = time.monotonic() + cmd.retry
         while True:
-            r = self.sh(text)
+            try:
+                r = self.sh(text, timeout=COMMAND_TIMEOUT)
+            except subprocess.TimeoutExpired:   # bash and what it ran are killed by sh()
+                return (f"README.md:{cmd.line} ({block.section}): $ {cmd.text}\n  still running after "
+                        f"{COMMAND_TIMEOUT} s (interactive? mark it skip with the reason)")
             if r.returncode == 0 or cmd.mode is Mode.FAILS or time.monotonic() >= deadline:
                 break
             time.sleep(2)
