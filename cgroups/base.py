@@ -87,6 +87,12 @@ class CgroupManager(ABC):
         """A handle on <base>/<name>; no side effect. fixed: hierarchy key -> the group's name
         there, where it is not name (see CgroupGroup.rename)."""
 
+    @abstractmethod
+    def io_weight_file(self) -> str | None:
+        """The io weight file a group gets (blkio.bfq.weight, io.weight …), looked up now in
+        ctd's base cgroup, or None: this host cannot weight io (no bfq scheduler loaded, no
+        iocost, io controller off). Weight files come and go with the scheduler: never cached."""
+
     def renames_in(self, key: str) -> bool:
         """Whether a group's directory in this hierarchy can be renamed (cgroup v1 only)."""
         return False

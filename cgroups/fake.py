@@ -318,17 +318,20 @@ def _make_own(fs: FakeKernelFS, mountpoint: str, own_path: str) -> None:
 
 def fake_v1_host(root: Path | str, *, own_memory_path: str = "/process_api/abc",
                  hybrid: bool = True, omit: frozenset[str] = frozenset(),
-                 readonly_systemd: bool = False) -> tuple[FakeKernelFS, str]:
+                 readonly_systemd: bool = False, joined_cpu: bool = False) -> tuple[FakeKernelFS, str]:
     """A host laid out like the build machine: one hierarchy per controller, name=systemd,
-    and (hybrid) an empty cgroup2 tree; our memory cgroup is not the root."""
+    and (hybrid) an empty cgroup2 tree; our memory cgroup is not the root. joined_cpu: cpu
+    and cpuacct share one hierarchy ("cpu,cpuacct"), as systemd mounts them on most hosts."""
     root = Path(root)
     fs = FakeKernelFS()
     base = root / "sys" / "fs" / "cgroup"
     names = ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"]
+    if joined_cpu:
+        names = ["cpu,cpuacct", *names[2:]]
     mountinfo, cgroup = [], []
     for i, name in enumerate(names, start=1):
         mp = str(base / name)
-        fs.add_mount(mp, frozenset({name}), v2=False, omit=omit)
+        fs.add_mount(mp, frozenset(name.split(",")), v2=False, omit=omit)
         mountinfo.append(f"{30 + i} 20 0:{30 + i} / {mp} rw,relatime - cgroup cgroup rw,{name}")
         own = own_memory_path if name == "memory" else "/"
         cgroup.append(f"{i}:{name}:{own}")

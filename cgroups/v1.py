@@ -130,6 +130,17 @@ class V1Manager(CgroupManager):
                 value = (self.fs.read_opt(os.path.join(parent, eff)) or "").strip()
             self.fs.write_checked(os.path.join(d, f), value, f"initialise {f}")
 
+    def io_weight_file(self) -> str | None:
+        h = self.hierarchy("blkio")
+        if h is None:
+            return None
+        # bfq's weight is not on a hierarchy's root: look in our base (or own) cgroup.
+        for d in (os.path.join(h.own_dir, self.base_name), h.own_dir):
+            for name in _WEIGHT_FILES:
+                if self.fs.exists(os.path.join(d, name)):
+                    return name
+        return None
+
     def group(self, name: str, fixed: dict[str, str] | None = None) -> V1Group:
         return V1Group(self, name, fixed)
 
@@ -231,7 +242,8 @@ class V1Group(CgroupGroup):
         if self.manager.hierarchy("blkio") is None:
             raise CgroupError("io_weight: the blkio controller is not mounted (cgroup v1)")
         raise CgroupError("io_weight: neither blkio.weight nor blkio.bfq.weight exists; "
-                          "weights need the bfq I/O scheduler (modprobe bfq)")
+                          "weights need the bfq I/O scheduler (modprobe bfq; "
+                          "echo bfq > /sys/block/DEV/queue/scheduler)")
 
     def _plan_memory(self, res: Resources, plan: Plan) -> None:
         """v1 keeps memory+swap in one counter (memsw) that must stay >= memory, so the

@@ -15,6 +15,8 @@ from .model import CPU_PERIOD_US, DeviceRule, IoLimit, Resources, Usage
 from .units import UNLIMITED, parse_cpulist
 
 WANTED: Final = ("cpuset", "cpu", "io", "memory", "pids")
+# bfq reads only its own file; io.weight is iocost's (acting where io.cost.qos enables it).
+_WEIGHT_FILES: Final = ("io.bfq.weight", "io.weight")
 _IO_KINDS: Final = ("rbps", "wbps", "riops", "wiops")
 _FREEZE_WAIT: Final = 1.0
 
@@ -98,6 +100,14 @@ class V2Manager(CgroupManager):
         self._enable(self.own_dir, set(WANTED) & available, own=True)
         passed = self._words(os.path.join(self.base_dir, "cgroup.controllers"))
         self._enable(self.base_dir, set(WANTED) & passed, own=False)
+
+    def io_weight_file(self) -> str | None:
+        # Weight files are not on the root cgroup: look in our base (or own) cgroup.
+        for d in (self.base_dir, self.own_dir):
+            for name in _WEIGHT_FILES:
+                if self.fs.exists(os.path.join(d, name)):
+                    return name
+        return None
 
     def _enable(self, d: str, names: set[str], *, own: bool) -> None:
         control = os.path.join(d, "cgroup.subtree_control")
@@ -206,7 +216,7 @@ class V2Group(CgroupGroup):
             self.fs.write_checked(path, data, what)
 
     def _weight_file(self) -> str:
-        for name in ("io.weight", "io.bfq.weight"):
+        for name in _WEIGHT_FILES:
             if self.fs.exists(self._f(name)):
                 return self._f(name)
         raise CgroupError("io_weight: neither io.weight nor io.bfq.weight exists (the io "
@@ -221,7 +231,7 @@ class V2Group(CgroupGroup):
             quota, _, period = cpu_max.strip().partition(" ")
             pct = UNLIMITED if quota == "max" else max(1, round(int(quota) * 100 / int(period)))
         weight = None
-        for name in ("io.weight", "io.bfq.weight"):
+        for name in _WEIGHT_FILES:
             text = fs.read_opt(self._f(name))
             if text:
                 tokens = text.split()

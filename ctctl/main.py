@@ -241,7 +241,7 @@ def hardware(instance: str, fmt: str) -> None:
               help="seconds to wait for a clean shutdown before killing")
 @click.option("--kill", is_flag=True, help="kill at once, no clean shutdown")
 def stop(instance: str, timeout: float, kill: bool) -> None:
-    """Stop a container (the template's shutdown signal, then SIGKILL after --timeout)."""
+    """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button; killed after --timeout."""
     result = _state(instance, "stop", timeout, kill)
     click.echo(f"Stopped {result['name']}")
 
@@ -251,7 +251,7 @@ def stop(instance: str, timeout: float, kill: bool) -> None:
 @click.option("--timeout", type=float, default=30.0, show_default=True)
 @click.option("--kill", is_flag=True)
 def restart(instance: str, timeout: float, kill: bool) -> None:
-    """Stop and start a container."""
+    """Stop and start an instance."""
     result = _state(instance, "restart", timeout, kill)
     click.echo(f"Restarted {result['name']} (init pid {result['pid']})")
 
@@ -259,9 +259,9 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
 @cli.command()
 @INSTANCE
 @click.option("--template", "-t", help="a different template (default: the one it was made from)")
-@click.option("--restart", is_flag=True, help="stop a running instance, reinstall, start it again")
+@click.option("--restart", is_flag=True, help="stop a running container, reinstall, start it again")
 def reinstall(instance: str, template: str | None, restart: bool) -> None:
-    """A fresh root from the template, keeping id, limits, addresses, ssh keys and passwords."""
+    """A fresh root from the template, keeping id, limits, addresses, ssh keys and passwords (containers; not VMs)."""
     body: dict[str, Any] = {"template": template} if template else {}
     if restart:
         body["restart"] = True
@@ -275,7 +275,7 @@ def reinstall(instance: str, template: str | None, restart: bool) -> None:
 @INSTANCE
 @click.option("--force", "-f", is_flag=True, help="stop it first if it is running")
 def destroy(instance: str, force: bool) -> None:
-    """Destroy a container and its files."""
+    """Destroy an instance (container or VM) and its files."""
     client().run("DELETE", f"/1.0/instances/{instance}", query={"force": "true"} if force else None)
     click.echo(f"Destroyed {instance}")
 
@@ -543,7 +543,7 @@ def template_delete(name: str) -> None:
 @click.argument("instance", shell_complete=complete_instance)
 @click.argument("snapshot")
 def snapshot(instance: str, snapshot: str) -> None:
-    """Take a snapshot of an instance's root (instant on btrfs; it may keep running)."""
+    """Take a snapshot of an instance's root (instant on btrfs): a container may keep running, a VM must be stopped."""
     client().run("POST", f"/1.0/instances/{instance}/snapshots", {"name": snapshot})
     click.echo(f"Snapshot {snapshot} of {instance} taken")
 
@@ -595,7 +595,7 @@ def clone(source: str, name: str, snapshot: str | None) -> None:
 @click.option("--snapshot", help="back up this snapshot (the instance keeps running)")
 @click.option("--tar", "as_tar", is_flag=True, help="a .tar.zst stream even on btrfs (restores on any pool)")
 def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None:
-    """Write a backup of an instance to FILE (btrfs send where possible, else tar.zst)."""
+    """Write a backup of a container to FILE (btrfs send where possible, else tar.zst; not VMs)."""
     body: dict[str, Any] = {"file": file, "driver": "tar" if as_tar else "auto"}
     if snapshot:
         body["snapshot"] = snapshot
@@ -612,7 +612,7 @@ def backup(instance: str, file: str, snapshot: str | None, as_tar: bool) -> None
               "the file says)")
 @click.option("--privileged", is_flag=True, help="restore as a privileged container (never taken from the file)")
 def restore(file: str, name: str | None, no_filter: bool, privileged: bool, **limits: Any) -> None:
-    """Make an instance from a backup file (new id, id range, MACs, addresses). The file's settings
+    """Make a container from a backup file (new id, id range, MACs, addresses). The file's settings
     are checked like a create request; limits given here replace the file's."""
     body: dict[str, Any] = {"file": file}
     if name:

@@ -33,6 +33,8 @@ class DaemonConfig:
     nft_table: str = "ctd"
     # Host ends of NICs are named <prefix><id>.<n>; two letters.
     nic_prefix: str = "ve"
+    # The network a NIC joins when none is named, made on first use (a bridge of that name).
+    default_network: str = "ctbr0"
     stop_timeout: float = 30.0
     # What all containers together may take, so the host always keeps a reserve: processes
     # (0 = 40% of the host's pid/thread limit) and memory ("" = 90% of the RAM).

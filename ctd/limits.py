@@ -6,11 +6,12 @@ means unlimited. In a change, UNLIMITED for a key means "remove this limit".
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any
 
-from cgroups import UNLIMITED, IoLimit, Resources, parse_count, parse_size
+from cgroups import UNLIMITED, CgroupManager, IoLimit, Resources, parse_count, parse_size
 
 from ctd.errors import InvalidRequest
 
@@ -172,6 +173,23 @@ def pick_cpus(count: int, host_cpus: list[int], seed: int) -> str:
 def ioprio_to_weight(prio: int) -> int:
     """OpenVZ ioprio 0..7 onto the cgroup io weight scale 100..1000 (4 -> 614)."""
     return round(100 + prio * 900 / 7)
+
+
+def ioprio_unsupported(io_device: str | None, other_way: str = "drop --ioprio") -> str:
+    """Why --ioprio cannot work on this host, and the two ways out."""
+    disk = "DEV"
+    if io_device is not None:
+        with contextlib.suppress(OSError):
+            disk = Path(f"/sys/dev/block/{io_device}").resolve().name
+    return ("ioprio needs the bfq I/O scheduler (blkio.bfq.weight) or cgroup v2's io.weight; "
+            f"this host has neither: load bfq (modprobe bfq; echo bfq > /sys/block/{disk}/queue/scheduler) "
+            f"or {other_way}")
+
+
+def check_io_weight(limits: dict[str, int], cgroups: CgroupManager, io_device: str | None) -> None:
+    """--ioprio is refused up front on a host that has no io weight file (asked now)."""
+    if "ioprio" in limits and cgroups.io_weight_file() is None:
+        raise InvalidRequest(ioprio_unsupported(io_device))
 
 
 def _value(limits: dict[str, int], removed: set[str], key: str) -> int | None:

@@ -23,7 +23,7 @@ WANTED: list[tuple[str, str, bool, str]] = [
     ("devices", "devices", True, "device allow-list"),
     ("cpuacct", "cpu", False, "cpu usage accounting"),
     ("cpuset", "cpuset", False, "--cpus pinning"),
-    ("blkio", "io", False, "io weight and bandwidth"),
+    ("blkio", "io", False, "--iolimit, --iopslimit; --ioprio needs bfq too"),
     ("freezer", "freezer", False, "freeze/thaw"),
 ]
 
@@ -200,6 +200,47 @@ def check_features(layout: Layout) -> list[CheckResult]:
     return results
 
 
+def _schedulers(sys_block: Path) -> set[str]:
+    """Every I/O scheduler some disk offers ("[none] mq-deadline kyber bfq")."""
+    found: set[str] = set()
+    try:
+        for disk in sys_block.iterdir():
+            try:
+                found.update((disk / "queue" / "scheduler").read_text().replace("[", "").replace("]", "").split())
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return found
+
+
+def check_io_weight(layout: Layout, sys_block: Path = Path("/sys/block")) -> CheckResult:
+    """--ioprio writes a weight file that only bfq (or cgroup v2's iocost) provides."""
+    if layout.version == "v2":
+        names, d = ("io.bfq.weight", "io.weight"), layout.own_dir("")
+    else:
+        names, d = ("blkio.bfq.weight", "blkio.weight"), layout.own_dir("blkio")
+    found = [n for n in names if _has_file(d, n)]
+    bfq = "bfq" in _schedulers(sys_block)
+    if layout.version == "v2" and found and not bfq and layout.v2 is not None:
+        qos = Path(layout.v2.point) / "io.cost.qos"
+        try:
+            enabled = "enable=1" in qos.read_text()
+        except OSError:
+            enabled = False
+        if not enabled:
+            return bad("cgroup:io-weight", "io.weight exists but iocost is off for every disk and no disk "
+                       "offers bfq: --ioprio is accepted and has no effect",
+                       f"echo 'MAJ:MIN enable=1' > {qos} for the pool's disk, or use bfq "
+                       "(modprobe bfq; echo bfq > /sys/block/DEV/queue/scheduler)", CATEGORY, False)
+    if found or bfq:
+        what = found[0] if found else names[0]
+        return ok("cgroup:io-weight", f"{what}: --ioprio works", CATEGORY)
+    return bad("cgroup:io-weight", f"no {' or '.join(names)} (no bfq I/O scheduler): --ioprio is refused",
+               "modprobe bfq; echo bfq > /sys/block/DEV/queue/scheduler (for the disk of ctd's storage pool)",
+               CATEGORY, False)
+
+
 def check_cgroups(layout: Layout | None = None) -> list[CheckResult]:
     layout = layout or read_layout()
     results = [check_version(layout)]
@@ -210,4 +251,4 @@ def check_cgroups(layout: Layout | None = None) -> list[CheckResult]:
             results.append(_check_v2(layout, v1, v2, required, use))
         else:
             results.append(_check_v1(layout, v1, required, use))
-    return results + check_features(layout)
+    return results + check_features(layout) + [check_io_weight(layout)]

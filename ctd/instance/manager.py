@@ -397,6 +397,9 @@ class InstanceManager:
     def check_start(self, rec: InstanceRecord) -> None:
         if rec.state is PowerState.RUNNING or rec.name in self._starting:
             raise Conflict(f"{rec.name} is already running")
+        if "ioprio" in rec.limits and self.cgroups.io_weight_file() is None:  # bfq gone since (a reboot)
+            raise Conflict(f"{rec.name} has an ioprio: " + limits_mod.ioprio_unsupported(
+                self.io_device, f"recreate it without --ioprio (its limits are shown by 'ctctl status {rec.name}')"))
 
     async def start(self, rec: InstanceRecord, paused: bool = False) -> dict[str, Any]:
         async with self.lock(rec):
@@ -642,6 +645,8 @@ class InstanceManager:
         if ({"iolimit", "iopslimit"} & set(limits)) and self.io_device is None:
             raise InvalidRequest("iolimit/iopslimit need the storage pool on a block device; "
                                  f"{self.storage.root} is not")
+        # io weights exist only with bfq (or v2's iocost), asked now: a host may lack or gain them
+        limits_mod.check_io_weight(limits, self.cgroups, self.io_device)
 
     def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
         if not self.is_running(rec):
@@ -817,7 +822,8 @@ class InstanceManager:
 
     def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
         if rec.type is InstanceType.VM:
-            raise NotSupported(f"{rec.name} is a VM: reinstall is for containers (a VM's disk is its guest's)")
+            raise InvalidRequest(f"{rec.name} is a VM: reinstall is for containers; make a new VM from the "
+                                 "template (ctctl create NAME --type vm --template T) and destroy this one")
         self.templates.get(validate.instance_name(template, "template name"))
         if rec.state is not PowerState.STOPPED and not restart:
             raise Conflict(f"{rec.name} is running; stop it first or reinstall with --restart")

@@ -37,6 +37,9 @@ class Transfers:
     # ------------------------------------------------------------- backup
 
     def check_backup(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
+        if rec.type is InstanceType.VM:
+            raise InvalidRequest(f"{rec.name} is a VM: backup and restore are for containers; stop the VM "
+                                 f"and keep its disk with 'ctctl snapshot {rec.name} NAME' or 'ctctl clone'")
         body = validate.body_fields(body, {"file", "snapshot", "driver"}, {"file"})
         out = output_file(body["file"], "file")
         snap = body.get("snapshot")

@@ -64,8 +64,10 @@ def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
 
 
 class NetworkManager:
-    def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve") -> None:
+    def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve",
+                 default_network: str = DEFAULT_NETWORK) -> None:
         self.db = db
+        self.default_network = default_network  # made on first use
         self.nft_table = nft_table
         if not re.fullmatch(r"[a-z]{2}", nic_prefix):
             raise InvalidRequest(f"nic_prefix must be two lowercase letters, not {nic_prefix!r}")
@@ -198,10 +200,10 @@ class NetworkManager:
         self.db.delete_network(name)
 
     def ensure_default(self) -> NetworkRecord:
-        net = self.db.get_network(DEFAULT_NETWORK)
+        net = self.db.get_network(self.default_network)
         if net is None:
-            self.create_network(self.check_create_network({"name": DEFAULT_NETWORK}))
-            net = self.network(DEFAULT_NETWORK)
+            self.create_network(self.check_create_network({"name": self.default_network}))
+            net = self.network(self.default_network)
         return net
 
     def restore(self) -> None:
@@ -227,8 +229,8 @@ class NetworkManager:
             if network is not None and not isinstance(network, str):
                 raise InvalidRequest("network must be a network name")
             if mode is NicMode.BRIDGED and network is None:
-                network = DEFAULT_NETWORK
-            if network is not None and network != DEFAULT_NETWORK:
+                network = self.default_network
+            if network is not None and network != self.default_network:
                 self.network(network)
             addresses = [str(ipam.parse_address(a)) for a in validate.string_list(item, "addresses")]
             if mode is NicMode.ROUTED and network is None and not addresses:
@@ -244,7 +246,7 @@ class NetworkManager:
         for idx, req in enumerate(requests):
             net = None
             if req.network is not None:
-                net = self.ensure_default() if req.network == DEFAULT_NETWORK else self.network(req.network)
+                net = self.ensure_default() if req.network == self.default_network else self.network(req.network)
             addresses = list(req.addresses)
             if net is not None:
                 for text in addresses:

@@ -7,6 +7,8 @@ import pytest
 
 @pytest.fixture(scope="module")
 def debian(ctd):
-    """The debian-12 template, built once per run (about a minute, from the host's apt sources)."""
-    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
+    """The debian-12 template, built once per run (one to three minutes here, from the host's apt
+    sources: longer than the client's usual 120 s on a busy machine)."""
+    from ctctl.client import Client
+    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})
     return "debian-12"

@@ -38,6 +38,16 @@ def test_cgroup_version(results):
         assert results[f"cgroup:{c}"].status is Status.OK, results[f"cgroup:{c}"].detail
 
 
+def test_io_weight_line_says_what_this_host_has(results):
+    """bfq is optional (none here, built in or loadable elsewhere): the line follows the host."""
+    offered = " ".join(p.read_text() for p in Path("/sys/block").glob("*/queue/scheduler"))
+    r = results["cgroup:io-weight"]
+    if "bfq" in offered.split() or "[bfq]" in offered:
+        assert r.status is Status.OK and "--ioprio works" in r.detail, r.detail
+    elif r.status is not Status.OK:   # v2's io.weight also counts; v1 needs bfq
+        assert "--ioprio is refused" in r.detail and "modprobe bfq" in r.fix and not r.required
+
+
 def test_kvm_reported_unusable_with_tcg_fallback(results):
     flags = Path("/proc/cpuinfo").read_text()
     pvm = Path("/sys/module/kvm_pvm").exists() or not any(f in flags.split() for f in ("vmx", "svm"))

@@ -326,3 +326,20 @@ def test_rename_onto_an_existing_group_undoes_itself(tmp_path: Path) -> None:
     with pytest.raises(CgroupError, match="renaming cgroup 'standby-78' to 'ct-web'"):
         staged.rename("ct-web")
     assert all(os.path.isdir(d) for d in staged.dirs().values())
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_cpu_and_cpuacct_joined_or_apart(tmp_path: Path, joined: bool) -> None:
+    """systemd mounts cpu,cpuacct as one hierarchy; some hosts have two: both work alike."""
+    mgr, fs = _mgr(tmp_path, joined_cpu=joined)
+    cpu_key = "cpu,cpuacct" if joined else "cpu"
+    assert mgr.hierarchy("cpu").key == cpu_key
+    assert mgr.hierarchy("cpuacct").key == ("cpu,cpuacct" if joined else "cpuacct")
+    grp = mgr.group("ct1")
+    grp.create()
+    grp.apply(Resources(cpu_weight=200, cpu_quota_pct=50))
+    assert read(grp, cpu_key, "cpu.shares") == "2048" and read(grp, cpu_key, "cpu.cfs_quota_us") == "50000"
+    Path(grp.dirs()[mgr.hierarchy("cpuacct").key], "cpuacct.usage").write_text("1500000000")
+    assert grp.usage().cpu_seconds == 1.5
+    assert grp.read_limits().cpu_weight == 200
+    assert len(grp.procs_files()) == (9 if joined else 10)

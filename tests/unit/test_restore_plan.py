@@ -306,12 +306,12 @@ def test_a_backup_carries_guest_settings_but_no_runtime_state() -> None:
 
 
 def test_reinstall_refuses_a_vm_and_a_running_instance_without_restart() -> None:
-    from ctd.errors import Conflict, NotSupported
+    from ctd.errors import Conflict
     from ctd.state import InstanceRecord, InstanceType, PowerState
     manager = SimpleNamespace(templates=SimpleNamespace(get=lambda name: name))
     vm = InstanceRecord(id=1, name="vm1", type=InstanceType.VM, template="busybox", hostname="vm1",
                         privileged=False, idmap_base=None)
-    with pytest.raises(NotSupported, match="reinstall is for containers"):
+    with pytest.raises(InvalidRequest, match="reinstall is for containers"):
         InstanceManager.check_reinstall(manager, vm, "busybox")  # type: ignore[arg-type]
     ct = InstanceRecord(id=2, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
                         privileged=False, idmap_base=1 << 20, state=PowerState.RUNNING)

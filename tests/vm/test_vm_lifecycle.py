@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctctl.client import ApiError
+from ctctl.client import ApiError, Client
 
 pytestmark = pytest.mark.slow
 
@@ -137,7 +137,7 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
 
 
 def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, tmp_path):
-    ctd.client.run("POST", "/1.0/templates", {"name": "debian-12"})
+    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})  # 1-3 min
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     net = f"tv{uuid.uuid4().hex[:6]}"
@@ -221,3 +221,23 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
         ctd.ctl("network", "delete", net)
     assert not (qemu_pids() - before)
     assert not (ctd.state_dir / "storage/instances" / name).exists()
+
+
+def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
+    """They are containers-only (README, ctctl help): a clear 400, no file, the VM unchanged."""
+    installer = iso(tmp_path / "inst.iso", "INST")
+    name = ctd.unique("vmb")
+    ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer), "--disk", "1G")
+    try:
+        target = tmp_path / "vm.bak"
+        r = ctd.ctl("backup", name, str(target))
+        assert r.code == 1 and "is a VM: backup and restore are for containers" in r.err, r.err
+        assert not target.exists()
+        with pytest.raises(ApiError) as err:
+            ctd.client.request("POST", f"/1.0/instances/{name}/backup", {"file": str(target)})
+        assert err.value.status == 400
+        r = ctd.ctl("reinstall", name, "--template", "busybox")
+        assert r.code == 1 and "is a VM: reinstall is for containers" in r.err, r.err
+        assert ctd.instance(name)["type"] == "vm" and ctd.instance(name)["state"] == "stopped"
+    finally:
+        ctd.ctl("destroy", "--force", name)
