@@ -30,6 +30,7 @@ class FakeNetworks:
     """NetworkManager.check_nics on a host with one network, 'lan'."""
 
     check_nics = NetworkManager.check_nics
+    default_network = "ctbr0"
 
     def network(self, name: str) -> object:
         if name != "lan":
@@ -46,6 +47,7 @@ class FakeManager:
         self.host_cpus = [0, 1]
         self.io_device = io_device
         self.storage = SimpleNamespace(root=Path("/pool"))
+        self.cgroups = SimpleNamespace(io_weight_file=lambda: "blkio.bfq.weight")  # a host with bfq
         self.db = SimpleNamespace(get_network=lambda name: object() if name == "lan" else None)
         self.network = FakeNetworks()
         self.templates = SimpleNamespace(recipe_of=self._recipe)
