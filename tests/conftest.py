@@ -61,6 +61,7 @@ class Daemon:
     proc: subprocess.Popen | None = None
     log: Path | None = None
     extra_config: str = ""
+    launcher: list[str] = field(default_factory=list)  # e.g. nsenter --net=…: ctd in a netns of the test's
     # NIC names are host-wide: a prefix of its own keeps this daemon off other daemons' names.
     nic_prefix: str = field(default_factory=lambda: "".join(random.choice("abcdfghjkmnqrstwxyz") for _ in range(2)))
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -76,7 +77,7 @@ class Daemon:
                           f'nic_prefix = "{self.nic_prefix}"\n' + self.extra_config)
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
+            [*self.launcher, sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),
              "--socket", str(self.socket), "--log-level", "debug"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 20

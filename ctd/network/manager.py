@@ -47,6 +47,18 @@ def _sysctl(key: str, value: str) -> None:
         fh.write(value)
 
 
+IP_FORWARD = "net/ipv4/ip_forward"
+
+
+def enable_ipv4_forwarding() -> None:
+    """The host (this network namespace) routes IPv4 between its interfaces."""
+    with open(f"/proc/sys/{IP_FORWARD}") as fh:
+        if fh.read().strip() == "1":
+            return
+    _sysctl(IP_FORWARD, "1")
+    log.info("IPv4 forwarding enabled (a NAT network needs it)")
+
+
 def _v6(addresses: list[str]) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a).version == 6]
 
@@ -184,8 +196,11 @@ class NetworkManager:
             nft.run(script)
         except OSError as exc:
             raise OperationFailed(f"nftables refused the NAT rules of {net.name}: {exc}") from None
-            with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
-                fh.write("1")
+        if on:
+            # Masquerading needs the host to forward. ip_forward is per network namespace, and
+            # it stays on when the last NAT network goes: other routing on the host may rely
+            # on it by then (README: Networking).
+            enable_ipv4_forwarding()
 
     def delete_network(self, name: str) -> None:
         net = self.network(name)
