@@ -120,8 +120,8 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
 @limit_options
-@click.option("--net", "network", help="a NIC on this network (bridged; 'ctbr0' is the default network, "
-              "made on first use)")
+@click.option("--net", "network", help="a NIC on this network (bridged); without --net a NIC on ctd's default "
+              "network (default_network, 'ctbr0', made on first use); 'none': no NIC")
 @click.option("--routed", is_flag=True, help="the NIC is routed (OpenVZ venet): no layer 2, host routes its addresses")
 @click.option("--ipadd", multiple=True, help="address for the NIC (default: the next free one of --net)")
 @click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NIC")
@@ -145,7 +145,11 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     if vm:
         body["vm"] = vm
     _guest(body, userpasswd, ssh_key, timezone)
-    if network or ipadd or routed:
+    if network == "none":
+        if ipadd or routed or no_filter or rate:
+            raise click.UsageError("--net none gives no NIC: leave out --ipadd, --routed, --no-filter and --rate")
+        body["nics"] = []
+    elif network or ipadd or routed or no_filter or rate:
         nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
                                "addresses": list(ipadd), "filter": not no_filter}
         if network:

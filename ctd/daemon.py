@@ -156,7 +156,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
-    network = NetworkManager(db, config.nft_table, config.nic_prefix)
+    network = NetworkManager(db, config.nft_table, config.nic_prefix, config.default_network)
     await asyncio.to_thread(network.restore)
     instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
     vm_driver = {"usable": False, "reason": "qemu-system is not installed", "fix": "apt-get install qemu-system-x86"}

@@ -74,7 +74,10 @@ class Daemon:
         config = self.state_dir.parent / f"{self.state_dir.name}.toml"
         config.write_text(f'cgroup_name = "{self.cgroup_name}"\nidmap_base = {TEST_IDMAP_BASE}\n'
                           f'nft_table = "{self.cgroup_name.replace("-", "_")}"\n'
-                          f'nic_prefix = "{self.nic_prefix}"\n' + self.extra_config)
+                          f'nic_prefix = "{self.nic_prefix}"\n'
+                          # no host bridge behind the suite's back: a test that wants one names it
+                          + ('' if "default_network" in self.extra_config else 'default_network = ""\n')
+                          + self.extra_config)
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
         self.proc = subprocess.Popen(
             [*self.launcher, sys.executable, "-m", "ctd.daemon", "--config", str(config), "--state-dir", str(self.state_dir),

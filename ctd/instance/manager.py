@@ -258,6 +258,7 @@ class InstanceManager:
                     faults.point("create.after_quota")
                 creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
                 creating.touch()
+                await asyncio.to_thread(self.network.prepare, checked["nics"])
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, checked["nics"])
@@ -318,6 +319,7 @@ class InstanceManager:
             options={"network_style": "networkd", "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
                      "nameservers": checked["nameservers"], "vm": vm})
         with contextlib.ExitStack() as undo:
+            await asyncio.to_thread(self.network.prepare, checked["nics"])
             with self.db.transaction():
                 self.db.add_instance(rec)
                 self.network.allocate(rec.id, checked["nics"])

@@ -76,11 +76,16 @@ def mac_for(instance_id: int, idx: int, salt: int = 0) -> str:
 
 
 class NetworkManager:
-    def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve") -> None:
+    def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve",
+                 default_network: str = DEFAULT_NETWORK) -> None:
         self.db = db
         self.nft_table = nft_table
         if not re.fullmatch(r"[a-z]{2}", nic_prefix):
             raise InvalidRequest(f"nic_prefix must be two lowercase letters, not {nic_prefix!r}")
+        if not isinstance(default_network, str) or (default_network and not _IFNAME.match(default_network)):
+            raise InvalidRequest(f"default_network must be a network name (1-15 lowercase letters, digits and "
+                                 f"'-') or \"\" for none, not {default_network!r}")
+        self.default_network = default_network  # "" : no NIC unless create asks for one
         self.prefix = nic_prefix
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
@@ -119,6 +124,8 @@ class NetworkManager:
         if not isinstance(name, str) or not _IFNAME.match(name):
             raise InvalidRequest(f"invalid network name {name!r}: 1-15 lowercase letters, digits and '-', "
                                  "starting with a letter (it names the bridge)")
+        if name == "none":
+            raise InvalidRequest("'none' is not a network name: 'create --net none' means no NIC")
         if self.db.get_network(name):
             raise Conflict(f"network {name!r} exists already")
         if name in netlink.link_names():
@@ -213,10 +220,11 @@ class NetworkManager:
         self.db.delete_network(name)
 
     def ensure_default(self) -> NetworkRecord:
-        net = self.db.get_network(DEFAULT_NETWORK)
+        """The default network, made on first use (a free private /24, no NAT)."""
+        net = self.db.get_network(self.default_network)
         if net is None:
-            self.create_network(self.check_create_network({"name": DEFAULT_NETWORK}))
-            net = self.network(DEFAULT_NETWORK)
+            self.create_network(self.check_create_network({"name": self.default_network}))
+            net = self.network(self.default_network)
         return net
 
     def restore(self) -> None:
@@ -227,8 +235,10 @@ class NetworkManager:
     # ------------------------------------------------------------- NICs at create
 
     def check_nics(self, raw: Any) -> list[NicRequest]:
+        """NICs asked for at create; none given (None): one on the default network, if the
+        daemon has one; an empty list: no NIC."""
         if raw is None:
-            return []
+            raw = [{}] if self.default_network else []
         if not isinstance(raw, list) or len(raw) > MAX_NICS:
             raise InvalidRequest(f"nics must be a list of at most {MAX_NICS} objects")
         out = []
@@ -242,8 +252,11 @@ class NetworkManager:
             if network is not None and not isinstance(network, str):
                 raise InvalidRequest("network must be a network name")
             if mode is NicMode.BRIDGED and network is None:
-                network = DEFAULT_NETWORK
-            if network is not None and network != DEFAULT_NETWORK:
+                if not self.default_network:
+                    raise InvalidRequest("this ctd has no default network (default_network in ctd.toml): "
+                                         "name the NIC's network, e.g. --net lan0")
+                network = self.default_network
+            if network is not None and network != self.default_network:
                 self.network(network)
             addresses = [str(ipam.parse_address(a)) for a in validate.string_list(item, "addresses")]
             if mode is NicMode.ROUTED and network is None and not addresses:
@@ -252,6 +265,12 @@ class NetworkManager:
             out.append(NicRequest(network, mode, addresses, validate.boolean(item, "filter", True), rate))
         return out
 
+    def prepare(self, requests: list[NicRequest]) -> None:
+        """Make the default network if a NIC needs it and it is not there yet (netlink: call it
+        in a thread, before allocate, which runs on the event loop)."""
+        if any(r.network and r.network == self.default_network for r in requests):
+            self.ensure_default()
+
     def allocate(self, instance_id: int, requests: list[NicRequest]) -> list[NicRecord]:
         """Write the NICs and their addresses (inside the caller's transaction)."""
         nics = []
@@ -259,7 +278,7 @@ class NetworkManager:
         for idx, req in enumerate(requests):
             net = None
             if req.network is not None:
-                net = self.ensure_default() if req.network == DEFAULT_NETWORK else self.network(req.network)
+                net = self.ensure_default() if req.network == self.default_network else self.network(req.network)
             addresses = list(req.addresses)
             if net is not None:
                 for text in addresses:
