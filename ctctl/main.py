@@ -243,7 +243,23 @@ def hardware(instance: str, fmt: str) -> None:
 def stop(instance: str, timeout: float, kill: bool) -> None:
     """Stop a container (the template's shutdown signal, then SIGKILL after --timeout)."""
     result = _state(instance, "stop", timeout, kill)
-    click.echo(f"Stopped {result['name']}")
+    click.echo(f"Stopped {result['name']}{_stop_detail(result)}")
+
+
+def _stop_detail(result: dict[str, Any]) -> str:
+    """What a plain 'Stopped' would hide: the guest did not shut down by itself."""
+    stop = result.get("stop") or {}
+    how = stop.get("how")
+    if how == "forced" and not stop.get("timeout"):
+        return " (killed: --timeout 0 leaves it no time to shut down)"
+    if how == "forced":
+        ignored = "the guest ignored ACPI" if result.get("type") == "vm" else "init ignored its stop signal"
+        return f" (forced after {stop.get('timeout', 0):g} s: {ignored})"
+    if how == "killed":
+        return " (killed at once)"
+    if how == "not running":
+        return " (it was not running)"
+    return ""
 
 
 @cli.command()
@@ -347,7 +363,7 @@ def status(instance: str, fmt: str) -> None:
         rows = [("id", i["id"]), ("name", i["name"]), ("type", i["type"]), ("state", i["state"]),
                 ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
                 ("privileged", "yes" if i["privileged"] else "no"),
-                ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
+                ("host ids", _host_ids(i, idmap)),
                 ("limits", _limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
                 ("created", i["created_at"])]
         for nic in i.get("nics", []):
@@ -367,6 +383,14 @@ def status(instance: str, fmt: str) -> None:
         return "\n".join(f"{k + ':':<12} {'-' if v is None else v}" for k, v in rows)
 
     emit(fmt, data, render)
+
+
+def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:
+    if instance.get("type") == "vm":
+        return "- (a VM: QEMU isolates it)"
+    if not idmap or idmap.get("uid_base") is None:
+        return "host's own (privileged)"
+    return f"{idmap['uid_base']}-{idmap['uid_base'] + idmap.get('count', 65536) - 1}"
 
 
 LONG_MAX = 9223372036854775807

@@ -281,6 +281,8 @@ async def host_check(request: web.Request) -> web.Response:
 
     c = ctx(request)
     results = await asyncio.to_thread(hostcheck.run_checks, None, c.config.storage_dir)
+    # QEMU may have been installed since ctd started: ask again, so both lines agree
+    c.info.setdefault("drivers", {})["vm"] = await asyncio.to_thread(c.instances.probe_vms)
     for driver, state in c.info.get("drivers", {}).items():
         results.append(CheckResult(
             name=f"driver:{driver}", status=Status.OK if state.get("usable") else Status.WARN,

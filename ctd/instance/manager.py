@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import os
+import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ FIRST_AUTO_ID = 100
 DISK_CACHE_SECONDS = 5.0
 CREATING = ".creating"  # in an instance's storage dir until create/clone has set up its guest
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
+QEMU_BINARY, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
 
 
@@ -49,6 +53,15 @@ def open_files(pids: set[int]) -> int:
         except OSError:
             pass
     return total
+
+
+class StopOutcome(enum.Enum):
+    """How a stop ended (ctctl says so: a forced stop is not a clean shutdown)."""
+
+    CLEAN = "clean"              # the guest shut down on its stop signal / the ACPI button
+    FORCED = "forced"            # it ignored that until the timeout and was killed
+    KILLED = "killed"            # --kill: killed at once
+    NOT_RUNNING = "not running"
 
 
 class InstanceManager:
@@ -65,6 +78,7 @@ class InstanceManager:
         self.cgroups = cgroups
         self.host_cpus = cgroups.host_cpus()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._probe_lock = threading.Lock()
         self._reserved_names: set[str] = set()
         self._reserved_ids: set[int] = set()
         self._reserved_bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
@@ -79,6 +93,29 @@ class InstanceManager:
     def attach_vms(self, vms: VmDriver) -> None:
         self.vms = vms
         vms.on_stopped = self._container_exited
+
+    def probe_vms(self) -> dict[str, Any]:
+        """The VM driver's state; attached as soon as QEMU is installed, also while ctd runs
+        (a create refused for want of QEMU, or `ctctl check`, asks again: no restart needed)."""
+        with self._probe_lock:   # ctctl check probes in a thread
+            if self.vms is None and shutil.which(QEMU_BINARY):
+                self._attach_new_vm_driver()
+        if self.vms is None:
+            return {"usable": False, "reason": f"{QEMU_BINARY} is not installed", "fix": f"apt-get install {QEMU_PACKAGE}"}
+        return {"usable": True, "accel": self.vms.accel, "reason": self.vms.accel_reason}
+
+    def _attach_new_vm_driver(self) -> None:
+        vms = VmDriver(self.cgroups, self.network, self.storage, self.config.run_dir / "vm")
+        if vms.accel != "kvm":
+            log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
+        self.attach_vms(vms)
+
+    def _vms_or_refuse(self) -> VmDriver:
+        if self.vms is None and not self.probe_vms()["usable"]:
+            raise NotSupported(f"virtual machines are not available on this host: apt-get install {QEMU_PACKAGE} "
+                               f"({QEMU_BINARY} is missing)")
+        assert self.vms is not None
+        return self.vms
 
     def is_running(self, rec: InstanceRecord) -> bool:
         if rec.type is InstanceType.VM:
@@ -110,8 +147,9 @@ class InstanceManager:
             "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
             "pid": rec.pid if rec.state is PowerState.RUNNING else None,
             "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
-            "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
-                                                  "count": self.config.idmap_size},
+            # VMs have no id range (QEMU isolates them), privileged containers the host's ids
+            "idmap": None if rec.idmap_base is None else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
+                                                          "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
             "nics": self.network.counters(rec),
             "disk": self.disk(rec, cached),
@@ -206,8 +244,7 @@ class InstanceManager:
         """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
         raw = body.get("vm") or {}
         raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat"})
-        if self.vms is None:
-            raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+        self._vms_or_refuse()
         out: dict[str, Any] = {"profile": raw.get("profile", "linux"), "compat": validate.boolean(raw, "compat")}
         if out["profile"] not in ("linux", "windows"):
             raise InvalidRequest(f"invalid profile {out['profile']!r}: use linux or windows")
@@ -404,8 +441,7 @@ class InstanceManager:
         try:
             resources = self.resources(rec)
             if rec.type is InstanceType.VM:
-                if self.vms is None:
-                    raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+                self._vms_or_refuse()
                 vm_options = rec.options.setdefault("vm", {})
                 # from now on the guest may write its disk: ctd never mounts it again
                 stale = {"pristine", "guest_pending"} & vm_options.keys()   # guest_pending: older records
@@ -440,24 +476,31 @@ class InstanceManager:
     async def stop(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
         async with self.lock(rec):
             rec = self.get(rec.id)
-            await self._stop_locked(rec, timeout, kill)
-            return self.brief(self.get(rec.id))
+            how = await self._stop_locked(rec, timeout, kill)
+            return {**self.brief(self.get(rec.id)), "stop": {"how": how.value, "timeout": timeout}}
 
-    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> None:
+    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> StopOutcome:
         if not self.is_running(rec):
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
-            return
+            return StopOutcome.NOT_RUNNING
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
         faults.point("stop.after_mark_stopping")
         if rec.type is InstanceType.VM and self.vms is not None:
-            await self.vms.stop(rec, timeout, kill)
+            # 'powerdown': the guest obeyed the ACPI button; 'quit'/'killed': QEMU was ended
+            ended = await self.vms.stop(rec, timeout, kill)
+            forced = ended in ("quit", "killed")
         else:
+            rc = self.containers.running.get(rec.name)
             await self.containers.stop(rec, timeout, kill)
+            forced = rc is not None and rc.forced
         task = self._exit_tasks.get(rec.name)
         if task is not None:
             await asyncio.shield(task)
+        if kill:
+            return StopOutcome.KILLED
+        return StopOutcome.FORCED if forced else StopOutcome.CLEAN
 
     async def restart(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
         async with self.lock(rec):
@@ -816,6 +859,7 @@ class InstanceManager:
                 await self._stop_locked(rec, 0, kill=True)
             if rec.type is InstanceType.VM and self.vms is not None:
                 await self.vms.cleanup(rec)
+                await asyncio.to_thread(self.vms.remove_run_dir, rec)  # serial.log and all
             faults.point("destroy.after_stop")
             await self.containers.cleanup(rec)
             faults.point("destroy.after_cgroup")

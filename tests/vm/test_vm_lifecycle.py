@@ -221,3 +221,26 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
         ctd.ctl("network", "delete", net)
     assert not (qemu_pids() - before)
     assert not (ctd.state_dir / "storage/instances" / name).exists()
+
+
+def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
+    """status of a VM rendered (it has no id range: once a traceback); a stop that had to end
+    QEMU says so; destroy leaves no serial.log (the next VM with this id would find it)."""
+    name = ctd.unique("vms")
+    ctd.ok("create", name, "--type", "vm", "--disk", "64M", "--ram", "256M")
+    run_dir = ctd.state_dir / "run/vm" / str(ctd.instance(name)["id"])
+    try:
+        out = ctd.ok("status", name)
+        assert "host ids:" in out and "a VM" in out and "Traceback" not in out
+        ctd.ok("start", name)
+        assert (run_dir / "serial.log").exists()
+        assert f"state:       running" in ctd.ok("status", name)
+        # a blank disk has no OS to answer the ACPI button: QEMU is ended after the timeout
+        out = ctd.ok("stop", "--timeout", "2", name)
+        assert out.strip() == f"Stopped {name} (forced after 2 s: the guest ignored ACPI)"
+        assert ctd.instance(name)["state"] == "stopped"
+        ctd.ok("start", name)
+        assert ctd.ok("stop", "--kill", name).strip() == f"Stopped {name} (killed at once)"
+    finally:
+        ctd.ctl("destroy", "--force", name)
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())

@@ -47,6 +47,7 @@ class RunningContainer:
     console: Console | None
     adopted: bool = False
     stopping: bool = False
+    forced: bool = False  # init outlived the stop signal's timeout and was killed
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -366,6 +367,7 @@ class ContainerDriver:
                 except TimeoutError:
                     if caught:
                         break
+            rc.forced = True
         self._signal(rc, signal.SIGKILL)
         faults.point("stop.after_kill")
         return await rc.exited
