@@ -480,15 +480,43 @@ class NetworkManager:
 
     # ------------------------------------------------------------- live changes
 
-    def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
-               running: bool) -> list[InsideNic]:
-        """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
+    def check_change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
+                     running: bool) -> None:
+        """Everything change() would refuse, refused before anything is changed."""
         nics = self.db.nics_of(rec.id)
         if not nics:
             if not ipadd:
                 raise InvalidRequest(f"{rec.name} has no network interface; add addresses with --ipadd")
             if running:
                 raise Conflict(f"{rec.name} has no NIC yet; stop it, add addresses, start it again")
+            if ipdel:
+                raise InvalidRequest(f"{ipdel[0]} is not an address of {rec.name}")
+        nic = nics[0] if nics else None
+        net = self.db.get_network(nic.network) if nic and nic.network else None
+        for text in ipdel:
+            if str(ipam.parse_address(text)) not in (nic.addresses if nic else []):
+                raise InvalidRequest(f"{text} is not an address of {rec.name}")
+        seen: set[str] = set()
+        for text in ipadd:
+            address = ipam.parse_address(text)
+            if str(address) in seen:
+                raise InvalidRequest(f"{address} is given twice")
+            seen.add(str(address))
+            if net is not None:
+                subnet = net.subnet4 if address.version == 4 else net.subnet6
+                if subnet is None:
+                    raise InvalidRequest(f"network {net.name} has no IPv{address.version} subnet")
+                ipam.check_in(ipaddress.ip_network(subnet), address)
+            owner = self.db.address_owner(str(address))
+            if owner is not None and not (owner == rec.name and str(address) in ipdel):
+                raise Conflict(f"address {address} is already used by {owner}")
+
+    def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
+               running: bool) -> list[InsideNic]:
+        """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
+        self.check_change(rec, ipadd, ipdel, rate, running)
+        nics = self.db.nics_of(rec.id)
+        if not nics:
             with self.db.transaction():
                 self.allocate(rec.id, [NicRequest(None, NicMode.ROUTED, ipadd, True,
                                                   None if rate == "keep" else rate)])  # type: ignore[arg-type]
