@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
 import enum
@@ -25,6 +26,7 @@ from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
+from ctd.instance.rollback import Rollback
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -53,6 +55,14 @@ def open_files(pids: set[int]) -> int:
         except OSError:
             pass
     return total
+
+
+def _network_step(checked: dict[str, Any]) -> str:
+    """How a set's address/rate step is named in its error."""
+    parts = [f"--ipadd {a}" for a in checked["ipadd"]] + [f"--ipdel {a}" for a in checked["ipdel"]]
+    if checked["rate"] != "keep":
+        parts.append(f"--rate {checked['rate'] or 'unlimited'}")
+    return " ".join(parts)
 
 
 class StopOutcome(enum.Enum):
@@ -575,64 +585,91 @@ class InstanceManager:
                 "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone, "hostname": hostname}
 
     async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
-        """Limits, addresses, rate, DNS: persisted, and applied live to a running container."""
+        """Limits, addresses, rate, guest settings — all or nothing. Every option is checked
+        against the instance before anything changes; then each is applied (live where it
+        runs), and a failure half-way takes back what was applied and says so in the error
+        (a password hashed into the guest is the one step that cannot be taken back: it goes
+        last). A running VM's cpus/ram follow after everything is stored, as far as QEMU can."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            running = rec.name in self.containers.running
-            is_vm = rec.type is InstanceType.VM
+            await self._check_set_for(rec, checked)
+            before = copy.deepcopy(rec)
+            done = Rollback(rec.name)
             notes: list[str] = []
-            if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
-                # a running VM's tap gets the new filters and rate now, the guest its addresses at next start
-                inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
-                                                 checked["rate"], running or self.is_running(rec))
-                if running:
-                    await self.containers.netconf(self.containers.running[rec.name].pid, inside)
-            guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
-                                 or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
-            for key in ("nameservers", "ssh_keys", "timezone"):
-                if checked[key]:
-                    rec.options[key] = checked[key]
-            if checked["hostname"]:
-                rec.hostname = checked["hostname"]
-                if self.is_running(rec):
-                    notes.append("hostname: applies at next start")
-            if is_vm and (guest_changed or checked["userpasswd"]):
-                await self._set_vm_guest(rec, checked["userpasswd"], notes)
-            elif guest_changed or checked["userpasswd"]:
+            step = "set"
+            try:
+                if "diskspace" in checked["limits"]:
+                    step = "diskspace"
+                    await self._set_quota_step(rec, checked["limits"]["diskspace"], done)
+                if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+                    step = _network_step(checked)
+                    await self._set_network_step(rec, checked, done)
+                if checked["limits"]:
+                    step = "limits"
+                    await self._set_limits_step(rec, before, checked["limits"], done)
+                step = "guest settings"
+                await self._set_guest_step(rec, before, checked, done, notes)
+                step = "saving the settings"
                 self.db.update_instance(rec)
-                await asyncio.to_thread(self.setup_guest, rec, self.storage.rootfs(rec.name), checked["userpasswd"])
-            if checked["limits"]:
-                notes += await self._set_limits_locked(rec, checked["limits"])
+            except BaseException as exc:
+                raise await done.fail(exc, step) from None
+            if rec.type is InstanceType.VM and self.vms is not None and self.is_running(rec) and checked["limits"]:
+                notes += await self._resize_vm(rec, checked["limits"])
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    async def _set_vm_guest(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None,
-                            notes: list[str]) -> None:
-        """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
-        if it is stopped, else at its next start."""
-        assert self.vms is not None
-        vm = rec.options.setdefault("vm", {})
-        if userpasswd is not None:
-            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
-        if vm.get("profile") == "windows":
-            notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
-        elif self.is_running(rec) or not await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd):
-            notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
-        self.db.update_instance(rec)
-        await asyncio.to_thread(self.vms.write_seed, rec)
+    async def _check_set_for(self, rec: InstanceRecord, checked: dict[str, Any]) -> None:
+        """What check_set could not know without the instance: refused before any change."""
+        limits = checked["limits"]
+        if rec.type is InstanceType.VM:
+            wrong = sorted(set(limits) - VM_LIMITS)
+            if wrong:
+                raise InvalidRequest(f"{', '.join(wrong)}: container limits; a VM takes "
+                                     f"{', '.join(sorted(VM_LIMITS - {'ram_high'}))}")
+        if limits.get("diskspace", limits_mod.UNLIMITED) != limits_mod.UNLIMITED:
+            if self.storage.name != "btrfs":
+                raise NotSupported(f"the {self.storage.name} storage driver cannot limit disk space; disk quotas "
+                                   "need the btrfs driver")
+            used = await asyncio.to_thread(self.storage.usage, rec.name, True)
+            if limits["diskspace"] < used:
+                raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used}"
+                                     f" bytes on disk; the disk limit must be at least that")
+        if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+            self.network.check_change(rec, checked["ipadd"], checked["ipdel"], checked["rate"], self.is_running(rec))
+        if checked["userpasswd"] is not None and rec.type is InstanceType.CONTAINER:
+            guest.check_user(self.storage.rootfs(rec.name), checked["userpasswd"][0])
 
-    async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
-        """Persist new limits and apply them live to a running container (no restart), or to a
-        running VM as far as QEMU allows; a note for each change that waits for the next start."""
-        if "diskspace" in changes:
-            limit = changes["diskspace"]
-            if limit != limits_mod.UNLIMITED:
-                used = await asyncio.to_thread(self.storage.usage, rec.name, True)
-                if limit < used:
-                    raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used} "
-                                         f"bytes on disk; the disk limit must be at least that")
-            await asyncio.to_thread(self.storage.set_quota, rec.name,
-                                    None if limit == limits_mod.UNLIMITED else limit)
-        old_limits = dict(rec.limits)
+    async def _set_quota_step(self, rec: InstanceRecord, limit: int, done: Rollback) -> None:
+        old = await asyncio.to_thread(self.storage.quota, rec.name)
+
+        async def undo() -> None:
+            await asyncio.to_thread(self.storage.set_quota, rec.name, old)
+
+        done.done("diskspace", undo)
+        await asyncio.to_thread(self.storage.set_quota, rec.name, None if limit == limits_mod.UNLIMITED else limit)
+
+    async def _set_network_step(self, rec: InstanceRecord, checked: dict[str, Any], done: Rollback) -> None:
+        """--ipadd/--ipdel/--rate: the state, the host side (a running VM's tap too) and, in a
+        running container, its interface; a VM's guest takes its addresses at next start."""
+        before = self.db.nics_of(rec.id)
+        live = self.is_running(rec)
+        container = self.containers.running.get(rec.name)
+
+        async def undo() -> None:
+            inside = await asyncio.to_thread(self.network.restore_nics, rec, before, live)
+            if container is not None:
+                await self.containers.netconf(container.pid, inside)
+
+        done.done(_network_step(checked), undo)   # before the change: undoes a half-made one too
+        inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
+                                         checked["rate"], live)
+        if container is not None:
+            await self.containers.netconf(container.pid, inside)
+
+    async def _set_limits_step(self, rec: InstanceRecord, before: InstanceRecord, changes: dict[str, int],
+                               done: Rollback) -> None:
+        """New limits into rec, and into a running container's cgroup at once (the kernel may
+        refuse one: then none of them stays)."""
+        old_limits = dict(before.limits)
         new_limits = limits_mod.merge(old_limits, changes)
         removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
         if "ram" in removed:
@@ -641,15 +678,86 @@ class InstanceManager:
         if rec.name in self.containers.running:
             rec.limits = new_limits
             wanted = self.resources(rec, removed)
+            # the old limits, with those that are new lifted again
             rec.limits = old_limits
-            fallback = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
-            rec.limits = new_limits
-            await self.containers.update(rec, wanted, fallback)
+            previous = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
+
+            async def undo() -> None:
+                await self.containers.update(before, previous, previous)
+
+            done.done("limits", undo)
+            await self.containers.update(rec, wanted, previous)
         rec.limits = new_limits
-        self.db.update_instance(rec)
-        if rec.type is InstanceType.VM and self.vms is not None and self.is_running(rec):
-            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"), self.resources(rec, removed))
-        return []
+
+    async def _set_guest_step(self, rec: InstanceRecord, before: InstanceRecord, checked: dict[str, Any],
+                              done: Rollback, notes: list[str]) -> None:
+        """Hostname, DNS, keys, timezone (and addresses) into the guest's files — a VM's seed —
+        and the password last (its old hash is gone once the new one is written)."""
+        guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
+                             or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
+        userpasswd = checked["userpasswd"]
+        if not (guest_changed or userpasswd):
+            return
+        for key in ("nameservers", "ssh_keys", "timezone"):
+            if checked[key]:
+                rec.options[key] = checked[key]
+        if checked["hostname"]:
+            rec.hostname = checked["hostname"]
+            if self.is_running(rec):
+                notes.append("hostname: applies at next start")
+        if rec.type is InstanceType.VM:
+            await self._set_vm_guest(rec, before, userpasswd, notes, done)
+            return
+        rootfs = self.storage.rootfs(rec.name)
+
+        async def undo() -> None:   # the old settings (and NICs, by then restored) written again
+            await asyncio.to_thread(self.setup_guest, before, rootfs)
+
+        done.done("guest settings", undo)
+        await asyncio.to_thread(self.setup_guest, rec, rootfs)
+        if userpasswd is not None:
+            done.done(f"password of {userpasswd[0]}", None)
+            await asyncio.to_thread(guest.set_password, rootfs, *userpasswd)
+
+    async def _set_vm_guest(self, rec: InstanceRecord, before: InstanceRecord,
+                            userpasswd: tuple[str, str] | None, notes: list[str], done: Rollback) -> None:
+        """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
+        if it is stopped, else at its next start."""
+        assert self.vms is not None
+        vms = self.vms
+        vm = rec.options.setdefault("vm", {})
+        if userpasswd is not None:
+            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
+
+        async def undo() -> None:
+            await asyncio.to_thread(vms.write_seed, before)
+
+        done.done("guest settings (seed)", undo)
+        await asyncio.to_thread(vms.write_seed, rec)
+        if vm.get("profile") == "windows":
+            notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
+            return
+        if not self.is_running(rec) and await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd):
+            # the disk of a template VM no guest has run on yet, written now
+
+            async def undo_disk() -> None:
+                await asyncio.to_thread(self._configure_vm_disk, before)
+
+            done.done("guest settings (disk)", undo_disk)
+            if userpasswd is not None:
+                done.done(f"password of {userpasswd[0]}", None)
+            return
+        notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
+
+    async def _resize_vm(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
+        """A running VM's cpus/ram as far as QEMU allows; they are stored already, so a refusal
+        here is a note (they apply at next start), not an error."""
+        assert self.vms is not None
+        try:
+            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"), self.resources(rec))
+        except CtdError as exc:
+            return [f"cpus/ram: stored; applying them to the running VM failed ({exc.message}): they apply at "
+                    "next start"]
 
     def _check_io_device(self, limits: dict[str, int]) -> None:
         if ({"iolimit", "iopslimit"} & set(limits)) and self.io_device is None:

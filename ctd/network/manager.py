@@ -511,6 +511,21 @@ class NetworkManager:
             if owner is not None and not (owner == rec.name and str(address) in ipdel):
                 raise Conflict(f"address {address} is already used by {owner}")
 
+    def restore_nics(self, rec: InstanceRecord, before: list[NicRecord], running: bool) -> list[InsideNic]:
+        """NIC 0 back to its addresses and rate of before (a set that failed half-way); a NIC
+        that change() made goes again. Returns what to apply inside when running."""
+        now = self.db.nics_of(rec.id)
+        if not before:
+            with self.db.transaction():
+                for nic in now:
+                    self.db.delete_nic(rec.id, nic.idx)
+            return []
+        if not now:
+            return []
+        old, cur = before[0], now[0]
+        return self.change(rec, [a for a in old.addresses if a not in cur.addresses],
+                           [a for a in cur.addresses if a not in old.addresses], old.rate, running)
+
     def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
                running: bool) -> list[InsideNic]:
         """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
