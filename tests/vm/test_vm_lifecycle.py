@@ -232,6 +232,10 @@ def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
     try:
         out = ctd.ok("status", name)
         assert "host ids:" in out and "a VM" in out and "Traceback" not in out
+        # container-only limits are refused up front, and nothing else of that set applies
+        r = ctd.ctl("set", name, "--hostname", "renamed", "--numproc", "10")
+        assert r.code == 1 and "numproc: container limits" in r.err, r.err
+        assert ctd.instance(name)["hostname"] == name and "numproc" not in ctd.instance(name)["limits"]
         ctd.ok("start", name)
         assert (run_dir / "serial.log").exists()
         assert f"state:       running" in ctd.ok("status", name)
