@@ -57,6 +57,12 @@ def open_files(pids: set[int]) -> int:
     return total
 
 
+def _removed_limits(changes: dict[str, int]) -> frozenset[str]:
+    """The limits a set lifts ('unlimited'); no ram limit lifts its barrier and swap too."""
+    removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+    return removed | {"ram_high", "swap"} if "ram" in removed else removed
+
+
 def _network_step(checked: dict[str, Any]) -> str:
     """How a set's address/rate step is named in its error."""
     parts = [f"--ipadd {a}" for a in checked["ipadd"]] + [f"--ipdel {a}" for a in checked["ipdel"]]
@@ -671,9 +677,8 @@ class InstanceManager:
         refuse one: then none of them stays)."""
         old_limits = dict(before.limits)
         new_limits = limits_mod.merge(old_limits, changes)
-        removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+        removed = _removed_limits(changes)
         if "ram" in removed:
-            removed |= {"ram_high", "swap"}
             new_limits.pop("swap", None)
         if rec.name in self.containers.running:
             rec.limits = new_limits
@@ -754,7 +759,8 @@ class InstanceManager:
         here is a note (they apply at next start), not an error."""
         assert self.vms is not None
         try:
-            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"), self.resources(rec))
+            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"),
+                                         self.resources(rec, _removed_limits(changes)))
         except CtdError as exc:
             return [f"cpus/ram: stored; applying them to the running VM failed ({exc.message}): they apply at "
                     "next start"]
