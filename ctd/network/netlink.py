@@ -308,8 +308,12 @@ def _ensure_route(ip: IPRoute, family: int, index: int, dst: str | None, gateway
     target = f"{dst}/{dst_len}" if dst else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
     # append: it goes beside a route of the guest's own on the same prefix (add, with
     # NLM_F_EXCL, would be refused with EEXIST)
-    ip.route("append", dst=target, oif=index, proto=RTPROT_BOOT, scope=scope,
-             **({"gateway": gateway} if gateway else {}))
+    try:
+        ip.route("append", dst=target, oif=index, proto=RTPROT_BOOT, scope=scope,
+                 **({"gateway": gateway} if gateway else {}))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:  # IPv6 says so for the same next hop in a multipath route
+            raise
 
 
 def _route_key(route, family: int, index: int) -> dict:  # type: ignore[no-untyped-def]
