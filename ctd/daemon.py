@@ -9,7 +9,6 @@ import fcntl
 import logging
 import os
 import platform
-import shutil
 import signal
 import socket
 import sys

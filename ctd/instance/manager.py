@@ -95,6 +95,7 @@ class InstanceManager:
         self.host_cpus = cgroups.host_cpus()
         self._locks: dict[int, asyncio.Lock] = {}
         self._probe_lock = threading.Lock()
+        self.vm_state: dict[str, Any] = {}  # the VM driver as last probed (probe_vms)
         self._reserved_names: set[str] = set()
         self._reserved_ids: set[int] = set()
         self._reserved_bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
@@ -116,9 +117,13 @@ class InstanceManager:
         with self._probe_lock:   # ctctl check probes in a thread
             if self.vms is None and shutil.which(QEMU_BINARY):
                 self._attach_new_vm_driver()
-        if self.vms is None:
-            return {"usable": False, "reason": f"{QEMU_BINARY} is not installed", "fix": f"apt-get install {QEMU_PACKAGE}"}
-        return {"usable": True, "accel": self.vms.accel, "reason": self.vms.accel_reason}
+            state = ({"usable": True, "accel": self.vms.accel, "reason": self.vms.accel_reason} if self.vms else
+                     {"usable": False, "reason": f"{QEMU_BINARY} is not installed",
+                      "fix": f"apt-get install {QEMU_PACKAGE}"})
+            # one dict, updated in place: the daemon's info (GET /1.0) shows it as it is now
+            self.vm_state.clear()
+            self.vm_state.update(state)
+        return self.vm_state
 
     def _attach_new_vm_driver(self) -> None:
         vms = VmDriver(self.cgroups, self.network, self.storage, self.config.run_dir / "vm")

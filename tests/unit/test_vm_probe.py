@@ -20,6 +20,7 @@ def bare_manager(tmp_path: Path) -> InstanceManager:
     m.config = DaemonConfig(state_dir=tmp_path)
     m.vms = None
     m._probe_lock = threading.Lock()
+    m.vm_state = {}
     m.cgroups = m.network = m.storage = None  # type: ignore[assignment]
     return m
 
@@ -30,6 +31,7 @@ def test_qemu_installed_after_start_is_found_when_asked(tmp_path: Path, monkeypa
                         else None)
     m = bare_manager(tmp_path)
     state = m.probe_vms()
+    shown = state   # what the daemon's info (GET /1.0, ctctl check) holds
     assert state["usable"] is False and "apt-get install qemu-system-x86" in state["fix"]
     with pytest.raises(NotSupported, match="apt-get install qemu-system-x86"):
         m._check_vm({"vm": {}})
@@ -41,3 +43,4 @@ def test_qemu_installed_after_start_is_found_when_asked(tmp_path: Path, monkeypa
     assert state["usable"] is True and state["accel"] in ("kvm", "tcg")
     driver = m.vms
     assert m.probe_vms()["usable"] and m.vms is driver   # attached once
+    assert shown["usable"] is True   # the daemon's info follows without a restart
