@@ -248,3 +248,34 @@ def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
     finally:
         ctd.ctl("destroy", "--force", name)
     assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+
+
+def test_qemu_installed_while_ctd_runs_is_used_without_a_restart(tmp_path):
+    """ctd started on a PATH without QEMU (a farm of links to the host's tools, QEMU left out):
+    VM creates are refused with the fix and `ctctl check` agrees; once QEMU appears (its link
+    added, as apt-get install would), the next create works and check says so — no restart."""
+    from tests.conftest import Daemon, _teardown
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if os.path.isdir(directory):
+            for entry in os.listdir(directory):
+                if not entry.startswith("qemu-system") and not (tools / entry).exists():
+                    (tools / entry).symlink_to(os.path.join(directory, entry))
+    d = Daemon(tmp_path / "state", tmp_path / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}",
+               launcher=["env", f"PATH={tools}"])
+    d.start()
+    try:
+        r = d.ctl("create", "late", "--type", "vm", "--disk", "64M")
+        assert r.code == 1 and "apt-get install qemu-system-x86" in r.err, r.err
+        before = {c["name"]: c["status"] for c in d.client.get("/1.0/check")["results"]}
+        assert before["driver:vm"] == "WARN"
+
+        (tools / "qemu-system-x86_64").symlink_to("/usr/bin/qemu-system-x86_64")   # "apt-get install"
+        d.ok("create", "late", "--type", "vm", "--disk", "64M")
+        after = {c["name"]: c["status"] for c in d.client.get("/1.0/check")["results"]}
+        assert after["driver:vm"] == "OK"
+        assert d.client.get("/1.0")["drivers"]["vm"]["usable"] is True
+    finally:
+        _teardown(d)
