@@ -124,8 +124,8 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
 @limit_options
-@click.option("--net", "network", help="a NIC on this network (bridged; 'ctbr0' is the default network, "
-              "made on first use)")
+@click.option("--net", "network", help="a NIC on this network (bridged); without --net a NIC on ctd's default "
+              "network (default_network, 'ctbr0', made on first use); 'none': no NIC")
 @click.option("--routed", is_flag=True, help="the NIC is routed (OpenVZ venet): no layer 2, host routes its addresses")
 @click.option("--ipadd", multiple=True, help="address for the NIC (default: the next free one of --net)")
 @click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NIC")
@@ -149,7 +149,11 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     if vm:
         body["vm"] = vm
     _guest(body, userpasswd, ssh_key, timezone)
-    if network or ipadd or routed:
+    if network == "none":
+        if ipadd or routed or no_filter or rate:
+            raise click.UsageError("--net none gives no NIC: leave out --ipadd, --routed, --no-filter and --rate")
+        body["nics"] = []
+    elif network or ipadd or routed or no_filter or rate:
         nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
                                "addresses": list(ipadd), "filter": not no_filter}
         if network:
@@ -243,7 +247,23 @@ def hardware(instance: str, fmt: str) -> None:
 def stop(instance: str, timeout: float, kill: bool) -> None:
     """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button; killed after --timeout."""
     result = _state(instance, "stop", timeout, kill)
-    click.echo(f"Stopped {result['name']}")
+    click.echo(f"Stopped {result['name']}{_stop_detail(result)}")
+
+
+def _stop_detail(result: dict[str, Any]) -> str:
+    """What a plain 'Stopped' would hide: the guest did not shut down by itself."""
+    stop = result.get("stop") or {}
+    how = stop.get("how")
+    if how == "forced" and not stop.get("timeout"):
+        return " (killed: --timeout 0 leaves it no time to shut down)"
+    if how == "forced":
+        ignored = "the guest ignored ACPI" if result.get("type") == "vm" else "init ignored its stop signal"
+        return f" (forced after {stop.get('timeout', 0):g} s: {ignored})"
+    if how == "killed":
+        return " (killed at once)"
+    if how == "not running":
+        return " (it was not running)"
+    return ""
 
 
 @cli.command()
@@ -352,7 +372,7 @@ def status(instance: str, fmt: str) -> None:
         rows = [("id", i["id"]), ("name", i["name"]), ("type", i["type"]), ("state", i["state"]),
                 ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
                 ("privileged", "yes" if i["privileged"] else "no"),
-                ("host ids", f"{idmap['uid_base']}-{idmap['uid_base'] + idmap['count'] - 1}" if idmap else "host's own"),
+                ("host ids", _host_ids(i, idmap)),
                 ("limits", _limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
                 ("created", i["created_at"])]
         last = i.get("last_exit")
@@ -375,6 +395,14 @@ def status(instance: str, fmt: str) -> None:
         return "\n".join(f"{k + ':':<12} {'-' if v is None else v}" for k, v in rows)
 
     emit(fmt, data, render)
+
+
+def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:
+    if instance.get("type") == "vm":
+        return "- (a VM: QEMU isolates it)"
+    if not idmap or idmap.get("uid_base") is None:
+        return "host's own (privileged)"
+    return f"{idmap['uid_base']}-{idmap['uid_base'] + idmap.get('count', 65536) - 1}"
 
 
 LONG_MAX = 9223372036854775807
@@ -664,7 +692,7 @@ def network() -> None:
 @click.argument("name")
 @click.option("--subnet", help="IPv4 subnet, e.g. 10.20.0.0/24 (default: a free private /24)")
 @click.option("--ipv6", help="IPv6 subnet, e.g. fd42:20::/64")
-@click.option("--nat", is_flag=True, help="masquerade the subnet toward the outside (enables forwarding)")
+@click.option("--nat", is_flag=True, help="masquerade the subnet toward the outside (switches on IPv4 forwarding; it stays on after delete)")
 @click.option("--mtu", type=int, help="MTU of the bridge and its NICs (default 1500; up to 65535 on a "
               "bridge with no physical port: faster host<->container traffic)")
 def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, mtu: int | None) -> None:

@@ -36,6 +36,9 @@ class DaemonConfig:
     # The network a NIC joins when none is named, made on first use (a bridge of that name).
     default_network: str = "ctbr0"
     stop_timeout: float = 30.0
+    # The network a new instance gets a NIC on when create names none (made on first use,
+    # without NAT); "" gives such instances no NIC.
+    default_network: str = "ctbr0"
     # What all containers together may take, so the host always keeps a reserve: processes
     # (0 = 40% of the host's pid/thread limit) and memory ("" = 90% of the RAM).
     max_total_pids: int = 0

@@ -9,7 +9,6 @@ import fcntl
 import logging
 import os
 import platform
-import shutil
 import signal
 import socket
 import sys
@@ -190,14 +189,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     network = NetworkManager(db, config.nft_table, config.nic_prefix, config.default_network)
     await asyncio.to_thread(network.restore)
     instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
-    vm_driver = {"usable": False, "reason": "qemu-system is not installed", "fix": "apt-get install qemu-system-x86"}
-    if shutil.which("qemu-system-x86_64"):
-        from ctd.instance.vm.driver import VmDriver
-        vms = VmDriver(cgroups, network, storage, config.run_dir / "vm")
-        instances.attach_vms(vms)
-        vm_driver = {"usable": True, "accel": vms.accel, "reason": vms.accel_reason}
-        if vms.accel != "kvm":
-            log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
+    vm_driver = instances.probe_vms()   # probed again when a VM create or `ctctl check` needs it
     report = await instances.recover()
     containers.staging = True  # after recovery, which removes groups of no running container
     info = {

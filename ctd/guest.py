@@ -164,6 +164,15 @@ def hash_password(password: str) -> str:
     return crypt.crypt(password, crypt.mksalt(crypt.METHOD_SHA512))
 
 
+def check_guest_has_user(rootfs: Path, user: str) -> None:
+    """InvalidRequest unless the guest's /etc/shadow has user (before a password is set)."""
+    shadow = guestfs.read_file(rootfs, "/etc/shadow")
+    if shadow is None:
+        raise InvalidRequest("the guest has no /etc/shadow")
+    if not any(line.split(":", 1)[0] == user for line in shadow.splitlines()):
+        raise InvalidRequest(f"the guest has no user {user!r}")
+
+
 def set_password(rootfs: Path, user: str, password: str) -> None:
     """Replace user's hash in the guest's /etc/shadow; the clear text goes nowhere else."""
     set_password_hash(rootfs, user, hash_password(password))

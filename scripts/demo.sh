@@ -21,6 +21,7 @@ ctctl destroy --force demo >/dev/null 2>&1 || true
 run ctctl create demo --template busybox --ram 256M --numproc 200
 run ctctl start demo
 run ctctl exec demo -- ps
+run ctctl exec demo -- ip -4 addr show eth0   # a NIC on the default network ctbr0 (made on first use)
 run ctctl exec demo -- sh -c 'echo "inside: uid $(id -u) on $(hostname)"; cat /proc/self/uid_map'
 run ctctl list
 run ctctl stop demo

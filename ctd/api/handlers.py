@@ -278,6 +278,9 @@ async def host_check(request: web.Request) -> web.Response:
 
     c = ctx(request)
     results = await asyncio.to_thread(hostcheck.run_checks, None, c.config.storage_dir)
+    # QEMU may have been installed since ctd started: ask again, so the tool's line and the
+    # driver's agree (and GET /1.0, which holds the same dict, says so too)
+    c.info.setdefault("drivers", {})["vm"] = await asyncio.to_thread(c.instances.probe_vms)
     for driver, state in c.info.get("drivers", {}).items():
         results.append(CheckResult(
             name=f"driver:{driver}", status=Status.OK if state.get("usable") else Status.WARN,

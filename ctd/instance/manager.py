@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import os
+import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +25,9 @@ from ctd import faults, guest, idmap, limits as limits_mod, validate
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
-from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance import exits
+from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance.rollback import Rollback
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -39,6 +44,7 @@ FIRST_AUTO_ID = 100
 DISK_CACHE_SECONDS = 5.0
 CREATING = ".creating"  # in an instance's storage dir until create/clone has set up its guest
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
+QEMU_BINARY, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
 
 
@@ -62,6 +68,29 @@ def _remove_if_empty(cgroups: CgroupManager, name: str) -> bool:
         return False
 
 
+def _removed_limits(changes: dict[str, int]) -> frozenset[str]:
+    """The limits a set lifts ('unlimited'); no ram limit lifts its barrier and swap too."""
+    removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+    return removed | {"ram_high", "swap"} if "ram" in removed else removed
+
+
+def _network_step(checked: dict[str, Any]) -> str:
+    """How a set's address/rate step is named in its error."""
+    parts = [f"--ipadd {a}" for a in checked["ipadd"]] + [f"--ipdel {a}" for a in checked["ipdel"]]
+    if checked["rate"] != "keep":
+        parts.append(f"--rate {checked['rate'] or 'unlimited'}")
+    return " ".join(parts)
+
+
+class StopOutcome(enum.Enum):
+    """How a stop ended (ctctl says so: a forced stop is not a clean shutdown)."""
+
+    CLEAN = "clean"              # the guest shut down on its stop signal / the ACPI button
+    FORCED = "forced"            # it ignored that until the timeout and was killed
+    KILLED = "killed"            # --kill: killed at once
+    NOT_RUNNING = "not running"
+
+
 class InstanceManager:
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
                  templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager,
@@ -76,6 +105,8 @@ class InstanceManager:
         self.cgroups = cgroups
         self.host_cpus = cgroups.host_cpus()
         self._locks: dict[int, asyncio.Lock] = {}
+        self._probe_lock = threading.Lock()
+        self.vm_state: dict[str, Any] = {}  # the VM driver as last probed (probe_vms)
         self._reserved_names: set[str] = set()
         self._reserved_ids: set[int] = set()
         self._reserved_bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
@@ -90,6 +121,33 @@ class InstanceManager:
     def attach_vms(self, vms: VmDriver) -> None:
         self.vms = vms
         vms.on_stopped = self._container_exited
+
+    def probe_vms(self) -> dict[str, Any]:
+        """The VM driver's state; attached as soon as QEMU is installed, also while ctd runs
+        (a create refused for want of QEMU, or `ctctl check`, asks again: no restart needed)."""
+        with self._probe_lock:   # ctctl check probes in a thread
+            if self.vms is None and shutil.which(QEMU_BINARY):
+                self._attach_new_vm_driver()
+            state = ({"usable": True, "accel": self.vms.accel, "reason": self.vms.accel_reason} if self.vms else
+                     {"usable": False, "reason": f"{QEMU_BINARY} is not installed",
+                      "fix": f"apt-get install {QEMU_PACKAGE}"})
+            # one dict, updated in place: the daemon's info (GET /1.0) shows it as it is now
+            self.vm_state.clear()
+            self.vm_state.update(state)
+        return self.vm_state
+
+    def _attach_new_vm_driver(self) -> None:
+        vms = VmDriver(self.cgroups, self.network, self.storage, self.config.run_dir / "vm")
+        if vms.accel != "kvm":
+            log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
+        self.attach_vms(vms)
+
+    def _vms_or_refuse(self) -> VmDriver:
+        if self.vms is None and not self.probe_vms()["usable"]:
+            raise NotSupported(f"virtual machines are not available on this host: apt-get install {QEMU_PACKAGE} "
+                               f"({QEMU_BINARY} is missing)")
+        assert self.vms is not None
+        return self.vms
 
     def is_running(self, rec: InstanceRecord) -> bool:
         if rec.type is InstanceType.VM:
@@ -121,8 +179,9 @@ class InstanceManager:
             "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
             "pid": rec.pid if rec.state is PowerState.RUNNING else None,
             "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
-            "idmap": None if rec.privileged else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
-                                                  "count": self.config.idmap_size},
+            # VMs have no id range (QEMU isolates them), privileged containers the host's ids
+            "idmap": None if rec.idmap_base is None else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
+                                                          "count": self.config.idmap_size},
             "limits": shown_limits, "created_at": rec.created_at, "usage": self.usage(rec),
             "last_exit": rec.last_exit or None,
             "nics": self.network.counters(rec),
@@ -218,8 +277,7 @@ class InstanceManager:
         """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
         raw = body.get("vm") or {}
         raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat"})
-        if self.vms is None:
-            raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+        self._vms_or_refuse()
         out: dict[str, Any] = {"profile": raw.get("profile", "linux"), "compat": validate.boolean(raw, "compat")}
         if out["profile"] not in ("linux", "windows"):
             raise InvalidRequest(f"invalid profile {out['profile']!r}: use linux or windows")
@@ -270,6 +328,7 @@ class InstanceManager:
                     faults.point("create.after_quota")
                 creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
                 creating.touch()
+                await asyncio.to_thread(self.network.prepare, checked["nics"])
                 with self.db.transaction():
                     self.db.add_instance(rec)
                     self.network.allocate(rec.id, checked["nics"])
@@ -333,6 +392,7 @@ class InstanceManager:
             options={"network_style": "networkd", "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
                      "nameservers": checked["nameservers"], "vm": vm})
         with contextlib.ExitStack() as undo:
+            await asyncio.to_thread(self.network.prepare, checked["nics"])
             with self.db.transaction():
                 self.db.add_instance(rec)
                 self.network.allocate(rec.id, checked["nics"])
@@ -370,10 +430,16 @@ class InstanceManager:
             nameservers=options.get("nameservers") or [], network_style=options.get("network_style", "none"),
             ssh_keys=options.get("ssh_keys") or [], timezone=options.get("timezone")))
         if userpasswd is not None:
-            hashed = guest.hash_password(userpasswd[1])
-            guest.set_password_hash(rootfs, userpasswd[0], hashed)
-            if rec.type is InstanceType.CONTAINER:
-                options["passwd"] = {"user": userpasswd[0], "hash": hashed}
+            self.set_password(rec, rootfs, userpasswd)
+
+    @staticmethod
+    def set_password(rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str]) -> None:
+        """The hash into the guest's shadow, and into rec.options["passwd"] of a container
+        (reinstall puts it back; the caller saves rec). Runs in a thread."""
+        hashed = guest.hash_password(userpasswd[1])
+        guest.set_password_hash(rootfs, userpasswd[0], hashed)
+        if rec.type is InstanceType.CONTAINER:
+            rec.options["passwd"] = {"user": userpasswd[0], "hash": hashed}
 
     def _configure_vm_disk(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None = None,
                            new_identity: bool = False) -> bool:
@@ -425,8 +491,7 @@ class InstanceManager:
         try:
             resources = self.resources(rec)
             if rec.type is InstanceType.VM:
-                if self.vms is None:
-                    raise NotSupported("virtual machines are not available on this host: install qemu-system-x86")
+                self._vms_or_refuse()
                 vm_options = rec.options.setdefault("vm", {})
                 # from now on the guest may write its disk: ctd never mounts it again
                 stale = {"pristine", "guest_pending"} & vm_options.keys()   # guest_pending: older records
@@ -461,24 +526,31 @@ class InstanceManager:
     async def stop(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
         async with self.lock(rec):
             rec = self.get(rec.id)
-            await self._stop_locked(rec, timeout, kill)
-            return self.brief(self.get(rec.id))
+            how = await self._stop_locked(rec, timeout, kill)
+            return {**self.brief(self.get(rec.id)), "stop": {"how": how.value, "timeout": timeout}}
 
-    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> None:
+    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> StopOutcome:
         if not self.is_running(rec):
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
-            return
+            return StopOutcome.NOT_RUNNING
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
         faults.point("stop.after_mark_stopping")
         if rec.type is InstanceType.VM and self.vms is not None:
-            await self.vms.stop(rec, timeout, kill)
+            # 'powerdown': the guest obeyed the ACPI button; 'quit'/'killed': QEMU was ended
+            ended = await self.vms.stop(rec, timeout, kill)
+            forced = ended in ("quit", "killed")
         else:
+            rc = self.containers.running.get(rec.name)
             await self.containers.stop(rec, timeout, kill)
+            forced = rc is not None and rc.forced
         task = self._exit_tasks.get(rec.name)
         if task is not None:
             await asyncio.shield(task)
+        if kill:
+            return StopOutcome.KILLED
+        return StopOutcome.FORCED if forced else StopOutcome.CLEAN
 
     async def restart(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
         async with self.lock(rec):
@@ -563,83 +635,179 @@ class InstanceManager:
                 "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone, "hostname": hostname}
 
     async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
-        """Limits, addresses, rate, DNS: persisted, and applied live to a running container."""
+        """Limits, addresses, rate, guest settings — all or nothing. Every option is checked
+        against the instance before anything changes; then each is applied (live where it
+        runs), and a failure half-way takes back what was applied and says so in the error
+        (a password hashed into the guest is the one step that cannot be taken back: it goes
+        last). A running VM's cpus/ram follow after everything is stored, as far as QEMU can."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            running = rec.name in self.containers.running
-            is_vm = rec.type is InstanceType.VM
+            await self._check_set_for(rec, checked)
+            before = copy.deepcopy(rec)
+            done = Rollback(rec.name)
             notes: list[str] = []
-            if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
-                # a running VM's tap gets the new filters and rate now, the guest its addresses at next start
-                inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
-                                                 checked["rate"], running or self.is_running(rec))
-                if running:
-                    await self.containers.netconf(self.containers.running[rec.name].pid, inside)
-            guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
-                                 or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
-            for key in ("nameservers", "ssh_keys", "timezone"):
-                if checked[key]:
-                    rec.options[key] = checked[key]
-            if checked["hostname"]:
-                rec.hostname = checked["hostname"]
-                if self.is_running(rec):
-                    notes.append("hostname: applies at next start")
-            if is_vm and (guest_changed or checked["userpasswd"]):
-                await self._set_vm_guest(rec, checked["userpasswd"], notes)
-            elif guest_changed or checked["userpasswd"]:
+            step = "set"
+            try:
+                if "diskspace" in checked["limits"]:
+                    step = "diskspace"
+                    await self._set_quota_step(rec, checked["limits"]["diskspace"], done)
+                if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+                    step = _network_step(checked)
+                    await self._set_network_step(rec, checked, done)
+                if checked["limits"]:
+                    step = "limits"
+                    await self._set_limits_step(rec, before, checked["limits"], done)
+                step = "guest settings"
+                await self._set_guest_step(rec, before, checked, done, notes)
+                step = "saving the settings"
                 self.db.update_instance(rec)
-                await asyncio.to_thread(self.setup_guest, rec, self.storage.rootfs(rec.name), checked["userpasswd"])
-                if checked["userpasswd"]:
-                    self.db.update_instance(rec)  # the password's hash, for reinstall
-            if checked["limits"]:
-                notes += await self._set_limits_locked(rec, checked["limits"])
+            except BaseException as exc:
+                raise await done.fail(exc, step) from None
+            if rec.type is InstanceType.VM and self.vms is not None and self.is_running(rec) and checked["limits"]:
+                notes += await self._resize_vm(rec, checked["limits"])
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    async def _set_vm_guest(self, rec: InstanceRecord, userpasswd: tuple[str, str] | None,
-                            notes: list[str]) -> None:
-        """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
-        if it is stopped, else at its next start."""
-        assert self.vms is not None
-        vm = rec.options.setdefault("vm", {})
-        if userpasswd is not None:
-            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
-        if vm.get("profile") == "windows":
-            notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
-        elif self.is_running(rec) or not await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd):
-            notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
-        self.db.update_instance(rec)
-        await asyncio.to_thread(self.vms.write_seed, rec)
+    async def _check_set_for(self, rec: InstanceRecord, checked: dict[str, Any]) -> None:
+        """What check_set could not know without the instance: refused before any change."""
+        limits = checked["limits"]
+        if rec.type is InstanceType.VM:
+            wrong = sorted(set(limits) - VM_LIMITS)
+            if wrong:
+                raise InvalidRequest(f"{', '.join(wrong)}: container limits; a VM takes "
+                                     f"{', '.join(sorted(VM_LIMITS - {'ram_high'}))}")
+        if limits.get("diskspace", limits_mod.UNLIMITED) != limits_mod.UNLIMITED:
+            if self.storage.name != "btrfs":
+                raise NotSupported(f"the {self.storage.name} storage driver cannot limit disk space; disk quotas "
+                                   "need the btrfs driver")
+            used = await asyncio.to_thread(self.storage.usage, rec.name, True)
+            if limits["diskspace"] < used:
+                raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used}"
+                                     f" bytes on disk; the disk limit must be at least that")
+        if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
+            self.network.check_change(rec, checked["ipadd"], checked["ipdel"], checked["rate"], self.is_running(rec))
+        if checked["userpasswd"] is not None and rec.type is InstanceType.CONTAINER:
+            guest.check_guest_has_user(self.storage.rootfs(rec.name), checked["userpasswd"][0])
 
-    async def _set_limits_locked(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
-        """Persist new limits and apply them live to a running container (no restart), or to a
-        running VM as far as QEMU allows; a note for each change that waits for the next start."""
-        if "diskspace" in changes:
-            limit = changes["diskspace"]
-            if limit != limits_mod.UNLIMITED:
-                used = await asyncio.to_thread(self.storage.usage, rec.name, True)
-                if limit < used:
-                    raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used} "
-                                         f"bytes on disk; the disk limit must be at least that")
-            await asyncio.to_thread(self.storage.set_quota, rec.name,
-                                    None if limit == limits_mod.UNLIMITED else limit)
-        old_limits = dict(rec.limits)
+    async def _set_quota_step(self, rec: InstanceRecord, limit: int, done: Rollback) -> None:
+        old = await asyncio.to_thread(self.storage.quota, rec.name)
+
+        async def undo() -> None:
+            await asyncio.to_thread(self.storage.set_quota, rec.name, old)
+
+        done.done("diskspace", undo)
+        await asyncio.to_thread(self.storage.set_quota, rec.name, None if limit == limits_mod.UNLIMITED else limit)
+
+    async def _set_network_step(self, rec: InstanceRecord, checked: dict[str, Any], done: Rollback) -> None:
+        """--ipadd/--ipdel/--rate: the state, the host side (a running VM's tap too) and, in a
+        running container, its interface; a VM's guest takes its addresses at next start."""
+        before = self.db.nics_of(rec.id)
+        live = self.is_running(rec)
+        container = self.containers.running.get(rec.name)
+
+        async def undo() -> None:
+            inside = await asyncio.to_thread(self.network.restore_nics, rec, before, live)
+            if container is not None:
+                await self.containers.netconf(container.pid, inside)
+
+        done.done(_network_step(checked), undo)   # before the change: undoes a half-made one too
+        inside = await asyncio.to_thread(self.network.change, rec, checked["ipadd"], checked["ipdel"],
+                                         checked["rate"], live)
+        if container is not None:
+            await self.containers.netconf(container.pid, inside)
+
+    async def _set_limits_step(self, rec: InstanceRecord, before: InstanceRecord, changes: dict[str, int],
+                               done: Rollback) -> None:
+        """New limits into rec, and into a running container's cgroup at once (the kernel may
+        refuse one: then none of them stays)."""
+        old_limits = dict(before.limits)
         new_limits = limits_mod.merge(old_limits, changes)
-        removed = frozenset(k for k, v in changes.items() if v == limits_mod.UNLIMITED)
+        removed = _removed_limits(changes)
         if "ram" in removed:
-            removed |= {"ram_high", "swap"}
             new_limits.pop("swap", None)
         if rec.name in self.containers.running:
             rec.limits = new_limits
             wanted = self.resources(rec, removed)
+            # the old limits, with those that are new lifted again
             rec.limits = old_limits
-            fallback = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
-            rec.limits = new_limits
-            await self.containers.update(rec, wanted, fallback)
+            previous = self.resources(rec, frozenset(new_limits) - frozenset(old_limits))
+
+            async def undo() -> None:
+                await self.containers.update(before, previous, previous)
+
+            done.done("limits", undo)
+            await self.containers.update(rec, wanted, previous)
         rec.limits = new_limits
-        self.db.update_instance(rec)
-        if rec.type is InstanceType.VM and self.vms is not None and self.is_running(rec):
-            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"), self.resources(rec, removed))
-        return []
+
+    async def _set_guest_step(self, rec: InstanceRecord, before: InstanceRecord, checked: dict[str, Any],
+                              done: Rollback, notes: list[str]) -> None:
+        """Hostname, DNS, keys, timezone (and addresses) into the guest's files — a VM's seed —
+        and the password last (its old hash is gone once the new one is written)."""
+        guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
+                             or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
+        userpasswd = checked["userpasswd"]
+        if not (guest_changed or userpasswd):
+            return
+        for key in ("nameservers", "ssh_keys", "timezone"):
+            if checked[key]:
+                rec.options[key] = checked[key]
+        if checked["hostname"]:
+            rec.hostname = checked["hostname"]
+            if self.is_running(rec):
+                notes.append("hostname: applies at next start")
+        if rec.type is InstanceType.VM:
+            await self._set_vm_guest(rec, before, userpasswd, notes, done)
+            return
+        rootfs = self.storage.rootfs(rec.name)
+
+        async def undo() -> None:   # the old settings (and NICs, by then restored) written again
+            await asyncio.to_thread(self.setup_guest, before, rootfs)
+
+        done.done("guest settings", undo)
+        await asyncio.to_thread(self.setup_guest, rec, rootfs)
+        if userpasswd is not None:
+            done.done(f"password of {userpasswd[0]}", None)
+            await asyncio.to_thread(self.set_password, rec, rootfs, userpasswd)
+
+    async def _set_vm_guest(self, rec: InstanceRecord, before: InstanceRecord,
+                            userpasswd: tuple[str, str] | None, notes: list[str], done: Rollback) -> None:
+        """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
+        if it is stopped, else at its next start."""
+        assert self.vms is not None
+        vms = self.vms
+        vm = rec.options.setdefault("vm", {})
+        if userpasswd is not None:
+            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
+
+        async def undo() -> None:
+            await asyncio.to_thread(vms.write_seed, before)
+
+        done.done("guest settings (seed)", undo)
+        await asyncio.to_thread(vms.write_seed, rec)
+        if vm.get("profile") == "windows":
+            notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
+            return
+        if not self.is_running(rec) and await asyncio.to_thread(self._configure_vm_disk, rec, userpasswd):
+            # the disk of a template VM no guest has run on yet, written now
+
+            async def undo_disk() -> None:
+                await asyncio.to_thread(self._configure_vm_disk, before)
+
+            done.done("guest settings (disk)", undo_disk)
+            if userpasswd is not None:
+                done.done(f"password of {userpasswd[0]}", None)
+            return
+        notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
+
+    async def _resize_vm(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
+        """A running VM's cpus/ram as far as QEMU allows; they are stored already, so a refusal
+        here is a note (they apply at next start), not an error."""
+        assert self.vms is not None
+        try:
+            return await self.vms.resize(rec, changes.get("cpus"), changes.get("ram"),
+                                         self.resources(rec, _removed_limits(changes)))
+        except CtdError as exc:
+            return [f"cpus/ram: stored; applying them to the running VM failed ({exc.message}): they apply at "
+                    "next start"]
 
     def _check_io_device(self, limits: dict[str, int]) -> None:
         if ({"iolimit", "iopslimit"} & set(limits)) and self.io_device is None:
@@ -890,6 +1058,7 @@ class InstanceManager:
                 await self._stop_locked(rec, 0, kill=True)
             if rec.type is InstanceType.VM and self.vms is not None:
                 await self.vms.cleanup(rec)
+                await asyncio.to_thread(self.vms.remove_run_dir, rec)  # serial.log and all
             faults.point("destroy.after_stop")
             await self.containers.cleanup(rec)
             faults.point("destroy.after_cgroup")

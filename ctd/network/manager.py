@@ -47,6 +47,18 @@ def _sysctl(key: str, value: str) -> None:
         fh.write(value)
 
 
+IP_FORWARD = "net/ipv4/ip_forward"
+
+
+def enable_ipv4_forwarding() -> None:
+    """The host (this network namespace) routes IPv4 between its interfaces."""
+    with open(f"/proc/sys/{IP_FORWARD}") as fh:
+        if fh.read().strip() == "1":
+            return
+    _sysctl(IP_FORWARD, "1")
+    log.info("IPv4 forwarding enabled (a NAT network needs it)")
+
+
 def _v6(addresses: list[str]) -> list[str]:
     return [a for a in addresses if ipaddress.ip_address(a).version == 6]
 
@@ -71,6 +83,10 @@ class NetworkManager:
         self.nft_table = nft_table
         if not re.fullmatch(r"[a-z]{2}", nic_prefix):
             raise InvalidRequest(f"nic_prefix must be two lowercase letters, not {nic_prefix!r}")
+        if not isinstance(default_network, str) or (default_network and not _IFNAME.match(default_network)):
+            raise InvalidRequest(f"default_network must be a network name (1-15 lowercase letters, digits and "
+                                 f"'-') or \"\" for none, not {default_network!r}")
+        self.default_network = default_network  # "" : no NIC unless create asks for one
         self.prefix = nic_prefix
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
@@ -109,6 +125,8 @@ class NetworkManager:
         if not isinstance(name, str) or not _IFNAME.match(name):
             raise InvalidRequest(f"invalid network name {name!r}: 1-15 lowercase letters, digits and '-', "
                                  "starting with a letter (it names the bridge)")
+        if name == "none":
+            raise InvalidRequest("'none' is not a network name: 'create --net none' means no NIC")
         if self.db.get_network(name):
             raise Conflict(f"network {name!r} exists already")
         if name in netlink.link_names():
@@ -186,8 +204,11 @@ class NetworkManager:
             nft.run(script)
         except OSError as exc:
             raise OperationFailed(f"nftables refused the NAT rules of {net.name}: {exc}") from None
-            with open("/proc/sys/net/ipv4/ip_forward", "w") as fh:
-                fh.write("1")
+        if on:
+            # Masquerading needs the host to forward. ip_forward is per network namespace, and
+            # it stays on when the last NAT network goes: other routing on the host may rely
+            # on it by then (README: Networking).
+            enable_ipv4_forwarding()
 
     def delete_network(self, name: str) -> None:
         net = self.network(name)
@@ -200,6 +221,7 @@ class NetworkManager:
         self.db.delete_network(name)
 
     def ensure_default(self) -> NetworkRecord:
+        """The default network, made on first use (a free private /24, no NAT)."""
         net = self.db.get_network(self.default_network)
         if net is None:
             self.create_network(self.check_create_network({"name": self.default_network}))
@@ -214,8 +236,10 @@ class NetworkManager:
     # ------------------------------------------------------------- NICs at create
 
     def check_nics(self, raw: Any) -> list[NicRequest]:
+        """NICs asked for at create; none given (None): one on the default network, if the
+        daemon has one; an empty list: no NIC."""
         if raw is None:
-            return []
+            raw = [{}] if self.default_network else []
         if not isinstance(raw, list) or len(raw) > MAX_NICS:
             raise InvalidRequest(f"nics must be a list of at most {MAX_NICS} objects")
         out = []
@@ -229,6 +253,9 @@ class NetworkManager:
             if network is not None and not isinstance(network, str):
                 raise InvalidRequest("network must be a network name")
             if mode is NicMode.BRIDGED and network is None:
+                if not self.default_network:
+                    raise InvalidRequest("this ctd has no default network (default_network in ctd.toml): "
+                                         "name the NIC's network, e.g. --net lan0")
                 network = self.default_network
             if network is not None and network != self.default_network:
                 self.network(network)
@@ -238,6 +265,12 @@ class NetworkManager:
             rate = tc.parse_rate(item["rate"]) if item.get("rate") is not None else None
             out.append(NicRequest(network, mode, addresses, validate.boolean(item, "filter", True), rate))
         return out
+
+    def prepare(self, requests: list[NicRequest]) -> None:
+        """Make the default network if a NIC needs it and it is not there yet (netlink: call it
+        in a thread, before allocate, which runs on the event loop)."""
+        if any(r.network and r.network == self.default_network for r in requests):
+            self.ensure_default()
 
     def allocate(self, instance_id: int, requests: list[NicRequest]) -> list[NicRecord]:
         """Write the NICs and their addresses (inside the caller's transaction)."""
@@ -448,15 +481,58 @@ class NetworkManager:
 
     # ------------------------------------------------------------- live changes
 
-    def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
-               running: bool) -> list[InsideNic]:
-        """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
+    def check_change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
+                     running: bool) -> None:
+        """Everything change() would refuse, refused before anything is changed."""
         nics = self.db.nics_of(rec.id)
         if not nics:
             if not ipadd:
                 raise InvalidRequest(f"{rec.name} has no network interface; add addresses with --ipadd")
             if running:
                 raise Conflict(f"{rec.name} has no NIC yet; stop it, add addresses, start it again")
+            if ipdel:
+                raise InvalidRequest(f"{ipdel[0]} is not an address of {rec.name}")
+        nic = nics[0] if nics else None
+        net = self.db.get_network(nic.network) if nic and nic.network else None
+        for text in ipdel:
+            if str(ipam.parse_address(text)) not in (nic.addresses if nic else []):
+                raise InvalidRequest(f"{text} is not an address of {rec.name}")
+        seen: set[str] = set()
+        for text in ipadd:
+            address = ipam.parse_address(text)
+            if str(address) in seen:
+                raise InvalidRequest(f"{address} is given twice")
+            seen.add(str(address))
+            if net is not None:
+                subnet = net.subnet4 if address.version == 4 else net.subnet6
+                if subnet is None:
+                    raise InvalidRequest(f"network {net.name} has no IPv{address.version} subnet")
+                ipam.check_in(ipaddress.ip_network(subnet), address)
+            owner = self.db.address_owner(str(address))
+            if owner is not None and not (owner == rec.name and str(address) in ipdel):
+                raise Conflict(f"address {address} is already used by {owner}")
+
+    def restore_nics(self, rec: InstanceRecord, before: list[NicRecord], running: bool) -> list[InsideNic]:
+        """NIC 0 back to its addresses and rate of before (a set that failed half-way); a NIC
+        that change() made goes again. Returns what to apply inside when running."""
+        now = self.db.nics_of(rec.id)
+        if not before:
+            with self.db.transaction():
+                for nic in now:
+                    self.db.delete_nic(rec.id, nic.idx)
+            return []
+        if not now:
+            return []
+        old, cur = before[0], now[0]
+        return self.change(rec, [a for a in old.addresses if a not in cur.addresses],
+                           [a for a in cur.addresses if a not in old.addresses], old.rate, running)
+
+    def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
+               running: bool) -> list[InsideNic]:
+        """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
+        self.check_change(rec, ipadd, ipdel, rate, running)
+        nics = self.db.nics_of(rec.id)
+        if not nics:
             with self.db.transaction():
                 self.allocate(rec.id, [NicRequest(None, NicMode.ROUTED, ipadd, True,
                                                   None if rate == "keep" else rate)])  # type: ignore[arg-type]

@@ -278,13 +278,54 @@ def configure_inside(nics: list[InsideNic], netns_socket: int) -> None:
                     ip.addr("del", index=index, address=addr.get_attr("IFA_ADDRESS"), prefixlen=addr["prefixlen"])
             for cidr in wanted - present:
                 _add_addr(ip, index, cidr)
-            for gateway, bits in ((nic.gateway4, 32), (nic.gateway6, 128)):
+            for gateway, family in ((nic.gateway4, socket.AF_INET), (nic.gateway6, socket.AF_INET6)):
                 if not gateway:
                     continue
                 if nic.onlink_gateway:
-                    ip.route("replace", dst=f"{gateway}/{bits}", oif=index, scope=253)
-                default = "0.0.0.0/0" if bits == 32 else "::/0"
-                ip.route("replace", dst=default, gateway=gateway, oif=index)
+                    _ensure_route(ip, family, index, gateway, None, scope=253)
+                _ensure_route(ip, family, index, None, gateway)
+
+
+RTPROT_BOOT = 3  # the protocol ctd's own routes carry inside (systemd-networkd's are 'static', 4)
+
+
+def _ensure_route(ip: IPRoute, family: int, index: int, dst: str | None, gateway: str | None,
+                  scope: int = 0) -> None:
+    """A route to dst (None: the default route; else a host route) via gateway on link index,
+    in a live container. The guest may hold its own beside ctd's (systemd-networkd adds one,
+    proto static): a route there already via this gateway is left alone, whoever made it, and
+    only ctd's own (proto boot) going elsewhere is replaced. (NLM_F_REPLACE cannot do it: with
+    two routes on the prefix the kernel answers EEXIST when the exact match is not the first.)"""
+    dst_len = 0 if dst is None else (32 if family == socket.AF_INET else 128)
+    present = [r for r in ip.get_routes(family=family, table=254)
+               if r["dst_len"] == dst_len and r.get_attr("RTA_OIF") == index and r.get_attr("RTA_DST") == dst]
+    if any(r.get_attr("RTA_GATEWAY") == gateway for r in present):
+        return
+    for route in present:
+        if route["proto"] == RTPROT_BOOT:
+            with contextlib.suppress(NetlinkError):
+                ip.route("del", **_route_key(route, family, index))
+    target = f"{dst}/{dst_len}" if dst else ("0.0.0.0/0" if family == socket.AF_INET else "::/0")
+    # append: it goes beside a route of the guest's own on the same prefix (add, with
+    # NLM_F_EXCL, would be refused with EEXIST)
+    try:
+        ip.route("append", dst=target, oif=index, proto=RTPROT_BOOT, scope=scope,
+                 **({"gateway": gateway} if gateway else {}))
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:  # IPv6 says so for the same next hop in a multipath route
+            raise
+
+
+def _route_key(route, family: int, index: int) -> dict:  # type: ignore[no-untyped-def]
+    """What names one route for RTM_DELROUTE."""
+    dst = route.get_attr("RTA_DST")
+    key = {"family": family, "dst_len": route["dst_len"], "oif": index, "proto": route["proto"],
+           "table": 254, "priority": route.get_attr("RTA_PRIORITY") or 0}
+    if dst:
+        key["dst"] = dst
+    if route.get_attr("RTA_GATEWAY"):
+        key["gateway"] = route.get_attr("RTA_GATEWAY")
+    return key
 
 
 class NetlinkRefused(OperationFailed):

@@ -163,6 +163,16 @@ class StateDB:
             nics.append(NicRecord(**values))
         return nics
 
+    def delete_nic(self, instance_id: int, idx: int) -> None:
+        self.conn.execute("DELETE FROM addresses WHERE instance_id = ? AND idx = ?", (instance_id, idx))
+        self.conn.execute("DELETE FROM nics WHERE instance_id = ? AND idx = ?", (instance_id, idx))
+
+    def address_owner(self, address: str) -> str | None:
+        """Name of the instance holding address, None if it is free."""
+        row = self.conn.execute("SELECT i.name FROM addresses a JOIN instances i ON i.id = a.instance_id "
+                                "WHERE a.address = ?", (address,)).fetchone()
+        return row[0] if row else None
+
     def used_macs(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT mac FROM nics")}
 

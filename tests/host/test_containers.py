@@ -151,13 +151,13 @@ def test_stop_restart_and_state(ctd, make_container):
     ctd.ok("restart", name)
     assert ctd.instance(name)["pid"] != first
     start = time.monotonic()
-    ctd.ok("stop", name)
+    assert ctd.ok("stop", name).strip() == f"Stopped {name}"  # a clean shutdown
     assert time.monotonic() - start < 10
     assert ctd.instance(name)["state"] == "stopped"
     assert is_zombie(first)
     ctd.ok("start", ctd.instance(name)["id"].__str__())  # by numeric id
     assert ctd.instance(name)["state"] == "running"
-    ctd.ok("stop", "--kill", name)
+    assert ctd.ok("stop", "--kill", name).strip() == f"Stopped {name} (killed at once)"
     assert ctd.instance(name)["state"] == "stopped"
 
 
@@ -168,9 +168,11 @@ def test_stop_kills_after_timeout(ctd, make_container):
     pid = ctd.instance(name)["pid"]
     os.kill(pid, 19)  # SIGSTOP
     start = time.monotonic()
-    ctd.ok("stop", "--timeout", "1", name)
+    out = ctd.ok("stop", "--timeout", "1", name)
     assert 1 <= time.monotonic() - start < 8
     assert ctd.instance(name)["state"] == "stopped"
+    # not a plain "Stopped": the user learns the guest did not shut down by itself
+    assert out.strip() == f"Stopped {name} (forced after 1 s: init ignored its stop signal)"
 
 
 def test_reboot_inside_restarts_the_container(ctd, make_container):

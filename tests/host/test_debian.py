@@ -5,6 +5,7 @@ The template is built once per run (about a minute, from the host's apt sources)
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import time
 import uuid
@@ -239,3 +240,21 @@ def test_host_console_stays_shut(ctd, debian, lan, probe, privileged):
         assert ctd.ctl("exec", name, "--", "probe", "opendev", "/dev/console").out.strip() == "ok"
     finally:
         ctd.ctl("destroy", "--force", name)
+
+
+def test_live_ipadd_and_ipdel_beside_networkds_own_default_route(ctd, vps, lan):
+    """systemd-networkd adds its own default route (proto static) beside ctd's: a live --ipadd
+    once died there (EEXIST replacing the default route) with 'internal error'."""
+    name = vps()
+    system_state(ctd, name)
+    routes_before = ctd.sh(name, "ip -4 route show default").out
+    assert "proto static" in routes_before, routes_before   # the guest's own is there
+    extra = str(ipaddress.ip_network(lan["subnet"])[200])
+    ctd.ok("set", name, "--ipadd", extra)
+    assert f"inet {extra}/" in ctd.sh(name, "ip -4 -o addr show dev eth0").out
+    assert subprocess.run(["busybox", "ping", "-c1", "-W2", extra], capture_output=True).returncode == 0
+    ctd.ok("set", name, "--ipdel", extra)
+    assert extra not in ctd.sh(name, "ip -4 -o addr show dev eth0").out
+    assert ctd.sh(name, "ip -4 route show default").out == routes_before   # the guest's routes stay
+    assert extra not in ctd.instance(name)["nics"][0]["addresses"]
+    assert subprocess.run(["busybox", "ping", "-c1", "-W2", address(ctd, name)], capture_output=True).returncode == 0

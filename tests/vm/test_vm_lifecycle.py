@@ -241,3 +241,61 @@ def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
         assert ctd.instance(name)["type"] == "vm" and ctd.instance(name)["state"] == "stopped"
     finally:
         ctd.ctl("destroy", "--force", name)
+
+
+def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
+    """status of a VM rendered (it has no id range: once a traceback); a stop that had to end
+    QEMU says so; destroy leaves no serial.log (the next VM with this id would find it)."""
+    name = ctd.unique("vms")
+    ctd.ok("create", name, "--type", "vm", "--disk", "64M", "--ram", "256M")
+    run_dir = ctd.state_dir / "run/vm" / str(ctd.instance(name)["id"])
+    try:
+        out = ctd.ok("status", name)
+        assert "host ids:" in out and "a VM" in out and "Traceback" not in out
+        # container-only limits are refused up front, and nothing else of that set applies
+        r = ctd.ctl("set", name, "--hostname", "renamed", "--numproc", "10")
+        assert r.code == 1 and "numproc: container limits" in r.err, r.err
+        assert ctd.instance(name)["hostname"] == name and "numproc" not in ctd.instance(name)["limits"]
+        ctd.ok("start", name)
+        assert (run_dir / "serial.log").exists()
+        assert "state:       running" in ctd.ok("status", name)
+        # a blank disk has no OS to answer the ACPI button: QEMU is ended after the timeout
+        out = ctd.ok("stop", "--timeout", "2", name)
+        assert out.strip() == f"Stopped {name} (forced after 2 s: the guest ignored ACPI)"
+        assert ctd.instance(name)["state"] == "stopped"
+        ctd.ok("start", name)
+        assert ctd.ok("stop", "--kill", name).strip() == f"Stopped {name} (killed at once)"
+    finally:
+        ctd.ctl("destroy", "--force", name)
+    assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+
+
+def test_qemu_installed_while_ctd_runs_is_used_without_a_restart(tmp_path):
+    """ctd started on a PATH without QEMU (a farm of links to the host's tools, QEMU left out):
+    VM creates are refused with the fix and `ctctl check` agrees; once QEMU appears (its link
+    added, as apt-get install would), the next create works and check says so — no restart."""
+    from tests.conftest import Daemon, _teardown
+
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        if os.path.isdir(directory):
+            for entry in os.listdir(directory):
+                if not entry.startswith("qemu-system") and not (tools / entry).exists():
+                    (tools / entry).symlink_to(os.path.join(directory, entry))
+    d = Daemon(tmp_path / "state", tmp_path / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}",
+               launcher=["env", f"PATH={tools}"])
+    d.start()
+    try:
+        r = d.ctl("create", "late", "--type", "vm", "--disk", "64M")
+        assert r.code == 1 and "install qemu-system-x86" in r.err, r.err
+        before = {c["name"]: c["status"] for c in d.client.get("/1.0/check")["results"]}
+        assert before["driver:vm"] == "WARN"
+
+        (tools / "qemu-system-x86_64").symlink_to("/usr/bin/qemu-system-x86_64")   # "apt-get install"
+        d.ok("create", "late", "--type", "vm", "--disk", "64M")
+        after = {c["name"]: c["status"] for c in d.client.get("/1.0/check")["results"]}
+        assert after["driver:vm"] == "OK"
+        assert d.client.get("/1.0")["drivers"]["vm"]["usable"] is True
+    finally:
+        _teardown(d)

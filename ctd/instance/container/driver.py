@@ -51,6 +51,7 @@ class RunningContainer:
     adopted: bool = False
     stopping: bool = False
     killed: bool = False  # ctd sent SIGKILL (a stop that timed out, or --kill)
+    forced: bool = False  # init outlived the stop signal's timeout and was killed
     group: object = None  # its cgroup handle: made by this start, or verified at adoption
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -431,6 +432,7 @@ class ContainerDriver:
                 except TimeoutError:
                     if caught:
                         break
+            rc.forced = True
         rc.killed = True
         self._signal(rc, signal.SIGKILL)
         faults.point("stop.after_kill")

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -154,7 +155,7 @@ class VmDriver:
             # room to hot-add vCPUs up to what `set --cpus` accepts (the host's count)
             max_cpus=len(self.cgroups.host_cpus()),
             seed_iso=None if windows else self.seed_path(rec),
-            run_dir=self.run_root / str(rec.id), profile="windows" if windows else "linux", accel=self.accel,
+            run_dir=self.run_dir(rec), profile="windows" if windows else "linux", accel=self.accel,
             machine="q35" if windows else "pc",
             disks=[Disk(self.disk_path(rec), "raw", "ahci" if vm.get("compat") else "virtio")],
             cdroms=[Path(vm["iso"])] if vm.get("iso") else [],
@@ -225,6 +226,14 @@ class VmDriver:
         how = await process.stop(vm.spec, vm.pid, timeout=timeout, qmp=vm.qmp, force=kill)
         await asyncio.wait_for(asyncio.shield(vm.exited), 10)
         return how
+
+    def run_dir(self, rec: InstanceRecord) -> Path:
+        return self.run_root / str(rec.id)
+
+    def remove_run_dir(self, rec: InstanceRecord) -> None:
+        """At destroy, once QEMU is gone: the VM's run directory (serial.log, swtpm.log,
+        sockets) goes with it; its id, and so the directory's name, may be reused."""
+        shutil.rmtree(self.run_dir(rec), ignore_errors=True)
 
     async def cleanup(self, rec: InstanceRecord) -> None:
         """After QEMU is gone: the swtpm, the taps, the cgroup."""
