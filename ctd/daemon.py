@@ -228,6 +228,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
             await runner.cleanup()
             raise CtdError(f"cannot listen on https_address {address}: {exc.strerror}") from None
         log.info("HTTPS API on %s, certificate SHA-256 %s", address, public["certificate_fingerprint"])
+    metrics_runner = await metrics_listener(config, app, runner)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -239,6 +240,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     # Containers keep running; a new ctd adopts them.
     log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
+    if metrics_runner:
+        await metrics_runner.cleanup()
     await runner.cleanup()
     spawner.close()  # its standbys end with it, so their groups can go
     await asyncio.to_thread(containers.drop_staged)
@@ -263,6 +266,27 @@ def remote_access(config: DaemonConfig, db):  # type: ignore[no-untyped-def]
     # The DB holds the tokens' hashes: nobody but root reads it (SQLite gives -wal/-shm its mode).
     os.chmod(config.db_path, 0o600)
     return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log))
+
+
+async def metrics_listener(config: DaemonConfig, app, runner):  # type: ignore[no-untyped-def]
+    """The loopback /metrics listener when metrics_address is set (its runner), else None."""
+    if not config.metrics_address:
+        return None
+    from aiohttp import web
+
+    from ctd.api.metrics import METRICS, loopback_app
+    from ctd.metrics import parse_metrics_address
+    address = parse_metrics_address(config.metrics_address)
+    metrics_runner = web.AppRunner(loopback_app(app[METRICS]), access_log=None, handle_signals=False)
+    await metrics_runner.setup()
+    try:
+        await web.TCPSite(metrics_runner, address.host, address.port).start()
+    except OSError as exc:
+        await metrics_runner.cleanup()
+        await runner.cleanup()
+        raise CtdError(f"cannot listen on metrics_address {address}: {exc.strerror}") from None
+    log.info("Prometheus metrics on http://%s/metrics (loopback, no authentication)", address)
+    return metrics_runner
 
 
 def https_listener(config: DaemonConfig):  # type: ignore[no-untyped-def]
