@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import exposition, generate_latest
 from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
                                     InfoMetricFamily, Metric)
 from prometheus_client.registry import Collector
@@ -22,7 +22,8 @@ from ctd.errors import CtdError, InvalidRequest
 from ctd.state import InstanceRecord, InstanceType, PowerState
 
 log = logging.getLogger("ctd.metrics")
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The text format every Prometheus reads (our names are plain ASCII, so the text is the same).
+CONTENT_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", exposition.CONTENT_TYPE_LATEST)
 UNLIMITED = (1 << 63) - 1  # what beancounter rows say for "no limit" (LONG_MAX, as OpenVZ)
 INSTANCE = ["name", "type"]
 
