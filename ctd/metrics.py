@@ -11,13 +11,20 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import exposition, generate_latest
-from prometheus_client.core import (CollectorRegistry, CounterMetricFamily, GaugeMetricFamily,
-                                    InfoMetricFamily, Metric)
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
+from cgroups import CgroupError
 from ctd.errors import CtdError, InvalidRequest
 from ctd.state import InstanceRecord, InstanceType, PowerState
 
@@ -76,9 +83,10 @@ def _limit_value(value: int) -> float:
 def process_start_time() -> float | None:
     """When this process started (seconds since the epoch), from /proc."""
     try:
-        fields = open("/proc/self/stat").read().rpartition(")")[2].split()
+        fields = Path("/proc/self/stat").read_text().rpartition(")")[2].split()
         ticks = int(fields[19])  # field 22, counted after the command name
-        boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
         return boot + ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, StopIteration, IndexError):
         return None
@@ -86,7 +94,7 @@ def process_start_time() -> float | None:
 
 def process_rss() -> int | None:
     try:
-        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return None
 
@@ -94,7 +102,7 @@ def process_rss() -> int | None:
 def host_memory() -> dict[str, int]:
     out = {}
     try:
-        for line in open("/proc/meminfo"):
+        for line in Path("/proc/meminfo").read_text().splitlines():
             key, _, rest = line.partition(":")
             if key in ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree"):
                 out[key] = int(rest.split()[0]) * 1024
@@ -164,7 +172,7 @@ class CtdCollector(Collector):
         for rec in records:
             try:
                 self._instance(families, rec)
-            except CtdError as exc:  # destroyed or stopped half-way through the scrape
+            except (CtdError, CgroupError, OSError, ValueError) as exc:  # it stopped or went mid-scrape
                 log.debug("metrics of %s skipped: %s", rec.name, exc)
         self._daemon(families, records)
         return list(families)

@@ -33,6 +33,7 @@ class FakeInstances:
             record(100, "web", InstanceType.CONTAINER, PowerState.RUNNING, {"ram": 256 * MiB, "numproc": 100}),
             record(101, "db", InstanceType.VM, PowerState.STOPPED, {"ram": 1024 * MiB}),
             record(102, "gone", InstanceType.CONTAINER, PowerState.RUNNING, {}),
+            record(103, "vanished", InstanceType.CONTAINER, PowerState.RUNNING, {}),
         ]
         self.view_calls = 0
 
@@ -54,6 +55,8 @@ class FakeInstances:
     def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
         if rec.name == "gone":
             raise Conflict("gone is not running: its counters live in its cgroup")  # stopped mid-scrape
+        if rec.name == "vanished":
+            raise FileNotFoundError(2, "No such file or directory", "memory.stat")  # its cgroup went
         return [{"name": "numproc", "held": 7, "maxheld": 9, "barrier": 100, "limit": 100, "failcnt": 3},
                 {"name": "physpages", "held": 10240, "maxheld": 15360, "barrier": UNLIMITED, "limit": UNLIMITED,
                  "failcnt": 0},
@@ -110,7 +113,7 @@ def test_states_and_counts_cover_stopped_instances_and_vms() -> None:
     assert value(s, "ctd_instance_memory_limit_bytes", **db) == 1024 * MiB
     assert ("ctd_instance_pids", tuple(sorted(db.items()))) not in s  # stopped: no usage
     assert value(s, "ctd_instance_running", name="web", type="container") == 1
-    assert value(s, "ctd_instances", type="container", state="running") == 2
+    assert value(s, "ctd_instances", type="container", state="running") == 3
     assert value(s, "ctd_instances", type="vm", state="stopped") == 1
     assert value(s, "ctd_instances", type="vm", state="running") == 0
 
@@ -119,7 +122,9 @@ def test_an_instance_that_stops_mid_scrape_does_not_break_it() -> None:
     s = scrape(FakeInstances())
     gone = {"name": "gone", "type": "container"}
     assert value(s, "ctd_instance_pids", **gone) == 7  # what was read before it went
-    assert not any(k[0] == "ctd_instance_beancounter_held" and ("name", "gone") in k[1] for k in s)
+    for name in ("gone", "vanished"):
+        assert not any(k[0] == "ctd_instance_beancounter_held" and ("name", name) in k[1] for k in s)
+    assert value(s, "ctd_instance_beancounter_held", name="web", type="container", resource="numproc") == 7
 
 
 def test_ctd_and_host_figures() -> None:
