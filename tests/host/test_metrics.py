@@ -191,6 +191,13 @@ def test_api_metrics_on_the_socket_and_on_https_only_with_a_token(daemon: Daemon
         families = {f.name: f for f in text_string_to_metric_families(body)}
         assert any(s.labels.get("name") == name for s in families["ctd_instance_state"].samples)
 
+        printed = daemon.ok("metrics", name)  # ctctl metrics NAME: that instance's samples only
+        samples = [s for f in text_string_to_metric_families(printed) for s in f.samples]
+        assert samples and all(s.labels["name"] == name for s in samples)
+        assert any(s.name == "ctd_instance_state" and s.labels["state"] == "stopped" and s.value == 1
+                   for s in samples)
+        assert "ctd_uptime_seconds" in daemon.ok("metrics")
+
         status_code, _, refused = https(daemon, "GET", "/1.0/metrics")
         assert status_code == 401 and name.encode() not in refused
         token = make_token(daemon, daemon.unique("scraper"))
