@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,25 @@ def test_api_metrics_on_the_socket_and_on_https_only_with_a_token(daemon: Daemon
         assert name.encode() in served
     finally:
         daemon.ok("destroy", name)
+
+
+def test_a_taken_metrics_port_stops_ctd_before_it_touches_anything(tmp_path: Path) -> None:
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    d = Daemon(tmp_path / "state", tmp_path / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}",
+               extra_config=f'metrics_address = "127.0.0.1:{port}"\n')
+    try:
+        with pytest.raises(RuntimeError, match=f"cannot listen on metrics_address 127.0.0.1:{port}"):
+            d.start()
+        assert d.proc is not None and d.proc.returncode == 1
+        assert not d.cgroup_dirs() and not d.socket.exists()
+        assert not (d.state_dir / "ctd.db").exists()  # no state made
+        assert str(d.state_dir) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        holder.close()
+        if d.proc and d.proc.poll() is None:
+            d.stop()
+        if d.cgroup_dirs() or str(d.state_dir) in Path("/proc/self/mountinfo").read_text():
+            d.extra_config = ""  # it got as far as making things: a ctd on the same state removes them
+            d.start()
+            _teardown(d)
