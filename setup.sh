@@ -20,7 +20,7 @@ RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-
               btrfs-progs libbtrfsutil-dev nftables lxcfs"
 # The test suite also checks the host-readiness report for every optional tool, and the Vagrantfile.
 TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools genisoimage mmdebstrap
-           openssh-client linux-image-amd64 kmod e2fsprogs"
+           openssh-client linux-image-amd64 kmod e2fsprogs prometheus"
 
 install_debs() {
     local missing=()

@@ -113,9 +113,36 @@ class Client:
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
             path += "?" + urllib.parse.urlencode(query, doseq=True)
+        payload = None if body is None else json.dumps(body)
+        response, raw = self._exchange(method, path, payload)
+        try:
+            data = json.loads(raw) if raw else {}
+        except json.JSONDecodeError:
+            raise ApiError(f"ctd sent a reply that is not JSON (HTTP {response.status})") from None
+        self._raise_for(response.status, data)
+        return data
+
+    def text(self, path: str) -> str:
+        """GET a plain-text resource (/1.0/metrics); errors come as JSON like everywhere."""
+        response, raw = self._exchange("GET", path, None)
+        if response.status >= 400:
+            try:
+                data = json.loads(raw)
+            except json.JSONDecodeError:
+                data = {}
+            self._raise_for(response.status, data if isinstance(data, dict) else {})
+        return raw.decode(errors="replace")
+
+    def _raise_for(self, status: int, data: Any) -> None:
+        if status == 401 and self.remote:
+            raise ApiError(f"{self.where} refused the token (revoked, expired or wrong): make a new one there "
+                           "with 'ctctl token create' and add the remote again", "unauthorized", 401)
+        if status >= 400:
+            raise ApiError(data.get("error", f"HTTP {status}"), data.get("code", "error"), status)
+
+    def _exchange(self, method: str, path: str, payload: str | None) -> tuple[http.client.HTTPResponse, bytes]:
         conn = self._connection()
         try:
-            payload = None if body is None else json.dumps(body)
             headers = {"Content-Type": "application/json"} if payload is not None else {}
             headers.update(self.auth_headers())
             try:
@@ -135,16 +162,7 @@ class Client:
                 raise ApiError(f"talking to ctd at {self.where} failed: {exc}") from None
         finally:
             conn.close()
-        try:
-            data = json.loads(raw) if raw else {}
-        except json.JSONDecodeError:
-            raise ApiError(f"ctd sent a reply that is not JSON (HTTP {response.status})") from None
-        if response.status == 401 and self.remote:
-            raise ApiError(f"{self.where} refused the token (revoked, expired or wrong): make a new one there "
-                           "with 'ctctl token create' and add the remote again", "unauthorized", 401)
-        if response.status >= 400:
-            raise ApiError(data.get("error", f"HTTP {response.status}"), data.get("code", "error"), response.status)
-        return data
+        return response, raw
 
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query or None)

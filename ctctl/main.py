@@ -437,6 +437,17 @@ def beancounters(instance: str | None, failing: bool, fmt: str) -> None:
     emit(fmt, data, lambda rows: _bc_table(rows) if rows else "no counter has hit its limit")
 
 
+@cli.command()
+@click.argument("instance", required=False, shell_complete=complete_instance)
+def metrics(instance: str | None) -> None:
+    """Prometheus metrics as ctd serves them at /1.0/metrics; with NAME, that instance's samples."""
+    text = client().text("/1.0/metrics")
+    if instance:
+        label = f'name="{instance}"'
+        text = "".join(line + "\n" for line in text.splitlines() if not line.startswith("#") and label in line)
+    click.echo(text, nl=False)
+
+
 # ------------------------------------------------------------------ inside
 
 @cli.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

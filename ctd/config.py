@@ -54,6 +54,9 @@ class DaemonConfig:
     # The operator's certificate and key (PEM); unset: a self-signed one made in STATE/tls.
     https_cert: Path | None = None
     https_key: Path | None = None
+    # Plain-HTTP GET /metrics for a local Prometheus, off unless set, e.g. "127.0.0.1:9420".
+    # Loopback only: it has no authentication and names every instance.
+    metrics_address: str = ""
 
     @property
     def idmap_limit(self) -> int:
@@ -107,6 +110,12 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig
         if not isinstance(config.https_address, str):
             raise InvalidRequest(f"{file}: https_address must be a string such as \"[::]:8443\"")
         parse_listen_address(config.https_address)
+    if config.metrics_address:
+        from ctd.metrics import parse_metrics_address
+        try:
+            parse_metrics_address(config.metrics_address)
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{file}: {exc.message}") from None
     return config
 
 

@@ -176,6 +176,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     loop = asyncio.get_running_loop()
     spawner.attach(loop)
     https = https_listener(config)  # a bad certificate stops ctd before it touches anything
+    metrics_socket = bind_metrics(config)  # so does a metrics port that is taken
     db = StateDB(config.db_path)
     storage = await asyncio.to_thread(open_storage, config)
     storage.prepare()
@@ -220,6 +221,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
             await runner.cleanup()
             raise CtdError(f"cannot listen on https_address {address}: {exc.strerror}") from None
         log.info("HTTPS API on %s, certificate SHA-256 %s", address, public["certificate_fingerprint"])
+    metrics_runner = await metrics_listener(metrics_socket, app)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -231,6 +233,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     # Containers keep running; a new ctd adopts them.
     log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
+    if metrics_runner:
+        await metrics_runner.cleanup()
     await runner.cleanup()
     spawner.close()  # its standbys end with it, so their groups can go
     await asyncio.to_thread(containers.drop_staged)
@@ -255,6 +259,38 @@ def remote_access(config: DaemonConfig, db):  # type: ignore[no-untyped-def]
     # The DB holds the tokens' hashes: nobody but root reads it (SQLite gives -wal/-shm its mode).
     os.chmod(config.db_path, 0o600)
     return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log))
+
+
+def bind_metrics(config: DaemonConfig) -> socket.socket | None:
+    """The loopback metrics socket, bound now (before ctd touches anything); None when off."""
+    if not config.metrics_address:
+        return None
+    from ctd.metrics import parse_metrics_address
+    address = parse_metrics_address(config.metrics_address)
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    try:
+        return socket.create_server((address.host, address.port), family=family, backlog=128)
+    except OSError as exc:
+        raise CtdError(f"cannot listen on metrics_address {address}: {exc.strerror}") from None
+
+
+async def metrics_listener(sock: socket.socket | None, app):  # type: ignore[no-untyped-def]
+    """Serve GET /metrics on the bound loopback socket; its runner, or None when off."""
+    if sock is None:
+        return None
+    from aiohttp import web
+
+    from ctd.api.metrics import METRICS, loopback_app
+    metrics_runner = web.AppRunner(loopback_app(app[METRICS]), access_log=None, handle_signals=False)
+    await metrics_runner.setup()
+    await web.SockSite(metrics_runner, sock).start()
+    log.info("Prometheus metrics on http://%s/metrics (loopback, no authentication)", _socket_address(sock))
+    return metrics_runner
+
+
+def _socket_address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def https_listener(config: DaemonConfig):  # type: ignore[no-untyped-def]

@@ -76,6 +76,9 @@ def build_schema() -> dict[str, Any]:
                         "parameters": [{"name": "failing", "in": "query", "schema": {"type": "boolean"}}],
                         "responses": _responses(200, {"type": "object"}, 400)},
             },
+            "/1.0/metrics": {"get": {"summary": "Prometheus metrics of every instance, the host and ctd", "responses": {
+                "200": {"description": "text exposition format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}}}}}},
             "/1.0/openapi.json": {"get": {"summary": "this schema", "responses": _responses(200, {"type": "object"})}},
             "/1.0/instances/{ref}/state": {
                 "parameters": [REF],

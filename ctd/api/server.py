@@ -14,6 +14,8 @@ from ctd.api import stream  # noqa: F401 — registers the exec and console rout
 from ctd.api.context import ApiContext
 from ctd.api.errors import error_middleware
 from ctd.api.handlers import CTX, routes
+from ctd.api.metrics import METRICS, exporter_for
+from ctd.api.metrics import routes as metrics_routes
 from ctd.errors import OperationFailed
 from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
 from ctd.remote.api import routes as remote_routes
@@ -26,6 +28,8 @@ def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.App
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CTX] = context
     app.add_routes(routes)
+    app[METRICS] = exporter_for(context)
+    app.add_routes(metrics_routes)
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)

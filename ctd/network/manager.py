@@ -476,6 +476,8 @@ class NetworkManager:
                 "mac": nic.mac, "addresses": nic.addresses, "filter": nic.filter, "rate": nic.rate,
                 "rx_bytes": nic.rx_bytes + live["tx_bytes"], "tx_bytes": nic.tx_bytes + live["rx_bytes"],
                 "rx_packets": nic.rx_packets + live["tx_packets"], "tx_packets": nic.tx_packets + live["rx_packets"],
+                # drops of this run only (not kept across stops): the host end's, seen from inside
+                "rx_dropped": live.get("tx_dropped", 0), "tx_dropped": live.get("rx_dropped", 0),
             })
         return out
 

@@ -205,7 +205,8 @@ def link_stats(name: str) -> dict[str, int] | None:
     (pyroute2's synchronous API refuses to run there)."""
     base = f"/sys/class/net/{name}/statistics"
     try:
-        return {key: int(open(f"{base}/{key}").read()) for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets")}
+        return {key: int(open(f"{base}/{key}").read())
+                for key in ("rx_bytes", "tx_bytes", "rx_packets", "tx_packets", "rx_dropped", "tx_dropped")}
     except (OSError, ValueError):
         return None
 
