@@ -67,6 +67,10 @@ case "$MODE" in
         ;;
     test)
         install_debs $RUNTIME_PKGS $TEST_PKGS
+        # The tests start their own Prometheus on loopback; the package's service is not wanted.
+        if [ -d /run/systemd/system ] && systemctl is-enabled -q prometheus 2>/dev/null; then
+            systemctl disable --now prometheus >/dev/null 2>&1 || true
+        fi
         install_python
         "$REPO/scripts/vm-deps.sh"
         exec "$REPO/scripts/run-tests.sh" "${@:2}"
