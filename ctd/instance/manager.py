@@ -165,7 +165,7 @@ class InstanceManager:
         """Everything that can be checked before work starts; raises 4xx errors."""
         body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type",
                                            "nics", "nameservers", "userpasswd", "ssh_keys", "timezone",
-                                           "vm"}, {"name"})
+                                           "vm", "io_uring"}, {"name"})
         name = validate.instance_name(body["name"])
         kind = body.get("type", "container")
         if kind not in ("container", "vm"):
@@ -183,6 +183,9 @@ class InstanceManager:
             template = self.templates.get(validate.instance_name(template_name, "template name"))
         hostname = validate.hostname(body.get("hostname") or name)
         privileged = validate.boolean(body, "privileged")
+        io_uring = validate.boolean(body, "io_uring")
+        if io_uring and kind == "vm":
+            raise InvalidRequest("io_uring is a container option; a VM has its own kernel")
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
         self._check_io_device(limits)
         if kind == "vm":
@@ -200,7 +203,7 @@ class InstanceManager:
         return {"name": name, "id": instance_id, "template": template.name if template else "",
                 "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
                 "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
-                "type": kind, "vm": vm}
+                "type": kind, "vm": vm, "io_uring": io_uring}
 
     def _check_vm(self, body: dict[str, Any]) -> dict[str, Any]:
         """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
@@ -247,7 +250,8 @@ class InstanceManager:
                 init=list(recipe.init), stop_signal=recipe.stop_signal,
                 options={"systemd": recipe.systemd, "network_style": recipe.network_style,
                          "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
-                         "nameservers": checked["nameservers"]},
+                         "nameservers": checked["nameservers"],
+                         **({"io_uring": True} if checked.get("io_uring") else {})},
             )
             with contextlib.ExitStack() as undo:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])

@@ -58,6 +58,14 @@ class ExecProcess:
     queue: asyncio.Queue
 
 
+IO_URING_KEY = "io_uring"  # rec.options: True lets the container use io_uring
+
+
+def seccomp_deny(rec: InstanceRecord) -> list[str]:
+    """The container's deny list: the default one, less io_uring where it was allowed."""
+    return list(seccomp.ALWAYS_DENY if rec.options.get(IO_URING_KEY) else seccomp.DEFAULT_DENY)
+
+
 def cgroup_name(instance: InstanceRecord) -> str:
     return f"ct-{instance.name}"
 
@@ -178,7 +186,7 @@ class ContainerDriver:
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
             cap_drop=list(capabilities.DEFAULT_DROP),
-            seccomp_deny=list(seccomp.DEFAULT_DENY),
+            seccomp_deny=seccomp_deny(rec),
             console=console,
             nofile=rec.limits.get("numfile"),
         )
@@ -448,7 +456,7 @@ class ContainerDriver:
                 init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
                 cwd=cwd, privileged=rec.privileged,
                 cgroup_procs=container_group(self.cgroups, rec).procs_files(),
-                cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
+                cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=seccomp_deny(rec), tty=tty,
                 nofile=rec.limits.get("numfile"),
             )
             queue = self.spawner.request("exec", to_wire(spec), theirs)

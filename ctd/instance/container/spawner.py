@@ -113,6 +113,7 @@ class Standby:
     maker: int             # the process that made its namespaces (reaped without a word)
     control: int           # the spawner's end of init's control socket
     privileged: bool       # no user namespace of its own
+    deny: tuple[str, ...] = seccomp.DEFAULT_DENY  # the seccomp filter its maker installed
     pid: int = 0           # init's pid, once the maker has reported it
     netns_socket: int = -1  # a NETLINK_ROUTE socket in its network namespace, from the maker
     error: str = ""        # why the maker failed (pid is -1 then)
@@ -224,7 +225,8 @@ class _Server:
 
     # ------------------------------------------------------------ standbys
 
-    def make_standby(self, privileged: bool, ahead: bool = True) -> Standby:
+    def make_standby(self, privileged: bool, ahead: bool = True,
+                     deny: tuple[str, ...] = seccomp.DEFAULT_DENY) -> Standby:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         close_in_child = self.inherited_fds()
         maker = os.fork()
@@ -235,7 +237,7 @@ class _Server:
                 for fd in close_in_child:
                     os.close(fd)
                 _become_helper()
-                _make_init(theirs, privileged, self.last_wrapped if ahead else b"")
+                _make_init(theirs, privileged, deny, self.last_wrapped if ahead else b"")
                 code = 0
             except BaseException as exc:  # noqa: BLE001 — the spawner hears of it as EOF or text
                 try:
@@ -246,7 +248,7 @@ class _Server:
                 os._exit(code)
         theirs.close()
         self.quiet.add(maker)
-        return Standby(maker, ours.detach(), privileged)
+        return Standby(maker, ours.detach(), privileged, deny)
 
     def take_report(self, standby: Standby) -> None:
         """The maker's word: init's pid and a netlink socket, or why there is none."""
@@ -271,17 +273,20 @@ class _Server:
         if standby in self.standbys:  # made ahead: ctd may put it in cgroups of its own meanwhile
             send(self.sock, {"event": "standby", "pid": standby.pid})
 
-    def ready_standby(self, privileged: bool, wanted: int = 0) -> Standby:
+    def ready_standby(self, spec: ContainerSpec, wanted: int = 0) -> Standby:
         """The one ctd asked for if it is still there, else the oldest; made now if none was
-        made ahead (privileged ones never are)."""
+        made ahead (privileged ones never are, nor ones whose seccomp filter lifts a default
+        denial, such as io_uring: a filter cannot be undone)."""
+        pooled = not spec.privileged and set(seccomp.DEFAULT_DENY) <= set(spec.seccomp_deny)
         chosen = next((s for s in self.standbys if wanted and s.pid == wanted), None)
-        if not privileged and chosen is not None:
+        if pooled and chosen is not None:
             self.standbys.remove(chosen)
             standby = chosen
-        elif not privileged and self.standbys:
+        elif pooled and self.standbys:
             standby = self.standbys.pop(0)
-        else:
-            standby = self.make_standby(privileged, ahead=False)  # wanted now: no rehearsal
+        else:  # wanted now: no rehearsal
+            deny = tuple(n for n in spec.seccomp_deny if n in seccomp.DEFAULT_DENY)
+            standby = self.make_standby(spec.privileged, ahead=False, deny=deny)
         if not standby.pid:
             select.select([standby.control], [], [])
             self.take_report(standby)
@@ -300,7 +305,7 @@ class _Server:
         try:
             spec = container_from_wire(message["spec"])
             unprivileged = not spec.privileged
-            standby = self.ready_standby(spec.privileged, message.get("standby") or 0)
+            standby = self.ready_standby(spec, message.get("standby") or 0)
             console_fd = fds[0] if spec.console else None
             tree = _root_tree(spec, standby.pid)
             handed.append(tree)
@@ -422,13 +427,16 @@ def _describe(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- starting a container
 
-def _make_init(control: socket.socket, privileged: bool, rehearsal: bytes = b"") -> None:
+def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...],
+               rehearsal: bytes = b"") -> None:
     """The maker: new namespaces, then their init, which waits for its start. The maker reports
     init's pid and exits; init, its parent gone, becomes the spawner's child (subreaper)."""
     # Every container's filter, installed as host root: init inherits it (a spec may only add).
     # Not the bounding set: setresuid in the container's user namespace keeps it, but it is
     # dropped by init where the spec says.
-    seccomp.install(seccomp.DEFAULT_DENY)
+    if set(seccomp.ALWAYS_DENY) - set(deny):
+        raise OSError("a container's seccomp filter must deny " + ", ".join(seccomp.ALWAYS_DENY))
+    seccomp.install(deny)
     # With CLONE_NEWUSER the user namespace is made first and owns the others.
     sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
     netns_socket = _netlink_socket()
@@ -440,11 +448,11 @@ def _make_init(control: socket.socket, privileged: bool, rehearsal: bytes = b"")
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        _standing_init(control, rehearsal)
+        _standing_init(control, deny, rehearsal)
     send(control, {"pid": pid}, [netns_socket.fileno()])
 
 
-def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
+def _standing_init(control: socket.socket, installed: tuple[str, ...], rehearsal: bytes) -> NoReturn:
     """pid 1 of the new pid namespace: waits for its start, builds the container, execs."""
     err_w = -1
     try:
@@ -465,7 +473,7 @@ def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
         root_dir, tree, go_r, err_w, *rest = fds
         console_fd = rest.pop(0) if spec.console else None
         sources = dict(zip(wrapped["sources"], rest))
-        _container_init(spec, root_dir, tree, console_fd, sources, go_r, err_w)
+        _container_init(spec, installed, root_dir, tree, console_fd, sources, go_r, err_w)
     except BaseException as exc:  # noqa: BLE001
         if err_w >= 0:
             try:
@@ -475,7 +483,8 @@ def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
     os._exit(127)
 
 
-def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: int | None,
+def _container_init(spec: ContainerSpec, installed: tuple[str, ...], root_dir: int, tree: int,
+                    console_fd: int | None,
                     sources: dict[int, int], go_r: int, err_w: int) -> None:
     """Until it execs the container's init."""
     # Stand in the root's directory: its host path may not be walkable by container root (the
@@ -524,19 +533,20 @@ def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: i
     if tty > 2:
         os.close(tty)
     _close_fds_except({err_w})
-    _confine_further(spec)
+    _confine_further(spec, installed)
     _default_signals()
     os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
 
 
-def _confine_further(spec: ContainerSpec) -> None:
-    """init inherits the standby's default seccomp filter; a spec may only add to it (a filter
-    cannot be undone). The bounding set is dropped here, in the container's user namespace."""
-    missing = set(seccomp.DEFAULT_DENY) - set(spec.seccomp_deny)
+def _confine_further(spec: ContainerSpec, installed: tuple[str, ...]) -> None:
+    """init inherits the seccomp filter its standby's maker installed; a spec may only add to it
+    (a filter cannot be undone). The bounding set is dropped here, in the container's user
+    namespace."""
+    missing = (set(seccomp.ALWAYS_DENY) | set(installed)) - set(spec.seccomp_deny)
     if missing:
         raise OSError(f"containers are always denied {', '.join(sorted(missing))}")
     capabilities.drop_bounding(spec.cap_drop)
-    extra = [n for n in spec.seccomp_deny if n not in seccomp.DEFAULT_DENY]
+    extra = [n for n in spec.seccomp_deny if n not in installed]
     if extra:
         seccomp.install(extra)
 
@@ -725,8 +735,9 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
         except OSError:
             os.chdir("/")
         capabilities.drop_bounding(spec.cap_drop)
-        if spec.seccomp_deny:
-            seccomp.install(spec.seccomp_deny)
+        if set(seccomp.ALWAYS_DENY) - set(spec.seccomp_deny):
+            raise OSError("a container's seccomp filter must deny " + ", ".join(seccomp.ALWAYS_DENY))
+        seccomp.install(spec.seccomp_deny)
         env = dict(e.split("=", 1) for e in spec.env)
         _default_signals()
         try:
