@@ -18,6 +18,7 @@ from cgroups import CgroupError, CgroupManager, Resources
 from ctd.errors import Conflict, OperationFailed
 from ctd import faults
 from ctd.instance.container.console import Console
+from ctd.instance.container.spawner import NO_PTY
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
     DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
@@ -441,10 +442,7 @@ class ContainerDriver:
         ours: list[int] = []
         try:
             if tty:
-                master, slave = os.openpty()
-                if not rec.privileged:
-                    os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
-                theirs, ours = [slave], [master]
+                pass  # the spawner's helper opens a pty inside and hands us its master
             else:
                 for child_reads in (True, False, False):
                     r, w = os.pipe2(os.O_CLOEXEC)
@@ -468,7 +466,20 @@ class ContainerDriver:
             for fd in theirs:
                 os.close(fd)
         try:
-            reply, _ = await first_reply(queue, f"exec in {rec.name}")
+            reply, fds = await first_reply(queue, f"exec in {rec.name}")
+            if tty:
+                if len(fds) != 1:
+                    for fd in fds:
+                        os.close(fd)
+                    raise OperationFailed(f"exec in {rec.name}: no terminal came back from the container")
+                ours = fds
+        except OperationFailed as exc:
+            for fd in ours:
+                os.close(fd)
+            if NO_PTY in exc.message:
+                raise Conflict(f"{rec.name}: {NO_PTY}: every pty its numpty limit allows is open; "
+                               "close some, or raise it with 'ctctl set NAME --numpty N'") from None
+            raise
         except BaseException:
             for fd in ours:
                 os.close(fd)

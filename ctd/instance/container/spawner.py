@@ -18,8 +18,10 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
                                           a NETLINK_ROUTE socket in its network namespace]
      init waits for "1" on the go pipe; meanwhile ctd moves it into the container's cgroups
      and plugs its NICs. Then init makes its cgroup namespace and execs.
-  -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
+  -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr], or none with spec.tty
   <- {"id", "pid"} then {"id", "exit": code}
+                                    fds with the pid: [the pty master] with spec.tty (a pty of
+                                    the container's own devpts)
   -> {"id", "op": "netns_socket", "spec": {"init_pid"}}  <- {"id", "ok": true}  fds: [netlink socket]
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -42,6 +45,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import termios
 import time
 import traceback
@@ -710,15 +714,52 @@ def _run_exec(sock: socket.socket, req_id: int, spec: ExecSpec, fds: list[int]) 
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+    master = -1
+    if spec.tty:  # as container root: the slave is its, on its devpts, counted in its numpty
+        for fd in fds:
+            os.close(fd)
+        master, slave = _container_pty()
+        fds = [slave]
     pid = os.fork()
     if pid == 0:
         _exec_child(spec, fds)
     for fd in fds:
         os.close(fd)
-    send(sock, {"id": req_id, "pid": pid})
+    send(sock, {"id": req_id, "pid": pid}, [master] if master >= 0 else [])
+    if master >= 0:
+        os.close(master)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     send(sock, {"id": req_id, "exit": code if code >= 0 else 128 - code})
+
+
+PTMX_RDEV = os.makedev(5, 2)  # /dev/ptmx and every devpts' ptmx node
+TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the slave of a master without a path lookup
+TIOCSPTLCK = 0x40045431  # _IOW('T', 0x31, int): unlockpt()
+NO_PTY = "no pty left in the container"
+
+
+def _container_pty() -> tuple[int, int]:
+    """A pty from the devpts mounted in the container (we stand in its mount namespace and
+    root), so `tty` inside names /dev/pts/N and `mesg` works. Its /dev/ptmx is the tenant's:
+    non-blocking (a FIFO put there must not hang us) and checked to be a pty multiplexer."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"{NO_PTY} (its numpty limit is reached)") from None
+        raise OSError(exc.errno, f"opening the container's /dev/ptmx for a terminal: {exc.strerror}") from None
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX_RDEV:
+            raise OSError(errno.ENOTTY, "the container's /dev/ptmx is not the pty multiplexer")
+        fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        os.set_blocking(master, True)
+        return master, slave
+    except BaseException:
+        os.close(master)
+        raise
 
 
 def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
