@@ -85,6 +85,7 @@ LIMIT_OPTIONS = (
     ("cpuunits", "relative CPU weight, 8-500000 (default 1000)"),
     ("numproc", "process limit, e.g. 100 or 90:100"),
     ("numfile", "open files per process"),
+    ("numpty", "pseudo-terminals open at once (default 256)"),
     ("iolimit", "disk bandwidth, bytes/s, e.g. 10M"),
     ("iopslimit", "disk operations per second"),
     ("ioprio", "disk priority 0-7 (default 4)"),

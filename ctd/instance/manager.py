@@ -22,6 +22,7 @@ from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
+from ctd.instance.container.spec import DEFAULT_NUMPTY
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -51,6 +52,26 @@ def open_files(pids: set[int]) -> int:
     return total
 
 
+def ptys_held(pids: set[int]) -> int:
+    """ptys these processes hold (OpenVZ's numpty 'held'): distinct pty masters among their
+    open files, by the tty-index the kernel shows for each (no walk into the tenant's /dev)."""
+    held: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith("ptmx"):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    held.update(line.split()[1] for line in info if line.startswith("tty-index:"))
+            except (OSError, IndexError):
+                pass
+    return len(held)
+
+
 class InstanceManager:
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
                  templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager,
@@ -71,6 +92,7 @@ class InstanceManager:
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
+        self._numpty_peak: dict[str, int] = {}
         self._disk_peak: dict[str, int] = {}
         self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.io_device = limits_mod.block_device_of(storage.root)
@@ -635,6 +657,11 @@ class InstanceManager:
         peak = self._numfile_peak[rec.name] = max(self._numfile_peak.get(rec.name, 0), held)
         rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
                      "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
+        ptys = ptys_held(group.pids())
+        numpty = rec.limits.get("numpty", DEFAULT_NUMPTY)
+        peak = self._numpty_peak[rec.name] = max(self._numpty_peak.get(rec.name, 0), ptys)
+        rows.append({"name": "numpty", "held": ptys, "maxheld": peak, "barrier": numpty, "limit": numpty,
+                     "failcnt": 0})
         disk = self.disk(rec, cached=True)
         if disk is not None:
             quota = disk["limit"] or limits_mod.UNLIMITED

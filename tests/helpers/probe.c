@@ -200,6 +200,16 @@ static int security_cmd(int argc, char **argv) {
         while (wait(NULL) > 0) {}
         return 0;
     }
+    if (!strcmp(cmd, "ptyhold")) {           /* ptyhold N SECONDS: open up to N ptys, hold them, report */
+        int n = atoi(argv[2]), made = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            if (open("/dev/ptmx", O_RDWR | O_NOCTTY) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[3]));
+        return 0;
+    }
     if (!strcmp(cmd, "io_uring_setup")) {    /* a one-entry ring: its fd, or the errno name */
         unsigned char params[120] = {0};      /* struct io_uring_params, zeroed */
         return report(syscall(425 /* io_uring_setup */, 1, params));

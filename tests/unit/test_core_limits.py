@@ -172,3 +172,10 @@ def test_human_size(n: int | None, text: str) -> None:
 def test_human_size_round_trips_through_normalise() -> None:
     for n in (4 * M, 512 * M, 1536 * M, 3 * G):
         assert norm({"ram": limits.human_size(n)})["ram"] == n
+
+
+def test_numpty() -> None:
+    assert norm({"numpty": "64"}) == {"numpty": 64}
+    assert "from 1 to 1048576" in refused({"numpty": 0})
+    assert "from 1 to 1048576" in refused({"numpty": 1 << 21})
+    assert "whole number" in refused({"numpty": "unlimited"})

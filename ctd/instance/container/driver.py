@@ -21,7 +21,7 @@ from ctd.instance.container.console import Console
 from ctd.instance.container.spawner import NO_PTY
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
-    DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
+    DEFAULT_NUMPTY, DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
@@ -48,6 +48,7 @@ class RunningContainer:
     console: Console | None
     adopted: bool = False
     stopping: bool = False
+    numpty: int | None = None  # its devpts' max= (None: not known, after an adoption)
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -182,7 +183,7 @@ class ContainerDriver:
         return ContainerSpec(
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
-            mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None,
+            mounts=mount_plan(console=console, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY), lxcfs=self.lxcfs.binds() if self.lxcfs else None,
                               extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
@@ -269,7 +270,8 @@ class ContainerDriver:
             self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
-        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console)
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console,
+                              numpty=rec.limits.get("numpty", DEFAULT_NUMPTY))
         self._watch(rc)
         return rc
 
@@ -401,6 +403,16 @@ class ContainerDriver:
             for pid in await asyncio.to_thread(group.pids):
                 with contextlib.suppress(OSError):
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
+        rc = self.running.get(rec.name)
+        numpty = rec.limits.get("numpty", DEFAULT_NUMPTY)
+        if rc is not None and rc.numpty != numpty:
+            queue = self.spawner.request("devpts_max", {"init_pid": rc.pid, "privileged": rec.privileged,
+                                                        "numpty": numpty}, [])
+            try:
+                await first_reply(queue, f"{rec.name}: setting numpty")
+            finally:
+                self.spawner.forget(queue)
+            rc.numpty = numpty
 
     async def cleanup(self, rec: InstanceRecord) -> None:
         """After init is gone: end stragglers (exec sessions) and remove the cgroup."""

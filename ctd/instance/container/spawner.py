@@ -23,6 +23,8 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
                                     fds with the pid: [the pty master] with spec.tty (a pty of
                                     the container's own devpts)
   -> {"id", "op": "netns_socket", "spec": {"init_pid"}}  <- {"id", "ok": true}  fds: [netlink socket]
+  -> {"id", "op": "devpts_max", "spec": {"init_pid", "privileged", "numpty"}}  <- {"id", "ok": true}
+                                    a running container's /dev/pts remounted with a new max=
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
   <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
@@ -56,7 +58,7 @@ from typing import NoReturn
 import prctl
 
 from ctd.instance.container.spec import (
-    ContainerSpec, ExecSpec, MountStep, StepKind, container_from_wire, exec_from_wire,
+    ContainerSpec, ExecSpec, MountStep, StepKind, container_from_wire, devpts_options, exec_from_wire,
 )
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
@@ -374,7 +376,7 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
         return 0
-    if op not in ("exec", "netns_socket"):
+    if op not in ("exec", "netns_socket", "devpts_max"):
         send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
         return 0
     pid = os.fork()
@@ -389,6 +391,8 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
         _become_helper()
         if op == "netns_socket":
             _netns_socket(sock, message["id"], message["spec"]["init_pid"])
+        elif op == "devpts_max":
+            _devpts_max(sock, message["id"], message["spec"])
         else:
             _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
         code = 0
@@ -693,6 +697,22 @@ def _netns_socket(sock: socket.socket, req_id: int, init_pid: int) -> None:
     os.close(pidfd)
     netlink_socket = _netlink_socket()
     send(sock, {"id": req_id, "ok": True}, [netlink_socket.fileno()])
+
+
+def _devpts_max(sock: socket.socket, req_id: int, spec: dict) -> None:
+    """A new numpty for a running container: its /dev/pts remounted, as root of its user
+    namespace (where the mount's gid=5 means its tty group), with every option again."""
+    prctl.set_dumpable(False)
+    numpty = int(spec["numpty"])
+    pidfd = os.pidfd_open(int(spec["init_pid"]))
+    sc.setns(pidfd, sc.CLONE_NEWNS | (0 if spec["privileged"] else sc.CLONE_NEWUSER))
+    os.close(pidfd)
+    try:
+        sc.mount(None, "/dev/pts", None, sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NOEXEC, devpts_options(numpty))
+    except OSError as exc:
+        raise OSError(exc.errno, f"remounting the container's /dev/pts with max={numpty}: {exc.strerror} "
+                      "(is /dev/pts still its devpts?); the new numpty applies at its next start") from None
+    send(sock, {"id": req_id, "ok": True})
 
 
 # ---------------------------------------------------------------- exec in a running container
