@@ -40,6 +40,14 @@ class DaemonConfig:
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
 
     @property
+    def owner_base(self) -> int:
+        """The 65536 host uids below idmap_base own the containers' user namespaces (one each,
+        so the kernel's per-user limits are per container); reserved: no host user may have
+        one. 0 (root owns them all, as before) where that block would reach below 65536."""
+        base = self.idmap_base - 65536
+        return base if base >= 65536 else 0
+
+    @property
     def db_path(self) -> Path:
         return self.state_dir / "ctd.db"
 

@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     # The spawner must be forked before anything starts a thread, and before the lock is
     # taken (a forked child would hold the lock too).
     from ctd.instance.container.spawner_client import SpawnerClient
-    spawner = SpawnerClient.fork(str(config.state_dir))
+    spawner = SpawnerClient.fork(str(config.state_dir), config.owner_base)
     try:
         lock_fd = take_lock(config)
     except CtdError as exc:
@@ -168,6 +168,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         if vms.accel != "kvm":
             log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
     report = await instances.recover()
+    await containers.announce_owners()  # before them, the spawner makes no standby
     containers.staging = True  # after recovery, which removes groups of no running container
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),

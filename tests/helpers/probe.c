@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -198,6 +199,32 @@ static int security_cmd(int argc, char **argv) {
         signal(SIGTERM, SIG_IGN);
         kill(0, SIGTERM);  /* the sleepers, not us */
         while (wait(NULL) > 0) {}
+        return 0;
+    }
+    if (!strcmp(cmd, "openhold")) {          /* openhold PATH N SECONDS: open PATH N times (read 1 byte each), hold */
+        struct rlimit rl;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        int n = atoi(argv[3]), made = 0, err = 0;
+        char c;
+        for (int i = 0; i < n; i++) {
+            int fd = open(argv[2], O_RDONLY);
+            if (fd < 0 || read(fd, &c, 1) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[4]));
+        return 0;
+    }
+    if (!strcmp(cmd, "inotifyhold")) {       /* inotifyhold N SECONDS: make up to N inotify instances, hold them */
+        int n = atoi(argv[2]), made = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            if (syscall(SYS_inotify_init1, 0) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[3]));
         return 0;
     }
     if (!strcmp(cmd, "ptyhold")) {           /* ptyhold N SECONDS: open up to N ptys, hold them, report */

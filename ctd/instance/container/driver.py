@@ -25,7 +25,7 @@ from ctd.instance.container.spec import (
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
-from ctd.linux.proc import start_time
+from ctd.linux.proc import start_time, userns_owner
 from ctd.network import netlink
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
@@ -168,6 +168,17 @@ class ContainerDriver:
         self._staging.clear()
         while self._staged:
             self._destroy_group_quietly(self._staged.popitem()[1])
+
+    async def announce_owners(self) -> None:
+        """Tell the spawner which user-namespace owner uids the containers it did not start (the
+        ones adopted after a restart) hold, so no new container shares one; it makes standbys
+        only after this."""
+        uids = sorted({uid for rc in self.running.values() if (uid := userns_owner(rc.pid))})
+        queue = self.spawner.request("owners", {"uids": uids}, [])
+        try:
+            await first_reply(queue, "telling the spawner the running containers' owners")
+        finally:
+            self.spawner.forget(queue)
 
     # ------------------------------------------------------------- spec
 

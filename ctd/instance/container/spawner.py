@@ -32,6 +32,18 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
                                     ("standby": pid) once ctd has put it in cgroups ahead
   <- {"event": "standby_gone", "pid"}  it died before a start took it
   -> {"op": "refill"}               a start is done: make the next standby now (no reply)
+  -> {"id", "op": "owners", "spec": {"uids"}}  <- {"id", "ok": true}
+                                    the user-namespace owners of running containers this spawner
+                                    did not start (adopted by ctd); standbys wait for this word
+
+User-namespace owners. The kernel charges what a container's processes take of the per-user
+limits (inotify instances and watches, user namespaces, RLIMIT_NPROC/MEMLOCK/MSGQUEUE/
+SIGPENDING counts) at the host level to the uid that created its user namespace. A maker of
+an unprivileged standby therefore becomes a uid of its own before it unshares: one of the 65536
+ids just below ctd's first container range (OWNERS_BELOW), reserved for this, never the uid of
+a host process (such a process would hold every capability in the container's user
+namespace), and never that of two live containers at once. So each container has the host's
+per-user limits (fs.inotify.max_user_instances …) to itself, and host root keeps its own.
 """
 
 from __future__ import annotations
@@ -120,6 +132,7 @@ class Standby:
     control: int           # the spawner's end of init's control socket
     privileged: bool       # no user namespace of its own
     deny: tuple[str, ...] = seccomp.DEFAULT_DENY  # the seccomp filter its maker installed
+    owner: int = 0         # the host uid that owns its user namespace (0: privileged)
     pid: int = 0           # init's pid, once the maker has reported it
     netns_socket: int = -1  # a NETLINK_ROUTE socket in its network namespace, from the maker
     error: str = ""        # why the maker failed (pid is -1 then)
@@ -133,7 +146,10 @@ class Standby:
         self.control = self.netns_socket = -1
 
 
-def serve(sock: socket.socket, parent_pid: int) -> None:
+OWNER_IDS = 65536  # the block of owner uids, just below ctd's first container id range
+
+
+def serve(sock: socket.socket, parent_pid: int, owner_base: int = 0) -> None:
     """Run until ctd closes its end of the socket (or dies)."""
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:  # ctd died before PDEATHSIG was armed
@@ -153,15 +169,22 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
-    server = _Server(sock, (wake_r, wake_w))
+    server = _Server(sock, (wake_r, wake_w), owner_base)
     while True:
         server.step()
 
 
 class _Server:
-    def __init__(self, sock: socket.socket, own_fds: tuple[int, int]) -> None:
+    def __init__(self, sock: socket.socket, own_fds: tuple[int, int], owner_base: int = 0) -> None:
         self.sock = sock
         self.own_fds = own_fds
+        self.owner_base = owner_base  # 0: user namespaces owned by root, as before
+        self.owners_known = not owner_base  # standbys wait until ctd names its adopted owners
+        self.adopted_owners: set[int] = set()
+        self.init_owners: dict[int, int] = {}  # init pid -> owner uid, for inits we started
+        # Where the search for a free owner starts: another ctd on this host (tests run several)
+        # most likely starts elsewhere, so their containers rarely share an owner.
+        self.next_owner = int.from_bytes(os.urandom(2), "little")
         self.helpers: dict[int, int] = {}    # helper pid -> request id
         self.standbys: list[Standby] = []    # unprivileged inits forked ahead (off the start path)
         self.quiet: set[int] = set()         # pids reaped without a word to ctd
@@ -175,7 +198,8 @@ class _Server:
     def step(self) -> None:
         wake_r = self.own_fds[0]
         pending = {s.control: s for s in self.standbys if not s.pid}
-        timeout = None if self.standbys else max(0.0, self.refill_at - time.monotonic())
+        idle = self.standbys or not self.owners_known
+        timeout = None if idle else max(0.0, self.refill_at - time.monotonic())
         ready, _, _ = select.select([self.sock, wake_r, *pending], [], [], timeout)
         if not ready:  # due, and nobody waits for us
             self.standbys.append(self.make_standby(privileged=False))
@@ -201,6 +225,10 @@ class _Server:
                         self.refill_at = time.monotonic() + REFILL_DELAY
                 elif message.get("op") == "refill":  # ctd's start is done: the CPU is free again
                     self.refill_at = time.monotonic()
+                elif message.get("op") == "owners":
+                    self.adopted_owners = {int(u) for u in message["spec"]["uids"]}
+                    self.owners_known = True
+                    send(self.sock, {"id": message["id"], "ok": True})
                 else:
                     pid = _dispatch(self.sock, message, fds, self.inherited_fds())
                     if pid:
@@ -217,6 +245,7 @@ class _Server:
                 return
             if pid == 0:
                 return
+            self.init_owners.pop(pid, None)  # its owner uid is free again
             if pid in self.quiet:
                 self.quiet.discard(pid)
             elif pid in self.helpers:
@@ -231,8 +260,18 @@ class _Server:
 
     # ------------------------------------------------------------ standbys
 
+    def free_owner(self) -> int:
+        """A uid of the owner block that owns no live standby's or container's user namespace."""
+        taken = {s.owner for s in self.standbys} | set(self.init_owners.values()) | self.adopted_owners
+        for _ in range(OWNER_IDS):
+            self.next_owner = (self.next_owner + 1) % OWNER_IDS
+            if self.owner_base + self.next_owner not in taken:
+                return self.owner_base + self.next_owner
+        raise OSError(f"all {OWNER_IDS} user-namespace owner ids are taken")
+
     def make_standby(self, privileged: bool, ahead: bool = True,
                      deny: tuple[str, ...] = seccomp.DEFAULT_DENY) -> Standby:
+        owner = self.free_owner() if self.owner_base and not privileged else 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         close_in_child = self.inherited_fds()
         maker = os.fork()
@@ -243,7 +282,7 @@ class _Server:
                 for fd in close_in_child:
                     os.close(fd)
                 _become_helper()
-                _make_init(theirs, privileged, deny, self.last_wrapped if ahead else b"")
+                _make_init(theirs, privileged, deny, owner, self.last_wrapped if ahead else b"")
                 code = 0
             except BaseException as exc:  # noqa: BLE001 — the spawner hears of it as EOF or text
                 try:
@@ -254,7 +293,7 @@ class _Server:
                 os._exit(code)
         theirs.close()
         self.quiet.add(maker)
-        return Standby(maker, ours.detach(), privileged, deny)
+        return Standby(maker, ours.detach(), privileged, deny, owner)
 
     def take_report(self, standby: Standby) -> None:
         """The maker's word: init's pid and a netlink socket, or why there is none."""
@@ -331,7 +370,10 @@ class _Server:
                 socket.send_fds(control, [wrapped],
                                 [root_dir, tree, go_r, err_w, *([console_fd] if console_fd is not None else []),
                                  *(sources[i] for i in order)])
-            send(self.sock, {"id": req_id, "pid": standby.pid}, [go_w, err_r, standby.netns_socket])
+            send(self.sock, {"id": req_id, "pid": standby.pid, "owner": standby.owner},
+                 [go_w, err_r, standby.netns_socket])
+            if standby.owner:
+                self.init_owners[standby.pid] = standby.owner
         except BaseException as exc:  # noqa: BLE001 — back to ctd as text
             if standby is not None and standby.pid > 0:
                 self.quiet.add(standby.pid)   # it ends when it sees our ends closed
@@ -435,7 +477,7 @@ def _describe(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- starting a container
 
-def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...],
+def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...], owner: int = 0,
                rehearsal: bytes = b"") -> None:
     """The maker: new namespaces, then their init, which waits for its start. The maker reports
     init's pid and exits; init, its parent gone, becomes the spawner's child (subreaper)."""
@@ -445,8 +487,10 @@ def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...],
     if set(seccomp.ALWAYS_DENY) - set(deny):
         raise OSError("a container's seccomp filter must deny " + ", ".join(seccomp.ALWAYS_DENY))
     seccomp.install(deny)
-    # With CLONE_NEWUSER the user namespace is made first and owns the others.
-    sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
+    if owner:
+        _unshare_as(owner)
+    else:  # With CLONE_NEWUSER the user namespace is made first and owns the others.
+        sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
     netns_socket = _netlink_socket()
     pid = os.fork()
     if pid == 0:
@@ -458,6 +502,30 @@ def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...],
         os.close(null)
         _standing_init(control, deny, rehearsal)
     send(control, {"pid": pid}, [netns_socket.fileno()])
+
+
+def _unshare_as(owner: int) -> None:
+    """The standby's namespaces, its user namespace owned by host uid owner (see the module's
+    doc). Capabilities are kept across the uid change (no setuid fixup), so making the user
+    namespace needs nothing a host policy may deny to unprivileged users."""
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)
+    # The container's processes count against the owner's RLIMIT_NPROC at the host level, with
+    # the limit its creator has now (a non-root creator's is enforced): none where we may (pids.max
+    # is the cap), else the hard one (a host root without CAP_SYS_RESOURCE).
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except ValueError:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc[1], nproc[1]))
+    prctl.securebits.no_setuid_fixup = True
+    os.setgroups([])
+    os.setresgid(owner, owner, owner)
+    os.setresuid(owner, owner, owner)
+    sc.unshare(STANDBY_NAMESPACES | sc.CLONE_NEWUSER)
+    # Nothing of that may reach the container: its programs must lose capabilities on setuid as
+    # usual, and get the RLIMIT_NPROC they always had.
+    prctl.securebits.no_setuid_fixup = False
+    resource.setrlimit(resource.RLIMIT_NPROC, nproc)
+    _die_with_parent()  # a change of uid clears the parent-death signal
 
 
 def _standing_init(control: socket.socket, installed: tuple[str, ...], rehearsal: bytes) -> NoReturn:
@@ -820,12 +888,12 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str]) -> None:
-    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID [LABEL]`, exec'd by ctd: a fresh
+    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID LABEL [OWNER_BASE]`, exec'd by ctd: a fresh
     interpreter with only this module's imports forks far faster than a copy of ctd (26 MB
     resident with aiohttp and pyroute2), and every start forks twice."""
     sock = socket.socket(fileno=int(argv[0]))
     sock.setblocking(True)
-    serve(sock, int(argv[1]))
+    serve(sock, int(argv[1]), int(argv[3]) if len(argv) > 3 else 0)
 
 
 if __name__ == "__main__":
