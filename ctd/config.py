@@ -28,6 +28,9 @@ class DaemonConfig:
     # Host ends of NICs are named <prefix><id>.<n>; two letters.
     nic_prefix: str = "ve"
     stop_timeout: float = 30.0
+    # Memory lxcfs may take (its own cgroup; tenants' open handles on its files cost ~2 kB
+    # each); "" for no limit of its own.
+    lxcfs_memory: str = "128M"
     # What all containers together may take, so the host always keeps a reserve: processes
     # (0 = 40% of the host's pid/thread limit) and memory ("" = 90% of the RAM).
     max_total_pids: int = 0

@@ -138,7 +138,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
     from ctd.instance.transfer import Transfers
-    from ctd.lxcfs import Lxcfs
+    from cgroups import parse_size
+    from ctd.lxcfs import LXCFS_GROUP, Lxcfs
     from ctd.network.manager import NetworkManager
     from ctd.operations import Operations
     from ctd.state import StateDB
@@ -152,7 +153,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     cgroups = CgroupManager.detect(base_name=config.cgroup_name)
     protect_host(cgroups, config)
     templates = TemplateManager(config.templates_dir, db, storage)
-    lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt")
+    lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt", cgroups.group(LXCFS_GROUP),
+                  parse_size(config.lxcfs_memory) if config.lxcfs_memory else None)
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
@@ -169,6 +171,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
             log.warning("VMs run under TCG (software emulation, slow): %s", vms.accel_reason)
     report = await instances.recover()
     await containers.announce_owners()  # before them, the spawner makes no standby
+    containers.watch_lxcfs()
     containers.staging = True  # after recovery, which removes groups of no running container
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
@@ -200,12 +203,13 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
     await runner.cleanup()
+    containers.unwatch_lxcfs()  # its end at shutdown is no death to recover from
     spawner.close()  # its standbys end with it, so their groups can go
     await asyncio.to_thread(containers.drop_staged)
     if not containers.running:  # nothing uses them any more
+        lxcfs.stop()  # first: its cgroup is below the base
         with contextlib.suppress(Exception):
             cgroups.remove_base()
-        lxcfs.stop()
         network.remove_filters()
     try:
         config.socket.unlink()

@@ -23,6 +23,7 @@ from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupporte
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name, container_group, fixed_names
 from ctd.instance.container.spec import DEFAULT_NUMPTY
+from ctd.lxcfs import LXCFS_GROUP
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -929,7 +930,7 @@ class InstanceManager:
         running_groups |= {n for r in records if r.name in self.containers.running for n in fixed_names(r)}
         running_groups |= {vm_group(r) for r in records if self.is_running(r) and r.type is InstanceType.VM}
         for group_name in self.cgroups.list_groups():
-            if group_name not in running_groups:
+            if group_name not in running_groups and group_name != LXCFS_GROUP:  # lxcfs outlives ctd
                 group = self.cgroups.group(group_name)
                 await asyncio.to_thread(ContainerDriver._destroy_group_quietly, group)
                 report["removed_cgroups"].append(group_name)

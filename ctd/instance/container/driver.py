@@ -48,6 +48,7 @@ class RunningContainer:
     console: Console | None
     adopted: bool = False
     stopping: bool = False
+    privileged: bool = False
     numpty: int | None = None  # its devpts' max= (None: not known, after an adoption)
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
@@ -90,6 +91,8 @@ class ContainerDriver:
         self.spawner = spawner
         self.cgroups = cgroups
         self.lxcfs = lxcfs
+        self._lxcfs_watch = -1  # a pidfd of lxcfs, in the event loop
+        self._lxcfs_task: asyncio.Task | None = None
         self.running: dict[str, RunningContainer] = {}
         self.on_stopped: StoppedCallback | None = None
         self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
@@ -179,6 +182,57 @@ class ContainerDriver:
             await first_reply(queue, "telling the spawner the running containers' owners")
         finally:
             self.spawner.forget(queue)
+
+    # ------------------------------------------------------------- lxcfs
+
+    def watch_lxcfs(self) -> None:
+        """lxcfs runs under a memory limit; tenants can drive it there (open handles), and the
+        kernel then kills it. Restart it at once and bind its files into every running container
+        again: the neighbours' /proc/meminfo is back in a moment instead of ENOTCONN for good."""
+        lxcfs = self.lxcfs
+        if lxcfs is None or not lxcfs.available:
+            return
+        try:
+            pidfd = os.pidfd_open(int(lxcfs.pidfile.read_text()))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot watch lxcfs: %s", exc)
+            return
+        loop = asyncio.get_running_loop()
+
+        def died() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._lxcfs_task = loop.create_task(self._lxcfs_died())
+
+        loop.add_reader(pidfd, died)
+        self._lxcfs_watch = pidfd
+
+    def unwatch_lxcfs(self) -> None:
+        pidfd = self._lxcfs_watch
+        if pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(pidfd)
+                os.close(pidfd)
+            self._lxcfs_watch = -1
+
+    async def _lxcfs_died(self) -> None:
+        assert self.lxcfs is not None
+        self._lxcfs_watch = -1
+        log.warning("lxcfs died (at its memory limit?); starting it again and rebinding its files")
+        if not await asyncio.to_thread(self.lxcfs.ensure):
+            log.error("lxcfs could not be started again: %s", self.lxcfs.reason)
+            return
+        self.watch_lxcfs()
+        binds = await asyncio.to_thread(self.lxcfs.binds)
+        for rc in list(self.running.values()):
+            queue = self.spawner.request("lxcfs_rebind", {"init_pid": rc.pid, "privileged": rc.privileged,
+                                                          "binds": binds}, [])
+            try:
+                await first_reply(queue, f"{rc.name}: binding lxcfs' files again")
+            except OperationFailed as exc:
+                log.warning("%s", exc.message)
+            finally:
+                self.spawner.forget(queue)
 
     # ------------------------------------------------------------- spec
 
@@ -281,7 +335,7 @@ class ContainerDriver:
             self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
-        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console,
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, privileged=rec.privileged,
                               numpty=rec.limits.get("numpty", DEFAULT_NUMPTY))
         self._watch(rc)
         return rc
@@ -322,7 +376,8 @@ class ContainerDriver:
         if start_time(rec.pid) != rec.pid_start:  # recycled between the two checks
             os.close(pidfd)
             return None
-        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True)
+        rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
+                              privileged=rec.privileged)
         self._watch(rc)
         return rc
 

@@ -25,6 +25,8 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
   -> {"id", "op": "netns_socket", "spec": {"init_pid"}}  <- {"id", "ok": true}  fds: [netlink socket]
   -> {"id", "op": "devpts_max", "spec": {"init_pid", "privileged", "numpty"}}  <- {"id", "ok": true}
                                     a running container's /dev/pts remounted with a new max=
+  -> {"id", "op": "lxcfs_rebind", "spec": {"init_pid", "privileged", "binds"}}  <- {"id", "ok": true}
+                                    a new lxcfs' files bound over a running container's dead ones
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
   <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
@@ -147,6 +149,9 @@ class Standby:
 
 
 OWNER_IDS = 65536  # the block of owner uids, just below ctd's first container id range
+# RLIMIT_NOFILE as the spawner had it, when a maker raised its hard limit for its init to set
+# the container's numfile from (init may only lower it: it is no host root).
+_nofile_default: tuple[int, int] | None = None
 
 
 def serve(sock: socket.socket, parent_pid: int, owner_base: int = 0) -> None:
@@ -358,8 +363,6 @@ class _Server:
             handed += sources.values()
             root_dir = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             handed.append(root_dir)
-            if spec.nofile:  # as host root: container root may lower it later, never raise it
-                resource.prlimit(standby.pid, resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             handed += (go_r, go_w, err_r, err_w)
@@ -418,7 +421,7 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
         return 0
-    if op not in ("exec", "netns_socket", "devpts_max"):
+    if op not in ("exec", "netns_socket", "devpts_max", "lxcfs_rebind"):
         send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
         return 0
     pid = os.fork()
@@ -435,6 +438,8 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
             _netns_socket(sock, message["id"], message["spec"]["init_pid"])
         elif op == "devpts_max":
             _devpts_max(sock, message["id"], message["spec"])
+        elif op == "lxcfs_rebind":
+            _lxcfs_rebind(sock, message["id"], message["spec"])
         else:
             _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
         code = 0
@@ -508,6 +513,13 @@ def _unshare_as(owner: int) -> None:
     """The standby's namespaces, its user namespace owned by host uid owner (see the module's
     doc). Capabilities are kept across the uid change (no setuid fixup), so making the user
     namespace needs nothing a host policy may deny to unprivileged users."""
+    global _nofile_default
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile[0], int(open("/proc/sys/fs/nr_open").read())))
+        _nofile_default = nofile  # init sets the container's numfile, or this again
+    except (OSError, ValueError):  # a host root without CAP_SYS_RESOURCE: numfile up to this hard limit
+        pass
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)
     # The container's processes count against the owner's RLIMIT_NPROC at the host level, with
     # the limit its creator has now (a non-root creator's is enforced): none where we may (pids.max
@@ -576,6 +588,7 @@ def _container_init(spec: ContainerSpec, installed: tuple[str, ...], root_dir: i
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
     sc.sethostname(spec.hostname)
+    _set_nofile(spec.nofile)
     # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
     _close_fds_except({go_r, err_w, tree} | set(sources.values()) |
                       ({console_fd} if console_fd is not None else set()))
@@ -612,6 +625,20 @@ def _container_init(spec: ContainerSpec, installed: tuple[str, ...], root_dir: i
     _confine_further(spec, installed)
     _default_signals()
     os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
+
+
+def _set_nofile(nofile: int | None) -> None:
+    """RLIMIT_NOFILE of init and all it starts: the container's numfile (container root may lower
+    it later, never raise it), or what the spawner has."""
+    wanted = (nofile, nofile) if nofile else _nofile_default
+    if wanted is None:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
+    except ValueError:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        raise OSError(f"numfile {nofile} is above what this host lets ctd give (at most {hard}: "
+                      "ctd lacks CAP_SYS_RESOURCE)") from None
 
 
 def _confine_further(spec: ContainerSpec, installed: tuple[str, ...]) -> None:
@@ -780,6 +807,29 @@ def _devpts_max(sock: socket.socket, req_id: int, spec: dict) -> None:
     except OSError as exc:
         raise OSError(exc.errno, f"remounting the container's /dev/pts with max={numpty}: {exc.strerror} "
                       "(is /dev/pts still its devpts?); the new numpty applies at its next start") from None
+    send(sock, {"id": req_id, "ok": True})
+
+
+def _lxcfs_rebind(sock: socket.socket, req_id: int, spec: dict) -> None:
+    """lxcfs died (its memory limit) and a new one runs: in a running container, each file of
+    the dead one (ENOTCONN) is unmounted and the new one's bound in its place."""
+    prctl.set_dumpable(False)
+    steps = [MountStep(StepKind.BIND_FILE, target, source) for source, target in spec["binds"]]
+    clones = _clone_sources(steps, None)  # by host root, in the host's mount namespace
+    pidfd = os.pidfd_open(int(spec["init_pid"]))
+    sc.setns(pidfd, sc.CLONE_NEWNS | (0 if spec["privileged"] else sc.CLONE_NEWUSER))
+    os.close(pidfd)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the container's
+    try:
+        for index, step in enumerate(steps):
+            with contextlib.suppress(OSError):  # not mounted any more: the tenant's choice
+                sc.umount2(step.target, sc.MNT_DETACH)
+            if index in clones:
+                _mount_step(root, step, clones.pop(index))
+    finally:
+        os.close(root)
+        for fd in clones.values():
+            os.close(fd)
     send(sock, {"id": req_id, "ok": True})
 
 
