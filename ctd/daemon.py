@@ -97,6 +97,31 @@ def protect_host(cgroups, config: DaemonConfig) -> None:  # type: ignore[no-unty
         log.warning("could not cap containers' total pids/memory on the base cgroup: %s", exc)
 
 
+def warn_owner_clash(config: DaemonConfig) -> None:
+    """The uids that own containers' user namespaces must be nobody's on the host: a process
+    running as one would hold every capability in that container's user namespace."""
+    from ctd import idmap
+
+    low, high = config.owner_base, config.owner_base + 65536
+    if not low:
+        log.warning("idmap_base %d leaves no room below it for user-namespace owners: root owns every "
+                    "container's user namespace (they share root's inotify and other per-user limits)",
+                    config.idmap_base)
+        return
+    clash = []
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit() and low <= int(fields[2]) < high:
+                clash.append(f"user {fields[0]} ({fields[2]})")
+    for start, count in idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")):
+        if start < high and low < start + count:
+            clash.append(f"subordinate ids {start}-{start + count - 1}")
+    if clash:
+        log.warning("uids %d-%d own containers' user namespaces and must be nobody else's, but %s use "
+                    "some: move them, or move idmap_base", low, high - 1, ", ".join(clash))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -112,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # The spawner must be forked before anything starts a thread, and before the lock is
     # taken (a forked child would hold the lock too).
     from ctd.instance.container.spawner_client import SpawnerClient
+    warn_owner_clash(config)
     spawner = SpawnerClient.fork(str(config.state_dir), config.owner_base)
     try:
         lock_fd = take_lock(config)

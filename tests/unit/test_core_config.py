@@ -72,3 +72,10 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "none.toml", {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.socket = Path("/elsewhere")  # type: ignore[misc]
+
+
+def test_owner_block_is_just_below_the_container_ranges() -> None:
+    from ctd.config import DaemonConfig
+    assert DaemonConfig().owner_base == 1_000_000 - 65536
+    assert DaemonConfig(idmap_base=131072).owner_base == 65536
+    assert DaemonConfig(idmap_base=100_000).owner_base == 0  # would reach the host's own users

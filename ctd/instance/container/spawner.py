@@ -42,7 +42,7 @@ User-namespace owners. The kernel charges what a container's processes take of t
 limits (inotify instances and watches, user namespaces, RLIMIT_NPROC/MEMLOCK/MSGQUEUE/
 SIGPENDING counts) at the host level to the uid that created its user namespace. A maker of
 an unprivileged standby therefore becomes a uid of its own before it unshares: one of the 65536
-ids just below ctd's first container range (OWNERS_BELOW), reserved for this, never the uid of
+ids just below ctd's first container range (OWNER_IDS of them), reserved for this, never the uid of
 a host process (such a process would hold every capability in the container's user
 namespace), and never that of two live containers at once. So each container has the host's
 per-user limits (fs.inotify.max_user_instances …) to itself, and host root keeps its own.
@@ -516,7 +516,8 @@ def _unshare_as(owner: int) -> None:
     global _nofile_default
     nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile[0], int(open("/proc/sys/fs/nr_open").read())))
+        with open("/proc/sys/fs/nr_open") as fh:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile[0], int(fh.read())))
         _nofile_default = nofile  # init sets the container's numfile, or this again
     except (OSError, ValueError):  # a host root without CAP_SYS_RESOURCE: numfile up to this hard limit
         pass
