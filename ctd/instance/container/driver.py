@@ -9,6 +9,7 @@ import logging
 import os
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +225,9 @@ class ContainerDriver:
             return
         self.watch_lxcfs()
         binds = await asyncio.to_thread(self.lxcfs.binds)
-        for rc in list(self.running.values()):
+        began = time.monotonic()
+        running = list(self.running.values())
+        for rc in running:
             queue = self.spawner.request("lxcfs_rebind", {"init_pid": rc.pid, "privileged": rc.privileged,
                                                           "binds": binds}, [])
             try:
@@ -233,6 +236,8 @@ class ContainerDriver:
                 log.warning("%s", exc.message)
             finally:
                 self.spawner.forget(queue)
+        log.info("lxcfs' files bound again in %d running container(s) in %.2f s", len(running),
+                 time.monotonic() - began)
 
     # ------------------------------------------------------------- spec
 
