@@ -93,7 +93,7 @@ class ContainerDriver:
         self.cgroups = cgroups
         self.lxcfs = lxcfs
         self._lxcfs_watch = -1  # a pidfd of lxcfs, in the event loop
-        self._lxcfs_task: asyncio.Task | None = None
+        self._lxcfs_task: asyncio.Task | None = None  # its restart (held: the loop keeps weak refs)
         self.running: dict[str, RunningContainer] = {}
         self.on_stopped: StoppedCallback | None = None
         self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
@@ -253,7 +253,8 @@ class ContainerDriver:
         return ContainerSpec(
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
-            mounts=mount_plan(console=console, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY), lxcfs=self.lxcfs.binds() if self.lxcfs else None,
+            mounts=mount_plan(console=console, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY),
+                              lxcfs=self.lxcfs.binds() if self.lxcfs else None,
                               extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
@@ -524,9 +525,7 @@ class ContainerDriver:
         theirs: list[int] = []
         ours: list[int] = []
         try:
-            if tty:
-                pass  # the spawner's helper opens a pty inside and hands us its master
-            else:
+            if not tty:  # with a tty, the spawner's helper opens a pty inside and hands us its master
                 for child_reads in (True, False, False):
                     r, w = os.pipe2(os.O_CLOEXEC)
                     theirs.append(r if child_reads else w)
