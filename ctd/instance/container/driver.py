@@ -26,7 +26,7 @@ from ctd.instance.container.spec import (
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
-from ctd.linux.proc import start_time, userns_owner
+from ctd.linux.proc import is_zombie, start_time, userns_owner
 from ctd.network import netlink
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
@@ -372,8 +372,12 @@ class ContainerDriver:
     # ------------------------------------------------------------- adopt after a daemon restart
 
     def adopt(self, rec: InstanceRecord) -> RunningContainer | None:
-        """Find a container that kept running while ctd was away; None if it is gone."""
+        """Find a container that kept running while ctd was away; None if it is gone (a zombie
+        is gone too: its spawner died before it could reap it, and whoever inherited it, the
+        host's init, may take its time)."""
         if rec.pid is None or rec.pid_start is None or start_time(rec.pid) != rec.pid_start:
+            return None
+        if is_zombie(rec.pid):
             return None
         try:
             pidfd = os.pidfd_open(rec.pid)
