@@ -89,6 +89,7 @@ LIMIT_OPTIONS = (
     ("cpuunits", "relative CPU weight, 8-500000 (default 1000)"),
     ("numproc", "process limit, e.g. 100 or 90:100"),
     ("numfile", "open files per process"),
+    ("numpty", "pseudo-terminals open at once (default 256)"),
     ("iolimit", "disk bandwidth, bytes/s, e.g. 10M"),
     ("iopslimit", "disk operations per second"),
     ("ioprio", "disk priority 0-7 (default 4)"),
@@ -133,11 +134,13 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 @click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
 @guest_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
+@click.option("--allow-io-uring", is_flag=True, help="let the container use io_uring (denied by default: "
+              "a large kernel attack surface)")
 def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
            nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
-           **limits: Any) -> None:
+           allow_io_uring: bool, **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
     body: dict[str, Any] = {"name": name, "type": kind, "limits": _limits(limits)}
     if template:
@@ -169,6 +172,8 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
         body["hostname"] = hostname
     if privileged:
         body["privileged"] = True
+    if allow_io_uring:
+        body["io_uring"] = True
     result = client().run("POST", "/1.0/instances", body)
     what = f"template {result['template']}" if result["template"] else "a blank disk"
     click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"

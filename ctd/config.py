@@ -33,12 +33,13 @@ class DaemonConfig:
     nft_table: str = "ctd"
     # Host ends of NICs are named <prefix><id>.<n>; two letters.
     nic_prefix: str = "ve"
-    # The network a NIC joins when none is named, made on first use (a bridge of that name).
-    default_network: str = "ctbr0"
     stop_timeout: float = 30.0
     # The network a new instance gets a NIC on when create names none (made on first use,
     # without NAT); "" gives such instances no NIC.
     default_network: str = "ctbr0"
+    # Memory lxcfs may take (its own cgroup; tenants' open handles on its files cost ~2 kB
+    # each); "" for no limit of its own.
+    lxcfs_memory: str = "128M"
     # What all containers together may take, so the host always keeps a reserve: processes
     # (0 = 40% of the host's pid/thread limit) and memory ("" = 90% of the RAM).
     max_total_pids: int = 0
@@ -62,6 +63,14 @@ class DaemonConfig:
     def idmap_limit(self) -> int:
         """The end of ctd's id area (exclusive)."""
         return self.idmap_end or self.idmap_base + DEFAULT_IDMAP_RANGES * self.idmap_size
+
+    @property
+    def owner_base(self) -> int:
+        """The 65536 host uids below idmap_base own the containers' user namespaces (one each,
+        so the kernel's per-user limits are per container); reserved: no host user may have
+        one. 0 (root owns them all, as before) where that block would reach below 65536."""
+        base = self.idmap_base - 65536
+        return base if base >= 65536 else 0
 
     @property
     def db_path(self) -> Path:

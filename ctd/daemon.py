@@ -118,6 +118,31 @@ def protect_host(cgroups, config: DaemonConfig) -> None:  # type: ignore[no-unty
         log.warning("could not cap containers' total pids/memory on the base cgroup: %s", exc)
 
 
+def warn_owner_clash(config: DaemonConfig) -> None:
+    """The uids that own containers' user namespaces must be nobody's on the host: a process
+    running as one would hold every capability in that container's user namespace."""
+    from ctd import idmap
+
+    low, high = config.owner_base, config.owner_base + 65536
+    if not low:
+        log.warning("idmap_base %d leaves no room below it for user-namespace owners: root owns every "
+                    "container's user namespace (they share root's inotify and other per-user limits)",
+                    config.idmap_base)
+        return
+    clash = []
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if len(fields) > 2 and fields[2].isdigit() and low <= int(fields[2]) < high:
+                clash.append(f"user {fields[0]} ({fields[2]})")
+    for start, count in idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")):
+        if start < high and low < start + count:
+            clash.append(f"subordinate ids {start}-{start + count - 1}")
+    if clash:
+        log.warning("uids %d-%d own containers' user namespaces and must be nobody else's, but %s use "
+                    "some: move them, or move idmap_base", low, high - 1, ", ".join(clash))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -133,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     # The spawner must be forked before anything starts a thread, and before the lock is
     # taken (a forked child would hold the lock too).
     from ctd.instance.container.spawner_client import SpawnerClient
-    spawner = SpawnerClient.fork(str(config.state_dir))
+    warn_owner_clash(config)
+    spawner = SpawnerClient.fork(str(config.state_dir), config.owner_base)
     try:
         lock_fd = take_lock(config)
     except CtdError as exc:
@@ -167,7 +193,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
     from ctd.instance.transfer import Transfers
-    from ctd.lxcfs import Lxcfs
+    from cgroups import parse_size
+    from ctd.lxcfs import LXCFS_GROUP, Lxcfs
     from ctd.network.manager import NetworkManager
     from ctd.operations import Operations
     from ctd.state import StateDB
@@ -183,7 +210,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     cgroups = CgroupManager.detect(base_name=config.cgroup_name)
     protect_host(cgroups, config)
     templates = TemplateManager(config.templates_dir, db, storage)
-    lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt")
+    lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt", cgroups.group(LXCFS_GROUP),
+                  parse_size(config.lxcfs_memory) if config.lxcfs_memory else None)
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
@@ -192,6 +220,8 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
     vm_driver = instances.probe_vms()   # probed again when a VM create or `ctctl check` needs it
     report = await instances.recover()
+    await containers.announce_owners()  # before them, the spawner makes no standby
+    containers.watch_lxcfs()
     containers.staging = True  # after recovery, which removes groups of no running container
     info = {
         "version": __version__, "api": "1.0", "pid": os.getpid(), "kernel": platform.release(),
@@ -236,12 +266,13 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if metrics_runner:
         await metrics_runner.cleanup()
     await runner.cleanup()
+    containers.unwatch_lxcfs()  # its end at shutdown is no death to recover from
     spawner.close()  # its standbys end with it, so their groups can go
     await asyncio.to_thread(containers.drop_staged)
     if not containers.running:  # nothing uses them any more
+        lxcfs.stop()  # first: its cgroup is below the base
         with contextlib.suppress(Exception):
             cgroups.remove_base()
-        lxcfs.stop()
         network.remove_filters()
     try:
         config.socket.unlink()

@@ -14,6 +14,7 @@ from typing import Any
 from cgroups import UNLIMITED, CgroupManager, IoLimit, Resources, parse_count, parse_size
 
 from ctd.errors import InvalidRequest
+from ctd.instance.container.spec import DEFAULT_NUMPTY, MAX_NUMPTY
 
 # name -> one-line help shown in errors and the API schema.
 LIMITS: dict[str, str] = {
@@ -24,6 +25,8 @@ LIMITS: dict[str, str] = {
     "cpuunits": "relative CPU weight, OpenVZ scale: 8 to 500000, default 1000",
     "numproc": "maximum number of processes and threads, e.g. 100 or 90:100",
     "numfile": "maximum open files per process (RLIMIT_NOFILE of init and its children)",
+    "numpty": f"pseudo-terminals the container may have open at once (its devpts' max=), "
+              f"1 to {MAX_NUMPTY}, default {DEFAULT_NUMPTY}",
     "iolimit": "disk bandwidth on the storage pool's device, bytes per second, e.g. 10M",
     "iopslimit": "disk operations per second on the storage pool's device",
     "ioprio": "disk priority 0 (lowest) to 7 (highest), default 4",
@@ -120,6 +123,8 @@ def normalise(raw: Any, host_cpus: int) -> dict[str, int]:
             raise InvalidRequest(f"invalid numproc {given['numproc']!r}: the barrier must not exceed the limit")
     if "numfile" in given:
         out["numfile"] = _count("numfile", given["numfile"], 16, nr_open())
+    if "numpty" in given:
+        out["numpty"] = _count("numpty", given["numpty"], 1, MAX_NUMPTY, allow_unlimited=False)
     if "iolimit" in given:
         out["iolimit"] = _size("iolimit", given["iolimit"], 4096)
     if "iopslimit" in given:

@@ -233,6 +233,7 @@ def build_schema() -> dict[str, Any]:
                     "name": NAME, "template": NAME,
                     "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                     "hostname": {"type": "string"}, "privileged": {"type": "boolean"},
+                    "io_uring": {"type": "boolean", "description": "allow io_uring (denied by default)"},
                     "type": {"type": "string", "enum": ["container", "vm"]},
                     "vm": {"type": "object", "additionalProperties": False, "properties": {
                         "disk": {"type": "string"}, "iso": {"type": "string"},

@@ -27,7 +27,9 @@ from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupporte
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance import exits
 from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
+from ctd.instance.container.spec import DEFAULT_NUMPTY
 from ctd.instance.rollback import Rollback
+from ctd.lxcfs import LXCFS_GROUP
 from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network import ipam
@@ -91,6 +93,26 @@ class StopOutcome(enum.Enum):
     NOT_RUNNING = "not running"
 
 
+def ptys_held(pids: set[int]) -> int:
+    """ptys these processes hold (OpenVZ's numpty 'held'): distinct pty masters among their
+    open files, by the tty-index the kernel shows for each (no walk into the tenant's /dev)."""
+    held: set[str] = set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").endswith("ptmx"):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                    held.update(line.split()[1] for line in info if line.startswith("tty-index:"))
+            except (OSError, IndexError):
+                pass
+    return len(held)
+
+
 class InstanceManager:
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
                  templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager,
@@ -113,6 +135,7 @@ class InstanceManager:
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
+        self._numpty_peak: dict[str, int] = {}
         self._disk_peak: dict[str, int] = {}
         self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
         self.io_device = limits_mod.block_device_of(storage.root)
@@ -236,7 +259,7 @@ class InstanceManager:
         """Everything that can be checked before work starts; raises 4xx errors."""
         body = validate.body_fields(body, {"name", "template", "id", "hostname", "privileged", "limits", "type",
                                            "nics", "nameservers", "userpasswd", "ssh_keys", "timezone",
-                                           "vm"}, {"name"})
+                                           "vm", "io_uring"}, {"name"})
         name = validate.instance_name(body["name"])
         kind = body.get("type", "container")
         if kind not in ("container", "vm"):
@@ -254,6 +277,9 @@ class InstanceManager:
             template = self.templates.get(validate.instance_name(template_name, "template name"))
         hostname = validate.hostname(body.get("hostname") or name)
         privileged = validate.boolean(body, "privileged")
+        io_uring = validate.boolean(body, "io_uring")
+        if io_uring and kind == "vm":
+            raise InvalidRequest("io_uring is a container option; a VM has its own kernel")
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(self.host_cpus)))
         self._check_io_device(limits)
         if kind == "vm":
@@ -271,7 +297,7 @@ class InstanceManager:
         return {"name": name, "id": instance_id, "template": template.name if template else "",
                 "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
                 "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
-                "type": kind, "vm": vm}
+                "type": kind, "vm": vm, "io_uring": io_uring}
 
     def _check_vm(self, body: dict[str, Any]) -> dict[str, Any]:
         """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
@@ -317,7 +343,8 @@ class InstanceManager:
                 init=list(recipe.init), stop_signal=recipe.stop_signal,
                 options={"systemd": recipe.systemd, "network_style": recipe.network_style,
                          "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
-                         "nameservers": checked["nameservers"]},
+                         "nameservers": checked["nameservers"],
+                         **({"io_uring": True} if checked.get("io_uring") else {})},
             )
             with contextlib.ExitStack() as undo:
                 rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
@@ -836,6 +863,11 @@ class InstanceManager:
         peak = self._numfile_peak[rec.name] = max(self._numfile_peak.get(rec.name, 0), held)
         rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
                      "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
+        ptys = ptys_held(group.pids())
+        numpty = rec.limits.get("numpty", DEFAULT_NUMPTY)
+        peak = self._numpty_peak[rec.name] = max(self._numpty_peak.get(rec.name, 0), ptys)
+        rows.append({"name": "numpty", "held": ptys, "maxheld": peak, "barrier": numpty, "limit": numpty,
+                     "failcnt": 0})
         disk = self.disk(rec, cached=True)
         if disk is not None:
             quota = disk["limit"] or limits_mod.UNLIMITED
@@ -1150,7 +1182,7 @@ class InstanceManager:
         own = {cgroup_name(r) if r.type is InstanceType.CONTAINER else vm_group(r) for r in records}
         in_use = {os.path.basename(d) for r in records if self.is_running(r) for d in self.group_of(r).dirs().values()}
         for group_name in self.cgroups.list_groups():
-            if group_name in in_use:
+            if group_name in in_use or group_name == LXCFS_GROUP:  # lxcfs outlives ctd
                 continue
             if group_name in own:
                 await asyncio.to_thread(ContainerDriver._destroy_group_quietly, self.cgroups.group(group_name))

@@ -26,8 +26,11 @@ Deliberate choices:
 * Any other ABI (for example 32-bit ARM compat tasks on aarch64) is killed with
   SECCOMP_RET_KILL_PROCESS: we have no table for it, allowing would bypass the filter,
   and denying every call with an errno leaves a process that cannot even exit cleanly.
-* io_uring stays allowed (Docker denies it since v25): guests such as databases and
-  QEMU use it, and it is the host kernel's business (``kernel.io_uring_disabled``).
+* io_uring (``io_uring_setup``, ``io_uring_enter``, ``io_uring_register``) is denied by
+  default with EPERM, as Docker (since v25), containerd and ChromeOS do: its requests run in
+  kernel worker threads beside the syscall paths seccomp and LSMs see, and it has been the
+  source of a long run of privilege escalations. A container may be allowed it
+  (``IO_URING``, left out of its spec's deny list); ``ALWAYS_DENY`` can never be lifted.
 
 ``install()`` filters the calling thread only (and everything it forks or execs): call it
 in the single-threaded spawned child right before exec.
@@ -45,7 +48,7 @@ import sys
 from collections.abc import Iterable, Sequence
 
 # Denied syscall names. Names absent on an architecture are skipped there.
-DEFAULT_DENY: tuple[str, ...] = (
+ALWAYS_DENY: tuple[str, ...] = (
     "kexec_load", "kexec_file_load",  # replace the host kernel
     "init_module", "finit_module", "delete_module",  # load/unload host kernel code
     "open_by_handle_at",  # opens any inode by handle, escaping mount/chroot confinement
@@ -64,6 +67,9 @@ DEFAULT_DENY: tuple[str, ...] = (
     "uselib",  # obsolete a.out loader path
     "personality",  # denied except the plain PER_LINUX values (see PERSONALITY_ALLOWED)
 )
+IO_URING: tuple[str, ...] = ("io_uring_setup", "io_uring_enter", "io_uring_register")
+# What a container gets unless it is allowed io_uring.
+DEFAULT_DENY: tuple[str, ...] = ALWAYS_DENY + IO_URING
 
 PERSONALITY_ALLOWED: tuple[int, ...] = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
 
@@ -76,6 +82,7 @@ _X86_64: dict[str, int] = {
     "kexec_load": 246, "add_key": 248, "request_key": 249, "keyctl": 250,
     "perf_event_open": 298, "open_by_handle_at": 304, "clock_adjtime": 305,
     "finit_module": 313, "kexec_file_load": 320, "bpf": 321, "userfaultfd": 323,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
 }
 # x32-only numbers (compared after masking the x32 bit) for names whose x32 entry differs.
 _X32_EXTRA: dict[str, int] = {"kexec_load": 528}
@@ -87,6 +94,7 @@ _I386: dict[str, int] = {
     "add_key": 286, "request_key": 287, "keyctl": 288, "perf_event_open": 336,
     "open_by_handle_at": 342, "clock_adjtime": 343, "finit_module": 350, "bpf": 357,
     "userfaultfd": 374, "clock_settime64": 404, "clock_adjtime64": 405,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
 }
 _AARCH64: dict[str, int] = {
     "lookup_dcookie": 18, "nfsservctl": 42, "acct": 89, "personality": 92,
@@ -95,6 +103,7 @@ _AARCH64: dict[str, int] = {
     "keyctl": 219, "swapon": 224, "swapoff": 225, "perf_event_open": 241,
     "open_by_handle_at": 265, "clock_adjtime": 266, "finit_module": 273, "bpf": 280,
     "userfaultfd": 282, "kexec_file_load": 294,
+    "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
 }
 _KNOWN_NAMES = frozenset(_X86_64) | frozenset(_I386) | frozenset(_AARCH64)
 

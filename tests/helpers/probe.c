@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -200,6 +201,50 @@ static int security_cmd(int argc, char **argv) {
         while (wait(NULL) > 0) {}
         return 0;
     }
+    if (!strcmp(cmd, "openhold")) {          /* openhold PATH N SECONDS: open PATH N times (read 1 byte each), hold */
+        struct rlimit rl;
+        getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+        int n = atoi(argv[3]), made = 0, err = 0;
+        char c;
+        for (int i = 0; i < n; i++) {
+            int fd = open(argv[2], O_RDONLY);
+            if (fd < 0 || read(fd, &c, 1) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[4]));
+        return 0;
+    }
+    if (!strcmp(cmd, "inotifyhold")) {       /* inotifyhold N SECONDS: make up to N inotify instances, hold them */
+        int n = atoi(argv[2]), made = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            if (syscall(SYS_inotify_init1, 0) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[3]));
+        return 0;
+    }
+    if (!strcmp(cmd, "ptyhold")) {           /* ptyhold N SECONDS: open up to N ptys, hold them, report */
+        int n = atoi(argv[2]), made = 0, err = 0;
+        for (int i = 0; i < n; i++) {
+            if (open("/dev/ptmx", O_RDWR | O_NOCTTY) < 0) { err = errno; break; }
+            made++;
+        }
+        printf("%d %s\n", made, err ? strerrorname_np(err) : "ok");
+        sleep(atoi(argv[3]));
+        return 0;
+    }
+    if (!strcmp(cmd, "io_uring_setup")) {    /* a one-entry ring: its fd, or the errno name */
+        unsigned char params[120] = {0};      /* struct io_uring_params, zeroed */
+        return report(syscall(425 /* io_uring_setup */, 1, params));
+    }
+    if (!strcmp(cmd, "io_uring_enter"))       /* on no ring: EBADF where io_uring is allowed */
+        return report(syscall(426 /* io_uring_enter */, -1, 0, 0, 0, NULL, 0));
+    if (!strcmp(cmd, "io_uring_register"))
+        return report(syscall(427 /* io_uring_register */, -1, 0, NULL, 0));
     if (!strcmp(cmd, "exe_race"))            /* exe_race SECONDS HOST_INODE */
         return exe_race(atof(argv[2]), strtoul(argv[3], 0, 10));
     return -1;

@@ -92,6 +92,14 @@ def test_inside_sees_its_limits_and_a_working_debian(ctd, vps):
     assert ctd.sh(name, "uptime -p").code == 0
 
 
+def test_exec_tty_is_its_own_terminal(ctd, vps):
+    """`exec -t` gets a pty of the guest's own devpts: `tty` names it, and util-linux's mesg,
+    which checks the terminal it stands on, works."""
+    name = vps()
+    out = ctd.ctl("exec", "-t", name, "--", "/bin/sh", "-c", "tty; mesg y && mesg").out.split()
+    assert out[0].startswith("/dev/pts/") and out[1:] == ["is", "y"], out
+
+
 def test_password_is_hashed_into_shadow_never_kept(ctd, debian, lan):
     name = ctd.unique("pw")
     try:

@@ -46,6 +46,14 @@ def _other_daemons(pid: str, mine: str) -> bool:
     return "/ctd-test-" in groups and f"/{mine}/" not in groups
 
 
+def _is_our_lxcfs(pid: str, state_dir: Path) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # gone meanwhile
+    return b"lxcfs" in cmdline and os.fsencode(str(state_dir)) in cmdline
+
+
 def _ppid(pid: str) -> int | None:
     try:
         return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
@@ -169,6 +177,8 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
             procs = (child / "cgroup.procs").read_text().split() if (child / "cgroup.procs").exists() else []
             if child.name.startswith("standby-") and all(_descends(p, daemon) for p in procs):
                 continue
+            if child.name == "lxcfs" and all(_is_our_lxcfs(p, d.state_dir) for p in procs):
+                continue  # lxcfs runs in a cgroup of its own and outlives ctd
             problems.append(f"cgroup {child} is left over (processes: {procs or 'none'})")
 
     # -- id ranges: no two instances share host ids

@@ -177,9 +177,12 @@ def test_exec_cwd_fd_leak_from_the_host_side(ctd, make, privileged):
 
 
 def test_exec_tty_is_no_way_into_the_hosts_devpts(ctd, make, privileged):
-    """`exec -t` hands the command a pty slave of the host's devpts: a file, not a directory
-    to walk from, and the container's own devpts shows none of the host's terminals."""
+    """`exec -t` hands the command a pty slave of the container's own devpts (opened inside by
+    the exec helper): a file, not a directory to walk from, and that devpts shows no terminal
+    but this one (none of the host's)."""
     name = make(privileged)
     r = ctd.ctl("exec", "-t", name, "--", "/bin/sh", "-c",
-                "probe open /proc/self/fd/0/..; probe open /proc/self/fd/0/../ptmx; probe fds; ls /dev/pts")
-    assert r.out.split() == ["ENOTDIR", "ENOTDIR", "end", "ptmx"], (r.out, r.err)
+                "probe open /proc/self/fd/0/..; probe open /proc/self/fd/0/../ptmx; probe fds; ls /dev/pts; tty")
+    words = r.out.split()
+    assert words[:3] == ["ENOTDIR", "ENOTDIR", "end"], (r.out, r.err)
+    assert words[-1].startswith("/dev/pts/") and sorted(words[3:-1]) == sorted([words[-1][9:], "ptmx"]), r.out

@@ -87,3 +87,10 @@ def test_names_of_host_resources_are_checked(tmp_path: Path, line: str, what: st
 def test_the_id_area_ends_by_default_after_8192_ranges(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "missing.toml", {})
     assert cfg.idmap_limit == 1_000_000 + 8192 * 65536
+
+
+def test_owner_block_is_just_below_the_container_ranges() -> None:
+    from ctd.config import DaemonConfig
+    assert DaemonConfig().owner_base == 1_000_000 - 65536
+    assert DaemonConfig(idmap_base=131072).owner_base == 65536
+    assert DaemonConfig(idmap_base=100_000).owner_base == 0  # would reach the host's own users

@@ -200,3 +200,10 @@ def test_the_largest_size_is_accepted() -> None:
 def test_counts_beyond_what_the_kernel_takes_are_refused(key: str, value: str, bound: str) -> None:
     msg = refused({key: value})
     assert msg.startswith(f"invalid {key}") and bound in msg, msg
+
+
+def test_numpty() -> None:
+    assert norm({"numpty": "64"}) == {"numpty": 64}
+    assert "from 1 to 1048576" in refused({"numpty": 0})
+    assert "from 1 to 1048576" in refused({"numpty": 1 << 21})
+    assert "whole number" in refused({"numpty": "unlimited"})

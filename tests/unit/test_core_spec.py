@@ -82,7 +82,7 @@ def test_devpts_is_a_new_instance_with_group_tty(plan: list[MountStep]) -> None:
     pts = plan[mount]
     options = pts.data.split(",")
     assert pts.fstype == "devpts" and "newinstance" in options and "gid=5" in options
-    assert "ptmxmode=0666" in options
+    assert "ptmxmode=0666" in options and "max=256" in options  # numpty's default
     ptmx = step(plan, K.SYMLINK, "/dev/ptmx")
     assert ptmx.source == "pts/ptmx" and plan.index(ptmx) > mount
 
@@ -210,3 +210,8 @@ def test_unknown_wire_field_is_refused() -> None:
     wire["surprise"] = 1
     with pytest.raises(TypeError):
         container_from_wire(wire)
+
+
+def test_devpts_max_is_numpty() -> None:
+    pts = step(mount_plan(console=False, numpty=7), K.MOUNT, "/dev/pts")
+    assert "max=7" in pts.data.split(",")

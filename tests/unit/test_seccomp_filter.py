@@ -35,7 +35,8 @@ X86_64_DENIED = {"kexec_load": 246, "kexec_file_load": 320, "init_module": 175,
                  "request_key": 249, "userfaultfd": 323, "acct": 163, "swapon": 167,
                  "swapoff": 168, "lookup_dcookie": 212, "iopl": 172, "ioperm": 173,
                  "settimeofday": 164, "clock_settime": 227, "clock_adjtime": 305,
-                 "adjtimex": 159, "nfsservctl": 180, "uselib": 134}
+                 "adjtimex": 159, "nfsservctl": 180, "uselib": 134,
+                 "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427}
 I386_DENIED = {"kexec_load": 283, "init_module": 128, "finit_module": 350, "bpf": 357,
                "keyctl": 288, "userfaultfd": 374, "open_by_handle_at": 342, "stime": 25,
                "vm86": 166, "vm86old": 113, "iopl": 110, "clock_settime64": 404,

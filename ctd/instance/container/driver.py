@@ -10,6 +10,7 @@ import os
 import re
 import resource
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +22,14 @@ from ctd.errors import Conflict, OperationFailed
 from ctd import faults
 from ctd.instance.container import devices
 from ctd.instance.container.console import Console
+from ctd.instance.container.spawner import NO_PTY
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import (
-    DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
+    DEFAULT_NUMPTY, DEFAULT_PATH, SYSTEMD_TMPFS, ContainerSpec, ExecSpec, IdMap, mount_plan, to_wire,
 )
 from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
-from ctd.linux.proc import is_zombie, start_time
+from ctd.linux.proc import is_zombie, start_time, userns_owner
 from ctd.network import netlink
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord
@@ -53,6 +55,8 @@ class RunningContainer:
     killed: bool = False  # ctd sent SIGKILL (a stop that timed out, or --kill)
     forced: bool = False  # init outlived the stop signal's timeout and was killed
     group: object = None  # its cgroup handle: made by this start, or verified at adoption
+    privileged: bool = False
+    numpty: int | None = None  # its devpts' max= (None: not known, after an adoption)
     exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -69,6 +73,14 @@ class ExecProcess:
     fds: list[int]  # ctd's ends: [stdin w, stdout r, stderr r], or [pty master]
     exit_code: asyncio.Future
     queue: asyncio.Queue
+
+
+IO_URING_KEY = "io_uring"  # rec.options: True lets the container use io_uring
+
+
+def seccomp_deny(rec: InstanceRecord) -> list[str]:
+    """The container's deny list: the default one, less io_uring where it was allowed."""
+    return list(seccomp.ALWAYS_DENY if rec.options.get(IO_URING_KEY) else seccomp.DEFAULT_DENY)
 
 
 def cgroup_name(instance: InstanceRecord) -> str:
@@ -89,6 +101,8 @@ class ContainerDriver:
         self.spawner = spawner
         self.cgroups = cgroups
         self.lxcfs = lxcfs
+        self._lxcfs_watch = -1  # a pidfd of lxcfs, in the event loop
+        self._lxcfs_task: asyncio.Task | None = None  # its restart (held: the loop keeps weak refs)
         self.running: dict[str, RunningContainer] = {}
         self.on_stopped: StoppedCallback | None = None
         self._statuses: dict[int, int] = {}  # init pid -> wait status, from the spawner
@@ -171,6 +185,72 @@ class ContainerDriver:
         while self._staged:
             self._destroy_group_quietly(self._staged.popitem()[1])
 
+    async def announce_owners(self) -> None:
+        """Tell the spawner which user-namespace owner uids the containers it did not start (the
+        ones adopted after a restart) hold, so no new container shares one; it makes standbys
+        only after this."""
+        uids = sorted({uid for rc in self.running.values() if (uid := userns_owner(rc.pid))})
+        queue = self.spawner.request("owners", {"uids": uids}, [])
+        try:
+            await first_reply(queue, "telling the spawner the running containers' owners")
+        finally:
+            self.spawner.forget(queue)
+
+    # ------------------------------------------------------------- lxcfs
+
+    def watch_lxcfs(self) -> None:
+        """lxcfs runs under a memory limit; tenants can drive it there (open handles), and the
+        kernel then kills it. Restart it at once and bind its files into every running container
+        again: the neighbours' /proc/meminfo is back in a moment instead of ENOTCONN for good."""
+        lxcfs = self.lxcfs
+        if lxcfs is None or not lxcfs.available:
+            return
+        try:
+            pidfd = os.pidfd_open(int(lxcfs.pidfile.read_text()))
+        except (OSError, ValueError) as exc:
+            log.warning("cannot watch lxcfs: %s", exc)
+            return
+        loop = asyncio.get_running_loop()
+
+        def died() -> None:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._lxcfs_task = loop.create_task(self._lxcfs_died())
+
+        loop.add_reader(pidfd, died)
+        self._lxcfs_watch = pidfd
+
+    def unwatch_lxcfs(self) -> None:
+        pidfd = self._lxcfs_watch
+        if pidfd >= 0:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(pidfd)
+                os.close(pidfd)
+            self._lxcfs_watch = -1
+
+    async def _lxcfs_died(self) -> None:
+        assert self.lxcfs is not None
+        self._lxcfs_watch = -1
+        log.warning("lxcfs died (at its memory limit?); starting it again and rebinding its files")
+        if not await asyncio.to_thread(self.lxcfs.ensure):
+            log.error("lxcfs could not be started again: %s", self.lxcfs.reason)
+            return
+        self.watch_lxcfs()
+        binds = await asyncio.to_thread(self.lxcfs.binds)
+        began = time.monotonic()
+        running = list(self.running.values())
+        for rc in running:
+            queue = self.spawner.request("lxcfs_rebind", {"init_pid": rc.pid, "privileged": rc.privileged,
+                                                          "binds": binds}, [])
+            try:
+                await first_reply(queue, f"{rc.name}: binding lxcfs' files again")
+            except OperationFailed as exc:
+                log.warning("%s", exc.message)
+            finally:
+                self.spawner.forget(queue)
+        log.info("lxcfs' files bound again in %d running container(s) in %.2f s", len(running),
+                 time.monotonic() - began)
+
     # ------------------------------------------------------------- spec
 
     def build_spec(self, rec: InstanceRecord, rootfs: Path, console: bool = True) -> ContainerSpec:
@@ -185,12 +265,13 @@ class ContainerDriver:
         return ContainerSpec(
             name=rec.name, hostname=rec.hostname, rootfs=str(rootfs), init=list(rec.init),
             uid_map=uid_map, gid_map=gid_map,
-            mounts=mount_plan(console=console, lxcfs=self.lxcfs.binds() if self.lxcfs else None,
+            mounts=mount_plan(console=console, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY),
+                              lxcfs=self.lxcfs.binds() if self.lxcfs else None,
                               extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
                               cgroupfs=self.cgroups.guest_mounts() if systemd else None),
             env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
             cap_drop=list(capabilities.DEFAULT_DROP),
-            seccomp_deny=list(seccomp.DEFAULT_DENY),
+            seccomp_deny=seccomp_deny(rec),
             console=console,
             nofile=rec.limits.get("numfile"),
         )
@@ -272,7 +353,8 @@ class ContainerDriver:
             self.spawner.notify("refill")  # the next standby, now that this start is done
         console = Console(master)
         console.attach_loop(asyncio.get_running_loop())
-        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, group=group)
+        rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, group=group,
+                              privileged=rec.privileged, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY))
         self._watch(rc)
         return rc
 
@@ -308,10 +390,12 @@ class ContainerDriver:
     # ------------------------------------------------------------- adopt after a daemon restart
 
     def adopt(self, rec: InstanceRecord) -> RunningContainer | None:
-        """Find a container that kept running while ctd was away; None if it is gone."""
+        """Find a container that kept running while ctd was away; None if it is gone (a zombie
+        is gone too: its spawner died before it could reap it, and whoever inherited it, the
+        host's init, may take its time)."""
         if rec.pid is None or rec.pid_start is None or start_time(rec.pid) != rec.pid_start:
             return None
-        if is_zombie(rec.pid):  # ended while ctd was away, not reaped yet: nothing to adopt
+        if is_zombie(rec.pid):
             return None
         try:
             pidfd = os.pidfd_open(rec.pid)
@@ -325,7 +409,7 @@ class ContainerDriver:
         if fixed:
             rec.options[FIXED_KEY] = fixed  # the caller saves the record
         rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
-                              group=self.cgroups.group(cgroup_name(rec), fixed))
+                              group=self.cgroups.group(cgroup_name(rec), fixed), privileged=rec.privileged)
         self._watch(rc)
         return rc
 
@@ -460,6 +544,16 @@ class ContainerDriver:
             for pid in await asyncio.to_thread(group.pids):
                 with contextlib.suppress(OSError):
                     resource.prlimit(pid, resource.RLIMIT_NOFILE, (nofile, nofile))
+        rc = self.running.get(rec.name)
+        numpty = rec.limits.get("numpty", DEFAULT_NUMPTY)
+        if rc is not None and rc.numpty != numpty:
+            queue = self.spawner.request("devpts_max", {"init_pid": rc.pid, "privileged": rec.privileged,
+                                                        "numpty": numpty}, [])
+            try:
+                await first_reply(queue, f"{rec.name}: setting numpty")
+            finally:
+                self.spawner.forget(queue)
+            rc.numpty = numpty
 
     async def cleanup(self, rec: InstanceRecord) -> None:
         """After init is gone: end stragglers (exec sessions) and remove the cgroup (only the
@@ -503,12 +597,7 @@ class ContainerDriver:
         theirs: list[int] = []
         ours: list[int] = []
         try:
-            if tty:
-                master, slave = os.openpty()
-                if not rec.privileged:
-                    os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
-                theirs, ours = [slave], [master]
-            else:
+            if not tty:  # with a tty, the spawner's helper opens a pty inside and hands us its master
                 for child_reads in (True, False, False):
                     r, w = os.pipe2(os.O_CLOEXEC)
                     theirs.append(r if child_reads else w)
@@ -519,7 +608,7 @@ class ContainerDriver:
                 init_pid=rc.pid, command=command, env=[f"{k}={v}" for k, v in full_env.items()],
                 cwd=cwd, privileged=rec.privileged,
                 cgroup_procs=self.group(rec).procs_files(),
-                cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=list(seccomp.DEFAULT_DENY), tty=tty,
+                cap_drop=list(capabilities.DEFAULT_DROP), seccomp_deny=seccomp_deny(rec), tty=tty,
                 nofile=rec.limits.get("numfile"),
             )
             queue = self.spawner.request("exec", to_wire(spec), theirs)
@@ -531,7 +620,20 @@ class ContainerDriver:
             for fd in theirs:
                 os.close(fd)
         try:
-            reply, _ = await first_reply(queue, f"exec in {rec.name}")
+            reply, fds = await first_reply(queue, f"exec in {rec.name}")
+            if tty:
+                if len(fds) != 1:
+                    for fd in fds:
+                        os.close(fd)
+                    raise OperationFailed(f"exec in {rec.name}: no terminal came back from the container")
+                ours = fds
+        except OperationFailed as exc:
+            for fd in ours:
+                os.close(fd)
+            if NO_PTY in exc.message:
+                raise Conflict(f"{rec.name}: {NO_PTY}: every pty its numpty limit allows is open; "
+                               "close some, or raise it with 'ctctl set NAME --numpty N'") from None
+            raise
         except BaseException:
             for fd in ours:
                 os.close(fd)

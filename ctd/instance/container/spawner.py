@@ -18,9 +18,15 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
                                           a NETLINK_ROUTE socket in its network namespace]
      init waits for "1" on the go pipe; meanwhile ctd moves it into the container's cgroups
      and plugs its NICs. Then init makes its cgroup namespace and execs.
-  -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr]
+  -> {"id", "op": "exec", "spec"}   fds: [stdin, stdout, stderr], or none with spec.tty
   <- {"id", "pid"} then {"id", "exit": code}
+                                    fds with the pid: [the pty master] with spec.tty (a pty of
+                                    the container's own devpts)
   -> {"id", "op": "netns_socket", "spec": {"init_pid"}}  <- {"id", "ok": true}  fds: [netlink socket]
+  -> {"id", "op": "devpts_max", "spec": {"init_pid", "privileged", "numpty"}}  <- {"id", "ok": true}
+                                    a running container's /dev/pts remounted with a new max=
+  -> {"id", "op": "lxcfs_rebind", "spec": {"init_pid", "privileged", "binds"}}  <- {"id", "ok": true}
+                                    a new lxcfs' files bound over a running container's dead ones
   <- {"id", "error": text}          the request failed; nothing was left running
   <- {"id", "helper_exit": status}  the helper process that served id is gone
   <- {"event": "exit", "pid", "status"}  a container init (or other orphan) was reaped
@@ -28,12 +34,25 @@ Protocol (SOCK_SEQPACKET, one JSON message per packet, fds by SCM_RIGHTS):
                                     ("standby": pid) once ctd has put it in cgroups ahead
   <- {"event": "standby_gone", "pid"}  it died before a start took it
   -> {"op": "refill"}               a start is done: make the next standby now (no reply)
+  -> {"id", "op": "owners", "spec": {"uids"}}  <- {"id", "ok": true}
+                                    the user-namespace owners of running containers this spawner
+                                    did not start (adopted by ctd); standbys wait for this word
+
+User-namespace owners. The kernel charges what a container's processes take of the per-user
+limits (inotify instances and watches, user namespaces, RLIMIT_NPROC/MEMLOCK/MSGQUEUE/
+SIGPENDING counts) at the host level to the uid that created its user namespace. A maker of
+an unprivileged standby therefore becomes a uid of its own before it unshares: one of the 65536
+ids just below ctd's first container range (OWNER_IDS of them), reserved for this, never the uid of
+a host process (such a process would hold every capability in the container's user
+namespace), and never that of two live containers at once. So each container has the host's
+per-user limits (fs.inotify.max_user_instances …) to itself, and host root keeps its own.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import fcntl
 import gc
 import json
@@ -42,6 +61,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import termios
 import time
 import traceback
@@ -52,7 +72,7 @@ from typing import NoReturn
 import prctl
 
 from ctd.instance.container.spec import (
-    ContainerSpec, ExecSpec, MountStep, StepKind, container_from_wire, exec_from_wire,
+    ContainerSpec, ExecSpec, MountStep, StepKind, container_from_wire, devpts_options, exec_from_wire,
 )
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
@@ -113,6 +133,8 @@ class Standby:
     maker: int             # the process that made its namespaces (reaped without a word)
     control: int           # the spawner's end of init's control socket
     privileged: bool       # no user namespace of its own
+    deny: tuple[str, ...] = seccomp.DEFAULT_DENY  # the seccomp filter its maker installed
+    owner: int = 0         # the host uid that owns its user namespace (0: privileged)
     pid: int = 0           # init's pid, once the maker has reported it
     netns_socket: int = -1  # a NETLINK_ROUTE socket in its network namespace, from the maker
     error: str = ""        # why the maker failed (pid is -1 then)
@@ -126,7 +148,13 @@ class Standby:
         self.control = self.netns_socket = -1
 
 
-def serve(sock: socket.socket, parent_pid: int) -> None:
+OWNER_IDS = 65536  # the block of owner uids, just below ctd's first container id range
+# RLIMIT_NOFILE as the spawner had it, when a maker raised its hard limit for its init to set
+# the container's numfile from (init may only lower it: it is no host root).
+_nofile_default: tuple[int, int] | None = None
+
+
+def serve(sock: socket.socket, parent_pid: int, owner_base: int = 0) -> None:
     """Run until ctd closes its end of the socket (or dies)."""
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:  # ctd died before PDEATHSIG was armed
@@ -146,15 +174,22 @@ def serve(sock: socket.socket, parent_pid: int) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # ctd decides when we go, by closing the socket
-    server = _Server(sock, (wake_r, wake_w))
+    server = _Server(sock, (wake_r, wake_w), owner_base)
     while True:
         server.step()
 
 
 class _Server:
-    def __init__(self, sock: socket.socket, own_fds: tuple[int, int]) -> None:
+    def __init__(self, sock: socket.socket, own_fds: tuple[int, int], owner_base: int = 0) -> None:
         self.sock = sock
         self.own_fds = own_fds
+        self.owner_base = owner_base  # 0: user namespaces owned by root, as before
+        self.owners_known = not owner_base  # standbys wait until ctd names its adopted owners
+        self.adopted_owners: set[int] = set()
+        self.init_owners: dict[int, int] = {}  # init pid -> owner uid, for inits we started
+        # Where the search for a free owner starts: another ctd on this host (tests run several)
+        # most likely starts elsewhere, so their containers rarely share an owner.
+        self.next_owner = int.from_bytes(os.urandom(2), "little")
         self.helpers: dict[int, int] = {}    # helper pid -> request id
         self.standbys: list[Standby] = []    # unprivileged inits forked ahead (off the start path)
         self.quiet: set[int] = set()         # pids reaped without a word to ctd
@@ -168,7 +203,8 @@ class _Server:
     def step(self) -> None:
         wake_r = self.own_fds[0]
         pending = {s.control: s for s in self.standbys if not s.pid}
-        timeout = None if self.standbys else max(0.0, self.refill_at - time.monotonic())
+        idle = self.standbys or not self.owners_known
+        timeout = None if idle else max(0.0, self.refill_at - time.monotonic())
         ready, _, _ = select.select([self.sock, wake_r, *pending], [], [], timeout)
         if not ready:  # due, and nobody waits for us
             self.standbys.append(self.make_standby(privileged=False))
@@ -194,6 +230,10 @@ class _Server:
                         self.refill_at = time.monotonic() + REFILL_DELAY
                 elif message.get("op") == "refill":  # ctd's start is done: the CPU is free again
                     self.refill_at = time.monotonic()
+                elif message.get("op") == "owners":
+                    self.adopted_owners = {int(u) for u in message["spec"]["uids"]}
+                    self.owners_known = True
+                    send(self.sock, {"id": message["id"], "ok": True})
                 else:
                     pid = _dispatch(self.sock, message, fds, self.inherited_fds())
                     if pid:
@@ -210,6 +250,7 @@ class _Server:
                 return
             if pid == 0:
                 return
+            self.init_owners.pop(pid, None)  # its owner uid is free again
             if pid in self.quiet:
                 self.quiet.discard(pid)
             elif pid in self.helpers:
@@ -224,7 +265,18 @@ class _Server:
 
     # ------------------------------------------------------------ standbys
 
-    def make_standby(self, privileged: bool, ahead: bool = True) -> Standby:
+    def free_owner(self) -> int:
+        """A uid of the owner block that owns no live standby's or container's user namespace."""
+        taken = {s.owner for s in self.standbys} | set(self.init_owners.values()) | self.adopted_owners
+        for _ in range(OWNER_IDS):
+            self.next_owner = (self.next_owner + 1) % OWNER_IDS
+            if self.owner_base + self.next_owner not in taken:
+                return self.owner_base + self.next_owner
+        raise OSError(f"all {OWNER_IDS} user-namespace owner ids are taken")
+
+    def make_standby(self, privileged: bool, ahead: bool = True,
+                     deny: tuple[str, ...] = seccomp.DEFAULT_DENY) -> Standby:
+        owner = self.free_owner() if self.owner_base and not privileged else 0
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         close_in_child = self.inherited_fds()
         maker = os.fork()
@@ -235,7 +287,7 @@ class _Server:
                 for fd in close_in_child:
                     os.close(fd)
                 _become_helper()
-                _make_init(theirs, privileged, self.last_wrapped if ahead else b"")
+                _make_init(theirs, privileged, deny, owner, self.last_wrapped if ahead else b"")
                 code = 0
             except BaseException as exc:  # noqa: BLE001 — the spawner hears of it as EOF or text
                 try:
@@ -246,7 +298,7 @@ class _Server:
                 os._exit(code)
         theirs.close()
         self.quiet.add(maker)
-        return Standby(maker, ours.detach(), privileged)
+        return Standby(maker, ours.detach(), privileged, deny, owner)
 
     def take_report(self, standby: Standby) -> None:
         """The maker's word: init's pid and a netlink socket, or why there is none."""
@@ -271,17 +323,20 @@ class _Server:
         if standby in self.standbys:  # made ahead: ctd may put it in cgroups of its own meanwhile
             send(self.sock, {"event": "standby", "pid": standby.pid})
 
-    def ready_standby(self, privileged: bool, wanted: int = 0) -> Standby:
+    def ready_standby(self, spec: ContainerSpec, wanted: int = 0) -> Standby:
         """The one ctd asked for if it is still there, else the oldest; made now if none was
-        made ahead (privileged ones never are)."""
+        made ahead (privileged ones never are, nor ones whose seccomp filter lifts a default
+        denial, such as io_uring: a filter cannot be undone)."""
+        pooled = not spec.privileged and set(seccomp.DEFAULT_DENY) <= set(spec.seccomp_deny)
         chosen = next((s for s in self.standbys if wanted and s.pid == wanted), None)
-        if not privileged and chosen is not None:
+        if pooled and chosen is not None:
             self.standbys.remove(chosen)
             standby = chosen
-        elif not privileged and self.standbys:
+        elif pooled and self.standbys:
             standby = self.standbys.pop(0)
-        else:
-            standby = self.make_standby(privileged, ahead=False)  # wanted now: no rehearsal
+        else:  # wanted now: no rehearsal
+            deny = tuple(n for n in spec.seccomp_deny if n in seccomp.DEFAULT_DENY)
+            standby = self.make_standby(spec.privileged, ahead=False, deny=deny)
         if not standby.pid:
             select.select([standby.control], [], [])
             self.take_report(standby)
@@ -300,7 +355,7 @@ class _Server:
         try:
             spec = container_from_wire(message["spec"])
             unprivileged = not spec.privileged
-            standby = self.ready_standby(spec.privileged, message.get("standby") or 0)
+            standby = self.ready_standby(spec, message.get("standby") or 0)
             console_fd = fds[0] if spec.console else None
             tree = _root_tree(spec, standby.pid)
             handed.append(tree)
@@ -308,8 +363,6 @@ class _Server:
             handed += sources.values()
             root_dir = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             handed.append(root_dir)
-            if spec.nofile:  # as host root: container root may lower it later, never raise it
-                resource.prlimit(standby.pid, resource.RLIMIT_NOFILE, (spec.nofile, spec.nofile))
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             handed += (go_r, go_w, err_r, err_w)
@@ -320,7 +373,10 @@ class _Server:
                 socket.send_fds(control, [wrapped],
                                 [root_dir, tree, go_r, err_w, *([console_fd] if console_fd is not None else []),
                                  *(sources[i] for i in order)])
-            send(self.sock, {"id": req_id, "pid": standby.pid}, [go_w, err_r, standby.netns_socket])
+            send(self.sock, {"id": req_id, "pid": standby.pid, "owner": standby.owner},
+                 [go_w, err_r, standby.netns_socket])
+            if standby.owner:
+                self.init_owners[standby.pid] = standby.owner
         except BaseException as exc:  # noqa: BLE001 — back to ctd as text
             if standby is not None and standby.pid > 0:
                 self.quiet.add(standby.pid)   # it ends when it sees our ends closed
@@ -371,7 +427,7 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
     if op == "ping":
         send(sock, {"id": message["id"], "pong": os.getpid()})
         return 0
-    if op not in ("exec", "netns_socket"):
+    if op not in ("exec", "netns_socket", "devpts_max", "lxcfs_rebind"):
         send(sock, {"id": message["id"], "error": f"unknown spawner op {op!r}"})
         return 0
     pid = os.fork()
@@ -386,6 +442,10 @@ def _dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: lis
         _become_helper()
         if op == "netns_socket":
             _netns_socket(sock, message["id"], message["spec"]["init_pid"])
+        elif op == "devpts_max":
+            _devpts_max(sock, message["id"], message["spec"])
+        elif op == "lxcfs_rebind":
+            _lxcfs_rebind(sock, message["id"], message["spec"])
         else:
             _run_exec(sock, message["id"], exec_from_wire(message["spec"]), fds)
         code = 0
@@ -428,15 +488,20 @@ def _describe(exc: BaseException) -> str:
 
 # ---------------------------------------------------------------- starting a container
 
-def _make_init(control: socket.socket, privileged: bool, rehearsal: bytes = b"") -> None:
+def _make_init(control: socket.socket, privileged: bool, deny: tuple[str, ...], owner: int = 0,
+               rehearsal: bytes = b"") -> None:
     """The maker: new namespaces, then their init, which waits for its start. The maker reports
     init's pid and exits; init, its parent gone, becomes the spawner's child (subreaper)."""
     # Every container's filter, installed as host root: init inherits it (a spec may only add).
     # Not the bounding set: setresuid in the container's user namespace keeps it, but it is
     # dropped by init where the spec says.
-    seccomp.install(seccomp.DEFAULT_DENY)
-    # With CLONE_NEWUSER the user namespace is made first and owns the others.
-    sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
+    if set(seccomp.ALWAYS_DENY) - set(deny):
+        raise OSError("a container's seccomp filter must deny " + ", ".join(seccomp.ALWAYS_DENY))
+    seccomp.install(deny)
+    if owner:
+        _unshare_as(owner)
+    else:  # With CLONE_NEWUSER the user namespace is made first and owns the others.
+        sc.unshare(STANDBY_NAMESPACES | (0 if privileged else sc.CLONE_NEWUSER))
     netns_socket = _netlink_socket()
     pid = os.fork()
     if pid == 0:
@@ -446,11 +511,43 @@ def _make_init(control: socket.socket, privileged: bool, rehearsal: bytes = b"")
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         os.close(null)
-        _standing_init(control, rehearsal)
+        _standing_init(control, deny, rehearsal)
     send(control, {"pid": pid}, [netns_socket.fileno()])
 
 
-def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
+def _unshare_as(owner: int) -> None:
+    """The standby's namespaces, its user namespace owned by host uid owner (see the module's
+    doc). Capabilities are kept across the uid change (no setuid fixup), so making the user
+    namespace needs nothing a host policy may deny to unprivileged users."""
+    global _nofile_default
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        with open("/proc/sys/fs/nr_open") as fh:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile[0], int(fh.read())))
+        _nofile_default = nofile  # init sets the container's numfile, or this again
+    except (OSError, ValueError):  # a host root without CAP_SYS_RESOURCE: numfile up to this hard limit
+        pass
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)
+    # The container's processes count against the owner's RLIMIT_NPROC at the host level, with
+    # the limit its creator has now (a non-root creator's is enforced): none where we may (pids.max
+    # is the cap), else the hard one (a host root without CAP_SYS_RESOURCE).
+    try:
+        resource.setrlimit(resource.RLIMIT_NPROC, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    except ValueError:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc[1], nproc[1]))
+    prctl.securebits.no_setuid_fixup = True
+    os.setgroups([])
+    os.setresgid(owner, owner, owner)
+    os.setresuid(owner, owner, owner)
+    sc.unshare(STANDBY_NAMESPACES | sc.CLONE_NEWUSER)
+    # Nothing of that may reach the container: its programs must lose capabilities on setuid as
+    # usual, and get the RLIMIT_NPROC they always had.
+    prctl.securebits.no_setuid_fixup = False
+    resource.setrlimit(resource.RLIMIT_NPROC, nproc)
+    _die_with_parent()  # a change of uid clears the parent-death signal
+
+
+def _standing_init(control: socket.socket, installed: tuple[str, ...], rehearsal: bytes) -> NoReturn:
     """pid 1 of the new pid namespace: waits for its start, builds the container, execs."""
     err_w = -1
     try:
@@ -471,7 +568,7 @@ def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
         root_dir, tree, go_r, err_w, *rest = fds
         console_fd = rest.pop(0) if spec.console else None
         sources = dict(zip(wrapped["sources"], rest))
-        _container_init(spec, root_dir, tree, console_fd, sources, go_r, err_w)
+        _container_init(spec, installed, root_dir, tree, console_fd, sources, go_r, err_w)
     except BaseException as exc:  # noqa: BLE001
         if err_w >= 0:
             try:
@@ -481,7 +578,8 @@ def _standing_init(control: socket.socket, rehearsal: bytes) -> NoReturn:
     os._exit(127)
 
 
-def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: int | None,
+def _container_init(spec: ContainerSpec, installed: tuple[str, ...], root_dir: int, tree: int,
+                    console_fd: int | None,
                     sources: dict[int, int], go_r: int, err_w: int) -> None:
     """Until it execs the container's init."""
     # Stand in the root's directory: its host path may not be walkable by container root (the
@@ -497,6 +595,7 @@ def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: i
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
     sc.sethostname(spec.hostname)
+    _set_nofile(spec.nofile)
     # Keep only what init needs: the pipes to ctd, the root and the console; nothing else.
     _close_fds_except({go_r, err_w, tree} | set(sources.values()) |
                       ({console_fd} if console_fd is not None else set()))
@@ -530,19 +629,34 @@ def _container_init(spec: ContainerSpec, root_dir: int, tree: int, console_fd: i
     if tty > 2:
         os.close(tty)
     _close_fds_except({err_w})
-    _confine_further(spec)
+    _confine_further(spec, installed)
     _default_signals()
     os.execve(spec.init[0], spec.init, dict(e.split("=", 1) for e in spec.env))
 
 
-def _confine_further(spec: ContainerSpec) -> None:
-    """init inherits the standby's default seccomp filter; a spec may only add to it (a filter
-    cannot be undone). The bounding set is dropped here, in the container's user namespace."""
-    missing = set(seccomp.DEFAULT_DENY) - set(spec.seccomp_deny)
+def _set_nofile(nofile: int | None) -> None:
+    """RLIMIT_NOFILE of init and all it starts: the container's numfile (container root may lower
+    it later, never raise it), or what the spawner has."""
+    wanted = (nofile, nofile) if nofile else _nofile_default
+    if wanted is None:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, wanted)
+    except ValueError:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        raise OSError(f"numfile {nofile} is above what this host lets ctd give (at most {hard}: "
+                      "ctd lacks CAP_SYS_RESOURCE)") from None
+
+
+def _confine_further(spec: ContainerSpec, installed: tuple[str, ...]) -> None:
+    """init inherits the seccomp filter its standby's maker installed; a spec may only add to it
+    (a filter cannot be undone). The bounding set is dropped here, in the container's user
+    namespace."""
+    missing = (set(seccomp.ALWAYS_DENY) | set(installed)) - set(spec.seccomp_deny)
     if missing:
         raise OSError(f"containers are always denied {', '.join(sorted(missing))}")
     capabilities.drop_bounding(spec.cap_drop)
-    extra = [n for n in spec.seccomp_deny if n not in seccomp.DEFAULT_DENY]
+    extra = [n for n in spec.seccomp_deny if n not in installed]
     if extra:
         seccomp.install(extra)
 
@@ -687,6 +801,45 @@ def _netns_socket(sock: socket.socket, req_id: int, init_pid: int) -> None:
     send(sock, {"id": req_id, "ok": True}, [netlink_socket.fileno()])
 
 
+def _devpts_max(sock: socket.socket, req_id: int, spec: dict) -> None:
+    """A new numpty for a running container: its /dev/pts remounted, as root of its user
+    namespace (where the mount's gid=5 means its tty group), with every option again."""
+    prctl.set_dumpable(False)
+    numpty = int(spec["numpty"])
+    pidfd = os.pidfd_open(int(spec["init_pid"]))
+    sc.setns(pidfd, sc.CLONE_NEWNS | (0 if spec["privileged"] else sc.CLONE_NEWUSER))
+    os.close(pidfd)
+    try:
+        sc.mount(None, "/dev/pts", None, sc.MS_REMOUNT | sc.MS_NOSUID | sc.MS_NOEXEC, devpts_options(numpty))
+    except OSError as exc:
+        raise OSError(exc.errno, f"remounting the container's /dev/pts with max={numpty}: {exc.strerror} "
+                      "(is /dev/pts still its devpts?); the new numpty applies at its next start") from None
+    send(sock, {"id": req_id, "ok": True})
+
+
+def _lxcfs_rebind(sock: socket.socket, req_id: int, spec: dict) -> None:
+    """lxcfs died (its memory limit) and a new one runs: in a running container, each file of
+    the dead one (ENOTCONN) is unmounted and the new one's bound in its place."""
+    prctl.set_dumpable(False)
+    steps = [MountStep(StepKind.BIND_FILE, target, source) for source, target in spec["binds"]]
+    clones = _clone_sources(steps, None)  # by host root, in the host's mount namespace
+    pidfd = os.pidfd_open(int(spec["init_pid"]))
+    sc.setns(pidfd, sc.CLONE_NEWNS | (0 if spec["privileged"] else sc.CLONE_NEWUSER))
+    os.close(pidfd)
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # the container's
+    try:
+        for index, step in enumerate(steps):
+            with contextlib.suppress(OSError):  # not mounted any more: the tenant's choice
+                sc.umount2(step.target, sc.MNT_DETACH)
+            if index in clones:
+                _mount_step(root, step, clones.pop(index))
+    finally:
+        os.close(root)
+        for fd in clones.values():
+            os.close(fd)
+    send(sock, {"id": req_id, "ok": True})
+
+
 # ---------------------------------------------------------------- exec in a running container
 
 def _run_exec(sock: socket.socket, req_id: int, spec: ExecSpec, fds: list[int]) -> None:
@@ -706,15 +859,52 @@ def _run_exec(sock: socket.socket, req_id: int, spec: ExecSpec, fds: list[int]) 
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
+    master = -1
+    if spec.tty:  # as container root: the slave is its, on its devpts, counted in its numpty
+        for fd in fds:
+            os.close(fd)
+        master, slave = _container_pty()
+        fds = [slave]
     pid = os.fork()
     if pid == 0:
         _exec_child(spec, fds)
     for fd in fds:
         os.close(fd)
-    send(sock, {"id": req_id, "pid": pid})
+    send(sock, {"id": req_id, "pid": pid}, [master] if master >= 0 else [])
+    if master >= 0:
+        os.close(master)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     send(sock, {"id": req_id, "exit": code if code >= 0 else 128 - code})
+
+
+PTMX_RDEV = os.makedev(5, 2)  # /dev/ptmx and every devpts' ptmx node
+TIOCGPTPEER = 0x5441  # _IO('T', 0x41): open the slave of a master without a path lookup
+TIOCSPTLCK = 0x40045431  # _IOW('T', 0x31, int): unlockpt()
+NO_PTY = "no pty left in the container"
+
+
+def _container_pty() -> tuple[int, int]:
+    """A pty from the devpts mounted in the container (we stand in its mount namespace and
+    root), so `tty` inside names /dev/pts/N and `mesg` works. Its /dev/ptmx is the tenant's:
+    non-blocking (a FIFO put there must not hang us) and checked to be a pty multiplexer."""
+    try:
+        master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(exc.errno, f"{NO_PTY} (its numpty limit is reached)") from None
+        raise OSError(exc.errno, f"opening the container's /dev/ptmx for a terminal: {exc.strerror}") from None
+    try:
+        st = os.fstat(master)
+        if not stat.S_ISCHR(st.st_mode) or st.st_rdev != PTMX_RDEV:
+            raise OSError(errno.ENOTTY, "the container's /dev/ptmx is not the pty multiplexer")
+        fcntl.ioctl(master, TIOCSPTLCK, b"\0\0\0\0")
+        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+        os.set_blocking(master, True)
+        return master, slave
+    except BaseException:
+        os.close(master)
+        raise
 
 
 def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
@@ -731,8 +921,9 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
         except OSError:
             os.chdir("/")
         capabilities.drop_bounding(spec.cap_drop)
-        if spec.seccomp_deny:
-            seccomp.install(spec.seccomp_deny)
+        if set(seccomp.ALWAYS_DENY) - set(spec.seccomp_deny):
+            raise OSError("a container's seccomp filter must deny " + ", ".join(seccomp.ALWAYS_DENY))
+        seccomp.install(spec.seccomp_deny)
         env = dict(e.split("=", 1) for e in spec.env)
         _default_signals()
         try:
@@ -754,12 +945,12 @@ def _exec_child(spec: ExecSpec, fds: list[int]) -> None:
 # ---------------------------------------------------------------- entry point
 
 def main(argv: list[str]) -> None:
-    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID [LABEL]`, exec'd by ctd: a fresh
+    """`python -m ctd.instance.container.spawner SOCKET_FD PARENT_PID LABEL [OWNER_BASE]`, exec'd by ctd: a fresh
     interpreter with only this module's imports forks far faster than a copy of ctd (26 MB
     resident with aiohttp and pyroute2), and every start forks twice."""
     sock = socket.socket(fileno=int(argv[0]))
     sock.setblocking(True)
-    serve(sock, int(argv[1]))
+    serve(sock, int(argv[1]), int(argv[3]) if len(argv) > 3 else 0)
 
 
 if __name__ == "__main__":

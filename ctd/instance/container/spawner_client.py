@@ -33,9 +33,10 @@ class SpawnerClient:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
-    def fork(cls, label: str = "") -> SpawnerClient:
+    def fork(cls, label: str = "", owner_base: int = 0) -> SpawnerClient:
         """Call before any thread exists: the child execs a fresh interpreter as the spawner.
-        label (ctd's state dir) only shows in its command line, for ps and audits."""
+        label (ctd's state dir) only shows in its command line, for ps and audits; owner_base
+        is the first of the uids that own containers' user namespaces (0: root owns them)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         parent = os.getpid()
         pid = os.fork()
@@ -45,7 +46,7 @@ class SpawnerClient:
                 os.set_inheritable(theirs.fileno(), True)
                 # -P: never import from the working directory (we are root)
                 os.execv(sys.executable, [sys.executable, "-P", "-m", spawner.__name__,
-                                          str(theirs.fileno()), str(parent), label])
+                                          str(theirs.fileno()), str(parent), label, str(owner_base)])
             finally:
                 os._exit(127)
         theirs.close()

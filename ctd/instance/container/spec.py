@@ -115,7 +115,20 @@ _NOSUID_NODEV_NOEXEC = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 SYSTEMD_TMPFS = (("/run", "mode=755,size=20%"), ("/run/lock", "mode=1777,size=5m"), ("/tmp", "mode=1777,size=50%"))
 
 
-def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
+# ptys per container when no numpty is set: plenty for a VPS's ssh sessions, tmux and sudo, and
+# a small share of the host's pool (kernel.pty.max, 4096 by default, 1024 of them kept for the
+# host's own devpts). OpenVZ's NUMPTY and LXC's lxc.pty.max are the same knob.
+DEFAULT_NUMPTY = 256
+MAX_NUMPTY = 1 << 20  # the kernel's NR_UNIX98_PTY_MAX, the most devpts' max= takes
+
+
+def devpts_options(numpty: int) -> str:
+    """The container's devpts: its own instance (ptys numbered from 0, none of the host's),
+    at most numpty of them. Given whole on a remount too: devpts resets what is left out."""
+    return f"newinstance,ptmxmode=0666,mode=0620,gid=5,max={numpty}"
+
+
+def mount_plan(*, console: bool, numpty: int = DEFAULT_NUMPTY, extra_tmpfs: tuple[tuple[str, str], ...] = (),
                lxcfs: list[tuple[str, str]] | None = None,
                cgroupfs: list[tuple[str, str, str]] | None = None) -> list[MountStep]:
     """cgroupfs: (path under /sys/fs/cgroup, fstype, options) of each hierarchy to mount inside,
@@ -139,8 +152,7 @@ def mount_plan(*, console: bool, extra_tmpfs: tuple[tuple[str, str], ...] = (),
         MountStep(k.MOUNT, "/dev", "tmpfs", "tmpfs", _NOSUID_NODEV_NOEXEC | sc.MS_STRICTATIME,
                   "mode=755,size=65536k"),
         MountStep(k.MKDIR, "/dev/pts"),
-        MountStep(k.MOUNT, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
-                  "newinstance,ptmxmode=0666,mode=0620,gid=5"),
+        MountStep(k.MOUNT, "/dev/pts", "devpts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, devpts_options(numpty)),
         MountStep(k.SYMLINK, "/dev/ptmx", "pts/ptmx"),
         MountStep(k.MKDIR, "/dev/shm"),
         MountStep(k.MOUNT, "/dev/shm", "shm", "tmpfs", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
