@@ -75,7 +75,9 @@ def claim_resources(config: DaemonConfig) -> Ownership:
         raise CtdError(f"cgroups: {exc}") from None
     ownership = Ownership(config.state_dir)
     ownership.claim(daemon_claims(config.state_dir, config.socket, cgroup_dirs, config.cgroup_name,
-                                  config.nft_table, config.nic_prefix, config.idmap_base, config.idmap_limit))
+                                  config.nft_table, config.nic_prefix,
+                                  # the user-namespace owner block below idmap_base is ctd's too
+                                  config.owner_base or config.idmap_base, config.idmap_limit))
     return ownership
 
 

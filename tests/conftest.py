@@ -35,7 +35,8 @@ _SLOTS = random.SystemRandom()
 def free_idmap_area() -> tuple[int, int]:
     """A random test slot: (base, end). A taken one makes ctd refuse; Daemon.start tries another."""
     base = TEST_IDMAP_BASE + _SLOTS.randrange(TEST_IDMAP_SLOTS) * TEST_IDMAP_SLOT
-    return base, base + TEST_IDMAP_SLOT
+    # ctd also claims the 65536 user-namespace owner ids below its idmap_base: inside the slot
+    return base + 65536, base + TEST_IDMAP_SLOT
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

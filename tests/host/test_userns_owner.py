@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import REPO, TEST_IDMAP_BASE
+from tests.conftest import REPO
 
 _libc = ctypes.CDLL(None, use_errno=True)
 NS_GET_OWNER_UID = 0xB704
@@ -80,7 +80,7 @@ def test_owners_are_reserved_uids_one_per_container(ctd, make_container):
     owners = [userns_owner(ctd.instance(n)["pid"]) for n in names]
     assert len(set(owners)) == 3, owners
     for owner in owners:
-        assert TEST_IDMAP_BASE - 65536 <= owner < TEST_IDMAP_BASE, owners
+        assert ctd.idmap_area[0] - 65536 <= owner < ctd.idmap_area[0], owners
     # privileged containers have no user namespace of their own: nothing changes for them
     privileged = make_container(privileged=True)
     assert userns_owner(ctd.instance(privileged)["pid"]) == 0

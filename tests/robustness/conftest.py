@@ -32,7 +32,7 @@ class RobustDaemon(Daemon):
             return
         for _ in range(150):
             base = IDMAP_AREA + _RANDOM.randrange(50) * IDMAP_SLOT
-            yield base, base + IDMAP_SLOT
+            yield base + 65536, base + IDMAP_SLOT  # ctd claims the owner ids below its base too
 
     @property
     def idmap_base(self) -> int:
