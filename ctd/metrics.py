@@ -4,7 +4,6 @@ time (nothing to keep in sync), rendered by prometheus-client in a worker thread
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import math
 import os
@@ -25,6 +24,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from cgroups import CgroupError
+from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
 from ctd.state import InstanceRecord, InstanceType, PowerState
 
@@ -54,26 +54,12 @@ class MetricsAddress:
 def parse_metrics_address(text: object) -> MetricsAddress:
     """"127.0.0.1:9420" or "[::1]:9420". Loopback only: the listener has no authentication and
     its text names every instance; remote scrapers use /1.0/metrics on HTTPS with a token."""
-    what = f"metrics_address {text!r}"
-    if not isinstance(text, str):
-        raise InvalidRequest(f"{what} must be a string such as \"127.0.0.1:9420\"")
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise InvalidRequest(f"{what} must be ADDRESS:PORT, e.g. \"127.0.0.1:9420\"")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidRequest(f"{what}: {host!r} is not an IP address (IPv6 goes in brackets: \"[::1]:9420\")") \
-            from None
+    address, port = validate.ip_and_port("metrics_address", text, "127.0.0.1:9420")
     if not address.is_loopback:
-        raise InvalidRequest(f"{what}: only a loopback address (127.0.0.1 or [::1]) is allowed: this listener "
+        raise InvalidRequest(f"metrics_address {text!r}: only a loopback address (127.0.0.1 or [::1]) is allowed: this listener "
                              "has no authentication and names every instance; scrape /1.0/metrics over the "
                              "HTTPS listener with a token from another machine")
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidRequest(f"{what}: the port must be a number from 1 to 65535")
-    return MetricsAddress(str(address), int(port_text))
+    return MetricsAddress(str(address), port)
 
 
 def _limit_value(value: int) -> float:

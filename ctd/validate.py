@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Any
 
@@ -78,3 +79,23 @@ def string_list(body: dict[str, Any], key: str, required: bool = False) -> list[
     if any("\0" in v for v in value):
         raise InvalidRequest(f"{key} must not contain NUL characters")
     return value
+
+
+def ip_and_port(setting: str, text: object, example: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]:
+    """A listen address setting: an IP literal (IPv6 in brackets) and a port, e.g. example."""
+    what = f"{setting} {text!r}"
+    if not isinstance(text, str):
+        raise InvalidRequest(f"{what} must be a string such as \"{example}\"")
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise InvalidRequest(f"{what} must be ADDRESS:PORT, e.g. \"{example}\"")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise InvalidRequest(f"{what}: {host!r} is not an IP address (IPv6 goes in brackets: "
+                             f"\"[::1]:{example.rpartition(':')[2]}\")") from None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise InvalidRequest(f"{what}: the port must be a number from 1 to 65535")
+    return address, int(port_text)

@@ -762,6 +762,7 @@ class InstanceManager:
                 await self.containers.update(before, previous, previous)
 
             done.done("limits", undo)
+            rec.limits = new_limits  # update() reads more than cgroups from it (numpty, numfile)
             await self.containers.update(rec, wanted, previous)
         rec.limits = new_limits
 

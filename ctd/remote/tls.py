@@ -11,6 +11,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
 
 VALID_YEARS = 10
@@ -28,21 +29,9 @@ class ListenAddress:
 
 def parse_listen_address(text: str) -> ListenAddress:
     """"[::]:8443", "127.0.0.1:8443", "[::1]:8443": an IP literal and a port."""
-    what = f"https_address {text!r}"
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host:
-        raise InvalidRequest(f"{what} must be ADDRESS:PORT, e.g. \"[::]:8443\" or \"127.0.0.1:8443\"")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise InvalidRequest(f"{what}: {host!r} is not an IP address (IPv6 goes in brackets: \"[::1]:8443\")") \
-            from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise InvalidRequest(f"{what}: the port must be a number from 1 to 65535")
+    address, port = validate.ip_and_port("https_address", text, "[::]:8443")
     # asyncio makes an IPv6 socket v6-only: "::" as None listens on IPv4 as well.
-    return ListenAddress(None if address == ipaddress.IPv6Address("::") else str(address), int(port_text))
+    return ListenAddress(None if address == ipaddress.IPv6Address("::") else str(address), port)
 
 
 def fingerprint(cert_pem: bytes) -> str:

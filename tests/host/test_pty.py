@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import os
 import select
-import subprocess
 import sys
 import time
 
 import pytest
 
 from tests.conftest import REPO
+from tests.helpers.probe_holder import ProbeHolder
 
 
 def probe_out(ctd, name: str, *args: str) -> str:  # type: ignore[no-untyped-def]
@@ -86,30 +86,13 @@ def test_exec_tty_refuses_a_fake_ptmx(ctd, make_container):
     ctd.ok("exec", name, "--", "/bin/true")  # the container is fine
 
 
-class PtyHolder:
-    """`probe ptyhold N SECONDS` running in a container: its first line says how many it got."""
-
-    def __init__(self, ctd, name: str, count: int, seconds: int = 60) -> None:  # type: ignore[no-untyped-def]
-        self.proc = subprocess.Popen([sys.executable, "-m", "ctctl.main", "--socket", str(ctd.socket), "exec", name,
-                                      "--", "probe", "ptyhold", str(count), str(seconds)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     text=True, cwd=REPO)
-        assert self.proc.stdout is not None
-        self.report = self.proc.stdout.readline().strip()
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # by PID: the ctctl this test started (ctd ends the command inside)
-        self.proc.wait(10)
-
-
 def test_numpty_caps_the_container_and_spares_its_neighbour(ctd, make_container):
     """A tenant that opens ptys until it cannot gets exactly its numpty and ENOSPC; meanwhile a
     neighbour and the host open theirs, an `exec -t` into the full container is refused with a
     409 that says why, and beancounters show it. A live `set --numpty` raises the cap."""
     full = make_container(numpty="5")
     neighbour = make_container()
-    holder = PtyHolder(ctd, full, 50)
+    holder = ProbeHolder(ctd, full, "ptyhold", 50)
     try:
         assert holder.report == "5 ENOSPC", holder.report
         assert probe_out(ctd, neighbour, "ptyhold", "1", "0") == "1 ok"

@@ -5,46 +5,14 @@ with the neighbours."""
 
 from __future__ import annotations
 
-import array
 import ctypes
-import fcntl
 import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from ctd.linux.proc import userns_owner
+from tests.helpers.probe_holder import ProbeHolder
 
 _libc = ctypes.CDLL(None, use_errno=True)
-NS_GET_OWNER_UID = 0xB704
-
-
-def userns_owner(pid: int) -> int:
-    """The host uid that made process pid's user namespace (as `lsns -o OWNER` would say)."""
-    fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        uid = array.array("I", [0])
-        fcntl.ioctl(fd, NS_GET_OWNER_UID, uid, True)
-        return uid[0]
-    finally:
-        os.close(fd)
-
-
-class Holder:
-    """`probe inotifyhold N SECONDS` running in a container: its first line says how many it got."""
-
-    def __init__(self, ctd, name: str, count: int, seconds: int = 60) -> None:  # type: ignore[no-untyped-def]
-        self.proc = subprocess.Popen([sys.executable, "-m", "ctctl.main", "--socket", str(ctd.socket), "exec", name,
-                                      "--", "probe", "inotifyhold", str(count), str(seconds)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                     text=True, cwd=REPO)
-        assert self.proc.stdout is not None
-        self.report = self.proc.stdout.readline().strip()
-
-    def end(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # by PID: the ctctl this test started (ctd ends the command inside)
-        self.proc.wait(10)
 
 
 def probe_out(ctd, name: str, *args: str) -> str:  # type: ignore[no-untyped-def]
@@ -59,7 +27,7 @@ def test_inotify_instances_are_per_container(ctd, make_container):
     limit = int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
     greedy = make_container()
     neighbour = make_container()
-    holder = Holder(ctd, greedy, limit + 50)
+    holder = ProbeHolder(ctd, greedy, "inotifyhold", limit + 50)
     try:
         made, err = holder.report.split()
         assert err == "EMFILE" and limit - 5 <= int(made) <= limit, holder.report
