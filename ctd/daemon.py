@@ -270,7 +270,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     await runner.cleanup()
     containers.unwatch_lxcfs()  # its end at shutdown is no death to recover from
     spawner.close()  # its standbys end with it, so their groups can go
-    await asyncio.to_thread(containers.drop_staged)
+    await containers.drop_staged()
     if not containers.running:  # nothing uses them any more
         lxcfs.stop()  # first: its cgroup is below the base
         with contextlib.suppress(Exception):

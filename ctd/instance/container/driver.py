@@ -178,12 +178,23 @@ class ContainerDriver:
             return pid, self._staged.pop(pid)
         return 0, None
 
-    def drop_staged(self) -> None:
-        """At shutdown: the standbys go with the spawner, and so do their groups."""
+    async def drop_staged(self) -> None:
+        """At shutdown: the standbys go with the spawner, and so do their groups — also those a
+        thread is making right now (waited for: a group made after this returned would keep
+        ctd's base from being removed)."""
         self.staging = False
+        pending = list(self._staging.values())
+        if pending:
+            await asyncio.wait(pending, timeout=5)  # _staged_done has run for each by now
+        staged = list(self._staged.values())
+        self._staged.clear()
         self._staging.clear()
-        while self._staged:
-            self._destroy_group_quietly(self._staged.popitem()[1])
+
+        def destroy_all() -> None:
+            for group in staged:
+                self._destroy_group_quietly(group)
+
+        await asyncio.to_thread(destroy_all)
 
     async def announce_owners(self) -> None:
         """Tell the spawner which user-namespace owner uids the containers it did not start (the
