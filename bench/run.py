@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             results["memory"] = bench_memory(memory_tools(ctd, crun, crun_userns, lxc), ctd, lxc,
                                              args.containers, args.rounds, args.settle, hier)
         if "net" in args.only:
-            log(f"(net) iperf3 over a bridge of ours vs loopback; start with one NIC vs none")
+            log("(net) iperf3 over a bridge of ours vs loopback; start with one NIC vs none")
             extras.iperf = net_part.Iperf(net_part.free_port(), args.net_seconds)
             results["net"] = net_part.bench_net(ctd, extras.iperf, tag, args.net_starts, args.net_rounds, log)
         if {"storage", "debian"} & set(args.only):

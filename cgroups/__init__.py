@@ -12,8 +12,16 @@ from .beancounters import LONG_MAX, build_beancounters, format_beancounters
 from .discovery import Hierarchy, discover
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import (Beancounter, DeviceRule, DeviceType, IoLimit, Resources, Usage, cpu_shares_to_weight,
-                    cpu_weight_to_shares)
+from .model import (
+    Beancounter,
+    DeviceRule,
+    DeviceType,
+    IoLimit,
+    Resources,
+    Usage,
+    cpu_shares_to_weight,
+    cpu_weight_to_shares,
+)
 from .units import UNLIMITED, parse_count, parse_cpulist, parse_limit, parse_size
 from .v1 import V1Group, V1Manager
 from .v2 import V2Group, V2Manager

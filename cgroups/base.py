@@ -319,7 +319,7 @@ def make_dirs(fs: CgroupFS, dirs: list[str]) -> list[str]:
                 made.append(d)
             except FileExistsError:
                 if not fs.isdir(d):
-                    raise CgroupError(f"cannot create cgroup {d}: a file has that name")
+                    raise CgroupError(f"cannot create cgroup {d}: a file has that name") from None
             except OSError as e:
                 raise CgroupError(f"cannot create cgroup {d}: {e.strerror}",
                                   errno=e.errno, path=d) from e

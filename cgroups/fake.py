@@ -77,7 +77,7 @@ class FakeKernelFS(CgroupFS):
     writes: list[tuple[str, str]] = field(default_factory=list)
     kills: list[tuple[int, int]] = field(default_factory=list)
     refuse: dict[str, int] = field(default_factory=dict)
-    device_filters: dict[str, list] = field(default_factory=dict)  # v2 dir -> DeviceRules attached
+    device_filters: dict[str, list[list[object]]] = field(default_factory=dict)  # v2 dir -> rules attached
 
     def attach_device_filter(self, path: str, allow) -> None:  # type: ignore[no-untyped-def]
         if not os.path.isdir(path):

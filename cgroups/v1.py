@@ -10,8 +10,7 @@ from .base import CgroupGroup, CgroupManager, make_dirs, undo_dirs
 from .discovery import UNIFIED, Hierarchy
 from .errors import CgroupError
 from .fs import CgroupFS
-from .model import (CPU_PERIOD_US, DeviceRule, IoLimit, Resources, Usage, cpu_shares_to_weight,
-                    cpu_weight_to_shares)
+from .model import CPU_PERIOD_US, DeviceRule, IoLimit, Resources, Usage, cpu_shares_to_weight, cpu_weight_to_shares
 from .units import UNLIMITED, parse_cpulist
 
 # The page counter's "no limit" reads back as 9223372036854771712, not -1.

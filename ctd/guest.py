@@ -6,7 +6,7 @@ tenant's symlink out of the root.
 
 from __future__ import annotations
 
-import crypt  # noqa: deprecated in 3.11, present until 3.13; the guest's shadow wants crypt(3)
+import crypt  # deprecated in 3.11, present until 3.13; the guest's shadow wants crypt(3)
 import ipaddress
 import os
 import re

@@ -6,7 +6,6 @@ import dataclasses
 import datetime as dt
 import os
 import platform
-import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path

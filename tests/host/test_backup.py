@@ -8,7 +8,6 @@ does); it is unmounted and detached in a finally block, even on failure. Nothing
 host's own filesystems, mounts or loop devices."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json

@@ -4,7 +4,6 @@ under its tmp dir; it is unmounted and detached in finally blocks, even on failu
 here touches the host's own filesystems, mounts or loop devices."""
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import subprocess

@@ -9,7 +9,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 from cgroups import CgroupManager
 
 from tests.security.conftest import probe

@@ -9,7 +9,6 @@ import subprocess
 import threading
 from pathlib import Path
 
-import pytest
 
 
 def _plant(ctd, name: str, script: str) -> None:  # type: ignore[no-untyped-def]

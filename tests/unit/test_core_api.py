@@ -17,7 +17,7 @@ from ctd.api.context import ApiContext
 from ctd.api.errors import STATUS
 from ctd.api.server import make_app
 from ctd.config import DaemonConfig
-from ctd.errors import Conflict, CtdError, NotFound, OperationFailed
+from ctd.errors import Conflict, NotFound, OperationFailed
 from ctd.operations import Operations
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB, TemplateRecord
 from ctd.template.recipe import Recipe
