@@ -240,7 +240,7 @@ class InstanceManager:
             return hit[1]
         try:
             value = {"used": self.storage.usage(rec.name), "limit": self.storage.quota(rec.name)}
-        except CtdError:
+        except (CtdError, OSError):  # OSError: its root is going (a destroy in progress)
             value = None
         self._disk_cache[rec.name] = (now, value)
         return value

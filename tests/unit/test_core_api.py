@@ -537,3 +537,18 @@ def test_an_error_is_one_line_whatever_the_client_sent() -> None:
     from ctd.api.errors import error_response
     body = json.loads(error_response("unknown field(s) a\nb\r\x85c, é", "invalid", 400).text)
     assert body["error"] == "unknown field(s) a\\nb\\r\\x85c, é"
+
+
+def test_disk_of_an_instance_whose_root_is_going_is_none_not_a_500() -> None:
+    """status during a destroy: the root's subvolume is gone before the record (btrfsutil raises
+    an OSError then); the load test saw a 500 for it."""
+    from types import SimpleNamespace
+
+    from ctd.instance.manager import InstanceManager
+
+    def gone(name: str) -> int:
+        raise FileNotFoundError(2, "Could not open", f"instances/{name}/rootfs")
+
+    manager = SimpleNamespace(_disk_cache={}, storage=SimpleNamespace(usage=gone, quota=gone))
+    rec = SimpleNamespace(name="going")
+    assert InstanceManager.disk(manager, rec) is None  # type: ignore[arg-type]
