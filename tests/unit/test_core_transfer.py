@@ -3,10 +3,8 @@ checked by restore_plan: tests/unit/test_restore_plan.py)."""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,20 +22,6 @@ class FakeInstances:
     def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
         self.reserved.append(name)
         return 100
-
-
-def backup_file(tmp_path: Path, meta: dict[str, Any]) -> str:
-    header = {"format": "ctd-backup", "version": 1, "driver": "tar", "member": "rootfs.tar.zst",
-              "name": "web", "meta": meta}
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        body = json.dumps(header).encode()
-        ti = tarfile.TarInfo("ctd-backup.json")
-        ti.size = len(body)
-        tf.addfile(ti, io.BytesIO(body))
-    path = tmp_path / "web.backup"
-    path.write_bytes(raw.getvalue())
-    return str(path)
 
 
 def test_a_header_nested_too_deeply_is_400(tmp_path: Path) -> None:
