@@ -147,8 +147,17 @@ def staged_standby(d, first: str) -> int:  # type: ignore[no-untyped-def]
     d.ok("create", first, "--template", "busybox")
     d.ok("start", first)
     (standby,) = wait_for(lambda: standbys(spawner))
-    assert wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs()))
+    # ctd makes the groups, then moves the standby in: wait for both
+    assert wait_for(lambda: len(staged_groups(d, standby)) == len(d.cgroup_dirs())
+                    and all(holds(g, standby) for g in staged_groups(d, standby)))
     return standby
+
+
+def holds(group: Path, pid: int) -> bool:
+    try:
+        return str(pid) in Path(group, "cgroup.procs").read_text().split()
+    except OSError:  # removed meanwhile
+        return False
 
 
 def test_a_standby_waits_in_cgroups_of_its_own_which_its_container_takes_over(fresh_ctd):
