@@ -1,9 +1,9 @@
-"""The README's command blocks as data: what tests/host/test_readme.py runs.
+"""The command blocks of README.md and docs/*.md as data: what tests/host/test_readme.py runs.
 
 A command block is a fenced block with `$ ` lines. Each `$ ` line (joined with its `\\`
 continuations, its trailing `# comment` dropped) is one command; the lines under it up to the
-next `$ ` are the output the README shows for it. A block may be preceded by an HTML comment
-that the rendered README hides, saying what CI must know:
+next `$ ` are the output the page shows for it. A block may be preceded by an HTML comment
+that the rendered page hides, saying what CI must know:
 
     <!-- readme-test
     setup: ctctl template export busybox debian-12-x86_64.tar.gz
@@ -31,12 +31,12 @@ _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 class Mode(Enum):
     RUN = "run"          # must exit 0
     SKIP = "skip"        # not run in CI (interactive, needs what CI lacks)
-    FAILS = "fails"      # must exit non-zero (the README shows a refusal)
+    FAILS = "fails"      # must exit non-zero (the page shows a refusal)
 
 
 @dataclass
 class Command:
-    line: int            # 1-based line of the `$ ` in README.md
+    line: int            # 1-based line of the `$ ` in its page
     text: str            # the command, continuations joined, comment dropped
     shown: list[str] = field(default_factory=list)
     mode: Mode = Mode.RUN
@@ -50,6 +50,7 @@ class Block:
     line: int
     commands: list[Command]
     setup: list[str] = field(default_factory=list)
+    page: str = ""           # the file it is in (README.md, docs/vms.md), as errors name it
 
 
 class ReadmeError(ValueError):
@@ -70,7 +71,7 @@ def _strip_comment(text: str) -> str:
     return text.rstrip()
 
 
-def _commands(lines: list[tuple[int, str]]) -> list[Command]:
+def _commands(lines: list[tuple[int, str]], page: str) -> list[Command]:
     out: list[Command] = []
     pending: Command | None = None
     for number, raw in lines:
@@ -92,24 +93,25 @@ def _commands(lines: list[tuple[int, str]]) -> list[Command]:
         elif out and raw.strip() and not raw.lstrip().startswith("#"):
             out[-1].shown.append(raw)
     if pending is not None:
-        raise ReadmeError(f"README.md:{pending.line}: a `\\` continuation runs off the end of its block")
+        raise ReadmeError(f"{page}:{pending.line}: a `\\` continuation runs off the end of its block")
     return out
 
 
 def _apply(block: Block, directives: list[tuple[int, str]]) -> None:
+    page = block.page
     for number, text in directives:
         if text.startswith("setup:"):
             block.setup.append(text[len("setup:"):].strip())
             continue
         m = _DIRECTIVE.match(text)
         if m is None:
-            raise ReadmeError(f"README.md:{number}: unknown readme-test directive {text!r}")
+            raise ReadmeError(f"{page}:{number}: unknown readme-test directive {text!r}")
         kind, seconds, prefix, reason = m.group(1), m.group(2), m.group(3), (m.group(4) or "").strip()
         hits = [c for c in block.commands if c.text.startswith(prefix)]
         if not hits:
-            raise ReadmeError(f"README.md:{number}: {prefix!r} matches no command of the block below it")
+            raise ReadmeError(f"{page}:{number}: {prefix!r} matches no command of the block below it")
         if kind in ("skip", "fails") and not reason:
-            raise ReadmeError(f"README.md:{number}: {kind} {prefix!r} needs a reason after ':'")
+            raise ReadmeError(f"{page}:{number}: {kind} {prefix!r} needs a reason after ':'")
         for c in hits:
             if kind == "skip":
                 c.mode, c.reason = Mode.SKIP, reason
@@ -119,7 +121,9 @@ def _apply(block: Block, directives: list[tuple[int, str]]) -> None:
                 c.retry = int(seconds)
 
 
-def parse(path: Path) -> list[Block]:
+def parse(path: Path, page: str | None = None) -> list[Block]:
+    """The command blocks of one page; `page` names it in errors (default: the file's name)."""
+    page = page or path.name
     blocks: list[Block] = []
     section = ""
     directives: list[tuple[int, str]] = []
@@ -130,13 +134,13 @@ def parse(path: Path) -> list[Block]:
         if in_fence:
             if line.startswith("```"):
                 in_fence = False
-                commands = _commands(fence)
+                commands = _commands(fence, page)
                 if commands:
-                    block = Block(section, fence_line, commands)
+                    block = Block(section, fence_line, commands, page=page)
                     _apply(block, directives)
                     blocks.append(block)
                 elif directives:
-                    raise ReadmeError(f"README.md:{fence_line}: readme-test marker over a block without `$ ` lines")
+                    raise ReadmeError(f"{page}:{fence_line}: readme-test marker over a block without `$ ` lines")
                 directives = []
             else:
                 fence.append((number, line))
@@ -154,7 +158,7 @@ def parse(path: Path) -> list[Block]:
         elif (m := _HEADING.match(line)) is not None:
             section = m.group(2).strip()
             if directives:
-                raise ReadmeError(f"README.md:{directives[0][0]}: readme-test marker not followed by a block")
+                raise ReadmeError(f"{page}:{directives[0][0]}: readme-test marker not followed by a block")
     return blocks
 
 

@@ -1,12 +1,16 @@
-"""The README's command blocks, run as a user would type them, against a fresh daemon.
+"""The command blocks of README.md and docs/*.md, run as a user would type them, against a fresh daemon.
 
-Every `$ ` line of every command block runs in bash with `ctctl` on PATH talking to this
+Every `$ ` line of every command block of every page runs in bash with `ctctl` on PATH talking to this
 test's daemon (CTD_SOCKET), HOME in a scratch directory with an ssh key (and `ssh` told to use
 it and to accept the new container's host key), stdin at end-of-file (interactive commands
 end there), and the working
 directory a scratch directory (so relative file names land there). A line must exit 0, or
-non-zero where its block's readme-test marker says `fails`; output the README shows must
+non-zero where its block's readme-test marker says `fails`; output the page shows must
 appear (numbers may differ). Lines marked `skip` are listed, not run. See tests/helpers/readme.py.
+
+The pages run in one session, in the order of PAGES (a later page uses what an earlier one
+made: the storage page snapshots the Debian container of the containers page), then any other
+docs/*.md in name order, so a new page's commands are tested without a change here.
 
 Placeholders are replaced deterministically: the networks `ctbr0`, `lan0`, `fast0` get names of
 this daemon's own (bridges are host-wide), `/srv/` a scratch directory, `10.x.y.` the prefix of
@@ -31,18 +35,34 @@ import pytest
 from tests.conftest import REPO, Daemon, _teardown, needs_root
 from tests.helpers.readme import Block, Command, Mode, missing_output, parse
 
-README = REPO / "README.md"
+PAGES = ["README.md", "docs/containers.md", "docs/limits.md", "docs/networking.md", "docs/storage.md",
+         "docs/vms.md", "docs/api.md"]
+# The sections whose blocks must be there: moving a block must not drop it from the run.
+SECTIONS = {("README.md", "A tour of ctctl"), ("docs/containers.md", "Real OS templates"),
+            ("docs/networking.md", "Networks and NICs"), ("docs/storage.md", "Storage, snapshots, clones, backups"),
+            ("docs/vms.md", "Virtual machines")}
+
+
+def pages() -> list[str]:
+    """PAGES in their order, then every other docs/*.md by name."""
+    rest = sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))
+    return [p for p in PAGES if (REPO / p).exists()] + [p for p in rest if p not in PAGES]
+
+
+def parse_all() -> list[Block]:
+    return [block for page in pages() for block in parse(REPO / page, page)]
 COMMAND_TIMEOUT = 400   # the longest line is the debian-12 build: 2-3 min on a busy machine
 
 
 def test_every_command_block_parses_and_every_marker_matches() -> None:
     """Cheap and rootless: a stale marker or a broken continuation fails here first."""
-    blocks = parse(README)
-    sections = {b.section for b in blocks}
-    assert {"A tour of ctctl", "Real OS templates", "Networking", "Virtual machines"} <= sections, sections
+    assert all((REPO / p).exists() for p in PAGES), [p for p in PAGES if not (REPO / p).exists()]
+    blocks = parse_all()
+    sections = {(b.page, b.section) for b in blocks}
+    assert SECTIONS <= sections, sections
     for block in blocks:
         for cmd in block.commands:
-            assert cmd.text, f"README.md:{cmd.line}: empty command"
+            assert cmd.text, f"{block.page}:{cmd.line}: empty command"
 
 
 class Session:
@@ -124,12 +144,12 @@ class Session:
             try:
                 r = self.sh(text, timeout=COMMAND_TIMEOUT)
             except subprocess.TimeoutExpired:   # bash and what it ran are killed by sh()
-                return (f"README.md:{cmd.line} ({block.section}): $ {cmd.text}\n  still running after "
+                return (f"{block.page}:{cmd.line} ({block.section}): $ {cmd.text}\n  still running after "
                         f"{COMMAND_TIMEOUT} s (interactive? mark it skip with the reason)")
             if r.returncode == 0 or cmd.mode is Mode.FAILS or time.monotonic() >= deadline:
                 break
             time.sleep(2)
-        where = f"README.md:{cmd.line} ({block.section}): $ {cmd.text}"
+        where = f"{block.page}:{cmd.line} ({block.section}): $ {cmd.text}"
         if cmd.mode is Mode.FAILS:
             if r.returncode == 0:
                 return f"{where}\n  should fail ({cmd.reason}) but exited 0:\n{r.stdout}"
@@ -151,13 +171,13 @@ def daemon_default_network(d: Daemon) -> str:
     return re.search(r'default_network = "([^"]+)"', d.extra_config).group(1)  # type: ignore[union-attr]
 
 
-BLOCKS = parse(README)
+BLOCKS = parse_all()
 
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     """One daemon with nothing built yet (the tour builds busybox itself) for all blocks, in
-    README order: a later block uses what an earlier one made, as a reader's shell would."""
+    page order: a later block uses what an earlier one made, as a reader's shell would."""
     needs_root()
     tmp = tmp_path_factory.mktemp("readme")
     d = Daemon(tmp / "state", tmp / "ctd.sock", f"ctd-test-{uuid.uuid4().hex[:8]}",
@@ -172,19 +192,23 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
 
 
 @pytest.mark.timeout(600)   # the debian-12 build (mmdebstrap) alone takes 30-120 s here
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"{b.section.split(',')[0].replace(' ', '-')}-L{b.line}" for b in BLOCKS])
+def block_id(b: Block) -> str:
+    return f"{Path(b.page).stem}-{b.section.split(',')[0].replace(' ', '-')}-L{b.line}"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[block_id(b) for b in BLOCKS])
 def test_readme_block_runs(session: Session, block: Block) -> None:
     for line in block.setup:
         r = session.sh(session.substitute(line))
-        assert r.returncode == 0, f"README.md:{block.line} setup {line!r} failed: {r.stderr}"
+        assert r.returncode == 0, f"{block.page}:{block.line} setup {line!r} failed: {r.stderr}"
     failures: list[str] = []
     for cmd in block.commands:
         if cmd.mode is Mode.SKIP:
-            print(f"not run: README.md:{cmd.line}: {cmd.text} ({cmd.reason})")
+            print(f"not run: {block.page}:{cmd.line}: {cmd.text} ({cmd.reason})")
             continue
         began = time.monotonic()
         problem = session.run(block, cmd)
-        print(f"{time.monotonic() - began:6.1f} s  README.md:{cmd.line}: {cmd.text[:70]}{'  FAILED' if problem else ''}")
+        print(f"{time.monotonic() - began:6.1f} s  {block.page}:{cmd.line}: {cmd.text[:70]}{'  FAILED' if problem else ''}")
         if problem:
             failures.append(problem)
     assert not failures, "\n\n".join(failures)
