@@ -60,7 +60,7 @@ def test_nat_network_enables_forwarding_in_its_namespace_only(netns_ctd):
     assert Path(FORWARD).read_text() == host_before  # the host's own stays as it was
 
     # The last NAT network gone: its masquerade goes, forwarding stays as the admin now has it
-    # (other routing may rely on it by then; README says so).
+    # (other routing may rely on it by then; docs/networking.md says so).
     ctd.ok("network", "delete", "natnet")
     assert "masquerade" not in in_netns(ns, "nft", "list", "ruleset").stdout
     assert in_netns(ns, "cat", FORWARD).stdout.strip() == "1"

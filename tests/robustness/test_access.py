@@ -1,7 +1,7 @@
 """Access: the socket refuses a user outside group `ctd`; a member of `ctd` manages instances.
 
-Membership in `ctd` equals root on the host (README): this test only proves the socket's
-permissions are what the README says, with a throwaway user made and removed here.
+Membership in `ctd` equals root on the host (README, docs/security.md): this test only proves the socket's
+permissions are what docs/security.md says, with a throwaway user made and removed here.
 """
 
 from __future__ import annotations

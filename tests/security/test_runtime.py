@@ -95,7 +95,7 @@ def test_runtime_binary_race_against_exec(ctd, make, privileged):
         if counts["seen"]:
             break
     assert counts["seen"] > 0, f"the race never caught the exec helper: {counts}"
-    print(f"race ({'privileged' if privileged else 'unprivileged'}): {counts}")  # for the README (-s)
+    print(f"race ({'privileged' if privileged else 'unprivileged'}): {counts}")  # for docs/security.md (-s)
     # Never, in either kind: the host's runtime binary opened for writing.
     assert counts["exe_w"] == 0 and counts["reopen_w"] == 0, counts
     if not privileged:

@@ -224,7 +224,7 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
 
 
 def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
-    """They are containers-only (README, ctctl help): a clear 400, no file, the VM unchanged."""
+    """They are containers-only (docs/storage.md, ctctl help): a clear 400, no file, the VM unchanged."""
     installer = iso(tmp_path / "inst.iso", "INST")
     name = ctd.unique("vmb")
     ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer), "--disk", "1G")
