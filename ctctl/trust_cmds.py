@@ -127,13 +127,18 @@ def decode_join_token(text: str) -> JoinToken:
 
 
 def redeem(remote: Remote, secret: str) -> None:
-    """POST the secret over a connection that presents this user's certificate (remote.token is None)."""
+    """POST the secret over a connection that presents this user's certificate (remote.token is None),
+    then check that the remote knows this user by it."""
     joining = Client("", timeout=30, remote=remote)
     try:
         joining.request("POST", "/1.0/trust/join", {"secret": secret})
     except ApiError as exc:
-        if exc.status == 409:
-            return  # this certificate is trusted there already; the token stays unused
+        if exc.status == 409:  # trusted there already (fine), or the token's name is taken (not fine)
+            try:
+                joining.get("/1.0")
+            except ApiError:
+                raise ApiError(f"{remote.url} did not add this user's certificate: {exc.message}") from None
+            return  # the token stays unused
         if exc.status == 401:
             raise ApiError(f"{remote.url} refused the join token: it was used already, has expired or is "
                            "mistyped; ask for a new one ('ctctl trust token' there)", "unauthorized", 401) from None

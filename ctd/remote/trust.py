@@ -4,7 +4,7 @@ A certificate is trusted by the exact SHA-256 fingerprint of its DER bytes: no C
 self-signed certificate is the normal case), and it authenticates only inside its validity
 period. A join token is a random secret bound to a name, a role and an expiry; the state DB keeps
 only its hash. A client redeems it once, presenting its certificate at the TLS level (so it proves
-it holds the key); the certificate is added and the token is gone in one transaction.
+it holds the key); the token is spent and the certificate added, or neither.
 """
 
 from __future__ import annotations
@@ -178,13 +178,18 @@ class TrustStore:
                 raise InvalidRequest("the certificate's common name gives no usable name: pass one (--name)")
         return self._insert(cert, _name(name, "certificate"), _role(role), DEFAULT_PROJECT)
 
-    def _insert(self, cert: ParsedCertificate, name: str, role: Role, project: str) -> TrustedCertificate:
-        now = self.clock()
-        if cert.not_after <= now:
+    def _check_new(self, cert: ParsedCertificate, name: str) -> None:
+        if cert.not_after <= self.clock():
             raise InvalidRequest(f"the certificate expired at {_iso(cert.not_after)}: make a new one")
         known = self._by_fingerprint.get(cert.fingerprint)
         if known is not None:
             raise Conflict(f"this certificate (SHA-256 {cert.fingerprint}) is trusted already, as {known.name}")
+        if any(r.name == name for r in self._by_fingerprint.values()):
+            raise Conflict(f"a trusted certificate named {name} exists; remove it first or pick another name")
+
+    def _insert(self, cert: ParsedCertificate, name: str, role: Role, project: str) -> TrustedCertificate:
+        now = self.clock()
+        self._check_new(cert, name)
         record = TrustedCertificate(cert.fingerprint, name, role, project, _iso(cert.not_before),
                                     _iso(cert.not_after), _iso(now))
         try:
@@ -259,8 +264,8 @@ class TrustStore:
             raise NotFound(f"no pending join token named {name!r}; 'ctctl trust list' shows them")
 
     def redeem(self, secret: str, der: bytes) -> TrustedCertificate | None:
-        """Consume the token and trust the certificate, together; None for an unknown, used or expired
-        secret (then nothing changed)."""
+        """Spend the token and trust the certificate (both or neither); None for an unknown, used or
+        expired secret (then nothing changed)."""
         digest = hash_secret(secret)
         row = self.conn.execute("SELECT * FROM trust_tokens WHERE secret_sha256 = ?", (digest,)).fetchone()
         now = self.clock()
@@ -270,15 +275,17 @@ class TrustStore:
             self._purge(now)
             return None
         cert = parse_der(der)  # before the token is spent: a bad certificate leaves it usable
-        self.conn.execute("BEGIN IMMEDIATE")
+        name, role = row["name"], Role(row["role"])
+        self._check_new(cert, name)  # so the insert below cannot fail on a conflict
+        # No BEGIN: a statement is atomic, and an explicit transaction could collide with one that
+        # a worker thread holds on the shared connection. The DELETE's row count makes the token
+        # single-use; ctd's event loop is the only writer of these tables.
+        if self.conn.execute("DELETE FROM trust_tokens WHERE secret_sha256 = ?", (digest,)).rowcount != 1:
+            return None
         try:
-            if self.conn.execute("DELETE FROM trust_tokens WHERE secret_sha256 = ?", (digest,)).rowcount != 1:
-                self.conn.execute("ROLLBACK")
-                return None
-            record = self._insert(cert, row["name"], Role(row["role"]), row["project"])
+            record = self._insert(cert, name, role, row["project"])
         except BaseException:
-            self.conn.execute("ROLLBACK")
-            self._load()  # the index must not keep what the rollback undid
+            self.conn.execute("INSERT OR IGNORE INTO trust_tokens (name, secret_sha256, role, project, created_at, "
+                              "expires_at) VALUES (?, ?, ?, ?, ?, ?)", tuple(row))  # unspent after all
             raise
-        self.conn.execute("COMMIT")
         return record

@@ -408,3 +408,15 @@ def test_the_listener_takes_any_client_certificate_and_shows_it(tmp_path: Path) 
                 assert tls.recv(2) == b"ok"
         thread.join(10)
     assert seen == [ssl.PEM_cert_to_DER_cert(pem), None]
+
+
+def test_a_join_that_conflicts_spends_nothing(trust, tmp_path: Path) -> None:
+    store, _, _ = trust
+    _, secret = store.create_token("taken")
+    store.add(_pem(tmp_path, "first"), "taken")  # the name went to another certificate meanwhile
+    der = ssl.PEM_cert_to_DER_cert(_pem(tmp_path, "second"))
+    with pytest.raises(Conflict, match="named taken exists"):
+        store.redeem(secret, der)
+    assert [t.name for t in store.tokens()] == ["taken"] and store.authenticate(der) is None
+    store.remove("taken")
+    assert store.redeem(secret, der) is not None, "still usable once the conflict is gone"
