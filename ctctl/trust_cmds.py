@@ -12,6 +12,7 @@ import json
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,7 +26,9 @@ MAX_CERT_FILE = 64 * 1024
 
 
 def client() -> Client:
-    return click.get_current_context().find_object(Client)
+    found = click.get_current_context().find_object(Client)
+    assert found is not None, "ctctl's group callback sets it"
+    return found
 
 
 def read_certificate(path: str) -> str:
@@ -64,7 +67,7 @@ def trust_list(fmt: str) -> None:
     """Trusted certificates, then pending join tokens."""
     data = client().get("/1.0/trust")
 
-    def render(d: dict) -> str:
+    def render(d: dict[str, Any]) -> str:
         shown = table(["NAME", "ROLE", "SHA-256", "VALID UNTIL"],
                       [[c["name"], c["role"], c["fingerprint"], ("expired " if c["expired"] else "") + c["not_after"]]
                        for c in d["certificates"]])

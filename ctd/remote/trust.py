@@ -10,6 +10,7 @@ it holds the key); the token is spent and the certificate added, or neither.
 from __future__ import annotations
 
 import base64
+import builtins
 import datetime
 import hashlib
 import hmac
@@ -123,7 +124,7 @@ class TrustedCertificate:
         return (datetime.datetime.fromisoformat(self.not_before) <= now
                 < datetime.datetime.fromisoformat(self.not_after))
 
-    def to_json(self, now: datetime.datetime) -> dict:
+    def to_json(self, now: datetime.datetime) -> dict[str, object]:
         return {"name": self.name, "fingerprint": self.fingerprint, "role": self.role.value,
                 "project": self.project, "not_before": self.not_before, "not_after": self.not_after,
                 "added_at": self.added_at, "expired": not self.valid(now)}
@@ -140,7 +141,7 @@ class JoinToken:
     def expired(self, now: datetime.datetime) -> bool:
         return datetime.datetime.fromisoformat(self.expires_at) <= now
 
-    def to_json(self, now: datetime.datetime) -> dict:
+    def to_json(self, now: datetime.datetime) -> dict[str, object]:
         return {"name": self.name, "role": self.role.value, "project": self.project,
                 "created_at": self.created_at, "expires_at": self.expires_at, "expired": self.expired(now)}
 
@@ -253,7 +254,7 @@ class TrustStore:
     def _purge(self, now: datetime.datetime) -> None:
         self.conn.execute("DELETE FROM trust_tokens WHERE expires_at <= ?", (_iso(now),))
 
-    def tokens(self) -> list[JoinToken]:
+    def tokens(self) -> builtins.list[JoinToken]:  # builtins: `list` here is the method above
         """Pending join tokens (expired ones are dropped)."""
         self._purge(self.clock())
         return [JoinToken(r["name"], Role(r["role"]), r["project"], r["created_at"], r["expires_at"])

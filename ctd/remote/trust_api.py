@@ -34,7 +34,7 @@ def _admin_store(request: web.Request) -> TrustStore:
     return store
 
 
-async def _object(request: web.Request, known: set[str], example: str) -> dict:
+async def _object(request: web.Request, known: set[str], example: str) -> dict[str, object]:
     from ctd.api.handlers import json_body
     body = await json_body(request)
     if not isinstance(body, dict):
@@ -116,12 +116,12 @@ async def join(request: web.Request) -> web.Response:
     return web.json_response({"certificate": record.to_json(utcnow())}, status=201)
 
 
-def schema_paths() -> dict:
+def schema_paths() -> dict[str, object]:
     """The OpenAPI description of the endpoints above (merged into /1.0/openapi.json)."""
     error = {"description": "error", "content": {"application/json": {"schema": {
         "$ref": "#/components/schemas/Error"}}}}
 
-    def ok(status: int = 200) -> dict:
+    def ok(status: int = 200) -> dict[str, object]:
         return {str(status): {"description": "success", "content": {"application/json": {
             "schema": {"type": "object"}}}}, "400": error, "403": error}
 

@@ -49,8 +49,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         _teardown(d)
 
 
-def make_cert(directory: Path, name: str, *, days: float = 30, issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
-              | None = None, ca: bool = False) -> tuple[Path, Path, str]:
+Issuer = tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
+
+
+def make_cert(directory: Path, name: str, *, days: float = 30, issuer: Issuer | None = None,
+              ca: bool = False) -> tuple[Path, Path, str]:
     """(certificate, key, SHA-256) of a new client certificate, self-signed unless `issuer` signs it."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])

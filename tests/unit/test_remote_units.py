@@ -336,7 +336,8 @@ def test_the_audit_log_rotates_by_size_keeps_n_files_and_reads_across_them(tmp_p
 
 @pytest.mark.parametrize("settings, message", [
     ('audit_max_size = "tiny"\n', "audit_max_size"), ('audit_max_size = "100"\n', "at least 1K"),
-    ('audit_max_size = 5\n', "audit_max_size"), ("audit_keep = 0\n", "audit_keep"), ('audit_keep = "3"\n', "audit_keep"),
+    ('audit_max_size = 5\n', "audit_max_size"), ("audit_keep = 0\n", "audit_keep"),
+    ('audit_keep = "3"\n', "audit_keep"),
 ])
 def test_bad_audit_rotation_settings_are_refused(tmp_path: Path, settings: str, message: str) -> None:
     file = tmp_path / "ctd.toml"
