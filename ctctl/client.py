@@ -54,13 +54,20 @@ class CertificateMismatch(ApiError):
     """The server's certificate is not the pinned one: nothing (no token) was sent to it."""
 
 
-def pinning_context() -> ssl.SSLContext:
+def pinning_context(client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
     """TLS 1.2+, no CA check: the certificate is checked against the pinned fingerprint instead
-    (ctd's own certificate is self-signed)."""
+    (ctd's own certificate is self-signed). With `client_cert` (certificate, key): presented to the
+    server, which knows this user by it."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if client_cert is not None:
+        try:
+            context.load_cert_chain(*client_cert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ApiError(f"cannot use the client certificate {client_cert[0]} ({exc}); add the remote "
+                           "again with 'ctctl remote add --join'") from None
     return context
 
 
@@ -77,8 +84,9 @@ def fetch_fingerprint(host: str, port: int, timeout: float = 10.0) -> str:
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, fingerprint: str, timeout: float) -> None:
-        super().__init__(host, port, timeout=timeout, context=pinning_context())
+    def __init__(self, host: str, port: int, fingerprint: str, timeout: float,
+                 client_cert: tuple[str, str] | None = None) -> None:
+        super().__init__(host, port, timeout=timeout, context=pinning_context(client_cert))
         self.fingerprint = fingerprint
 
     def connect(self) -> None:
@@ -102,13 +110,22 @@ class Client:
     def where(self) -> str:
         return f"remote {self.remote.name} ({self.remote.url})" if self.remote else self.socket_path
 
+    def client_cert(self) -> tuple[str, str] | None:
+        """(certificate, key) to present: for a remote without a token, this user's client certificate."""
+        if self.remote is None or self.remote.token is not None:
+            return None
+        from ctctl.remotes import client_certificate
+        cert, key = client_certificate()
+        return str(cert), str(key)
+
     def _connection(self) -> http.client.HTTPConnection:
         if self.remote is not None:
-            return _PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout)
+            return _PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout,
+                                          self.client_cert())
         return _UnixConnection(self.socket_path, self.timeout)
 
     def auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.remote.token}"} if self.remote else {}
+        return {"Authorization": f"Bearer {self.remote.token}"} if self.remote and self.remote.token else {}
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
@@ -134,6 +151,10 @@ class Client:
         return raw.decode(errors="replace")
 
     def _raise_for(self, status: int, data: Any) -> None:
+        if status == 401 and self.remote and self.remote.token is None:
+            raise ApiError(f"{self.where} does not trust this user's client certificate (removed or expired): "
+                           "ask its admin for a join token ('ctctl trust token') and add the remote again",
+                           "unauthorized", 401)
         if status == 401 and self.remote:
             raise ApiError(f"{self.where} refused the token (revoked, expired or wrong): make a new one there "
                            "with 'ctctl token create' and add the remote again", "unauthorized", 401)

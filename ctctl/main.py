@@ -12,6 +12,7 @@ import click
 from ctctl import remote_cmds
 from ctctl.client import ApiError, Client, default_socket
 from ctctl.output import emit, human_bytes, table
+from ctctl.refs import instance_ref
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="output format")
@@ -56,7 +57,7 @@ def complete_instance(ctx: click.Context, param: click.Parameter, incomplete: st
     return [n for n in names if n.startswith(incomplete)]
 
 
-INSTANCE = click.argument("instance", shell_complete=complete_instance)
+INSTANCE = click.argument("instance", shell_complete=complete_instance, callback=instance_ref)  # or REMOTE:NAME
 
 
 def guest_options(func):  # type: ignore[no-untyped-def]
@@ -111,7 +112,7 @@ def _limits(options: dict[str, Any]) -> dict[str, str]:
 # ------------------------------------------------------------------ lifecycle
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", callback=instance_ref)
 @click.option("--template", "-t", help="template to create from (see 'ctctl template list'); a VM made "
               "from one boots that system")
 @click.option("--type", "kind", type=click.Choice(["container", "vm"]), default="container", show_default=True)
@@ -428,7 +429,7 @@ def _bc_table(instances: list[dict]) -> str:
 
 
 @cli.command()
-@click.argument("instance", required=False, shell_complete=complete_instance)
+@click.argument("instance", required=False, shell_complete=complete_instance, callback=instance_ref)
 @click.option("--failing", "-q", is_flag=True, help="only counters that hit their limit, across all containers")
 @FORMAT
 def beancounters(instance: str | None, failing: bool, fmt: str) -> None:
@@ -443,7 +444,7 @@ def beancounters(instance: str | None, failing: bool, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("instance", required=False, shell_complete=complete_instance)
+@click.argument("instance", required=False, shell_complete=complete_instance, callback=instance_ref)
 def metrics(instance: str | None) -> None:
     """Prometheus metrics as ctd serves them at /1.0/metrics; with NAME, that instance's samples."""
     text = client().text("/1.0/metrics")
@@ -584,7 +585,7 @@ def template_delete(name: str) -> None:
 # ------------------------------------------------------------------ storage
 
 @cli.command()
-@click.argument("instance", shell_complete=complete_instance)
+@click.argument("instance", shell_complete=complete_instance, callback=instance_ref)
 @click.argument("snapshot")
 def snapshot(instance: str, snapshot: str) -> None:
     """Take a snapshot of an instance's root (instant on btrfs): a container may keep running, a VM must be stopped."""
@@ -621,8 +622,8 @@ def rollback(instance: str, snapshot: str, restart: bool) -> None:
 
 
 @cli.command()
-@click.argument("source", shell_complete=complete_instance)
-@click.argument("name")
+@click.argument("source", shell_complete=complete_instance, callback=instance_ref)
+@click.argument("name", callback=instance_ref)
 @click.option("--snapshot", help="clone this snapshot of SOURCE (works while SOURCE runs)")
 def clone(source: str, name: str, snapshot: str | None) -> None:
     """A new instance from SOURCE: new id, id range, hostname, MAC and addresses."""

@@ -9,8 +9,10 @@ import sys
 import click
 
 from ctctl.client import ApiError, Client, fetch_fingerprint
+from ctctl.clientcert import ensure_client_certificate
 from ctctl.output import emit, table
 from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
+from ctctl.trust_cmds import decode_join_token, redeem, trust
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
                       show_default=True, help="output format")
@@ -109,7 +111,13 @@ def audit(since: str | None, fmt: str) -> None:
     entries = client().get("/1.0/audit", **({"since": since} if since else {}))["entries"]
     emit(fmt, entries, lambda es: table(
         ["TIME", "IDENTITY", "SOURCE", "METHOD", "PATH", "TARGET", "STATUS"],
-        [[e["time"], e["identity"], e["source"], e["method"], e["path"], e["target"], e["status"]] for e in es]))
+        [[e["time"], _who(e), e["source"], e["method"], e["path"], e["target"], e["status"]] for e in es]))
+
+
+def _who(entry: dict) -> str:
+    """A certificate is named with its SHA-256 (the name is only what the admin called it)."""
+    fingerprint = entry.get("fingerprint")
+    return f"{entry['identity']} sha256:{fingerprint}" if fingerprint else entry["identity"]
 
 
 # ------------------------------------------------------------------ remotes
@@ -122,34 +130,51 @@ def remote() -> None:
 @remote.command(name="add")
 @click.argument("name")
 @click.argument("url")
-@click.option("--token", "secret", required=True, help="an API token made there with 'ctctl token create'")
+@click.option("--token", "secret", help="an API token made there with 'ctctl token create'")
+@click.option("--join", "join_token", help="a one-time join token made there with 'ctctl trust token': ctctl "
+              "then logs in with a client certificate of its own (no token stored)")
 @click.option("--accept-certificate", "accept", help="the server's certificate SHA-256 ('ctctl info' on the "
-              "server shows it); without it ctctl shows the fingerprint and asks")
-def remote_add(name: str, url: str, secret: str, accept: str | None) -> None:
-    """Add a remote: ctctl remote add web1 https://203.0.113.5:8443 --token ctd_..."""
+              "server shows it); without it ctctl shows the fingerprint and asks (a join token carries it)")
+def remote_add(name: str, url: str, secret: str | None, join_token: str | None, accept: str | None) -> None:
+    """Add a remote: ctctl remote add web1 https://203.0.113.5:8443 --token ctd_... (or --join TOKEN)"""
+    if (secret is None) == (join_token is None):
+        raise ApiError("give one of --token (an API token) or --join (a join token from 'ctctl trust token')")
     config = RemoteConfig.load()
+    config.check_new(name)
     url = check_url(url)
     probe = Remote(name, url, secret, "0" * 64)
     try:
         seen = fetch_fingerprint(probe.host, probe.port)
     except (TimeoutError, OSError, ssl.SSLError) as exc:
         raise ApiError(f"cannot make a TLS connection to {url}: {exc}") from None
-    if accept is not None:
-        if normalize_fingerprint(accept) != seen:
-            raise ApiError(f"{url} shows a certificate with SHA-256 {seen}, not {normalize_fingerprint(accept)}: "
+    join = decode_join_token(join_token) if join_token is not None else None
+    _check_certificate(url, seen, accept, join.fingerprint if join else None)
+    added = Remote(name, url, secret, seen)
+    if join is not None:
+        ensure_client_certificate()
+        redeem(added, join.secret)
+    Client("", timeout=30, remote=added).get("/1.0")  # the credentials work (before they are stored)
+    config.add(added)
+    config.save()
+    click.echo(f"Added remote {name} ({url}); use it with 'ctctl --remote {name} ...', '{name}:INSTANCE' "
+               f"or 'ctctl remote switch {name}'")
+
+
+def _check_certificate(url: str, seen: str, accept: str | None, from_token: str | None) -> None:
+    """The server's certificate must be the one the user (or the join token) vouches for."""
+    for vouched in (accept, from_token):
+        if vouched is not None and normalize_fingerprint(vouched) != seen:
+            raise ApiError(f"{url} shows a certificate with SHA-256 {seen}, not {normalize_fingerprint(vouched)}: "
                            "not added (someone may be in between, or the fingerprint is of another host)")
-    elif sys.stdin.isatty():
+    if accept is not None or from_token is not None:
+        return
+    if sys.stdin.isatty():
         click.echo(f"Certificate SHA-256 of {url}:\n  {seen}\nCompare it with 'ctctl info' on that host.")
         if not click.confirm("Trust this certificate?", default=False):
             raise ApiError("not added")
     else:
         raise ApiError(f"{url} shows a certificate with SHA-256 {seen}; check it against 'ctctl info' on that "
                        "host and pass it with --accept-certificate (no terminal to ask on)")
-    added = Remote(name, url, secret, seen)
-    Client("", timeout=30, remote=added).get("/1.0")  # the token works (before it is stored)
-    config.add(added)
-    config.save()
-    click.echo(f"Added remote {name} ({url}); use it with 'ctctl --remote {name} ...' or 'ctctl remote switch {name}'")
 
 
 @remote.command(name="list")
@@ -157,18 +182,20 @@ def remote_add(name: str, url: str, secret: str, accept: str | None) -> None:
 def remote_list(fmt: str) -> None:
     """Remotes (never their tokens); * marks the default."""
     config = RemoteConfig.load()
-    rows = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "default": config.default == LOCAL}]
-    rows += [{"name": r.name, "url": r.url, "fingerprint": r.fingerprint, "default": config.default == r.name}
+    rows = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "auth": "socket",
+             "default": config.default == LOCAL}]
+    rows += [{"name": r.name, "url": r.url, "fingerprint": r.fingerprint,
+              "auth": "certificate" if r.token is None else "token", "default": config.default == r.name}
              for r in sorted(config.remotes.values(), key=lambda r: r.name)]
-    emit(fmt, rows, lambda rs: table(["NAME", "URL", "CERTIFICATE SHA-256"],
-                                     [[r["name"] + (" *" if r["default"] else ""), r["url"], r["fingerprint"]]
-                                      for r in rs]))
+    emit(fmt, rows, lambda rs: table(["NAME", "URL", "AUTH", "CERTIFICATE SHA-256"],
+                                     [[r["name"] + (" *" if r["default"] else ""), r["url"], r["auth"],
+                                       r["fingerprint"]] for r in rs]))
 
 
 @remote.command(name="remove")
 @click.argument("name")
 def remote_remove(name: str) -> None:
-    """Forget a remote (and its token)."""
+    """Forget a remote (and its token; this user's client certificate stays for other remotes)."""
     config = RemoteConfig.load()
     config.get(name)
     del config.remotes[name]
@@ -191,5 +218,5 @@ def remote_switch(name: str) -> None:
 
 
 def register(cli: click.Group) -> None:
-    for command in (info, token, audit, remote):
+    for command in (info, token, audit, remote, trust):
         cli.add_command(command)

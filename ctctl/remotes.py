@@ -7,6 +7,12 @@
     url = "https://203.0.113.5:8443"
     token = "ctd_..."
     fingerprint = "9641e0..."   # SHA-256 of the server's certificate: ctctl talks to no other
+    [remotes.lab]               # no token: ctctl logs in with its client certificate
+    url = "https://[2001:db8::7]:8443"
+    fingerprint = "0b5c..."
+
+The client certificate and key (made by 'ctctl remote add --join') sit beside it: client.crt and
+client.key (0600), one pair per user, like Incus' client.crt.
 """
 
 from __future__ import annotations
@@ -26,9 +32,18 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 FINGERPRINT_RE = re.compile(r"[0-9a-f]{64}")
 
 
-def config_file() -> Path:
+def config_dir() -> Path:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "ctctl" / "remotes.toml"
+    return Path(base) / "ctctl"
+
+
+def config_file() -> Path:
+    return config_dir() / "remotes.toml"
+
+
+def client_certificate() -> tuple[Path, Path]:
+    """(certificate, key) this user presents to remotes that trust it."""
+    return config_dir() / "client.crt", config_dir() / "client.key"
 
 
 def normalize_fingerprint(text: str) -> str:
@@ -50,11 +65,22 @@ def check_url(url: str) -> str:
     return f"https://{parts.netloc}"
 
 
+def write_private(path: Path, data: bytes) -> None:
+    """Written 0600 (in a 0700 directory) from the first byte, then renamed into place."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
+
+
 @dataclass(frozen=True)
 class Remote:
     name: str
     url: str
-    token: str
+    token: str | None  # None: log in with the client certificate
     fingerprint: str
 
     @property
@@ -84,10 +110,12 @@ class RemoteConfig:
         remotes = {}
         for name, values in (data.get("remotes") or {}).items():
             try:
-                remotes[name] = Remote(name, check_url(values["url"]), str(values["token"]),
+                token = values.get("token")
+                remotes[name] = Remote(name, check_url(values["url"]), None if token is None else str(token),
                                        normalize_fingerprint(values["fingerprint"]))
             except (KeyError, TypeError, AttributeError):
-                raise ApiError(f"{path}: remote {name!r} needs url, token and fingerprint") from None
+                raise ApiError(f"{path}: remote {name!r} needs url and fingerprint (and a token unless it "
+                               "trusts this user's client certificate)") from None
         default = data.get("default", LOCAL)
         if default != LOCAL and default not in remotes:
             default = LOCAL
@@ -95,17 +123,13 @@ class RemoteConfig:
 
     def save(self) -> None:
         """Written 0600 in a 0700 directory, then renamed into place: the tokens are secrets."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lines = [f"default = {json.dumps(self.default)}", ""]
         for remote in sorted(self.remotes.values(), key=lambda r: r.name):
-            lines += [f"[remotes.{json.dumps(remote.name)}]", f"url = {json.dumps(remote.url)}",
-                      f"token = {json.dumps(remote.token)}", f"fingerprint = {json.dumps(remote.fingerprint)}", ""]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write("\n".join(lines))
-        os.replace(tmp, self.path)
+            lines += [f"[remotes.{json.dumps(remote.name)}]", f"url = {json.dumps(remote.url)}"]
+            if remote.token is not None:
+                lines.append(f"token = {json.dumps(remote.token)}")
+            lines += [f"fingerprint = {json.dumps(remote.fingerprint)}", ""]
+        write_private(self.path, "\n".join(lines).encode())
 
     def get(self, name: str) -> Remote:
         if name not in self.remotes:
@@ -113,10 +137,14 @@ class RemoteConfig:
             raise ApiError(f"no remote named {name!r}; known: {known}")
         return self.remotes[name]
 
-    def add(self, remote: Remote) -> None:
-        if remote.name == LOCAL or not NAME_RE.fullmatch(remote.name):
-            raise ApiError(f"remote name {remote.name!r}: use letters, digits, '.', '_', '-' "
+    def check_new(self, name: str) -> None:
+        """A name a new remote may take (checked before anything is sent to it)."""
+        if name == LOCAL or not NAME_RE.fullmatch(name):
+            raise ApiError(f"remote name {name!r}: use letters, digits, '.', '_', '-' "
                            f"('{LOCAL}' is the local socket)")
-        if remote.name in self.remotes:
-            raise ApiError(f"a remote named {remote.name} exists; 'ctctl remote remove {remote.name}' first")
+        if name in self.remotes:
+            raise ApiError(f"a remote named {name} exists; 'ctctl remote remove {name}' first")
+
+    def add(self, remote: Remote) -> None:
+        self.check_new(remote.name)
         self.remotes[remote.name] = remote

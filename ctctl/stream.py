@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import sys
 import termios
 import tty as ttymod
@@ -15,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from ctctl.client import ApiError, Client
+from ctctl.client import ApiError, Client, pinning_context
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
@@ -33,13 +34,27 @@ def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+class _ClientCertConnector(aiohttp.TCPConnector):
+    """Pins the server by fingerprint and presents this user's client certificate. aiohttp pins only
+    with a context of its own (no certificate in it), so this one hands it ours instead."""
+
+    def __init__(self, pinned: aiohttp.Fingerprint, context: ssl.SSLContext) -> None:
+        super().__init__(ssl=pinned)
+        self._client_context = context
+
+    def _get_ssl_context(self, req: aiohttp.ClientRequest) -> ssl.SSLContext | None:
+        return self._client_context if req.is_ssl() else None
+
+
 def _session(client: Client) -> tuple[aiohttp.ClientSession, str]:
     """A session to the socket, or to a remote whose certificate must be the pinned one."""
     if client.remote is None:
         return aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=client.socket_path)), "http://localhost"
     pinned = aiohttp.Fingerprint(bytes.fromhex(client.remote.fingerprint))
-    return (aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=pinned), headers=client.auth_headers()),
-            client.remote.url)
+    client_cert = client.client_cert()
+    connector = (aiohttp.TCPConnector(ssl=pinned) if client_cert is None
+                 else _ClientCertConnector(pinned, pinning_context(client_cert)))
+    return aiohttp.ClientSession(connector=connector, headers=client.auth_headers()), client.remote.url
 
 
 async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]

@@ -55,6 +55,10 @@ class DaemonConfig:
     # The operator's certificate and key (PEM); unset: a self-signed one made in STATE/tls.
     https_cert: Path | None = None
     https_key: Path | None = None
+    # The audit log (STATE/audit.log) starts a new file past this size, keeping this many old ones
+    # (audit.log.1 is the newest); 'ctctl audit' reads across them.
+    audit_max_size: str = "10M"
+    audit_keep: int = 5
     # Plain-HTTP GET /metrics for a local Prometheus, off unless set, e.g. "127.0.0.1:9420".
     # Loopback only: it has no authentication and names every instance.
     metrics_address: str = ""
@@ -119,6 +123,7 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig
         if not isinstance(config.https_address, str):
             raise InvalidRequest(f"{file}: https_address must be a string such as \"[::]:8443\"")
         parse_listen_address(config.https_address)
+    audit_rotation(config, file)
     if config.metrics_address:
         from ctd.metrics import parse_metrics_address
         try:
@@ -142,3 +147,20 @@ def check_config(config: DaemonConfig, file: Path) -> None:
         raise InvalidRequest(f"{file}: nft_table must be a letter then letters, digits or _ (at most 64)")
     if not isinstance(config.nic_prefix, str) or not re.fullmatch(r"[a-z]{2}", config.nic_prefix):
         raise InvalidRequest(f"{file}: nic_prefix must be two lowercase letters, not {config.nic_prefix!r}")
+
+
+def audit_rotation(config: DaemonConfig, file: Path) -> tuple[int, int]:
+    """(bytes per audit file, old files kept) from audit_max_size and audit_keep."""
+    from cgroups import parse_size
+    from ctd.remote.audit import MAX_KEEP, MIN_MAX_SIZE
+    try:
+        size = parse_size(config.audit_max_size) if isinstance(config.audit_max_size, str) else -1
+    except ValueError:
+        size = -1
+    if not MIN_MAX_SIZE <= size < 1 << 50:
+        raise InvalidRequest(f"{file}: audit_max_size must be a size such as \"10M\" (at least 1K), "
+                             f"not {config.audit_max_size!r}")
+    keep = config.audit_keep
+    if not isinstance(keep, int) or isinstance(keep, bool) or not 1 <= keep <= MAX_KEEP:
+        raise InvalidRequest(f"{file}: audit_keep must be a whole number from 1 to {MAX_KEEP}, not {keep!r}")
+    return size, keep

@@ -236,7 +236,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         "recovered": report,
     }
     context = ApiContext(config, db, instances, templates, Operations(), network, Transfers(instances), info)
-    access = remote_access(config, db)
+    access = remote_access(config, db, https[2]["certificate_fingerprint"] if https else None)
     info["https"] = https[2] if https else None
     app = make_app(context, access)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -285,13 +285,17 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     return 0
 
 
-def remote_access(config: DaemonConfig, db):  # type: ignore[no-untyped-def]
+def remote_access(config: DaemonConfig, db, server_fingerprint: str | None):  # type: ignore[no-untyped-def]
+    from ctd.config import audit_rotation
     from ctd.remote.api import RemoteAccess
     from ctd.remote.audit import AuditLog
     from ctd.remote.tokens import TokenStore
+    from ctd.remote.trust import TrustStore
     # The DB holds the tokens' hashes: nobody but root reads it (SQLite gives -wal/-shm its mode).
     os.chmod(config.db_path, 0o600)
-    return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log))
+    max_size, keep = audit_rotation(config, config.audit_log)
+    return RemoteAccess(TokenStore(db.conn), AuditLog(config.audit_log, max_size, keep), trust=TrustStore(db.conn),
+                        server_fingerprint=server_fingerprint)
 
 
 def bind_metrics(config: DaemonConfig) -> socket.socket | None:

@@ -7,6 +7,7 @@ from typing import Any
 from ctd import __version__
 from ctd.limits import LIMITS
 from ctd.remote.api import schema_paths as remote_paths
+from ctd.remote.trust_api import schema_paths as trust_paths
 
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
 REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
@@ -37,6 +38,7 @@ def build_schema() -> dict[str, Any]:
         "paths": {
             "/1.0": {"get": {"summary": "server information", "responses": _responses(200, {"type": "object"})}},
             **remote_paths(),
+            **trust_paths(),
             "/1.0/instances": {
                 "get": {"summary": "list instances",
                         "responses": _responses(200, {"type": "object", "properties": {

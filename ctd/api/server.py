@@ -19,6 +19,7 @@ from ctd.api.metrics import routes as metrics_routes
 from ctd.errors import OperationFailed
 from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
 from ctd.remote.api import routes as remote_routes
+from ctd.remote.trust_api import routes as trust_routes
 
 
 def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.Application:
@@ -33,6 +34,7 @@ def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.App
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)
+        app.add_routes(trust_routes)
         app.on_response_prepare.append(audit_response)
     return app
 

@@ -1,9 +1,15 @@
-"""Who may ask, and what was asked: the access middleware (identity, tokens, rate limit, audit)
-and the token and audit endpoints."""
+"""Who may ask, and what was asked: the access middleware (identity from the socket's peer, a
+token or a trusted client certificate; rate limit; audit) and the token and audit endpoints.
+
+On HTTPS a request with an Authorization header is judged by its token alone; one without is
+judged by the client certificate of its TLS connection. Anything else is 401 (and counts
+against its source). Only POST /1.0/trust/join goes through unauthenticated: it carries its own
+one-time secret (ctd/remote/trust_api.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import socket
@@ -16,14 +22,18 @@ from ctd.api.errors import error_response
 from ctd.api.jsonbody import parse_json
 from ctd.errors import Forbidden, InvalidRequest
 from ctd.remote.audit import AuditEntry, AuditLog, parse_since
+from ctd.remote.clientcert import peer_certificate
 from ctd.remote.identity import Identity, IdentityKind, Role
 from ctd.remote.ratelimit import FailureLimiter
 from ctd.remote.tokens import TokenStore, utcnow
+from ctd.remote.trust import TrustStore
 
 log = logging.getLogger("ctd.remote")
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-UNAUTHORIZED = "authentication required: send 'Authorization: Bearer <token>' (ctctl token create makes one)"
+UNAUTHORIZED = ("authentication required: send 'Authorization: Bearer <token>' (ctctl token create makes one) "
+                "or a trusted client certificate (ctctl trust add)")
+JOIN_PATH = "/1.0/trust/join"
 
 
 @dataclass
@@ -31,6 +41,8 @@ class RemoteAccess:
     tokens: TokenStore
     audit: AuditLog
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
+    trust: TrustStore | None = None
+    server_fingerprint: str | None = None  # the HTTPS certificate's (None: no HTTPS listener)
 
 
 ACCESS = web.AppKey("access", RemoteAccess)
@@ -76,19 +88,38 @@ def _refused(status: int, message: str, code: str, retry_after: float = 0.0) -> 
     return response
 
 
-def _authenticate(request: web.Request, access: RemoteAccess, source: str) -> Identity | web.Response:
+def rate_limited(access: RemoteAccess, source: str) -> web.Response | None:
     wait = access.limiter.retry_after(source)
     if wait:
         return _refused(429, f"too many failed authentications from {source}; retry in {int(wait) + 1} s",
                         "rate-limited", wait)
-    secret = _bearer(request.headers.get("Authorization", ""))
-    found = access.tokens.authenticate(secret) if secret else None
+    return None
+
+
+def refuse(request: web.Request, access: RemoteAccess, source: str, why: str) -> web.Response:
+    """401, logged, and counted against the source."""
+    blocked = access.limiter.failed(source)
+    log.warning("refused %s %s from %s: %s%s", request.method, request.path, source, why,
+                "; source blocked for a while" if blocked else "")
+    return _refused(401, UNAUTHORIZED, "unauthorized")
+
+
+def _authenticate(request: web.Request, access: RemoteAccess, source: str) -> Identity | web.Response:
+    limited = rate_limited(access, source)
+    if limited is not None:
+        return limited
+    header = request.headers.get("Authorization")
+    if header is not None:
+        secret = _bearer(header)
+        found = access.tokens.authenticate(secret) if secret else None
+        return found or refuse(request, access, source, "bad, expired or revoked token")
+    der = peer_certificate(request.transport)
+    if der is None:
+        return refuse(request, access, source, "no token and no client certificate")
+    found = access.trust.authenticate(der) if access.trust is not None else None
     if found is None:
-        blocked = access.limiter.failed(source)
-        log.warning("refused %s %s from %s: %s%s", request.method, request.path, source,
-                    "bad, expired or revoked token" if secret else "no token",
-                    "; source blocked for a while" if blocked else "")
-        return _refused(401, UNAUTHORIZED, "unauthorized")
+        return refuse(request, access, source, "client certificate SHA-256 "
+                      f"{hashlib.sha256(der).hexdigest()} is not trusted (unknown, removed or expired)")
     return found
 
 
@@ -114,6 +145,9 @@ async def access_middleware(request: web.Request, handler):  # type: ignore[no-u
     request[STARTED] = utcnow()
     who = _local_identity(request)
     request[SOURCE] = "unix" if who is not None else (request.remote or "?")
+    if who is None and request.method == "POST" and request.path == JOIN_PATH \
+            and "Authorization" not in request.headers:
+        return await handler(request)  # its one-time secret is checked (and rate limited) there
     if who is None:
         checked = _authenticate(request, access, request[SOURCE])
         if isinstance(checked, web.Response):
@@ -136,7 +170,7 @@ async def audit_response(request: web.Request, response: web.StreamResponse) -> 
     target = await _target(request) if who is not None else None  # never read a stranger's body
     entry = AuditEntry(request.get(STARTED, utcnow()).isoformat(timespec="milliseconds"),
                        who.label if who else "anonymous", request.get(SOURCE) or request.remote or "?",
-                       request.method, request.path, target, response.status)
+                       request.method, request.path, target, response.status, who.fingerprint if who else None)
     try:
         access.audit.write(entry)
     except OSError as exc:

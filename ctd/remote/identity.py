@@ -1,4 +1,5 @@
-"""Who is asking: every request carries one Identity (the local admin on the socket, a token on HTTPS)."""
+"""Who is asking: every request carries one Identity (the local admin on the socket, a token or a
+trusted client certificate on HTTPS)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ class Role(enum.Enum):
 class IdentityKind(enum.Enum):
     LOCAL = "local"  # a process on the unix socket (its permissions are the authentication)
     TOKEN = "token"
+    CERTIFICATE = "certificate"  # a trusted TLS client certificate (ctctl trust add, or a join token)
 
 
 DEFAULT_PROJECT = "default"
@@ -24,10 +26,11 @@ class Identity:
     kind: IdentityKind
     role: Role
     project: str = DEFAULT_PROJECT
+    fingerprint: str | None = None  # a certificate's SHA-256: what the audit log records beside its name
 
     @property
     def label(self) -> str:
-        """How the audit log names it: "local:UID" or "token:NAME"."""
+        """How the audit log names it: "local:UID", "token:NAME" or "certificate:NAME"."""
         return f"{self.kind.value}:{self.name}"
 
     @property

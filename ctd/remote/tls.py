@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import ipaddress
+import logging
 import os
 import socket
 import ssl
@@ -15,6 +16,7 @@ from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
 
 VALID_YEARS = 10
+log = logging.getLogger("ctd.remote")
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,8 @@ class ServerCertificate:
     self_signed: bool
 
     def ssl_context(self) -> ssl.SSLContext:
-        """TLS 1.2 and newer only; no client certificate (tokens authenticate)."""
+        """TLS 1.2 and newer only; a client certificate is asked for, not required, and judged per
+        request by its fingerprint (see clientcert.py)."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
@@ -94,6 +97,10 @@ class ServerCertificate:
         except (ssl.SSLError, OSError) as exc:
             raise CtdError(f"cannot use the HTTPS certificate {self.cert_path} with key {self.key_path}: {exc}; "
                            "check that the key matches the certificate (both PEM)") from None
+        from ctd.remote.clientcert import request_any_client_certificate
+        why = request_any_client_certificate(context)
+        if why is not None:
+            log.warning("HTTPS clients cannot log in with a certificate (tokens work): %s", why)
         return context
 
 

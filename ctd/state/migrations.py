@@ -88,4 +88,26 @@ MIGRATIONS: list[str] = [
         expires_at    TEXT
     );
     """,
+    # 7: TLS client certificates the HTTPS listener trusts (compared by SHA-256 fingerprint), and
+    # one-time join tokens that add one (only a hash of the secret is kept)
+    """
+    CREATE TABLE trusted_certificates (
+        fingerprint TEXT PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        role        TEXT NOT NULL,
+        project     TEXT NOT NULL DEFAULT 'default',
+        certificate TEXT NOT NULL,
+        not_before  TEXT NOT NULL,
+        not_after   TEXT NOT NULL,
+        added_at    TEXT NOT NULL
+    );
+    CREATE TABLE trust_tokens (
+        name          TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL UNIQUE,
+        role          TEXT NOT NULL,
+        project       TEXT NOT NULL DEFAULT 'default',
+        created_at    TEXT NOT NULL,
+        expires_at    TEXT NOT NULL
+    );
+    """,
 ]

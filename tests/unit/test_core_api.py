@@ -495,7 +495,8 @@ def test_openapi_describes_every_route(tmp_path: Path) -> None:
         routed = {(r.resource.canonical, r.method.lower()) for r in env.app.router.routes()
                   if r.method != "HEAD" and r.resource is not None}
         from ctd.remote.api import routes as remote_routes  # the daemon's app has these too
-        routed |= {(r.path, r.method.lower()) for r in remote_routes}  # type: ignore[attr-defined]
+        from ctd.remote.trust_api import routes as trust_routes
+        routed |= {(r.path, r.method.lower()) for r in [*remote_routes, *trust_routes]}  # type: ignore[attr-defined]
         documented = {(p, m) for p, ops in paths.items() for m in ops if m in HTTP_METHODS}
         assert routed - documented == set(), "routes missing from openapi.json"
         assert documented - routed == set(), "openapi.json documents routes that do not exist"

@@ -208,3 +208,216 @@ def test_remotes_file_is_0600_under_xdg_config_home(tmp_path: Path, monkeypatch:
     assert normalize_fingerprint("AB:" * 31 + "AB") == "ab" * 32
     with pytest.raises(ApiError, match="fingerprint"):
         normalize_fingerprint("abc")
+
+
+# ---------------------------------------------------------------- trust store and join tokens
+
+def _pem(tmp_path: Path, name: str = "c") -> str:
+    make_self_signed(tmp_path / f"{name}.crt", tmp_path / f"{name}.key")
+    return (tmp_path / f"{name}.crt").read_text()
+
+
+@pytest.fixture
+def trust(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from ctd.remote.trust import TrustStore
+    db = StateDB(tmp_path / "ctd.db")
+    clock = Clock(datetime.datetime.now(datetime.UTC))
+    yield TrustStore(db.conn, clock), clock, db
+    db.close()
+
+
+def test_a_trusted_certificate_authenticates_by_its_exact_fingerprint(trust, tmp_path: Path) -> None:
+    from ctd.remote.trust import TrustStore
+    store, clock, db = trust
+    pem = _pem(tmp_path)
+    der = ssl.PEM_cert_to_DER_cert(pem)
+    record = store.add(pem, "laptop")
+    assert record.fingerprint == hashlib.sha256(der).hexdigest()
+    who = store.authenticate(der)
+    assert who is not None and (who.name, who.kind, who.role, who.fingerprint) == \
+        ("laptop", IdentityKind.CERTIFICATE, Role.ADMIN, record.fingerprint)
+    assert who.label == "certificate:laptop"
+    assert store.authenticate(der[:-1] + bytes([der[-1] ^ 1])) is None, "one bit off"
+    assert store.authenticate(ssl.PEM_cert_to_DER_cert(_pem(tmp_path, "other"))) is None
+    assert TrustStore(db.conn, clock).authenticate(der) is not None, "kept in the DB"
+    with pytest.raises(Conflict, match="trusted already"):
+        store.add(pem, "again")
+    clock.now = datetime.datetime.fromisoformat(record.not_after)
+    assert store.authenticate(der) is None, "not after its validity"
+    clock.now = datetime.datetime.now(datetime.UTC)
+    store.remove(record.fingerprint.upper())
+    assert store.authenticate(der) is None and TrustStore(db.conn, clock).authenticate(der) is None
+    with pytest.raises(NotFound):
+        store.remove("laptop")
+
+
+@pytest.mark.parametrize("pem, name, message", [
+    (None, "x", "PEM text"), ("", "x", "PEM text"), ("garbage", "x", "exactly one PEM"),
+    ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n", "x", "not a readable"),
+    ("-----BEGIN CERTIFICATE-----\n" + "A" * 70000, "x", "exactly one PEM"),
+    ("VALID", "Bad Name", "must be"), ("VALID", "x/../y", "must be"),
+])
+def test_bad_certificates_and_names_are_refused(trust, tmp_path: Path, pem, name, message) -> None:  # type: ignore[no-untyped-def]
+    store, _, _ = trust
+    with pytest.raises(InvalidRequest, match=message):
+        store.add(_pem(tmp_path) if pem == "VALID" else pem, name)
+    assert store.list() == []
+
+
+def test_the_name_defaults_to_the_common_name(trust, tmp_path: Path) -> None:
+    from ctd.remote.trust import name_from
+    store, _, _ = trust
+    assert store.add(_pem(tmp_path)).name == name_from(f"ctd@{__import__('socket').gethostname()}")
+    assert name_from("ctctl-root@Host.example") == "ctctl-root-host.example" and name_from("@@") == ""
+
+
+def test_a_join_token_is_redeemed_once_and_only_before_its_expiry(trust, tmp_path: Path) -> None:
+    from ctd.remote.trust import TrustStore
+    store, clock, db = trust
+    token, secret = store.create_token("joiner", expires="1h")
+    assert secret.startswith("ctdjoin_") and [t.name for t in store.tokens()] == ["joiner"]
+    der = ssl.PEM_cert_to_DER_cert(_pem(tmp_path))
+    assert store.redeem(secret + "x", der) is None and store.redeem("", der) is None
+    with pytest.raises(InvalidRequest):
+        store.redeem(secret, b"not a certificate")
+    added = store.redeem(secret, der)  # the bad certificate above did not spend it
+    assert added is not None and added.name == "joiner" and store.authenticate(der) is not None
+    assert store.redeem(secret, ssl.PEM_cert_to_DER_cert(_pem(tmp_path, "second"))) is None, "used"
+    assert store.tokens() == [] and [c.name for c in TrustStore(db.conn, clock).list()] == ["joiner"]
+    with pytest.raises(Conflict, match="named joiner exists"):
+        store.create_token("joiner")
+    _, late = store.create_token("late", expires="1h")
+    clock.now += datetime.timedelta(hours=1)
+    assert store.redeem(late, ssl.PEM_cert_to_DER_cert(_pem(tmp_path, "third"))) is None, "expired"
+    assert store.tokens() == []
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("ctd.db"))
+    assert late.encode() not in raw and secret.encode() not in raw, "only hashes are kept"
+
+
+def test_a_join_token_names_the_server_fingerprint(trust) -> None:
+    import base64
+    import json
+
+    from ctctl.trust_cmds import decode_join_token
+    from ctd.remote.trust import encode_join_token
+    store, _, _ = trust
+    token, secret = store.create_token("n")
+    text = encode_join_token("n", secret, "ab" * 32, token.expires_at)
+    decoded = decode_join_token(text)
+    assert (decoded.client_name, decoded.fingerprint, decoded.secret) == ("n", "ab" * 32, secret)
+    for bad in ("", "!!!", base64.urlsafe_b64encode(b"[]").decode(),
+                base64.urlsafe_b64encode(json.dumps({"secret": "s", "fingerprint": "zz"}).encode()).decode()):
+        with pytest.raises(ApiError, match="not one 'ctctl trust token' printed"):
+            decode_join_token(bad)
+
+
+# ---------------------------------------------------------------- audit rotation
+
+def test_the_audit_log_rotates_by_size_keeps_n_files_and_reads_across_them(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = AuditLog(path, max_size=1024, keep=2)
+    for i in range(40):
+        log.write(AuditEntry(NOW.replace(minute=i).isoformat(), "local:0", "unix", "PUT", f"/1.0/instances/i{i}",
+                             f"i{i}", 200))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.log", "audit.log.1", "audit.log.2"]
+    assert all(p.stat().st_size <= 1024 and stat.S_IMODE(p.stat().st_mode) == 0o600 for p in tmp_path.iterdir())
+    targets = [e["target"] for e in log.read()]
+    assert targets[-1] == "i39" and targets == [f"i{n}" for n in range(40 - len(targets), 40)], "in order, newest kept"
+    assert len(targets) > len(path.read_text().splitlines())
+    assert [e["target"] for e in log.read(NOW.replace(minute=38))] == ["i38", "i39"]
+    log.close()
+    again = AuditLog(path, max_size=1024, keep=2)  # a restarted ctd goes on from the file's size
+    again.write(AuditEntry(NOW.isoformat(), "local:0", "unix", "POST", "/", None, 200))
+    assert path.stat().st_size <= 1024
+    again.close()
+    with pytest.raises(InvalidRequest):
+        AuditLog(tmp_path / "x.log", max_size=10)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ('audit_max_size = "tiny"\n', "audit_max_size"), ('audit_max_size = "100"\n', "at least 1K"),
+    ('audit_max_size = 5\n', "audit_max_size"), ("audit_keep = 0\n", "audit_keep"),
+    ('audit_keep = "3"\n', "audit_keep"),
+])
+def test_bad_audit_rotation_settings_are_refused(tmp_path: Path, settings: str, message: str) -> None:
+    file = tmp_path / "ctd.toml"
+    file.write_text(settings)
+    with pytest.raises(InvalidRequest, match=message):
+        load_config(file, {})
+
+
+def test_audit_rotation_defaults(tmp_path: Path) -> None:
+    from ctd.config import audit_rotation
+    config = load_config(tmp_path / "none.toml", {})
+    assert audit_rotation(config, tmp_path) == (10 << 20, 5)
+
+
+# ---------------------------------------------------------------- REMOTE:INSTANCE
+
+def test_remote_references_split_on_the_first_colon() -> None:
+    import click
+
+    from ctctl.refs import split_ref
+    assert split_ref("web1") == (None, "web1") and split_ref("lab:web1") == ("lab", "web1")
+    assert split_ref("local:web1") == ("local", "web1")
+    for bad in (":web1", "lab:", ":"):
+        with pytest.raises(click.BadParameter):
+            split_ref(bad)
+
+
+def test_a_remote_without_a_token_uses_the_client_certificate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ctctl.client import Client
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "cfg"))
+    config = RemoteConfig.load()
+    config.add(Remote("lab", "https://127.0.0.1:8443", None, "cd" * 32))
+    config.save()
+    assert "token" not in config_file().read_text()
+    lab = RemoteConfig.load().get("lab")
+    assert lab.token is None
+    client = Client("", remote=lab)
+    assert client.auth_headers() == {}
+    assert client.client_cert() == (str(tmp_path / "cfg/ctctl/client.crt"), str(tmp_path / "cfg/ctctl/client.key"))
+    assert Client("", remote=Remote("t", "https://[::1]:8443", "ctd_x", "cd" * 32)).client_cert() is None
+
+
+def test_the_listener_takes_any_client_certificate_and_shows_it(tmp_path: Path) -> None:
+    """The handshake succeeds with an unknown self-signed certificate (ctd answers it with a 401,
+    not a TLS alert), and without one; the server sees exactly the certificate sent."""
+    import socket
+    import threading
+
+    from ctctl.client import pinning_context
+    own = server_certificate(tmp_path / "tls", None, None)
+    context = own.ssl_context()
+    assert context.verify_mode == ssl.CERT_OPTIONAL, "the hook is in place on this Python"
+    pem = _pem(tmp_path, "client")
+    seen: list[bytes | None] = []
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        def serve() -> None:
+            for _ in range(2):
+                conn, _ = server.accept()
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    seen.append(tls.getpeercert(binary_form=True))
+                    tls.sendall(b"ok")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        port = server.getsockname()[1]
+        for cert in ((str(tmp_path / "client.crt"), str(tmp_path / "client.key")), None):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    pinning_context(cert).wrap_socket(raw) as tls:
+                assert tls.recv(2) == b"ok"
+        thread.join(10)
+    assert seen == [ssl.PEM_cert_to_DER_cert(pem), None]
+
+
+def test_a_join_that_conflicts_spends_nothing(trust, tmp_path: Path) -> None:
+    store, _, _ = trust
+    _, secret = store.create_token("taken")
+    store.add(_pem(tmp_path, "first"), "taken")  # the name went to another certificate meanwhile
+    der = ssl.PEM_cert_to_DER_cert(_pem(tmp_path, "second"))
+    with pytest.raises(Conflict, match="named taken exists"):
+        store.redeem(secret, der)
+    assert [t.name for t in store.tokens()] == ["taken"] and store.authenticate(der) is None
+    store.remove("taken")
+    assert store.redeem(secret, der) is not None, "still usable once the conflict is gone"
