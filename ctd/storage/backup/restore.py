@@ -55,8 +55,8 @@ def _empty_root(storage: StorageDriver, path: Path) -> None:
     """The new root at path: a subvolume on btrfs, a directory elsewhere."""
     bt = btrfs_of(storage)
     if bt is not None:
-        from ctd.storage.btrfs import btrfsutil
-        with bt._errors(f"creating subvolume {path}"):
+        from ctd.storage.btrfs.lib import btrfsutil, errors
+        with errors(f"creating subvolume {path}"):
             btrfsutil.create_subvolume(path)
     else:
         path.mkdir(mode=0o755)
@@ -107,8 +107,8 @@ def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: 
             assert bt is not None  # refused above without btrfs
             check = StreamCheck(label, Space(recv, max_bytes))
             received = receive(bt, data, recv, label, check)
-            from ctd.storage.btrfs import btrfsutil
-            with bt._errors(f"snapshotting {received}"):
+            from ctd.storage.btrfs.lib import btrfsutil, errors
+            with errors(f"snapshotting {received}"):
                 btrfsutil.create_snapshot(received, staging / "rootfs", read_only=False)
             storage._remove_root(recv)
             dropped = drop_placeholders(staging / "rootfs", check.nonce, label, check.dropped)

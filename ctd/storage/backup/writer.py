@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 from ctd.errors import InvalidRequest, NotFound, NotSupported, OperationFailed
 from ctd.storage.archive.export import data_size, export_rootfs
 from ctd.storage.archive.streams import CountingWriter, zstandard_module
-from ctd.storage.backup.btrfs_io import btrfs_of, is_subvolume, send
+from ctd.storage.backup.btrfs_io import is_subvolume, send
 from ctd.storage.backup.format import (BACKUP_PREFIX, BLOCK, CHUNK, FORMAT, HEADER, MAX_HEADER, MEMBERS,
                                        RECORD, VERSION, BackupHeader, Progress, header_block, pad)
 from ctd.storage.base import StorageDriver, check_component, unique_suffix
@@ -98,12 +98,10 @@ def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snaps
     tmp_out: Path | None = None
     try:
         if driver == "btrfs-send":
-            bt = btrfs_of(storage)
-            assert bt is not None  # is_subvolume above said it is btrfs
-            from ctd.storage.btrfs import btrfsutil
+            from ctd.storage.btrfs.lib import btrfsutil, errors
             if snapshot is None or not btrfsutil.get_subvolume_read_only(source):
                 temp_snap = storage.root / f"{BACKUP_PREFIX}{name}-{unique_suffix()}"
-                with bt._errors(f"snapshotting {source} for the backup"):
+                with errors(f"snapshotting {source} for the backup"):
                     btrfsutil.create_snapshot(source, temp_snap, read_only=True)
                 source = temp_snap
         if isinstance(out, (str, Path)):
