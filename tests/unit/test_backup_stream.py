@@ -1,4 +1,4 @@
-"""ctd/storage/backup.py's btrfs stream filter without btrfs: what it passes on, what it
+"""ctd/storage/backup/sendstream.py's btrfs stream filter without btrfs: what it passes on, what it
 rewrites (with a valid checksum), what it refuses. tests/host/test_backup.py runs real streams."""
 from __future__ import annotations
 

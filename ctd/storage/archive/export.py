@@ -175,6 +175,8 @@ class Exporter:
         self.tf.addfile(ti)
 
     def entry(self, dirfd: int, name: str, arcname: str) -> None:
+        """The entry name of the directory dirfd, as arcname; one gone since it was listed or
+        that cannot be opened is left out."""
         try:
             st = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -182,75 +184,95 @@ class Exporter:
         mode = st.st_mode
         ti = self._info(arcname, st)
         if stat.S_ISDIR(mode):
-            ti.type = tarfile.DIRTYPE
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
-            except OSError:
-                return
-            try:
-                self._xattrs(ti, fd)
-            finally:
-                os.close(fd)
-            self.tf.addfile(ti)
+            self._directory(ti, dirfd, name)
         elif stat.S_ISREG(mode):
-            key = (st.st_dev, st.st_ino)
-            if st.st_nlink > 1 and key in self.links:
-                ti.type, ti.linkname = tarfile.LNKTYPE, self.links[key]
-                self.tf.addfile(ti)
-                return
-            try:
-                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
-            except OSError as exc:
-                log.warning("export: %s skipped: %s", arcname, exc.strerror)
-                return
-            try:
-                fst = os.fstat(fd)
-                if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != key:
-                    return  # replaced since it was listed
-                ti.type, ti.size = tarfile.REGTYPE, fst.st_size
-                self._xattrs(ti, fd)
-                segments = (_data_segments(fd, fst.st_size)
-                            if fst.st_blocks * 512 + SPARSE_MIN_HOLES <= fst.st_size else None)
-                if segments is None:
-                    self.tf.addfile(ti, cast(BinaryIO, _FileData(fd, ti.size, self.progress)))
-                else:
-                    if not segments or sum(segments[-1]) < fst.st_size:
-                        segments.append((fst.st_size, 0))  # as GNU tar ends it: the size, no data
-                    data = _SparseData(fd, segments, self.progress)
-                    # GNU tar's header name: a reader without sparse support extracts the raw
-                    # map and data aside, never over the real path. "path" goes first: readers
-                    # apply the records in order, so GNU.sparse.name, later, names the file.
-                    head, _, base = arcname.rpartition("/")
-                    ti.name, ti.size = f"{head}/GNUSparseFile.0/{base}", data.size
-                    ti.pax_headers = {"path": ti.name, **ti.pax_headers,
-                                      "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
-                                      "GNU.sparse.name": arcname,
-                                      "GNU.sparse.realsize": str(fst.st_size)}
-                    self.tf.addfile(ti, cast(BinaryIO, data))
-            finally:
-                os.close(fd)
-            if st.st_nlink > 1:
-                self.links[key] = arcname
+            self._regular(ti, st, dirfd, name)
         elif stat.S_ISLNK(mode):
-            ti.type = tarfile.SYMTYPE
-            try:
-                ti.linkname = os.readlink(name, dir_fd=dirfd)
-            except OSError:
-                return
-            self.tf.addfile(ti)
+            self._symlink(ti, dirfd, name)
         elif stat.S_ISFIFO(mode):
             ti.type = tarfile.FIFOTYPE
             self.tf.addfile(ti)
         elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-            if not arcname.startswith("./dev/"):
-                self.skipped_devices += 1
-                log.warning("export: device node %s outside /dev skipped", arcname)
-                return
-            ti.type = tarfile.CHRTYPE if stat.S_ISCHR(mode) else tarfile.BLKTYPE
-            ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-            self.tf.addfile(ti)
+            self._device(ti, st)
         # sockets are not archived (tar has no type for them)
 
+    def _directory(self, ti: tarfile.TarInfo, dirfd: int, name: str) -> None:
+        ti.type = tarfile.DIRTYPE
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError:
+            return
+        try:
+            self._xattrs(ti, fd)
+        finally:
+            os.close(fd)
+        self.tf.addfile(ti)
+
+    def _regular(self, ti: tarfile.TarInfo, st: os.stat_result, dirfd: int, name: str) -> None:
+        """A regular file: a hard link to its first name when it has several, else its data
+        read through an O_NOFOLLOW descriptor checked to be the inode that was listed."""
+        arcname = ti.name
+        key = (st.st_dev, st.st_ino)
+        if st.st_nlink > 1 and key in self.links:
+            ti.type, ti.linkname = tarfile.LNKTYPE, self.links[key]
+            self.tf.addfile(ti)
+            return
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dirfd)
+        except OSError as exc:
+            log.warning("export: %s skipped: %s", arcname, exc.strerror)
+            return
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != key:
+                return  # replaced since it was listed
+            ti.type, ti.size = tarfile.REGTYPE, fst.st_size
+            self._xattrs(ti, fd)
+            segments = (_data_segments(fd, fst.st_size)
+                        if fst.st_blocks * 512 + SPARSE_MIN_HOLES <= fst.st_size else None)
+            if segments is None:
+                self.tf.addfile(ti, cast(BinaryIO, _FileData(fd, ti.size, self.progress)))
+            else:
+                self._sparse(ti, fd, segments)
+        finally:
+            os.close(fd)
+        if st.st_nlink > 1:
+            self.links[key] = arcname
+
+    def _sparse(self, ti: tarfile.TarInfo, fd: int, segments: list[tuple[int, int]]) -> None:
+        """ti (a regular file of ti.size bytes) as a GNU tar PAX 1.0 sparse member."""
+        arcname, size = ti.name, ti.size
+        if not segments or sum(segments[-1]) < size:
+            segments.append((size, 0))  # as GNU tar ends it: the size, no data
+        data = _SparseData(fd, segments, self.progress)
+        # GNU tar's header name: a reader without sparse support extracts the raw
+        # map and data aside, never over the real path. "path" goes first: readers
+        # apply the records in order, so GNU.sparse.name, later, names the file.
+        head, _, base = arcname.rpartition("/")
+        ti.name, ti.size = f"{head}/GNUSparseFile.0/{base}", data.size
+        ti.pax_headers = {"path": ti.name, **ti.pax_headers,
+                          "GNU.sparse.major": "1", "GNU.sparse.minor": "0",
+                          "GNU.sparse.name": arcname,
+                          "GNU.sparse.realsize": str(size)}
+        self.tf.addfile(ti, cast(BinaryIO, data))
+
+    def _symlink(self, ti: tarfile.TarInfo, dirfd: int, name: str) -> None:
+        ti.type = tarfile.SYMTYPE
+        try:
+            ti.linkname = os.readlink(name, dir_fd=dirfd)
+        except OSError:
+            return
+        self.tf.addfile(ti)
+
+    def _device(self, ti: tarfile.TarInfo, st: os.stat_result) -> None:
+        """A device node, archived only under ./dev (counted and skipped elsewhere)."""
+        if not ti.name.startswith("./dev/"):
+            self.skipped_devices += 1
+            log.warning("export: device node %s outside /dev skipped", ti.name)
+            return
+        ti.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+        ti.devmajor, ti.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        self.tf.addfile(ti)
 
 
 def _write_tar(source: Path, raw: Writable, comp: str, progress: Progress | None) -> None:

@@ -143,6 +143,8 @@ class Extractor:
             log.debug("%s: mtime not set: %s", m.name, exc)
 
     def add(self, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        """Write member m (its data read from tf) or refuse it; directories get their owner,
+        mode and times in finish()."""
         comps = components(m.name, m.name)
         if m.isdir():
             self._dir(comps, m)
@@ -150,12 +152,7 @@ class Extractor:
         if not comps:
             raise Refused(m.name, "names the root itself but is not a directory")
         if m.ischr() or m.isblk():
-            # Never made, wherever they are: a node on the guest's disk is a door to the host's
-            # devices (dev/loop0 reads the pool). ctd makes each guest's /dev itself.
-            self.skipped.add(comps)
-            self.skipped_devices += 1
-            if len(self.skipped_names) < 5:
-                self.skipped_names.append(m.name)
+            self._skip_device(comps, m)
             return
         self.skipped.discard(comps)  # a later member of that name is no longer a dropped node
         if m.islnk():
@@ -168,26 +165,43 @@ class Extractor:
         name = comps[-1]
         self._clear(parent, name, m.name)
         if m.issym():
-            os.symlink(m.linkname, name, dir_fd=parent)
-            if self.same_owner:
-                self._check_ids(m)
-                os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
-            ns = self._mtime_ns(m)
-            try:
-                os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
-            except (OverflowError, OSError):
-                pass
-            return
-        if m.isfifo():
-            os.mkfifo(name, 0o600, dir_fd=parent)
-            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-            try:
-                self._owner_mode(fd, m)
-                self._times(fd, m)
-            finally:
-                os.close(fd)
-            return
-        segments = self.space.charge(m, tf)  # before a byte of it is written
+            self._symlink(parent, name, m)
+        elif m.isfifo():
+            self._fifo(parent, name, m)
+        else:
+            self._file(parent, name, m, tf)
+
+    def _skip_device(self, comps: tuple[str, ...], m: tarfile.TarInfo) -> None:
+        # Never made, wherever they are: a node on the guest's disk is a door to the host's
+        # devices (dev/loop0 reads the pool). ctd makes each guest's /dev itself.
+        self.skipped.add(comps)
+        self.skipped_devices += 1
+        if len(self.skipped_names) < 5:
+            self.skipped_names.append(m.name)
+
+    def _symlink(self, parent: int, name: str, m: tarfile.TarInfo) -> None:
+        os.symlink(m.linkname, name, dir_fd=parent)
+        if self.same_owner:
+            self._check_ids(m)
+            os.chown(name, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+        ns = self._mtime_ns(m)
+        try:
+            os.utime(name, ns=(ns, ns), dir_fd=parent, follow_symlinks=False)
+        except (OverflowError, OSError):
+            pass
+
+    def _fifo(self, parent: int, name: str, m: tarfile.TarInfo) -> None:
+        os.mkfifo(name, 0o600, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            self._owner_mode(fd, m)
+            self._times(fd, m)
+        finally:
+            os.close(fd)
+
+    def _file(self, parent: int, name: str, m: tarfile.TarInfo, tf: tarfile.TarFile) -> None:
+        """A regular member, charged against the space before a byte of it is written."""
+        segments = self.space.charge(m, tf)
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         try:

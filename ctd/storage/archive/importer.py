@@ -74,47 +74,12 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
         fh = open(archive, "rb") if isinstance(archive, (str, Path)) else archive
     except OSError as exc:
         raise InvalidRequest(f"cannot read {label}: {exc.strerror}") from None
-    members = 0
     extractor: Extractor | None = None
     try:
         prog = ProgressMeter(progress, size_of(fh))
-        src = Source(fh, prog)
-        head = src.sniff(512)
-        if not head:
-            raise InvalidRequest(f"{label} is empty")
-        comp = detect(head)
-        if not comp:
-            raise InvalidRequest(f"{label} is not a tar archive (plain, or compressed with gzip, "
-                                 "xz, zstd or bzip2)")
-        guard = Guard(decompressor(comp, src))
+        guard = _open_stream(Source(fh, prog), label)
         extractor = Extractor(target, same_owner, Space(target, max_bytes))
-        try:
-            tf = tarfile.open(fileobj=cast(BinaryIO, guard), mode="r|", tarinfo=BoundedTarInfo)
-            while True:
-                m = tf.next()
-                if m is None:
-                    break
-                tf.members.clear()  # type: ignore[attr-defined]  # a stream: keep no member list in memory
-                members += 1
-                extractor.add(m, tf)
-            if members == 0:
-                raise Corrupt("it holds no files")
-            end = tf.offset
-            budget = 16 * CHUNK  # read the padding to its end: the compression layer checks
-            while budget > 0 and (tail := guard.read(CHUNK)):  # its trailer (CRC, size) there
-                budget -= len(tail)
-            if guard.count < end + tarfile.BLOCKSIZE:
-                raise Corrupt("the tar stream stops without its end-of-archive block")
-            extractor.finish()
-        except (Refused, HeaderTooBig) as exc:
-            raise InvalidRequest(f"{label}: {exc}; nothing was imported") from None
-        except (Corrupt, tarfile.TarError, EOFError) as exc:
-            raise InvalidRequest(f"{label} is truncated or corrupt: {exc}") from None
-        except OSError as exc:
-            where = f" (member {m.name!r})" if members and m is not None else ""
-            if exc.errno in HOST_ERRNOS:
-                raise OperationFailed(f"importing {label} failed{where}: {exc.strerror}") from None
-            raise InvalidRequest(f"{label}: cannot extract{where}: {exc.strerror}") from None
+        members = _extract(guard, extractor, label)
         if extractor.skipped_devices:
             log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's /dev "
                         "itself)", label, extractor.skipped_devices,
@@ -132,3 +97,56 @@ def import_rootfs(archive: Path | BinaryIO, target: Path, progress: Progress | N
             extractor.close()
         if own:
             fh.close()
+
+
+def _open_stream(src: Source, label: str) -> Guard:
+    """The tar stream inside src, its compression recognised by its magic bytes."""
+    head = src.sniff(512)
+    if not head:
+        raise InvalidRequest(f"{label} is empty")
+    comp = detect(head)
+    if not comp:
+        raise InvalidRequest(f"{label} is not a tar archive (plain, or compressed with gzip, "
+                             "xz, zstd or bzip2)")
+    return Guard(decompressor(comp, src))
+
+
+def _extract(guard: Guard, extractor: Extractor, label: str) -> int:
+    """Every member of the tar stream into extractor, then its end checked; returns how many
+    members it had. Refusals, corruption and write errors become the errors of the module doc."""
+    members = 0
+    m: tarfile.TarInfo | None = None
+    try:
+        tf = tarfile.open(fileobj=cast(BinaryIO, guard), mode="r|", tarinfo=BoundedTarInfo)
+        while True:
+            m = tf.next()
+            if m is None:
+                break
+            tf.members.clear()  # type: ignore[attr-defined]  # a stream: keep no member list in memory
+            members += 1
+            extractor.add(m, tf)
+        if members == 0:
+            raise Corrupt("it holds no files")
+        _read_to_end(guard, tf)
+        extractor.finish()
+    except (Refused, HeaderTooBig) as exc:
+        raise InvalidRequest(f"{label}: {exc}; nothing was imported") from None
+    except (Corrupt, tarfile.TarError, EOFError) as exc:
+        raise InvalidRequest(f"{label} is truncated or corrupt: {exc}") from None
+    except OSError as exc:
+        where = f" (member {m.name!r})" if members and m is not None else ""
+        if exc.errno in HOST_ERRNOS:
+            raise OperationFailed(f"importing {label} failed{where}: {exc.strerror}") from None
+        raise InvalidRequest(f"{label}: cannot extract{where}: {exc.strerror}") from None
+    return members
+
+
+def _read_to_end(guard: Guard, tf: tarfile.TarFile) -> None:
+    """Read the padding after the last member to its end (the compression layer checks its
+    trailer, CRC and size, there) and insist on the end-of-archive block."""
+    end = tf.offset
+    budget = 16 * CHUNK
+    while budget > 0 and (tail := guard.read(CHUNK)):
+        budget -= len(tail)
+    if guard.count < end + tarfile.BLOCKSIZE:
+        raise Corrupt("the tar stream stops without its end-of-archive block")

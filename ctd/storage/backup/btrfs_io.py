@@ -1,6 +1,6 @@
 """The btrfs side of backups: which storage can send, `btrfs send` on create, `btrfs receive
 --chroot` of a checked stream on restore, and the removal of the placeholder files the stream
-check made of device nodes. btrfs.py is imported lazily: a host on the dir driver never
+check made of device nodes. ctd.storage.btrfs is imported lazily: a host on the dir driver never
 loads btrfsutil for a backup.
 """
 

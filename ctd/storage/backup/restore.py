@@ -19,7 +19,7 @@ import logging
 import os
 import tarfile
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported, OperationFailed
 from ctd.storage.archive.checks import Space
@@ -30,6 +30,9 @@ from ctd.storage.backup.format import BACKUP_PREFIX, RESTORE_PREFIX, BackupHeade
 from ctd.storage.backup.reader import open_archive, read_header, start
 from ctd.storage.backup.sendstream import StreamCheck
 from ctd.storage.base import StorageDriver, check_component, unique_suffix
+
+if TYPE_CHECKING:
+    from ctd.storage.btrfs import BtrfsStorage
 
 log = logging.getLogger(__name__)
 
@@ -96,40 +99,17 @@ def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: 
             raise InvalidRequest(f"{label} is truncated or corrupt: {header['member']} is missing")
         staging = storage.root / f"{RESTORE_PREFIX}{new_name}-{unique_suffix()}"
         staging.mkdir(mode=0o700)
-        member = tf.extractfile(m)
-        assert member is not None  # checked to be a regular member above
-        data: Readable = member
-        if m.name.endswith(".zst"):
-            data = Guard(ZstdReader(member))
+        data = _member_data(tf, m)
         if driver == "btrfs-send":
-            recv = staging / ".received"
-            recv.mkdir(mode=0o700)
             assert bt is not None  # refused above without btrfs
-            check = StreamCheck(label, Space(recv, max_bytes))
-            received = receive(bt, data, recv, label, check)
-            from ctd.storage.btrfs.lib import btrfsutil, errors
-            with errors(f"snapshotting {received}"):
-                btrfsutil.create_snapshot(received, staging / "rootfs", read_only=False)
-            storage._remove_root(recv)
-            dropped = drop_placeholders(staging / "rootfs", check.nonce, label, check.dropped)
-            if dropped:
-                log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's "
-                            "/dev itself)", label, check.dropped, ", ".join(dropped[:5]))
+            _receive_root(bt, data, staging, label, max_bytes)
         else:
             _empty_root(storage, staging / "rootfs")
             import_rootfs(cast(BinaryIO, data), staging / "rootfs", label=label,
                           max_bytes=max_bytes)  # logs the device nodes it dropped
         if tf.next() is not None:
             raise InvalidRequest(f"{label} holds more than a backup (unexpected members)")
-        storage.instance_path(new_name).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            _rename_noreplace(staging, storage.instance_path(new_name))
-        except FileExistsError:
-            raise Conflict(f"storage for instance {new_name!r} already exists") from None
-        except OSError as exc:
-            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise Conflict(f"storage for instance {new_name!r} already exists") from None
-            raise
+        _move_into_place(storage, staging, new_name)
         staging = None
         if progress is not None:
             progress(reader.done, reader.total or reader.done)
@@ -148,6 +128,46 @@ def restore_backup(storage: StorageDriver, archive_: Path | BinaryIO, new_name: 
                 log.error("could not remove %s after a failed restore: %s", staging, exc)
         if own:
             fh.close()
+
+
+def _member_data(tf: tarfile.TarFile, m: tarfile.TarInfo) -> Readable:
+    """The root member's bytes, decompressed when it is a .zst (a broken stream is Corrupt)."""
+    member = tf.extractfile(m)
+    assert member is not None  # checked to be a regular member by the caller
+    if m.name.endswith(".zst"):
+        return Guard(ZstdReader(member))
+    return member
+
+
+def _receive_root(bt: BtrfsStorage, data: Readable, staging: Path, label: str,
+                  max_bytes: int | None) -> None:
+    """A btrfs send stream made into staging/rootfs: received read-only through the stream
+    check, snapshotted writable, the received copy deleted, device-node placeholders removed."""
+    recv = staging / ".received"
+    recv.mkdir(mode=0o700)
+    check = StreamCheck(label, Space(recv, max_bytes))
+    received = receive(bt, data, recv, label, check)
+    from ctd.storage.btrfs.lib import btrfsutil, errors
+    with errors(f"snapshotting {received}"):
+        btrfsutil.create_snapshot(received, staging / "rootfs", read_only=False)
+    bt._remove_root(recv)
+    dropped = drop_placeholders(staging / "rootfs", check.nonce, label, check.dropped)
+    if dropped:
+        log.warning("%s: dropped %d device node(s), e.g. %s (ctd makes each guest's "
+                    "/dev itself)", label, check.dropped, ", ".join(dropped[:5]))
+
+
+def _move_into_place(storage: StorageDriver, staging: Path, new_name: str) -> None:
+    """staging renamed to the instance's directory, never over one made meanwhile (Conflict)."""
+    storage.instance_path(new_name).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _rename_noreplace(staging, storage.instance_path(new_name))
+    except FileExistsError:
+        raise Conflict(f"storage for instance {new_name!r} already exists") from None
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise Conflict(f"storage for instance {new_name!r} already exists") from None
+        raise
 
 
 def discard_partial(storage: StorageDriver) -> list[str]:

@@ -73,20 +73,8 @@ def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snaps
     or None (btrfs-send where the root is a btrfs subvolume, else tar).
     progress(done, total): bytes of the root processed / its file data (an estimate for
     btrfs-send). Blocking: run it in a thread. Returns the header written, plus "size"."""
-    rootfs = storage._existing_rootfs(name)
-    source = rootfs
-    if snapshot is not None:
-        check_component("snapshot", snapshot)
-        source = storage.snapshot_path(name, snapshot)
-        if not source.is_dir():
-            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
-    if driver is None:
-        driver = "btrfs-send" if is_subvolume(storage, source) else "tar"
-    if driver not in MEMBERS:
-        raise InvalidRequest(f"unknown backup driver {driver!r}; use btrfs-send or tar")
-    if driver == "btrfs-send" and not is_subvolume(storage, source):
-        raise NotSupported(f"a btrfs-send backup needs the instance's root on btrfs storage "
-                           f"(this one is on {storage.name}); use the tar driver")
+    source = _source_of(storage, name, snapshot)
+    driver = _pick_driver(storage, source, driver)
     now = dt.datetime.now(dt.timezone.utc)
     header: BackupHeader = {
         "format": FORMAT, "version": VERSION, "driver": driver, "member": MEMBERS[driver],
@@ -95,7 +83,6 @@ def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snaps
         "meta": meta or {}}
 
     temp_snap: Path | None = None
-    tmp_out: Path | None = None
     try:
         if driver == "btrfs-send":
             from ctd.storage.btrfs.lib import btrfsutil, errors
@@ -104,38 +91,74 @@ def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snaps
                 with errors(f"snapshotting {source} for the backup"):
                     btrfsutil.create_snapshot(source, temp_snap, read_only=True)
                 source = temp_snap
-        if isinstance(out, (str, Path)):
-            out = Path(out)
-            tmp_out = out.parent / f".{out.name}.part-{unique_suffix()}"
-            try:
-                fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            except OSError as exc:
-                tmp_out = None
-                raise OperationFailed(f"cannot write {out}: {exc.strerror}") from None
-            with os.fdopen(fd, "w+b") as fh:
-                size = _write_backup(fh, source, driver, header, progress)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_out, out)
-            tmp_out = None
-        elif _seekable(out):
-            size = _write_backup(out, source, driver, header, progress)
-        else:
-            with tempfile.TemporaryFile(dir=storage.root) as spool:
-                size = _write_backup(spool, source, driver, header, progress)
-                spool.seek(0)
-                shutil.copyfileobj(spool, out, CHUNK)
-            out.flush()
+        size = _write_to(out, storage.root, source, driver, header, progress)
     except OSError as exc:
         raise OperationFailed(f"writing the backup of {name!r} failed: {exc.strerror or exc}") from None
     finally:
-        if tmp_out is not None:
-            tmp_out.unlink(missing_ok=True)
         if temp_snap is not None:
             storage._remove_root(temp_snap)
     header.pop("created_ts", None)
     header["size"] = size
     return header
+
+
+def _source_of(storage: StorageDriver, name: str, snapshot: str | None) -> Path:
+    """The root to back up: the instance's, or its snapshot's (NotFound if it has none)."""
+    source = storage._existing_rootfs(name)
+    if snapshot is not None:
+        check_component("snapshot", snapshot)
+        source = storage.snapshot_path(name, snapshot)
+        if not source.is_dir():
+            raise NotFound(f"instance {name!r} has no snapshot {snapshot!r}")
+    return source
+
+
+def _pick_driver(storage: StorageDriver, source: Path, driver: str | None) -> str:
+    """driver checked against what source is on; None: btrfs-send for a subvolume, else tar."""
+    if driver is None:
+        driver = "btrfs-send" if is_subvolume(storage, source) else "tar"
+    if driver not in MEMBERS:
+        raise InvalidRequest(f"unknown backup driver {driver!r}; use btrfs-send or tar")
+    if driver == "btrfs-send" and not is_subvolume(storage, source):
+        raise NotSupported(f"a btrfs-send backup needs the instance's root on btrfs storage "
+                           f"(this one is on {storage.name}); use the tar driver")
+    return driver
+
+
+def _write_to(out: Path | BinaryIO, spool_dir: Path, source: Path, driver: str, header: BackupHeader,
+              progress: Progress | None) -> int:
+    """The backup into out: a path, a seekable file, or anything else through a spool file
+    in spool_dir (tar needs the root member's size before its data). Returns its size."""
+    if isinstance(out, (str, Path)):
+        return _write_file(Path(out), source, driver, header, progress)
+    if _seekable(out):
+        return _write_backup(out, source, driver, header, progress)
+    with tempfile.TemporaryFile(dir=spool_dir) as spool:
+        size = _write_backup(spool, source, driver, header, progress)
+        spool.seek(0)
+        shutil.copyfileobj(spool, out, CHUNK)
+    out.flush()
+    return size
+
+
+def _write_file(out: Path, source: Path, driver: str, header: BackupHeader,
+                progress: Progress | None) -> int:
+    """The backup written aside, synced, and renamed to out when complete (no half file)."""
+    tmp_out = out.parent / f".{out.name}.part-{unique_suffix()}"
+    try:
+        fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise OperationFailed(f"cannot write {out}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w+b") as fh:
+            size = _write_backup(fh, source, driver, header, progress)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_out, out)
+    except BaseException:
+        tmp_out.unlink(missing_ok=True)
+        raise
+    return size
 
 
 def _seekable(fh: BinaryIO) -> bool:
