@@ -140,7 +140,8 @@ class StreamCheck:
         value = attrs.get(kind, b"")
         if len(value) != 8:
             raise self._bad(f"has command {cmd} without its 8-byte attribute {kind} (corrupt)")
-        return struct.unpack("<Q", value)[0]
+        (number,) = struct.unpack("<Q", value)
+        return int(number)
 
     def _command(self, cmd: int, body: memoryview) -> bytes | None:
         """None to pass the command on as it is, or the bytes that replace it."""

@@ -17,11 +17,10 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 from ctd import faults
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
-from ctd.storage.base import (NEW_ROOT, OLD_ROOT, SNAPSHOTS, StorageDriver, StorageInfo,
+from ctd.storage.base import (NEW_ROOT, OLD_ROOT, SNAPSHOTS, PoolInfo, StorageDriver, StorageInfo,
                               check_component, tree_usage, unique_suffix)
 from ctd.storage.btrfs.lib import IMPORT_ERROR, btrfsutil, errors, is_btrfs
 from ctd.storage.btrfs.quota import QgroupQuota
@@ -68,7 +67,7 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
     @staticmethod
     def is_subvolume(path: Path) -> bool:
         try:
-            return btrfsutil.is_subvolume(path)
+            return bool(btrfsutil.is_subvolume(path))
         except btrfsutil.BtrfsUtilError:
             return False
 
@@ -243,7 +242,7 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
                 return q["referenced"]
         return tree_usage(rootfs)
 
-    def pool_info(self) -> dict[str, Any]:
+    def pool_info(self) -> PoolInfo:
         out = super().pool_info()
         out["quota"] = self.quota_enabled()
         if out["quota"]:
