@@ -256,6 +256,7 @@ class Extractor:
                     view = view[os.write(fd, view):]
 
     def _dir(self, comps: tuple[str, ...], m: tarfile.TarInfo) -> None:
+        """A directory made 0700 (a non-directory of its name goes); finish() sets the rest."""
         if comps:
             parent = self._parent(comps, m.name)
             name = comps[-1]
@@ -269,6 +270,8 @@ class Extractor:
         self.dirs.append((comps, m))  # owner, mode, times once its contents are in
 
     def _hardlink(self, comps: tuple[str, ...], m: tarfile.TarInfo) -> None:
+        """A hard link to a non-directory extracted before it (or, to a dropped device node,
+        dropped as well)."""
         source = components(m.linkname, m.name, "its link target")
         if not source:
             raise Refused(m.name, "is a hard link to the root directory")
@@ -293,6 +296,7 @@ class Extractor:
             os.close(src_fd)
 
     def finish(self) -> None:
+        """Owner, mode, xattrs and times of every directory, deepest first."""
         self._drop_cache()
         for comps, m in sorted(self.dirs, key=lambda d: len(d[0]), reverse=True):
             fd = self._walk(comps, m.name, create=False)

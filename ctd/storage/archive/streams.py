@@ -85,12 +85,14 @@ def compression_for(path: Path | str, default: str = "zst") -> str:
     return default
 
 
-
 class Corrupt(Exception):
     """Reading the archive failed: its compression or tar structure is broken."""
 
 
 class ProgressMeter:
+    """Calls callback(done, total) as bytes are added, at most every PROGRESS_STEP of them,
+    and once more at the end (total 0: unknown, reported as what was done)."""
+
     def __init__(self, callback: Progress | None, total: int) -> None:
         self.callback, self.total, self.done, self._last = callback, total, 0, -PROGRESS_STEP
 

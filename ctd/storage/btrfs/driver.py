@@ -27,6 +27,8 @@ from ctd.storage.btrfs.quota import QgroupQuota
 
 
 class BtrfsStorage(QgroupQuota, StorageDriver):
+    """The StorageDriver on btrfs (see the module doc); its quota methods are QgroupQuota's."""
+
     name = "btrfs"
 
     def __init__(self, root: Path, *, enable_quota: bool = False) -> None:
