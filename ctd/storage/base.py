@@ -20,6 +20,7 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict
 
 from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported, OperationFailed
 from ctd import faults
@@ -84,6 +85,23 @@ def tree_usage(path: Path) -> int:
                 seen.add(key)
             total += st.st_blocks * 512
     return total
+
+
+class PoolInfo(TypedDict, total=False):
+    """What pool_info() reports (the API's GET /1.0/storage): bytes of the filesystem holding
+    the storage root; image and device only for ctd's loop-backed pool; quota_consistent
+    only on btrfs with quota on."""
+
+    driver: str
+    path: str
+    size: int
+    used: int
+    free: int
+    quota: bool
+    quota_consistent: bool | None
+    image: str
+    device: str
+    reason: str
 
 
 class StorageDriver(ABC):
@@ -387,11 +405,11 @@ class StorageDriver(ABC):
         """Bytes name's root holds (btrfs: qgroup referenced bytes; here: a du-like walk)."""
         return tree_usage(self._existing_rootfs(name))
 
-    def pool_info(self) -> dict:
+    def pool_info(self) -> PoolInfo:
         """driver, path, size, used, free (bytes, of the filesystem holding root); image and
         device when the pool is ctd's loop-backed image; reason why this driver was chosen."""
         st = os.statvfs(self.root)
-        out: dict = {
+        out: PoolInfo = {
             "driver": self.name, "path": str(self.root),
             "size": st.f_blocks * st.f_frsize,
             "used": (st.f_blocks - st.f_bfree) * st.f_frsize,

@@ -227,7 +227,7 @@ def _btrfs_tools_reason() -> str:
     """Why ctd cannot make a loop pool here, or "" when it can."""
     from ctd.storage import btrfs as btrfs_mod
     if btrfs_mod.btrfsutil is None:
-        return f"the btrfsutil Python module is missing ({btrfs_mod._IMPORT_ERROR})"
+        return f"the btrfsutil Python module is missing ({btrfs_mod.IMPORT_ERROR})"
     for tool in ("mkfs.btrfs", "btrfs", "losetup", "mount"):
         if shutil.which(tool) is None:
             return f"{tool} is missing (install btrfs-progs)"

@@ -1,4 +1,4 @@
-"""ctd/storage/backup.py (+ archive.py with owners) on a real btrfs and on the dir driver:
+"""ctd/storage/backup/ (+ archive/ with owners) on a real btrfs and on the dir driver:
 backup -> delete -> restore gives back the same files, owners, modes, xattrs and links; backups
 from snapshots; tar backups across drivers; corrupt, truncated and hostile backups are refused
 and leave no instance, staging directory or subvolume behind.

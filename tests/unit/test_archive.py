@@ -1,4 +1,4 @@
-"""ctd/storage/archive.py without root: hostile tarballs are refused and write nothing anywhere,
+"""ctd/storage/archive/ without root: hostile tarballs are refused and write nothing anywhere,
 truncated/corrupt archives get a clear error, good ones round-trip (modes, setuid, symlinks,
 hard links, FIFOs, sparse files, xattrs). Owners need root: tests/host/test_backup.py."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ctd/storage/backup.py's btrfs stream filter without btrfs: what it passes on, what it
+"""ctd/storage/backup/sendstream.py's btrfs stream filter without btrfs: what it passes on, what it
 rewrites (with a valid checksum), what it refuses. tests/host/test_backup.py runs real streams."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from ctd.errors import InvalidRequest
-from ctd.storage.backup import DROPPED_XATTR, _StreamCheck
+from ctd.storage.backup.sendstream import DROPPED_XATTR, StreamCheck
 from tests.helpers.btrfs import _crc32c, send_command
 
 HEAD = b"btrfs-stream\0" + struct.pack("<I", 1)
@@ -37,8 +37,8 @@ def commands(stream: bytes) -> list[tuple[int, dict[int, bytes]]]:
     return out
 
 
-def run(stream: bytes, chunk: int = 7) -> tuple[_StreamCheck, bytes]:
-    check = _StreamCheck("b")
+def run(stream: bytes, chunk: int = 7) -> tuple[StreamCheck, bytes]:
+    check = StreamCheck("b")
     out = b"".join(check.feed(stream[i:i + chunk]) for i in range(0, len(stream), chunk))
     check.finish()
     return check, out
@@ -78,7 +78,7 @@ def test_a_malformed_mknod_is_refused(attrs: list[tuple[int, bytes]], why: str) 
 def test_a_command_bigger_than_btrfs_receive_takes_is_refused_before_it_is_buffered() -> None:
     """64 MiB commands were buffered whole (zeros: a few KB of zstd); btrfs send never makes
     one over 16 KiB + 128 KiB."""
-    check = _StreamCheck("b")
+    check = StreamCheck("b")
     check.feed(HEAD + SUBVOL)
     with pytest.raises(InvalidRequest, match="2097152-byte command"):
         check.feed(struct.pack("<IHI", 2 << 20, 15, 0) + bytes(4096))
