@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
+
+Data = TypeVar("Data")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -17,7 +19,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def emit(fmt: str, data: Any, render) -> None:  # type: ignore[no-untyped-def]
+def emit(fmt: str, data: Data, render: Callable[[Data], str]) -> None:
+    """data as JSON with --format json, else as render makes it (a table, "key: value" lines)."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:

@@ -1,4 +1,5 @@
-"""ctctl info, token, audit and remote: the remote API from the command line."""
+"""ctctl info, token, audit and remote: the remote API from the command line; and make_client,
+which picks the socket or a remote for every command (ctctl/main.py's group calls it)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,7 @@ import click
 from ctctl.client import ApiError, Client, fetch_fingerprint
 from ctctl.output import emit, table
 from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
-
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                      show_default=True, help="output format")
+from ctctl.shared import FORMAT, client
 
 
 def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -> Client:
@@ -31,10 +30,6 @@ def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -
     if remote_name == LOCAL:
         return Client(socket_path)
     return Client(socket_path, remote=RemoteConfig.load().get(remote_name))
-
-
-def client() -> Client:
-    return click.get_current_context().find_object(Client)
 
 
 # ------------------------------------------------------------------ info
@@ -190,6 +185,4 @@ def remote_switch(name: str) -> None:
     click.echo(f"Default remote: {name}")
 
 
-def register(cli: click.Group) -> None:
-    for command in (info, token, audit, remote):
-        cli.add_command(command)
+COMMANDS = (info, token, audit, remote)

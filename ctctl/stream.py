@@ -11,6 +11,7 @@ import signal
 import sys
 import termios
 import tty as ttymod
+from collections.abc import Iterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,8 @@ DETACH_KEY = b"\x1d"  # Ctrl-]
 
 
 @contextlib.contextmanager
-def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
+def raw_terminal(fd: int) -> Iterator[None]:
+    """fd in raw mode for the block (its settings back after it); a no-op when fd is no terminal."""
     if not os.isatty(fd):
         yield
         return
@@ -42,7 +44,9 @@ def _session(client: Client) -> tuple[aiohttp.ClientSession, str]:
             client.remote.url)
 
 
-async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+async def _connect(client: Client, path: str, query: list[tuple[str, str]]
+                   ) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to path on ctd, and its session (the caller closes both); ApiError, one line, if not."""
     session, base = _session(client)
     socket_path = client.where
     try:
