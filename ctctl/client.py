@@ -170,12 +170,12 @@ class Client:
         return self.request("GET", path, query=query or None)
 
     def run(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """A request that returns an operation: wait for it (showing its progress); raise if it
         failed. Ctrl-C asks ctd to cancel it."""
         if progress is None:  # nothing to show meanwhile: let ctd answer when it is done
             query = {**(query or {}), "wait": "true"}
-        reply = self.request(method, path, body, query)
+        reply: dict[str, Any] = self.request(method, path, body, query)
         op = reply.get("operation")
         if op is None:
             return reply

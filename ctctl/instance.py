@@ -9,8 +9,7 @@ from typing import Any
 import click
 
 from ctctl.output import emit, human_bytes, table
-from ctctl.shared import (FORMAT, INSTANCE, add_guest, client, given_limits, guest_options, limit_options,
-                          limits_text)
+from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, guest_options, limit_options, limits_text
 
 
 @click.command()
@@ -48,8 +47,8 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     body: dict[str, Any] = {"name": name, "type": kind, "limits": given_limits(limits)}
     if template:
         body["template"] = template
-    vm = {k: v for k, v in (("disk", disk), ("iso", iso), ("profile", profile), ("drivers_iso", drivers_iso))
-          if v is not None}
+    vm_options = (("disk", disk), ("iso", iso), ("profile", profile), ("drivers_iso", drivers_iso))
+    vm: dict[str, Any] = {k: v for k, v in vm_options if v is not None}
     if compat:
         vm["compat"] = True
     if vm:
@@ -83,7 +82,7 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
                f"{result['name']} (id {result['id']}, {what})")
 
 
-def _state(ref: str, action: str, timeout: float | None = None, force: bool = False) -> dict:
+def _state(ref: str, action: str, timeout: float | None = None, force: bool = False) -> dict[str, Any]:
     body: dict[str, Any] = {"action": action}
     if timeout is not None:
         body["timeout"] = timeout
@@ -116,7 +115,8 @@ def resume(instance: str) -> None:
               help="seconds to wait for a clean shutdown before killing")
 @click.option("--kill", is_flag=True, help="kill at once, no clean shutdown")
 def stop(instance: str, timeout: float, kill: bool) -> None:
-    """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button; killed after --timeout."""
+    """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button;
+    killed after --timeout."""
     result = _state(instance, "stop", timeout, kill)
     click.echo(f"Stopped {result['name']}{_stop_detail(result)}")
 
@@ -218,7 +218,7 @@ def list_(fmt: str) -> None:
           _disk_text(i.get("disk")), i["template"], limits_text(i["limits"])] for i in rows]))
 
 
-def _disk_text(disk: dict | None) -> str | None:
+def _disk_text(disk: dict[str, Any] | None) -> str | None:
     if not disk:
         return None
     used = human_bytes(disk["used"])
@@ -232,7 +232,7 @@ def status(instance: str, fmt: str) -> None:
     """Show one instance."""
     data = client().get(f"/1.0/instances/{instance}")["instance"]
 
-    def render(i: dict) -> str:
+    def render(i: dict[str, Any]) -> str:
         idmap = i.get("idmap")
         rows = [("id", i["id"]), ("name", i["name"]), ("type", i["type"]), ("state", i["state"]),
                 ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
@@ -253,7 +253,8 @@ def status(instance: str, fmt: str) -> None:
         usage = i.get("usage")
         if usage:
             rows += [("cpu time", f"{usage['cpu_seconds']:.2f} s" if usage.get("cpu_seconds") is not None else None),
-                     ("memory", f"{human_bytes(usage.get('memory_current'))} (peak {human_bytes(usage.get('memory_peak'))})"),
+                     ("memory", f"{human_bytes(usage.get('memory_current'))} "
+                                f"(peak {human_bytes(usage.get('memory_peak'))})"),
                      ("processes", usage.get("pids_current")),
                      ("disk io", f"read {human_bytes(usage.get('io_read_bytes'))}, "
                                  f"written {human_bytes(usage.get('io_write_bytes'))}")]

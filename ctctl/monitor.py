@@ -10,7 +10,6 @@ import click
 from ctctl.output import emit, table
 from ctctl.shared import FORMAT, client, complete_instance
 
-
 LONG_MAX = 9223372036854775807
 
 
@@ -18,7 +17,7 @@ def _bc_value(value: Any) -> str:
     return str(LONG_MAX) if value == -1 else ("-" if value is None else str(value))
 
 
-def _bc_table(instances: list[dict]) -> str:
+def _bc_table(instances: list[dict[str, Any]]) -> str:
     rows = []
     for inst in instances:
         for i, row in enumerate(inst["beancounters"]):

@@ -19,7 +19,8 @@ def network() -> None:
 @click.argument("name")
 @click.option("--subnet", help="IPv4 subnet, e.g. 10.20.0.0/24 (default: a free private /24)")
 @click.option("--ipv6", help="IPv6 subnet, e.g. fd42:20::/64")
-@click.option("--nat", is_flag=True, help="masquerade the subnet toward the outside (switches on IPv4 forwarding; it stays on after delete)")
+@click.option("--nat", is_flag=True, help="masquerade the subnet toward the outside (switches on IPv4 forwarding; "
+              "it stays on after delete)")
 @click.option("--mtu", type=int, help="MTU of the bridge and its NICs (default 1500; up to 65535 on a "
               "bridge with no physical port: faster host<->container traffic)")
 def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, mtu: int | None) -> None:
@@ -35,7 +36,7 @@ def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, m
     click.echo(f"Created network {net['name']} ({net['subnet']}, gateway {net['gateway']})")
 
 
-def _net_rows(nets: list[dict]) -> str:
+def _net_rows(nets: list[dict[str, Any]]) -> str:
     return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "MTU", "NAT", "USED BY"],
                  [[n["name"], n["subnet"], n["gateway"], n["ipv6"], n.get("mtu"), "yes" if n["nat"] else "no",
                    ",".join(n["used_by"]) or None] for n in nets])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import ssl
 import sys
+from typing import Any
 
 import click
 
@@ -40,7 +41,7 @@ def info(fmt: str) -> None:
     """The server: version, kernel, storage, and the HTTPS listener's certificate fingerprint."""
     data = client().get("/1.0")
 
-    def render(i: dict) -> str:
+    def render(i: dict[str, Any]) -> str:
         https = i.get("https") or {}
         rows = [("version", i.get("version")), ("kernel", i.get("kernel")),
                 ("storage", (i.get("storage") or {}).get("driver")), ("cgroup", f"v{i.get('cgroup_version')}"),
@@ -152,7 +153,8 @@ def remote_add(name: str, url: str, secret: str, accept: str | None) -> None:
 def remote_list(fmt: str) -> None:
     """Remotes (never their tokens); * marks the default."""
     config = RemoteConfig.load()
-    rows = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "default": config.default == LOCAL}]
+    rows: list[dict[str, Any]] = [{"name": LOCAL, "url": "unix socket", "fingerprint": None,
+                                   "default": config.default == LOCAL}]
     rows += [{"name": r.name, "url": r.url, "fingerprint": r.fingerprint, "default": config.default == r.name}
              for r in sorted(config.remotes.values(), key=lambda r: r.name)]
     emit(fmt, rows, lambda rs: table(["NAME", "URL", "CERTIFICATE SHA-256"],

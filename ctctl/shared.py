@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
@@ -56,7 +57,8 @@ def add_guest(body: dict[str, Any], userpasswd: str | None, ssh_key: tuple[str, 
     if ssh_key:
         keys = []
         for path in ssh_key:
-            keys += [line.strip() for line in open(path).read().splitlines() if line.strip() and not line.startswith("#")]
+            lines = Path(path).read_text().splitlines()
+            keys += [line.strip() for line in lines if line.strip() and not line.startswith("#")]
         body["ssh_keys"] = keys
     if timezone:
         body["timezone"] = timezone

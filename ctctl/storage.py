@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ctctl.output import emit, human_bytes
 from ctctl.shared import FORMAT, client
 
 
-def _quota_state(info: dict) -> str:
+def _quota_state(info: dict[str, Any]) -> str:
     if not info.get("quota"):
         return "off"
     if info.get("quota_consistent") is False:
@@ -22,7 +24,7 @@ def storage(fmt: str) -> None:
     """The storage pool: driver, path, size, used, free."""
     info = client().get("/1.0/storage")["storage"]
 
-    def render(i: dict) -> str:
+    def render(i: dict[str, Any]) -> str:
         rows = [("driver", i["driver"]), ("path", i["path"]), ("size", human_bytes(i.get("size"))),
                 ("used", human_bytes(i.get("used"))), ("free", human_bytes(i.get("free"))),
                 ("quota", _quota_state(i))]

@@ -11,8 +11,8 @@ import signal
 import sys
 import termios
 import tty as ttymod
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import aiohttp
 
@@ -59,7 +59,8 @@ async def _connect(client: Client, path: str, query: list[tuple[str, str]]
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
         # ctd puts its error message in a header of the refused upgrade
-        message = (exc.headers or {}).get("X-Ctd-Error") or f"ctd refused the connection (HTTP {exc.status})"
+        headers = cast("Mapping[str, str]", exc.headers or {})  # aiohttp's CIMultiDictProxy of the reply
+        message = headers.get("X-Ctd-Error") or f"ctd refused the connection (HTTP {exc.status})"
         raise ApiError(message, status=exc.status) from None
     except aiohttp.ClientConnectorError as exc:
         await session.close()
@@ -70,7 +71,7 @@ async def _connect(client: Client, path: str, query: list[tuple[str, str]]
     return session, ws
 
 
-def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes]) -> None:
     def pump() -> None:
         while True:
             try:

@@ -3,6 +3,8 @@ QEMU says the VM has). asyncio is imported by vnc alone, when it runs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ctctl.client import ApiError
@@ -36,13 +38,14 @@ def hardware(instance: str, fmt: str) -> None:
     """What QEMU says a running VM has (TPM, disks, CD-ROMs, NICs)."""
     hw = client().get(f"/1.0/instances/{instance}/hardware")["hardware"]
 
-    def render(h: dict) -> str:
+    def render(h: dict[str, Any]) -> str:
         lines = [f"status: {h['status']} ({h['accel']})", f"vcpus: {h.get('vcpus')}",
                  f"ram: {(h.get('ram') or 0) >> 20} MiB" + (" (balloon)" if h.get("balloon") else "")]
         lines += [f"tpm: {t.get('model')} {t.get('options', {}).get('type', '')}" for t in h["tpm"]]
         for b in h["block"]:
             media = (b.get("inserted") or {}).get("file", "(empty)")
-            lines.append(f"block {b['device'] or b.get('qdev', '')}: {media}{' (ro)' if (b.get('inserted') or {}).get('ro') else ''}")
+            read_only = " (ro)" if (b.get("inserted") or {}).get("ro") else ""
+            lines.append(f"block {b['device'] or b.get('qdev', '')}: {media}{read_only}")
         lines += [f"pci {d.get('qdev_id') or d['class_info'].get('desc', '')}" for d in h["pci"] if d.get("qdev_id")]
         return "\n".join(lines)
 
