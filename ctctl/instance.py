@@ -47,25 +47,13 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     body: dict[str, Any] = {"name": name, "type": kind, "limits": given_limits(limits)}
     if template:
         body["template"] = template
-    vm_options = (("disk", disk), ("iso", iso), ("profile", profile), ("drivers_iso", drivers_iso))
-    vm: dict[str, Any] = {k: v for k, v in vm_options if v is not None}
-    if compat:
-        vm["compat"] = True
+    vm = _vm_request(disk, iso, profile, drivers_iso, compat)
     if vm:
         body["vm"] = vm
     add_guest(body, userpasswd, ssh_key, timezone)
-    if network == "none":
-        if ipadd or routed or no_filter or rate:
-            raise click.UsageError("--net none gives no NIC: leave out --ipadd, --routed, --no-filter and --rate")
-        body["nics"] = []
-    elif network or ipadd or routed or no_filter or rate:
-        nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
-                               "addresses": list(ipadd), "filter": not no_filter}
-        if network:
-            nic["network"] = network
-        if rate:
-            nic["rate"] = rate
-        body["nics"] = [nic]
+    nics = _nics_request(network, routed, ipadd, no_filter, rate)
+    if nics is not None:
+        body["nics"] = nics
     if nameserver:
         body["nameservers"] = list(nameserver)
     if instance_id is not None:
@@ -80,6 +68,35 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     what = f"template {result['template']}" if result["template"] else "a blank disk"
     click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"
                f"{result['name']} (id {result['id']}, {what})")
+
+
+def _vm_request(disk: str | None, iso: str | None, profile: str | None, drivers_iso: str | None,
+                compat: bool) -> dict[str, Any]:
+    """The create request's "vm" part: only the VM options that were given."""
+    vm_options = (("disk", disk), ("iso", iso), ("profile", profile), ("drivers_iso", drivers_iso))
+    vm: dict[str, Any] = {k: v for k, v in vm_options if v is not None}
+    if compat:
+        vm["compat"] = True
+    return vm
+
+
+def _nics_request(network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool,
+                  rate: str | None) -> list[dict[str, Any]] | None:
+    """The create request's "nics": none for --net none, one NIC when a NIC option is given, else
+    None (ctd then gives a NIC on its default network)."""
+    if network == "none":
+        if ipadd or routed or no_filter or rate:
+            raise click.UsageError("--net none gives no NIC: leave out --ipadd, --routed, --no-filter and --rate")
+        return []
+    if not (network or ipadd or routed or no_filter or rate):
+        return None
+    nic: dict[str, Any] = {"mode": "routed" if routed or (ipadd and not network) else "bridged",
+                           "addresses": list(ipadd), "filter": not no_filter}
+    if network:
+        nic["network"] = network
+    if rate:
+        nic["rate"] = rate
+    return [nic]
 
 
 def _state(ref: str, action: str, timeout: float | None = None, force: bool = False) -> dict[str, Any]:
