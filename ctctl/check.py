@@ -1,43 +1,30 @@
-"""`ctctl check`: is this host ready for ctd? Through the daemon when it runs, else locally."""
+"""`ctctl check`: is this host ready for ctd? Through the daemon when it runs, else locally.
+
+hostcheck is imported when the command runs, so that loading ctctl (every other command) does not
+pay for it; ctctl/main.py registers `check` only where hostcheck is installed."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
-import socket
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-import hostcheck
-from hostcheck import CheckResult
+from ctctl.client import DEFAULT_SOCKET, UnixHTTPConnection
 
-DEFAULT_SOCKET = "/run/ctd/ctd.sock"
+if TYPE_CHECKING:
+    from hostcheck import CheckResult
+
 NOT_RUNNING = "(daemon not running: local checks only)"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over an AF_UNIX stream socket."""
-
-    def __init__(self, path: str, timeout: float = 60.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 def from_daemon(socket_path: str) -> tuple[list[CheckResult] | None, str]:
     """(results, "") from GET /1.0/check, or (None, note) when local checks must do."""
-    conn = UnixHTTPConnection(socket_path)
+    from hostcheck import CheckResult  # here, not at the top: every other command starts without hostcheck
+
+    conn = UnixHTTPConnection(socket_path, timeout=60.0)
     try:
         conn.request("GET", "/1.0/check")
         response = conn.getresponse()
@@ -68,6 +55,8 @@ def from_daemon(socket_path: str) -> tuple[list[CheckResult] | None, str]:
 def check(fmt: str, kernel_config: Path | None, socket_path: str | None) -> None:
     """Check that this host has what ctd needs: kernel options, cgroups, user namespaces,
     idmapped mounts, KVM and tools. Exits 1 when something required is missing."""
+    import hostcheck
+
     results: list[CheckResult] | None = None
     if kernel_config is not None:
         note = "(--kernel-config given: local checks only)"

@@ -12,7 +12,7 @@ import ssl
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from ctctl.remotes import Remote
@@ -34,7 +34,9 @@ class ApiError(Exception):
         self.status = status
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over an AF_UNIX stream socket (ctd's API socket); the one ctctl has."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
@@ -91,7 +93,7 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         super().connect()
-        seen = peer_fingerprint(self.sock)  # type: ignore[arg-type]
+        seen = peer_fingerprint(cast(ssl.SSLSocket, self.sock))  # HTTPSConnection.connect wrapped it
         if not hmac.compare_digest(seen, self.fingerprint):
             self.sock.close()
             raise CertificateMismatch(
@@ -122,7 +124,7 @@ class Client:
         if self.remote is not None:
             return _PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout,
                                           self.client_cert())
-        return _UnixConnection(self.socket_path, self.timeout)
+        return UnixHTTPConnection(self.socket_path, self.timeout)
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.remote.token}"} if self.remote and self.remote.token else {}
@@ -189,12 +191,12 @@ class Client:
         return self.request("GET", path, query=query or None)
 
     def run(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-            progress: Callable[[str], None] | None = None) -> dict:
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
         """A request that returns an operation: wait for it (showing its progress); raise if it
         failed. Ctrl-C asks ctd to cancel it."""
         if progress is None:  # nothing to show meanwhile: let ctd answer when it is done
             query = {**(query or {}), "wait": "true"}
-        reply = self.request(method, path, body, query)
+        reply: dict[str, Any] = self.request(method, path, body, query)
         op = reply.get("operation")
         if op is None:
             return reply

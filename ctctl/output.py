@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import click
+
+Data = TypeVar("Data")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[("-" if v is None or v == "" else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip() for r in cells]
     return "\n".join(lines)
 
 
-def emit(fmt: str, data: Any, render) -> None:  # type: ignore[no-untyped-def]
+def emit(fmt: str, data: Data, render: Callable[[Data], str]) -> None:
+    """data as JSON with --format json, else as render makes it (a table, "key: value" lines)."""
     if fmt == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:

@@ -1,10 +1,12 @@
-"""ctctl info, token, audit and remote: the remote API from the command line."""
+"""ctctl info, token, audit and remote: the remote API from the command line; and make_client,
+which picks the socket or a remote for every command (ctctl/main.py's group calls it)."""
 
 from __future__ import annotations
 
 import os
 import ssl
 import sys
+from typing import Any
 
 import click
 
@@ -12,10 +14,8 @@ from ctctl.client import ApiError, Client, fetch_fingerprint
 from ctctl.clientcert import ensure_client_certificate
 from ctctl.output import emit, table
 from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
+from ctctl.shared import FORMAT, client
 from ctctl.trust_cmds import decode_join_token, redeem, trust
-
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                      show_default=True, help="output format")
 
 
 def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -> Client:
@@ -35,10 +35,6 @@ def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -
     return Client(socket_path, remote=RemoteConfig.load().get(remote_name))
 
 
-def client() -> Client:
-    return click.get_current_context().find_object(Client)
-
-
 # ------------------------------------------------------------------ info
 
 @click.command()
@@ -47,7 +43,7 @@ def info(fmt: str) -> None:
     """The server: version, kernel, storage, and the HTTPS listener's certificate fingerprint."""
     data = client().get("/1.0")
 
-    def render(i: dict) -> str:
+    def render(i: dict[str, Any]) -> str:
         https = i.get("https") or {}
         rows = [("version", i.get("version")), ("kernel", i.get("kernel")),
                 ("storage", (i.get("storage") or {}).get("driver")), ("cgroup", f"v{i.get('cgroup_version')}"),
@@ -114,7 +110,7 @@ def audit(since: str | None, fmt: str) -> None:
         [[e["time"], _who(e), e["source"], e["method"], e["path"], e["target"], e["status"]] for e in es]))
 
 
-def _who(entry: dict) -> str:
+def _who(entry: dict[str, Any]) -> str:
     """A certificate is named with its SHA-256 (the name is only what the admin called it)."""
     fingerprint = entry.get("fingerprint")
     return f"{entry['identity']} sha256:{fingerprint}" if fingerprint else entry["identity"]
@@ -182,8 +178,8 @@ def _check_certificate(url: str, seen: str, accept: str | None, from_token: str 
 def remote_list(fmt: str) -> None:
     """Remotes (never their tokens); * marks the default."""
     config = RemoteConfig.load()
-    rows = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "auth": "socket",
-             "default": config.default == LOCAL}]
+    rows: list[dict[str, Any]] = [{"name": LOCAL, "url": "unix socket", "fingerprint": None, "auth": "socket",
+                                   "default": config.default == LOCAL}]
     rows += [{"name": r.name, "url": r.url, "fingerprint": r.fingerprint,
               "auth": "certificate" if r.token is None else "token", "default": config.default == r.name}
              for r in sorted(config.remotes.values(), key=lambda r: r.name)]
@@ -217,6 +213,4 @@ def remote_switch(name: str) -> None:
     click.echo(f"Default remote: {name}")
 
 
-def register(cli: click.Group) -> None:
-    for command in (info, token, audit, remote, trust):
-        cli.add_command(command)
+COMMANDS = (info, token, audit, remote, trust)

@@ -12,7 +12,8 @@ import ssl
 import sys
 import termios
 import tty as ttymod
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import aiohttp
 
@@ -22,7 +23,8 @@ DETACH_KEY = b"\x1d"  # Ctrl-]
 
 
 @contextlib.contextmanager
-def raw_terminal(fd: int):  # type: ignore[no-untyped-def]
+def raw_terminal(fd: int) -> Iterator[None]:
+    """fd in raw mode for the block (its settings back after it); a no-op when fd is no terminal."""
     if not os.isatty(fd):
         yield
         return
@@ -57,7 +59,9 @@ def _session(client: Client) -> tuple[aiohttp.ClientSession, str]:
     return aiohttp.ClientSession(connector=connector, headers=client.auth_headers()), client.remote.url
 
 
-async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # type: ignore[no-untyped-def]
+async def _connect(client: Client, path: str, query: list[tuple[str, str]]
+                   ) -> tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to path on ctd, and its session (the caller closes both); ApiError, one line, if not."""
     session, base = _session(client)
     socket_path = client.where
     try:
@@ -70,7 +74,8 @@ async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # 
     except aiohttp.WSServerHandshakeError as exc:
         await session.close()
         # ctd puts its error message in a header of the refused upgrade
-        message = (exc.headers or {}).get("X-Ctd-Error") or f"ctd refused the connection (HTTP {exc.status})"
+        headers = cast("Mapping[str, str]", exc.headers or {})  # aiohttp's CIMultiDictProxy of the reply
+        message = headers.get("X-Ctd-Error") or f"ctd refused the connection (HTTP {exc.status})"
         raise ApiError(message, status=exc.status) from None
     except aiohttp.ClientConnectorError as exc:
         await session.close()
@@ -81,7 +86,7 @@ async def _connect(client: Client, path: str, query: list[tuple[str, str]]):  # 
     return session, ws
 
 
-def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> None:
+def _stdin_reader(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes]) -> None:
     def pump() -> None:
         while True:
             try:

@@ -19,16 +19,9 @@ import click
 from ctctl.client import ApiError, Client
 from ctctl.output import emit, table
 from ctctl.remotes import Remote, normalize_fingerprint
+from ctctl.shared import FORMAT, client
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-                      show_default=True, help="output format")
 MAX_CERT_FILE = 64 * 1024
-
-
-def client() -> Client:
-    found = click.get_current_context().find_object(Client)
-    assert found is not None, "ctctl's group callback sets it"
-    return found
 
 
 def read_certificate(path: str) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler
@@ -14,6 +16,8 @@ import pytest
 
 from ctctl.client import ApiError, Client
 from ctctl.output import human_bytes, table
+
+REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------- output
 
@@ -225,3 +229,21 @@ def test_run_raises_the_http_error_of_the_request(ctd: FakeCtd) -> None:
     with pytest.raises(ApiError) as e:
         client(ctd).run("DELETE", "/1.0/instances/web")
     assert e.value.status == 409 and e.value.code == "conflict"
+
+
+# ---------------------------------------------------------------- start-up
+
+
+def test_loading_ctctl_leaves_asyncio_aiohttp_and_hostcheck_to_the_commands_that_use_them() -> None:
+    """Every ctctl run pays for what `import ctctl.main` loads: exec/console/vnc bring asyncio and
+    aiohttp when they run, check brings hostcheck; the other commands start without them."""
+    probe = ("import sys, ctctl.main\n"
+             "print(sorted({m.split('.')[0] for m in sys.modules} & {'asyncio', 'aiohttp', 'hostcheck', 'ctd'}))\n"
+             "print(sorted(ctctl.main.cli.commands))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    loaded, commands = r.stdout.splitlines()
+    assert loaded == "[]"
+    for name in ("check", "create", "exec", "console", "vnc", "template", "network", "remote", "completion"):
+        assert f"'{name}'" in commands  # registered all the same

@@ -1,5 +1,5 @@
 """Lint and types as part of the suite, so CI enforces them (settings in pyproject.toml):
-ruff's full rule set and mypy --strict on the packages that are clean (cgroups/, hostcheck/),
+ruff's full rule set and mypy --strict on the packages that are clean (cgroups/, hostcheck/, ctctl/),
 pyflakes (unused imports, undefined names) on the whole tree."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STRICT = ["cgroups", "hostcheck"]
+STRICT = ["cgroups", "hostcheck", "ctctl"]
 EVERYWHERE = ["ctd", "ctctl", "cgroups", "hostcheck", "tests", "bench"]
 
 
