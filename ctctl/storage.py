@@ -29,6 +29,8 @@ def storage(fmt: str) -> None:
                 ("used", human_bytes(i.get("used"))), ("free", human_bytes(i.get("free"))),
                 ("quota", _quota_state(i))]
         rows += [(k, i[k]) for k in ("image", "device", "reason") if i.get(k)]
+        if "direct_io" in i:  # losetup's DIO column: the loop device reads the image with O_DIRECT
+            rows.append(("dio", "on" if i["direct_io"] else f"off: {i.get('direct_io_reason', '')}"))
         return "\n".join(f"{k + ':':<8} {v}" for k, v in rows)
 
     emit(fmt, info, render)

@@ -24,6 +24,7 @@ from typing import TypedDict
 
 from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported, OperationFailed
 from ctd import faults
+from ctd.storage import loopdio
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,9 @@ class StorageDriver(ABC):
         # Set by ctd.storage.pool when the driver runs on ctd's own loop-backed pool.
         self.image: Path | None = None
         self.device: str | None = None
+        # Direct I/O on that pool's loop device (None: no loop of ctd's), and why it is off.
+        self.direct_io: bool | None = None
+        self.direct_io_reason: str = ""
         # Why this driver was chosen (pool.choose_storage fills it; shown by `ctctl storage`).
         self.reason: str = ""
 
@@ -407,7 +411,8 @@ class StorageDriver(ABC):
 
     def pool_info(self) -> PoolInfo:
         """driver, path, size, used, free (bytes, of the filesystem holding root); image and
-        device when the pool is ctd's loop-backed image; reason why this driver was chosen."""
+        device when the pool is ctd's loop-backed image, and direct_io (whether its loop device reads
+        the image with O_DIRECT; direct_io_reason when not); reason why this driver was chosen."""
         st = os.statvfs(self.root)
         out: PoolInfo = {
             "driver": self.name, "path": str(self.root),
@@ -420,6 +425,12 @@ class StorageDriver(ABC):
             out["image"] = str(self.image)
         if self.device is not None:
             out["device"] = self.device
+        if self.direct_io is not None and self.device is not None:
+            live = loopdio.is_on(self.device)  # the kernel's word now, not only at start-up
+            out["direct_io"] = self.direct_io if live is None else live
+            if not out["direct_io"]:
+                out["direct_io_reason"] = self.direct_io_reason or (
+                    "switched off since ctd started; ctd switches it on again at its next start")
         if self.reason:
             out["reason"] = self.reason
         return out

@@ -13,6 +13,9 @@ choose_storage(state_dir) decides, in this order:
    (pool_size, default 20 % of the free space, 2..100 GiB), mkfs.btrfs it once, mount it;
 5. otherwise                                                  -> DirStorage (reason recorded).
 
+ctd's own pool gets direct I/O on its loop device (ctd.storage.loopdio): a new attach asks
+losetup for it, a loop found attached (a daemon restart) has it switched on in place; where the
+kernel refuses, the pool works without and the driver's direct_io_reason says why.
 The daemon leaves the pool mounted when it exits (containers that outlive it keep their roots);
 release_pool() unmounts and detaches it and is for tests and uninstallers.
 Only loop devices whose backing file is this state directory's pool.img are ever touched.
@@ -31,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctd.errors import OperationFailed
+from ctd.storage import loopdio
 from ctd.storage.base import StorageDriver
 from ctd.storage.dir import DirStorage
 
@@ -173,12 +177,18 @@ def _run(args: list[str], what: str) -> str:
 
 def attach_loop(image: Path) -> str:
     """A loop device backing image: one that already does (after a crash between attach and
-    mount), else a new one from `losetup --find --show` (LOOP_CTL_GET_FREE, race-safe)."""
+    mount), else a new one from `losetup --find --show` (LOOP_CTL_GET_FREE, race-safe), with
+    direct I/O where the backing filesystem can do it (losetup then takes its block size), else
+    without (losetup refuses the attach outright when the file cannot be opened O_DIRECT)."""
     existing = loops_backing(image)
     if existing:
         return existing[0]
-    return _run(["losetup", "--find", "--show", "--nooverlap", str(image)],
-                f"attaching {image} to a loop device").strip()
+    args = ["losetup", "--find", "--show", "--nooverlap", str(image)]
+    try:
+        return _run([*args[:-1], "--direct-io=on", args[-1]], f"attaching {image} to a loop device").strip()
+    except OperationFailed as exc:
+        log.debug("attaching %s with direct I/O failed (%s); attaching it without", image, exc.message)
+    return _run(args, f"attaching {image} to a loop device").strip()
 
 
 def detach_loop(device: str) -> None:
@@ -250,9 +260,14 @@ def _module_available(name: str) -> bool:
 
 def _btrfs_driver(storage: Path, *, enable_quota: bool, reason: str, image: Path | None = None,
                   device: str | None = None) -> StorageDriver:
+    """A BtrfsStorage on storage; on ctd's own pool (image and device given) with direct I/O
+    switched on for its loop device where the kernel allows it."""
     from ctd.storage.btrfs import BtrfsStorage
     driver = BtrfsStorage(storage, enable_quota=enable_quota)
     driver.image, driver.device, driver.reason = image, device, reason
+    if image is not None and device is not None:
+        dio = loopdio.switch_on(device, image)
+        driver.direct_io, driver.direct_io_reason = dio.on, dio.reason
     return driver
 
 

@@ -23,6 +23,9 @@ def test_the_embedded_default_is_a_loop_backed_btrfs_pool(ctd):
     assert info["image"].endswith("pool.img") and info["device"].startswith("/dev/loop")
     lines = ctd.ok("storage").splitlines()
     assert lines[0].split() == ["driver:", "btrfs"] and "quota:   on" in lines
+    # the loop reads pool.img with direct I/O: one cached copy of what the pool reads (#22)
+    assert info["direct_io"] is True and "dio:     on" in lines
+    assert (Path("/sys/block") / Path(info["device"]).name / "loop/dio").read_text().strip() == "1"
     # every subvolume drop fully accounted, so qgroup numbers (and limits) stay right
     from ctd.storage.btrfs import fs_uuid
     knob = Path("/sys/fs/btrfs") / fs_uuid(ctd.state_dir / "storage") / "qgroups/drop_subtree_threshold"
