@@ -12,11 +12,12 @@ the root), pivots, waits for ctd's "go", makes its cgroup namespace and execs.
 User-namespace owners. The kernel charges what a container's processes take of the per-user
 limits (inotify instances and watches, user namespaces, RLIMIT_NPROC/MEMLOCK/MSGQUEUE/
 SIGPENDING counts) at the host level to the uid that created its user namespace. A maker of
-an unprivileged standby therefore becomes a uid of its own before it unshares: one of the 65536
-ids just below ctd's first container range (`server.OWNER_IDS` of them), reserved for this, never the uid of
-a host process (such a process would hold every capability in the container's user
-namespace), and never that of two live containers at once. So each container has the host's
-per-user limits (fs.inotify.max_user_instances …) to itself, and host root keeps its own.
+an unprivileged standby therefore becomes a uid of its own (picked by the server) before it
+unshares: one of the 65536 ids just below ctd's first container range (`server.OWNER_IDS` of
+them), reserved for this, never the uid of a host process (such a process would hold every
+capability in the container's user namespace), and never that of two live containers at once.
+So each container has the host's per-user limits (fs.inotify.max_user_instances …) to itself,
+and host root keeps its own.
 
 The mount-plan steps, the close of inherited fds and the signal defaults here serve the
 helpers too (an exec, lxcfs' files bound again).
@@ -68,7 +69,6 @@ def die_with_parent(spawner_pid: int) -> None:
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != spawner_pid:  # it died before that took hold
         os._exit(1)
-
 
 
 def make_init(control: socket.socket, spawner_pid: int, privileged: bool, deny: tuple[str, ...], owner: int = 0,

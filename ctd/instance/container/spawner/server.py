@@ -304,7 +304,6 @@ class Server:
         return unprivileged
 
 
-
 # Device nodes on the container's disk (a template's dev/console, a restored backup's
 # dev/loop0) must open nothing, also through a bind of / made inside: nodev on the root; the
 # /dev ctd builds is a tmpfs of bind-mounted host nodes and a devpts, unaffected.
