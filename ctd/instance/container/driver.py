@@ -73,7 +73,7 @@ class ContainerDriver:
         spawner.on_exit = self._spawner_reaped
         # Standby inits in cgroups of their own ahead (v1): a start renames the group.
         self.standbys = StandbyGroups(cgroups)
-        self._lxcfs_watch = LxcfsWatch(lxcfs, spawner, self.running.values)
+        self._lxcfs_watch = LxcfsWatch(lxcfs, spawner, lambda: self.running.values())
         # The group of a container whose init has exited, until cleanup() removes it.
         self._exited_groups: dict[str, CgroupGroup] = {}
         self.exit_facts: dict[str, ExitFacts] = {}  # taken by the on_stopped callback
