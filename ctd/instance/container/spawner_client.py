@@ -13,6 +13,7 @@ from collections.abc import Callable
 from ctd.errors import OperationFailed
 from ctd.instance.container import spawner
 
+Reply = tuple[dict, list[int]]  # a message from the spawner and the fds that came with it
 ExitCallback = Callable[[int, int], None]  # (pid, wait status)
 StandbyCallback = Callable[[int], None]  # (pid of an init made ahead)
 
