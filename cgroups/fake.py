@@ -1,7 +1,7 @@
 """A fake cgroup kernel over a plain directory tree, for unit tests without root.
 
     fs, proc_self = fake_v1_host(tmp_path)        # or fake_v2_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc_self, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc_self, fs=fs)
 
 It plays the parts of the kernel the backends rely on: mkdir fills in control files, rmdir
 refuses populated groups, cgroup.procs moves pids, v1 keeps memory <= memsw and refuses to
