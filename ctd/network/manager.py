@@ -16,11 +16,11 @@ import re
 from typing import Any
 
 from ctd.errors import InvalidRequest
-from ctd.network import nft
+from ctd.network import nft, nics
 from ctd.network.addresses import AddressChanges
 from ctd.network.netlink import InsideNic
 from ctd.network.networks import DEFAULT_NETWORK, IFNAME, Networks
-from ctd.network.nics import MAX_NICS, NicRequest, allocate, check_nics
+from ctd.network.nics import MAX_NICS, NicRequest
 from ctd.network.plumbing import Plumbing
 from ctd.state import InstanceRecord, NetworkRecord, NicRecord, StateDB
 
@@ -93,7 +93,7 @@ class NetworkManager:
     def check_nics(self, raw: Any) -> list[NicRequest]:
         """NICs asked for at create; none given (None): one on the default network, if the
         daemon has one; an empty list: no NIC."""
-        return check_nics(raw, self.default_network, self.network)
+        return nics.check_nics(raw, self.default_network, self.network)
 
     def prepare(self, requests: list[NicRequest]) -> None:
         """Make the default network if a NIC needs it and it is not there yet (netlink: call it
@@ -103,7 +103,7 @@ class NetworkManager:
 
     def allocate(self, instance_id: int, requests: list[NicRequest]) -> list[NicRecord]:
         """Write the NICs and their addresses (inside the caller's transaction)."""
-        return allocate(self.db, self.networks, instance_id, requests)
+        return nics.allocate(self.db, self.networks, instance_id, requests)
 
     # ------------------------------------------------------------- at start and stop
 
