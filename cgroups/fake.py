@@ -1,7 +1,7 @@
 """A fake cgroup kernel over a plain directory tree, for unit tests without root.
 
     fs, proc_self = fake_v1_host(tmp_path)        # or fake_v2_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc_self, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc_self, fs=fs)
 
 It plays the parts of the kernel the backends rely on: mkdir fills in control files, rmdir
 refuses populated groups, cgroup.procs moves pids, v1 keeps memory <= memsw and refuses to
@@ -14,10 +14,12 @@ from __future__ import annotations
 import errno as E
 import os
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .fs import CgroupFS
+from .model import DeviceRule
 
 V1_NO_LIMIT = "9223372036854771712"
 _V1_CORE = {"cgroup.procs": "", "tasks": "", "cgroup.clone_children": "0",
@@ -79,7 +81,7 @@ class FakeKernelFS(CgroupFS):
     refuse: dict[str, int] = field(default_factory=dict)
     device_filters: dict[str, list[list[object]]] = field(default_factory=dict)  # v2 dir -> rules attached
 
-    def attach_device_filter(self, path: str, allow) -> None:  # type: ignore[no-untyped-def]
+    def attach_device_filter(self, path: str, allow: Sequence[DeviceRule]) -> None:
         if not os.path.isdir(path):
             raise OSError(E.EBADF, os.strerror(E.EBADF), path)
         self.device_filters.setdefault(path, []).append(list(allow))

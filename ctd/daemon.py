@@ -67,10 +67,10 @@ def claim_resources(config: DaemonConfig) -> Ownership:
     """Own the host-wide resources this ctd's settings name, or refuse to run: another ctd on
     the same cgroup base, nftables table, NIC prefix or id area would end or rewrite what the
     first one runs (its recovery stopped every container of the other)."""
-    from cgroups import CgroupError, CgroupManager
+    from cgroups import CgroupError, detect_manager
 
     try:
-        cgroup_dirs = CgroupManager.detect(base_name=config.cgroup_name).base_dirs()
+        cgroup_dirs = detect_manager(base_name=config.cgroup_name).base_dirs()
     except CgroupError as exc:
         raise CtdError(f"cgroups: {exc}") from None
     ownership = Ownership(config.state_dir)
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untyped-def]
     from aiohttp import web
 
-    from cgroups import CgroupManager
+    from cgroups import detect_manager
     from ctd.api.context import ApiContext
     from ctd.api.server import make_app, prepare_socket_path, secure_socket
     from ctd.instance.container.driver import ContainerDriver
@@ -209,7 +209,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     db = StateDB(config.db_path)
     storage = await asyncio.to_thread(open_storage, config)
     storage.prepare()
-    cgroups = CgroupManager.detect(base_name=config.cgroup_name)
+    cgroups = detect_manager(base_name=config.cgroup_name)
     protect_host(cgroups, config)
     templates = TemplateManager(config.templates_dir, db, storage)
     lxcfs = Lxcfs(config.state_dir / "lxcfs" / "mnt", cgroups.group(LXCFS_GROUP),

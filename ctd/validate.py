@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from ctd.errors import InvalidRequest
@@ -43,7 +44,7 @@ def instance_ref(value: str) -> str:
     return instance_name(value, "instance name or id")
 
 
-def body_fields(body: Any, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:
+def body_fields(body: Any, allowed: AbstractSet[str], required: AbstractSet[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     unknown = sorted(set(body) - allowed)

@@ -171,10 +171,10 @@ class Daemon:
     def group(self, name: str):  # type: ignore[no-untyped-def]
         """A running container's cgroup, found where ctd says it is (its cgroup2 directory may
         be named after the standby init it started in)."""
-        from cgroups import CgroupManager
+        from cgroups import detect_manager
         dirs = self.instance(name)["cgroups"] or {}
         fixed = {k: os.path.basename(d) for k, d in dirs.items() if os.path.basename(d) != f"ct-{name}"}
-        return CgroupManager.detect(base_name=self.cgroup_name).group(f"ct-{name}", fixed)
+        return detect_manager(base_name=self.cgroup_name).group(f"ct-{name}", fixed)
 
     def unique(self, prefix: str = "t") -> str:
         return f"{prefix}-{uuid.uuid4().hex[:6]}"

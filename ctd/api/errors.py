@@ -6,6 +6,7 @@ import json
 import logging
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ctd import errors
 
@@ -46,7 +47,7 @@ def error_response(message: str, code: str, status: int, request: web.Request | 
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except errors.CtdError as exc:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from aiohttp import web
 
 from ctd import validate
 from ctd.api.context import ApiContext
-from ctd.api.jsonbody import parse_json
+from ctd.api.jsonbody import json_body
 from ctd.errors import Conflict, CtdError, InvalidRequest
 from ctd.operations import Operation
 from ctd.template.mmdebstrap import BuildContext
@@ -21,12 +20,6 @@ MAX_WAIT = 3600.0
 
 def ctx(request: web.Request) -> ApiContext:
     return request.app[CTX]
-
-
-async def json_body(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return {}
-    return parse_json(await request.read() or b"{}")
 
 
 async def accepted(request: web.Request, op: Operation) -> web.Response:

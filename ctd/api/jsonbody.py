@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from aiohttp import web
+
 from ctd.errors import InvalidRequest
 
 MAX_JSON_DEPTH = 32  # ctd's deepest body is 3 levels; deeper is an attack on the parser's stack
@@ -38,3 +40,10 @@ def parse_json(raw: bytes | str) -> Any:
             return value
     raise InvalidRequest(f"the request body nests lists/objects more than {MAX_JSON_DEPTH} levels "
                          "deep; no ctd request needs more than a few")
+
+
+async def json_body(request: web.Request) -> Any:
+    """The request's body parsed by parse_json; no body reads as {}."""
+    if not request.can_read_body:
+        return {}
+    return parse_json(await request.read() or b"{}")

@@ -18,13 +18,18 @@ import os
 import signal
 import struct
 import termios
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import WSMsgType, web
 
 from ctd import validate
 from ctd.api.handlers import ctx, routes
 from ctd.errors import Conflict, InvalidRequest
+
+if TYPE_CHECKING:
+    from ctd.instance.container.driver import ExecProcess
 
 log = logging.getLogger("ctd.api.stream")
 
@@ -84,7 +89,7 @@ def set_winsize(fd: int, width: int, height: int) -> None:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
-def _size(query, key: str) -> int | None:  # type: ignore[no-untyped-def]
+def _size(query: Mapping[str, str], key: str) -> int | None:
     raw = query.get(key)
     if raw is None:
         return None
@@ -129,7 +134,7 @@ async def exec_ws(request: web.Request) -> web.StreamResponse:
     return ws
 
 
-async def _bridge_exec(ws: web.WebSocketResponse, proc, tty: bool) -> None:  # type: ignore[no-untyped-def]
+async def _bridge_exec(ws: web.WebSocketResponse, proc: ExecProcess, tty: bool) -> None:
     stdin_fd = proc.fds[0]
     outputs = [(1, FdReader(proc.fds[0]))] if tty else [(1, FdReader(proc.fds[1])), (2, FdReader(proc.fds[2]))]
     stdin_open = True

@@ -1160,7 +1160,7 @@ class InstanceManager:
                 report["stopped"].append(rec.name)
         # Filters of NICs whose container died with the old ctd go; those of adopted ones stay.
         if self.network.filters:
-            await asyncio.to_thread(self.network._refilter, [], False)
+            await asyncio.to_thread(self.network.apply_filters)
         else:
             await asyncio.to_thread(self.network.remove_filters)
         known = {r.name for r in records}

@@ -87,7 +87,7 @@ def drop_bounding(drop: Iterable[str] = DEFAULT_DROP) -> None:
     names = list(drop)
     numbers = [cap_number(name) for name in names]
     last = _last_cap()
-    for name, nr in zip(names, numbers):
+    for name, nr in zip(names, numbers, strict=True):
         if nr > last:
             continue  # the running kernel predates it: never in any bounding set
         try:

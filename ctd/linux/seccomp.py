@@ -45,7 +45,7 @@ import os
 import platform
 import struct
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 # Denied syscall names. Names absent on an architecture are skipped there.
 ALWAYS_DENY: tuple[str, ...] = (
@@ -219,7 +219,8 @@ def evaluate(filter: bytes, nr: int, arch: int, args: Sequence[int] = (0,) * 6,
     full = [a & 0xFFFFFFFFFFFFFFFF for a in args] + [0] * (6 - len(args))
     data = struct.pack("=iIQ6Q", nr if nr < 2**31 else nr - 2**32, arch & 0xFFFFFFFF,
                        instruction_pointer, *full)
-    insns = [_INSN.unpack_from(filter, off) for off in range(0, len(filter), _INSN.size)]
+    insns: list[tuple[int, int, int, int]] = [_INSN.unpack_from(filter, off)
+                                              for off in range(0, len(filter), _INSN.size)]
     a = 0
     pc = 0
     while pc < len(insns):
@@ -256,7 +257,7 @@ def _cached_filter(deny: tuple[str, ...], errno: int) -> bytes:
 
 
 @functools.cache
-def _prctl():  # type: ignore[no-untyped-def]
+def _prctl() -> Callable[..., int]:
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p, ctypes.c_ulong, ctypes.c_ulong]
     return prctl

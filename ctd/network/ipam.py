@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from ctd.errors import Conflict, InvalidRequest
 
@@ -35,13 +35,14 @@ def parse_address(text: str) -> Address:
 
 
 def gateway_of(net: Network) -> Address:
-    return next(net.hosts())
+    hosts: Iterator[Address] = net.hosts()
+    return next(hosts)
 
 
 def allocate(net: Network, used: Iterable[Address]) -> Address:
     """The lowest free host address after the gateway."""
     taken = set(used) | {gateway_of(net)}
-    hosts = net.hosts()
+    hosts: Iterator[Address] = net.hosts()
     for count, candidate in enumerate(hosts):
         if candidate not in taken:
             return candidate

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from ctd.api.errors import error_response
-from ctd.api.jsonbody import parse_json
+from ctd.api.jsonbody import json_body, parse_json
 from ctd.errors import Forbidden, InvalidRequest
 from ctd.remote.audit import AuditEntry, AuditLog, parse_since
 from ctd.remote.clientcert import peer_certificate
@@ -195,7 +195,6 @@ async def list_tokens(request: web.Request) -> web.Response:
 @routes.post("/1.0/tokens")
 async def create_token(request: web.Request) -> web.Response:
     _local_only(request)
-    from ctd.api.handlers import json_body
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object: {\"name\": ..., \"expires\": \"30d\"}")

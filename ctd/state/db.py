@@ -7,10 +7,16 @@ import json
 import sqlite3
 from pathlib import Path
 
-from ctd.state.migrations import MIGRATIONS
 from ctd.errors import Conflict
+from ctd.state.migrations import MIGRATIONS
 from ctd.state.records import (
-    InstanceRecord, InstanceType, NetworkRecord, NicMode, NicRecord, PowerState, TemplateRecord,
+    InstanceRecord,
+    InstanceType,
+    NetworkRecord,
+    NicMode,
+    NicRecord,
+    PowerState,
+    TemplateRecord,
 )
 
 _JSON_COLUMNS = ("limits", "init", "options", "last_exit")
@@ -183,7 +189,8 @@ class StateDB:
         except sqlite3.IntegrityError:
             owner = self.conn.execute("SELECT i.name FROM addresses a JOIN instances i ON i.id = a.instance_id "
                                       "WHERE a.address = ?", (address,)).fetchone()
-            raise Conflict(f"address {address} is already used by {owner[0] if owner else 'another instance'}") from None
+            who = owner[0] if owner else "another instance"
+            raise Conflict(f"address {address} is already used by {who}") from None
 
     def delete_address(self, address: str) -> None:
         self.conn.execute("DELETE FROM addresses WHERE address = ?", (address,))
@@ -191,7 +198,7 @@ class StateDB:
     def addresses_in(self, network: str) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT address FROM addresses WHERE network = ?", (network,))]
 
-    def transaction(self):  # type: ignore[no-untyped-def]
+    def transaction(self) -> _Transaction:
         """with db.transaction(): … — all or nothing."""
         return _Transaction(self.conn)
 
@@ -203,5 +210,5 @@ class _Transaction:
     def __enter__(self) -> None:
         self.conn.execute("BEGIN")
 
-    def __exit__(self, kind, *_: object) -> None:  # type: ignore[no-untyped-def]
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         self.conn.execute("COMMIT" if kind is None else "ROLLBACK")

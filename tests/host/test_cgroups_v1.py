@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import (UNLIMITED, CgroupError, CgroupGroup, CgroupManager, IoLimit, Resources,
-                     parse_size)
+from cgroups import UNLIMITED, CgroupError, CgroupGroup, CgroupManager, IoLimit, Resources, detect_manager, parse_size
 
 if os.geteuid() != 0:
     print("tests/host/test_cgroups_v1.py: skipped, needs root to create cgroups",
@@ -42,7 +41,7 @@ def ctrl_dir(grp, controller: str) -> str:
 
 @pytest.fixture(scope="module")
 def mgr() -> Iterator[CgroupManager]:
-    m = CgroupManager.detect(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    m = detect_manager(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     if m.version != 1:
         print("host is not cgroup v1: the v2 backend is tested in tests/vm", file=sys.stderr)
         pytest.skip("host is not cgroup v1 (v2 is tested in tests/vm)")

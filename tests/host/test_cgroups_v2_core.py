@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import CgroupError, CgroupManager, Resources, V2Manager
+from cgroups import CgroupError, Resources, V2Manager, detect_manager
 
 if os.geteuid() != 0:
     print("tests/host/test_cgroups_v2_core.py: skipped, needs root", file=sys.stderr)
@@ -23,7 +23,7 @@ if os.geteuid() != 0:
 @pytest.fixture
 def mgr() -> Iterator[V2Manager]:
     try:
-        m = CgroupManager.detect(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        m = detect_manager(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}",
                                  version=2)
     except CgroupError as e:
         print(f"no cgroup2 tree holds this process: {e}", file=sys.stderr)

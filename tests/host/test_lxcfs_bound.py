@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import CgroupManager
+from cgroups import detect_manager
 from tests.conftest import REPO, Daemon, _start_daemon, _teardown
 
 LIMIT = 24 << 20
@@ -57,7 +57,7 @@ def test_lxcfs_is_bounded_and_comes_back(lxcfs_ctd, probe):
     memory_line = next(line for line in Path(f"/proc/{first}/cgroup").read_text().splitlines()
                        if ":memory:" in line)
     assert memory_line.endswith(f"/{d.cgroup_name}/lxcfs"), memory_line
-    group = CgroupManager.detect(base_name=d.cgroup_name).group("lxcfs")
+    group = detect_manager(base_name=d.cgroup_name).group("lxcfs")
     assert group.read_limits().memory_max == LIMIT
     # 57,000 handles would take lxcfs ~120 MB: far past its 24 MB.
     holders = [subprocess.Popen([sys.executable, "-m", "ctctl.main", "--socket", str(d.socket), "exec", greedy,

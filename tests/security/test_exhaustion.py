@@ -9,7 +9,7 @@ import threading
 import time
 from pathlib import Path
 
-from cgroups import CgroupManager
+from cgroups import detect_manager
 
 from tests.security.conftest import probe
 
@@ -23,7 +23,7 @@ def cgroup(ctd, name: str):  # type: ignore[no-untyped-def]
 def ctd_limit(ctd, name: str, *files: str) -> int | None:  # type: ignore[no-untyped-def]
     """The smallest of `files` (pids.max, memory.max, ...) over the container's cgroup and
     ctd's base cgroup -- the limits ctd itself sets -- or None when there is none."""
-    manager = CgroupManager.detect(base_name=ctd.cgroup_name)
+    manager = detect_manager(base_name=ctd.cgroup_name)
     dirs = list(ctd.group(name).dirs().values()) + list(manager.base_dirs().values())
     found = []
     for d in dirs:

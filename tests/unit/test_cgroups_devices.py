@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import CgroupError, CgroupManager, DeviceRule, DeviceType, V1Manager, V2Manager
+from cgroups import CgroupError, DeviceRule, DeviceType, V1Manager, V2Manager, detect_manager
 from cgroups import devices_bpf as bpf
 from cgroups.fake import fake_v1_host, fake_v2_host
 from cgroups.v1 import DEVICES_LEAF
@@ -81,7 +81,7 @@ def test_instruction_encoding() -> None:
 
 def test_v1_deny_all_then_allow(tmp_path: Path) -> None:
     fs, proc = fake_v1_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V1Manager)
     grp = mgr.group("ct1")
     grp.create()
@@ -97,7 +97,7 @@ def test_v1_deny_all_then_allow(tmp_path: Path) -> None:
 
 def test_v1_sealed_group_puts_processes_one_level_down(tmp_path: Path) -> None:
     fs, proc = fake_v1_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     grp = mgr.group("ct1")
     grp.create()
     grp.restrict_devices(devices.ALLOWED, seal=True)
@@ -117,7 +117,7 @@ def test_v1_sealed_group_puts_processes_one_level_down(tmp_path: Path) -> None:
 
 def test_v1_without_devices_controller_refuses(tmp_path: Path) -> None:
     fs, proc = fake_v1_host(tmp_path, omit=frozenset({"devices.deny"}))
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     grp = mgr.group("ct1")
     grp.create()
     with pytest.raises(CgroupError, match="device allow-list: this kernel has no devices.deny"):
@@ -126,7 +126,7 @@ def test_v1_without_devices_controller_refuses(tmp_path: Path) -> None:
 
 def test_v2_attaches_a_program_to_the_group(tmp_path: Path) -> None:
     fs, proc = fake_v2_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V2Manager)
     grp = mgr.group("ct1")
     with pytest.raises(CgroupError, match="does not exist"):
@@ -150,7 +150,7 @@ def test_start_refuses_a_host_that_cannot_confine_devices(tmp_path: Path) -> Non
         pass
 
     fs, proc = fake_v1_host(tmp_path, omit=frozenset({"devices.deny"}))
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     driver = ContainerDriver(Spawner(), mgr)  # type: ignore[arg-type]
     rec = InstanceRecord(id=1, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
                          privileged=False, idmap_base=1000000)

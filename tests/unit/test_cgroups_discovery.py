@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import CgroupError, CgroupManager, V1Manager, V2Manager, discover
+from cgroups import CgroupError, V1Manager, V2Manager, detect_manager, discover
 from cgroups.fake import fake_v1_host, fake_v2_host
 
 # This build host, verbatim (trimmed to the cgroup lines that matter plus a non-cgroup one).
@@ -73,7 +73,7 @@ def test_discover_falls_back_to_proc_mounts(tmp_path: Path) -> None:
 
 def test_detect_picks_v1_on_hybrid(tmp_path: Path) -> None:
     fs, proc = fake_v1_host(tmp_path)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V1Manager) and mgr.version == 1
     assert mgr.controllers == frozenset(
         {"cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids"})
@@ -85,13 +85,13 @@ def test_detect_picks_v1_on_hybrid(tmp_path: Path) -> None:
 
 def test_detect_skips_readonly_hierarchy(tmp_path: Path) -> None:
     fs, proc = fake_v1_host(tmp_path, readonly_systemd=True, hybrid=False)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert "name=systemd" not in mgr.base_dirs() and "unified" not in mgr.base_dirs()
 
 
 def test_detect_picks_v2(tmp_path: Path) -> None:
     fs, proc = fake_v2_host(tmp_path, own_path="/system.slice/ctd.service")
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V2Manager) and mgr.version == 2
     assert mgr.controllers == frozenset({"cpu", "cpuset", "io", "memory", "pids", "freezer"})
     assert mgr.base_dirs() == {
@@ -101,11 +101,11 @@ def test_detect_picks_v2(tmp_path: Path) -> None:
 def test_detect_forced_version_and_errors(tmp_path: Path) -> None:
     fs, proc = fake_v2_host(tmp_path)
     with pytest.raises(CgroupError, match="no cgroup v1"):
-        CgroupManager.detect("ctd", proc_self=proc, fs=fs, version=1)
+        detect_manager("ctd", proc_self=proc, fs=fs, version=1)
     with pytest.raises(CgroupError, match="use 1 or 2"):
-        CgroupManager.detect("ctd", proc_self=proc, fs=fs, version=3)
+        detect_manager("ctd", proc_self=proc, fs=fs, version=3)
     with pytest.raises(CgroupError, match="base name"):
-        CgroupManager.detect("../evil", proc_self=proc, fs=fs)
+        detect_manager("../evil", proc_self=proc, fs=fs)
     (tmp_path / "x").mkdir()
     with pytest.raises(CgroupError, match="is /sys/fs/cgroup mounted"):
-        CgroupManager.detect("ctd", proc_self=_proc(tmp_path / "x", "", ""))
+        detect_manager("ctd", proc_self=_proc(tmp_path / "x", "", ""))

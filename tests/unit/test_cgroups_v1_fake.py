@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import (UNLIMITED, CgroupError, CgroupManager, IoLimit, Resources, V1Group,
-                     V1Manager)
+from cgroups import UNLIMITED, CgroupError, IoLimit, Resources, V1Group, V1Manager, detect_manager
 from cgroups.fake import FakeKernelFS, fake_v1_host
 
 M = 1 << 20
@@ -17,7 +16,7 @@ M = 1 << 20
 
 def _mgr(tmp_path: Path, **kw: object) -> tuple[V1Manager, FakeKernelFS]:
     fs, proc = fake_v1_host(tmp_path, **kw)  # type: ignore[arg-type]
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V1Manager)
     return mgr, fs
 

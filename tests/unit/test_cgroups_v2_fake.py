@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import UNLIMITED, CgroupError, CgroupManager, IoLimit, Resources, V2Manager
+from cgroups import UNLIMITED, CgroupError, IoLimit, Resources, V2Manager, detect_manager
 from cgroups.fake import FakeKernelFS, fake_v2_host
 
 M = 1 << 20
@@ -15,7 +15,7 @@ M = 1 << 20
 
 def _mgr(tmp_path: Path, **kw: object) -> tuple[V2Manager, FakeKernelFS]:
     fs, proc = fake_v2_host(tmp_path, **kw)  # type: ignore[arg-type]
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     assert isinstance(mgr, V2Manager)
     return mgr, fs
 
@@ -50,7 +50,7 @@ def test_service_cgroup_moves_itself_into_a_leaf(tmp_path: Path) -> None:
     # detect() again from inside the leaf: same base, not one below the leaf
     proc_cgroup = Path(tmp_path, "proc/self/cgroup")
     proc_cgroup.write_text("0::/system.slice/ctd.service/ctd-self\n")
-    again = CgroupManager.detect("ctd", proc_self=str(proc_cgroup.parent), fs=fs)
+    again = detect_manager("ctd", proc_self=str(proc_cgroup.parent), fs=fs)
     assert isinstance(again, V2Manager) and again.base_dir == mgr.base_dir
     assert again.list_groups() == ["ct1"]
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import CgroupManager, Resources
+from cgroups import CgroupManager, Resources, detect_manager
 from cgroups.fake import fake_v1_host, fake_v2_host
 from ctd import limits
 from ctd.errors import InvalidRequest
@@ -22,7 +22,7 @@ def manager(tmp_path: Path, version: int, has_weight: bool) -> CgroupManager:
         fs, proc = fake_v1_host(tmp_path, omit=frozenset() if has_weight else NO_V1_WEIGHT)
     else:
         fs, proc = fake_v2_host(tmp_path, omit=frozenset() if has_weight else NO_V2_WEIGHT)
-    mgr = CgroupManager.detect("ctd", proc_self=proc, fs=fs)
+    mgr = detect_manager("ctd", proc_self=proc, fs=fs)
     mgr.ensure_base()
     return mgr
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ctd.network import manager as manager_mod
+from ctd.network import networks as networks_mod
+from ctd.network import sysctl
 from ctd.network.manager import NetworkManager
 from ctd.state import StateDB
 
@@ -16,14 +17,14 @@ def test_a_failed_bring_up_removes_the_bridge_and_records_nothing(tmp_path: Path
     db = StateDB(tmp_path / "ctd.db")
     net = NetworkManager(db, "ctd_unit", "zz")
     made, deleted = [], []
-    monkeypatch.setattr(manager_mod.netlink, "ensure_bridge", lambda name, addresses, mtu: made.append(name))
-    monkeypatch.setattr(manager_mod.netlink, "delete_link", deleted.append)
+    monkeypatch.setattr(networks_mod.netlink, "ensure_bridge", lambda name, addresses, mtu: made.append(name))
+    monkeypatch.setattr(networks_mod.netlink, "delete_link", deleted.append)
 
     def refuse(key: str, value: str) -> None:
         raise OSError(13, "Permission denied", key)
 
-    monkeypatch.setattr(manager_mod, "_sysctl", refuse)
-    monkeypatch.setattr(manager_mod.os.path, "isdir", lambda path: True)  # the bridge "has" IPv6
+    monkeypatch.setattr(sysctl, "write", refuse)
+    monkeypatch.setattr(networks_mod.os.path, "isdir", lambda path: True)  # the bridge "has" IPv6
     checked = {"name": "brx", "subnet4": "10.99.1.0/24", "subnet6": None, "nat": False, "mtu": 1500}
     with pytest.raises(OSError):
         net.create_network(checked)

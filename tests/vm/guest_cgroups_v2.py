@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from cgroups import (UNLIMITED, Beancounter, CgroupError, CgroupManager, IoLimit, Resources,
-                     V2Group, V2Manager, format_beancounters, parse_size)
+from cgroups import (UNLIMITED, Beancounter, CgroupError, IoLimit, Resources, V2Group, V2Manager, detect_manager,
+                     format_beancounters, parse_size)
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 
@@ -58,7 +58,7 @@ for _f in sys.argv[1:]:
 
 @pytest.fixture(scope="module")
 def mgr() -> Iterator[V2Manager]:
-    m = CgroupManager.detect(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    m = detect_manager(base_name=f"ctd-test-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     assert isinstance(m, V2Manager), f"{CGROUP_ROOT} is cgroup2 but detect() chose v{m.version}"
     try:
         yield m
