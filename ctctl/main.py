@@ -15,6 +15,7 @@ import click
 
 from ctctl import backup, completion, inside, instance, monitor, network, remote_cmds, snapshot, storage, template, vm
 from ctctl.client import ApiError, default_socket
+from ctctl.connect import make_client
 
 
 class CtlGroup(click.Group):
@@ -39,7 +40,7 @@ class CtlGroup(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str, remote_name: str | None) -> None:
     """Manage ctd's system containers."""
-    ctx.obj = remote_cmds.make_client(ctx, socket_path, remote_name)
+    ctx.obj = make_client(ctx, socket_path, remote_name)
 
 
 NOUNS = (instance, vm, inside, monitor, template, snapshot, backup, storage, network, completion, remote_cmds)

@@ -43,7 +43,7 @@ def instance_ref(ctx: click.Context, param: click.Parameter, value: str | None) 
         raise click.UsageError(f"{value!r} names remote {remote} after an instance without one: put the "
                                "REMOTE: prefix on the first instance too")
     if earlier is None:
-        from ctctl.remote_cmds import make_client
+        from ctctl.connect import make_client
         chosen = make_client(root, root.params["socket_path"], remote)
         context: click.Context | None = ctx
         while context is not None:  # every level: the command finds its client on its own context

@@ -1,9 +1,8 @@
-"""ctctl info, token, audit and remote: the remote API from the command line; and make_client,
-which picks the socket or a remote for every command (ctctl/main.py's group calls it)."""
+"""ctctl info, token, audit and remote: the remote API from the command line (ctctl/connect.py
+picks the socket or a remote for every command)."""
 
 from __future__ import annotations
 
-import os
 import ssl
 import sys
 from typing import Any
@@ -16,24 +15,6 @@ from ctctl.output import emit, table
 from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
 from ctctl.shared import FORMAT, client
 from ctctl.trust_cmds import decode_join_token, redeem, trust
-
-
-def make_client(ctx: click.Context, socket_path: str, remote_name: str | None) -> Client:
-    """--remote NAME, else the socket when --socket or $CTD_SOCKET says so, else the default remote."""
-    if remote_name is None:
-        explicit_socket = (ctx.get_parameter_source("socket_path") is not click.core.ParameterSource.DEFAULT
-                           or "CTD_SOCKET" in os.environ)
-        if explicit_socket:
-            return Client(socket_path)
-        try:
-            remote_name = RemoteConfig.load().default
-        except ApiError as exc:
-            click.echo(f"ctctl: warning: {exc.message}; using the local socket", err=True)
-            return Client(socket_path)
-    if remote_name == LOCAL:
-        return Client(socket_path)
-    return Client(socket_path, remote=RemoteConfig.load().get(remote_name))
-
 
 # ------------------------------------------------------------------ info
 

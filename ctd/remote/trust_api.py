@@ -12,7 +12,7 @@ import logging
 
 from aiohttp import web
 
-from ctd.api.jsonbody import parse_json
+from ctd.api.jsonbody import json_body, parse_json
 from ctd.errors import Forbidden, InvalidRequest
 from ctd.remote.api import ACCESS, IDENTITY, SOURCE, RemoteAccess, identity, rate_limited, refuse
 from ctd.remote.clientcert import peer_certificate
@@ -35,7 +35,6 @@ def _admin_store(request: web.Request) -> TrustStore:
 
 
 async def _object(request: web.Request, known: set[str], example: str) -> dict[str, object]:
-    from ctd.api.handlers import json_body
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest(f"the body must be a JSON object: {example}")
