@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+from ctctl.errors import ApiError as ApiError  # re-exported: ctctl's modules take it from here
+
 if TYPE_CHECKING:
     from ctctl.remotes import Remote
 
@@ -22,16 +24,6 @@ DEFAULT_SOCKET = "/run/ctd/ctd.sock"
 
 def default_socket() -> str:
     return os.environ.get("CTD_SOCKET", DEFAULT_SOCKET)
-
-
-class ApiError(Exception):
-    """Anything ctctl should print as one line and exit non-zero for."""
-
-    def __init__(self, message: str, code: str = "error", status: int = 0) -> None:
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.status = status
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):

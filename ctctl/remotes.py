@@ -25,7 +25,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ctctl.client import ApiError
+from ctctl.errors import ApiError
 
 LOCAL = "local"  # the unix socket; not a name a remote may take
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
