@@ -155,8 +155,8 @@ def create_veth(host_name: str, inside_name: str, mac: str, netns_pid: int, brid
                 batch.run()
                 return
             except NetlinkRefused as exc:
-                if exc.code != errno.EEXIST or attempt:
-                    if exc.code == errno.EEXIST:
+                if exc.errno != errno.EEXIST or attempt:
+                    if exc.errno == errno.EEXIST:
                         raise OperationFailed(f"network interface {host_name} already exists on the host") from None
                     raise
             # The name is this daemon's (its prefix and this instance's id): a veth of an
@@ -332,15 +332,12 @@ def _route_key(route: rtmsg, family: int, index: int) -> dict[str, Any]:
 
 
 class NetlinkRefused(OperationFailed):
-    """The kernel refused one request of a batch; code is its errno."""
+    """The kernel refused one request of a batch; `errno` is why (`code` stays the API's error
+    kind: an errno there reached clients as "code": 17)."""
 
-    # The errno shadows CtdError.code (the API's error kind, a str): an int reaches a client
-    # that sees this error; kept as it is in this refactor (issue #15 changes no behaviour).
-    code: int  # type: ignore[assignment]
-
-    def __init__(self, what: str, code: int) -> None:
-        super().__init__(f"{what}: {os.strerror(code)}")
-        self.code = code
+    def __init__(self, what: str, errno_: int) -> None:
+        super().__init__(f"{what}: {os.strerror(errno_)}")
+        self.errno = errno_
 
 
 def _rtnl_socket() -> socket.socket:
