@@ -181,9 +181,14 @@ def test_cpu_quota_holds_a_busy_loop(grp: CgroupGroup,
     time.sleep(3)
     c1, t1 = int(usage_file.read_text()), time.monotonic()
     share = (c1 - c0) / 1e9 / (t1 - t0)
-    assert 0.2 < share <= 0.55, f"busy loop used {share:.0%} of one cpu"
+    assert 0.1 < share <= 0.55, f"busy loop used {share:.0%} of one cpu"
     u = grp.usage()
     assert u.cpu_seconds is not None and u.cpu_seconds >= (c1 - c0) / 1e9
+    # a period is throttled once the loop ran its 50 ms in it: on a busy host that can take a while
+    deadline = time.monotonic() + 2.5  # the loop runs 6 s from "go"
+    while not grp.usage().cpu_nr_throttled and time.monotonic() < deadline:
+        time.sleep(0.2)
+    u = grp.usage()
     assert u.cpu_nr_throttled and u.cpu_throttled_seconds and u.cpu_throttled_seconds > 0
     cpu = {b.name: b for b in grp.beancounters()}["cpu"]
     assert cpu.limit == 50 and cpu.failcnt > 0

@@ -4,6 +4,7 @@ expect one); --net none gives none. The default network here is the test's own b
 from __future__ import annotations
 
 import ipaddress
+import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,18 +29,29 @@ def inside_ipv4(ctd: Daemon, name: str) -> str:
     return ctd.sh(name, "ip -4 -o addr show").out
 
 
+def free_subnet(ctd: Daemon, network: str) -> str:
+    """Make `network` on a /24 no other network on this host uses (tests of other daemons may
+    run at the same time); its prefix, e.g. '10.231.7.'."""
+    for third in random.sample(range(256), 256):
+        r = ctd.ctl("network", "create", network, "--subnet", f"10.231.{third}.0/24")
+        if r.code == 0:
+            return f"10.231.{third}."
+        assert "overlaps" in r.err, r.err
+    raise AssertionError("no free /24 in 10.231.0.0/16")
+
+
 def test_create_without_net_gets_a_nic_on_the_default_network(dctd: Daemon) -> None:
-    dctd.ok("network", "create", dctd.default_network, "--subnet", "10.231.7.0/24")
+    prefix = free_subnet(dctd, dctd.default_network)
     name = dctd.unique("dn")
     dctd.ok("create", name, "--template", "busybox")
     try:
         nics = dctd.instance(name)["nics"]
         assert len(nics) == 1 and nics[0]["network"] == dctd.default_network and nics[0]["mode"] == "bridged"
         address = nics[0]["addresses"][0]
-        assert address.startswith("10.231.7.") and address != "10.231.7.1"
+        assert address.startswith(prefix) and address != prefix + "1"
         dctd.ok("start", name)
         assert f"inet {address}/24" in inside_ipv4(dctd, name)
-        assert dctd.sh(name, "ping -c1 -W2 10.231.7.1").code == 0  # the host's end of the bridge
+        assert dctd.sh(name, f"ping -c1 -W2 {prefix}1").code == 0  # the host's end of the bridge
         assert address in dctd.ok("list")
     finally:
         dctd.ctl("destroy", "--force", name)

@@ -69,8 +69,13 @@ def test_cpulimit_holds_a_busy_loop(ctd, make_container):
         time.sleep(3)
         used = (g.usage().cpu_seconds - before) / (time.monotonic() - t0)
         assert used <= 0.55, f"{used:.0%} of a CPU"
-        assert used >= 0.2, f"the loop hardly ran ({used:.0%})"
-        assert beancounter(ctd, name, "cpu")["failcnt"] > 0  # throttled periods
+        assert used >= 0.1, f"the loop hardly ran ({used:.0%})"
+        # throttled periods: a period counts once the loop ran its 50 ms in it, which on a busy
+        # host (other tests on both CPUs) can take a while
+        deadline = time.monotonic() + 15
+        while beancounter(ctd, name, "cpu")["failcnt"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert beancounter(ctd, name, "cpu")["failcnt"] > 0
         ctd.ok("set", name, "--cpulimit", "20")
         time.sleep(0.3)
         before, t0 = g.usage().cpu_seconds, time.monotonic()
