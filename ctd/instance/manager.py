@@ -21,13 +21,14 @@ from cgroups import CgroupError, CgroupManager
 
 from cgroups import parse_size
 
-from ctd import faults, guest, idmap, limits as limits_mod, validate
+from ctd import faults, guest, limits as limits_mod, validate
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance import exits
 from ctd.instance.container.driver import STANDBY_GROUP, ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance.container.spec import DEFAULT_NUMPTY
+from ctd.instance.provision import CREATING, NewInstance, Reservations, new_instance
 from ctd.instance.rollback import Rollback
 from ctd.lxcfs import LXCFS_GROUP
 from ctd.instance.vm import applier, rootdisk
@@ -42,9 +43,7 @@ from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
 log = logging.getLogger("ctd.instances")
-FIRST_AUTO_ID = 100
 DISK_CACHE_SECONDS = 5.0
-CREATING = ".creating"  # in an instance's storage dir until create/clone has set up its guest
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
 QEMU_BINARY, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
@@ -129,9 +128,7 @@ class InstanceManager:
         self._locks: dict[int, asyncio.Lock] = {}
         self._probe_lock = threading.Lock()
         self.vm_state: dict[str, Any] = {}  # the VM driver as last probed (probe_vms)
-        self._reserved_names: set[str] = set()
-        self._reserved_ids: set[int] = set()
-        self._reserved_bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
+        self.reservations = Reservations(config, db)
         self._exit_tasks: dict[str, asyncio.Task] = {}
         self._starting: set[str] = set()
         self._numfile_peak: dict[str, int] = {}
@@ -328,12 +325,9 @@ class InstanceManager:
 
     async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
         name, instance_id = checked["name"], checked["id"]
-        if checked.get("type") == "vm":
-            try:
-                return await self._create_vm(checked)
-            finally:
-                self.release(name, instance_id)
-        try:
+        with self.new_instance(name, instance_id) as new:
+            if checked.get("type") == "vm":
+                return await self._create_vm(checked, new)
             recipe = self.templates.recipe_of(checked["template"])
             base = self.reserve_idmap(instance_id, checked["privileged"])
             rec = InstanceRecord(
@@ -346,64 +340,37 @@ class InstanceManager:
                          "nameservers": checked["nameservers"],
                          **({"io_uring": True} if checked.get("io_uring") else {})},
             )
-            with contextlib.ExitStack() as undo:
-                rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
-                undo.callback(self.storage.delete_instance, name)
-                faults.point("create.after_storage")
-                if "diskspace" in checked["limits"]:
-                    await asyncio.to_thread(self.storage.set_quota, name, checked["limits"]["diskspace"])
-                    faults.point("create.after_quota")
-                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
-                creating.touch()
-                await asyncio.to_thread(self.network.prepare, checked["nics"])
-                with self.db.transaction():
-                    self.db.add_instance(rec)
-                    self.network.allocate(rec.id, checked["nics"])
-                undo.callback(self.db.delete_instance, rec.id)
-                faults.point("create.after_db")
-                await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
-                if checked["userpasswd"] is not None:
-                    self.db.update_instance(rec)  # the password's hash, for reinstall
-                creating.unlink()
-                faults.point("create.after_guest")
-                undo.pop_all()
+            rootfs = await asyncio.to_thread(self.storage.create_instance, name, checked["template"])
+            new.storage_made()
+            faults.point("create.after_storage")
+            if "diskspace" in checked["limits"]:
+                await asyncio.to_thread(self.storage.set_quota, name, checked["limits"]["diskspace"])
+                faults.point("create.after_quota")
+            new.mark_creating()
+            await asyncio.to_thread(self.network.prepare, checked["nics"])
+            new.add_record(rec, checked["nics"])
+            faults.point("create.after_db")
+            await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+            if checked["userpasswd"] is not None:
+                self.db.update_instance(rec)  # the password's hash, for reinstall
+            new.commit()
+            faults.point("create.after_guest")
             return self.brief(rec)
-        finally:
-            self.release(name, instance_id)
 
     def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
-        """Hold a name and an id (the given one or the lowest free from 100) for a new instance
-        until release(); a taken one is a Conflict."""
-        if self.db.get_instance(name) or name in self._reserved_names:
-            raise Conflict(f"an instance named {name!r} already exists; {hint}")
-        taken = self.db.used_ids() | self._reserved_ids
-        if instance_id is None:
-            instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
-        elif instance_id in taken:
-            raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
-        self._reserved_names.add(name)
-        self._reserved_ids.add(instance_id)
-        return instance_id
+        """Hold a name and an id for a new instance until release() (see Reservations)."""
+        return self.reservations.reserve(name, instance_id, hint)
 
     def reserve_idmap(self, instance_id: int, privileged: bool) -> int | None:
-        """A free id range for a new instance, held in memory until its row exists (two
-        concurrent creates must not get the same one)."""
-        if privileged:
-            return None
-        base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
-                              self.db.used_idmap_bases() | set(self._reserved_bases.values()),
-                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")),
-                              self.config.idmap_limit)
-        self._reserved_bases[instance_id] = base
-        return base
+        return self.reservations.reserve_idmap(instance_id, privileged)
 
     def release(self, name: str, instance_id: int) -> None:
-        """What check_create (or a clone/restore) reserved, once the work is done or failed."""
-        self._reserved_names.discard(name)
-        self._reserved_ids.discard(instance_id)
-        self._reserved_bases.pop(instance_id, None)
+        self.reservations.release(name, instance_id)
 
-    async def _create_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
+    def new_instance(self, name: str, instance_id: int) -> contextlib.AbstractContextManager[NewInstance]:
+        return new_instance(self.reservations, self.storage, self.db, self.network, name, instance_id)
+
+    async def _create_vm(self, checked: dict[str, Any], new: NewInstance) -> dict[str, Any]:
         """A VM: its disk in the pool, made from a template's root (configured like a container
         of that template, booting the host's Debian kernel) or blank for an installer ISO."""
         name, vm = checked["name"], dict(checked["vm"])
@@ -418,33 +385,29 @@ class InstanceManager:
             init=[], stop_signal="ACPI",
             options={"network_style": "networkd", "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
                      "nameservers": checked["nameservers"], "vm": vm})
-        with contextlib.ExitStack() as undo:
-            await asyncio.to_thread(self.network.prepare, checked["nics"])
-            with self.db.transaction():
-                self.db.add_instance(rec)
-                self.network.allocate(rec.id, checked["nics"])
-            undo.callback(self.db.delete_instance, rec.id)
-            base = self.storage.instance_path(name)
-            undo.callback(self.storage.delete_instance, name)
-            if template:
-                kernel = rootdisk.host_kernel()
-                rootfs = await asyncio.to_thread(self.storage.create_instance, name, template)
-                await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
-                await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
-                await asyncio.to_thread(applier.install, rootfs)
-                await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
-                await asyncio.to_thread(self.storage.drop_root, name)
-                # no guest has run on this disk yet: ctd may still write into it (until the first start)
-                vm.update({"kernel": str(kernel.vmlinuz), "initrd": str(kernel.initrd),
-                           "append": rootdisk.kernel_cmdline(), "pristine": True})
-            else:
-                await asyncio.to_thread(self.storage.new_vm_dir, name)
-                await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
-            rec.options["vm"] = vm
-            assert self.vms is not None
-            await asyncio.to_thread(self.vms.write_seed, rec)
-            self.db.update_instance(rec)
-            undo.pop_all()
+        await asyncio.to_thread(self.network.prepare, checked["nics"])
+        new.add_record(rec, checked["nics"])
+        base = self.storage.instance_path(name)
+        new.storage_made()
+        if template:
+            kernel = rootdisk.host_kernel()
+            rootfs = await asyncio.to_thread(self.storage.create_instance, name, template)
+            await asyncio.to_thread(self.setup_guest, rec, rootfs, checked["userpasswd"])
+            await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
+            await asyncio.to_thread(applier.install, rootfs)
+            await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
+            await asyncio.to_thread(self.storage.drop_root, name)
+            # no guest has run on this disk yet: ctd may still write into it (until the first start)
+            vm.update({"kernel": str(kernel.vmlinuz), "initrd": str(kernel.initrd),
+                       "append": rootdisk.kernel_cmdline(), "pristine": True})
+        else:
+            await asyncio.to_thread(self.storage.new_vm_dir, name)
+            await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
+        rec.options["vm"] = vm
+        assert self.vms is not None
+        await asyncio.to_thread(self.vms.write_seed, rec)
+        self.db.update_instance(rec)
+        new.commit()
         return self.brief(rec)
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
@@ -951,12 +914,9 @@ class InstanceManager:
         """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
         src: InstanceRecord = checked["source"]
         name, instance_id = checked["name"], checked["id"]
-        if src.type is InstanceType.VM:
-            try:
-                return await self._clone_vm(checked)
-            finally:
-                self.release(name, instance_id)
-        try:
+        with self.new_instance(name, instance_id) as new:
+            if src.type is InstanceType.VM:
+                return await self._clone_vm(checked, new)
             base = self.reserve_idmap(instance_id, src.privileged)
             rec = InstanceRecord(
                 id=instance_id, name=name, type=src.type, template=src.template, hostname=name,
@@ -965,30 +925,22 @@ class InstanceManager:
                 init=list(src.init), stop_signal=src.stop_signal, options=copyable_options(src.options))
             nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
                     for n in self.db.nics_of(src.id)]
-            with contextlib.ExitStack() as undo:
-                async with self.lock(src):
-                    rootfs = await asyncio.to_thread(self.storage.clone_instance, src.name, name, checked["snapshot"])
-                undo.callback(self.storage.delete_instance, name)
-                faults.point("clone.after_storage")
-                if "diskspace" in rec.limits:
-                    await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
-                faults.point("clone.before_db")
-                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
-                creating.touch()
-                with self.db.transaction():
-                    self.db.add_instance(rec)
-                    self.network.allocate(rec.id, [n for n in nics if n.network])
-                undo.callback(self.db.delete_instance, rec.id)
-                faults.point("clone.after_db")
-                await asyncio.to_thread(guest.new_identity, rootfs)
-                await asyncio.to_thread(self.setup_guest, rec, rootfs)
-                creating.unlink()
-                undo.pop_all()
+            async with self.lock(src):
+                rootfs = await asyncio.to_thread(self.storage.clone_instance, src.name, name, checked["snapshot"])
+            new.storage_made()
+            faults.point("clone.after_storage")
+            if "diskspace" in rec.limits:
+                await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+            faults.point("clone.before_db")
+            new.mark_creating()
+            new.add_record(rec, [n for n in nics if n.network])
+            faults.point("clone.after_db")
+            await asyncio.to_thread(guest.new_identity, rootfs)
+            await asyncio.to_thread(self.setup_guest, rec, rootfs)
+            new.commit()
             return self.brief(rec)
-        finally:
-            self.release(name, instance_id)
 
-    async def _clone_vm(self, checked: dict[str, Any]) -> dict[str, Any]:
+    async def _clone_vm(self, checked: dict[str, Any], new: NewInstance) -> dict[str, Any]:
         """A stopped VM's copy: reflinked disk, copied UEFI variables and TPM state; new id, uuid,
         MACs, addresses and hostname, in a new seed (whose new instance-id makes cloud-init, or
         ctd's applier in a template disk, treat the clone as a new machine), and written into
@@ -1003,20 +955,14 @@ class InstanceManager:
             created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             init=[], stop_signal=src.stop_signal, options={**copyable_options(src.options), "vm": vm})
         nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in self.db.nics_of(src.id) if n.network]
-        with contextlib.ExitStack() as undo:
-            async with self.lock(src):
-                await asyncio.to_thread(self.storage.clone_vm_dir, src.name, name, checked["snapshot"])
-            undo.callback(self.storage.delete_instance, name)
-            creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
-            creating.touch()
-            with self.db.transaction():
-                self.db.add_instance(rec)
-                self.network.allocate(rec.id, nics)
-            undo.callback(self.db.delete_instance, rec.id)
-            await asyncio.to_thread(self._configure_vm_disk, rec, None, True)
-            await asyncio.to_thread(self.vms.write_seed, rec)
-            creating.unlink()
-            undo.pop_all()
+        async with self.lock(src):
+            await asyncio.to_thread(self.storage.clone_vm_dir, src.name, name, checked["snapshot"])
+        new.storage_made()
+        new.mark_creating()
+        new.add_record(rec, nics)
+        await asyncio.to_thread(self._configure_vm_disk, rec, None, True)
+        await asyncio.to_thread(self.vms.write_seed, rec)
+        new.commit()
         return self.brief(rec)
 
     # ------------------------------------------------------------- reinstall

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 from ctd import guest, validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
-from ctd.instance.manager import CREATING, InstanceManager
+from ctd.instance.manager import InstanceManager
 from ctd.instance.restore_plan import GUEST_OPTIONS, plan_restore
 from ctd.operations import Operation
 from ctd.state import InstanceRecord, InstanceType, PowerState, TemplateRecord
@@ -85,33 +84,25 @@ class Transfers:
 
     async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
         name, instance_id, plan = checked["name"], checked["id"], checked["plan"]
-        try:
+        with self.instances.new_instance(name, instance_id) as new:
             base = self.instances.reserve_idmap(instance_id, plan.privileged)
             rec = InstanceRecord(
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=plan.template,
                 hostname=plan.hostname, privileged=plan.privileged, idmap_base=base, limits=plan.limits,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 init=plan.init, stop_signal=plan.stop_signal, options=plan.options)
-            with contextlib.ExitStack() as undo:
-                await asyncio.to_thread(backup.restore_backup, self.storage, checked["file"], name, progress_of(op))
-                undo.callback(self.storage.delete_instance, name)
-                if "diskspace" in rec.limits:
-                    await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
-                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
-                creating.touch()
-                with self.db.transaction():
-                    self.db.add_instance(rec)
-                    self.instances.network.allocate(rec.id, plan.nics)
-                undo.callback(self.db.delete_instance, rec.id)
-                rootfs = self.storage.rootfs(name)
-                if plan.new_identity:  # a copy beside its source must not pass for it (as clone)
-                    await asyncio.to_thread(guest.new_identity, rootfs)
-                await asyncio.to_thread(self.instances.setup_guest, rec, rootfs)
-                creating.unlink()
-                undo.pop_all()
+            await asyncio.to_thread(backup.restore_backup, self.storage, checked["file"], name, progress_of(op))
+            new.storage_made()
+            if "diskspace" in rec.limits:
+                await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+            new.mark_creating()
+            new.add_record(rec, plan.nics)
+            rootfs = self.storage.rootfs(name)
+            if plan.new_identity:  # a copy beside its source must not pass for it (as clone)
+                await asyncio.to_thread(guest.new_identity, rootfs)
+            await asyncio.to_thread(self.instances.setup_guest, rec, rootfs)
+            new.commit()
             return {**self.instances.brief(rec), "notes": plan.notes}
-        finally:
-            self.instances.release(name, instance_id)
 
     # ------------------------------------------------------------- template tarballs
 
