@@ -1,111 +1,147 @@
-"""Making a new instance safely: reservations of names, ids and id ranges, and the undo of a
-create, clone or restore that fails half-way.
+"""Provisioning: checking and carrying out create, clone and reinstall.
 
-`Reservations` holds what a request checked as free (a name, an instance id, an id range) in
-memory until the work ends, so two concurrent requests never get the same one. `new_instance`
-is the one block every maker of an instance uses: whatever it registered (storage made, row
-added with its addresses) is taken back if the body raises, the `.creating` marker tells a
-restarted ctd to drop a half-made one, and the reservation is released in any case.
+check_* validate a request completely before any work (4xx errors, name and id reserved);
+create/clone then hand the kind-specific work to the instance's kind inside one undo block
+(ctd/instance/reserve.py), which takes back what was made if it fails and releases the
+reservation either way. The manager holds the locks and answers; this module does the work.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from ctd import idmap, validate
-from ctd.config import DaemonConfig
-from ctd.errors import Conflict
-from ctd.network.manager import NetworkManager, NicRequest
-from ctd.state import InstanceRecord, StateDB
-from ctd.storage.base import StorageDriver
+from ctd import guest, validate
+from ctd import limits as limits_mod
+from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.instance.context import InstanceContext
+from ctd.instance.kinds import Kinds
+from ctd.instance.reserve import NewInstance, new_instance
+from ctd.network import ipam
+from ctd.state import InstanceRecord, PowerState
 
-FIRST_AUTO_ID = 100
-CREATING = ".creating"  # in an instance's storage dir until create/clone has set up its guest
-
-
-class Reservations:
-    """Names, ids and id ranges held for instances whose row does not exist yet."""
-
-    def __init__(self, config: DaemonConfig, db: StateDB) -> None:
-        self.config = config
-        self.db = db
-        self._names: set[str] = set()
-        self._ids: set[int] = set()
-        self._bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
-
-    def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
-        """Hold a name and an id (the given one or the lowest free from 100) for a new instance
-        until release(); a taken one is a Conflict."""
-        if self.db.get_instance(name) or name in self._names:
-            raise Conflict(f"an instance named {name!r} already exists; {hint}")
-        taken = self.db.used_ids() | self._ids
-        if instance_id is None:
-            instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
-        elif instance_id in taken:
-            raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
-        self._names.add(name)
-        self._ids.add(instance_id)
-        return instance_id
-
-    def reserve_idmap(self, instance_id: int, privileged: bool) -> int | None:
-        """A free id range for a new instance, held in memory until its row exists (two
-        concurrent creates must not get the same one)."""
-        if privileged:
-            return None
-        base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
-                              self.db.used_idmap_bases() | set(self._bases.values()),
-                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")),
-                              self.config.idmap_limit)
-        self._bases[instance_id] = base
-        return base
-
-    def release(self, name: str, instance_id: int) -> None:
-        """What a check reserved, once the work is done or failed."""
-        self._names.discard(name)
-        self._ids.discard(instance_id)
-        self._bases.pop(instance_id, None)
+CREATE_FIELDS = {"name", "template", "id", "hostname", "privileged", "limits", "type", "nics", "nameservers",
+                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"}
 
 
-class NewInstance:
-    """What one create/clone/restore has made so far; undone (newest first) unless commit()."""
+class Provisioner:
+    """Create, clone and reinstall, for every kind."""
 
-    def __init__(self, storage: StorageDriver, db: StateDB, network: NetworkManager, name: str,
-                 undo: contextlib.ExitStack) -> None:
-        self.storage, self.db, self.network, self.name = storage, db, network, name
-        self._undo = undo
-        self._marker: Path | None = None
+    def __init__(self, ctx: InstanceContext, kinds: Kinds) -> None:
+        self.ctx = ctx
+        self.kinds = kinds
 
-    def storage_made(self) -> None:
-        """Its storage exists (or is being made): deleted again on failure."""
-        self._undo.callback(self.storage.delete_instance, self.name)
+    # ------------------------------------------------------------- create
 
-    def mark_creating(self) -> None:
-        """The marker recover() looks for: a ctd that dies before commit() drops this instance."""
-        self._marker = self.storage.instance_path(self.name) / CREATING
-        self._marker.touch()
+    def check_create(self, body: Any) -> dict[str, Any]:
+        """Everything that can be checked before work starts; raises 4xx errors."""
+        ctx = self.ctx
+        body = validate.body_fields(body, CREATE_FIELDS, {"name"})
+        name = validate.instance_name(body["name"])
+        kind = self.kinds.named(body.get("type", "container"))
+        vm = kind.check_body(body)
+        template_name = body.get("template")
+        template = None
+        if template_name is not None:
+            if not isinstance(template_name, str) or not template_name:
+                raise InvalidRequest("template must be a template name, e.g. 'busybox'")
+            template = ctx.templates.get(validate.instance_name(template_name, "template name"))
+        hostname = validate.hostname(body.get("hostname") or name)
+        privileged = validate.boolean(body, "privileged")
+        io_uring = validate.boolean(body, "io_uring")
+        if io_uring and not kind.takes_io_uring:
+            raise InvalidRequest(f"io_uring is a container option; a {kind.type.value.upper()} has its own kernel")
+        limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(ctx.host_cpus)))
+        ctx.check_io_device(limits)
+        kind.check_limits(limits)
+        nics = ctx.network.check_nics(body.get("nics"))
+        nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
+        userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
+        ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
+        timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
+        wanted_id = validate.instance_id(body["id"]) if body.get("id") is not None else None
+        instance_id = ctx.reservations.reserve(name, wanted_id, "choose another name")
+        return {"name": name, "id": instance_id, "template": template.name if template else "",
+                "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
+                "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
+                "type": kind.type.value, "vm": vm, "io_uring": io_uring}
 
-    def add_record(self, rec: InstanceRecord, nics: list[NicRequest]) -> None:
-        """Its row and its NICs' addresses in one transaction; the row goes again on failure."""
-        with self.db.transaction():
-            self.db.add_instance(rec)
-            self.network.allocate(rec.id, nics)
-        self._undo.callback(self.db.delete_instance, rec.id)
+    async def create(self, checked: dict[str, Any]) -> InstanceRecord:
+        kind = self.kinds.named(checked["type"])
+        with self._new_instance(checked) as new:
+            return await kind.create(checked, new)
 
-    def commit(self) -> None:
-        """Done: the marker goes and nothing is undone any more."""
-        if self._marker is not None:
-            self._marker.unlink()
-        self._undo.pop_all()
+    def _new_instance(self, checked: dict[str, Any]) -> contextlib.AbstractContextManager[NewInstance]:
+        ctx = self.ctx
+        return new_instance(ctx.reservations, ctx.storage, ctx.db, ctx.network, checked["name"], checked["id"])
+
+    # ------------------------------------------------------------- clone
+
+    def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
+        body = validate.body_fields(body, {"name", "snapshot"}, {"name"})
+        snap = body.get("snapshot")
+        if snap is not None:
+            snap = validate.instance_name(snap, "snapshot name")
+            if snap not in self.ctx.storage.list_snapshots(src.name):
+                raise NotFound(f"{src.name} has no snapshot {snap!r}")
+        elif src.state is not PowerState.STOPPED:
+            raise Conflict(f"{src.name} is running: a copy of a live root is not consistent; stop it, "
+                           "or snapshot it and clone the snapshot (--snapshot)")
+        checked = self.check_create(self.kinds.of(src).clone_body(src, body["name"]))
+        checked["source"], checked["snapshot"] = src, snap
+        return checked
+
+    async def clone(self, checked: dict[str, Any], src_lock: asyncio.Lock) -> InstanceRecord:
+        """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
+        src: InstanceRecord = checked["source"]
+        with self._new_instance(checked) as new:
+            return await self.kinds.of(src).clone(checked, new, src_lock)
+
+    # ------------------------------------------------------------- reinstall
+
+    def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
+        self.kinds.of(rec).check_reinstall(rec)
+        self.ctx.templates.get(validate.instance_name(template, "template name"))
+        if rec.state is not PowerState.STOPPED and not restart:
+            raise Conflict(f"{rec.name} is running; stop it first or reinstall with --restart")
+
+    async def reinstall(self, rec: InstanceRecord, template: str) -> list[str]:
+        """A fresh root from the template for a stopped container (OpenVZ's reinstall): id,
+        limits, NICs, keys and passwords stay. Returns notes (passwords that could not stay)."""
+        ctx = self.ctx
+        recipe = ctx.templates.recipe_of(template)
+        passwords = await asyncio.to_thread(passwords_of, rec, ctx.storage.rootfs(rec.name))
+        rootfs = await asyncio.to_thread(ctx.storage.reinstall_root, rec.name, template)
+        rec.template, rec.init, rec.stop_signal = template, list(recipe.init), recipe.stop_signal
+        rec.options.update({"systemd": recipe.systemd, "network_style": recipe.network_style})
+        ctx.db.update_instance(rec)
+        await asyncio.to_thread(ctx.setup_guest, rec, rootfs)
+        return await asyncio.to_thread(put_passwords, rootfs, passwords, template)
 
 
-@contextlib.contextmanager
-def new_instance(reservations: Reservations, storage: StorageDriver, db: StateDB, network: NetworkManager,
-                 name: str, instance_id: int) -> Iterator[NewInstance]:
-    """The undo block of a new instance; its name and id are released at the end either way."""
-    try:
-        with contextlib.ExitStack() as undo:
-            yield NewInstance(storage, db, network, name, undo)
-    finally:
-        reservations.release(name, instance_id)
+def passwords_of(rec: InstanceRecord, rootfs: Path) -> dict[str, str]:
+    """The hashes a reinstall keeps: root's, and the user's set with --userpasswd, as they
+    are in the old root (the tenant may have changed them, or locked them: then none), else
+    (no such user or no readable shadow there) the hash ctd kept when it set the password."""
+    kept = rec.options.get("passwd") or {}
+    users = ["root"] + ([kept["user"]] if kept.get("user") not in (None, "root") else [])
+    out = {}
+    for user in users:
+        current = guest.password_field(rootfs, user)
+        if current is None and kept.get("user") == user:
+            current = kept.get("hash")
+        if guest.is_password_hash(current):
+            out[user] = current
+    return out
+
+
+def put_passwords(rootfs: Path, passwords: dict[str, str], template: str) -> list[str]:
+    notes = []
+    for user, hashed in passwords.items():
+        try:
+            guest.set_password_hash(rootfs, user, hashed)
+        except InvalidRequest:  # the new template has no such user (or no /etc/shadow)
+            notes.append(f"the password of {user!r} was not kept: template {template} has no such user")
+    return notes

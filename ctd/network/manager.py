@@ -390,6 +390,11 @@ class NetworkManager:
                 _sysctl(f"net/ipv6/conf/{bridge}/{key}", "1")
         netlink.set_ndp_proxies(bridge, add, remove)
 
+    def refilter(self) -> None:
+        """The anti-spoofing table made again from the filters held (after a restart: those of
+        adopted instances' NICs; the rest, of NICs whose instance died meanwhile, go)."""
+        self._refilter([], False)
+
     def _refilter(self, nics: list[NicRecord], add: bool) -> None:
         with self._filter_lock:  # starts and stops run in threads of their own
             self._refilter_locked(nics, add)
