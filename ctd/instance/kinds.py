@@ -31,6 +31,9 @@ class Kinds:
         """The kind of an existing instance (whether or not it can run here now)."""
         return self._by_type[rec.type]
 
+    def of_type(self, kind_type: InstanceType) -> InstanceKind:
+        return self._by_type[kind_type]
+
     def named(self, name: object) -> InstanceKind:
         """The kind a request names ("type": "container" / "vm"); 400 for an unknown one."""
         for kind_type, kind in self._by_type.items():

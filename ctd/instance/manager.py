@@ -30,6 +30,7 @@ from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.kind import InstanceKind
 from ctd.instance.kinds import Kinds
 from ctd.instance.provision import Provisioner
+from ctd.instance.requests import CloneRequest, CreateRequest, SetRequest
 from ctd.instance.reserve import NewInstance, Reservations, new_instance
 from ctd.instance.settings import Settings
 from ctd.instance.vm.driver import VmDriver
@@ -176,19 +177,19 @@ class InstanceManager:
 
     # ------------------------------------------------------------- provisioning (provision.py)
 
-    def check_create(self, body: Any) -> dict[str, Any]:
+    def check_create(self, body: Any) -> CreateRequest:
         """Everything that can be checked before work starts; raises 4xx errors."""
         return self.provision.check_create(body)
 
-    async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
-        return self.brief(await self.provision.create(checked))
+    async def create(self, req: CreateRequest) -> dict[str, Any]:
+        return self.brief(await self.provision.create(req))
 
-    def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
+    def check_clone(self, src: InstanceRecord, body: Any) -> CloneRequest:
         return self.provision.check_clone(src, body)
 
-    async def clone(self, checked: dict[str, Any]) -> dict[str, Any]:
+    async def clone(self, req: CloneRequest) -> dict[str, Any]:
         """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
-        return self.brief(await self.provision.clone(checked, self.lock(checked["source"])))
+        return self.brief(await self.provision.clone(req, self.lock(req.source)))
 
     def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
         self.provision.check_reinstall(rec, template, restart)
@@ -350,14 +351,14 @@ class InstanceManager:
     def resources(self, rec: InstanceRecord, removed: frozenset[str] = frozenset()) -> Resources:
         return self.ctx.resources(rec, removed)
 
-    def check_set(self, body: Any) -> dict[str, Any]:
+    def check_set(self, body: Any) -> SetRequest:
         return settings.check_set(self.ctx, body)
 
-    async def set_config(self, rec: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
+    async def set_config(self, rec: InstanceRecord, req: SetRequest) -> dict[str, Any]:
         """ctctl set, all or nothing (see Settings.apply), answered with the instance's view."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            notes = await self.settings.apply(rec, checked)
+            notes = await self.settings.apply(rec, req)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
     def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]:

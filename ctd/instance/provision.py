@@ -18,6 +18,7 @@ from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
+from ctd.instance.requests import CloneRequest, CreateRequest
 from ctd.instance.reserve import NewInstance, new_instance
 from ctd.network import ipam
 from ctd.state import InstanceRecord, PowerState
@@ -35,13 +36,13 @@ class Provisioner:
 
     # ------------------------------------------------------------- create
 
-    def check_create(self, body: Any) -> dict[str, Any]:
+    def check_create(self, body: Any) -> CreateRequest:
         """Everything that can be checked before work starts; raises 4xx errors."""
         ctx = self.ctx
         body = validate.body_fields(body, CREATE_FIELDS, {"name"})
         name = validate.instance_name(body["name"])
         kind = self.kinds.named(body.get("type", "container"))
-        vm = kind.check_body(body)
+        options = kind.check_body(body)
         template_name = body.get("template")
         template = None
         if template_name is not None:
@@ -63,23 +64,23 @@ class Provisioner:
         timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
         wanted_id = validate.instance_id(body["id"]) if body.get("id") is not None else None
         instance_id = ctx.reservations.reserve(name, wanted_id, "choose another name")
-        return {"name": name, "id": instance_id, "template": template.name if template else "",
-                "hostname": hostname, "privileged": privileged, "limits": limits, "nics": nics,
-                "nameservers": nameservers, "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone,
-                "type": kind.type.value, "vm": vm, "io_uring": io_uring}
+        return CreateRequest(name=name, id=instance_id, type=kind.type, template=template.name if template else "",
+                             hostname=hostname, privileged=privileged, limits=limits, nics=nics,
+                             nameservers=nameservers, userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone,
+                             io_uring=io_uring, options=options)
 
-    async def create(self, checked: dict[str, Any]) -> InstanceRecord:
-        kind = self.kinds.named(checked["type"])
-        with self._new_instance(checked) as new:
-            return await kind.create(checked, new)
+    async def create(self, req: CreateRequest) -> InstanceRecord:
+        kind = self.kinds.of_type(req.type)
+        with self._new_instance(req) as new:
+            return await kind.create(req, new)
 
-    def _new_instance(self, checked: dict[str, Any]) -> contextlib.AbstractContextManager[NewInstance]:
+    def _new_instance(self, req: CreateRequest) -> contextlib.AbstractContextManager[NewInstance]:
         ctx = self.ctx
-        return new_instance(ctx.reservations, ctx.storage, ctx.db, ctx.network, checked["name"], checked["id"])
+        return new_instance(ctx.reservations, ctx.storage, ctx.db, ctx.network, req.name, req.id)
 
     # ------------------------------------------------------------- clone
 
-    def check_clone(self, src: InstanceRecord, body: Any) -> dict[str, Any]:
+    def check_clone(self, src: InstanceRecord, body: Any) -> CloneRequest:
         body = validate.body_fields(body, {"name", "snapshot"}, {"name"})
         snap = body.get("snapshot")
         if snap is not None:
@@ -89,15 +90,13 @@ class Provisioner:
         elif src.state is not PowerState.STOPPED:
             raise Conflict(f"{src.name} is running: a copy of a live root is not consistent; stop it, "
                            "or snapshot it and clone the snapshot (--snapshot)")
-        checked = self.check_create(self.kinds.of(src).clone_body(src, body["name"]))
-        checked["source"], checked["snapshot"] = src, snap
-        return checked
+        new = self.check_create(self.kinds.of(src).clone_body(src, body["name"]))
+        return CloneRequest(new, src, snap)
 
-    async def clone(self, checked: dict[str, Any], src_lock: asyncio.Lock) -> InstanceRecord:
+    async def clone(self, req: CloneRequest, src_lock: asyncio.Lock) -> InstanceRecord:
         """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
-        src: InstanceRecord = checked["source"]
-        with self._new_instance(checked) as new:
-            return await self.kinds.of(src).clone(checked, new, src_lock)
+        with self._new_instance(req.new) as new:
+            return await self.kinds.of(req.source).clone(req, new, src_lock)
 
     # ------------------------------------------------------------- reinstall
 

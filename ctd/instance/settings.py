@@ -21,6 +21,7 @@ from ctd.errors import Conflict, InvalidRequest, NotSupported
 from ctd.instance.container.spec import DEFAULT_NUMPTY
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.kinds import Kinds
+from ctd.instance.requests import KEEP_RATE, SetRequest
 from ctd.instance.rollback import Rollback
 from ctd.network import ipam
 from ctd.network.tc import parse_rate
@@ -60,35 +61,35 @@ def ptys_held(pids: set[int]) -> int:
     return len(held)
 
 
-def network_step(checked: dict[str, Any]) -> str:
+def network_step(req: SetRequest) -> str:
     """How a set's address/rate step is named in its error."""
-    parts = [f"--ipadd {a}" for a in checked["ipadd"]] + [f"--ipdel {a}" for a in checked["ipdel"]]
-    if checked["rate"] != "keep":
-        parts.append(f"--rate {checked['rate'] or 'unlimited'}")
+    parts = [f"--ipadd {a}" for a in req.ipadd] + [f"--ipdel {a}" for a in req.ipdel]
+    if req.rate != KEEP_RATE:
+        parts.append(f"--rate {req.rate or 'unlimited'}")
     return " ".join(parts)
 
 
-def check_set(ctx: InstanceContext, body: Any) -> dict[str, Any]:
+def check_set(ctx: InstanceContext, body: Any) -> SetRequest:
     """The set request on its own (4xx errors); what needs the instance is checked in apply()."""
     body = validate.body_fields(body, SET_FIELDS)
     hostname = validate.hostname(body["hostname"]) if body.get("hostname") is not None else None
     changes = limits_mod.normalise(body.get("limits") or {}, len(ctx.host_cpus))
     ipadd = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipadd")]
     ipdel = [str(ipam.parse_address(a)) for a in validate.string_list(body, "ipdel")]
-    rate: int | None | str = "keep"
+    rate: int | None | str = KEEP_RATE
     if body.get("rate") is not None:
         rate = None if str(body["rate"]).lower() in ("unlimited", "none", "0") else parse_rate(body["rate"])
     nameservers = [str(ipam.parse_address(a)) for a in validate.string_list(body, "nameservers")]
     userpasswd = guest.check_userpasswd(body["userpasswd"]) if body.get("userpasswd") is not None else None
     ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
     timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
-    if not (changes or ipadd or ipdel or rate != "keep" or nameservers or userpasswd or ssh_keys or timezone
+    if not (changes or ipadd or ipdel or rate != KEEP_RATE or nameservers or userpasswd or ssh_keys or timezone
             or hostname):
         raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key, "
                              "timezone or hostname")
     ctx.check_io_device(changes)
-    return {"limits": changes, "ipadd": ipadd, "ipdel": ipdel, "rate": rate, "nameservers": nameservers,
-            "userpasswd": userpasswd, "ssh_keys": ssh_keys, "timezone": timezone, "hostname": hostname}
+    return SetRequest(limits=changes, ipadd=ipadd, ipdel=ipdel, rate=rate, nameservers=nameservers,
+                      userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone, hostname=hostname)
 
 
 class Settings:
@@ -101,41 +102,41 @@ class Settings:
         self._numpty_peak: dict[str, int] = {}
         self._disk_peak: dict[str, int] = {}
 
-    async def apply(self, rec: InstanceRecord, checked: dict[str, Any]) -> list[str]:
+    async def apply(self, rec: InstanceRecord, req: SetRequest) -> list[str]:
         """Limits, addresses, rate, guest settings — all or nothing. Every option is checked
         against the instance before anything changes; then each is applied (live where it
         runs), and a failure half-way takes back what was applied and says so in the error
         (a password hashed into the guest is the one step that cannot be taken back: it goes
         last). A running VM's cpus/ram follow after everything is stored, as far as QEMU can.
         Returns the notes for the answer."""
-        await self._check_for(rec, checked)
+        await self._check_for(rec, req)
         before = copy.deepcopy(rec)
         done = Rollback(rec.name)
         notes: list[str] = []
         step = "set"
         try:
-            if "diskspace" in checked["limits"]:
+            if "diskspace" in req.limits:
                 step = "diskspace"
-                await self._quota_step(rec, checked["limits"]["diskspace"], done)
-            if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
-                step = network_step(checked)
-                await self._network_step(rec, checked, done)
-            if checked["limits"]:
+                await self._quota_step(rec, req.limits["diskspace"], done)
+            if req.changes_network:
+                step = network_step(req)
+                await self._network_step(rec, req, done)
+            if req.limits:
                 step = "limits"
-                await self._limits_step(rec, before, checked["limits"], done)
+                await self._limits_step(rec, before, req.limits, done)
             step = "guest settings"
-            await self._guest_step(rec, before, checked, done, notes)
+            await self._guest_step(rec, before, req, done, notes)
             step = "saving the settings"
             self.ctx.db.update_instance(rec)
         except BaseException as exc:
             raise await done.fail(exc, step) from None
-        if checked["limits"]:
-            notes += await self.kinds.of(rec).after_set(rec, checked["limits"])
+        if req.limits:
+            notes += await self.kinds.of(rec).after_set(rec, req.limits)
         return notes
 
-    async def _check_for(self, rec: InstanceRecord, checked: dict[str, Any]) -> None:
+    async def _check_for(self, rec: InstanceRecord, req: SetRequest) -> None:
         """What check_set could not know without the instance: refused before any change."""
-        ctx, kind, limits = self.ctx, self.kinds.of(rec), checked["limits"]
+        ctx, kind, limits = self.ctx, self.kinds.of(rec), req.limits
         kind.check_limits(limits)
         if limits.get("diskspace", limits_mod.UNLIMITED) != limits_mod.UNLIMITED:
             if ctx.storage.name != "btrfs":
@@ -145,10 +146,10 @@ class Settings:
             if limits["diskspace"] < used:
                 raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used}"
                                      f" bytes on disk; the disk limit must be at least that")
-        if checked["ipadd"] or checked["ipdel"] or checked["rate"] != "keep":
-            ctx.network.check_change(rec, checked["ipadd"], checked["ipdel"], checked["rate"], kind.is_running(rec))
-        if checked["userpasswd"] is not None:
-            kind.check_password_user(rec, checked["userpasswd"][0])
+        if req.changes_network:
+            ctx.network.check_change(rec, req.ipadd, req.ipdel, req.rate, kind.is_running(rec))
+        if req.userpasswd is not None:
+            kind.check_password_user(rec, req.userpasswd[0])
 
     async def _quota_step(self, rec: InstanceRecord, limit: int, done: Rollback) -> None:
         storage = self.ctx.storage
@@ -160,7 +161,7 @@ class Settings:
         done.done("diskspace", undo)
         await asyncio.to_thread(storage.set_quota, rec.name, None if limit == limits_mod.UNLIMITED else limit)
 
-    async def _network_step(self, rec: InstanceRecord, checked: dict[str, Any], done: Rollback) -> None:
+    async def _network_step(self, rec: InstanceRecord, req: SetRequest, done: Rollback) -> None:
         """--ipadd/--ipdel/--rate: the state, the host side (a running VM's tap too) and, in a
         running container, its interface; a VM's guest takes its addresses at next start."""
         network, kind = self.ctx.network, self.kinds.of(rec)
@@ -171,9 +172,9 @@ class Settings:
             inside = await asyncio.to_thread(network.restore_nics, rec, before, live)
             await kind.configure_nics(rec, inside)
 
-        done.done(network_step(checked), undo)   # before the change: undoes a half-made one too
-        inside = await asyncio.to_thread(network.change, rec, checked["ipadd"], checked["ipdel"],
-                                         checked["rate"], live)
+        done.done(network_step(req), undo)   # before the change: undoes a half-made one too
+        inside = await asyncio.to_thread(network.change, rec, req.ipadd, req.ipdel,
+                                         req.rate, live)
         await kind.configure_nics(rec, inside)
 
     async def _limits_step(self, rec: InstanceRecord, before: InstanceRecord, changes: dict[str, int],
@@ -187,21 +188,21 @@ class Settings:
         await self.kinds.of(rec).apply_limits(rec, before, new_limits, removed, done)
         rec.limits = new_limits
 
-    async def _guest_step(self, rec: InstanceRecord, before: InstanceRecord, checked: dict[str, Any],
+    async def _guest_step(self, rec: InstanceRecord, before: InstanceRecord, req: SetRequest,
                           done: Rollback, notes: list[str]) -> None:
         """Hostname, DNS, keys, timezone (and addresses) into the guest's files — a VM's seed —
         and the password last (its old hash is gone once the new one is written)."""
-        guest_changed = bool(checked["ipadd"] or checked["ipdel"] or checked["nameservers"]
-                             or checked["ssh_keys"] or checked["timezone"] or checked["hostname"])
-        userpasswd = checked["userpasswd"]
+        guest_changed = bool(req.ipadd or req.ipdel or req.nameservers
+                             or req.ssh_keys or req.timezone or req.hostname)
+        userpasswd = req.userpasswd
         if not (guest_changed or userpasswd):
             return
-        for key in ("nameservers", "ssh_keys", "timezone"):
-            if checked[key]:
-                rec.options[key] = checked[key]
+        for key, value in (("nameservers", req.nameservers), ("ssh_keys", req.ssh_keys), ("timezone", req.timezone)):
+            if value:
+                rec.options[key] = value
         kind = self.kinds.of(rec)
-        if checked["hostname"]:
-            rec.hostname = checked["hostname"]
+        if req.hostname:
+            rec.hostname = req.hostname
             if kind.is_running(rec):
                 notes.append("hostname: applies at next start")
         await kind.write_guest(rec, before, userpasswd, notes, done)

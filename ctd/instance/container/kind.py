@@ -18,6 +18,7 @@ from ctd import faults, guest
 from ctd.errors import Conflict, InvalidRequest
 from ctd.instance.container.driver import ContainerDriver, cgroup_name
 from ctd.instance.context import InstanceContext, set_password
+from ctd.instance.requests import CloneRequest, CreateRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
 from ctd.network.manager import NicRequest
@@ -80,48 +81,48 @@ class ContainerKind:
     def check_reinstall(self, rec: InstanceRecord) -> None:
         """Containers can be reinstalled."""
 
-    async def create(self, checked: dict[str, Any], new: NewInstance) -> InstanceRecord:
-        ctx, name = self.ctx, checked["name"]
-        recipe = ctx.templates.recipe_of(checked["template"])
-        base = ctx.reservations.reserve_idmap(checked["id"], checked["privileged"])
+    async def create(self, req: CreateRequest, new: NewInstance) -> InstanceRecord:
+        ctx, name = self.ctx, req.name
+        recipe = ctx.templates.recipe_of(req.template)
+        base = ctx.reservations.reserve_idmap(req.id, req.privileged)
         rec = InstanceRecord(
-            id=checked["id"], name=name, type=InstanceType.CONTAINER, template=checked["template"],
-            hostname=checked["hostname"], privileged=checked["privileged"], idmap_base=base,
-            limits=checked["limits"], created_at=_now(), init=list(recipe.init), stop_signal=recipe.stop_signal,
+            id=req.id, name=name, type=InstanceType.CONTAINER, template=req.template,
+            hostname=req.hostname, privileged=req.privileged, idmap_base=base,
+            limits=req.limits, created_at=_now(), init=list(recipe.init), stop_signal=recipe.stop_signal,
             options={"systemd": recipe.systemd, "network_style": recipe.network_style,
-                     "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
-                     "nameservers": checked["nameservers"],
-                     **({"io_uring": True} if checked.get("io_uring") else {})},
+                     "ssh_keys": req.ssh_keys, "timezone": req.timezone,
+                     "nameservers": req.nameservers,
+                     **({"io_uring": True} if req.io_uring else {})},
         )
-        rootfs = await asyncio.to_thread(ctx.storage.create_instance, name, checked["template"])
+        rootfs = await asyncio.to_thread(ctx.storage.create_instance, name, req.template)
         new.storage_made()
         faults.point("create.after_storage")
-        if "diskspace" in checked["limits"]:
-            await asyncio.to_thread(ctx.storage.set_quota, name, checked["limits"]["diskspace"])
+        if "diskspace" in req.limits:
+            await asyncio.to_thread(ctx.storage.set_quota, name, req.limits["diskspace"])
             faults.point("create.after_quota")
         new.mark_creating()
-        await asyncio.to_thread(ctx.network.prepare, checked["nics"])
-        new.add_record(rec, checked["nics"])
+        await asyncio.to_thread(ctx.network.prepare, req.nics)
+        new.add_record(rec, req.nics)
         faults.point("create.after_db")
-        await asyncio.to_thread(ctx.setup_guest, rec, rootfs, checked["userpasswd"])
-        if checked["userpasswd"] is not None:
+        await asyncio.to_thread(ctx.setup_guest, rec, rootfs, req.userpasswd)
+        if req.userpasswd is not None:
             ctx.db.update_instance(rec)  # the password's hash, for reinstall
         new.commit()
         faults.point("create.after_guest")
         return rec
 
-    async def clone(self, checked: dict[str, Any], new: NewInstance, src_lock: asyncio.Lock) -> InstanceRecord:
+    async def clone(self, req: CloneRequest, new: NewInstance, src_lock: asyncio.Lock) -> InstanceRecord:
         """A new container from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
-        ctx, src, name = self.ctx, checked["source"], checked["name"]
-        base = ctx.reservations.reserve_idmap(checked["id"], src.privileged)
+        ctx, src, name = self.ctx, req.source, req.name
+        base = ctx.reservations.reserve_idmap(req.new.id, src.privileged)
         rec = InstanceRecord(
-            id=checked["id"], name=name, type=src.type, template=src.template, hostname=name,
+            id=req.new.id, name=name, type=src.type, template=src.template, hostname=name,
             privileged=src.privileged, idmap_base=base, limits=dict(src.limits), created_at=_now(),
             init=list(src.init), stop_signal=src.stop_signal, options=copyable_options(src.options))
         nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
                 for n in ctx.db.nics_of(src.id)]
         async with src_lock:
-            rootfs = await asyncio.to_thread(ctx.storage.clone_instance, src.name, name, checked["snapshot"])
+            rootfs = await asyncio.to_thread(ctx.storage.clone_instance, src.name, name, req.snapshot)
         new.storage_made()
         faults.point("clone.after_storage")
         if "diskspace" in rec.limits:

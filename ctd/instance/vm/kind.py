@@ -13,6 +13,7 @@ import logging
 import shutil
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from cgroups import CgroupGroup, Resources, parse_size
@@ -21,6 +22,7 @@ from ctd import limits as limits_mod
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported
 from ctd.hostfiles import input_file as transfer_input
 from ctd.instance.context import InstanceContext, removed_limits
+from ctd.instance.requests import CloneRequest, CreateRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
 from ctd.instance.vm import applier, rootdisk
@@ -34,6 +36,25 @@ log = logging.getLogger("ctd.instances")
 QEMU_BINARY, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
+
+
+@dataclass(frozen=True)
+class VmOptions:
+    """--type vm options, checked (CreateRequest.options of a VM)."""
+
+    profile: str            # linux or windows
+    compat: bool            # emulated devices a guest without virtio drivers knows
+    disk_size: int          # bytes
+    iso: str | None = None
+    drivers_iso: str | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """As the instance's options keep them (rec.options["vm"])."""
+        out: dict[str, Any] = {"profile": self.profile, "compat": self.compat, "disk_size": self.disk_size}
+        for key in ("iso", "drivers_iso"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 def _now() -> str:
@@ -124,7 +145,7 @@ class VmKind:
 
     # ------------------------------------------------------------- provisioning
 
-    def check_body(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    def check_body(self, body: dict[str, Any]) -> VmOptions:
         """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
         raw = body.get("vm") or {}
         raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat"})
@@ -149,7 +170,7 @@ class VmKind:
             raise InvalidRequest("a windows VM needs its installer: give --iso FILE")
         if body.get("privileged"):
             raise InvalidRequest("privileged is a container option; VMs are isolated by QEMU")
-        return out
+        return VmOptions(**out)
 
     def check_limits(self, limits: dict[str, int]) -> None:
         wrong = sorted(set(limits) - VM_LIMITS)
@@ -167,28 +188,29 @@ class VmKind:
         raise InvalidRequest(f"{rec.name} is a VM: reinstall is for containers; make a new VM from the "
                              "template (ctctl create NAME --type vm --template T) and destroy this one")
 
-    async def create(self, checked: dict[str, Any], new: NewInstance) -> InstanceRecord:
+    async def create(self, req: CreateRequest, new: NewInstance) -> InstanceRecord:
         """A VM: its disk in the pool, made from a template's root (configured like a container
         of that template, booting the host's Debian kernel) or blank for an installer ISO."""
-        ctx, name, vm = self.ctx, checked["name"], dict(checked["vm"])
-        template = checked["template"] or None
-        if checked["userpasswd"] is not None:   # the seed carries the hash, never the clear text
-            user, password = checked["userpasswd"]
+        assert isinstance(req.options, VmOptions)
+        ctx, name, vm = self.ctx, req.name, req.options.stored()
+        template = req.template or None
+        if req.userpasswd is not None:   # the seed carries the hash, never the clear text
+            user, password = req.userpasswd
             vm["passwd"] = {"user": user, "hash": guest.hash_password(password)}
         rec = InstanceRecord(
-            id=checked["id"], name=name, type=InstanceType.VM, template=template or "",
-            hostname=checked["hostname"], privileged=False, idmap_base=None, limits=checked["limits"],
+            id=req.id, name=name, type=InstanceType.VM, template=template or "",
+            hostname=req.hostname, privileged=False, idmap_base=None, limits=req.limits,
             created_at=_now(), init=[], stop_signal="ACPI",
-            options={"network_style": "networkd", "ssh_keys": checked["ssh_keys"], "timezone": checked["timezone"],
-                     "nameservers": checked["nameservers"], "vm": vm})
-        await asyncio.to_thread(ctx.network.prepare, checked["nics"])
-        new.add_record(rec, checked["nics"])
+            options={"network_style": "networkd", "ssh_keys": req.ssh_keys, "timezone": req.timezone,
+                     "nameservers": req.nameservers, "vm": vm})
+        await asyncio.to_thread(ctx.network.prepare, req.nics)
+        new.add_record(rec, req.nics)
         base = ctx.storage.instance_path(name)
         new.storage_made()
         if template:
             kernel = rootdisk.host_kernel()
             rootfs = await asyncio.to_thread(ctx.storage.create_instance, name, template)
-            await asyncio.to_thread(ctx.setup_guest, rec, rootfs, checked["userpasswd"])
+            await asyncio.to_thread(ctx.setup_guest, rec, rootfs, req.userpasswd)
             await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
             await asyncio.to_thread(applier.install, rootfs)
             await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
@@ -205,21 +227,21 @@ class VmKind:
         new.commit()
         return rec
 
-    async def clone(self, checked: dict[str, Any], new: NewInstance, src_lock: asyncio.Lock) -> InstanceRecord:
+    async def clone(self, req: CloneRequest, new: NewInstance, src_lock: asyncio.Lock) -> InstanceRecord:
         """A stopped VM's copy: reflinked disk, copied UEFI variables and TPM state; new id, uuid,
         MACs, addresses and hostname, in a new seed (whose new instance-id makes cloud-init, or
         ctd's applier in a template disk, treat the clone as a new machine), and written into
         the disk only if no guest has run on it yet."""
-        ctx, src, name = self.ctx, checked["source"], checked["name"]
+        ctx, src, name = self.ctx, req.source, req.name
         vms = self._vms
         vm = {k: v for k, v in src.options.get("vm", {}).items() if k != "guest_pending"}
         rec = InstanceRecord(
-            id=checked["id"], name=name, type=InstanceType.VM, template=src.template, hostname=name,
+            id=req.new.id, name=name, type=InstanceType.VM, template=src.template, hostname=name,
             privileged=False, idmap_base=None, limits=dict(src.limits), created_at=_now(),
             init=[], stop_signal=src.stop_signal, options={**copyable_options(src.options), "vm": vm})
         nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in ctx.db.nics_of(src.id) if n.network]
         async with src_lock:
-            await asyncio.to_thread(ctx.storage.clone_vm_dir, src.name, name, checked["snapshot"])
+            await asyncio.to_thread(ctx.storage.clone_vm_dir, src.name, name, req.snapshot)
         new.storage_made()
         new.mark_creating()
         new.add_record(rec, nics)
