@@ -401,8 +401,8 @@ async def backup_instance(request: web.Request) -> web.Response:
 async def restore_instance(request: web.Request) -> web.Response:
     c = ctx(request)
     checked = await asyncio.to_thread(c.transfers.check_restore, await json_body(request))
-    op = c.operations.new("restore", checked["name"])
-    return await accepted(request, c.operations.start("restore", checked["name"], c.transfers.restore(checked, op), op))
+    op = c.operations.new("restore", checked.name)
+    return await accepted(request, c.operations.start("restore", checked.name, c.transfers.restore(checked, op), op))
 
 
 @routes.post("/1.0/templates/{name}/export")

@@ -8,7 +8,9 @@ Each is made only by its check (every field validated); the kind-specific part o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from ctd.instance.restore_plan import RestorePlan
 from ctd.network.manager import NicRequest
 from ctd.state import InstanceRecord, InstanceType
 
@@ -65,3 +67,23 @@ class SetRequest:
     @property
     def changes_network(self) -> bool:
         return bool(self.ipadd or self.ipdel or self.rate != KEEP_RATE)
+
+
+@dataclass(frozen=True)
+class BackupRequest:
+    """ctctl backup, checked: where the file goes, which snapshot (None: the live root), and
+    the driver (None: btrfs send where possible, else tar)."""
+
+    out: Path
+    snapshot: str | None
+    driver: str | None
+
+
+@dataclass(frozen=True)
+class RestoreRequest:
+    """ctctl restore, checked with the backup's header; name and id reserved until it ends."""
+
+    file: Path
+    name: str
+    id: int
+    plan: RestorePlan
