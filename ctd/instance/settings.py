@@ -144,7 +144,8 @@ class Settings:
                                    "need the btrfs driver")
             used = await asyncio.to_thread(ctx.storage.usage, rec.name, True)
             if limits["diskspace"] < used:
-                raise InvalidRequest(f"{rec.name} already uses {limits_mod.human_size(used) if used % 1024 == 0 else used}"
+                shown = limits_mod.human_size(used) if used % 1024 == 0 else used
+                raise InvalidRequest(f"{rec.name} already uses {shown}"
                                      f" bytes on disk; the disk limit must be at least that")
         if req.changes_network:
             ctx.network.check_change(rec, req.ipadd, req.ipdel, req.rate, kind.is_running(rec))

@@ -16,7 +16,7 @@ from typing import Any
 from cgroups import CgroupGroup, Resources
 from ctd import faults, guest
 from ctd.errors import Conflict, InvalidRequest
-from ctd.instance.container.driver import ContainerDriver, cgroup_name
+from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.requests import CloneRequest, CreateRequest
 from ctd.instance.reserve import NewInstance
@@ -185,8 +185,9 @@ class ContainerKind:
                            f"'ctctl restart {rec.name}' gives it a new one")
         return rc.console
 
-    def check_exec(self, rec: InstanceRecord) -> None:
-        """Containers take exec."""
+    async def exec(self, rec: InstanceRecord, command: list[str], env: dict[str, str], cwd: str,
+                   tty: bool) -> ExecProcess:
+        return await self.driver.exec(rec, command, env, cwd, tty)
 
     # ------------------------------------------------------------- storage
 

@@ -311,7 +311,8 @@ class VmKind:
             raise Conflict(f"{rec.name} is not running; start it first")
         return vm.spec.serial_socket  # the stream handler connects to QEMU's serial socket
 
-    def check_exec(self, rec: InstanceRecord) -> None:
+    async def exec(self, rec: InstanceRecord, command: list[str], env: dict[str, str], cwd: str,
+                   tty: bool) -> Any:
         raise NotSupported(f"{rec.name} is a VM: exec works for containers; use ssh or 'ctctl console {rec.name}'")
 
     # ------------------------------------------------------------- storage
