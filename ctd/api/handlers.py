@@ -62,7 +62,7 @@ async def list_instances(request: web.Request) -> web.Response:
 async def create_instance(request: web.Request) -> web.Response:
     c = ctx(request)
     checked = c.instances.check_create(await json_body(request))
-    return await accepted(request, c.operations.start("create", checked["name"], c.instances.create(checked)))
+    return await accepted(request, c.operations.start("create", checked.name, c.instances.create(checked)))
 
 
 @routes.get("/1.0/instances/{ref}")
@@ -362,7 +362,7 @@ async def clone(request: web.Request) -> web.Response:
     c = ctx(request)
     src = c.instances.get(request.match_info["ref"])
     checked = c.instances.check_clone(src, await json_body(request))
-    return await accepted(request, c.operations.start("clone", checked["name"], c.instances.clone(checked)))
+    return await accepted(request, c.operations.start("clone", checked.name, c.instances.clone(checked)))
 
 
 @routes.post("/1.0/instances/{ref}/reinstall")
@@ -394,8 +394,8 @@ async def backup_instance(request: web.Request) -> web.Response:
 async def restore_instance(request: web.Request) -> web.Response:
     c = ctx(request)
     checked = await asyncio.to_thread(c.transfers.check_restore, await json_body(request))
-    op = c.operations.new("restore", checked["name"])
-    return await accepted(request, c.operations.start("restore", checked["name"], c.transfers.restore(checked, op), op))
+    op = c.operations.new("restore", checked.name)
+    return await accepted(request, c.operations.start("restore", checked.name, c.transfers.restore(checked, op), op))
 
 
 @routes.post("/1.0/templates/{name}/export")

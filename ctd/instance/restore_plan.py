@@ -134,7 +134,7 @@ def _limits(manager: InstanceManager, stored: Any, given: Any) -> dict[str, int]
                 raw["ram"] = f"{high}:{raw['ram']}"
         from_file = limits_mod.normalise(raw, cpus)
         merged = limits_mod.merge(from_file, override)
-    manager._check_io_device(merged)
+    manager.check_io_device(merged)
     return merged
 
 

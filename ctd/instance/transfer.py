@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import os
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any
 from ctd import guest, validate
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.hostfiles import input_file, output_file
-from ctd.instance.manager import CREATING, InstanceManager
+from ctd.instance.manager import InstanceManager
+from ctd.instance.requests import BackupRequest, RestoreRequest
 from ctd.instance.restore_plan import GUEST_OPTIONS, plan_restore
 from ctd.operations import Operation
 from ctd.state import InstanceRecord, InstanceType, PowerState, TemplateRecord
@@ -36,7 +36,7 @@ class Transfers:
 
     # ------------------------------------------------------------- backup
 
-    def check_backup(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
+    def check_backup(self, rec: InstanceRecord, body: Any) -> BackupRequest:
         if rec.type is InstanceType.VM:
             raise InvalidRequest(f"{rec.name} is a VM: backup and restore are for containers; stop the VM "
                                  f"and keep its disk with 'ctctl snapshot {rec.name} NAME' or 'ctctl clone'")
@@ -52,7 +52,7 @@ class Transfers:
             raise InvalidRequest("driver must be auto (btrfs send where possible) or tar")
         if snap is None and self.storage.name != "btrfs" and rec.state is not PowerState.STOPPED:
             raise Conflict(f"{rec.name} is running: back up a snapshot (--snapshot) or stop it first")
-        return {"out": out, "snapshot": snap, "driver": None if driver == "auto" else "tar"}
+        return BackupRequest(out=out, snapshot=snap, driver=None if driver == "auto" else "tar")
 
     def meta(self, rec: InstanceRecord) -> dict[str, Any]:
         """The settings a restore reads back (and checks: see restore_plan). Runtime state of a
@@ -64,16 +64,16 @@ class Transfers:
                 "privileged": rec.privileged, "limits": rec.limits, "init": rec.init,
                 "stop_signal": rec.stop_signal, "options": options, "nics": nics}
 
-    async def backup(self, rec: InstanceRecord, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
+    async def backup(self, rec: InstanceRecord, checked: BackupRequest, op: Operation) -> dict[str, Any]:
         async with self.instances.lock(rec):
             header = await asyncio.to_thread(
-                backup.create_backup, self.storage, rec.name, checked["out"], checked["snapshot"],
-                progress_of(op), meta=self.meta(rec), driver=checked["driver"])
-        return {"file": str(checked["out"]), "driver": header.get("driver"), "size": header.get("size")}
+                backup.create_backup, self.storage, rec.name, checked.out, checked.snapshot,
+                progress_of(op), meta=self.meta(rec), driver=checked.driver)
+        return {"file": str(checked.out), "driver": header.get("driver"), "size": header.get("size")}
 
     # ------------------------------------------------------------- restore
 
-    def check_restore(self, body: Any) -> dict[str, Any]:
+    def check_restore(self, body: Any) -> RestoreRequest:
         """The restore request and the backup's header, checked like a create request (runs in
         a thread: it reads the file's header)."""
         body = validate.body_fields(body, {"file", "name", "privileged", "filter", "limits"}, {"file"})
@@ -81,37 +81,29 @@ class Transfers:
         header = backup.read_backup_header(source)
         plan = plan_restore(self.instances, header, body)
         instance_id = self.instances.reserve(plan.name, None, "restore with --name NEW")
-        return {"file": source, "name": plan.name, "id": instance_id, "plan": plan}
+        return RestoreRequest(file=source, name=plan.name, id=instance_id, plan=plan)
 
-    async def restore(self, checked: dict[str, Any], op: Operation) -> dict[str, Any]:
-        name, instance_id, plan = checked["name"], checked["id"], checked["plan"]
-        try:
+    async def restore(self, checked: RestoreRequest, op: Operation) -> dict[str, Any]:
+        name, instance_id, plan = checked.name, checked.id, checked.plan
+        with self.instances.new_instance(name, instance_id) as new:
             base = self.instances.reserve_idmap(instance_id, plan.privileged)
             rec = InstanceRecord(
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=plan.template,
                 hostname=plan.hostname, privileged=plan.privileged, idmap_base=base, limits=plan.limits,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 init=plan.init, stop_signal=plan.stop_signal, options=plan.options)
-            with contextlib.ExitStack() as undo:
-                await asyncio.to_thread(backup.restore_backup, self.storage, checked["file"], name, progress_of(op))
-                undo.callback(self.storage.delete_instance, name)
-                if "diskspace" in rec.limits:
-                    await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
-                creating = self.storage.instance_path(name) / CREATING  # recover() drops a half-made one
-                creating.touch()
-                with self.db.transaction():
-                    self.db.add_instance(rec)
-                    self.instances.network.allocate(rec.id, plan.nics)
-                undo.callback(self.db.delete_instance, rec.id)
-                rootfs = self.storage.rootfs(name)
-                if plan.new_identity:  # a copy beside its source must not pass for it (as clone)
-                    await asyncio.to_thread(guest.new_identity, rootfs)
-                await asyncio.to_thread(self.instances.setup_guest, rec, rootfs)
-                creating.unlink()
-                undo.pop_all()
+            await asyncio.to_thread(backup.restore_backup, self.storage, checked.file, name, progress_of(op))
+            new.storage_made()
+            if "diskspace" in rec.limits:
+                await asyncio.to_thread(self.storage.set_quota, name, rec.limits["diskspace"])
+            new.mark_creating()
+            new.add_record(rec, plan.nics)
+            rootfs = self.storage.rootfs(name)
+            if plan.new_identity:  # a copy beside its source must not pass for it (as clone)
+                await asyncio.to_thread(guest.new_identity, rootfs)
+            await asyncio.to_thread(self.instances.setup_guest, rec, rootfs)
+            new.commit()
             return {**self.instances.brief(rec), "notes": plan.notes}
-        finally:
-            self.instances.release(name, instance_id)
 
     # ------------------------------------------------------------- template tarballs
 

@@ -7,6 +7,7 @@ import io
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -63,21 +64,21 @@ class FakeInstances:
     def view(self, r: InstanceRecord) -> dict[str, Any]:
         return {"id": r.id, "name": r.name, "state": r.state.value}
 
-    def check_create(self, body: Any) -> dict[str, Any]:
+    def check_create(self, body: Any) -> Any:
         body = validate.body_fields(body, {"name", "template"}, {"name", "template"})
         name = validate.instance_name(body["name"])
         if name in self.records:
             raise Conflict(f"an instance named {name!r} already exists")
-        return {"name": name, "template": body["template"]}
+        return SimpleNamespace(name=name, template=body["template"])  # a CreateRequest's fields
 
-    async def create(self, checked: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(("create", checked["name"]))
-        if checked["name"] == "doomed":
+    async def create(self, checked: Any) -> dict[str, Any]:
+        self.calls.append(("create", checked.name))
+        if checked.name == "doomed":
             raise OperationFailed("the spawner said no; see the ctd log")
-        if checked["name"] == "slow":
+        if checked.name == "slow":
             await self.release.wait()
-        self.records[checked["name"]] = rec(102, checked["name"])
-        return {"name": checked["name"], "id": 102}
+        self.records[checked.name] = rec(102, checked.name)
+        return {"name": checked.name, "id": 102}
 
     def check_destroy(self, r: InstanceRecord, force: bool) -> None:
         if r.state is PowerState.RUNNING and not force:

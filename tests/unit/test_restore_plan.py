@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from ctd.errors import InvalidRequest, NotFound
-from ctd.instance.manager import InstanceManager
+from ctd.instance.context import InstanceContext
+from ctd.instance.kinds import Kinds
+from ctd.instance.provision import Provisioner
 from ctd.instance.restore_plan import plan_restore
 from ctd.instance.transfer import Transfers
 from ctd.network.manager import NetworkManager
@@ -41,7 +43,7 @@ class FakeNetworks:
 class FakeManager:
     """What plan_restore and Transfers.check_restore use of the InstanceManager."""
 
-    _check_io_device = InstanceManager._check_io_device
+    check_io_device = InstanceContext.check_io_device
 
     def __init__(self, io_device: str | None = "8:0") -> None:
         self.host_cpus = [0, 1]
@@ -310,13 +312,14 @@ def test_a_backup_carries_guest_settings_but_no_runtime_state() -> None:
 def test_reinstall_refuses_a_vm_and_a_running_instance_without_restart() -> None:
     from ctd.errors import Conflict
     from ctd.state import InstanceRecord, InstanceType, PowerState
-    manager = SimpleNamespace(templates=SimpleNamespace(get=lambda name: name))
+    ctx = SimpleNamespace(templates=SimpleNamespace(get=lambda name: name))
+    manager = Provisioner(ctx, Kinds(ctx, None, lambda name, status: None))  # type: ignore[arg-type]
     vm = InstanceRecord(id=1, name="vm1", type=InstanceType.VM, template="busybox", hostname="vm1",
                         privileged=False, idmap_base=None)
     with pytest.raises(InvalidRequest, match="reinstall is for containers"):
-        InstanceManager.check_reinstall(manager, vm, "busybox")  # type: ignore[arg-type]
+        manager.check_reinstall(vm, "busybox")
     ct = InstanceRecord(id=2, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
                         privileged=False, idmap_base=1 << 20, state=PowerState.RUNNING)
     with pytest.raises(Conflict, match="--restart"):
-        InstanceManager.check_reinstall(manager, ct, "busybox")  # type: ignore[arg-type]
-    InstanceManager.check_reinstall(manager, ct, "busybox", restart=True)  # type: ignore[arg-type]
+        manager.check_reinstall(ct, "busybox")
+    manager.check_reinstall(ct, "busybox", restart=True)

@@ -356,9 +356,6 @@ class ContainerDriver:
         group = self._exited_groups.pop(rec.name, None) or self.cgroups.group(cgroup_name(rec))
         await asyncio.to_thread(destroy_group_quietly, group)
 
-    # The manager's recovery calls this one by the driver's name (its home is groups.py now).
-    _destroy_group_quietly = staticmethod(destroy_group_quietly)
-
     @staticmethod
     def _kill_quietly(pid: int) -> None:
         with contextlib.suppress(ProcessLookupError):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ctd.errors import InvalidRequest
-from ctd.instance.vm.spec import MiB, Disk, VmSpec
+from ctd.instance.vm.spec import Disk, MiB, VmSpec
 
 # Hyper-V enlightenments for Windows (what libvirt/virt-manager turn on for Windows 10+).
 HYPERV_KVM = ("hv_relaxed", "hv_vapic", "hv_spinlocks=0x1fff", "hv_time", "hv_vpindex",

@@ -17,15 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from cgroups import CgroupManager, Resources
-
 from ctd import guest, guestfs
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
-from ctd.limits import UNLIMITED
 from ctd.instance.vm import applier, process, resize
 from ctd.instance.vm.kernel import extract_vmlinux
 from ctd.instance.vm.qmp import Qmp
 from ctd.instance.vm.seed import Seed, SeedNic, build_seed_iso, content_id
 from ctd.instance.vm.spec import Disk, Firmware, Nic, VmSpec, pick_accel
+from ctd.limits import UNLIMITED
 from ctd.linux.proc import start_time
 from ctd.network.manager import NetworkManager
 from ctd.state import InstanceRecord

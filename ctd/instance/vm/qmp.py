@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import (ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError,
-                      Runstate)
+from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError, Runstate
 
 from ctd.errors import OperationFailed
 
