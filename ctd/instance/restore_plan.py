@@ -32,7 +32,7 @@ from ctd.network.manager import MAX_NICS, NicRequest
 from ctd.template.recipe import Recipe, check_stop_signal
 
 if TYPE_CHECKING:
-    from ctd.instance.manager import InstanceManager
+    from ctd.instance.context import InstanceContext
 
 KNOWN_META = frozenset({"name", "template", "hostname", "privileged", "limits", "init", "stop_signal",
                         "options", "nics"})
@@ -75,7 +75,7 @@ def _names(keys: Any) -> str:
     return ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
-def plan_restore(manager: InstanceManager, header: dict[str, Any], body: dict[str, Any]) -> RestorePlan:
+def plan_restore(manager: InstanceContext, header: dict[str, Any], body: dict[str, Any]) -> RestorePlan:
     """The settings for restoring header's backup as asked by body (a checked restore request:
     name, privileged, filter, limits); InvalidRequest names the field that is wrong."""
     meta = header.get("meta") or {}
@@ -116,7 +116,7 @@ def plan_restore(manager: InstanceManager, header: dict[str, Any], body: dict[st
                        new_identity=new_identity, notes=notes)
 
 
-def _limits(manager: InstanceManager, stored: Any, given: Any) -> dict[str, int]:
+def _limits(manager: InstanceContext, stored: Any, given: Any) -> dict[str, int]:
     """The file's limits (the state's normalised form, or the request form) checked exactly as
     create checks them; the admin's limits at restore replace the file's one by one."""
     cpus = len(manager.host_cpus)
@@ -138,7 +138,7 @@ def _limits(manager: InstanceManager, stored: Any, given: Any) -> dict[str, int]
     return merged
 
 
-def _recipe(manager: InstanceManager, template: str) -> Recipe | None:
+def _recipe(manager: InstanceContext, template: str) -> Recipe | None:
     """How instances of the file's template run, when this host knows it (for what the file
     leaves out)."""
     if not template:
@@ -199,7 +199,7 @@ def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> dict[str, Any
     return out
 
 
-def _nics(manager: InstanceManager, raw: Any, filtered: bool, notes: list[str]) -> list[NicRequest]:
+def _nics(manager: InstanceContext, raw: Any, filtered: bool, notes: list[str]) -> list[NicRequest]:
     """NICs on the same networks, in the same modes and rates, with new MACs and addresses;
     anti-spoofing on unless the admin turned it off. NICs on networks this host lacks go."""
     if raw is None:

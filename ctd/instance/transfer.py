@@ -79,7 +79,7 @@ class Transfers:
         body = validate.body_fields(body, {"file", "name", "privileged", "filter", "limits"}, {"file"})
         source = input_file(body["file"], "backup file")
         header = backup.read_backup_header(source)
-        plan = plan_restore(self.instances, header, body)
+        plan = plan_restore(self.instances.ctx, header, body)
         instance_id = self.instances.reserve(plan.name, None, "restore with --name NEW")
         return RestoreRequest(file=source, name=plan.name, id=instance_id, plan=plan)
 
