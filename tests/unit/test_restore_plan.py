@@ -41,7 +41,8 @@ class FakeNetworks:
 
 
 class FakeManager:
-    """What plan_restore and Transfers.check_restore use of the InstanceManager."""
+    """What plan_restore (the InstanceContext) and Transfers.check_restore (the InstanceManager)
+    use: one object plays both."""
 
     check_io_device = InstanceContext.check_io_device
 
@@ -54,6 +55,7 @@ class FakeManager:
         self.network = FakeNetworks()
         self.templates = SimpleNamespace(recipe_of=self._recipe)
         self.reserved: list[str] = []
+        self.ctx = self
 
     @staticmethod
     def _recipe(name: str) -> Recipe:
