@@ -22,8 +22,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from cgroups import CgroupError, Resources
-
+from cgroups import CgroupError, CgroupGroup, Resources
 from ctd.linux import syscalls as sc
 
 log = logging.getLogger("ctd.lxcfs")
@@ -43,7 +42,7 @@ def is_lxcfs_mount(path: Path) -> bool:
 
 
 class Lxcfs:
-    def __init__(self, mountpoint: Path, group=None, memory_max: int | None = None) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, mountpoint: Path, group: CgroupGroup | None = None, memory_max: int | None = None) -> None:
         """group: the CgroupGroup lxcfs runs in (None: wherever ctd runs), memory_max its limit."""
         self.mountpoint = mountpoint
         self.group = group

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,7 +89,7 @@ class Ownership:
                 os.close(fd)
 
     @contextlib.contextmanager
-    def _global(self):  # type: ignore[no-untyped-def]
+    def _global(self) -> Iterator[None]:
         fd = os.open(self.lock_dir / ".global", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # short: held while claims are checked and taken

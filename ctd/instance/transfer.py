@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ctd.storage import archive, backup
 from ctd.template.manager import tree_size
 
 
-def progress_of(op: Operation):  # type: ignore[no-untyped-def]
+def progress_of(op: Operation) -> Callable[[int, int], None]:
     """A (done, total) callback that keeps the operation's progress line current (any thread)."""
     def report(done: int, total: int) -> None:
         percent = f" ({100 * done // total}%)" if total else ""

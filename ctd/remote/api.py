@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass, field
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from ctd.api.errors import error_response
 from ctd.api.jsonbody import json_body, parse_json
@@ -139,7 +140,7 @@ async def _target(request: web.Request) -> str | None:
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler):  # type: ignore[no-untyped-def]
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Who is asking: the socket's peer, or a token on HTTPS (else 401/429 and nothing more)."""
     access = request.app[ACCESS]
     request[STARTED] = utcnow()

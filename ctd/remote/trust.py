@@ -19,10 +19,14 @@ import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.remote.identity import DEFAULT_PROJECT, Identity, IdentityKind, Role
 from ctd.remote.tokens import NAME_RE, Clock, hash_secret, parse_duration, utcnow
+
+if TYPE_CHECKING:  # cryptography loads only where certificates are read
+    from cryptography import x509
 
 JOIN_PREFIX = "ctdjoin_"
 MAX_PEM = 64 * 1024  # a certificate is ~1 kB; anything this big is not one
@@ -47,7 +51,7 @@ def _name(name: object, what: str) -> str:
     return name
 
 
-def _validity(cert) -> tuple[datetime.datetime, datetime.datetime]:  # type: ignore[no-untyped-def]
+def _validity(cert: x509.Certificate) -> tuple[datetime.datetime, datetime.datetime]:
     """(not before, not after) as aware UTC times, on cryptography before and after 42."""
     before = getattr(cert, "not_valid_before_utc", None)
     after = getattr(cert, "not_valid_after_utc", None)
@@ -94,7 +98,7 @@ def parse_der(der: bytes) -> ParsedCertificate:
     return _parsed(cert, der, cert.public_bytes(Encoding.PEM).decode("ascii"))
 
 
-def _parsed(cert, der: bytes, pem: str | None = None) -> ParsedCertificate:  # type: ignore[no-untyped-def]
+def _parsed(cert: x509.Certificate, der: bytes, pem: str | None = None) -> ParsedCertificate:
     from cryptography.hazmat.primitives.serialization import Encoding
     from cryptography.x509.oid import NameOID
     names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cgroups import CgroupManager, Resources
+from cgroups import CgroupGroup, CgroupManager, Resources
 from ctd import guest, guestfs
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
 from ctd.instance.vm import applier, process, resize
@@ -327,7 +327,7 @@ class VmDriver:
         await vm.qmp.cont()
 
 
-def _destroy_group(group) -> None:  # type: ignore[no-untyped-def]
+def _destroy_group(group: CgroupGroup) -> None:
     with contextlib.suppress(Exception):
         if group.exists():
             group.kill_all()
