@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from ctctl.client import ApiError
 from tests.conftest import Daemon
 from tests.helpers.net import own_network
+from tests.host.test_restore_trust import meta_set, tampered
 
 
 @pytest.fixture
@@ -139,6 +141,36 @@ def test_description_and_tags_are_shown_filtered_and_bounded(ctd: Daemon, names:
     view = ctd.instance(copy)
     assert view["tags"] == {"customer": "zeta"} and view["description"] == "copied"
     assert view["protected"] is False and view["disabled"] is False
+
+
+def test_a_backup_carries_description_and_tags_but_never_the_admin_flags(ctd: Daemon, names: list[str],
+                                                                       tmp_path: Path) -> None:
+    name = make(ctd, names, "--tag", "customer=acme", "--description", "shop")
+    out = tmp_path / "src.backup"
+    ctd.ok("backup", name, str(out), "--tar")
+    ctd.ok("set", name, "--protected", "yes", "--disabled", "yes", "--reason", "unpaid")
+    flagged = tmp_path / "flagged.backup"
+    ctd.ok("backup", name, str(flagged), "--tar")
+    copy = ctd.unique("adm")
+    names.append(copy)
+    ctd.ok("restore", str(flagged), "--name", copy)
+    view = ctd.instance(copy)
+    assert (view["protected"], view["disabled"]) == (False, False)
+    assert (view["description"], view["tags"]) == ("shop", {"customer": "acme"})
+    # A file that asks for the flags (a tenant's, edited) gets neither: the note names them
+    evil = tampered(out, meta_set(protected=True, disabled=True, disabled_reason="locked out"))
+    copy2 = ctd.unique("adm")
+    names.append(copy2)
+    said = ctd.ok("restore", str(evil), "--name", copy2)
+    assert "ignored" in said and "protected" in said
+    view = ctd.instance(copy2)
+    assert (view["protected"], view["disabled"]) == (False, False)
+    ctd.ok("start", copy2)
+    ctd.ok("destroy", "--force", copy2)
+    names.remove(copy2)
+    bad = tampered(out, meta_set(tags={"k": "v\x1b]0;pwned\x07"}))
+    r = ctd.ctl("restore", str(bad), "--name", ctd.unique("adm"))
+    assert r.code != 0 and "backup header, description or tags" in r.err and "U+001B" in r.err
 
 
 @pytest.fixture
