@@ -240,11 +240,13 @@ def list_(fmt: str, tag: tuple[str, ...], state: tuple[str, ...]) -> None:
     """List instances."""
     instances = client().get("/1.0/instances", **({"tag": list(tag)} if tag else {}),
                              **({"state": list(state)} if state else {}))["instances"]
+    tagged = any(i.get("tags") for i in instances)   # a TAGS column only when some instance has tags
     emit(fmt, instances, lambda rows: table(
-        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS", "TAGS"],
+        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS"] + (["TAGS"] if tagged else []),
         [[i["id"], i["name"], i["type"], state_text(i), i["pid"],
           ",".join(a for n in i.get("nics", []) for a in n["addresses"] if ":" not in a) or None,
-          _disk_text(i.get("disk")), i["template"], limits_text(i["limits"]), tags_text(i)] for i in rows]))
+          _disk_text(i.get("disk")), i["template"], limits_text(i["limits"])] + ([tags_text(i)] if tagged else [])
+         for i in rows]))
 
 
 def _disk_text(disk: dict[str, Any] | None) -> str | None:
