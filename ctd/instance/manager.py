@@ -402,6 +402,7 @@ class InstanceManager:
 
     async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
         async with self.lock(rec):
+            rec = self.get(rec.id)   # its name as it is now (a rename may have come first)
             await self.kinds.of(rec).snapshot(rec, snap)
         return {"instance": rec.name, "snapshot": snap}
 
@@ -412,6 +413,7 @@ class InstanceManager:
         if snap not in self.storage.list_snapshots(rec.name):
             raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
         async with self.lock(rec):
+            rec = self.get(rec.id)
             await asyncio.to_thread(self.storage.delete_snapshot, rec.name, snap)
 
     def check_rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> None:

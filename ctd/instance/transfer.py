@@ -67,6 +67,7 @@ class Transfers:
 
     async def backup(self, rec: InstanceRecord, checked: BackupRequest, op: Operation) -> dict[str, Any]:
         async with self.instances.lock(rec):
+            rec = self.instances.get(rec.id)   # its name as it is now (a rename may have come first)
             header = await asyncio.to_thread(
                 backup.create_backup, self.storage, rec.name, checked.out, checked.snapshot,
                 progress_of(op), meta=self.meta(rec), driver=checked.driver)
