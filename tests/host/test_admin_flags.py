@@ -241,3 +241,23 @@ def test_flags_survive_a_restart_and_a_rename_cut_by_a_crash_completes(fresh_ctd
     d.ok("set", "kept", "--disabled", "no", "--protected", "no")
     d.ok("start", "kept")
     d.ok("destroy", "--force", "kept")
+
+
+def test_rename_of_a_vm_moves_its_disk_and_snapshots_and_it_starts(ctd: Daemon, names: list[str]) -> None:
+    vm = ctd.client.get("/1.0")["drivers"]["vm"]
+    if not vm.get("usable"):
+        pytest.skip(f"VMs are not usable here: {vm.get('reason')}")
+    old, new = ctd.unique("vmo"), ctd.unique("vmn")
+    ctd.ok("create", old, "--type", "vm", "--disk", "64M", "--ram", "128M", "--cpus", "1")
+    names.append(old)
+    ctd.ok("snapshot", old, "s1")
+    ctd.ok("rename", old, new)
+    names[names.index(old)] = new
+    base = ctd.state_dir / "storage" / "instances"
+    assert (base / new / "disk.raw").is_file() and not (base / old).exists()
+    assert "s1" in ctd.ok("snapshot-list", new)
+    ctd.ok("start", new)
+    assert ctd.instance(new)["state"] == "running"
+    r = ctd.ctl("rename", new, old)
+    assert r.code != 0 and "stop it first" in r.err
+    ctd.ok("stop", "--kill", new)
