@@ -77,6 +77,18 @@ def status_rows(instance: dict[str, Any]) -> list[tuple[str, Any]]:
     return rows
 
 
+def flags_text(instance: dict[str, Any]) -> str:
+    """What set answers about the flags: '; disabled (unpaid); protected' or ''."""
+    parts = []
+    if instance.get("disabled"):
+        parts.append(f"disabled ({instance['disabled_reason']})" if instance.get("disabled_reason") else "disabled")
+    if instance.get("protected"):
+        parts.append("protected")
+    if instance.get("tags"):
+        parts.append(f"tags {tags_text(instance)}")
+    return "".join(f"; {p}" for p in parts)
+
+
 def tags_text(instance: dict[str, Any]) -> str | None:
     return ",".join(f"{k}={v}" for k, v in sorted((instance.get("tags") or {}).items())) or None
 

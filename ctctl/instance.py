@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from ctctl.admin import add_admin, admin_options, set_only_options, state_text, status_rows, tags_text
+from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, state_text, status_rows, tags_text
 from ctctl.output import emit, human_bytes, table
 from ctctl.refs import instance_ref
 from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, guest_options, limit_options, limits_text
@@ -226,7 +226,7 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"
-               + (f"; addresses {', '.join(addresses)}" if addresses else ""))
+               + (f"; addresses {', '.join(addresses)}" if addresses else "") + flags_text(result))
     for note in result.get("notes") or []:   # what a running VM could not take live
         click.echo(f"Note: {note}")
 

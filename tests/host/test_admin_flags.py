@@ -62,7 +62,7 @@ def test_a_disabled_instance_is_not_started_until_enabled(ctd: Daemon, names: li
     assert r.code != 0 and "is running" in r.err and "--stop" in r.err
     assert ctd.instance(name)["state"] == "running" and ctd.instance(name)["disabled"] is False
     out = ctd.ok("set", name, "--disabled", "yes", "--reason", "abuse", "--stop")
-    assert "stopped" in out
+    assert "stopped" in out and "disabled (abuse)" in out
     view = ctd.instance(name)
     assert view["state"] == "stopped" and view["disabled"] and view["disabled_reason"] == "abuse"
     with pytest.raises(ApiError) as err:   # an operation: refused when it runs
