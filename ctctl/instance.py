@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, state_text, status_rows, tags_text
 from ctctl.output import emit, human_bytes, table
 from ctctl.refs import instance_ref
 from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, guest_options, limit_options, limits_text
@@ -39,13 +40,16 @@ from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, gues
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
 @click.option("--allow-io-uring", is_flag=True, help="let the container use io_uring (denied by default: "
               "a large kernel attack surface)")
+@admin_options
 def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
            nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
            allow_io_uring: bool, **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
-    body: dict[str, Any] = {"name": name, "type": kind, "limits": given_limits(limits)}
+    body: dict[str, Any] = {"name": name, "type": kind}
+    add_admin(body, limits)
+    body["limits"] = given_limits(limits)
     if template:
         body["template"] = template
     vm = _vm_request(disk, iso, profile, drivers_iso, compat)
@@ -198,12 +202,15 @@ def destroy(instance: str, force: bool) -> None:
 @click.option("--nameserver", multiple=True, help="DNS servers for /etc/resolv.conf")
 @click.option("--hostname", help="the guest's hostname (a running instance gets it at next start)")
 @guest_options
+@admin_options
+@set_only_options
 def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
          nameserver: tuple[str, ...], hostname: str | None, userpasswd: str | None, ssh_key: tuple[str, ...],
          timezone: str | None, **limits: Any) -> None:
     """Change limits and addresses; a running container gets them at once, a running VM its
     --cpus/--ram where QEMU can ('unlimited' removes a limit)."""
     body: dict[str, Any] = {}
+    add_admin(body, limits)
     add_guest(body, userpasswd, ssh_key, timezone)
     if hostname:
         body["hostname"] = hostname
@@ -215,25 +222,31 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     if rate:
         body["rate"] = rate
     if not body:
-        raise click.UsageError("give something to change, e.g. --ram 1G or --ipadd 10.0.0.5")
+        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5 or --tag KEY=VALUE")
     result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"
-               + (f"; addresses {', '.join(addresses)}" if addresses else ""))
+               + (f"; addresses {', '.join(addresses)}" if addresses else "") + flags_text(result))
     for note in result.get("notes") or []:   # what a running VM could not take live
         click.echo(f"Note: {note}")
 
 
 @click.command(name="list")
 @FORMAT
-def list_(fmt: str) -> None:
+@click.option("--tag", multiple=True, help="only instances with this tag: KEY=VALUE or KEY (repeatable: all)")
+@click.option("--state", multiple=True, help="only instances in this state: running, stopped, … or disabled "
+              "(repeatable: any)")
+def list_(fmt: str, tag: tuple[str, ...], state: tuple[str, ...]) -> None:
     """List instances."""
-    instances = client().get("/1.0/instances")["instances"]
+    instances = client().get("/1.0/instances", **({"tag": list(tag)} if tag else {}),
+                             **({"state": list(state)} if state else {}))["instances"]
+    tagged = any(i.get("tags") for i in instances)   # a TAGS column only when some instance has tags
     emit(fmt, instances, lambda rows: table(
-        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS"],
-        [[i["id"], i["name"], i["type"], i["state"], i["pid"],
+        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS"] + (["TAGS"] if tagged else []),
+        [[i["id"], i["name"], i["type"], state_text(i), i["pid"],
           ",".join(a for n in i.get("nics", []) for a in n["addresses"] if ":" not in a) or None,
-          _disk_text(i.get("disk")), i["template"], limits_text(i["limits"])] for i in rows]))
+          _disk_text(i.get("disk")), i["template"], limits_text(i["limits"])] + ([tags_text(i)] if tagged else [])
+         for i in rows]))
 
 
 def _disk_text(disk: dict[str, Any] | None) -> str | None:
@@ -257,7 +270,7 @@ def status(instance: str, fmt: str) -> None:
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", _host_ids(i, idmap)),
                 ("limits", limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
-                ("created", i["created_at"])]
+                ("created", i["created_at"])] + status_rows(i)
         last = i.get("last_exit")
         if last:
             rows.append(("last exit", f"{last.get('at', '?')}: {last.get('text', last.get('kind', '?'))}"))

@@ -2,7 +2,7 @@
 
 This module is the root group: the global options (--socket, --remote), how errors end a run
 (one line on stderr; exit 1, 2 for a usage error, 130 for Ctrl-C) and the registration of the
-commands, one module per noun (instance, vm, inside, monitor, template, snapshot, backup, storage,
+commands, one module per noun (instance, admin, vm, inside, monitor, template, snapshot, backup, storage,
 network, completion, remote_cmds, check). Those modules never import this one."""
 
 from __future__ import annotations
@@ -13,7 +13,20 @@ from typing import Any
 
 import click
 
-from ctctl import backup, completion, inside, instance, monitor, network, remote_cmds, snapshot, storage, template, vm
+from ctctl import (
+    admin,
+    backup,
+    completion,
+    inside,
+    instance,
+    monitor,
+    network,
+    remote_cmds,
+    snapshot,
+    storage,
+    template,
+    vm,
+)
 from ctctl.client import ApiError, default_socket
 from ctctl.connect import make_client
 
@@ -43,7 +56,7 @@ def cli(ctx: click.Context, socket_path: str, remote_name: str | None) -> None:
     ctx.obj = make_client(ctx, socket_path, remote_name)
 
 
-NOUNS = (instance, vm, inside, monitor, template, snapshot, backup, storage, network, completion, remote_cmds)
+NOUNS = (instance, admin, vm, inside, monitor, template, snapshot, backup, storage, network, completion, remote_cmds)
 
 
 def _register() -> None:

@@ -176,6 +176,10 @@ class CtdCollector(Collector):
             state.add_metric(labels + [power.value], float(view["state"] == power.value))
         families.gauge("ctd_instance_running", "1 when the instance runs", INSTANCE).add_metric(
             labels, float(view["state"] == PowerState.RUNNING.value))
+        families.gauge("ctd_instance_disabled", "1 when the instance is disabled (it cannot be started)",
+                       INSTANCE).add_metric(labels, float(rec.disabled))
+        families.gauge("ctd_instance_protected", "1 when destroy, reinstall and rollback are refused",
+                       INSTANCE).add_metric(labels, float(rec.protected))
         limits = families.gauge("ctd_instance_limit", "a configured limit (bytes, counts, percent or "
                                 "weight, as in ctctl set); absent = unlimited", INSTANCE + ["resource"])
         for resource, value in sorted(rec.limits.items()):

@@ -55,7 +55,10 @@ async def openapi(request: web.Request) -> web.Response:
 
 @routes.get("/1.0/instances")
 async def list_instances(request: web.Request) -> web.Response:
-    return web.json_response({"instances": ctx(request).instances.list()})
+    """?state=running and ?tag=KEY=VALUE (or ?tag=KEY), repeatable: every condition must hold."""
+    c = ctx(request)
+    only = c.instances.check_list_filter(request.query.getall("state", []), request.query.getall("tag", []))
+    return web.json_response({"instances": c.instances.list(only)})
 
 
 @routes.post("/1.0/instances")
@@ -87,6 +90,14 @@ async def set_instance(request: web.Request) -> web.Response:
     rec = c.instances.get(request.match_info["ref"])
     checked = c.instances.check_set(await json_body(request))
     return web.json_response({"instance": await c.instances.set_config(rec, checked)})
+
+
+@routes.post("/1.0/instances/{ref}/rename")
+async def rename_instance(request: web.Request) -> web.Response:
+    """{"name": NEW}: a stopped instance takes a new name."""
+    c = ctx(request)
+    rec = c.instances.get(request.match_info["ref"])
+    return web.json_response({"instance": await c.instances.rename(rec, await json_body(request))})
 
 
 @routes.get("/1.0/instances/{ref}/beancounters")

@@ -12,6 +12,14 @@ from ctd.remote.trust_api import schema_paths as trust_paths
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
 REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
        "schema": {"type": "string", "pattern": "^([a-z0-9][a-z0-9-]{0,62})$"}}
+ADMIN = {
+    "disabled": {"type": "boolean", "description": "a disabled instance is not started (by anyone)"},
+    "reason": {"type": "string", "maxLength": 256, "description": "why it is disabled (one printable line)"},
+    "protected": {"type": "boolean", "description": "destroy, reinstall and rollback are refused"},
+    "description": {"type": "string", "maxLength": 4096, "description": "printable text, newlines allowed"},
+    "tags": {"type": "object", "maxProperties": 64, "description": "KEY: VALUE; set: null or \"\" removes KEY",
+             "additionalProperties": {"type": "string", "maxLength": 256, "nullable": True}},
+}
 ERROR = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}
 
@@ -41,6 +49,11 @@ def build_schema() -> dict[str, Any]:
             **trust_paths(),
             "/1.0/instances": {
                 "get": {"summary": "list instances",
+                        "parameters": [
+                            {"name": "state", "in": "query", "schema": {"type": "string"},
+                             "description": "stopped, running, … or disabled (repeatable: any of them)"},
+                            {"name": "tag", "in": "query", "schema": {"type": "string"},
+                             "description": "KEY=VALUE or KEY (repeatable: all of them)"}],
                         "responses": _responses(200, {"type": "object", "properties": {
                             "instances": {"type": "array", "items": instance}}})},
                 "post": {"summary": "create an instance (an operation)",
@@ -62,11 +75,21 @@ def build_schema() -> dict[str, Any]:
                                              "userpasswd": {"type": "string"},
                                              "ssh_keys": {"type": "array", "items": {"type": "string"}},
                                              "timezone": {"type": "string"},
-                                             "hostname": {"type": "string"}}})},
+                                             "hostname": {"type": "string"},
+                                             **ADMIN, "stop": {"type": "boolean", "description":
+                                                               "with disabled: stop a running instance first"}}})},
                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
                 "delete": {"summary": "destroy (an operation); refuses a running one unless force",
                            "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
                            "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/rename": {
+                "parameters": [REF],
+                "post": {"summary": "a stopped instance takes a new name (storage, snapshots and state follow)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["name"], "additionalProperties": False,
+                             "properties": {"name": NAME}})},
+                         "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
             },
             "/1.0/instances/{ref}/beancounters": {
                 "parameters": [REF],
@@ -246,6 +269,7 @@ def build_schema() -> dict[str, Any]:
                     "userpasswd": {"type": "string", "description": "USER:PASSWORD, hashed into the guest"},
                     "ssh_keys": {"type": "array", "items": {"type": "string"}},
                     "timezone": {"type": "string"},
+                    **ADMIN,
                     "nics": {"type": "array", "maxItems": 8, "items": {
                         "type": "object", "additionalProperties": False,
                         "properties": {"network": {"type": "string"},
@@ -264,6 +288,8 @@ def build_schema() -> dict[str, Any]:
                 "state": {"type": "string"}, "pid": {"type": "integer", "nullable": True},
                 "template": {"type": "string"}, "hostname": {"type": "string"},
                 "privileged": {"type": "boolean"}, "limits": {"type": "object"},
+                **{k: v for k, v in ADMIN.items() if k != "reason"},
+                "disabled_reason": {"type": "string", "nullable": True},
                 "last_exit": {"type": "object", "nullable": True, "description":
                               "how its last run ended: at, kind (exited, signaled, oom, reboot, poweroff, "
                               "stopped, killed, unknown), text, code, signal, oom_kills"}}},

@@ -24,7 +24,7 @@ from ctd import faults, validate
 from ctd import limits as limits_mod
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, NotFound
-from ctd.instance import exits, recovery, settings
+from ctd.instance import admin, exits, recovery, settings
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.kind import InstanceKind
@@ -133,6 +133,7 @@ class InstanceManager:
             "vm": None,
         }
         shown.update(self.kinds.of(rec).view_fields(rec))
+        shown.update(admin.view_fields(rec))
         return shown
 
     def cgroup_dirs(self, rec: InstanceRecord) -> dict[str, str] | None:
@@ -172,8 +173,9 @@ class InstanceManager:
         return {"id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
                 "pid": rec.pid if rec.state is PowerState.RUNNING else None, "template": rec.template}
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.view(r, cached=True) for r in self.db.list_instances()]
+    def list(self, only: admin.ListFilter | None = None) -> list[dict[str, Any]]:
+        """Every instance, or those matching a filter (admin.check_filter: ?state=, ?tag=)."""
+        return [self.view(r, cached=True) for r in self.db.list_instances() if only is None or only.matches(r)]
 
     # ------------------------------------------------------------- provisioning (provision.py)
 
@@ -237,6 +239,7 @@ class InstanceManager:
     # ------------------------------------------------------------- start / stop
 
     def check_start(self, rec: InstanceRecord) -> None:
+        admin.refuse_start(rec)
         if rec.state is PowerState.RUNNING or rec.name in self._starting:
             raise Conflict(f"{rec.name} is already running")
         if "ioprio" in rec.limits and self.cgroups.io_weight_file() is None:  # bfq gone since (a reboot)
@@ -259,6 +262,7 @@ class InstanceManager:
         return await self.kinds.of(rec).hardware(rec)
 
     async def _start_locked(self, rec: InstanceRecord, paused: bool = False) -> None:
+        admin.refuse_start(rec)   # every start path (restart, reboot, autostart) meets it
         self._starting.add(rec.name)
         try:
             resources = self.resources(rec)
@@ -351,6 +355,9 @@ class InstanceManager:
     def resources(self, rec: InstanceRecord, removed: frozenset[str] = frozenset()) -> Resources:
         return self.ctx.resources(rec, removed)
 
+    def check_list_filter(self, states: list[str], tags: list[str]) -> admin.ListFilter:
+        return admin.check_filter(states, tags)
+
     def check_set(self, body: Any) -> SetRequest:
         return settings.check_set(self.ctx, body)
 
@@ -358,7 +365,28 @@ class InstanceManager:
         """ctctl set, all or nothing (see Settings.apply), answered with the instance's view."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            notes = await self.settings.apply(rec, req)
+            admin.check_for(rec, req.admin, self.is_running(rec))
+            notes: list[str] = []
+            if req.admin.disabled and self.is_running(rec):   # with stop (check_for): stopped, then disabled
+                how = await self._stop_locked(rec, self.config.stop_timeout, kill=False)
+                notes.append(f"stopped ({how.value}) before it was disabled")
+                rec = self.get(rec.id)
+            if req.changes_settings:
+                notes += await self.settings.apply(rec, req)
+                rec = self.get(rec.id)
+            if not req.admin.empty:
+                admin.apply(rec, req.admin)
+                self.db.update_instance(rec)
+            return {**self.view(self.get(rec.id)), "notes": notes}
+
+    async def rename(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
+        """A stopped instance takes a new name (admin.rename: storage, snapshots and row follow)."""
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            new = admin.check_rename(self.ctx, rec, body, self.is_running(rec) or rec.name in self._starting)
+            old = rec.name
+            notes = admin.rename(self.ctx, rec, new)
+            self._disk_cache.pop(old, None)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
     def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
@@ -374,6 +402,7 @@ class InstanceManager:
 
     async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
         async with self.lock(rec):
+            rec = self.get(rec.id)   # its name as it is now (a rename may have come first)
             await self.kinds.of(rec).snapshot(rec, snap)
         return {"instance": rec.name, "snapshot": snap}
 
@@ -384,9 +413,11 @@ class InstanceManager:
         if snap not in self.storage.list_snapshots(rec.name):
             raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
         async with self.lock(rec):
+            rec = self.get(rec.id)
             await asyncio.to_thread(self.storage.delete_snapshot, rec.name, snap)
 
     def check_rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> None:
+        admin.refuse_protected(rec, "rollback")
         if snap not in self.storage.list_snapshots(rec.name):
             raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
         if rec.state is not PowerState.STOPPED and not restart:
@@ -407,6 +438,7 @@ class InstanceManager:
     # ------------------------------------------------------------- destroy
 
     def check_destroy(self, rec: InstanceRecord, force: bool) -> None:
+        admin.refuse_protected(rec, "destroy")
         if rec.state is not PowerState.STOPPED and not force:
             raise Conflict(f"{rec.name} is running; stop it first or destroy with --force")
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from cgroups import CgroupError, CgroupManager
-from ctd.instance import exits
+from ctd.instance import admin, exits
 from ctd.instance.container.groups import STANDBY_GROUP, destroy_group_quietly
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
@@ -46,6 +46,8 @@ async def recover(ctx: InstanceContext, kinds: Kinds, mark_stopped: MarkStopped)
     """Adopt instances that kept running; clean up what a crash left half-done."""
     report: dict[str, list[str]] = {"adopted": [], "stopped": [], "removed_dirs": [], "removed_cgroups": [],
                                     "removed_records": [], "left_cgroups": []}
+    # a rename a crash cut: finished before leftover directories (the old name's) are swept
+    report["renamed"] = admin.finish_renames(ctx)
     records = ctx.db.list_instances()
     await _adopt_or_stop(ctx, kinds, records, report, mark_stopped)
     # Filters of NICs whose container died with the old ctd go; those of adopted ones stay.

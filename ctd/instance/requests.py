@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctd.instance.admin import AdminChange
 from ctd.instance.restore_plan import RestorePlan
 from ctd.network.manager import NicRequest
 from ctd.state import InstanceRecord, InstanceType
@@ -35,6 +36,7 @@ class CreateRequest:
     timezone: str | None
     io_uring: bool
     options: object | None = None       # the kind's own options (VmOptions for a VM)
+    admin: AdminChange = AdminChange()  # disabled, protected, description, tags (admin.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class SetRequest:
     ssh_keys: list[str]
     timezone: str | None
     hostname: str | None
+    admin: AdminChange = AdminChange()  # disabled, protected, description, tags (admin.py)
+
+    @property
+    def changes_settings(self) -> bool:
+        """Anything besides the admin flags (those need no Settings.apply)."""
+        return bool(self.limits or self.changes_network or self.nameservers or self.userpasswd
+                    or self.ssh_keys or self.timezone or self.hostname)
 
     @property
     def changes_network(self) -> bool:

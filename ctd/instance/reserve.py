@@ -50,6 +50,10 @@ class Reservations:
         self._ids.add(instance_id)
         return instance_id
 
+    def name_taken(self, name: str) -> bool:
+        """An instance has this name, or a create in progress holds it."""
+        return self.db.get_instance(name) is not None or name in self._names
+
     def reserve_idmap(self, instance_id: int, privileged: bool) -> int | None:
         """A free id range for a new instance, held in memory until its row exists (two
         concurrent creates must not get the same one)."""

@@ -12,6 +12,9 @@ and replaced by what a new instance gets:
 - limits: through limits.normalise, as for create and set; the admin's limits given at restore
   replace the file's (so a backup of a bigger host's instance can be restored with smaller ones).
 - init and stop_signal: checked shapes (an absolute path; a signal name).
+- description and tags: checked as at set (admin.check_change); the admin flags disabled and
+  protected are never taken from a file (a tenant's file must not lock the admin out, nor
+  unprotect anything): a restored instance is neither, whatever the header says.
 
 Unknown fields of the header's meta are ignored and named in the notes. A value of a known
 field that does not pass its check refuses the restore (400) with the field named.
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import InvalidRequest, NotFound
+from ctd.instance import admin
 from ctd.network import ipam, tc
 from ctd.network.manager import MAX_NICS, NicRequest
 from ctd.template.recipe import Recipe, check_stop_signal
@@ -35,7 +39,7 @@ if TYPE_CHECKING:
     from ctd.instance.context import InstanceContext
 
 KNOWN_META = frozenset({"name", "template", "hostname", "privileged", "limits", "init", "stop_signal",
-                        "options", "nics"})
+                        "options", "nics", "description", "tags"})
 # rec.options keys that are settings of the guest (all else there is runtime state)
 GUEST_OPTIONS = ("systemd", "network_style", "ssh_keys", "timezone", "nameservers", "passwd")
 NETWORK_STYLES = ("none", "ip", "networkd")
@@ -59,6 +63,8 @@ class RestorePlan:
     # a copy beside its source (restored under another name): a new machine-id, no ssh host keys
     new_identity: bool
     notes: list[str] = field(default_factory=list)
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -111,9 +117,12 @@ def plan_restore(manager: InstanceContext, header: dict[str, Any], body: dict[st
     init, stop_signal = _init(recipe, meta)
     options = _options(meta.get("options"), recipe, notes)
     nics = _nics(manager, meta.get("nics"), validate.boolean(body, "filter", True), notes)
+    with _header_field("description or tags"):
+        labels = admin.check_change({"description": meta.get("description"), "tags": meta.get("tags")})
     return RestorePlan(name=name, hostname=hostname, template=template, privileged=privileged, limits=limits,
                        init=init, stop_signal=stop_signal, options=options, nics=nics,
-                       new_identity=new_identity, notes=notes)
+                       new_identity=new_identity, notes=notes, description=labels.description or "",
+                       tags={k: v for k, v in labels.tags.items() if v is not None})
 
 
 def _limits(manager: InstanceContext, stored: Any, given: Any) -> dict[str, int]:

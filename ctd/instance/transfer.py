@@ -63,10 +63,12 @@ class Transfers:
         options = {k: v for k, v in rec.options.items() if k in GUEST_OPTIONS}
         return {"name": rec.name, "template": rec.template, "hostname": rec.hostname,
                 "privileged": rec.privileged, "limits": rec.limits, "init": rec.init,
-                "stop_signal": rec.stop_signal, "options": options, "nics": nics}
+                "stop_signal": rec.stop_signal, "options": options, "nics": nics,
+                "description": rec.description, "tags": rec.tags}   # never disabled/protected
 
     async def backup(self, rec: InstanceRecord, checked: BackupRequest, op: Operation) -> dict[str, Any]:
         async with self.instances.lock(rec):
+            rec = self.instances.get(rec.id)   # its name as it is now (a rename may have come first)
             header = await asyncio.to_thread(
                 backup.create_backup, self.storage, rec.name, checked.out, checked.snapshot,
                 progress_of(op), meta=self.meta(rec), driver=checked.driver)
@@ -92,7 +94,8 @@ class Transfers:
                 id=instance_id, name=name, type=InstanceType.CONTAINER, template=plan.template,
                 hostname=plan.hostname, privileged=plan.privileged, idmap_base=base, limits=plan.limits,
                 created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                init=plan.init, stop_signal=plan.stop_signal, options=plan.options)
+                init=plan.init, stop_signal=plan.stop_signal, options=plan.options,
+                description=plan.description, tags=plan.tags)
             await asyncio.to_thread(backup.restore_backup, self.storage, checked.file, name, progress_of(op))
             new.storage_made()
             if "diskspace" in rec.limits:

@@ -19,7 +19,7 @@ from ctd.state.records import (
     TemplateRecord,
 )
 
-_JSON_COLUMNS = ("limits", "init", "options", "last_exit")
+_JSON_COLUMNS = ("limits", "init", "options", "last_exit", "tags")
 
 
 class StateDB:
@@ -53,7 +53,8 @@ class StateDB:
             values[column] = json.loads(values[column])
         values["type"] = InstanceType(values["type"])
         values["state"] = PowerState(values["state"])
-        values["privileged"] = bool(values["privileged"])
+        for flag in ("privileged", "disabled", "protected"):
+            values[flag] = bool(values[flag])
         return InstanceRecord(**values)
 
     def add_instance(self, rec: InstanceRecord) -> None:

@@ -110,4 +110,16 @@ MIGRATIONS: list[str] = [
         expires_at    TEXT NOT NULL
     );
     """,
+    # 8: (suspend slice; a no-op placeholder in this branch, the lead fixes the order at merge)
+    "",
+    # 9: (autostart slice; a no-op placeholder in this branch)
+    "",
+    # 10: administrative flags: disabled (with its reason), protected, description, tags
+    """
+    ALTER TABLE instances ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN description TEXT NOT NULL DEFAULT '';
+    ALTER TABLE instances ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+    """,
 ]

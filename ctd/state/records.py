@@ -40,6 +40,13 @@ class InstanceRecord:
     options: dict = field(default_factory=dict)
     # How its last run ended (ctd.instance.exits.ExitReport.as_dict()); {} if it never ran.
     last_exit: dict = field(default_factory=dict)
+    # Administrative flags (ctd/instance/admin.py): a disabled instance is not started, by
+    # anyone (autostart too); a protected one is not destroyed, reinstalled or rolled back.
+    disabled: bool = False
+    disabled_reason: str = ""
+    protected: bool = False
+    description: str = ""
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 # Option keys that describe one run of an instance, not the instance: cleared when it stops,

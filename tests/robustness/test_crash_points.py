@@ -1,5 +1,5 @@
 """Crash injection: ctd dies by SIGKILL at every crash point of create, start, stop, destroy,
-snapshot, clone and rollback; the next ctd must agree with the host and leave nothing behind.
+snapshot, clone, rollback and rename; the next ctd must agree with the host and leave nothing behind.
 
 The points are found in the source (every `faults.point("...")` under ctd/), so a point added
 there is covered here without a change. Each is armed with CTD_FAULT (see ctd/faults.py).
@@ -36,7 +36,7 @@ def crash_points() -> list[tuple[str, str]]:
 
 
 POINTS = crash_points()
-VERBS = {"create", "start", "stop", "destroy", "snapshot", "clone", "rollback"}
+VERBS = {"create", "start", "stop", "destroy", "snapshot", "clone", "rollback", "rename"}
 ALIASES = {"network": "start", "delete": "destroy"}
 
 
@@ -73,6 +73,8 @@ def prepare(d: Daemon, verb: str, name: str) -> Callable[[], object]:
     if verb == "clone":
         return lambda: c.run("POST", f"/1.0/instances/{name}/clone", {"name": f"{name}-copy"})
     c.run("POST", f"/1.0/instances/{name}/snapshots", {"name": "s1"})
+    if verb == "rename":   # a stopped instance with a snapshot
+        return lambda: c.request("POST", f"/1.0/instances/{name}/rename", {"name": f"{name}-new"})
     if verb == "rollback":
         return lambda: c.run("POST", f"/1.0/instances/{name}/rollback", {"snapshot": "s1"})
     c.run("PUT", f"/1.0/instances/{name}/state", {"action": "start"})

@@ -19,6 +19,7 @@ from ctd.api.errors import STATUS
 from ctd.api.server import make_app
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, NotFound, OperationFailed
+from ctd.instance.admin import check_filter
 from ctd.operations import Operations
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB, TemplateRecord
 from ctd.template.recipe import Recipe
@@ -50,9 +51,12 @@ class FakeInstances:
         if self.fail is not None:
             raise self.fail
 
-    def list(self) -> list[dict[str, Any]]:
+    def check_list_filter(self, states: list[str], tags: list[str]) -> Any:
+        return check_filter(states, tags)
+
+    def list(self, only: Any = None) -> list[dict[str, Any]]:
         self._maybe_fail()
-        return [self.view(r) for r in self.records.values()]
+        return [self.view(r) for r in self.records.values() if only is None or only.matches(r)]
 
     def get(self, ref: str) -> InstanceRecord:
         self._maybe_fail()

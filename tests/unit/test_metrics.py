@@ -105,9 +105,14 @@ def test_collector_reports_what_status_and_beancounters_show() -> None:
 
 
 def test_states_and_counts_cover_stopped_instances_and_vms() -> None:
-    s = scrape(FakeInstances())
+    fake = FakeInstances()
+    fake.records[1].disabled = True
+    s = scrape(fake)
     db = {"name": "db", "type": "vm"}
     assert value(s, "ctd_instance_running", **db) == 0
+    assert value(s, "ctd_instance_disabled", **db) == 1 and value(s, "ctd_instance_disabled", name="web",
+                                                                  type="container") == 0
+    assert value(s, "ctd_instance_protected", **db) == 0
     assert value(s, "ctd_instance_state", state="stopped", **db) == 1
     assert value(s, "ctd_instance_state", state="running", **db) == 0
     assert value(s, "ctd_instance_memory_limit_bytes", **db) == 1024 * MiB

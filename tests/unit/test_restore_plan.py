@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -101,6 +102,17 @@ def test_a_header_as_ctd_writes_it_restores_safely() -> None:
     assert p.limits == header()["meta"]["limits"]
     assert (p.name, p.hostname, p.template, p.new_identity) == ("web", "web.example.org", "busybox", False)
     assert (p.init, p.stop_signal) == (["/sbin/init"], "SIGUSR2")
+
+
+def test_admin_flags_never_come_from_the_file_but_labels_do() -> None:
+    p = plan({"disabled": False, "protected": False, "description": "shop", "tags": {"customer": "acme"}})
+    assert (p.description, p.tags) == ("shop", {"customer": "acme"})
+    assert not hasattr(p, "disabled") and not hasattr(p, "protected")
+    assert any("disabled" in n and "protected" in n for n in p.notes)   # named as ignored
+    for meta, why in (({"description": "x\x1b[2J"}, "U+001B"), ({"tags": {"../k": "v"}}, "invalid tag key"),
+                      ({"tags": {f"k{i}": "v" for i in range(1000)}}, "at most 64"), ({"tags": "a=b"}, "object")):
+        with pytest.raises(InvalidRequest, match=r"backup header, description or tags: .*" + re.escape(why)):
+            plan(meta)
 
 
 def test_only_the_admin_makes_it_privileged_or_unfiltered() -> None:
