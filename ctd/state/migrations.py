@@ -110,11 +110,7 @@ MIGRATIONS: list[str] = [
         expires_at    TEXT NOT NULL
     );
     """,
-    # 8: (suspend slice; a no-op placeholder in this branch, the lead fixes the order at merge)
-    "",
-    # 9: (autostart slice; a no-op placeholder in this branch)
-    "",
-    # 10: administrative flags: disabled (with its reason), protected, description, tags
+    # 8: administrative flags: disabled (with its reason), protected, description, tags
     """
     ALTER TABLE instances ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE instances ADD COLUMN disabled_reason TEXT NOT NULL DEFAULT '';
