@@ -16,6 +16,7 @@ from typing import Any
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotFound
+from ctd.instance.bootorder import BOOT_FIELDS, check_boot
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
 from ctd.instance.requests import CloneRequest, CreateRequest
@@ -24,7 +25,7 @@ from ctd.network import ipam
 from ctd.state import InstanceRecord, PowerState
 
 CREATE_FIELDS = {"name", "template", "id", "hostname", "privileged", "limits", "type", "nics", "nameservers",
-                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"}
+                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"} | BOOT_FIELDS
 
 
 class Provisioner:
@@ -63,16 +64,21 @@ class Provisioner:
         ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
         timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
         wanted_id = validate.instance_id(body["id"]) if body.get("id") is not None else None
+        boot = check_boot(body)
         instance_id = ctx.reservations.reserve(name, wanted_id, "choose another name")
         return CreateRequest(name=name, id=instance_id, type=kind.type, template=template.name if template else "",
                              hostname=hostname, privileged=privileged, limits=limits, nics=nics,
                              nameservers=nameservers, userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone,
-                             io_uring=io_uring, options=options)
+                             io_uring=io_uring, options=options, boot=boot)
 
     async def create(self, req: CreateRequest) -> InstanceRecord:
         kind = self.kinds.of_type(req.type)
         with self._new_instance(req) as new:
-            return await kind.create(req, new)
+            rec = await kind.create(req, new)
+            if req.boot.given:
+                req.boot.apply(rec)
+                self.ctx.db.update_instance(rec)
+            return rec
 
     def _new_instance(self, req: CreateRequest) -> contextlib.AbstractContextManager[NewInstance]:
         ctx = self.ctx

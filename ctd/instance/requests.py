@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ctd.instance.bootorder import BootSettings
 from ctd.instance.restore_plan import RestorePlan
 from ctd.network.manager import NicRequest
 from ctd.state import InstanceRecord, InstanceType
@@ -35,6 +36,7 @@ class CreateRequest:
     timezone: str | None
     io_uring: bool
     options: object | None = None       # the kind's own options (VmOptions for a VM)
+    boot: BootSettings = BootSettings()  # autostart: onboot, boot order, boot delay
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class SetRequest:
     ssh_keys: list[str]
     timezone: str | None
     hostname: str | None
+    boot: BootSettings = BootSettings()  # autostart: stored, nothing to apply live
 
     @property
     def changes_network(self) -> bool:

@@ -54,6 +54,7 @@ class StateDB:
         values["type"] = InstanceType(values["type"])
         values["state"] = PowerState(values["state"])
         values["privileged"] = bool(values["privileged"])
+        values["onboot"] = bool(values["onboot"])
         return InstanceRecord(**values)
 
     def add_instance(self, rec: InstanceRecord) -> None:
