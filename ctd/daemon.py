@@ -272,8 +272,11 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
         operations.start("boot", boot_id, autostart.run(boot_id, boot_op), boot_op)
     await stop.wait()
     autostart.halt()
-    # Containers keep running; a new ctd adopts them.
-    log.info("shutting down; running containers stay up")
+    if config.stop_instances_on_exit:   # the operator's choice for a host going down
+        log.info("shutting down; stopping every instance first (stop_instances_on_exit)")
+        await autostart.shutdown_all(config.stop_timeout)
+    else:   # containers keep running; a new ctd adopts them
+        log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
     if metrics_runner:
         await metrics_runner.cleanup()

@@ -7,6 +7,7 @@ without starting anything twice; shutdown-all stops in reverse order."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -52,6 +53,14 @@ def starts(d: Daemon, name: str) -> list[float]:
     return [int(x) / TICK for x in path.read_text().split()] if path.exists() else []
 
 
+def wait_starts(d: Daemon, name: str, count: int, timeout: float = 15) -> list[float]:
+    """The guest's start times once it noted `count` starts (it notes one just after its start)."""
+    deadline = time.monotonic() + timeout
+    while len(starts(d, name)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return starts(d, name)
+
+
 def simulate_reboot(d: Daemon, boot_id: Path) -> None:
     """kill -9 ctd and every container init (by PID), then a new boot id."""
     inits = [i["pid"] for i in d.client.get("/1.0/instances")["instances"] if i["pid"]]
@@ -95,6 +104,8 @@ def test_a_host_boot_starts_the_onboot_instances_in_order_with_their_delays(boot
     shown = d.instance(a)
     assert (shown["onboot"], shown["boot_order"], shown["boot_delay"]) == (True, 1, 3)
     assert d.instance(f)["boot_order"] == 10000
+    listed = {i["name"]: i for i in json.loads(d.ok("list", "--format", "json"))}
+    assert (listed[b]["onboot"], listed[b]["boot_order"], listed[off]["onboot"]) == (True, 1, False)
     assert "yes (order 1, delay 3 s)" in d.ok("status", a)
     d.ok("set", e, "--boot-order", "3")
     assert d.instance(e)["boot_order"] == 3
@@ -104,11 +115,11 @@ def test_a_host_boot_starts_the_onboot_instances_in_order_with_their_delays(boot
     simulate_reboot(d, boot_id)
     d.start()
     # The API answers while the sequence runs (a's 3 s delay holds the second group back).
-    assert d.client.get("/1.0")["boot"]["state"] == "running"
+    assert d.client.get("/1.0")["boot"]["state"] in ("pending", "running")
     boot = wait_boot(d)
     assert {s["name"]: s["outcome"] for s in boot["steps"]} == {n: "started" for n in (a, b, c, e, f)}
     assert d.instance(off)["state"] == "stopped"
-    assert all(len(starts(d, n)) == 2 for n in (a, b, c, e, f)) and len(starts(d, off)) == 1
+    assert all(len(wait_starts(d, n, 2)) == 2 for n in (a, b, c, e, f)) and len(starts(d, off)) == 1
     t = {n: starts(d, n)[-1] for n in (a, b, c, e, f)}
     assert t[c] >= max(t[a], t[b]) + 3 - 0.05, t    # the group waited for a's delay
     assert t[a] < t[c] <= t[e] <= t[f], t
@@ -149,7 +160,7 @@ def test_a_ctd_killed_during_the_boot_sequence_resumes_it_without_starting_twice
     d.start()
     boot = wait_boot(d)
     assert d.instance(first)["pid"] == pid            # adopted, not started a second time
-    assert len(starts(d, first)) == 2 and len(starts(d, second)) == 1
+    assert len(wait_starts(d, second, 1)) == 1 and len(wait_starts(d, first, 2)) == 2
     assert d.instance(second)["state"] == "running"
     outcomes = {s["name"]: s["outcome"] for s in boot["steps"]}
     assert outcomes == {first: "started", second: "started"}
@@ -197,3 +208,23 @@ def test_set_refuses_an_out_of_range_order_and_changes_nothing(ctd, make_contain
     with pytest.raises(ApiError) as caught:
         ctd.client.request("POST", "/1.0/shutdown", {"timeout": -1})
     assert caught.value.status == 400 and "0 to 3600" in str(caught.value)
+
+
+def test_stop_instances_on_exit_stops_them_when_ctd_stops_and_not_otherwise(boot_ctd):
+    d, _ = boot_ctd
+    name = f"s-{uuid.uuid4().hex[:4]}"
+    create(d, name)
+    d.ok("start", name)
+    d.stop()                                   # the default: ctd goes, the container stays
+    d.start()
+    assert d.instance(name)["state"] == "running"
+    d.extra_config += "stop_instances_on_exit = true\n"
+    d.stop()
+    d.start()
+    assert d.instance(name)["state"] == "running"   # adopted: the setting acts at ctd's stop
+    pid = d.instance(name)["pid"]
+    d.stop()
+    assert not Path(f"/proc/{pid}").exists() or " Z " in _stat(pid)
+    d.start()
+    assert d.instance(name)["state"] == "stopped"
+    assert "stopping every instance first" in (d.log.read_text() if d.log else "")

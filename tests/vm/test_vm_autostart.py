@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.host.test_autostart import boot_ctd, create, simulate_reboot, starts, wait_boot  # noqa: F401
+from tests.host.test_autostart import boot_ctd, create, simulate_reboot, wait_boot, wait_starts  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_an_onboot_vm_starts_after_a_host_boot_in_order_and_shutdown_all_presses
     assert steps[ct]["at"] >= steps[vm]["at"] + 2 - 0.05   # the VM's boot delay held the container back
     inst = d.instance(vm)
     assert inst["state"] == "running" and inst["pid"] != old
-    assert len(starts(d, ct)) == 1
+    assert len(wait_starts(d, ct, 1)) == 1
     t0 = time.monotonic()
     result = d.client.run("POST", "/1.0/shutdown", {"timeout": 6})
     hows = {s["name"]: s["how"] for s in result["stopped"]}
