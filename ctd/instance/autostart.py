@@ -13,7 +13,9 @@ Contract:
   reported and does not hold up the others. `status` (GET /1.0 "boot") shows the progress.
 - `Autostart.shutdown_all(timeout)` stops every running instance in reverse boot order (groups
   in parallel), each with the stop timeout (containers their stop signal, VMs the ACPI button,
-  killed after it); it ends a boot sequence still running first.
+  killed after it). It ends a boot sequence still running first (the starts under way finish,
+  nothing more starts) and that sequence counts as over: a ctd restart on this boot does not
+  resume it. ctd stopping (SIGTERM) halts a sequence too, but the next ctd resumes that one.
 
 It sits above the manager (like the API handlers) and reaches instances only through it.
 """
@@ -21,6 +23,7 @@ It sits above the manager (like the API handlers) and reaches instances only thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -59,7 +62,10 @@ class Autostart:
         self.db = instances.db
         self.config = instances.config
         self.status: dict[str, Any] = {"state": "idle", "boot_id": None}
-        self._halt = False
+        self._halt = asyncio.Event()      # set: start nothing more (ctd stopping, or shutdown-all)
+        self._by_shutdown = False         # shutdown-all halted it: this boot's sequence is over
+        self._idle = asyncio.Event()      # clear while run() is under way
+        self._idle.set()
 
     # ------------------------------------------------------------- the host's boot
 
@@ -118,12 +124,19 @@ class Autostart:
 
     async def run(self, boot_id: str, op: Operation | None = None) -> dict[str, Any]:
         """Start the onboot instances, group after group (see the module's contract)."""
+        self._idle.clear()
+        try:
+            return await self._run(boot_id, op)
+        finally:
+            self._idle.set()
+
+    async def _run(self, boot_id: str, op: Operation | None) -> dict[str, Any]:
         self.status.update(state="running", started_at=_now())
         onboot = [r for r in self.db.list_instances() if r.onboot]
         groups = boot_groups(onboot)
         gate = asyncio.Semaphore(self.config.boot_concurrency)
         for number, group in enumerate(groups, start=1):
-            if self._halt:
+            if self._halt.is_set():
                 break
             line = (f"group {number}/{len(groups)} (order {group[0].boot_order}): "
                     f"{', '.join(r.name for r in group)}")
@@ -135,16 +148,17 @@ class Autostart:
             ready_at = max((s.at + rec.boot_delay for s, rec in zip(steps, group, strict=True)
                             if s.outcome in ("started", "running")), default=0.0)
             wait = ready_at - time.time()
-            if wait > 0 and number < len(groups) and not self._halt:
+            if wait > 0 and number < len(groups) and not self._halt.is_set():
                 log.info("boot sequence: waiting %.1f s (boot delay) before the next group", wait)
-                await asyncio.sleep(wait)
-        if self._halt:
+                with contextlib.suppress(TimeoutError):   # a halt ends the wait
+                    await asyncio.wait_for(self._halt.wait(), wait)
+        if self._halt.is_set() and not self._by_shutdown:   # ctd stops: the next ctd resumes it
             self.status.update(state="halted", group=None)
-            log.info("boot sequence halted (shutdown requested)")
-        else:
+            log.info("boot sequence halted (ctd stops); the next ctd on this boot resumes it")
+        else:   # done, or ended by shutdown-all (which nobody wants undone by a ctd restart)
             finished = _now()
             self.db.conn.execute("UPDATE boot_runs SET finished_at = ? WHERE boot_id = ?", (finished, boot_id))
-            self.status.update(state="done", finished_at=finished, group=None)
+            self.status.update(state="halted" if self._by_shutdown else "done", finished_at=finished, group=None)
         failed = [s["name"] for s in self.status.get("steps", []) if s["outcome"] == "failed"]
         log.info("boot sequence %s: %d onboot instance(s), %d failed%s", self.status["state"], len(onboot),
                  len(failed), f" ({', '.join(failed)})" if failed else "")
@@ -157,7 +171,7 @@ class Autostart:
             return done     # a resumed sequence: this one was dealt with before ctd was killed
         async with gate:
             fresh = self.db.get_instance(rec.id)
-            if self._halt or fresh is None or not fresh.onboot:
+            if self._halt.is_set() or fresh is None or not fresh.onboot:
                 return Step(rec.name, "skipped", time.time())
             if self.instances.is_running(fresh):
                 return self._record(boot_id, fresh, "running", "already running")
@@ -175,7 +189,7 @@ class Autostart:
 
     def halt(self) -> None:
         """ctd is stopping: the boot sequence starts nothing more (the next ctd resumes it)."""
-        self._halt = True
+        self._halt.set()
 
     # ------------------------------------------------------------- shutdown-all
 
@@ -188,7 +202,9 @@ class Autostart:
 
     async def shutdown_all(self, timeout: float) -> dict[str, Any]:
         """Stop every running instance, highest boot order first (a group in parallel)."""
-        self._halt = True   # a boot sequence still running starts nothing more
+        self._by_shutdown = True
+        self._halt.set()    # a boot sequence still running starts nothing more …
+        await self._idle.wait()   # … and the starts it has under way end before the stops begin
         running = [r for r in self.db.list_instances() if self.instances.is_running(r)]
         stopped: list[dict[str, Any]] = []
         failed: list[dict[str, str]] = []
@@ -203,5 +219,4 @@ class Autostart:
                     failed.append({"name": rec.name, "error": message})
                 else:
                     stopped.append({"name": rec.name, "how": result["stop"]["how"], "at": time.time()})
-        self._halt = False
         return {"stopped": stopped, "failed": failed, "timeout": timeout}

@@ -166,6 +166,29 @@ def test_a_ctd_killed_during_the_boot_sequence_resumes_it_without_starting_twice
     assert outcomes == {first: "started", second: "started"}
 
 
+def test_shutdown_all_during_the_boot_sequence_ends_it_for_this_boot(boot_ctd):
+    d, boot_id = boot_ctd
+    u = uuid.uuid4().hex[:4]
+    first, second = f"p-{u}", f"q-{u}"
+    create(d, first, "--onboot", "yes", "--boot-order", "1", "--boot-delay", "30")
+    create(d, second, "--onboot", "yes", "--boot-order", "2")
+    simulate_reboot(d, boot_id)
+    d.start()
+    deadline = time.monotonic() + 30
+    while d.instance(first)["state"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    result = d.client.run("POST", "/1.0/shutdown", {"timeout": 10})
+    assert time.monotonic() - t0 < 20                 # the 30 s boot delay did not hold it up
+    assert [s["name"] for s in result["stopped"]] == [first]
+    assert d.client.get("/1.0")["boot"]["state"] == "halted"
+    d.stop()
+    d.start()                                         # same boot: nothing resumes
+    time.sleep(1)
+    assert d.instance(first)["state"] == "stopped" and d.instance(second)["state"] == "stopped"
+    assert not starts(d, second)
+
+
 def test_a_failing_onboot_instance_is_reported_and_holds_up_nothing(boot_ctd):
     d, boot_id = boot_ctd
     u = uuid.uuid4().hex[:4]
