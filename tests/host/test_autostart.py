@@ -124,6 +124,8 @@ def test_a_host_boot_starts_the_onboot_instances_in_order_with_their_delays(boot
     assert t[c] >= max(t[a], t[b]) + 3 - 0.05, t    # the group waited for a's delay
     assert t[a] < t[c] <= t[e] <= t[f], t
     assert "boot sequence:" in d.ok("info") and "done" in d.ok("info")
+    ops = [o for o in d.client.get("/1.0/operations")["operations"] if o["kind"] == "boot"]
+    assert len(ops) == 1 and ops[0]["status"] == "success" and ops[0]["result"]["failed"] == [], ops
 
     # A ctd restart without a reboot starts nothing.
     d.ok("stop", e)
