@@ -225,11 +225,14 @@ def test_bad_autostart_settings_are_refused_naming_the_range(ctd, body, words):
 
 
 def test_set_refuses_an_out_of_range_order_and_changes_nothing(ctd, make_container):
-    name = make_container(start=False, onboot="yes", **{"boot-order": "7"})
+    name = make_container(onboot="yes", **{"boot-order": "7"})   # running: set applies all the same
     r = ctd.ctl("set", name, "--boot-order", "20000", "--boot-delay", "5")
     assert r.code != 0 and "from 0 to 10000" in r.err
     shown = ctd.instance(name)
     assert (shown["onboot"], shown["boot_order"], shown["boot_delay"]) == (True, 7, 0)
+    assert "onboot no (order 7, delay 5 s)" in ctd.ok("set", name, "--onboot", "no", "--boot-delay", "5")
+    shown = ctd.instance(name)
+    assert (shown["onboot"], shown["boot_delay"], shown["state"]) == (False, 5, "running")
     with pytest.raises(ApiError) as caught:
         ctd.client.request("POST", "/1.0/shutdown", {"timeout": -1})
     assert caught.value.status == 400 and "0 to 3600" in str(caught.value)
