@@ -11,7 +11,18 @@ import click
 from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, state_text, status_rows, tags_text
 from ctctl.output import emit, human_bytes, table
 from ctctl.refs import instance_ref
-from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, guest_options, limit_options, limits_text
+from ctctl.shared import (
+    FORMAT,
+    INSTANCE,
+    add_boot,
+    add_guest,
+    boot_options,
+    client,
+    given_limits,
+    guest_options,
+    limit_options,
+    limits_text,
+)
 
 
 @click.command()
@@ -37,6 +48,7 @@ from ctctl.shared import FORMAT, INSTANCE, add_guest, client, given_limits, gues
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit")
 @click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
 @guest_options
+@boot_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
 @click.option("--allow-io-uring", is_flag=True, help="let the container use io_uring (denied by default: "
               "a large kernel attack surface)")
@@ -45,11 +57,13 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
            nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
-           allow_io_uring: bool, **limits: Any) -> None:
+           allow_io_uring: bool, onboot: str | None, boot_order: int | None, boot_delay: int | None,
+           **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
     body: dict[str, Any] = {"name": name, "type": kind}
     add_admin(body, limits)
     body["limits"] = given_limits(limits)
+    add_boot(body, onboot, boot_order, boot_delay)
     if template:
         body["template"] = template
     vm = _vm_request(disk, iso, profile, drivers_iso, compat)
@@ -169,6 +183,23 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
     click.echo(f"Restarted {result['name']} (init pid {result['pid']})")
 
 
+@click.command(name="shutdown-all")
+@click.option("--timeout", type=click.FloatRange(0, 3600), help="seconds each instance has for a clean shutdown "
+              "before it is killed (default: the server's stop_timeout)")
+def shutdown_all(timeout: float | None) -> None:
+    """Stop every running instance, highest boot order first (equal orders in parallel); containers get
+    their stop signal, VMs the ACPI power button. For host shutdown (ctd.service runs it then)."""
+    result = client().run("POST", "/1.0/shutdown", {} if timeout is None else {"timeout": timeout})
+    for stopped in result["stopped"]:
+        click.echo(f"Stopped {stopped['name']} ({stopped['how']})")
+    for failed in result["failed"]:
+        click.echo(f"Failed to stop {failed['name']}: {failed['error']}", err=True)
+    if not result["stopped"] and not result["failed"]:
+        click.echo("Nothing was running")
+    if result["failed"]:
+        raise SystemExit(1)
+
+
 @click.command()
 @INSTANCE
 @click.option("--template", "-t", help="a different template (default: the one it was made from)")
@@ -204,14 +235,17 @@ def destroy(instance: str, force: bool) -> None:
 @guest_options
 @admin_options
 @set_only_options
+@boot_options
 def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
          nameserver: tuple[str, ...], hostname: str | None, userpasswd: str | None, ssh_key: tuple[str, ...],
-         timezone: str | None, **limits: Any) -> None:
+         timezone: str | None, onboot: str | None, boot_order: int | None, boot_delay: int | None,
+         **limits: Any) -> None:
     """Change limits and addresses; a running container gets them at once, a running VM its
     --cpus/--ram where QEMU can ('unlimited' removes a limit)."""
     body: dict[str, Any] = {}
     add_admin(body, limits)
     add_guest(body, userpasswd, ssh_key, timezone)
+    add_boot(body, onboot, boot_order, boot_delay)
     if hostname:
         body["hostname"] = hostname
     if given_limits(limits):
@@ -222,11 +256,13 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     if rate:
         body["rate"] = rate
     if not body:
-        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5 or --tag KEY=VALUE")
+        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5, --tag KEY=VALUE "
+                               "or --onboot yes")
     result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"
-               + (f"; addresses {', '.join(addresses)}" if addresses else "") + flags_text(result))
+               + (f"; addresses {', '.join(addresses)}" if addresses else "") + flags_text(result)
+               + (f"; onboot {_boot_text(result)}" if {"onboot", "boot_order", "boot_delay"} & set(body) else ""))
     for note in result.get("notes") or []:   # what a running VM could not take live
         click.echo(f"Note: {note}")
 
@@ -270,7 +306,7 @@ def status(instance: str, fmt: str) -> None:
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", _host_ids(i, idmap)),
                 ("limits", limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
-                ("created", i["created_at"])] + status_rows(i)
+                ("created", i["created_at"]), ("onboot", _boot_text(i))] + status_rows(i)
         last = i.get("last_exit")
         if last:
             rows.append(("last exit", f"{last.get('at', '?')}: {last.get('text', last.get('kind', '?'))}"))
@@ -294,6 +330,13 @@ def status(instance: str, fmt: str) -> None:
     emit(fmt, data, render)
 
 
+def _boot_text(instance: dict[str, Any]) -> str:
+    if "onboot" not in instance:
+        return "-"
+    return (f"{'yes' if instance['onboot'] else 'no'} (order {instance['boot_order']}, "
+            f"delay {instance['boot_delay']} s)")
+
+
 def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:
     if instance.get("type") == "vm":
         return "- (a VM: QEMU isolates it)"
@@ -302,4 +345,4 @@ def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:
     return f"{idmap['uid_base']}-{idmap['uid_base'] + idmap.get('count', 65536) - 1}"
 
 
-COMMANDS = (create, start, resume, stop, restart, reinstall, destroy, set_, list_, status)
+COMMANDS = (create, start, resume, stop, restart, reinstall, destroy, set_, list_, status, shutdown_all)

@@ -31,9 +31,25 @@ def info(fmt: str) -> None:
                 ("https", https.get("address") or "off (set https_address in ctd.toml)")]
         if https:
             rows.append(("certificate SHA-256", https.get("certificate_fingerprint")))
+        rows.append(("boot sequence", _boot_text(i.get("boot") or {})))
         return "\n".join(f"{k + ':':<20} {v if v is not None else '-'}" for k, v in rows)
 
     emit(fmt, data, render)
+
+
+def _boot_text(boot: dict[str, Any]) -> str:
+    """The autostart sequence of this host boot: its state, what started and what failed."""
+    steps = boot.get("steps") or []
+    started = [s["name"] for s in steps if s["outcome"] in ("started", "running")]
+    failed = [f"{s['name']} ({s['detail']})" for s in steps if s["outcome"] == "failed"]
+    text = str(boot.get("state", "-"))
+    if boot.get("group"):
+        text += f", {boot['group']}"
+    if started:
+        text += f"; started {', '.join(started)}"
+    if failed:
+        text += f"; FAILED {', '.join(failed)}"
+    return text
 
 
 # ------------------------------------------------------------------ tokens

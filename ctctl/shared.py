@@ -65,6 +65,27 @@ def add_guest(body: dict[str, Any], userpasswd: str | None, ssh_key: tuple[str, 
         body["timezone"] = timezone
 
 
+def boot_options(func: Command) -> Command:
+    """--onboot, --boot-order, --boot-delay on create and set (checked by the server)."""
+    func = click.option("--boot-delay", "boot_delay", type=int,
+                        help="seconds the next boot-order group waits after this one started (0-3600)")(func)
+    func = click.option("--boot-order", "boot_order", type=int,
+                        help="start order after a host boot, lower first, 0-10000 (default 10000: last)")(func)
+    func = click.option("--onboot", type=click.Choice(["yes", "no"]),
+                        help="start it when the host boots (ctd starts after a reboot)")(func)
+    return func
+
+
+def add_boot(body: dict[str, Any], onboot: str | None, boot_order: int | None, boot_delay: int | None) -> None:
+    """Put the autostart options that were given into a request body."""
+    if onboot is not None:
+        body["onboot"] = onboot == "yes"
+    if boot_order is not None:
+        body["boot_order"] = boot_order
+    if boot_delay is not None:
+        body["boot_delay"] = boot_delay
+
+
 LIMIT_OPTIONS = (
     ("ram", "memory limit, e.g. 512M, 1G, or barrier:limit"),
     ("swap", "swap on top of ram, e.g. 256M"),

@@ -62,6 +62,14 @@ class DaemonConfig:
     # Plain-HTTP GET /metrics for a local Prometheus, off unless set, e.g. "127.0.0.1:9420".
     # Loopback only: it has no authentication and names every instance.
     metrics_address: str = ""
+    # Autostart after a host boot: how many instances of one boot-order group start at once,
+    # and where the kernel's boot id is read (tests point it at a file of their own to present
+    # a new boot; a host never changes it).
+    boot_concurrency: int = 4
+    boot_id_file: Path = Path("/proc/sys/kernel/random/boot_id")
+    # Stop every instance (reverse boot order, as `ctctl shutdown-all`) when ctd itself stops on
+    # SIGTERM. Off: stopping ctd leaves them running, so it can be upgraded under them.
+    stop_instances_on_exit: bool = False
 
     @property
     def idmap_limit(self) -> int:
@@ -147,6 +155,11 @@ def check_config(config: DaemonConfig, file: Path) -> None:
         raise InvalidRequest(f"{file}: nft_table must be a letter then letters, digits or _ (at most 64)")
     if not isinstance(config.nic_prefix, str) or not re.fullmatch(r"[a-z]{2}", config.nic_prefix):
         raise InvalidRequest(f"{file}: nic_prefix must be two lowercase letters, not {config.nic_prefix!r}")
+    if not isinstance(config.stop_instances_on_exit, bool):
+        raise InvalidRequest(f"{file}: stop_instances_on_exit must be true or false")
+    concurrency = config.boot_concurrency
+    if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
+        raise InvalidRequest(f"{file}: boot_concurrency must be a whole number from 1 to 256, not {concurrency!r}")
 
 
 def audit_rotation(config: DaemonConfig, file: Path) -> tuple[int, int]:

@@ -192,6 +192,7 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     from cgroups import detect_manager
     from ctd.api.context import ApiContext
     from ctd.api.server import make_app, prepare_socket_path, secure_socket
+    from ctd.instance.autostart import Autostart
     from ctd.instance.container.driver import ContainerDriver
     from ctd.instance.manager import InstanceManager
     from ctd.instance.transfer import Transfers
@@ -235,7 +236,12 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
                               "fix": "apt-get install lxcfs, then restart ctd"}},
         "recovered": report,
     }
-    context = ApiContext(config, db, instances, templates, Operations(), network, Transfers(instances), info)
+    autostart = Autostart(instances)
+    boot_id = autostart.plan()   # after recovery: what kept running is adopted, not started again
+    info["boot"] = autostart.status   # live: the boot sequence updates it
+    operations = Operations()
+    context = ApiContext(config, db, instances, templates, operations, network, Transfers(instances), info,
+                         autostart=autostart)
     access = remote_access(config, db, https[2]["certificate_fingerprint"] if https else None)
     info["https"] = https[2] if https else None
     app = make_app(context, access)
@@ -261,9 +267,16 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     log.info("ctd %s listening on %s (state in %s, cgroup v%d)", __version__, config.socket,
              config.state_dir, cgroups.version)
     sd_notify("READY=1")
+    if boot_id is not None:   # in the background: the API answers while instances start
+        boot_op = operations.new("boot", boot_id)
+        operations.start("boot", boot_id, autostart.run(boot_id, boot_op), boot_op)
     await stop.wait()
-    # Containers keep running; a new ctd adopts them.
-    log.info("shutting down; running containers stay up")
+    autostart.halt()
+    if config.stop_instances_on_exit:   # the operator's choice for a host going down
+        log.info("shutting down; stopping every instance first (stop_instances_on_exit)")
+        await autostart.shutdown_all(config.stop_timeout)
+    else:   # containers keep running; a new ctd adopts them
+        log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
     if metrics_runner:
         await metrics_runner.cleanup()

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctd.config import DaemonConfig
+from ctd.instance.autostart import Autostart
 from ctd.instance.manager import InstanceManager
 from ctd.network.manager import NetworkManager
 from ctd.instance.transfer import Transfers
@@ -24,3 +25,4 @@ class ApiContext:
     network: NetworkManager
     transfers: Transfers
     info: dict[str, Any] = field(default_factory=dict)
+    autostart: Autostart | None = None  # set by the daemon (tests of the API alone may leave it out)

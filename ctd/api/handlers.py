@@ -153,6 +153,17 @@ async def change_state(request: web.Request) -> web.Response:
     return await accepted(request, c.operations.start(action, rec.name, work))
 
 
+@routes.post("/1.0/shutdown")
+async def shutdown_all(request: web.Request) -> web.Response:
+    """Every running instance stopped in reverse boot order (host shutdown; ctctl shutdown-all)."""
+    c = ctx(request)
+    body = validate.body_fields(await json_body(request) if request.can_read_body else {}, {"timeout"})
+    if c.autostart is None:
+        raise Conflict("this server runs without autostart; stop the instances one by one")
+    timeout = c.autostart.check_timeout(body, c.config.stop_timeout)
+    return await accepted(request, c.operations.start("shutdown-all", "host", c.autostart.shutdown_all(timeout)))
+
+
 # ------------------------------------------------------------------ templates
 
 @routes.get("/1.0/templates")

@@ -9,6 +9,11 @@ from ctd.limits import LIMITS
 from ctd.remote.api import schema_paths as remote_paths
 from ctd.remote.trust_api import schema_paths as trust_paths
 
+BOOT = {"onboot": {"type": "boolean", "description": "start after a host boot (also \"yes\"/\"no\")"},
+        "boot_order": {"type": "integer", "minimum": 0, "maximum": 10000,
+                       "description": "lower starts first, stops last; default 10000 (after every ordered one)"},
+        "boot_delay": {"type": "integer", "minimum": 0, "maximum": 3600,
+                       "description": "seconds the next boot-order group waits after this one started"}}
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
 REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
        "schema": {"type": "string", "pattern": "^([a-z0-9][a-z0-9-]{0,62})$"}}
@@ -77,7 +82,8 @@ def build_schema() -> dict[str, Any]:
                                              "timezone": {"type": "string"},
                                              "hostname": {"type": "string"},
                                              **ADMIN, "stop": {"type": "boolean", "description":
-                                                               "with disabled: stop a running instance first"}}})},
+                                                               "with disabled: stop a running instance first"},
+                                             **BOOT}})},
                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
                 "delete": {"summary": "destroy (an operation); refuses a running one unless force",
                            "parameters": [{"name": "force", "in": "query", "schema": {"type": "boolean"}}],
@@ -90,6 +96,13 @@ def build_schema() -> dict[str, Any]:
                              "type": "object", "required": ["name"], "additionalProperties": False,
                              "properties": {"name": NAME}})},
                          "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            "/1.0/shutdown": {
+                "post": {"summary": "stop every running instance in reverse boot order (an operation); "
+                                    "body: {\"timeout\": seconds} (default stop_timeout)",
+                         "requestBody": {"required": False, **_json({
+                             "type": "object", "additionalProperties": False,
+                             "properties": {"timeout": {"type": "number", "minimum": 0, "maximum": 3600}}})},
+                         "responses": _responses(202, op_resp, 400)},
             },
             "/1.0/instances/{ref}/beancounters": {
                 "parameters": [REF],
@@ -276,6 +289,7 @@ def build_schema() -> dict[str, Any]:
                                        "mode": {"type": "string", "enum": ["bridged", "routed"]},
                                        "addresses": {"type": "array", "items": {"type": "string"}},
                                        "filter": {"type": "boolean"}, "rate": {"type": "string"}}}},
+                    **BOOT,
                 }},
             "StateChange": {
                 "type": "object", "required": ["action"], "additionalProperties": False,
@@ -292,7 +306,7 @@ def build_schema() -> dict[str, Any]:
                 "disabled_reason": {"type": "string", "nullable": True},
                 "last_exit": {"type": "object", "nullable": True, "description":
                               "how its last run ended: at, kind (exited, signaled, oom, reboot, poweroff, "
-                              "stopped, killed, unknown), text, code, signal, oom_kills"}}},
+                              "stopped, killed, unknown), text, code, signal, oom_kills"}, **BOOT}},
             "Operation": {"type": "object", "properties": {
                 "id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": "string"},
                 "status": {"type": "string", "enum": ["running", "success", "failure"]},

@@ -131,6 +131,7 @@ class InstanceManager:
             "console": False,
             "cgroups": self.cgroup_dirs(rec),
             "vm": None,
+            "onboot": rec.onboot, "boot_order": rec.boot_order, "boot_delay": rec.boot_delay,
         }
         shown.update(self.kinds.of(rec).view_fields(rec))
         shown.update(admin.view_fields(rec))

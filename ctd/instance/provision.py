@@ -17,6 +17,7 @@ from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.instance import admin
+from ctd.instance.bootorder import BOOT_FIELDS, check_boot
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
 from ctd.instance.requests import CloneRequest, CreateRequest
@@ -25,7 +26,7 @@ from ctd.network import ipam
 from ctd.state import InstanceRecord, PowerState
 
 CREATE_FIELDS = {"name", "template", "id", "hostname", "privileged", "limits", "type", "nics", "nameservers",
-                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"} | (admin.ADMIN_FIELDS - {"stop"})
+                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"} | (admin.ADMIN_FIELDS - {"stop"}) | BOOT_FIELDS
 
 
 class Provisioner:
@@ -66,18 +67,20 @@ class Provisioner:
         wanted_id = validate.instance_id(body["id"]) if body.get("id") is not None else None
         flags = admin.check_change(body)
         admin.check_for_new(flags)
+        boot = check_boot(body)
         instance_id = ctx.reservations.reserve(name, wanted_id, "choose another name")
         return CreateRequest(name=name, id=instance_id, type=kind.type, template=template.name if template else "",
                              hostname=hostname, privileged=privileged, limits=limits, nics=nics,
                              nameservers=nameservers, userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone,
-                             io_uring=io_uring, options=options, admin=flags)
+                             io_uring=io_uring, options=options, admin=flags, boot=boot)
 
     async def create(self, req: CreateRequest) -> InstanceRecord:
         kind = self.kinds.of_type(req.type)
         with self._new_instance(req) as new:
             rec = await kind.create(req, new)
-            if not req.admin.empty:
+            if not req.admin.empty or req.boot.given:
                 admin.apply(rec, req.admin)
+                req.boot.apply(rec)
                 self.ctx.db.update_instance(rec)
             return rec
 

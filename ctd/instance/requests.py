@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ctd.instance.admin import AdminChange
+from ctd.instance.bootorder import BootSettings
 from ctd.instance.restore_plan import RestorePlan
 from ctd.network.manager import NicRequest
 from ctd.state import InstanceRecord, InstanceType
@@ -37,6 +38,7 @@ class CreateRequest:
     io_uring: bool
     options: object | None = None       # the kind's own options (VmOptions for a VM)
     admin: AdminChange = AdminChange()  # disabled, protected, description, tags (admin.py)
+    boot: BootSettings = BootSettings()  # autostart: onboot, boot order, boot delay
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,14 @@ class SetRequest:
     ssh_keys: list[str]
     timezone: str | None
     hostname: str | None
+    boot: BootSettings = BootSettings()  # autostart (stored by Settings.apply)
     admin: AdminChange = AdminChange()  # disabled, protected, description, tags (admin.py)
 
     @property
     def changes_settings(self) -> bool:
         """Anything besides the admin flags (those need no Settings.apply)."""
         return bool(self.limits or self.changes_network or self.nameservers or self.userpasswd
-                    or self.ssh_keys or self.timezone or self.hostname)
+                    or self.ssh_keys or self.timezone or self.hostname or self.boot.given)
 
     @property
     def changes_network(self) -> bool:

@@ -19,6 +19,7 @@ from ctd import guest, validate
 from ctd.instance import admin
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotSupported
+from ctd.instance.bootorder import BOOT_FIELDS, check_boot
 from ctd.instance.container.spec import DEFAULT_NUMPTY
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.kinds import Kinds
@@ -29,7 +30,7 @@ from ctd.network.tc import parse_rate
 from ctd.state import InstanceRecord
 
 SET_FIELDS = {"limits", "ipadd", "ipdel", "rate", "nameservers", "userpasswd", "ssh_keys", "timezone",
-              "hostname"} | admin.ADMIN_FIELDS
+              "hostname"} | admin.ADMIN_FIELDS | BOOT_FIELDS
 
 
 def open_files(pids: set[int]) -> int:
@@ -86,13 +87,14 @@ def check_set(ctx: InstanceContext, body: Any) -> SetRequest:
     ssh_keys = [guest.check_ssh_key(k) for k in validate.string_list(body, "ssh_keys")]
     timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
     flags = admin.check_change(body)
+    boot = check_boot(body)
     if not (changes or ipadd or ipdel or rate != KEEP_RATE or nameservers or userpasswd or ssh_keys or timezone
-            or hostname or not flags.empty):
+            or hostname or not flags.empty or boot.given):
         raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key, "
-                             "timezone, hostname, disabled, protected, description or tags")
+                             "timezone, hostname, disabled, protected, description, tags, onboot, boot order or boot delay")
     ctx.check_io_device(changes)
     return SetRequest(limits=changes, ipadd=ipadd, ipdel=ipdel, rate=rate, nameservers=nameservers,
-                      userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone, hostname=hostname, admin=flags)
+                      userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone, hostname=hostname, admin=flags, boot=boot)
 
 
 class Settings:
@@ -129,6 +131,7 @@ class Settings:
                 await self._limits_step(rec, before, req.limits, done)
             step = "guest settings"
             await self._guest_step(rec, before, req, done, notes)
+            req.boot.apply(rec)
             step = "saving the settings"
             self.ctx.db.update_instance(rec)
         except BaseException as exc:

@@ -53,7 +53,7 @@ class StateDB:
             values[column] = json.loads(values[column])
         values["type"] = InstanceType(values["type"])
         values["state"] = PowerState(values["state"])
-        for flag in ("privileged", "disabled", "protected"):
+        for flag in ("privileged", "disabled", "protected", "onboot"):
             values[flag] = bool(values[flag])
         return InstanceRecord(**values)
 

@@ -118,4 +118,26 @@ MIGRATIONS: list[str] = [
     ALTER TABLE instances ADD COLUMN description TEXT NOT NULL DEFAULT '';
     ALTER TABLE instances ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
     """,
+    # 9: autostart after a host boot: per instance onboot/order/delay; per host boot (the kernel's
+    # boot id) the sequence's progress, so a ctd killed during it resumes without starting an
+    # instance twice
+    """
+    ALTER TABLE instances ADD COLUMN onboot INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE instances ADD COLUMN boot_order INTEGER NOT NULL DEFAULT 10000;
+    ALTER TABLE instances ADD COLUMN boot_delay INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE boot_runs (
+        boot_id     TEXT PRIMARY KEY,
+        started_at  TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE boot_steps (
+        boot_id     TEXT NOT NULL REFERENCES boot_runs(boot_id) ON DELETE CASCADE,
+        instance_id INTEGER NOT NULL,
+        name        TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        at          REAL NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (boot_id, instance_id)
+    );
+    """,
 ]

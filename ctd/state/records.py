@@ -47,6 +47,11 @@ class InstanceRecord:
     protected: bool = False
     description: str = ""
     tags: dict[str, str] = field(default_factory=dict)
+    # Autostart after a host boot (ctd/instance/autostart.py): lower boot_order first; the next
+    # group waits boot_delay seconds after this one started. 10000: after every ordered one.
+    onboot: bool = False
+    boot_order: int = 10000
+    boot_delay: int = 0
 
 
 # Option keys that describe one run of an instance, not the instance: cleared when it stops,
