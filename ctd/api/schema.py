@@ -96,6 +96,7 @@ def build_schema() -> dict[str, Any]:
                              "type": "object", "required": ["name"], "additionalProperties": False,
                              "properties": {"name": NAME}})},
                          "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
             "/1.0/shutdown": {
                 "post": {"summary": "stop every running instance in reverse boot order (an operation); "
                                     "body: {\"timeout\": seconds} (default stop_timeout)",
