@@ -185,6 +185,11 @@ class CgroupGroup(ABC):
         """Freeze/thaw; False when the host cannot freeze."""
 
     @abstractmethod
+    def freezer_state(self) -> str | None:
+        """What the kernel says now: "thawed", "freezing" (asked, not every task stopped yet)
+        or "frozen"; None when the group or the host has no freezer."""
+
+    @abstractmethod
     def _kill_atomic(self) -> bool:
         """SIGKILL the whole subtree in one kernel call (cgroup.kill); False if unsupported."""
 
@@ -260,6 +265,15 @@ class CgroupGroup(ABC):
         self._require()
         if not self._set_frozen(True):
             raise CgroupError("freeze: this host has no cgroup freezer")
+
+    def wait_frozen(self, timeout: float) -> bool:
+        """True once the kernel reports every task of the group frozen (within timeout)."""
+        deadline = time.monotonic() + timeout
+        while (state := self.freezer_state()) != "frozen":
+            if state is None or time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL)
+        return True
 
     def thaw(self) -> None:
         self._require()

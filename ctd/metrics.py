@@ -176,6 +176,8 @@ class CtdCollector(Collector):
             state.add_metric(labels + [power.value], float(view["state"] == power.value))
         families.gauge("ctd_instance_running", "1 when the instance runs", INSTANCE).add_metric(
             labels, float(view["state"] == PowerState.RUNNING.value))
+        families.gauge("ctd_instance_suspended", "1 when the instance is suspended (frozen / vCPUs stopped)",
+                       INSTANCE).add_metric(labels, float(view["state"] == PowerState.SUSPENDED.value))
         limits = families.gauge("ctd_instance_limit", "a configured limit (bytes, counts, percent or "
                                 "weight, as in ctctl set); absent = unlimited", INSTANCE + ["resource"])
         for resource, value in sorted(rec.limits.items()):
@@ -203,7 +205,8 @@ class CtdCollector(Collector):
             for key, name, doc in NIC_FIGURES:
                 if nic.get(key) is not None:
                     families.counter(name, doc, INSTANCE + ["nic", "host_nic"]).add_metric(nic_labels, nic[key])
-        if rec.type is InstanceType.CONTAINER and view["state"] == PowerState.RUNNING.value:
+        if rec.type is InstanceType.CONTAINER and view["state"] in (PowerState.RUNNING.value,
+                                                                      PowerState.SUSPENDED.value):
             self._beancounters(families, labels, self.instances.beancounters(rec))
 
     def _usage(self, families: Families, labels: list[str], usage: dict[str, Any] | None) -> None:

@@ -110,4 +110,7 @@ MIGRATIONS: list[str] = [
         expires_at    TEXT NOT NULL
     );
     """,
+    # 8: suspend/resume: the state 'suspended' needs no column (instances.state is TEXT); this
+    # slot is kept so the day-2 migrations keep their numbers (autostart 9, admin flags 10)
+    "SELECT 1;",
 ]

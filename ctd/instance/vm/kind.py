@@ -295,10 +295,15 @@ class VmKind:
             await self.driver.cleanup(rec)
             await asyncio.to_thread(self.driver.remove_run_dir, rec)  # serial.log and all
 
+    async def suspend(self, rec: InstanceRecord) -> None:
+        await self._vms.pause(rec)   # QMP 'stop': the vCPUs halt, QEMU and its memory stay
+
     async def resume(self, rec: InstanceRecord) -> None:
-        if self.driver is None:
-            raise InvalidRequest("resume is for VMs started with --paused")
-        await self.driver.cont(rec)
+        await self._vms.cont(rec)    # QMP 'cont', also for a VM started --paused (prelaunch)
+
+    async def is_suspended(self, rec: InstanceRecord) -> bool:
+        """QEMU's word: its vCPUs stopped (paused) or never started (prelaunch, -S)."""
+        return self.driver is not None and await self.driver.status(rec) in ("paused", "prelaunch")
 
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         if self.driver is None:
