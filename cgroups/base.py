@@ -1,6 +1,7 @@
 """What both backends share: the manager and group interfaces and their common logic."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -242,7 +243,7 @@ class CgroupGroup(ABC):
         if not seen:
             return 0
         if sig == signal.SIGKILL and self._kill_atomic():
-            pass
+            self._thaw_subtree()   # a frozen task acts on its SIGKILL only once thawed
         else:
             # Frozen, nothing can fork between reading the list and signalling it.
             frozen = sig == signal.SIGKILL and self._set_frozen(True)
@@ -257,8 +258,19 @@ class CgroupGroup(ABC):
         while (left := self.pids()) and time.monotonic() < deadline:
             seen |= left
             _signal_all(self.fs, left, sig)
+            self._thaw_subtree()
             time.sleep(_POLL)
         return len(seen)
+
+    def _thaw_subtree(self) -> None:
+        """Thaw the group and every cgroup below it: one its tenant froze (a privileged root, or a
+        delegated sub-cgroup) would otherwise keep killed tasks alive and the group busy."""
+        for d in self._walk():
+            for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                path = os.path.join(d, name)
+                if self.fs.exists(path):
+                    with contextlib.suppress(OSError, CgroupError):
+                        self.fs.write_checked(path, value, "thaw")
 
     def freeze(self) -> None:
         """Stop every process in the group (v1 freezer / v2 cgroup.freeze)."""

@@ -299,8 +299,10 @@ class InstanceManager:
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
             return StopOutcome.NOT_RUNNING
-        if rec.state is PowerState.SUSPENDED:   # a frozen init gets no signal, a paused guest no ACPI
-            with contextlib.suppress(CtdError, OSError):   # it is killed below if it cannot be let run
+        with contextlib.suppress(CtdError, OSError):   # it is killed below if it cannot be let run
+            # a frozen init gets no signal, a paused guest no ACPI: suspended by ctd or by itself
+            # (root of a privileged container can freeze its own cgroup)
+            if rec.state is PowerState.SUSPENDED or await self.kinds.of(rec).is_suspended(rec):
                 await self.kinds.of(rec).resume(rec)
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
