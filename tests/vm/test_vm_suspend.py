@@ -27,6 +27,11 @@ def test_vm_suspend_resume_paused_start_and_kill9(fresh_ctd):
         assert r.code != 0 and "suspended: resume it first" in r.err, r.err
         r = d.ctl("suspend", "vmz")
         assert r.code != 0 and "already suspended" in r.err
+        # a paused guest cannot take a balloon change: stored at once, not waited for
+        began = time.monotonic()
+        out = d.ok("set", "vmz", "--ram", "200M")
+        assert time.monotonic() - began < 5 and "suspended, they apply at its next start" in out, out
+        assert d.instance("vmz")["limits"]["ram"] == "200M"
         pid = d.instance("vmz")["pid"]
         d.kill9()
         d.start()
