@@ -1,6 +1,7 @@
 """What both backends share: the manager and group interfaces and their common logic."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -185,6 +186,11 @@ class CgroupGroup(ABC):
         """Freeze/thaw; False when the host cannot freeze."""
 
     @abstractmethod
+    def freezer_state(self) -> str | None:
+        """What the kernel says now: "thawed", "freezing" (asked, not every task stopped yet)
+        or "frozen"; None when the group or the host has no freezer."""
+
+    @abstractmethod
     def _kill_atomic(self) -> bool:
         """SIGKILL the whole subtree in one kernel call (cgroup.kill); False if unsupported."""
 
@@ -237,7 +243,7 @@ class CgroupGroup(ABC):
         if not seen:
             return 0
         if sig == signal.SIGKILL and self._kill_atomic():
-            pass
+            self._thaw_subtree()   # a frozen task acts on its SIGKILL only once thawed
         else:
             # Frozen, nothing can fork between reading the list and signalling it.
             frozen = sig == signal.SIGKILL and self._set_frozen(True)
@@ -252,14 +258,34 @@ class CgroupGroup(ABC):
         while (left := self.pids()) and time.monotonic() < deadline:
             seen |= left
             _signal_all(self.fs, left, sig)
+            self._thaw_subtree()
             time.sleep(_POLL)
         return len(seen)
+
+    def _thaw_subtree(self) -> None:
+        """Thaw the group and every cgroup below it: one its tenant froze (a privileged root, or a
+        delegated sub-cgroup) would otherwise keep killed tasks alive and the group busy."""
+        for d in self._walk():
+            for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                path = os.path.join(d, name)
+                if self.fs.exists(path):
+                    with contextlib.suppress(OSError, CgroupError):
+                        self.fs.write_checked(path, value, "thaw")
 
     def freeze(self) -> None:
         """Stop every process in the group (v1 freezer / v2 cgroup.freeze)."""
         self._require()
         if not self._set_frozen(True):
             raise CgroupError("freeze: this host has no cgroup freezer")
+
+    def wait_frozen(self, timeout: float) -> bool:
+        """True once the kernel reports every task of the group frozen (within timeout)."""
+        deadline = time.monotonic() + timeout
+        while (state := self.freezer_state()) != "frozen":
+            if state is None or time.monotonic() > deadline:
+                return False
+            time.sleep(_POLL)
+        return True
 
     def thaw(self) -> None:
         self._require()

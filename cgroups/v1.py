@@ -402,6 +402,11 @@ class V1Group(CgroupGroup):
             time.sleep(0.01)
         return True
 
+    def freezer_state(self) -> str | None:
+        state = self._file("freezer", "freezer.state")
+        text = None if state is None else self.fs.read_opt(state)
+        return None if text is None else text.strip().lower()   # THAWED, FREEZING, FROZEN
+
     def _kill_atomic(self) -> bool:
         # Hybrid hosts: cgroup.kill on our group in the cgroup2 tree kills the subtree at once.
         d = self.dirs().get(UNIFIED)

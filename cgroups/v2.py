@@ -322,6 +322,15 @@ class V2Group(CgroupGroup):
             time.sleep(0.01)
         return True
 
+    def freezer_state(self) -> str | None:
+        asked = self.fs.read_opt(self._f("cgroup.freeze"))
+        if asked is None:
+            return None
+        if asked.strip() != "1":
+            return "thawed"
+        frozen = (self.fs.read_keyed(self._f("cgroup.events")) or {}).get("frozen") == 1
+        return "frozen" if frozen else "freezing"
+
     def _kill_atomic(self) -> bool:
         path = self._f("cgroup.kill")   # 5.14+
         if not self.fs.exists(path):

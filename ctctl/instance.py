@@ -1,4 +1,4 @@
-"""ctctl's instance commands: create, start, resume, stop, restart, reinstall, destroy, set, list
+"""ctctl's instance commands: create, start, suspend, resume, stop, restart, reinstall, destroy, set, list
 and status. Each is one request to ctd (an operation waited for, or a plain GET/PATCH); what it
 prints is built from ctd's reply only."""
 
@@ -139,8 +139,16 @@ def start(instance: str, paused: bool) -> None:
 
 @click.command()
 @INSTANCE
+def suspend(instance: str) -> None:
+    """Freeze a running instance (container: cgroup freezer, VM: vCPUs stopped); memory stays."""
+    _state(instance, "suspend")
+    click.echo(f"Suspended {instance}")
+
+
+@click.command()
+@INSTANCE
 def resume(instance: str) -> None:
-    """Let a VM started with --paused run."""
+    """Let a suspended instance (or a VM started with --paused) run on."""
     _state(instance, "resume")
     click.echo(f"Resumed {instance}")
 
@@ -345,4 +353,4 @@ def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:
     return f"{idmap['uid_base']}-{idmap['uid_base'] + idmap.get('count', 65536) - 1}"
 
 
-COMMANDS = (create, start, resume, stop, restart, reinstall, destroy, set_, list_, status, shutdown_all)
+COMMANDS = (create, start, suspend, resume, stop, restart, reinstall, destroy, set_, list_, status, shutdown_all)

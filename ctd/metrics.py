@@ -180,6 +180,8 @@ class CtdCollector(Collector):
                        INSTANCE).add_metric(labels, float(rec.disabled))
         families.gauge("ctd_instance_protected", "1 when destroy, reinstall and rollback are refused",
                        INSTANCE).add_metric(labels, float(rec.protected))
+        families.gauge("ctd_instance_suspended", "1 when the instance is suspended (frozen / vCPUs stopped)",
+                       INSTANCE).add_metric(labels, float(view["state"] == PowerState.SUSPENDED.value))
         limits = families.gauge("ctd_instance_limit", "a configured limit (bytes, counts, percent or "
                                 "weight, as in ctctl set); absent = unlimited", INSTANCE + ["resource"])
         for resource, value in sorted(rec.limits.items()):
@@ -207,7 +209,8 @@ class CtdCollector(Collector):
             for key, name, doc in NIC_FIGURES:
                 if nic.get(key) is not None:
                     families.counter(name, doc, INSTANCE + ["nic", "host_nic"]).add_metric(nic_labels, nic[key])
-        if rec.type is InstanceType.CONTAINER and view["state"] == PowerState.RUNNING.value:
+        if rec.type is InstanceType.CONTAINER and view["state"] in (PowerState.RUNNING.value,
+                                                                      PowerState.SUSPENDED.value):
             self._beancounters(families, labels, self.instances.beancounters(rec))
 
     def _usage(self, families: Families, labels: list[str], usage: dict[str, Any] | None) -> None:

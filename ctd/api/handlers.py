@@ -142,14 +142,18 @@ async def change_state(request: web.Request) -> web.Response:
     if action == "start":
         c.instances.check_start(rec)
         work = c.instances.start(rec, paused)
+    elif action == "suspend":
+        c.instances.check_suspend(rec)
+        work = c.instances.suspend(rec)
     elif action == "resume":
+        c.instances.check_resume(rec)
         work = c.instances.resume(rec)
     elif action == "stop":
         work = c.instances.stop(rec, timeout, force)
     elif action == "restart":
         work = c.instances.restart(rec, timeout, force)
     else:
-        raise InvalidRequest(f"unknown action {action!r}; use start, stop, restart or resume")
+        raise InvalidRequest(f"unknown action {action!r}; use start, stop, restart, suspend or resume")
     return await accepted(request, c.operations.start(action, rec.name, work))
 
 

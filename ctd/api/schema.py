@@ -294,7 +294,7 @@ def build_schema() -> dict[str, Any]:
                 }},
             "StateChange": {
                 "type": "object", "required": ["action"], "additionalProperties": False,
-                "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart", "resume"]},
+                "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart", "suspend", "resume"]},
                                "paused": {"type": "boolean", "description": "start a VM with its CPUs stopped"},
                                "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
                                "force": {"type": "boolean", "description": "stop: kill at once"}}},

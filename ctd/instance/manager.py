@@ -24,7 +24,7 @@ from ctd import faults, validate
 from ctd import limits as limits_mod
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, CtdError, NotFound
-from ctd.instance import admin, exits, recovery, settings
+from ctd.instance import admin, exits, recovery, settings, suspend
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.kind import InstanceKind
@@ -41,6 +41,7 @@ from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
 log = logging.getLogger("ctd.instances")
+ALIVE = (PowerState.RUNNING, PowerState.SUSPENDED)
 DISK_CACHE_SECONDS = 5.0
 
 
@@ -119,7 +120,7 @@ class InstanceManager:
     def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]:
         shown = {
             "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
-            "pid": rec.pid if rec.state is PowerState.RUNNING else None,
+            "pid": rec.pid if rec.state in ALIVE else None,
             "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
             # VMs have no id range (QEMU isolates them), privileged containers the host's ids
             "idmap": None if rec.idmap_base is None else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
@@ -172,7 +173,7 @@ class InstanceManager:
     def brief(self, rec: InstanceRecord) -> dict[str, Any]:
         """What a state change answers with: cheap, no counters read (start is a hot path)."""
         return {"id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
-                "pid": rec.pid if rec.state is PowerState.RUNNING else None, "template": rec.template}
+                "pid": rec.pid if rec.state in ALIVE else None, "template": rec.template}
 
     def list(self, only: admin.ListFilter | None = None) -> list[dict[str, Any]]:
         """Every instance, or those matching a filter (admin.check_filter: ?state=, ?tag=)."""
@@ -243,6 +244,8 @@ class InstanceManager:
         admin.refuse_start(rec)
         if rec.state is PowerState.RUNNING or rec.name in self._starting:
             raise Conflict(f"{rec.name} is already running")
+        if rec.state is PowerState.SUSPENDED:
+            raise Conflict(f"{rec.name} is suspended; 'ctctl resume {rec.name}' lets it run on")
         if "ioprio" in rec.limits and self.cgroups.io_weight_file() is None:  # bfq gone since (a reboot)
             raise Conflict(f"{rec.name} has an ioprio: " + limits_mod.ioprio_unsupported(
                 self.io_device, f"recreate it without --ioprio (its limits are shown by 'ctctl status {rec.name}')"))
@@ -254,10 +257,25 @@ class InstanceManager:
             await self._start_locked(rec, paused)
             return self.brief(rec)
 
+    def check_suspend(self, rec: InstanceRecord) -> None:
+        suspend.check_suspend(rec)
+
+    def check_resume(self, rec: InstanceRecord) -> None:
+        suspend.check_resume(rec)
+
+    async def suspend(self, rec: InstanceRecord) -> dict[str, Any]:
+        """Freeze a container / stop a VM's vCPUs (suspend.py)."""
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            await suspend.suspend(self.kinds.of(rec), self.db, rec)
+            return self.brief(rec)
+
     async def resume(self, rec: InstanceRecord) -> dict[str, Any]:
-        """A VM started paused (or paused since) runs on."""
-        await self.kinds.of(rec).resume(rec)
-        return self.brief(rec)
+        """A suspended instance (or a VM started paused) runs on."""
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            await suspend.resume(self.kinds.of(rec), self.db, rec)
+            return self.brief(rec)
 
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         return await self.kinds.of(rec).hardware(rec)
@@ -269,7 +287,7 @@ class InstanceManager:
             resources = self.resources(rec)
             kind = self.kinds.require(self.kinds.of(rec))
             rec.pid, rec.pid_start = await kind.start(rec, resources, paused)
-            rec.state = PowerState.RUNNING
+            rec.state = PowerState.SUSPENDED if paused else PowerState.RUNNING
             self.db.update_instance(rec)
             faults.point("start.after_db")
         finally:
@@ -286,6 +304,11 @@ class InstanceManager:
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
             return StopOutcome.NOT_RUNNING
+        with contextlib.suppress(CtdError, OSError):   # it is killed below if it cannot be let run
+            # a frozen init gets no signal, a paused guest no ACPI: suspended by ctd or by itself
+            # (root of a privileged container can freeze its own cgroup)
+            if rec.state is PowerState.SUSPENDED or await self.kinds.of(rec).is_suspended(rec):
+                await self.kinds.of(rec).resume(rec)
         rec.state = PowerState.STOPPING
         self.db.update_instance(rec)
         faults.point("stop.after_mark_stopping")
@@ -459,12 +482,14 @@ class InstanceManager:
 
     async def exec(self, ref: str, command: list[str], env: dict[str, str], cwd: str, tty: bool) -> ExecProcess:
         rec = self.get(ref)
+        suspend.refuse_if_suspended(rec, "run commands in it")
         proc: ExecProcess = await self.kinds.of(rec).exec(rec, command, env, cwd, tty)  # VMs refuse (NotSupported)
         return proc
 
     def console(self, ref: str) -> Any:
         """A container's console (its pty master) or a VM's serial socket path."""
         rec = self.get(ref)
+        suspend.refuse_if_suspended(rec, "use its console")
         return self.kinds.of(rec).console(rec)
 
     # ------------------------------------------------------------- after a daemon restart

@@ -70,8 +70,8 @@ async def _adopt_or_stop(ctx: InstanceContext, kinds: Kinds, records: list[Insta
         report["removed_dirs"] += kind.release_leftovers(rec)
         if rec.state is PowerState.STOPPED:
             continue
-        if await kind.adopt(rec):
-            rec.state = PowerState.RUNNING
+        if await kind.adopt(rec):   # suspended or not: the freezer's / QEMU's word, not the row's
+            rec.state = PowerState.SUSPENDED if await kind.is_suspended(rec) else PowerState.RUNNING
             ctx.db.update_instance(rec)
             report["adopted"].append(rec.name)
         else:

@@ -16,6 +16,7 @@ class PowerState(str, Enum):
     STARTING = "starting"
     RUNNING = "running"
     STOPPING = "stopping"
+    SUSPENDED = "suspended"   # frozen (container) or vCPUs stopped (VM); its processes/QEMU still exist
 
 
 @dataclass

@@ -266,3 +266,29 @@ def test_live_ipadd_and_ipdel_beside_networkds_own_default_route(ctd, vps, lan):
     assert ctd.sh(name, "ip -4 route show default").out == routes_before   # the guest's routes stay
     assert extra not in ctd.instance(name)["nics"][0]["addresses"]
     assert subprocess.run(["busybox", "ping", "-c1", "-W2", address(ctd, name)], capture_output=True).returncode == 0
+
+
+def test_suspend_and_resume_a_systemd_container(ctd, vps, key):
+    """A booted Debian (systemd, its own sub-cgroups) freezes whole: ssh gets no answer while it
+    is suspended, and after resume systemd and sshd carry on; a stop of a suspended one is clean."""
+    name = vps()
+    assert system_state(ctd, name) in ("running", "degraded")
+    ip = address(ctd, name)
+    assert ssh(key, ip, "true").returncode == 0
+    ctd.ok("suspend", name)
+    freezer = Path(ctd.instance(name)["cgroups"]["freezer"])
+    states = {p.read_text().strip() for p in freezer.rglob("freezer.state")}
+    assert states == {"FROZEN"}, states
+    frozen = subprocess.run(["ssh", "-i", str(key), "-o", "StrictHostKeyChecking=no", "-o",
+                             "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=3",
+                             f"root@{ip}", "true"], capture_output=True, text=True, timeout=30)
+    assert frozen.returncode != 0, "sshd answered while suspended"
+    ctd.ok("resume", name)
+    assert system_state(ctd, name) in ("running", "degraded")
+    assert ssh(key, ip, "systemctl is-active ssh").stdout.strip() == "active"
+    ctd.ok("suspend", name)
+    began = time.monotonic()
+    ctd.ok("stop", "--timeout", "20", name)
+    took = time.monotonic() - began
+    assert took < 10, f"stop of a suspended systemd container took {took:.1f} s"
+    assert ctd.instance(name)["state"] == "stopped"

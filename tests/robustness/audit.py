@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ctd.storage.pool import find_mount, loops_backing, parse_mountinfo
 
-OK_STATES = ("running", "stopped")
+OK_STATES = ("running", "stopped", "suspended")
 
 
 def _proc_uid(pid: str) -> int | None:
@@ -125,7 +125,7 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
     problems: list[str] = []
     insts = d.client.get("/1.0/instances")["instances"]
     by_name = {i["name"]: i for i in insts}
-    running = {i["name"]: i for i in insts if i["state"] == "running"}
+    running = {i["name"]: i for i in insts if i["state"] in ("running", "suspended")}  # a process exists
     running_ids = {i["id"] for i in running.values()}
     storage = d.state_dir / "storage"
 
@@ -143,7 +143,7 @@ def audit(d) -> list[str]:  # type: ignore[no-untyped-def]
             if written != i["hostname"]:
                 problems.append(f"{name} is listed but its guest settings were never written "
                                 f"(/etc/hostname: {written!r}, hostname {i['hostname']!r})")
-        if i["state"] == "running":
+        if i["state"] in ("running", "suspended"):
             pid = i["pid"]
             if not pid or not Path(f"/proc/{pid}").exists():
                 problems.append(f"{name} is listed as running but its init (pid {pid}) does not exist")

@@ -342,3 +342,24 @@ def test_cpu_and_cpuacct_joined_or_apart(tmp_path: Path, joined: bool) -> None:
     assert grp.usage().cpu_seconds == 1.5
     assert grp.read_limits().cpu_weight == 200
     assert len(grp.procs_files()) == (9 if joined else 10)
+
+
+def test_freezer_state_and_kill_all_thaws_what_a_tenant_froze(tmp_path: Path) -> None:
+    """suspend reads the kernel's word; a SIGKILLed task frozen (by ctd or by its tenant, in a
+    sub-cgroup too) only dies once thawed, so kill_all thaws the whole subtree."""
+    mgr, fs = _mgr(tmp_path, hybrid=True)
+    grp = mgr.group("ct1")
+    grp.create()
+    state = Path(grp.dirs()["freezer"], "freezer.state")
+    assert grp.freezer_state() == "thawed"
+    state.write_text("FREEZING\n")
+    assert grp.freezer_state() == "freezing" and not grp.wait_frozen(0.05)
+    state.write_text("FROZEN\n")
+    assert grp.freezer_state() == "frozen" and grp.wait_frozen(0.05)
+    child = Path(grp.dirs()["freezer"], "tenant")
+    child.mkdir()
+    (child / "freezer.state").write_text("FROZEN\n")
+    grp.attach(555)
+    assert grp.kill_all() == 1
+    thawed = {p for p, d in fs.writes if p.endswith("freezer.state") and d == "THAWED"}
+    assert {str(state), str(child / "freezer.state")} <= thawed

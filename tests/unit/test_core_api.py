@@ -380,7 +380,7 @@ def test_state_changes(tmp_path: Path) -> None:
         await env.ctx.operations.drain()
         assert env.instances.calls[-1] == ("stop", "web", 3.0, True)
         before = list(env.instances.calls)
-        for body, words in (({"action": "explode"}, "start, stop, restart or resume"), ({}, "missing field(s): action"),
+        for body, words in (({"action": "explode"}, "start, stop, restart, suspend or resume"), ({}, "missing field(s): action"),
                             ({"action": "stop", "timeout": "x"}, "timeout must be a number"),
                             ({"action": "stop", "timeout": 9999}, "timeout must be a number"),
                             ({"action": "stop", "force": "yes"}, "force must be true or false"),

@@ -359,6 +359,50 @@ def test_freeze_and_thaw(grp: V2Group, procs: list[subprocess.Popen[str]]) -> No
     assert grp.kill_all() == 1
 
 
+def test_suspend_state_and_a_tenant_cannot_thaw_its_own_root(grp: V2Group,
+                                                               procs: list[subprocess.Popen[str]]) -> None:
+    """What ctd's suspend reads (freezer_state), and the tenant's side: its root (an id range's
+    uid, the group delegated to it) cannot write cgroup.freeze of its own cgroup, but can freeze
+    a sub-cgroup it made; kill_all still ends everything (it thaws the subtree after SIGKILL)."""
+    tenant = 100000
+    assert grp.freezer_state() == "thawed"
+    grp.delegate(tenant, tenant)
+    p = spawn(grp, procs, f"""
+        import os, time
+        os.setgid({tenant}); os.setuid({tenant})
+        me = os.path.dirname(sys.argv[1])
+        for value in ("0", "1"):
+            try:
+                with open(os.path.join(me, "cgroup.freeze"), "w") as fh:
+                    fh.write(value)
+                print("WROTE", flush=True)
+            except OSError as e:
+                print("refused", e.errno, flush=True)
+        child = os.path.join(me, "own")
+        os.mkdir(child)
+        kid = os.fork()
+        if kid == 0:
+            with open(os.path.join(child, "cgroup.procs"), "w") as fh:
+                fh.write(str(os.getpid()))
+            time.sleep(60)
+            os._exit(0)
+        time.sleep(0.3)
+        with open(os.path.join(child, "cgroup.freeze"), "w") as fh:
+            fh.write("1")
+        print("child frozen", flush=True)
+        time.sleep(60)
+    """)
+    assert p.stdout is not None
+    lines = [p.stdout.readline().strip() for _ in range(3)]
+    assert lines[:2] == [f"refused {errno.EACCES}"] * 2 and lines[2] == "child frozen", (lines, p.stderr)
+    grp.freeze()
+    assert grp.wait_frozen(5) and grp.freezer_state() == "frozen"
+    grp.thaw()
+    assert grp.freezer_state() == "thawed"
+    assert "frozen 1" in Path(grp.dir, "own", "cgroup.events").read_text().splitlines()
+    assert grp.kill_all(timeout=5) == 2 and not grp.pids(), "a task frozen by its tenant outlived SIGKILL"
+
+
 def test_beancounter_rows(grp: V2Group, procs: list[subprocess.Popen[str]]) -> None:
     grp.apply(Resources(memory_max=128 * M, pids_max=50, cpu_quota_pct=150))
     p = spawn(grp, procs, "import time; print('up', flush=True); time.sleep(30)\n")

@@ -15,7 +15,7 @@ from typing import Any
 
 from cgroups import CgroupGroup, Resources
 from ctd import faults, guest
-from ctd.errors import Conflict, InvalidRequest
+from ctd.errors import Conflict, InvalidRequest, OperationFailed
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.requests import CloneRequest, CreateRequest
@@ -25,6 +25,8 @@ from ctd.network.manager import NicRequest
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord, InstanceType
 from ctd.state.records import copyable_options
+
+FREEZE_TIMEOUT = 10.0   # seconds the kernel gets to stop every task of a container
 
 log = logging.getLogger("ctd.instances")
 
@@ -170,8 +172,28 @@ class ContainerKind:
         await self.driver.cleanup(rec)
         faults.point("destroy.after_cgroup")
 
+    async def suspend(self, rec: InstanceRecord) -> None:
+        """Every process frozen by the cgroup freezer; returns once the kernel says frozen
+        (a task stuck in the kernel can hold that up: then it is thawed again and refused)."""
+        group = self.group(rec)
+
+        def freeze() -> bool:
+            group.freeze()
+            if group.wait_frozen(FREEZE_TIMEOUT):
+                return True
+            group.thaw()
+            return False
+
+        if not await asyncio.to_thread(freeze):
+            raise OperationFailed(f"{rec.name} did not freeze within {FREEZE_TIMEOUT:.0f} s (a process stuck "
+                                  "in the kernel, e.g. on a hung NFS mount); it runs on — try again")
+
     async def resume(self, rec: InstanceRecord) -> None:
-        raise InvalidRequest("resume is for VMs started with --paused")
+        await asyncio.to_thread(self.group(rec).thaw)
+
+    async def is_suspended(self, rec: InstanceRecord) -> bool:
+        """The kernel's word (the freezer), not the state row's."""
+        return await asyncio.to_thread(self.group(rec).freezer_state) in ("frozen", "freezing")
 
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         raise InvalidRequest(f"{rec.name} is not a VM")

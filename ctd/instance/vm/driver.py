@@ -320,6 +320,12 @@ class VmDriver:
                 notes.append(f"ram: {r.note}")
         return notes
 
+    async def pause(self, rec: InstanceRecord) -> None:
+        vm = self.running.get(rec.name)
+        if vm is None or vm.qmp is None:
+            raise Conflict(f"{rec.name} is not running")
+        await vm.qmp.pause()
+
     async def cont(self, rec: InstanceRecord) -> None:
         vm = self.running.get(rec.name)
         if vm is None or vm.qmp is None:

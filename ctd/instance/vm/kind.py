@@ -29,7 +29,7 @@ from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network.manager import NicRequest
 from ctd.network.netlink import InsideNic
-from ctd.state import InstanceRecord, InstanceType
+from ctd.state import InstanceRecord, InstanceType, PowerState
 from ctd.state.records import copyable_options
 
 log = logging.getLogger("ctd.instances")
@@ -295,10 +295,15 @@ class VmKind:
             await self.driver.cleanup(rec)
             await asyncio.to_thread(self.driver.remove_run_dir, rec)  # serial.log and all
 
+    async def suspend(self, rec: InstanceRecord) -> None:
+        await self._vms.pause(rec)   # QMP 'stop': the vCPUs halt, QEMU and its memory stay
+
     async def resume(self, rec: InstanceRecord) -> None:
-        if self.driver is None:
-            raise InvalidRequest("resume is for VMs started with --paused")
-        await self.driver.cont(rec)
+        await self._vms.cont(rec)    # QMP 'cont', also for a VM started --paused (prelaunch)
+
+    async def is_suspended(self, rec: InstanceRecord) -> bool:
+        """QEMU's word: its vCPUs stopped (paused) or never started (prelaunch, -S)."""
+        return self.driver is not None and await self.driver.status(rec) in ("paused", "prelaunch")
 
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         if self.driver is None:
@@ -371,6 +376,8 @@ class VmKind:
         here is a note (they apply at next start), not an error."""
         if self.driver is None or not self.is_running(rec) or not changes:
             return []
+        if rec.state is PowerState.SUSPENDED:   # a paused guest ejects no vCPU and moves no balloon
+            return [f"cpus/ram: stored; {rec.name} is suspended, they apply at its next start"]
         try:
             return await self.driver.resize(rec, changes.get("cpus"), changes.get("ram"),
                                            self.ctx.resources(rec, removed_limits(changes)))
