@@ -26,6 +26,9 @@ def netns() -> Iterator[str]:
     needs_root()
     name = f"ctdnat-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
+    # a new namespace copies the host's IPv4 settings (net.core.devconf_inherit_init_net = 0):
+    # start this one of the test's own without forwarding, whatever the host has
+    in_netns(name, "sh", "-c", f"echo 0 > {FORWARD}")
     try:
         yield name
     finally:
@@ -51,7 +54,7 @@ def netns_ctd(tmp_path: Path, netns: str) -> Iterator[tuple[Daemon, str]]:
 def test_nat_network_enables_forwarding_in_its_namespace_only(netns_ctd):
     ctd, ns = netns_ctd
     host_before = Path(FORWARD).read_text()
-    assert in_netns(ns, "cat", FORWARD).stdout.strip() == "0"  # a new namespace starts without it
+    assert in_netns(ns, "cat", FORWARD).stdout.strip() == "0"  # as the fixture made it
 
     ctd.ok("network", "create", "natnet", "--nat", "--subnet", "10.98.0.0/24")
     assert in_netns(ns, "cat", FORWARD).stdout.strip() == "1"

@@ -27,10 +27,10 @@ def test_vm_suspend_resume_paused_start_and_kill9(fresh_ctd):
         assert r.code != 0 and "suspended: resume it first" in r.err, r.err
         r = d.ctl("suspend", "vmz")
         assert r.code != 0 and "already suspended" in r.err
-        # a paused guest cannot take a balloon change: stored at once, not waited for
-        began = time.monotonic()
+        # QEMU takes a change of a paused VM as of a running one (vCPUs, balloon target); the
+        # paused guest gives no RAM back, so set says so and the rest applies at next start
         out = d.ok("set", "vmz", "--ram", "200M")
-        assert time.monotonic() - began < 5 and "suspended, they apply at its next start" in out, out
+        assert "Note: ram: the guest has 256 MiB" in out and "next start" in out, out
         assert d.instance("vmz")["limits"]["ram"] == "200M"
         pid = d.instance("vmz")["pid"]
         d.kill9()

@@ -29,7 +29,7 @@ from ctd.instance.vm import applier, rootdisk
 from ctd.instance.vm.driver import VmDriver, vm_group
 from ctd.network.manager import NicRequest
 from ctd.network.netlink import InsideNic
-from ctd.state import InstanceRecord, InstanceType, PowerState
+from ctd.state import InstanceRecord, InstanceType
 from ctd.state.records import copyable_options
 
 log = logging.getLogger("ctd.instances")
@@ -376,8 +376,6 @@ class VmKind:
         here is a note (they apply at next start), not an error."""
         if self.driver is None or not self.is_running(rec) or not changes:
             return []
-        if rec.state is PowerState.SUSPENDED:   # a paused guest ejects no vCPU and moves no balloon
-            return [f"cpus/ram: stored; {rec.name} is suspended, they apply at its next start"]
         try:
             return await self.driver.resize(rec, changes.get("cpus"), changes.get("ram"),
                                            self.ctx.resources(rec, removed_limits(changes)))
