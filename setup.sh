@@ -17,10 +17,12 @@ fi
 
 # Debian packages: the runtime's own needs, then what the tests and benchmarks compare against.
 RUNTIME_PKGS="python3 python3-venv python3-dev gcc libc6-dev libcap-dev busybox-static iproute2 util-linux procps
-              btrfs-progs libbtrfsutil-dev nftables lxcfs"
+              btrfs-progs libbtrfsutil-dev nftables lxcfs dnsmasq-base"
 # The test suite also checks the host-readiness report for every optional tool, and the Vagrantfile.
+# etcd-server is a runtime dependency of cluster mode only (docs/cluster.md; etcd usually runs on
+# machines of its own): optional for a standalone ctd, installed here for tests/host/test_cluster.py.
 TEST_PKGS="ruby vagrant vagrant-libvirt qemu-system-x86 qemu-utils ovmf swtpm swtpm-tools genisoimage mmdebstrap
-           openssh-client linux-image-amd64 kmod e2fsprogs prometheus"
+           openssh-client linux-image-amd64 kmod e2fsprogs prometheus chromium chromium-driver etcd-server"
 
 install_debs() {
     local missing=()
@@ -32,6 +34,14 @@ install_debs() {
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+}
+
+install_web() {
+    # The web console's xterm.js and noVNC come from the npm registry (web/package-lock.json).
+    command -v npm >/dev/null || install_debs nodejs npm
+    echo "==> scripts/build-web.sh"
+    # Without these files the console page still works, but has no terminal or display.
+    "$REPO/scripts/build-web.sh" >/dev/null || echo "setup.sh: warning: the web console has no terminal or display" >&2
 }
 
 install_python() {
@@ -53,6 +63,7 @@ install_python() {
     ln -sf "$VENV/bin/ctd" /usr/local/bin/ctd
     ln -sf "$VENV/bin/ctctl" /usr/local/bin/ctctl
     getent group ctd >/dev/null || groupadd --system ctd
+    install_web
 }
 
 case "$MODE" in

@@ -1,5 +1,14 @@
 """ctd for the benchmark: a private daemon (own state, socket, cgroup name, id range) and the
-few API calls the benchmark times."""
+few API calls the benchmark times.
+
+Teardown (CtdDaemon.teardown, and `with bench_daemon(...)`) leaves nothing behind however a run
+ends (Ctrl-C, SIGTERM, SIGHUP, an exception, ctd itself killed): the instances are destroyed
+through the API (a dead ctd is started again on the same state first: its recovery adopts what
+still runs), then ctd stops, and whatever of ours is still on the host goes: the nftables
+tables, bridges and interfaces named with our prefix, the ctd-bench-TAG cgroups (their
+processes killed first), the storage pool. Signals are ignored while it runs, so a second
+Ctrl-C cannot cut it short.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +17,26 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from common import BenchError, children, comm, proc_rss, run_quiet
+from common import (
+    BenchError,
+    children,
+    comm,
+    hierarchies,
+    kill_cgroup_tree,
+    mounts_below,
+    proc_rss,
+    remove_cgroup_tree,
+    run_quiet,
+)
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -54,7 +76,7 @@ class CtdDaemon:
         if self.storage:
             settings += f'storage_driver = "{self.storage}"\n'
         self.config.write_text(settings + self.extra_settings)
-        log = self.log.open("w")
+        log = self.log.open("a")   # a restart for the teardown keeps what the first run said
         # A session of its own: Ctrl-C in the terminal must not reach ctd (it would leave the
         # containers running and us without an API to clean them up).
         self.proc = subprocess.Popen(
@@ -210,8 +232,9 @@ class CtdDaemon:
 
     # ------------------------------------------------------------- cleanup
 
-    def cleanup(self) -> list[str]:
-        """Destroy (forced) every instance this run created; returns errors."""
+    def cleanup(self, every: bool = False) -> list[str]:
+        """Destroy (forced) every instance this run created (every: all the ctd has, a scratch
+        ctd's that a tool made through it too) and delete its networks; returns errors."""
         errors = []
         if self.proc is None or self.proc.poll() is not None:
             return [f"ctd is not running; instances left: {sorted(self.created)}"] if self.created else []
@@ -219,7 +242,8 @@ class CtdDaemon:
             names = set(self.instance_names())
         except Exception as exc:  # noqa: BLE001
             return [f"listing ctd instances failed: {exc}"]
-        for name in sorted(names & self.created | {n for n in names if n.startswith("bench-")}):
+        mine = names if every else names & self.created | {n for n in names if n.startswith("bench-")}
+        for name in sorted(mine):
             try:
                 self.destroy(name)
             except Exception as exc:  # noqa: BLE001
@@ -229,6 +253,48 @@ class CtdDaemon:
                 self.delete_network(net)
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"delete network {net}: {exc}")
+        return errors
+
+    def teardown(self, leftovers: bool = True) -> list[str]:
+        """Everything this daemon made goes, whatever state the run stopped in (see the module's
+        docstring); returns what stayed. leftovers=False: no sweep for bridges and tables of ours
+        (a bench without networks)."""
+        with signals_ignored():
+            errors: list[str] = []
+            if self.proc is not None and self.proc.poll() is not None and self.created:
+                try:   # ctd died: a new one on the same state adopts the running ones, then destroys
+                    self.start()
+                except BenchError as exc:
+                    errors.append(f"ctd could not be started again to destroy {sorted(self.created)}: {exc}")
+            try:
+                errors += self.cleanup()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"destroying the instances: {exc}")
+            try:
+                self.stop()
+            except Exception as exc:  # noqa: BLE001
+                errors.append(f"stopping ctd: {exc}")
+            if leftovers:
+                errors += self.network_leftovers()
+            errors += self.cgroup_leftovers()
+            errors += self.release_storage()
+            left = mounts_below(str(self.workdir))
+            if left:
+                errors.append(f"still mounted: {', '.join(left)}")
+            return errors
+
+    def cgroup_leftovers(self) -> list[str]:
+        """After ctd has stopped: our ctd-bench-TAG cgroup in every hierarchy, its processes
+        killed first (containers of a ctd that could not destroy them); returns what stayed."""
+        errors = []
+        for h in hierarchies():
+            path = os.path.join(h.own_dir, self.cgroup_name)
+            if not os.path.isdir(path):
+                continue
+            killed = kill_cgroup_tree(path)
+            if killed:
+                errors.append(f"killed {len(killed)} processes left in {path}")
+            errors += [f"cgroup left: {p}" for p in remove_cgroup_tree(path)]
         return errors
 
     def network_leftovers(self) -> list[str]:
@@ -263,6 +329,77 @@ class CtdDaemon:
         return []
 
 
+def _raise_interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def interruptible() -> None:
+    """SIGINT, SIGTERM and SIGHUP end the run as KeyboardInterrupt: the `finally` that tears
+    down runs (by default SIGTERM and SIGHUP would end the process on the spot)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)   # even if started with SIGINT ignored
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """The teardown is not cut short by a second Ctrl-C or a SIGTERM."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    for s in saved:
+        signal.signal(s, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def bench_daemon(work: Path, tag: str, settings: str = "", **kwargs: object) -> Iterator[CtdDaemon]:
+    """A started ctd for a bench part, torn down when the block ends, however it ends."""
+    interruptible()
+    d = CtdDaemon(work, tag, **kwargs)  # type: ignore[arg-type]
+    d.extra_settings = settings
+    try:
+        for base in ID_AREAS:   # the first id area no other ctd on this shared host holds
+            d.idmap_base = base
+            try:
+                d.start()
+                break
+            except BenchError as exc:
+                if "owns host ids" not in str(exc) or base == ID_AREAS[-1]:
+                    raise
+        yield d
+    finally:
+        errors = d.teardown()
+        for e in errors:
+            print(f"teardown: {e}", file=sys.stderr)
+        if not errors:
+            import shutil
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"teardown: scratch directory kept: {work}", file=sys.stderr)
+
+
+ID_AREAS = (1_300_000_000, 2_200_000_000, 2_900_000_000, 3_650_000_000)
+
+
+def scratch_daemon(work: Path, prefix: str, extra: str = "") -> CtdDaemon:
+    """A started scratch ctd without a default network, in an id area no other ctd on this
+    (shared) host holds; extra: more ctd.toml lines."""
+    import uuid
+    for base in ID_AREAS:
+        d = CtdDaemon(work, f"{prefix}{uuid.uuid4().hex[:4]}", idmap_base=base)
+        d.extra_settings = 'default_network = ""\n' + extra
+        try:
+            d.start()
+            return d
+        except BenchError as exc:
+            if "owns host ids" not in str(exc):
+                raise
+    raise BenchError("every id area this bench tries is held by another ctd")
+
+
 def _free_nic_prefix() -> str:
     """Two letters no host interface name starts with (ctd names host ends <prefix><id>.<n>)."""
     names = os.listdir("/sys/class/net")
@@ -271,3 +408,67 @@ def _free_nic_prefix() -> str:
         prefix = random.choice(letters) + random.choice(letters)
         if not any(n.startswith(prefix) for n in names):
             return prefix
+
+
+@contextlib.contextmanager
+def scratch_run(prefix: str, workdir: str, tag: str) -> Iterator[tuple[CtdDaemon, Path]]:
+    """A scratch directory below workdir and a started scratch ctd in it (scratch_daemon) for one
+    bench's main(); at the end, whatever happened: every instance and network of that ctd goes
+    (each failure printed, the rest goes on), ctd stops, its pool is released, the directory goes."""
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    try:
+        d = scratch_daemon(work, tag)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    try:
+        yield d, work
+    finally:
+        errors = d.cleanup(every=True)
+        d.stop()
+        for error in errors + d.release_storage():
+            print(error, file=sys.stderr)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def blank_vm(d: CtdDaemon, name: str, disk_mib: int, data_mib: int) -> None:
+    """A VM without an OS (its firmware idles: QEMU and its block layer are what a bench times)
+    with data_mib MiB of random bytes at the start of its disk_mib MiB disk, written on the host
+    before it first runs; started."""
+    d.client.run("POST", "/1.0/instances", {"name": name, "type": "vm", "vm": {"disk": f"{disk_mib}M"},
+                                            "limits": {"ram": "256M"}})
+    d.created.add(name)
+    with open(d.state_dir / f"storage/instances/{name}/disk.raw", "r+b") as fh:
+        for _ in range(data_mib):
+            fh.write(os.urandom(1 << 20))
+    d.start_ct(name)
+
+
+def finish(output: str | Path, results: dict, errors: list[str], work: Path, label: str = "error") -> int:
+    """The end of a bench that keeps its results: JSON to output, errors on stderr; the scratch
+    directory removed only when all went well (else kept, with ctd's log, to look at).
+    Returns the exit code."""
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(results, indent=2) + "\n")
+    for error in errors:
+        print(f"{label}: {error}", file=sys.stderr)
+    if not errors:
+        shutil.rmtree(work, ignore_errors=True)
+    return 1 if errors else 0
+
+
+@contextlib.contextmanager
+def https_daemon(prefix: str, port: int, settings: str = "") -> Iterator[tuple[CtdDaemon, list[str]]]:
+    """A started ctd (dir storage, busybox template built) with its HTTPS listener on 127.0.0.1:port,
+    in a temporary directory; torn down at the end, the teardown's errors added to the list given."""
+    with tempfile.TemporaryDirectory(prefix=prefix, dir="/var/tmp") as tmp:
+        import secrets
+        ctd = CtdDaemon(Path(tmp), secrets.token_hex(4), storage="dir")
+        ctd.extra_settings = f'https_address = "127.0.0.1:{port}"\n' + settings
+        ctd.start()
+        errors: list[str] = []
+        try:
+            ctd.build_template()
+            yield ctd, errors
+        finally:
+            errors += ctd.teardown(leftovers=False)

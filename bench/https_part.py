@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import json
 import os
-import secrets
 import socket
 import ssl
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from ctd_side import CtdDaemon
+from ctd_side import CtdDaemon, https_daemon
 
 INSTANCES = 10
 
@@ -121,22 +119,13 @@ def main() -> int:
     p.add_argument("--output", type=Path)
     args = p.parse_args()
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="ctd-bench-https-", dir="/var/tmp") as tmp:
-        ctd = CtdDaemon(Path(tmp), secrets.token_hex(4), storage="dir")
-        ctd.extra_settings = f'https_address = "127.0.0.1:{port}"\n'
-        ctd.start()
-        try:
-            ctd.build_template()
-            for i in range(INSTANCES):
-                ctd.create(f"bench-https-{i}")
-            token = ctd.client.request("POST", "/1.0/tokens", {"name": "bench"})["token"]["secret"]
-            fingerprint = ctd.client.get("/1.0")["https"]["certificate_fingerprint"]
-            result = asyncio.run(measure(ctd, port, token, fingerprint, args.clients, args.seconds))
-            result["tls_handshake"] = handshakes(port, args.handshakes)
-        finally:
-            errors = ctd.cleanup()
-            ctd.stop()
-            errors += ctd.release_storage()
+    with https_daemon("ctd-bench-https-", port) as (ctd, errors):
+        for i in range(INSTANCES):
+            ctd.create(f"bench-https-{i}")
+        token = ctd.client.request("POST", "/1.0/tokens", {"name": "bench"})["token"]["secret"]
+        fingerprint = ctd.client.get("/1.0")["https"]["certificate_fingerprint"]
+        result = asyncio.run(measure(ctd, port, token, fingerprint, args.clients, args.seconds))
+        result["tls_handshake"] = handshakes(port, args.handshakes)
     result["clients"] = args.clients
     ratio = result["https"]["p99_ms"] / result["socket"]["p99_ms"] if result["socket"]["p99_ms"] else None
     result["p99_ratio"] = round(ratio, 2) if ratio else None
@@ -146,8 +135,13 @@ def main() -> int:
           f"p99 {result['https']['p99_ms']} ms (x{result['p99_ratio']}, target <= 1.5); ctd CPU per request "
           f"{result['socket']['ctd_cpu_ms_per_request']} ms vs {result['https']['ctd_cpu_ms_per_request']} ms; "
           f"TLS handshake p50 {result['tls_handshake']['p50_ms']} ms", file=sys.stderr)
-    if args.output:
-        args.output.write_text(json.dumps(result, indent=2))
+    return finish(result, args.output, errors)
+
+
+def finish(result: dict, output: Path | None, errors: list[str]) -> int:
+    """The result to --output when given, cleanup errors to stderr; the exit status."""
+    if output:
+        output.write_text(json.dumps(result, indent=2))
     for error in errors:
         print(f"cleanup: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -224,6 +224,36 @@ class Crun:
 
 # ====================================================================== LXC
 
+def lxc_config(name: str, rootfs: str, cgroup_dir: str, log: Path, system: bool = False,
+               monitor_dir: str | None = None) -> str:
+    """An LXC container's config: busybox init on a shared root (system=False), or a systemd guest
+    the way LXC's Debian containers are set up (common.conf, cgroup:mixed, SIGRTMIN+3 to halt).
+    Its cgroups go below our own cgroup (lxc.cgroup.relative), in cgroup_dir."""
+    lines = []
+    if system and Path("/usr/share/lxc/config/common.conf").exists():
+        lines.append("lxc.include = /usr/share/lxc/config/common.conf")  # what LXC's Debian containers get
+    lines += [f"lxc.uts.name = {name}", f"lxc.rootfs.path = {rootfs}"]
+    if system:
+        lines += ["lxc.mount.auto =",  # replaces common.conf's, below
+                  "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
+                  "lxc.autodev = 1",
+                  "lxc.tty.max = 0"]  # only the console's getty, as in a ctd container (common.conf: 4 ttys)
+    else:
+        lines += ["lxc.mount.auto = proc:mixed sys:ro", "lxc.autodev = 1"]
+    lines += ["lxc.net.0.type = empty", "lxc.apparmor.profile = unconfined", "lxc.init.cmd = /sbin/init"]
+    if system:
+        lines.append("lxc.signal.halt = SIGRTMIN+3")
+    lines += [
+        # Below our own cgroup, never escaping to the hierarchy root:
+        "lxc.cgroup.relative = 1",
+        f"lxc.cgroup.dir.container = {cgroup_dir}/{name}",
+        f"lxc.cgroup.dir.monitor = {monitor_dir or f'{cgroup_dir}/{name}.monitor'}",
+        f"lxc.log.file = {log}",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 class Lxc:
     name = "lxc"
 
@@ -250,21 +280,7 @@ class Lxc:
         the rootfs is the shared template root, never lxc-destroy'ed."""
         d = self.path / name
         d.mkdir(parents=True, exist_ok=True)
-        (d / "config").write_text("\n".join([
-            f"lxc.uts.name = {name}",
-            f"lxc.rootfs.path = dir:{self.rootfs}",
-            "lxc.mount.auto = proc:mixed sys:ro",
-            "lxc.autodev = 1",
-            "lxc.net.0.type = empty",
-            "lxc.apparmor.profile = unconfined",
-            "lxc.init.cmd = /sbin/init",
-            # Below our own cgroup, never escaping to the hierarchy root:
-            "lxc.cgroup.relative = 1",
-            f"lxc.cgroup.dir.container = {self.cgroup_dir}/{name}",
-            f"lxc.cgroup.dir.monitor = {self.cgroup_dir}/{name}.monitor",
-            f"lxc.log.file = {d / 'lxc.log'}",
-            "",
-        ]))
+        (d / "config").write_text(lxc_config(name, f"dir:{self.rootfs}", self.cgroup_dir, d / "lxc.log"))
         self.created.add(name)
 
     def start(self, name: str) -> float:
@@ -272,6 +288,12 @@ class Lxc:
 
     def exec(self, name: str, argv: list[str]) -> float:
         return self._lxc("lxc-attach", name, "--", *argv)
+
+    def attach(self, name: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
+        r = subprocess.run(["lxc-attach", "-P", str(self.path), "-n", name, "--clear-env",
+                            "--set-var", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                            "--", *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        return r.returncode, r.stdout
 
     def stop(self, name: str) -> float:
         return self._lxc("lxc-stop", name, "-k")
@@ -383,27 +405,7 @@ class LxcSystem(Lxc):
 
     def write_config(self, name: str, rootfs: str) -> None:
         d = self.path / name
-        lines = []
-        if Path("/usr/share/lxc/config/common.conf").exists():
-            lines.append("lxc.include = /usr/share/lxc/config/common.conf")  # what LXC's Debian containers get
-        lines += [
-            f"lxc.uts.name = {name}",
-            f"lxc.rootfs.path = {rootfs}",
-            "lxc.mount.auto =",  # replaces common.conf's, below
-            "lxc.mount.auto = proc:mixed sys:ro cgroup:mixed",
-            "lxc.autodev = 1",
-            "lxc.tty.max = 0",  # only the console's getty, as in a ctd container (common.conf: 4 ttys)
-            "lxc.net.0.type = empty",
-            "lxc.apparmor.profile = unconfined",
-            "lxc.init.cmd = /sbin/init",
-            "lxc.signal.halt = SIGRTMIN+3",
-            "lxc.cgroup.relative = 1",
-            f"lxc.cgroup.dir.container = {self.cgroup_dir}/{name}",
-            f"lxc.cgroup.dir.monitor = {self.cgroup_dir}/{name}.monitor",
-            f"lxc.log.file = {d / 'lxc.log'}",
-            "",
-        ]
-        (d / "config").write_text("\n".join(lines))
+        (d / "config").write_text(lxc_config(name, rootfs, self.cgroup_dir, d / "lxc.log", system=True))
 
     def make_source(self, template: str, rootfs: Path) -> str:
         """A source container holding a copy of rootfs in a subvolume (untimed; once per template)."""
@@ -445,12 +447,6 @@ class LxcSystem(Lxc):
         if machine_id:
             import uuid
             (rootfs / "etc" / "machine-id").write_text(uuid.uuid4().hex + "\n")
-
-    def attach(self, name: str, argv: list[str], timeout: float = 120) -> tuple[int, str]:
-        r = subprocess.run(["lxc-attach", "-P", str(self.path), "-n", name, "--clear-env",
-                            "--set-var", "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                            "--", *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
-        return r.returncode, r.stdout
 
     def destroy(self, name: str) -> None:
         """lxc-destroy: the container's own root (its snapshot) goes with it."""

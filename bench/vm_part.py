@@ -81,19 +81,20 @@ class VmBench:
                                                        "limits": {"ram": RAM, "cpus": 1}, "vm": {"disk": "256M"}})
 
     def _serial_log(self, name: str) -> Path:
-        return Path(self.ctd.instance(name)["vm"]["serial_socket"]).with_name("serial.log")
+        """ctd's console log of the VM (ctd reads the serial socket into it all along)."""
+        return self.ctd.state_dir / "consoles" / f"{self.ctd.instance(name)['id']}.log"
 
     def ctd_boot(self, name: str) -> dict:
         """start (API, operation waited) -> userspace; the argv QEMU ran with, for by hand."""
         t0 = time.perf_counter()
         self.ctd.start_ct(name)
         api = _ms(t0)
-        log = self._serial_log(name)
-        user = wait_mark(log, t0)
-        pid = self.ctd.instance(name)["pid"]
-        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+        user = wait_mark(self._serial_log(name), t0)
+        inst = self.ctd.instance(name)
+        argv = [a.decode() for a in Path(f"/proc/{inst['pid']}/cmdline").read_bytes().split(b"\0")[:-1]]
         self.ctd.stop_ct(name)
-        return {"api_ms": api, "userspace_ms": user, "argv": argv, "run_dir": str(log.parent)}
+        return {"api_ms": api, "userspace_ms": user, "argv": argv,
+                "run_dir": str(Path(inst["vm"]["serial_socket"]).parent)}
 
     def _run_by_hand(self, argv: list[str], log: Path, pidfile: Path) -> float:
         for p in self.hand.iterdir():
@@ -114,6 +115,9 @@ class VmBench:
     def hand_boot(self, argv: list[str], run_dir: str) -> float:
         """ctd's argv, its run directory swapped for one of ours: same kernel, initrd, disk, devices."""
         mine = [a.replace(run_dir, str(self.hand)) for a in argv]
+        # no ctd reads the serial socket here: QEMU's own logfile is what we watch
+        mine = [a + f",logfile={self.hand / 'serial.log'}" if a.startswith("socket,id=serial0,") else a
+                for a in mine]
         return self._run_by_hand(mine, self.hand / "serial.log", self.hand / "qemu.pid")
 
     def microvm_argv(self, name: str) -> list[str]:

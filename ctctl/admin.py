@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from ctctl.listing import state_text as state_text  # re-exported (ctctl/instance.py)
+from ctctl.listing import tags_text as tags_text
 from ctctl.shared import INSTANCE, client
 
 YES_NO = click.Choice(["yes", "no"])
@@ -58,11 +60,6 @@ def add_admin(body: dict[str, Any], options: dict[str, Any]) -> None:
         body["stop"] = True
 
 
-def state_text(instance: dict[str, Any]) -> str:
-    """list's STATE: the power state, '(disabled)' added."""
-    return f"{instance['state']} (disabled)" if instance.get("disabled") else str(instance["state"])
-
-
 def status_rows(instance: dict[str, Any]) -> list[tuple[str, Any]]:
     rows: list[tuple[str, Any]] = []
     if instance.get("disabled"):
@@ -87,10 +84,6 @@ def flags_text(instance: dict[str, Any]) -> str:
     if instance.get("tags"):
         parts.append(f"tags {tags_text(instance)}")
     return "".join(f"; {p}" for p in parts)
-
-
-def tags_text(instance: dict[str, Any]) -> str | None:
-    return ",".join(f"{k}={v}" for k, v in sorted((instance.get("tags") or {}).items())) or None
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """`ctctl check`: is this host ready for ctd? Through the daemon when it runs, else locally.
 
 hostcheck is imported when the command runs, so that loading ctctl (every other command) does not
-pay for it; ctctl/main.py registers `check` only where hostcheck is installed."""
+pay for it; ctctl/cli.py registers `check` only where hostcheck is installed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ctctl.client import DEFAULT_SOCKET, UnixHTTPConnection
+from ctctl.client import DEFAULT_SOCKET
+from ctctl.tls import UnixHTTPConnection
 
 if TYPE_CHECKING:
     from hostcheck import CheckResult

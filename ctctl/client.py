@@ -1,18 +1,17 @@
-"""A small client for ctd's REST API over its unix socket or HTTPS (stdlib only, for plain requests)."""
+"""A small client for ctd's REST API over its unix socket or HTTPS (stdlib only, for plain requests).
+
+Kept light on purpose: a local request (`ctctl list`, `status` …) imports socket and json only;
+the unix socket is spoken to in plain HTTP/1.1 here (one request per connection), and ssl and
+http.client (ctctl/tls.py) are loaded when a remote is used. tests/unit/test_ctctl_imports.py
+guards it."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import http.client
 import json
 import os
 import socket
-import ssl
-import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ctctl.errors import ApiError as ApiError  # re-exported: ctctl's modules take it from here
 
@@ -20,85 +19,84 @@ if TYPE_CHECKING:
     from ctctl.remotes import Remote
 
 DEFAULT_SOCKET = "/run/ctd/ctd.sock"
+_TLS_NAMES = ("pinning_context", "fetch_fingerprint", "peer_fingerprint", "CertificateMismatch", "UnixHTTPConnection")
+
+
+def __getattr__(name: str) -> Any:
+    """The TLS helpers used to live here (tests and scripts import them from here): loaded on use."""
+    if name in _TLS_NAMES:
+        from ctctl import tls
+        return getattr(tls, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_socket() -> str:
     return os.environ.get("CTD_SOCKET", DEFAULT_SOCKET)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over an AF_UNIX stream socket (ctd's API socket); the one ctctl has."""
+class Reply:
+    """An HTTP reply: status and body. (Plain classes here, not dataclasses: the dataclasses
+    module loads inspect, ast and tokenize, a good part of a `ctctl list` run.)"""
 
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
+    __slots__ = ("status", "body")
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+    def __init__(self, status: int, body: bytes) -> None:
+        self.status = status
+        self.body = body
 
 
-class CertificateMismatch(ApiError):
-    """The server's certificate is not the pinned one: nothing (no token) was sent to it."""
+def unix_exchange(path: str, timeout: float, method: str, target: str, payload: bytes | None,
+                  headers: dict[str, str]) -> Reply:
+    """One HTTP/1.1 request on ctd's unix socket (Connection: close: the reply ends at EOF)."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: localhost", "Connection: close",
+             f"Content-Length: {len(payload or b'')}", *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall("\r\n".join(lines).encode() + b"\r\n\r\n" + (payload or b""))
+        chunks = []
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    return parse_reply(b"".join(chunks))
 
 
-def pinning_context(client_cert: tuple[str, str] | None = None) -> ssl.SSLContext:
-    """TLS 1.2+, no CA check: the certificate is checked against the pinned fingerprint instead
-    (ctd's own certificate is self-signed). With `client_cert` (certificate, key): presented to the
-    server, which knows this user by it."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_cert is not None:
-        try:
-            context.load_cert_chain(*client_cert)
-        except (OSError, ssl.SSLError) as exc:
-            raise ApiError(f"cannot use the client certificate {client_cert[0]} ({exc}); add the remote "
-                           "again with 'ctctl remote add --join'") from None
-    return context
+def parse_reply(raw: bytes) -> Reply:
+    """Status and body of a whole HTTP/1.1 reply (Content-Length, chunked, or up to EOF)."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if not sep or len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise OSError("the reply is not HTTP (cut short?)")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        body = _dechunk(body)
+    elif "content-length" in headers:
+        body = body[:int(headers["content-length"])]
+    return Reply(int(parts[1]), body)
 
 
-def peer_fingerprint(sock: ssl.SSLSocket) -> str:
-    der = sock.getpeercert(binary_form=True)
-    return hashlib.sha256(der or b"").hexdigest()
+def _dechunk(data: bytes) -> bytes:
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2:end + 2 + size])
+        pos = end + 2 + size + 2
 
 
-def fetch_fingerprint(host: str, port: int, timeout: float = 10.0) -> str:
-    """The SHA-256 of the certificate a TLS server shows (a handshake, no HTTP request)."""
-    with socket.create_connection((host, port), timeout=timeout) as raw, \
-            pinning_context().wrap_socket(raw, server_hostname=host) as tls:
-        return peer_fingerprint(tls)
-
-
-class _PinnedHTTPSConnection(http.client.HTTPSConnection):
-    def __init__(self, host: str, port: int, fingerprint: str, timeout: float,
-                 client_cert: tuple[str, str] | None = None) -> None:
-        super().__init__(host, port, timeout=timeout, context=pinning_context(client_cert))
-        self.fingerprint = fingerprint
-
-    def connect(self) -> None:
-        super().connect()
-        seen = peer_fingerprint(cast(ssl.SSLSocket, self.sock))  # HTTPSConnection.connect wrapped it
-        if not hmac.compare_digest(seen, self.fingerprint):
-            self.sock.close()
-            raise CertificateMismatch(
-                f"the certificate of {self.host}:{self.port} has SHA-256 {seen}, not the pinned {self.fingerprint}: "
-                "refusing to talk to it. If the server's certificate was changed on purpose, "
-                "'ctctl remote remove' and 'remote add' it again", "certificate")
-
-
-@dataclass
 class Client:
-    socket_path: str
-    timeout: float = 3700.0
-    remote: Remote | None = None
+    """Requests to ctd: on its unix socket, or on a remote's HTTPS when `remote` is given."""
+
+    def __init__(self, socket_path: str, timeout: float = 3700.0, remote: Remote | None = None) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self.remote = remote
+
+    def __repr__(self) -> str:
+        return f"Client({self.where!r})"
 
     @property
     def where(self) -> str:
@@ -112,20 +110,16 @@ class Client:
         cert, key = client_certificate()
         return str(cert), str(key)
 
-    def _connection(self) -> http.client.HTTPConnection:
-        if self.remote is not None:
-            return _PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout,
-                                          self.client_cert())
-        return UnixHTTPConnection(self.socket_path, self.timeout)
-
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.remote.token}"} if self.remote and self.remote.token else {}
 
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None) -> Any:
         if query:
-            path += "?" + urllib.parse.urlencode(query, doseq=True)
+            from urllib.parse import urlencode  # not at the top: most commands send no query
+            path += "?" + urlencode(query, doseq=True)
         payload = None if body is None else json.dumps(body)
-        response, raw = self._exchange(method, path, payload)
+        response = self._exchange(method, path, payload)
+        raw = response.body
         try:
             data = json.loads(raw) if raw else {}
         except json.JSONDecodeError:
@@ -135,14 +129,20 @@ class Client:
 
     def text(self, path: str) -> str:
         """GET a plain-text resource (/1.0/metrics); errors come as JSON like everywhere."""
-        response, raw = self._exchange("GET", path, None)
+        return self.data(path).decode(errors="replace")
+
+    def data(self, path: str) -> bytes:
+        """GET a resource that is not JSON as the bytes sent (a console log); errors come as
+        JSON like everywhere."""
+        response = self._exchange("GET", path, None)
+        raw = response.body
         if response.status >= 400:
             try:
                 data = json.loads(raw)
             except json.JSONDecodeError:
                 data = {}
             self._raise_for(response.status, data if isinstance(data, dict) else {})
-        return raw.decode(errors="replace")
+        return raw
 
     def _raise_for(self, status: int, data: Any) -> None:
         if status == 401 and self.remote and self.remote.token is None:
@@ -155,29 +155,39 @@ class Client:
         if status >= 400:
             raise ApiError(data.get("error", f"HTTP {status}"), data.get("code", "error"), status)
 
-    def _exchange(self, method: str, path: str, payload: str | None) -> tuple[http.client.HTTPResponse, bytes]:
-        conn = self._connection()
+    def _exchange(self, method: str, path: str, payload: str | None) -> Reply:
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        headers.update(self.auth_headers())
+        body = None if payload is None else payload.encode()
         try:
-            headers = {"Content-Type": "application/json"} if payload is not None else {}
-            headers.update(self.auth_headers())
-            try:
-                conn.request(method, path, payload, headers)
-                response = conn.getresponse()
-                raw = response.read()
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if self.remote:
-                    raise ApiError(f"cannot reach {self.where}: {exc.strerror}; is ctd's https_address set "
-                                   "there?") from None
-                raise ApiError(f"cannot reach ctd at {self.socket_path} ({exc.strerror}); "
-                               "is it running? Start it with 'ctd' or 'systemctl start ctd'") from None
-            except PermissionError:
-                raise ApiError(f"permission denied on {self.socket_path}: run as root or as a member "
-                               "of group 'ctd'") from None
-            except OSError as exc:
-                raise ApiError(f"talking to ctd at {self.where} failed: {exc}") from None
+            if self.remote is None:
+                return unix_exchange(self.socket_path, self.timeout, method, path, body, headers)
+            return self._https(method, path, body, headers)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            if self.remote:
+                raise ApiError(f"cannot reach {self.where}: {exc.strerror}; is ctd's https_address set "
+                               "there?") from None
+            raise ApiError(f"cannot reach ctd at {self.socket_path} ({exc.strerror}); "
+                           "is it running? Start it with 'ctd' or 'systemctl start ctd'") from None
+        except PermissionError:
+            raise ApiError(f"permission denied on {self.socket_path}: run as root or as a member "
+                           "of group 'ctd'") from None
+        except ApiError:
+            raise
+        except OSError as exc:
+            raise ApiError(f"talking to ctd at {self.where} failed: {exc}") from None
+
+    def _https(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Reply:
+        from ctctl.tls import PinnedHTTPSConnection
+        assert self.remote is not None
+        conn = PinnedHTTPSConnection(self.remote.host, self.remote.port, self.remote.fingerprint, self.timeout,
+                                     self.client_cert())
+        try:
+            conn.request(method, path, body, headers)
+            response = conn.getresponse()
+            return Reply(response.status, response.read())
         finally:
             conn.close()
-        return response, raw
 
     def get(self, path: str, **query: Any) -> Any:
         return self.request("GET", path, query=query or None)

@@ -1,5 +1,5 @@
 """ctctl completion: the shell completion script for bash, zsh or fish, for the root command of
-the running invocation (so this module needs nothing from ctctl/main.py)."""
+the running invocation (so this module needs nothing from ctctl/cli.py)."""
 
 from __future__ import annotations
 

@@ -42,8 +42,26 @@ def enter(instance: str) -> None:
 
 @click.command()
 @INSTANCE
-def console(instance: str) -> None:
-    """Attach to the container's /dev/console (detach with Ctrl-])."""
+@click.option("--log", "show_log", is_flag=True,
+              help="print what the console printed (its last 1 MiB), running or stopped, and exit")
+@click.option("--raw", is_flag=True, help="with --log: the bytes as they are, escape sequences included")
+def console(instance: str, show_log: bool, raw: bool) -> None:
+    """Attach to the instance's console: a container's /dev/console, a VM's serial port (detach
+    with Ctrl-]). With --log, print its log instead (on a terminal, control sequences the guest
+    wrote are shown as escapes, never acted on, unless --raw)."""
+    if raw and not show_log:
+        raise click.UsageError("--raw goes with --log")
+    if show_log:
+        data = client().data(f"/1.0/instances/{instance}/console/log")
+        if sys.stdout.isatty() and not raw:
+            from ctctl.termsafe import show
+            sys.stdout.write(show(data))
+            if data and not data.endswith(b"\n"):
+                sys.stdout.write("\n")
+        else:
+            sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
     import asyncio
 
     from ctctl.stream import run_console

@@ -4,24 +4,33 @@ prints is built from ctd's reply only."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
-from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, state_text, status_rows, tags_text
-from ctctl.output import emit, human_bytes, table
+from ctctl import listing
+from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, status_rows
+from ctctl.nic import SPEC_HELP, parse_spec
+from ctctl.output import emit, human_bytes
 from ctctl.refs import instance_ref
 from ctctl.shared import (
     FORMAT,
     INSTANCE,
+    add_backup_settings,
     add_boot,
+    add_features,
     add_guest,
+    add_mounts,
+    add_stop_timeout,
     boot_options,
     client,
+    features_option,
     given_limits,
     guest_options,
     limit_options,
     limits_text,
+    mount_options,
 )
 
 
@@ -37,6 +46,15 @@ from ctctl.shared import (
 @click.option("--drivers-iso", type=click.Path(exists=True, dir_okay=False, resolve_path=True),
               help="VM: a second CD-ROM, e.g. virtio-win.iso")
 @click.option("--compat", is_flag=True, help="VM: e1000 NIC and AHCI disk (guests without virtio drivers)")
+@click.option("--user-data", "user_data", type=click.Path(exists=True, dir_okay=False),
+              help="VM: cloud-init user-data FILE, merged after ctd's settings (ctd's keys win, lists append)")
+@click.option("--vendor-data", "vendor_data", type=click.Path(exists=True, dir_okay=False),
+              help="VM: cloud-init vendor-data FILE, put on the seed as it is")
+@click.option("--firmware", "firmware", type=click.Choice(["bios", "uefi"]),
+              help="VM: firmware (default bios; the windows profile is always uefi)")
+@click.option("--secure-boot", "secure_boot", is_flag=True, default=None,
+              help="VM: UEFI secure boot (Microsoft's keys enrolled: a signed shim boots)")
+@click.option("--tpm", "tpm", is_flag=True, default=None, help="VM: a TPM 2.0 (swtpm)")
 @click.option("--id", "instance_id", type=int, help="numeric id (default: the lowest free from 100)")
 @click.option("--hostname", help="hostname inside (default: the name)")
 @limit_options
@@ -46,31 +64,56 @@ from ctctl.shared import (
 @click.option("--ipadd", multiple=True, help="address for the NIC (default: the next free one of --net)")
 @click.option("--no-filter", is_flag=True, help="no MAC/IP anti-spoofing on the NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit")
+@click.option("--nic", "nic_specs", multiple=True, metavar="SPEC", help="a NIC (repeatable, one per NIC, instead of "
+              f"--net/--ipadd/--routed/--no-filter/--rate): {SPEC_HELP}")
 @click.option("--nameserver", multiple=True, help="DNS server for /etc/resolv.conf")
 @guest_options
 @boot_options
 @click.option("--privileged", is_flag=True, help="no user namespace: root inside is root outside (avoid)")
 @click.option("--allow-io-uring", is_flag=True, help="let the container use io_uring (denied by default: "
               "a large kernel attack surface)")
+@features_option
+@mount_options
 @admin_options
+@click.option("--project", help="the project it belongs to (admins; others create in their own); its name "
+              "must begin with PROJECT-")
+@click.option("--node", help="in a cluster: the node to make it on, or 'auto' (the default: the online node "
+              "with the most room for its limits; docs/cluster.md)")
 def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
-           nameserver: tuple[str, ...], userpasswd: str | None, ssh_key: tuple[str, ...], timezone: str | None,
+           nic_specs: tuple[str, ...], nameserver: tuple[str, ...], userpasswd: str | None,
+           ssh_key: tuple[str, ...], timezone: str | None,
            allow_io_uring: bool, onboot: str | None, boot_order: int | None, boot_delay: int | None,
-           **limits: Any) -> None:
+           project: str | None, node: str | None, **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
     body: dict[str, Any] = {"name": name, "type": kind}
+    if node is not None:
+        body["node"] = node
+    if project is not None:
+        body["project"] = project
     add_admin(body, limits)
+    add_stop_timeout(body, limits)
+    add_backup_settings(body, limits)
+    add_features(body, limits)
+    add_mounts(body, limits)
+    vm_extra: dict[str, Any] = {key: _text_file(path) for key in ("user_data", "vendor_data")
+                                   if (path := limits.pop(key, None))}
+    vm_extra |= {key: value for key in ("firmware", "secure_boot", "tpm") if (value := limits.pop(key, None))}
     body["limits"] = given_limits(limits)
     add_boot(body, onboot, boot_order, boot_delay)
     if template:
         body["template"] = template
-    vm = _vm_request(disk, iso, profile, drivers_iso, compat)
+    vm = {**_vm_request(disk, iso, profile, drivers_iso, compat), **vm_extra}
     if vm:
         body["vm"] = vm
     add_guest(body, userpasswd, ssh_key, timezone)
     nics = _nics_request(network, routed, ipadd, no_filter, rate)
+    if nic_specs:
+        if nics is not None:
+            raise click.UsageError("--nic describes each NIC whole: leave out --net, --ipadd, --routed, "
+                                   "--no-filter and --rate")
+        nics = [parse_spec(spec) for spec in nic_specs]
     if nics is not None:
         body["nics"] = nics
     if nameserver:
@@ -87,6 +130,13 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     what = f"template {result['template']}" if result["template"] else "a blank disk"
     click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"
                f"{result['name']} (id {result['id']}, {what})")
+
+
+def _text_file(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.UsageError(f"cannot read {path} as text: {exc}") from None
 
 
 def _vm_request(disk: str | None, iso: str | None, profile: str | None, drivers_iso: str | None,
@@ -155,10 +205,11 @@ def resume(instance: str) -> None:
 
 @click.command()
 @INSTANCE
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="seconds to wait for a clean shutdown before killing")
+@click.option("--timeout", type=click.FloatRange(0, 3600),
+              help="seconds to wait for a clean shutdown before killing (default: the instance's --stop-timeout, "
+                   "else the server's stop_timeout, 30 s)")
 @click.option("--kill", is_flag=True, help="kill at once, no clean shutdown")
-def stop(instance: str, timeout: float, kill: bool) -> None:
+def stop(instance: str, timeout: float | None, kill: bool) -> None:
     """Stop an instance: a container gets its template's shutdown signal, a VM the ACPI power button;
     killed after --timeout."""
     result = _state(instance, "stop", timeout, kill)
@@ -183,9 +234,10 @@ def _stop_detail(result: dict[str, Any]) -> str:
 
 @click.command()
 @INSTANCE
-@click.option("--timeout", type=float, default=30.0, show_default=True)
+@click.option("--timeout", type=click.FloatRange(0, 3600),
+              help="seconds the stop waits before killing (default: the instance's --stop-timeout, else 30 s)")
 @click.option("--kill", is_flag=True)
-def restart(instance: str, timeout: float, kill: bool) -> None:
+def restart(instance: str, timeout: float | None, kill: bool) -> None:
     """Stop and start an instance."""
     result = _state(instance, "restart", timeout, kill)
     click.echo(f"Restarted {result['name']} (init pid {result['pid']})")
@@ -193,7 +245,7 @@ def restart(instance: str, timeout: float, kill: bool) -> None:
 
 @click.command(name="shutdown-all")
 @click.option("--timeout", type=click.FloatRange(0, 3600), help="seconds each instance has for a clean shutdown "
-              "before it is killed (default: the server's stop_timeout)")
+              "before it is killed (default: each its own --stop-timeout, else the server's stop_timeout)")
 def shutdown_all(timeout: float | None) -> None:
     """Stop every running instance, highest boot order first (equal orders in parallel); containers get
     their stop signal, VMs the ACPI power button. For host shutdown (ctd.service runs it then)."""
@@ -244,14 +296,23 @@ def destroy(instance: str, force: bool) -> None:
 @admin_options
 @set_only_options
 @boot_options
+@features_option
+@mount_options
+@click.option("--unmount", multiple=True, help="TARGET: remove that host mount (repeatable; at the next start)")
+@click.option("--disk", "disk", help="VM: grow the root disk to this size, e.g. 40G (live on a running VM; "
+              "never shrinks)")
 def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: str | None,
          nameserver: tuple[str, ...], hostname: str | None, userpasswd: str | None, ssh_key: tuple[str, ...],
          timezone: str | None, onboot: str | None, boot_order: int | None, boot_delay: int | None,
-         **limits: Any) -> None:
+         disk: str | None, **limits: Any) -> None:
     """Change limits and addresses; a running container gets them at once, a running VM its
-    --cpus/--ram where QEMU can ('unlimited' removes a limit)."""
-    body: dict[str, Any] = {}
+    --cpus/--ram where QEMU can ('unlimited' removes a limit) and a larger --disk."""
+    body: dict[str, Any] = {"disk": disk} if disk else {}
     add_admin(body, limits)
+    add_stop_timeout(body, limits)
+    add_backup_settings(body, limits)
+    add_features(body, limits)
+    add_mounts(body, limits)
     add_guest(body, userpasswd, ssh_key, timezone)
     add_boot(body, onboot, boot_order, boot_delay)
     if hostname:
@@ -270,8 +331,13 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"
                + (f"; addresses {', '.join(addresses)}" if addresses else "") + flags_text(result)
-               + (f"; onboot {_boot_text(result)}" if {"onboot", "boot_order", "boot_delay"} & set(body) else ""))
-    for note in result.get("notes") or []:   # what a running VM could not take live
+               + (f"; onboot {_boot_text(result)}" if {"onboot", "boot_order", "boot_delay", "stop_timeout"} & set(body)
+                  else "")
+               + (f"; backups {_backup_text(result)}" if {"backup_schedule", "backup_keep"} & set(body) else "")
+               + (f"; features {', '.join(result.get('features') or []) or 'none'}" if "features" in body else "")
+               + (f"; mounts {_mounts_text(result)}" if {"mounts", "unmount"} & set(body) else "")
+               + (f"; disk {human_bytes(result['vm']['disk_size'])}" if "disk" in body and result.get("vm") else ""))
+    for note in result.get("notes") or []:   # what a running VM could not take live, features at next start
         click.echo(f"Note: {note}")
 
 
@@ -280,24 +346,42 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
 @click.option("--tag", multiple=True, help="only instances with this tag: KEY=VALUE or KEY (repeatable: all)")
 @click.option("--state", multiple=True, help="only instances in this state: running, stopped, … or disabled "
               "(repeatable: any)")
-def list_(fmt: str, tag: tuple[str, ...], state: tuple[str, ...]) -> None:
+@click.option("--limit", type=click.IntRange(1, 10_000), help="show at most this many (one page)")
+@click.option("--offset", type=click.IntRange(0), default=0, help="skip this many first (with --limit: a page)")
+def list_(fmt: str, tag: tuple[str, ...], state: tuple[str, ...], limit: int | None, offset: int) -> None:
     """List instances."""
-    instances = client().get("/1.0/instances", **({"tag": list(tag)} if tag else {}),
-                             **({"state": list(state)} if state else {}))["instances"]
-    tagged = any(i.get("tags") for i in instances)   # a TAGS column only when some instance has tags
-    emit(fmt, instances, lambda rows: table(
-        ["ID", "NAME", "TYPE", "STATE", "PID", "IPV4", "DISK", "TEMPLATE", "LIMITS"] + (["TAGS"] if tagged else []),
-        [[i["id"], i["name"], i["type"], state_text(i), i["pid"],
-          ",".join(a for n in i.get("nics", []) for a in n["addresses"] if ":" not in a) or None,
-          _disk_text(i.get("disk")), i["template"], limits_text(i["limits"])] + ([tags_text(i)] if tagged else [])
-         for i in rows]))
+    filters = {**({"tag": list(tag)} if tag else {}), **({"state": list(state)} if state else {})}
+    click.echo(listing.render(fmt, listing.fetch(client(), filters, limit, offset)))
 
 
-def _disk_text(disk: dict[str, Any] | None) -> str | None:
-    if not disk:
-        return None
-    used = human_bytes(disk["used"])
-    return f"{used}/{human_bytes(disk['limit'])}" if disk.get("limit") else used
+def _vm_rows(i: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A VM's profile, root disk, firmware and removable CD-ROM, in words."""
+    vm = i.get("vm") if i.get("type") == "vm" else None
+    if not vm or "disk_size" not in vm:
+        return []
+    firmware = "UEFI" if vm.get("firmware") == "uefi" else "BIOS"
+    if vm.get("firmware") == "uefi":
+        firmware += f", secure boot {'on' if vm.get('secure_boot') else 'off'}"
+    firmware += ", TPM 2.0" if vm.get("tpm") else ""
+    media = vm.get("media")
+    return [("vm", f"{vm.get('profile')}, disk {human_bytes(vm['disk_size'])}, {firmware}"),
+            ("media", "empty" if not media else media + (" (boots from it)" if vm.get("boot_media") else "")),
+            ("data disks", ", ".join(f"{d['name']} {human_bytes(d['size'])}" for d in vm.get("data_disks") or [])
+             or "none")]
+
+
+def _guest_rows(i: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A running VM's addresses as its guest agent reports them."""
+    seen = (i.get("vm") or {}).get("guest")
+    if not seen:
+        return []
+    if seen.get("agent") is None:
+        return [("guest agent", "not asked yet (ask again in a moment)")]
+    if not seen.get("agent"):
+        return [("guest agent", "none answers (install qemu-guest-agent in the VM)")]
+    rows: list[tuple[str, Any]] = [("guest agent", f"answers (seen {seen.get('age_s')} s ago)")]
+    rows += [(f"guest {n['name']}", ", ".join(n["addresses"]) or "no address") for n in seen.get("interfaces", [])]
+    return rows
 
 
 @click.command()
@@ -313,16 +397,24 @@ def status(instance: str, fmt: str) -> None:
                 ("init pid", i["pid"]), ("template", i["template"]), ("hostname", i["hostname"]),
                 ("privileged", "yes" if i["privileged"] else "no"),
                 ("host ids", _host_ids(i, idmap)),
-                ("limits", limits_text(i["limits"])), ("disk", _disk_text(i.get("disk"))),
-                ("created", i["created_at"]), ("onboot", _boot_text(i))] + status_rows(i)
+                ("limits", limits_text(i["limits"])), ("disk", listing.disk_text(i.get("disk"))),
+                ("created", i["created_at"]), ("onboot", _boot_text(i)),
+                ("backups", _backup_text(i))] + status_rows(i)
+        if i.get("features") is not None:   # containers only
+            rows.append(("features", ", ".join(i["features"]) or "none"))
+        if i.get("mounts") is not None:
+            rows.append(("mounts", _mounts_text(i)))
         last = i.get("last_exit")
         if last:
             rows.append(("last exit", f"{last.get('at', '?')}: {last.get('text', last.get('kind', '?'))}"))
+        rows += _vm_rows(i) + _guest_rows(i)
         for nic in i.get("nics", []):
             rows.append((nic["name"], f"{nic['mode']} {nic['network'] or ''} {nic['mac']} "
                                       f"{','.join(nic['addresses']) or 'no address'} (host {nic['host_name']}"
                                       f"{', filtered' if nic['filter'] else ''}"
-                                      f"{', ' + str(nic['rate']) + ' bit/s' if nic['rate'] else ''})"))
+                                      f"{', ' + str(nic['rate']) + ' bit/s' if nic['rate'] else ''}"
+                                      f"{', mtu ' + str(nic['mtu']) if nic.get('mtu') else ''}"
+                                      f"{', vlan ' + str(nic['vlan']) if nic.get('vlan') else ''})"))
             rows.append((f"{nic['name']} traffic", f"rx {human_bytes(nic['rx_bytes'])} ({nic['rx_packets']} packets), "
                                                   f"tx {human_bytes(nic['tx_bytes'])} ({nic['tx_packets']} packets)"))
         usage = i.get("usage")
@@ -338,11 +430,27 @@ def status(instance: str, fmt: str) -> None:
     emit(fmt, data, render)
 
 
+def _backup_text(instance: dict[str, Any]) -> str:
+    """'daily@02:00, keep 7, next 2026-12-08T01:00:00+00:00' or 'none (keep 7)'."""
+    if "backup_keep" not in instance:
+        return "-"
+    if not instance.get("backup_schedule"):
+        return f"no schedule (keep {instance['backup_keep']})"
+    return f"{instance['backup_schedule']}, keep {instance['backup_keep']}, next {instance.get('backup_next') or '-'}"
+def _mounts_text(instance: dict[str, Any]) -> str:
+    texts = []
+    for m in instance.get("mounts") or []:
+        opts = [o for o, on in (("ro", m.get("readonly")), ("idmap", m.get("idmap"))) if on]
+        texts.append(f"{m['source']} -> {m['target']}" + (f" ({', '.join(opts)})" if opts else ""))
+    return ", ".join(texts) or "none"
+
+
 def _boot_text(instance: dict[str, Any]) -> str:
     if "onboot" not in instance:
         return "-"
+    stop = instance.get("stop_timeout")
     return (f"{'yes' if instance['onboot'] else 'no'} (order {instance['boot_order']}, "
-            f"delay {instance['boot_delay']} s)")
+            f"delay {instance['boot_delay']} s, stop timeout {'default' if stop is None else f'{stop} s'})")
 
 
 def _host_ids(instance: dict[str, Any], idmap: dict[str, Any] | None) -> str:

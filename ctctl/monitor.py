@@ -1,8 +1,11 @@
-"""ctctl's read-outs of resource use: beancounters (OpenVZ's user_beancounters table) and metrics
-(the Prometheus text ctd serves, whole or one instance's samples)."""
+"""ctctl's read-outs of resource use and of what happens: beancounters (OpenVZ's
+user_beancounters table), metrics (the Prometheus text ctd serves, whole or one instance's
+samples) and monitor (the node's events live, from GET /1.0/events)."""
 
 from __future__ import annotations
 
+import json
+import sys
 from typing import Any
 
 import click
@@ -54,4 +57,63 @@ def metrics(instance: str | None) -> None:
     click.echo(text, nl=False)
 
 
-COMMANDS = (beancounters, metrics)
+EVENT_TYPES = ("lifecycle", "operation", "limit", "exit", "log")
+
+
+def _summary(event: dict[str, Any]) -> str:
+    meta = event.get("metadata") or {}
+    kind = event.get("type")
+    if kind == "lifecycle":
+        extra = {k: v for k, v in meta.items() if k in ("old_name", "snapshot", "source", "template", "via")}
+        return " ".join([str(meta.get("action")), *(f"{k}={v}" for k, v in extra.items())])
+    if kind == "operation":
+        line = f"{meta.get('kind')} {meta.get('target')} {meta.get('action')}"
+        if meta.get("action") == "progress" and meta.get("progress"):
+            line += f": {meta['progress']}"
+        return line + (f": {meta['error']}" if meta.get("error") else "")
+    if kind == "limit":
+        return f"{meta.get('resource')} failcnt {meta.get('previous')} -> {meta.get('failcnt')}"
+    if kind == "exit":
+        return f"{meta.get('kind')}: {meta.get('text')}"
+    return f"{meta.get('level')}: {meta.get('message')}"
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One line: time, type, instance (project/instance outside the default project), what."""
+    who = event.get("instance") or "-"
+    if event.get("project") not in (None, "default"):
+        who = f"{event['project']}/{who}"
+    return f"{event.get('timestamp')} {event.get('type'):<9} {who} {_summary(event)}"
+
+
+def _types(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> list[str]:
+    wanted = [part.strip() for item in value for part in item.split(",") if part.strip()]
+    unknown = [t for t in wanted if t not in EVENT_TYPES]
+    if unknown:
+        raise click.BadParameter(f"unknown type(s) {', '.join(unknown)}; the types are {', '.join(EVENT_TYPES)}")
+    return wanted
+
+
+@click.command()
+@click.argument("instance", required=False, shell_complete=complete_instance, callback=instance_ref)
+@click.option("--type", "types", multiple=True, callback=_types, metavar="TYPE[,TYPE]",
+              help=f"only these event types ({', '.join(EVENT_TYPES)}); default all")
+@click.option("--format", "fmt", type=click.Choice(["line", "json"]), default="line", show_default=True,
+              help="one line per event, or its JSON on one line")
+def monitor(instance: str | None, types: list[str], fmt: str) -> None:
+    """Print the node's events live (of one instance with NAME) until interrupted."""
+    import asyncio  # here: only the commands that stream load asyncio and aiohttp
+
+    from ctctl.stream import run_events
+
+    def show(event: dict[str, Any]) -> None:
+        click.echo(json.dumps(event, sort_keys=True) if fmt == "json" else event_line(event))
+        sys.stdout.flush()
+
+    try:
+        asyncio.run(run_events(client(), types, instance, show))
+    except KeyboardInterrupt:
+        pass
+
+
+COMMANDS = (beancounters, metrics, monitor)

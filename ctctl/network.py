@@ -1,4 +1,5 @@
-"""ctctl network: create, list, show and delete host networks (bridges with an address pool)."""
+"""ctctl network: create, list, show and delete host networks (bridges with an address pool),
+and the port forwards of NAT networks (network forward add/list/delete)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,14 @@ def network() -> None:
               "it stays on after delete)")
 @click.option("--mtu", type=int, help="MTU of the bridge and its NICs (default 1500; up to 65535 on a "
               "bridge with no physical port: faster host<->container traffic)")
-def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, mtu: int | None) -> None:
+@click.option("--dhcp/--no-dhcp", default=None, help="dnsmasq on the bridge: DHCP with ctd's addresses, DNS for "
+              "instance names (default: on where dnsmasq is installed)")
+def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, mtu: int | None,
+                   dhcp: bool | None) -> None:
     """Create a bridge NAME; the host takes the subnet's first address as gateway."""
     body: dict[str, Any] = {"name": name, "nat": nat}
+    if dhcp is not None:
+        body["dhcp"] = dhcp
     if mtu is not None:
         body["mtu"] = mtu
     if subnet:
@@ -37,9 +43,9 @@ def network_create(name: str, subnet: str | None, ipv6: str | None, nat: bool, m
 
 
 def _net_rows(nets: list[dict[str, Any]]) -> str:
-    return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "MTU", "NAT", "USED BY"],
+    return table(["NAME", "SUBNET", "GATEWAY", "IPV6", "MTU", "NAT", "DHCP", "USED BY"],
                  [[n["name"], n["subnet"], n["gateway"], n["ipv6"], n.get("mtu"), "yes" if n["nat"] else "no",
-                   ",".join(n["used_by"]) or None] for n in nets])
+                   "yes" if n.get("dhcp") else "no", ",".join(n["used_by"]) or None] for n in nets])
 
 
 @network.command(name="list")
@@ -63,6 +69,56 @@ def network_delete(name: str) -> None:
     """Delete a network (refused while instances use it)."""
     client().request("DELETE", f"/1.0/networks/{name}")
     click.echo(f"Deleted network {name}")
+
+
+@network.group(name="forward")
+def forward() -> None:
+    """Port forwards of a NAT network: a host port DNATed to an instance's port."""
+
+
+def _split(text: str, what: str, example: str) -> tuple[str, str]:
+    head, sep, tail = text.rpartition(":")
+    if not sep or not tail:
+        raise click.UsageError(f"{what} must look like {example}, not {text!r}")
+    return head, tail
+
+
+@forward.command(name="add")
+@click.argument("net")
+@click.argument("host", metavar="[HOSTADDR:]HOSTPORT")
+@click.argument("target", metavar="NAME:PORT")
+@click.option("--proto", type=click.Choice(("tcp", "udp")), default="tcp", show_default=True)
+def forward_add(net: str, host: str, target: str, proto: str) -> None:
+    """Forward HOSTPORT (on HOSTADDR, or every address of the host) to PORT of instance NAME,
+    which has an address on the NAT network NET."""
+    address, port = _split(host, "HOSTPORT", "8080 or 192.0.2.1:8080") if ":" in host else ("", host)
+    name, inner = _split(target, "NAME:PORT", "web:80")
+    body: dict[str, Any] = {"host_port": port, "instance": name, "port": inner, "proto": proto}
+    if address:
+        body["host_address"] = address
+    fwd = client().request("POST", f"/1.0/networks/{net}/forwards", body)["forward"]
+    click.echo(f"Added forward {fwd['id']}: {fwd['proto']} {fwd['host_address'] or '*'}:{fwd['host_port']} -> "
+               f"{fwd['instance']} ({fwd['target']}:{fwd['port']})")
+
+
+@forward.command(name="list")
+@click.argument("net")
+@FORMAT
+def forward_list(net: str, fmt: str) -> None:
+    """List a network's forwards."""
+    emit(fmt, client().get(f"/1.0/networks/{net}/forwards")["forwards"],
+         lambda rows: table(["ID", "PROTO", "HOST", "INSTANCE", "TARGET"],
+                            [[f["id"], f["proto"], f"{f['host_address'] or '*'}:{f['host_port']}", f["instance"],
+                              f"{f['target']}:{f['port']}"] for f in rows]))
+
+
+@forward.command(name="delete")
+@click.argument("net")
+@click.argument("forward_id", type=int)
+def forward_delete(net: str, forward_id: int) -> None:
+    """Delete forward FORWARD_ID ('forward list' shows the ids)."""
+    client().request("DELETE", f"/1.0/networks/{net}/forwards/{forward_id}")
+    click.echo(f"Deleted forward {forward_id}")
 
 
 COMMANDS = (network,)

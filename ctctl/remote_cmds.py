@@ -9,12 +9,12 @@ from typing import Any
 
 import click
 
-from ctctl.client import ApiError, Client, fetch_fingerprint
+from ctctl.client import ApiError, Client
 from ctctl.clientcert import ensure_client_certificate
 from ctctl.output import emit, table
 from ctctl.remotes import LOCAL, Remote, RemoteConfig, check_url, normalize_fingerprint
 from ctctl.shared import FORMAT, client
-from ctctl.trust_cmds import decode_join_token, redeem, trust
+from ctctl.trust_cmds import ROLE_HELP, ROLES, decode_join_token, redeem, trust
 
 # ------------------------------------------------------------------ info
 
@@ -62,16 +62,18 @@ def token() -> None:
 @token.command(name="create")
 @click.argument("name")
 @click.option("--expires", help="lifetime, e.g. 30d, 12h, 2w (default: never expires)")
-@click.option("--role", type=click.Choice(["admin"]), default="admin", show_default=True,
-              help="what the token may do (more roles come with projects)")
-def token_create(name: str, expires: str | None, role: str) -> None:
+@click.option("--role", type=click.Choice(ROLES), default="admin", show_default=True, help=ROLE_HELP)
+@click.option("--project", default="default", show_default=True,
+              help="the project an operator or tenant token acts in (ctctl project create)")
+def token_create(name: str, expires: str | None, role: str, project: str) -> None:
     """Make a token; its secret is printed this once (ctd keeps only a hash)."""
-    body = {"name": name, "role": role}
+    body = {"name": name, "role": role, "project": project}
     if expires:
         body["expires"] = expires
     made = client().request("POST", "/1.0/tokens", body)["token"]
     click.echo(made["secret"])
-    click.echo(f"Created token {made['name']} (role {made['role']}, expires {made['expires_at'] or 'never'}); "
+    click.echo(f"Created token {made['name']} (role {made['role']}, project {made['project']}, "
+               f"expires {made['expires_at'] or 'never'}); "
                "the secret above is shown only now", err=True)
 
 
@@ -98,13 +100,16 @@ def token_revoke(name: str) -> None:
 
 @click.command()
 @click.option("--since", help="only entries from this long ago (1h, 2d) or this time (2026-01-31T12:00)")
+@click.option("--project", help="only requests that acted in this project")
 @FORMAT
-def audit(since: str | None, fmt: str) -> None:
+def audit(since: str | None, project: str | None, fmt: str) -> None:
     """The audit log: every mutating request, who made it, from where, and its result."""
-    entries = client().get("/1.0/audit", **({"since": since} if since else {}))["entries"]
+    query = {k: v for k, v in (("since", since), ("project", project)) if v}
+    entries = client().get("/1.0/audit", **query)["entries"]
     emit(fmt, entries, lambda es: table(
-        ["TIME", "IDENTITY", "SOURCE", "METHOD", "PATH", "TARGET", "STATUS"],
-        [[e["time"], _who(e), e["source"], e["method"], e["path"], e["target"], e["status"]] for e in es]))
+        ["TIME", "IDENTITY", "PROJECT", "SOURCE", "METHOD", "PATH", "TARGET", "STATUS"],
+        [[e["time"], _who(e), e.get("project"), e["source"], e["method"], e["path"], e["target"], e["status"]]
+         for e in es]))
 
 
 def _who(entry: dict[str, Any]) -> str:
@@ -136,6 +141,7 @@ def remote_add(name: str, url: str, secret: str | None, join_token: str | None, 
     config.check_new(name)
     url = check_url(url)
     probe = Remote(name, url, secret, "0" * 64)
+    from ctctl.tls import fetch_fingerprint  # not at the top: ssl only for the commands that use it
     try:
         seen = fetch_fingerprint(probe.host, probe.port)
     except (TimeoutError, OSError, ssl.SSLError) as exc:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,10 +101,15 @@ class RemoteConfig:
     def load(cls, path: Path | None = None) -> RemoteConfig:
         path = path or config_file()
         try:
-            data = tomllib.loads(path.read_text())
+            text = path.read_text()
         except (FileNotFoundError, NotADirectoryError):
             return cls(path=path)
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ApiError(f"{path}: cannot read it ({exc}); fix or remove the file") from None
+        import tomllib  # here: without a remotes file (the usual local case) it is not loaded
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
             raise ApiError(f"{path}: cannot read it ({exc}); fix or remove the file") from None
         remotes = {}
         for name, values in (data.get("remotes") or {}).items():

@@ -2,7 +2,7 @@
 (--format, an instance argument with completion, the limit and guest options) and the progress line
 of a long operation.
 
-Nothing here registers a command: ctctl/main.py does that, so a noun module never imports main."""
+Nothing here registers a command: ctctl/cli.py does that, so a noun module never imports it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from ctctl.client import ApiError, Client, default_socket
+from ctctl.listing import limits_text as limits_text  # re-exported (ctctl/instance.py)
 from ctctl.refs import instance_ref
 
 Command = TypeVar("Command", bound=Callable[..., Any])
@@ -66,7 +67,17 @@ def add_guest(body: dict[str, Any], userpasswd: str | None, ssh_key: tuple[str, 
 
 
 def boot_options(func: Command) -> Command:
-    """--onboot, --boot-order, --boot-delay on create and set (checked by the server)."""
+    """--onboot, --boot-order, --boot-delay, --stop-timeout, --backup-schedule, --backup-keep on
+    create and set (checked by the server)."""
+    func = click.option("--backup-keep", "backup_keep", type=int,
+                        help="backups kept in the node's backup_dir, 1-1000 (default 7; the parents a kept "
+                             "increment needs stay too)")(func)
+    func = click.option("--backup-schedule", "backup_schedule",
+                        help="when ctd backs it up: hourly, daily@HH:MM, 'weekly@sun 03:00' or cron's "
+                             "'M H DOM MON DOW' (host's local time); none removes it")(func)
+    func = click.option("--stop-timeout", "stop_timeout",
+                        help="seconds a stop waits for a clean shutdown before it kills (0-3600), or 'default' "
+                             "for the server's stop_timeout; used by stop, restart and shutdown-all")(func)
     func = click.option("--boot-delay", "boot_delay", type=int,
                         help="seconds the next boot-order group waits after this one started (0-3600)")(func)
     func = click.option("--boot-order", "boot_order", type=int,
@@ -74,6 +85,51 @@ def boot_options(func: Command) -> Command:
     func = click.option("--onboot", type=click.Choice(["yes", "no"]),
                         help="start it when the host boots (ctd starts after a reboot)")(func)
     return func
+
+
+def features_option(func: Command) -> Command:
+    """--features on create and set (its value arrives in the command's **kwargs)."""
+    return click.option("--features", help="container features, comma-separated: tun (/dev/net/tun: VPNs), "
+                        "fuse (/dev/fuse: sshfs, rclone); at set the whole new set, '' for none (applies at "
+                        "the next start)")(func)
+
+
+def mount_options(func: Command) -> Command:
+    """--mount (create and set) and --unmount (set only: `unmount` is popped by add_mounts)."""
+    return click.option("--mount", "mount", multiple=True,
+                        help="SOURCE:TARGET[:ro][,idmap]: bind a host directory or file into a container (repeatable; "
+                             "at set: added; applies at the next start); idmap: host uid N is uid N inside")(func)
+
+
+def add_mounts(body: dict[str, Any], options: dict[str, Any]) -> None:
+    mounts = options.pop("mount", ()) or ()
+    unmount = options.pop("unmount", ()) or ()
+    if mounts:
+        body["mounts"] = list(mounts)
+    if unmount:
+        body["unmount"] = list(unmount)
+
+
+def add_features(body: dict[str, Any], options: dict[str, Any]) -> None:
+    """--features (taken out of the options before they are read as limits); checked by the server."""
+    value = options.pop("features", None)
+    if value is not None:
+        body["features"] = [n.strip() for n in value.split(",") if n.strip()]
+
+
+def add_stop_timeout(body: dict[str, Any], options: dict[str, Any]) -> None:
+    """--stop-timeout SECONDS|default (taken out of the options before they are read as limits)."""
+    value = options.pop("stop_timeout", None)
+    if value is not None:
+        body["stop_timeout"] = int(value) if value.strip().isdigit() else value
+
+
+def add_backup_settings(body: dict[str, Any], options: dict[str, Any]) -> None:
+    """--backup-schedule, --backup-keep (taken out of the options before they are read as limits)."""
+    for key in ("backup_schedule", "backup_keep"):
+        value = options.pop(key, None)
+        if value is not None:
+            body[key] = value
 
 
 def add_boot(body: dict[str, Any], onboot: str | None, boot_order: int | None, boot_delay: int | None) -> None:
@@ -112,10 +168,6 @@ def limit_options(func: Command) -> Command:
 def given_limits(options: Mapping[str, Any]) -> dict[str, str]:
     """The limit options that were given, by name (the request's "limits")."""
     return {name: options[name] for name, _ in LIMIT_OPTIONS if options.get(name) is not None}
-
-
-def limits_text(limits: Mapping[str, Any]) -> str:
-    return ",".join(f"{k}={v}" for k, v in limits.items()) or "-"
 
 
 def run_with_progress(method: str, path: str, body: dict[str, Any]) -> dict[str, Any]:

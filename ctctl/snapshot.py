@@ -16,9 +16,14 @@ from ctctl.shared import FORMAT, INSTANCE, client, complete_instance
 @click.argument("instance", shell_complete=complete_instance, callback=instance_ref)
 @click.argument("snapshot")
 def snapshot(instance: str, snapshot: str) -> None:
-    """Take a snapshot of an instance's root (instant on btrfs): a container may keep running, a VM must be stopped."""
-    client().run("POST", f"/1.0/instances/{instance}/snapshots", {"name": snapshot})
+    """Take a snapshot of an instance's root or disk (instant on btrfs); containers and VMs may keep
+    running (a running VM is frozen by its guest agent, if any, and paused for the copy)."""
+    result = client().run("POST", f"/1.0/instances/{instance}/snapshots", {"name": snapshot}) or {}
     click.echo(f"Snapshot {snapshot} of {instance} taken")
+    if result.get("live"):
+        click.echo(f"  {result.get('consistency')}; the VM was paused {result.get('paused_ms')} ms")
+    for note in result.get("notes") or []:
+        click.echo(f"  Note: {note}")
 
 
 @click.command(name="snapshot-list")

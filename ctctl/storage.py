@@ -15,6 +15,8 @@ def _quota_state(info: dict[str, Any]) -> str:
         return "off"
     if info.get("quota_consistent") is False:
         return "on, numbers inconsistent: limits do not hold until the rescan ctd started ends"
+    if info.get("quota_mode_reason"):  # simple quotas or full qgroups, and why
+        return f"on, {info['quota_mode_reason']}"
     return "on"
 
 

@@ -12,12 +12,13 @@ import ssl
 import sys
 import termios
 import tty as ttymod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, cast
 
 import aiohttp
 
-from ctctl.client import ApiError, Client, pinning_context
+from ctctl.client import ApiError, Client
+from ctctl.tls import pinning_context
 
 DETACH_KEY = b"\x1d"  # Ctrl-]
 
@@ -218,3 +219,28 @@ async def run_vnc_proxy(socket_path: str, host: str, port: int) -> None:
     server = await asyncio.start_server(handle, host, port)
     async with server:
         await server.serve_forever()
+
+
+async def run_events(client: Client, types: list[str], instance: str | None,
+                     show: Callable[[dict[str, Any]], None]) -> None:
+    """Each event of GET /1.0/events to `show` until ctd closes the stream; ApiError when ctd cut
+    this client off (too slow) or went away."""
+    query = [("type", t) for t in types] + ([("instance", instance)] if instance else [])
+    session, ws = await _connect(client, "/1.0/events", query)
+    reason = ""
+    try:
+        while True:
+            msg = await ws.receive()
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                show(json.loads(msg.data))
+            elif msg.type == aiohttp.WSMsgType.CLOSE:
+                reason = msg.extra or ""
+                break
+            elif msg.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                break
+    finally:
+        await ws.close()
+        await session.close()
+    if ws.close_code == aiohttp.WSCloseCode.POLICY_VIOLATION:
+        raise ApiError(f"ctd cut this monitor off: {reason}")
+    raise ApiError(f"ctd closed the event stream ({reason or 'it went away'}); run 'ctctl monitor' again")

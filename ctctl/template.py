@@ -3,10 +3,12 @@ Builds, imports and exports show ctd's progress line while they run (Ctrl-C canc
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
 
+from ctctl import vagrantbox
 from ctctl.output import emit, human_bytes, table
 from ctctl.shared import FORMAT, client, run_with_progress
 
@@ -65,11 +67,35 @@ def template_import(file: str, name: str | None) -> None:
 
 @template.command(name="export")
 @click.argument("name")
-@click.argument("file", type=click.Path(dir_okay=False, resolve_path=True))
-def template_export(name: str, file: str) -> None:
-    """Write a template as a rootfs tarball (.tar.zst, .tar.gz or .tar.xz by the file name)."""
+@click.argument("file", required=False, type=click.Path(dir_okay=False, resolve_path=True))
+@click.option("--vagrant-box", "box", type=click.Path(dir_okay=False, resolve_path=True),
+              help="write a Vagrant box for provider ctd instead (vagrant user, insecure key; docs/vagrant.md)")
+def template_export(name: str, file: str | None, box: str | None) -> None:
+    """Write a template as a rootfs tarball (.tar.zst, .tar.gz or .tar.xz by the file name), or
+    with --vagrant-box FILE.box as a box for `vagrant box add` (on ctd's host: ctd writes it)."""
+    if (file is None) == (box is None):
+        raise click.UsageError("give either FILE (a rootfs tarball) or --vagrant-box FILE.box")
+    if box is not None:
+        _export_box(name, Path(box))
+        return
     result = run_with_progress("POST", f"/1.0/templates/{name}/export", {"file": file})
     click.echo(f"Exported {name} to {result['file']} ({human_bytes(result['size'])})")
+
+
+def _export_box(name: str, box: Path) -> None:
+    if not box.parent.is_dir():
+        raise click.UsageError(f"{box.parent} is not a directory; the box goes into an existing one")
+    scratch = box.with_name(f".{box.name}.export.tar.gz")  # ctd writes it; the box is made from it
+    try:
+        run_with_progress("POST", f"/1.0/templates/{name}/export", {"file": str(scratch)})
+        try:
+            size = vagrantbox.write_box(scratch, box, name)
+        except vagrantbox.BoxError as exc:
+            raise click.ClickException(str(exc)) from None
+    finally:
+        scratch.unlink(missing_ok=True)
+    click.echo(f"Exported {name} as Vagrant box {box} ({human_bytes(size)}); "
+               f"add it with: vagrant box add NAME {box}")
 
 
 @template.command(name="delete")

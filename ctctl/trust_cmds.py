@@ -34,6 +34,11 @@ def read_certificate(path: str) -> str:
     return ssl.DER_cert_to_PEM_cert(data)
 
 
+ROLES = ("admin", "operator", "tenant")   # ctd/remote/identity.py Role; docs/remote.md "Roles"
+ROLE_HELP = ("admin: everything; operator: everything inside its project, nothing host-wide; "
+             "tenant: self-service on its project's instances")
+
+
 @click.group()
 def trust() -> None:
     """Client certificates the HTTPS listener accepts (admin only)."""
@@ -42,11 +47,11 @@ def trust() -> None:
 @trust.command(name="add")
 @click.argument("certfile", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", help="how ctd names it (default: from the certificate's common name)")
-@click.option("--role", type=click.Choice(["admin"]), default="admin", show_default=True,
-              help="what requests with it may do")
-def trust_add(certfile: str, name: str | None, role: str) -> None:
+@click.option("--role", type=click.Choice(ROLES), default="admin", show_default=True, help=ROLE_HELP)
+@click.option("--project", default="default", show_default=True, help="the project an operator or tenant acts in")
+def trust_add(certfile: str, name: str | None, role: str, project: str) -> None:
     """Trust a client certificate (PEM or DER) by its SHA-256 fingerprint."""
-    body = {"certificate": read_certificate(certfile), "role": role}
+    body = {"certificate": read_certificate(certfile), "role": role, "project": project}
     if name:
         body["name"] = name
     added = client().request("POST", "/1.0/trust", body)["certificate"]
@@ -61,9 +66,9 @@ def trust_list(fmt: str) -> None:
     data = client().get("/1.0/trust")
 
     def render(d: dict[str, Any]) -> str:
-        shown = table(["NAME", "ROLE", "SHA-256", "VALID UNTIL"],
-                      [[c["name"], c["role"], c["fingerprint"], ("expired " if c["expired"] else "") + c["not_after"]]
-                       for c in d["certificates"]])
+        shown = table(["NAME", "ROLE", "PROJECT", "SHA-256", "VALID UNTIL"],
+                      [[c["name"], c["role"], c["project"], c["fingerprint"],
+                        ("expired " if c["expired"] else "") + c["not_after"]] for c in d["certificates"]])
         if d["tokens"]:
             shown += "\n\nPending join tokens:\n" + table(
                 ["NAME", "ROLE", "EXPIRES"], [[t["name"], t["role"], t["expires_at"]] for t in d["tokens"]])
@@ -83,11 +88,13 @@ def trust_remove(name: str) -> None:
 @trust.command(name="token")
 @click.argument("name")
 @click.option("--expires", default="1h", show_default=True, help="how long it may be redeemed, e.g. 30m, 1d")
-@click.option("--role", type=click.Choice(["admin"]), default="admin", show_default=True,
-              help="the role the joining certificate gets")
-def trust_token(name: str, expires: str, role: str) -> None:
+@click.option("--role", type=click.Choice(ROLES), default="admin", show_default=True,
+              help="the role the joining certificate gets: " + ROLE_HELP)
+@click.option("--project", default="default", show_default=True, help="the project the joining certificate acts in")
+def trust_token(name: str, expires: str, role: str, project: str) -> None:
     """A one-time join token; the client runs 'ctctl remote add REMOTE https://HOST:8443 --join TOKEN'."""
-    made = client().request("POST", "/1.0/trust/tokens", {"name": name, "expires": expires, "role": role})["token"]
+    made = client().request("POST", "/1.0/trust/tokens",
+                            {"name": name, "expires": expires, "role": role, "project": project})["token"]
     click.echo(made["token"])
     click.echo(f"Join token for {made['name']} (role {made['role']}), usable once until {made['expires_at']}",
                err=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from ctd.errors import InvalidRequest
 DEFAULT_CONFIG_FILE = Path("/etc/ctd/ctd.toml")
 DEFAULT_IDMAP_RANGES = 8192
 MAX_ID = 2**32 - 1  # (uid_t)-1 is no id
+QUOTA_MODES = ("full", "simple")  # the values of ctd.storage.btrfs.quota.QuotaMode
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,11 @@ class DaemonConfig:
     storage_driver: str = "auto"
     # Size of a new pool image, e.g. "50G"; empty: 20% of the free space, at most 100G.
     pool_size: str = ""
+    # btrfs quota accounting on a NEW pool: "full" qgroups (the default) or "simple" quotas
+    # (Linux >= 6.7; creates stay flat at 1000 instances, but a tenant who may roll back or
+    # restore can exceed their --diskspace: docs/storage.md, "Simple quotas"). A pool whose
+    # quota is on keeps its mode.
+    quota_mode: str = "full"
     templates_dir: Path = Path(__file__).resolve().parent.parent / "templates"
     # The remote API: off unless set, e.g. "[::]:8443" (every address) or "127.0.0.1:8443".
     https_address: str = ""
@@ -70,6 +77,30 @@ class DaemonConfig:
     # Stop every instance (reverse boot order, as `ctctl shutdown-all`) when ctd itself stops on
     # SIGTERM. Off: stopping ctd leaves them running, so it can be upgraded under them.
     stop_instances_on_exit: bool = False
+    # Scheduled backups (ctd/instance/backups.py): where they go (unset: STATE/backups), a new
+    # full backup every this many (at most; fewer when backup_keep is smaller), how often the
+    # scheduler looks for due ones (seconds), and a file holding the scheduler's "now" in epoch
+    # seconds (tests only: they present a time of their own; unset or unreadable: the clock).
+    backup_dir: Path | None = None
+    backup_full_every: int = 7
+    backup_tick: float = 30.0
+    backup_clock_file: Path | None = None
+    # GET /1.0/events: how many events may wait unread for one client before it is cut off as
+    # too slow (each client has its own queue; docs/api.md, "Events").
+    events_queue: int = 1024
+    # Cluster mode (docs/cluster.md): the client URLs of the etcd cluster, e.g.
+    # ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]. Empty: a standalone
+    # ctd that never imports or touches etcd. The node's name in the cluster ("": the hostname),
+    # the HTTPS URL its peers reach it on ("": https://HOSTNAME:PORT of https_address), and the
+    # TTL of its etcd lease: a node whose ctd has not renewed it for this long is offline.
+    etcd_endpoints: tuple[str, ...] = ()
+    node_name: str = ""
+    node_address: str = ""
+    cluster_lease_ttl: int = 10
+
+    @property
+    def cluster_node(self) -> str:
+        return self.node_name or socket.gethostname().split(".")[0].lower()
 
     @property
     def idmap_limit(self) -> int:
@@ -83,6 +114,10 @@ class DaemonConfig:
         one. 0 (root owns them all, as before) where that block would reach below 65536."""
         base = self.idmap_base - 65536
         return base if base >= 65536 else 0
+
+    @property
+    def backups_dir(self) -> Path:
+        return self.backup_dir or self.state_dir / "backups"
 
     @property
     def db_path(self) -> Path:
@@ -124,6 +159,8 @@ def load_config(path: Path | None, overrides: dict[str, object]) -> DaemonConfig
     for name, value in values.items():
         kind = known[name].type
         typed[name] = Path(str(value)) if kind in ("Path", "Path | None") else value
+        if name == "etcd_endpoints" and isinstance(value, list):
+            typed[name] = tuple(value)
     config = DaemonConfig(**typed)  # type: ignore[arg-type]
     check_config(config, file)
     if config.https_address:
@@ -160,6 +197,42 @@ def check_config(config: DaemonConfig, file: Path) -> None:
     concurrency = config.boot_concurrency
     if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 256:
         raise InvalidRequest(f"{file}: boot_concurrency must be a whole number from 1 to 256, not {concurrency!r}")
+    every, tick = config.backup_full_every, config.backup_tick
+    if not isinstance(every, int) or isinstance(every, bool) or not 1 <= every <= 1000:
+        raise InvalidRequest(f"{file}: backup_full_every must be a whole number from 1 to 1000, not {every!r}")
+    if not isinstance(tick, (int, float)) or isinstance(tick, bool) or not 0.1 <= tick <= 3600:
+        raise InvalidRequest(f"{file}: backup_tick must be seconds from 0.1 to 3600, not {tick!r}")
+    if config.quota_mode not in QUOTA_MODES:
+        raise InvalidRequest(f"{file}: quota_mode must be \"full\" (the default) or \"simple\" (btrfs simple "
+                             f"quotas, docs/storage.md), not {config.quota_mode!r}")
+    check_cluster(config, file)
+    queue = config.events_queue
+    if not isinstance(queue, int) or isinstance(queue, bool) or not 1 <= queue <= 1_000_000:
+        raise InvalidRequest(f"{file}: events_queue must be a whole number from 1 to 1000000, not {queue!r}")
+
+
+NODE_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def check_cluster(config: DaemonConfig, file: Path) -> None:
+    endpoints = config.etcd_endpoints
+    if not isinstance(endpoints, tuple) or not all(isinstance(e, str) and re.fullmatch(r"https?://[^/\s]+/?", e)
+                                                   for e in endpoints):
+        raise InvalidRequest(f"{file}: etcd_endpoints must be a list of etcd client URLs such as "
+                             f"[\"http://10.0.0.1:2379\"], not {endpoints!r}")
+    if not isinstance(config.node_name, str) or (config.node_name and not NODE_NAME.fullmatch(config.node_name)):
+        raise InvalidRequest(f"{file}: node_name must be lowercase letters, digits and -, at most 63, "
+                             f"not {config.node_name!r}")
+    if endpoints and not NODE_NAME.fullmatch(config.cluster_node):
+        raise InvalidRequest(f"{file}: this host's name {config.cluster_node!r} cannot name a cluster node; "
+                             "set node_name (lowercase letters, digits and -)")
+    if not isinstance(config.node_address, str) or (config.node_address and not re.fullmatch(
+            r"https://[^/\s]+/?", config.node_address)):
+        raise InvalidRequest(f"{file}: node_address must be an HTTPS URL such as \"https://10.0.0.1:8443\", "
+                             f"not {config.node_address!r}")
+    ttl = config.cluster_lease_ttl
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 2 <= ttl <= 300:
+        raise InvalidRequest(f"{file}: cluster_lease_ttl must be seconds from 2 to 300, not {ttl!r}")
 
 
 def audit_rotation(config: DaemonConfig, file: Path) -> tuple[int, int]:

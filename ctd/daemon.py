@@ -12,12 +12,37 @@ import platform
 import signal
 import socket
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ctd import __version__
 from ctd.config import DaemonConfig, load_config
 from ctd.errors import CtdError
 from ctd.ownership import Ownership, daemon_claims
+
+if TYPE_CHECKING:  # imported lazily at run time (ctd --help and refusals stay fast)
+    import ssl
+    from typing import Any
+
+    from aiohttp import web
+
+    from cgroups import CgroupManager
+    from ctd.cluster.node import ClusterNode
+    from ctd.events.bus import EventBus
+    from ctd.instance.container.driver import ContainerDriver
+    from ctd.instance.container.spawner_client import SpawnerClient
+    from ctd.instance.manager import InstanceManager
+    from ctd.lxcfs import Lxcfs
+    from ctd.network.manager import NetworkManager
+    from ctd.remote.api import RemoteAccess
+    from ctd.remote.tls import ListenAddress
+    from ctd.state import StateDB
+    from ctd.storage.base import StorageDriver
+    from ctd.template.manager import TemplateManager
+
+    # https_address's listener: where, its TLS context, and what GET /1.0 shows of it
+    HttpsListener = tuple[ListenAddress, ssl.SSLContext, dict[str, Any]]
 
 log = logging.getLogger("ctd")
 
@@ -81,10 +106,10 @@ def claim_resources(config: DaemonConfig) -> Ownership:
     return ownership
 
 
-def open_storage(config: DaemonConfig):  # type: ignore[no-untyped-def]
+def open_storage(config: DaemonConfig) -> StorageDriver:
     """The storage driver the settings and the host allow (mounting ctd's pool if it has one)."""
     from cgroups import parse_size
-
+    from ctd.storage.btrfs.quota import QuotaMode
     from ctd.storage.dir import DirStorage
     from ctd.storage.pool import choose_storage
 
@@ -96,14 +121,14 @@ def open_storage(config: DaemonConfig):  # type: ignore[no-untyped-def]
         size = parse_size(config.pool_size) if config.pool_size else None
     except ValueError as exc:
         raise CtdError(f"pool_size: {exc}") from None
-    storage = choose_storage(config.state_dir, pool_size=size)
+    storage = choose_storage(config.state_dir, pool_size=size, quota_mode=QuotaMode(config.quota_mode))
     if config.storage_driver == "btrfs" and storage.name != "btrfs":
         raise CtdError(f"storage_driver is btrfs but btrfs cannot be used: {storage.reason}")
     log.info("storage: %s at %s (%s)", storage.name, storage.root, storage.reason or "configured")
     return storage
 
 
-def protect_host(cgroups, config: DaemonConfig) -> None:  # type: ignore[no-untyped-def]
+def protect_host(cgroups: CgroupManager, config: DaemonConfig) -> None:
     """Cap all containers together (pids and memory) on ctd's base cgroup: a container without
     limits of its own still cannot take the host's last pid or page."""
     from cgroups import CgroupError, parse_size
@@ -186,20 +211,11 @@ def main(argv: list[str] | None = None) -> int:
         os.close(lock_fd)
 
 
-async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untyped-def]
-    from aiohttp import web
-
-    from cgroups import detect_manager
-    from ctd.api.context import ApiContext
-    from ctd.api.server import make_app, prepare_socket_path, secure_socket
-    from ctd.instance.autostart import Autostart
+async def serve(config: DaemonConfig, spawner: SpawnerClient) -> int:
+    from cgroups import detect_manager, parse_size
     from ctd.instance.container.driver import ContainerDriver
-    from ctd.instance.manager import InstanceManager
-    from ctd.instance.transfer import Transfers
-    from cgroups import parse_size
     from ctd.lxcfs import LXCFS_GROUP, Lxcfs
     from ctd.network.manager import NetworkManager
-    from ctd.operations import Operations
     from ctd.state import StateDB
     from ctd.template.manager import TemplateManager
 
@@ -218,9 +234,70 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if not await asyncio.to_thread(lxcfs.ensure):
         log.warning("%s", lxcfs.reason)
     containers = ContainerDriver(spawner, cgroups, lxcfs)
-    network = NetworkManager(db, config.nft_table, config.nic_prefix, config.default_network)
+    network = NetworkManager(db, config.nft_table, config.nic_prefix, config.default_network, config.run_dir)
+    host = Host(spawner, db, storage, cgroups, templates, lxcfs, containers, network)
+    try:
+        return await run(config, host, https, metrics_socket)
+    finally:  # a stop, or a start that failed half-way (a port taken, recovery raised): the same undo
+        for runner in reversed(host.runners):
+            await runner.cleanup()
+        containers.unwatch_lxcfs()  # its end at shutdown is no death to recover from
+        spawner.close()  # its standbys end with it, so their groups can go
+        await containers.drop_staged()
+        if not containers.running:  # nothing uses them any more
+            lxcfs.stop()  # first: its cgroup is below the base
+            with contextlib.suppress(Exception):
+                cgroups.remove_base()
+            network.remove_filters()
+        try:
+            config.socket.unlink()
+        except FileNotFoundError:
+            pass
+        db.close()
+
+
+@dataclass
+class Host:
+    """What serve() set up on the host, for run() to use and serve() to take down."""
+    spawner: SpawnerClient
+    db: StateDB
+    storage: StorageDriver
+    cgroups: CgroupManager
+    templates: TemplateManager
+    lxcfs: Lxcfs
+    containers: ContainerDriver
+    network: NetworkManager
+    runners: list[web.AppRunner] = field(default_factory=list)  # the API's: serve cleans them up
+
+
+async def run(config: DaemonConfig, host: Host, https: HttpsListener | None,
+              metrics_socket: socket.socket | None) -> int:
+    """Recover, serve the API until SIGTERM/SIGINT, then stop instances if configured to."""
+    from aiohttp import web
+
+    from ctd.api.context import ApiContext
+    from ctd.api.server import make_app, prepare_socket_path, secure_socket
+    from ctd.events.bus import EventBus
+    from ctd.events.limits import LimitWatcher
+    from ctd.events.logs import EventLogHandler
+    from ctd.events.model import project_of
+    from ctd.instance.autostart import Autostart
+    from ctd.instance.backup_scheduler import BackupScheduler
+    from ctd.instance.manager import InstanceManager
+    from ctd.instance.transfer import Transfers
+    from ctd.operations import Operations
+
+    db, storage, cgroups, lxcfs, containers, network = (host.db, host.storage, host.cgroups, host.lxcfs,
+                                                        host.containers, host.network)
+    loop = asyncio.get_running_loop()
     await asyncio.to_thread(network.restore)
-    instances = InstanceManager(config, db, storage, templates, containers, cgroups, network)
+    def resolve(name: str) -> str | None:   # an event's instance name -> its project
+        rec = db.get_instance(name) if not name.isdigit() else None
+        return project_of(rec) if rec is not None and rec.name == name else None
+
+    events = EventBus(config.events_queue, resolve)
+    events.bind(loop)
+    instances = InstanceManager(config, db, storage, host.templates, containers, cgroups, network, events)
     vm_driver = instances.probe_vms()   # probed again when a VM create or `ctctl check` needs it
     report = await instances.recover()
     await containers.announce_owners()  # before them, the spawner makes no standby
@@ -239,14 +316,29 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     autostart = Autostart(instances)
     boot_id = autostart.plan()   # after recovery: what kept running is adopted, not started again
     info["boot"] = autostart.status   # live: the boot sequence updates it
-    operations = Operations()
-    context = ApiContext(config, db, instances, templates, operations, network, Transfers(instances), info,
-                         autostart=autostart)
+    operations = Operations(events)
+    transfers = Transfers(instances)
+    context = ApiContext(config, db, instances, host.templates, operations, network, transfers, info,
+                         autostart=autostart, events=events)
+    log_events = EventLogHandler(events)
+    logging.getLogger("ctd").addHandler(log_events)
+    limit_watch = loop.create_task(LimitWatcher(events, instances).run())
+    dhcp_watch = loop.create_task(dhcp_ticks(network))
+    scheduler = BackupScheduler(instances.backups, transfers, operations, config.backup_tick)
+    report["removed_dirs"].extend(await asyncio.to_thread(
+        instances.backups.discard_partial, {r.id: r.name for r in db.list_instances()}))
     access = remote_access(config, db, https[2]["certificate_fingerprint"] if https else None)
     info["https"] = https[2] if https else None
+    cluster = await cluster_node(config, instances, events, storage, https[2] if https else None)
+    context.cluster = cluster
+    if cluster is not None:
+        access.peers = cluster.peer_by_fingerprint
     app = make_app(context, access)
+    from ctd.api import clienterrors
+    clienterrors.install()
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
+    host.runners.append(runner)
     prepare_socket_path(config.socket, config.socket_group)
     site = web.UnixSite(runner, str(config.socket), backlog=1024)  # 128 refuses 200 clients at once
     await site.start()
@@ -254,12 +346,14 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if https:
         address, ssl_context, public = https
         try:
-            await web.TCPSite(runner, address.host, address.port, ssl_context=ssl_context, backlog=1024).start()
+            from ctd.remote.site import HttpsSite
+            await HttpsSite(runner, address, ssl_context).start()
         except OSError as exc:
-            await runner.cleanup()
             raise CtdError(f"cannot listen on https_address {address}: {exc.strerror}") from None
         log.info("HTTPS API on %s, certificate SHA-256 %s", address, public["certificate_fingerprint"])
     metrics_runner = await metrics_listener(metrics_socket, app)
+    if metrics_runner:
+        host.runners.append(metrics_runner)
 
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -270,35 +364,70 @@ async def serve(config: DaemonConfig, spawner) -> int:  # type: ignore[no-untype
     if boot_id is not None:   # in the background: the API answers while instances start
         boot_op = operations.new("boot", boot_id)
         operations.start("boot", boot_id, autostart.run(boot_id, boot_op), boot_op)
+    scheduler.start()
     await stop.wait()
+    if cluster is not None:
+        await cluster.stop()
+    scheduler.stop()
     autostart.halt()
     if config.stop_instances_on_exit:   # the operator's choice for a host going down
         log.info("shutting down; stopping every instance first (stop_instances_on_exit)")
-        await autostart.shutdown_all(config.stop_timeout)
+        await autostart.shutdown_all(None)   # each with its own stop timeout
     else:   # containers keep running; a new ctd adopts them
         log.info("shutting down; running containers stay up")
     sd_notify("STOPPING=1")
-    if metrics_runner:
-        await metrics_runner.cleanup()
-    await runner.cleanup()
-    containers.unwatch_lxcfs()  # its end at shutdown is no death to recover from
-    spawner.close()  # its standbys end with it, so their groups can go
-    await containers.drop_staged()
-    if not containers.running:  # nothing uses them any more
-        lxcfs.stop()  # first: its cgroup is below the base
-        with contextlib.suppress(Exception):
-            cgroups.remove_base()
-        network.remove_filters()
-    try:
-        config.socket.unlink()
-    except FileNotFoundError:
-        pass
+    limit_watch.cancel()
+    dhcp_watch.cancel()
+    await asyncio.to_thread(network.dhcp.stop_all)   # started again, with the networks, by the next ctd
+    logging.getLogger("ctd").removeHandler(log_events)
     access.audit.close()
-    db.close()
     return 0
 
 
-def remote_access(config: DaemonConfig, db, server_fingerprint: str | None):  # type: ignore[no-untyped-def]
+async def cluster_node(config: DaemonConfig, instances: InstanceManager, events: EventBus,
+                       storage: StorageDriver, https: dict[str, Any] | None) -> ClusterNode | None:
+    """Cluster mode (etcd_endpoints set): this node's membership task, started; None otherwise,
+    and then nothing of ctd.cluster.node or the etcd client is loaded."""
+    if not config.etcd_endpoints:
+        return None
+    from ctd.cluster.etcd import Etcd
+    from ctd.cluster.node import ClusterNode, NodeSettings
+
+    address = config.node_address
+    if not address and https:
+        host, _, port = str(https["address"]).rpartition(":")
+        host = host.strip("[]")
+        if host in ("", "::", "0.0.0.0"):
+            host = socket.gethostname()
+        address = f"https://{f'[{host}]' if ':' in host else host}:{port}"
+    cert = None
+    if https:   # its HTTPS certificate is its client certificate towards the other nodes
+        from ctd.remote.tls import server_certificate
+        own = server_certificate(config.tls_dir, config.https_cert, config.https_key)
+        cert = (own.cert_path, own.key_path)
+    settings = NodeSettings(config.cluster_node, address, https["certificate_fingerprint"] if https else "",
+                            config.cluster_lease_ttl, __version__, storage.root, cert, config.idmap_size)
+    node = ClusterNode(Etcd(config.etcd_endpoints), settings, instances.summaries)
+    instances.reservations.foreign_ids = node.foreign_ids
+    instances.reservations.foreign_ranges = node.foreign_ranges
+    node.attach(instances.network)   # MACs and addresses cluster-wide
+    events.tap(lambda event: node.poke() if event.type.value == "lifecycle" else None)
+    node.start()
+    log.info("cluster mode: node %s, etcd at %s", settings.name, ", ".join(config.etcd_endpoints))
+    return node
+
+
+async def dhcp_ticks(network: NetworkManager, every: float = 2.0) -> None:
+    """Keep every network's dnsmasq running and its hosts files current (ctd/network/dhcp.py)."""
+    while True:
+        await asyncio.sleep(every)
+        try:
+            await asyncio.to_thread(network.dhcp.tick)
+        except Exception:  # noqa: BLE001 — the next tick tries again
+            log.exception("looking after the networks' dnsmasq failed")
+
+
+def remote_access(config: DaemonConfig, db: StateDB, server_fingerprint: str | None) -> RemoteAccess:
     from ctd.config import audit_rotation
     from ctd.remote.api import RemoteAccess
     from ctd.remote.audit import AuditLog
@@ -324,7 +453,7 @@ def bind_metrics(config: DaemonConfig) -> socket.socket | None:
         raise CtdError(f"cannot listen on metrics_address {address}: {exc.strerror}") from None
 
 
-async def metrics_listener(sock: socket.socket | None, app):  # type: ignore[no-untyped-def]
+async def metrics_listener(sock: socket.socket | None, app: web.Application) -> web.AppRunner | None:
     """Serve GET /metrics on the bound loopback socket; its runner, or None when off."""
     if sock is None:
         return None
@@ -343,7 +472,7 @@ def _socket_address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def https_listener(config: DaemonConfig):  # type: ignore[no-untyped-def]
+def https_listener(config: DaemonConfig) -> HttpsListener | None:
     """(address, SSL context, what GET /1.0 shows) when https_address is set; None when it is off."""
     if not config.https_address:
         return None

@@ -35,6 +35,12 @@ class NotSupported(CtdError):
     code = "not-supported"
 
 
+class Unavailable(CtdError):
+    """A service this request needs cannot be reached now (the cluster's etcd); try again later."""
+
+    code = "unavailable"
+
+
 class OperationFailed(CtdError):
     """The request was fine but the host could not carry it out (spawn error, kernel refusal)."""
 

@@ -13,6 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeGuard
 
 from ctd import guestfs
 from ctd.errors import InvalidRequest, OperationFailed
@@ -192,7 +193,7 @@ def password_field(rootfs: Path, user: str) -> str | None:
     return None
 
 
-def is_password_hash(value: object) -> bool:
+def is_password_hash(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and _HASH.fullmatch(value) is not None
 
 

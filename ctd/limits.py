@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
-from cgroups import UNLIMITED, CgroupManager, IoLimit, Resources, parse_count, parse_size
-
+from cgroups import UNLIMITED as UNLIMITED  # re-exported: the daemon reads limits through this module
+from cgroups import CgroupManager, IoLimit, Resources, parse_count, parse_size
 from ctd.errors import InvalidRequest
 from ctd.instance.container.spec import DEFAULT_NUMPTY, MAX_NUMPTY
 
@@ -197,7 +198,7 @@ def check_io_weight(limits: dict[str, int], cgroups: CgroupManager, io_device: s
         raise InvalidRequest(ioprio_unsupported(io_device))
 
 
-def _value(limits: dict[str, int], removed: set[str], key: str) -> int | None:
+def _value(limits: dict[str, int], removed: AbstractSet[str], key: str) -> int | None:
     if key in limits:
         return limits[key]
     return UNLIMITED if key in removed else None
@@ -206,7 +207,6 @@ def _value(limits: dict[str, int], removed: set[str], key: str) -> int | None:
 def to_resources(limits: dict[str, int], host_cpus: list[int], seed: int,
                  io_device: str | None = None, removed: frozenset[str] = frozenset()) -> Resources:
     """The cgroup settings for a stored limit set; keys in removed are reset to unlimited."""
-    removed = set(removed)
     cpuset = None
     if "cpus" in limits:
         cpuset = pick_cpus(limits["cpus"], host_cpus, seed)
@@ -229,7 +229,8 @@ def to_resources(limits: dict[str, int], host_cpus: list[int], seed: int,
         io_weight = ioprio_to_weight(4)
     return Resources(
         memory_max=_value(limits, removed, "ram"),
-        memory_high=_value(limits, removed, "ram_high") if ("ram_high" in limits or "ram" in limits or "ram" in removed) else None,
+        memory_high=(_value(limits, removed, "ram_high")
+                     if ("ram_high" in limits or "ram" in limits or "ram" in removed) else None),
         swap_max=_value(limits, removed, "swap"),
         cpuset=cpuset,
         cpu_quota_pct=_value(limits, removed, "cpulimit"),

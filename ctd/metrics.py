@@ -56,9 +56,9 @@ def parse_metrics_address(text: object) -> MetricsAddress:
     its text names every instance; remote scrapers use /1.0/metrics on HTTPS with a token."""
     address, port = validate.ip_and_port("metrics_address", text, "127.0.0.1:9420")
     if not address.is_loopback:
-        raise InvalidRequest(f"metrics_address {text!r}: only a loopback address (127.0.0.1 or [::1]) is allowed: this listener "
-                             "has no authentication and names every instance; scrape /1.0/metrics over the "
-                             "HTTPS listener with a token from another machine")
+        raise InvalidRequest(f"metrics_address {text!r}: only a loopback address (127.0.0.1 or [::1]) is allowed: "
+                             "this listener has no authentication and names every instance; scrape /1.0/metrics "
+                             "over the HTTPS listener with a token from another machine")
     return MetricsAddress(str(address), port)
 
 
@@ -252,7 +252,8 @@ class CtdCollector(Collector):
                                   sum(1 for r in records if r.type is kind and r.state is power))
         build = InfoMetricFamily("ctd_build", "ctd's version", value={
             "version": str(self.info.get("version", "")), "api": str(self.info.get("api", "")),
-            "kernel": str(self.info.get("kernel", "")), "storage": str((self.info.get("storage") or {}).get("driver", "")),
+            "kernel": str(self.info.get("kernel", "")),
+            "storage": str((self.info.get("storage") or {}).get("driver", "")),
             "cgroup_version": str(self.info.get("cgroup_version", ""))})
         families.add(build)
         families.gauge("ctd_start_time_seconds", "when ctd started (Unix time)", []).add_metric([], self.started_at)

@@ -33,6 +33,14 @@ class Claim:
     span: tuple[int, int] | None = None  # an id area [start, end): overlapping ones conflict
 
 
+@dataclass(frozen=True)
+class Owner:
+    """What a claim's lock file says of the ctd holding it (for the conflict's message)."""
+    pid: str = "?"
+    state_dir: str = "?"
+    span: tuple[int, int] | None = None
+
+
 def path_key(kind: str, path: str | Path) -> str:
     return f"{kind}-{hashlib.sha256(str(path).encode()).hexdigest()[:24]}"
 
@@ -123,16 +131,15 @@ class Ownership:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:  # held: a live ctd's area
                     owner = _read(fd)
-                    span = owner.get("span")
-                    if isinstance(span, list) and len(span) == 2 and span[0] < end and start < span[1]:
+                    if owner.span is not None and owner.span[0] < end and start < owner.span[1]:
                         raise self._conflict(claim, owner) from None
             finally:
                 os.close(fd)
 
-    def _conflict(self, claim: Claim, owner: dict) -> Conflict:
-        who = f"pid {owner.get('pid', '?')}, state dir {owner.get('state_dir', '?')}"
+    def _conflict(self, claim: Claim, owner: Owner) -> Conflict:
+        who = f"pid {owner.pid}, state dir {owner.state_dir}"
         if claim.span is not None:
-            theirs = owner.get("span") or ["?", "?"]
+            theirs = owner.span or ("?", "?")
             return Conflict(f"another ctd ({who}) owns host ids {theirs[0]}-{theirs[1]}, which overlap this one's "
                             f"{claim.value}; set idmap_base and idmap_end in ctd.toml to an area of their own")
         if claim.setting == "state_dir":
@@ -142,12 +149,19 @@ class Ownership:
                         "ctd.toml to another value")
 
 
-def _read(fd: int) -> dict:
+def _read(fd: int) -> Owner:
+    """The lock file's record; what is missing or malformed reads as unknown ('?', no span)."""
     try:
         data = json.loads(os.pread(fd, 4096, 0) or b"{}")
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return Owner()
+    if not isinstance(data, dict):
+        return Owner()
+    span = data.get("span")
+    pair = None
+    if isinstance(span, list) and len(span) == 2 and all(type(n) is int for n in span):
+        pair = (span[0], span[1])
+    return Owner(str(data.get("pid", "?")), str(data.get("state_dir", "?")), pair)
 
 
 def daemon_claims(state_dir: Path, socket: Path, cgroup_dirs: dict[str, str], cgroup_name: str, nft_table: str,

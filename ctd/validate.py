@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -56,7 +57,7 @@ def body_fields(body: Any, allowed: AbstractSet[str], required: AbstractSet[str]
     return body
 
 
-def boolean(body: dict[str, Any], key: str, default: bool = False) -> bool:
+def boolean(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
     value = body.get(key, default)
     if not isinstance(value, bool):
         raise InvalidRequest(f"{key} must be true or false, got {value!r}")

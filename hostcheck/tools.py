@@ -46,6 +46,7 @@ def tools_for(machine: str) -> list[Tool]:
         Tool("btrfs-progs", ("mkfs.btrfs", "btrfs"), "btrfs-progs", "btrfs storage pool"),
         Tool("lxcfs", ("lxcfs",), "lxcfs", "container-scoped /proc/meminfo, uptime, cpuinfo"),
         Tool("nftables", ("nft",), "nftables", "MAC/IP anti-spoofing rules, traffic counters"),
+        Tool("dnsmasq", ("dnsmasq",), "dnsmasq-base", "DHCP and DNS for instance names on ctd's networks"),
         Tool("qemu", (qemu,), qemu_pkg, "virtual machines"),
         Tool("swtpm", ("swtpm", "swtpm_setup"), "swtpm swtpm-tools", "TPM 2.0 for Windows VMs"),
         Tool("genisoimage", ("genisoimage",), "genisoimage", "cloud-init seed CD-ROM of Linux VMs"),

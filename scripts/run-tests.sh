@@ -2,4 +2,4 @@
 # The whole suite, as root, on the real kernel. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec .venv/bin/python -m pytest -ra "$@" tests
+exec .venv/bin/python -m pytest -ra --durations=40 "$@" tests

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from ctctl.client import ApiError, Client  # noqa: E402
+from ctd.errors import Conflict  # noqa: E402
+from ctd.ownership import IDS_PREFIX, Claim, Ownership  # noqa: E402
 from ctd.storage.pool import release_pool  # noqa: E402
 
 # Test daemons take id areas of their own (ctd refuses an area another live ctd overlaps):
@@ -87,6 +90,27 @@ class Daemon:
     nic_prefix: str = field(default_factory=lambda: random_nic_prefix())
     _names: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     idmap_area: tuple[int, int] | None = None  # (base, end); None: a free test slot, found at start
+    # While the test has its daemon stopped or killed, the test holds its id area and NIC prefix
+    # (a daemon of another test session must not take them: the restart has to keep both).
+    _hold: Ownership | None = None
+
+    def hold_claims(self) -> None:
+        if self.idmap_area is None or self._hold is not None:
+            return
+        base, end = self.idmap_area
+        owners = base - 65536  # ctd's claim starts at its user-namespace owner block
+        hold = Ownership(self.state_dir)
+        try:
+            hold.claim([Claim(f"{IDS_PREFIX}{owners}-{end}", "idmap_base", f"{owners}-{end - 1}", (owners, end)),
+                        Claim(f"nic-{self.nic_prefix}", "nic_prefix", self.nic_prefix)])
+        except Conflict:
+            return  # taken in the moment between the daemon's end and here: the restart will say so
+        self._hold = hold
+
+    def release_claims(self) -> None:
+        if self._hold is not None:
+            self._hold.release()
+            self._hold = None
 
     def area_choices(self) -> Iterator[tuple[int, int]]:
         """Id areas to try: the one set, or random free slots."""
@@ -118,6 +142,7 @@ class Daemon:
                 + self.extra_config)
 
     def _start_with(self, area: tuple[int, int]) -> None:
+        self.release_claims()
         config = self.state_dir.parent / f"{self.state_dir.name}.toml"
         config.write_text(self.config_text(area))
         self.log = self.state_dir.parent / f"{self.state_dir.name}.log"
@@ -145,11 +170,13 @@ class Daemon:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(15)
+        self.hold_claims()
 
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
+        self.hold_claims()
 
     def ctl(self, *args: str, input: str | None = None, timeout: float = 120) -> CtlResult:
         r = subprocess.run([sys.executable, "-m", "ctctl.main", "--socket", str(self.socket), *args],
@@ -221,6 +248,8 @@ def _teardown(d: Daemon) -> None:
             d.destroy_all()
     finally:
         d.stop()
+        d.release_claims()
+        force_cleanup(d)  # what a daemon that could not come back left (nothing, normally)
         release_pool(d.state_dir)  # ctd leaves its pool mounted across restarts; a test may not
     # Nothing may outlive the daemon's containers: no cgroup, no mount under its state dir.
     leftovers = d.cgroup_dirs()
@@ -229,6 +258,42 @@ def _teardown(d: Daemon) -> None:
     table = d.cgroup_name.replace("-", "_")
     assert not leftovers and not mounts and table not in nft, \
         f"leaked: cgroups {leftovers}, mounts {mounts}, nft table {table if table in nft else '-'}"
+
+
+def force_cleanup(d: Daemon) -> None:
+    """Without a daemon: end every process left in its cgroups (by PID: they are all this
+    test's), remove the groups deepest first, its NICs, nft table and mounts under its state dir."""
+    for base in d.cgroup_dirs():
+        groups = sorted((p for p in base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for group in [*groups, base]:
+            procs = group / "cgroup.procs"
+            for _ in range(50):
+                pids = [int(x) for x in procs.read_text().split()] if procs.exists() else []
+                if not pids:
+                    break
+                for pid in pids:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                time.sleep(0.1)
+        for group in [*groups, base]:
+            try:
+                group.rmdir()
+            except OSError:
+                pass
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    for line in links.splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if re.fullmatch(rf"{d.nic_prefix}p?\d+\.\d+", name):  # ctd's veth names only (plumbing.py)
+            subprocess.run(["ip", "link", "delete", name], capture_output=True)
+    table = d.cgroup_name.replace("-", "_")
+    for family in ("bridge", "inet", "ip", "ip6"):
+        subprocess.run(["nft", "delete", "table", family, table], capture_output=True)
+    for line in reversed(Path("/proc/self/mountinfo").read_text().splitlines()):
+        target = line.split()[4]
+        if target.startswith(str(d.state_dir) + "/") and not target.endswith("/storage"):
+            subprocess.run(["umount", "--lazy", target], capture_output=True)
 
 
 @pytest.fixture(scope="session")
@@ -244,9 +309,11 @@ def fresh_ctd(tmp_path: Path) -> Iterator[Daemon]:
     """A daemon of the test's own, for tests that kill or restart it."""
     d = _start_daemon(tmp_path, "own")
     yield d
-    if d.proc and d.proc.poll() is not None:  # the test killed it: bring it back to clean up
-        d.start()
-    _teardown(d)
+    try:
+        if d.proc and d.proc.poll() is not None:  # the test killed it: bring it back to clean up
+            d.start()
+    finally:  # a daemon that cannot come back still has its containers and pool removed
+        _teardown(d)
 
 
 @pytest.fixture(scope="session")
@@ -261,14 +328,16 @@ def probe(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def make_container(ctd: Daemon, probe: Path) -> Iterator:
-    """make_container(**create options) -> name; started unless start=False; destroyed after."""
+    """make_container(**create options) -> name; started unless start=False; destroyed after.
+    An option given a list is repeated (nic=["network=a", "network=b"])."""
     made: list[str] = []
 
     def make(start: bool = True, prefix: str = "t", **options: str) -> str:
         name = ctd.unique(prefix)
         args = ["create", name, "--template", "busybox"]
         for key, value in options.items():
-            args += [f"--{key}"] if value is True else [f"--{key}", str(value)]
+            for one in value if isinstance(value, list) else [value]:  # a list: the option repeated
+                args += [f"--{key}"] if one is True else [f"--{key}", str(one)]
         ctd.ok(*args)
         made.append(name)
         target = ctd.rootfs(name) / "usr/local/bin/probe"

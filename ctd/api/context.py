@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctd.config import DaemonConfig
+from ctd.events.bus import EventBus
 from ctd.instance.autostart import Autostart
 from ctd.instance.manager import InstanceManager
-from ctd.network.manager import NetworkManager
 from ctd.instance.transfer import Transfers
+from ctd.network.manager import NetworkManager
 from ctd.operations import Operations
+from ctd.project.manager import ProjectManager
 from ctd.state import StateDB
 from ctd.template.manager import TemplateManager
+
+if TYPE_CHECKING:   # cluster mode only: a standalone ctd never loads ctd.cluster.node (nor etcd's client)
+    from ctd.cluster.node import ClusterNode
 
 
 @dataclass
@@ -26,3 +31,9 @@ class ApiContext:
     transfers: Transfers
     info: dict[str, Any] = field(default_factory=dict)
     autostart: Autostart | None = None  # set by the daemon (tests of the API alone may leave it out)
+    events: EventBus = field(default_factory=EventBus)   # the daemon's: the manager's and operations' bus
+    cluster: ClusterNode | None = None   # set by the daemon when ctd.toml names etcd_endpoints
+    projects: ProjectManager = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.projects = ProjectManager(self.db, self.instances)

@@ -18,6 +18,7 @@ STATUS: dict[type[errors.CtdError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.NotSupported: 501,
+    errors.Unavailable: 503,
     errors.OperationFailed: 500,
     errors.CtdError: 500,
 }

@@ -43,7 +43,8 @@ def parse_json(raw: bytes | str) -> Any:
 
 
 async def json_body(request: web.Request) -> Any:
-    """The request's body parsed by parse_json; no body reads as {}."""
-    if not request.can_read_body:
+    """The request's body parsed by parse_json; no body reads as {}. A body already read (the
+    role check reads some: ctd/remote/enforce.py) is read again from aiohttp's copy."""
+    if not request.body_exists:
         return {}
     return parse_json(await request.read() or b"{}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 from aiohttp import web
 
 from ctd.api.context import ApiContext
+from ctd.api.handlers import CTX
 from ctd.metrics import CONTENT_TYPE, MetricsExporter
+from ctd.remote.scope import is_admin, sees
 
 METRICS = web.AppKey("metrics", MetricsExporter)
 routes = web.RouteTableDef()
@@ -24,7 +26,13 @@ async def _serve(exporter: MetricsExporter) -> web.Response:
 
 @routes.get("/1.0/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    return await _serve(request.app[METRICS])
+    """An operator's scrape: only its project's instances' series (counts too), never others'."""
+    if is_admin(request):
+        return await _serve(request.app[METRICS])
+    context = request.app[CTX]
+    scoped = MetricsExporter(context.instances,
+                             lambda: [r for r in context.db.list_instances() if sees(request, r.project)], {})
+    return await _serve(scoped)
 
 
 def loopback_app(exporter: MetricsExporter) -> web.Application:

@@ -5,16 +5,48 @@ from __future__ import annotations
 from typing import Any
 
 from ctd import __version__
+from ctd.api.firewall_schema import schema_paths as firewall_paths
+from ctd.api.nics_schema import NIC_SCHEMA
+from ctd.api.nics_schema import schema_paths as nic_paths
+from ctd.api.openapi import json_content as _json
+from ctd.api.openapi import responses as _responses
+from ctd.cluster.migrate_schema import schema_paths as migrate_paths
+from ctd.cluster.schema import schema_paths as cluster_paths
 from ctd.limits import LIMITS
+from ctd.project.schema import schema_paths as project_paths
 from ctd.remote.api import schema_paths as remote_paths
+from ctd.remote.policy import INSTANCE_ACTIONS
 from ctd.remote.trust_api import schema_paths as trust_paths
+from ctd.web.serve import schema_paths as web_paths
 
 BOOT = {"onboot": {"type": "boolean", "description": "start after a host boot (also \"yes\"/\"no\")"},
         "boot_order": {"type": "integer", "minimum": 0, "maximum": 10000,
                        "description": "lower starts first, stops last; default 10000 (after every ordered one)"},
         "boot_delay": {"type": "integer", "minimum": 0, "maximum": 3600,
-                       "description": "seconds the next boot-order group waits after this one started"}}
+                       "description": "seconds the next boot-order group waits after this one started"},
+        "stop_timeout": {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 3600},
+                                   {"type": "string", "enum": ["default"]}],
+                         "description": "seconds a stop waits before it kills (stop, restart, shutdown-all); "
+                                        "\"default\": the server's stop_timeout"},
+        # scheduled backups (docs/storage.md#scheduled-backups)
+        "backup_schedule": {"type": "string", "maxLength": 200, "description":
+                            "hourly, daily@HH:MM, weekly@DAY HH:MM or cron's 'M H DOM MON DOW' (host's local "
+                            "time); 'none' removes it"},
+        "backup_keep": {"type": "integer", "minimum": 1, "maximum": 1000,
+                        "description": "backups kept in backup_dir (and the parents they need); default 7"}}
+FEATURES = {"features": {"oneOf": [{"type": "array", "items": {"type": "string", "enum": ["tun", "fuse"]}},
+                                   {"type": "string"}],
+                         "description": "container features: devices beyond the default list (tun, fuse); "
+                                        "a list or a comma-separated string; at set, the whole new set ([] for none)"}}
+MOUNT_ITEM = {"oneOf": [
+    {"type": "string", "description": "SOURCE:TARGET[:ro][,idmap], e.g. /srv/data:/data:ro"},
+    {"type": "object", "additionalProperties": False, "required": ["source", "target"],
+     "properties": {"source": {"type": "string"}, "target": {"type": "string"},
+                    "readonly": {"type": "boolean"}, "idmap": {"type": "boolean"}}}]}
+MOUNTS = {"mounts": {"type": "array", "maxItems": 16, "items": MOUNT_ITEM,
+                     "description": "host directories or files bound into a container (at set: added)"}}
 NAME = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$", "description": "not all digits"}
+PROJECT = {"type": "string", "description": "the project it lands in (admins; others: their own)"}
 REF = {"name": "ref", "in": "path", "required": True, "description": "instance name or numeric id",
        "schema": {"type": "string", "pattern": "^([a-z0-9][a-z0-9-]{0,62})$"}}
 ADMIN = {
@@ -29,17 +61,6 @@ ERROR = {"type": "object", "required": ["error", "code"],
          "properties": {"error": {"type": "string"}, "code": {"type": "string"}}}
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"content": {"application/json": {"schema": schema}}}
-
-
-def _responses(ok: int, ok_schema: dict[str, Any], *errors: int) -> dict[str, Any]:
-    out: dict[str, Any] = {str(ok): {"description": "success", **_json(ok_schema)}}
-    for code in errors:
-        out[str(code)] = {"description": "error", **_json({"$ref": "#/components/schemas/Error"})}
-    return out
-
-
 def build_schema() -> dict[str, Any]:
     op_resp = {"type": "object", "properties": {"operation": {"$ref": "#/components/schemas/Operation"}}}
     instance = {"$ref": "#/components/schemas/Instance"}
@@ -52,13 +73,26 @@ def build_schema() -> dict[str, Any]:
             "/1.0": {"get": {"summary": "server information", "responses": _responses(200, {"type": "object"})}},
             **remote_paths(),
             **trust_paths(),
+            **firewall_paths(),
+            **project_paths(),
+            **cluster_paths(),
+            **migrate_paths(),
+            "/1.0/whoami": {"get": {
+                "summary": "the caller's identity (name, kind, role, project) and the instance actions its role allows",
+                "responses": _responses(200, {"type": "object", "properties": {
+                    "identity": {"type": "object"},
+                    "may": {"type": "object", "properties": {a: {"type": "boolean"} for a in INSTANCE_ACTIONS}}}})}},
+            **web_paths(),
+            **nic_paths(),
             "/1.0/instances": {
                 "get": {"summary": "list instances",
                         "parameters": [
                             {"name": "state", "in": "query", "schema": {"type": "string"},
                              "description": "stopped, running, … or disabled (repeatable: any of them)"},
                             {"name": "tag", "in": "query", "schema": {"type": "string"},
-                             "description": "KEY=VALUE or KEY (repeatable: all of them)"}],
+                             "description": "KEY=VALUE or KEY (repeatable: all of them)"},
+                            {"name": "project", "in": "query", "schema": {"type": "string"},
+                             "description": "only this project's (an operator or tenant sees its own anyway)"}],
                         "responses": _responses(200, {"type": "object", "properties": {
                             "instances": {"type": "array", "items": instance}}})},
                 "post": {"summary": "create an instance (an operation)",
@@ -80,7 +114,11 @@ def build_schema() -> dict[str, Any]:
                                              "userpasswd": {"type": "string"},
                                              "ssh_keys": {"type": "array", "items": {"type": "string"}},
                                              "timezone": {"type": "string"},
-                                             "hostname": {"type": "string"},
+                                             "hostname": {"type": "string"}, **FEATURES, **MOUNTS,
+                                             "unmount": {"type": "array", "items": {"type": "string"},
+                                                         "description": "targets of host mounts to remove"},
+                                             "disk": {"type": "string", "description":
+                                                      "a VM's root disk grown to this size, e.g. 40G (never shrunk)"},
                                              **ADMIN, "stop": {"type": "boolean", "description":
                                                                "with disabled: stop a running instance first"},
                                              **BOOT}})},
@@ -99,7 +137,7 @@ def build_schema() -> dict[str, Any]:
             },
             "/1.0/shutdown": {
                 "post": {"summary": "stop every running instance in reverse boot order (an operation); "
-                                    "body: {\"timeout\": seconds} (default stop_timeout)",
+                                    "body: {\"timeout\": seconds} (default: each instance's stop_timeout)",
                          "requestBody": {"required": False, **_json({
                              "type": "object", "additionalProperties": False,
                              "properties": {"timeout": {"type": "number", "minimum": 0, "maximum": 3600}}})},
@@ -114,6 +152,17 @@ def build_schema() -> dict[str, Any]:
                 "get": {"summary": "beancounters of every running instance",
                         "parameters": [{"name": "failing", "in": "query", "schema": {"type": "boolean"}}],
                         "responses": _responses(200, {"type": "object"}, 400)},
+            },
+            "/1.0/events": {
+                "get": {"summary": "the node's events, one JSON text frame each (WebSocket upgrade; filtered by "
+                                   "the caller's project; docs/api.md, Events)",
+                        "parameters": [
+                            {"name": "type", "in": "query", "style": "form", "explode": True,
+                             "description": "comma-separated: lifecycle, operation, limit, exit, log (default all)",
+                             "schema": {"type": "array", "items": {"type": "string"}}},
+                            {"name": "instance", "in": "query", "schema": NAME},
+                        ],
+                        "responses": _responses(101, {"type": "object"}, 400)},
             },
             "/1.0/metrics": {"get": {"summary": "Prometheus metrics of every instance, the host and ctd", "responses": {
                 "200": {"description": "text exposition format",
@@ -135,15 +184,31 @@ def build_schema() -> dict[str, Any]:
                              "schema": {"type": "array", "items": {"type": "string", "pattern": "^[^=]+=.*$"}}},
                             {"name": "cwd", "in": "query", "schema": {"type": "string"}},
                             {"name": "tty", "in": "query", "schema": {"type": "boolean"}},
-                            {"name": "width", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
-                            {"name": "height", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                            {"name": "width", "in": "query",
+                             "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
+                            {"name": "height", "in": "query",
+                             "schema": {"type": "integer", "minimum": 1, "maximum": 9999}},
                         ],
                         "responses": _responses(101, {"type": "object"}, 400, 404, 409)},
             },
             "/1.0/instances/{ref}/console": {
                 "parameters": [REF],
-                "get": {"summary": "attach to /dev/console (WebSocket upgrade)",
+                "get": {"summary": "attach to the console: a container's /dev/console, a VM's serial port "
+                                   "(WebSocket upgrade)",
                         "responses": _responses(101, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/vnc": {
+                "parameters": [REF],
+                "get": {"summary": "a running VM's display: its VNC (RFB) stream (WebSocket upgrade)",
+                        "responses": _responses(101, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/console/log": {
+                "parameters": [REF],
+                "get": {"summary": "the console's last 1 MiB as the guest wrote it (running or stopped; "
+                                   "empty if it never printed)",
+                        "responses": {**_responses(200, {"type": "object"}, 400, 404),
+                                      "200": {"description": "the guest's bytes, unfiltered",
+                                              "content": {"text/plain": {"schema": {"type": "string"}}}}}},
             },
             "/1.0/templates": {
                 "get": {"summary": "recipes and built templates", "responses": _responses(200, {"type": "object"})},
@@ -156,9 +221,11 @@ def build_schema() -> dict[str, Any]:
             },
             "/1.0/templates/{name}": {
                 "parameters": [{"name": "name", "in": "path", "required": True, "schema": NAME}],
-                "delete": {"summary": "delete a built template", "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+                "delete": {"summary": "delete a built template",
+                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
             },
-            "/1.0/operations": {"get": {"summary": "recent operations", "responses": _responses(200, {"type": "object"})}},
+            "/1.0/operations": {"get": {"summary": "recent operations",
+                                        "responses": _responses(200, {"type": "object"})}},
             "/1.0/operations/{id}": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "get": {"summary": "one operation", "responses": _responses(200, op_resp, 404)},
@@ -166,7 +233,8 @@ def build_schema() -> dict[str, Any]:
             },
             "/1.0/operations/{id}/wait": {
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                               {"name": "timeout", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
+                               {"name": "timeout", "in": "query",
+                                "schema": {"type": "number", "minimum": 0, "maximum": 3600}}],
                 "get": {"summary": "wait for an operation to finish", "responses": _responses(200, op_resp, 400, 404)},
             },
             "/1.0/networks": {
@@ -177,6 +245,9 @@ def build_schema() -> dict[str, Any]:
                              "properties": {"name": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,14}$"},
                                             "subnet": {"type": "string"}, "ipv6": {"type": "string"},
                                             "nat": {"type": "boolean"},
+                                            "dhcp": {"type": "boolean", "description": "dnsmasq on the bridge: "
+                                                     "DHCP with ctd's addresses, DNS for instance names "
+                                                     "(default: on where dnsmasq is installed)"},
                                             "mtu": {"type": "integer", "minimum": 576, "maximum": 65535}}})},
                          "responses": _responses(201, {"type": "object"}, 400, 409)},
             },
@@ -228,12 +299,20 @@ def build_schema() -> dict[str, Any]:
             },
             "/1.0/instances/{ref}/backup": {
                 "parameters": [REF],
-                "post": {"summary": "write a backup file on the host (an operation)",
-                         "requestBody": {"required": True, **_json({
-                             "type": "object", "required": ["file"], "additionalProperties": False,
+                "post": {"summary": "write a backup file on the host (an operation); without file: the next "
+                                    "backup of the instance's chain into the node's backup_dir (incremental "
+                                    "on btrfs), retention applied",
+                         "requestBody": {"required": False, **_json({
+                             "type": "object", "additionalProperties": False,
                              "properties": {"file": {"type": "string"}, "snapshot": NAME,
                                             "driver": {"type": "string", "enum": ["auto", "tar"]}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/backups": {
+                "parameters": [REF],
+                "get": {"summary": "the backups in the node's backup_dir, oldest first: id, created, kind "
+                                   "(full/incremental), parent (id), file, size, scheduled, present",
+                        "responses": _responses(200, {"type": "object"}, 400, 404)},
             },
             "/1.0/restore": {
                 "post": {"summary": "an instance from a backup file (an operation); the file's settings are "
@@ -241,7 +320,7 @@ def build_schema() -> dict[str, Any]:
                                     "filters on unless filter is false; limits replace the file's",
                          "requestBody": {"required": True, **_json({
                              "type": "object", "required": ["file"], "additionalProperties": False,
-                             "properties": {"file": {"type": "string"}, "name": NAME,
+                             "properties": {"file": {"type": "string"}, "name": NAME, "project": PROJECT,
                                             "privileged": {"type": "boolean"}, "filter": {"type": "boolean"},
                                             "limits": {"$ref": "#/components/schemas/Limits"}}})},
                          "responses": _responses(202, op_resp, 400, 404, 409)},
@@ -259,7 +338,35 @@ def build_schema() -> dict[str, Any]:
                 "get": {"summary": "a running VM's devices as QEMU reports them",
                         "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
             },
-            "/1.0/check": {"get": {"summary": "host readiness checks", "responses": _responses(200, {"type": "object"})}},
+            "/1.0/instances/{ref}/disks": {
+                "parameters": [REF],
+                "post": {"summary": "add a data disk to a VM (hot-plugged into a running pc VM)",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["size"], "additionalProperties": False,
+                             "properties": {"size": {"type": "string", "description": "e.g. 20G"},
+                                            "name": {"type": "string", "pattern": "^[a-z][a-z0-9]{0,15}$",
+                                                     "description": "default: data1, data2 …"}}})},
+                         "responses": _responses(201, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/disks/{disk}": {
+                "parameters": [REF, {"name": "disk", "in": "path", "required": True, "schema": NAME}],
+                "delete": {"summary": "remove a VM's data disk (the guest releases it; its data is gone)",
+                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/instances/{ref}/media": {
+                "parameters": [REF],
+                "post": {"summary": "insert an ISO into a VM's removable CD-ROM (live if it runs); boot: boot it",
+                         "requestBody": {"required": True, **_json({
+                             "type": "object", "required": ["iso"], "additionalProperties": False,
+                             "properties": {"iso": {"type": "string", "description": "absolute path of a regular "
+                                                    "file on the host, no symlink, outside ctd's state"},
+                                            "boot": {"type": "boolean"}}})},
+                         "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+                "delete": {"summary": "eject a VM's removable CD-ROM (it boots from its disk again)",
+                           "responses": _responses(200, {"type": "object"}, 400, 404, 409)},
+            },
+            "/1.0/check": {"get": {"summary": "host readiness checks",
+                                   "responses": _responses(200, {"type": "object"})}},
         },
         "components": {"schemas": {
             "Error": ERROR,
@@ -273,25 +380,31 @@ def build_schema() -> dict[str, Any]:
                     "id": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
                     "hostname": {"type": "string"}, "privileged": {"type": "boolean"},
                     "io_uring": {"type": "boolean", "description": "allow io_uring (denied by default)"},
+                    **FEATURES, **MOUNTS,
+                    "project": PROJECT,
+                    "node": {"type": "string", "description": "in a cluster: the node to make it on, or "
+                             "\"auto\" (the default: placement, docs/cluster.md)"},
                     "type": {"type": "string", "enum": ["container", "vm"]},
                     "vm": {"type": "object", "additionalProperties": False, "properties": {
                         "disk": {"type": "string"}, "iso": {"type": "string"},
                         "profile": {"type": "string", "enum": ["linux", "windows"]},
-                        "drivers_iso": {"type": "string"}, "compat": {"type": "boolean"}}},
+                        "drivers_iso": {"type": "string"}, "compat": {"type": "boolean"},
+                        "user_data": {"type": "string", "maxLength": 65536, "description":
+                                      "cloud-init user-data (text), merged after ctd's settings"},
+                        "vendor_data": {"type": "string", "maxLength": 65536, "description":
+                                        "cloud-init vendor-data (text), on the seed as it is"},
+                        "firmware": {"type": "string", "enum": ["bios", "uefi"]},
+                        "secure_boot": {"type": "boolean"}, "tpm": {"type": "boolean"}}},
                     "limits": {"$ref": "#/components/schemas/Limits"},
                     "nameservers": {"type": "array", "items": {"type": "string"}},
                     "userpasswd": {"type": "string", "description": "USER:PASSWORD, hashed into the guest"},
                     "ssh_keys": {"type": "array", "items": {"type": "string"}},
                     "timezone": {"type": "string"},
                     **ADMIN,
-                    "nics": {"type": "array", "maxItems": 8, "items": {
-                        "type": "object", "additionalProperties": False,
-                        "properties": {"network": {"type": "string"},
-                                       "mode": {"type": "string", "enum": ["bridged", "routed"]},
-                                       "addresses": {"type": "array", "items": {"type": "string"}},
-                                       "filter": {"type": "boolean"}, "rate": {"type": "string"}}}},
+                    "nics": {"type": "array", "maxItems": 8, "items": {"$ref": "#/components/schemas/Nic"}},
                     **BOOT,
                 }},
+            "Nic": NIC_SCHEMA,
             "StateChange": {
                 "type": "object", "required": ["action"], "additionalProperties": False,
                 "properties": {"action": {"type": "string", "enum": ["start", "stop", "restart", "suspend", "resume"]},
@@ -300,7 +413,8 @@ def build_schema() -> dict[str, Any]:
                                "force": {"type": "boolean", "description": "stop: kill at once"}}},
             "Instance": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "name": {"type": "string"}, "type": {"type": "string"},
-                "state": {"type": "string"}, "pid": {"type": "integer", "nullable": True},
+                "project": {"type": "string"}, "state": {"type": "string"},
+                "pid": {"type": "integer", "nullable": True},
                 "template": {"type": "string"}, "hostname": {"type": "string"},
                 "privileged": {"type": "boolean"}, "limits": {"type": "object"},
                 **{k: v for k, v in ADMIN.items() if k != "reason"},
@@ -311,6 +425,7 @@ def build_schema() -> dict[str, Any]:
             "Operation": {"type": "object", "properties": {
                 "id": {"type": "string"}, "kind": {"type": "string"}, "target": {"type": "string"},
                 "status": {"type": "string", "enum": ["running", "success", "failure"]},
-                "error": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}}},
+                "error": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True},
+                "project": {"type": "string", "description": "who may see it: that project and admins"}}},
         }},
     }

@@ -10,27 +10,51 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ctd.api import stream  # noqa: F401 — registers the exec and console routes
+from ctd.api import events, stream  # noqa: F401 — register the events, exec and console routes
 from ctd.api.context import ApiContext
 from ctd.api.errors import error_middleware
+from ctd.api.firewall_api import routes as firewall_routes
 from ctd.api.handlers import CTX, routes
 from ctd.api.metrics import METRICS, exporter_for
 from ctd.api.metrics import routes as metrics_routes
+from ctd.api.nics_api import routes as nic_routes
+from ctd.api.scoping import scope_middleware
+from ctd.cluster.api import routes as cluster_routes
+from ctd.cluster.migrate_api import routes as migrate_routes
 from ctd.errors import OperationFailed
+from ctd.project.api import routes as project_routes
 from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
 from ctd.remote.api import routes as remote_routes
+from ctd.remote.enforce import policy_middleware
 from ctd.remote.trust_api import routes as trust_routes
+from ctd.remote.whoami import routes as whoami_routes
+from ctd.web.serve import origin_middleware, security_headers
+from ctd.web.serve import routes as web_routes
 
 
 def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.Application:
     """With `access` (the daemon always gives it): every request gets an identity (a token on
-    HTTPS), mutating ones are audited, and the token and audit endpoints exist."""
-    middlewares = [error_middleware] if access is None else [access_middleware, error_middleware]
+    HTTPS) and is checked against its role (ctd/remote/policy.py), mutating and refused ones are
+    audited, and the token and audit endpoints exist."""
+    # the role check (policy_middleware) runs inside error_middleware: its 403 is a JSON error
+    # the Origin check comes first: a cross-site browser request is refused before anything else;
+    # scope_middleware after the policy: another project's instance answers as one that does not exist
+    middlewares = [origin_middleware, error_middleware, scope_middleware] if access is None else \
+        [origin_middleware, access_middleware, error_middleware, policy_middleware, scope_middleware]
     app = web.Application(middlewares=middlewares, client_max_size=1 << 20)
     app[CTX] = context
     app.add_routes(routes)
+    app.add_routes(firewall_routes)
+    app.add_routes(whoami_routes)
+    app.add_routes(web_routes)   # the web console's static files (ctd/web/serve.py)
+    app.on_response_prepare.append(security_headers)
+    app.add_routes(nic_routes)
+    app.on_shutdown.append(events.end_streams)
     app[METRICS] = exporter_for(context)
     app.add_routes(metrics_routes)
+    app.add_routes(project_routes)
+    app.add_routes(cluster_routes)
+    app.add_routes(migrate_routes)
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)

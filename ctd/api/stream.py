@@ -4,6 +4,10 @@ exec frames, server -> client: binary, first byte the channel (1 stdout, 2 stder
 text frame {"type": "exit", "code": N}. Client -> server: binary = stdin; text = control
 {"type": "eof"} | {"type": "resize", "width", "height"} | {"type": "signal", "signal": N}.
 console: binary both ways (the pty), text {"type": "resize", ...} from the client.
+vnc (a running VM's display): binary both ways, QEMU's VNC (RFB) stream from its unix socket; no
+VNC port is ever open on the network, the API's authentication and role check guard it.
+All of them answer the subprotocol "ctd.v1" when the client offers it (the web console does,
+beside its token: ctd/remote/api.py).
 """
 
 from __future__ import annotations
@@ -11,22 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import json
 import logging
 import os
 import signal
-import struct
-import termios
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
 from ctd import validate
 from ctd.api.handlers import ctx, routes
 from ctd.errors import Conflict, InvalidRequest
+from ctd.instance.consolehub import ConsoleHub
+from ctd.instance.container.console import set_winsize
+from ctd.state.records import InstanceType
 
 if TYPE_CHECKING:
     from ctd.instance.container.driver import ExecProcess
@@ -34,6 +38,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("ctd.api.stream")
 
 DRAIN_AFTER_EXIT = 1.0
+PROTOCOLS = ("ctd.v1",)   # the only subprotocol answered; a token offered beside it is never echoed
+
+
+def websocket() -> web.WebSocketResponse:
+    return web.WebSocketResponse(max_msg_size=1 << 20, protocols=PROTOCOLS)
 
 
 class FdReader:
@@ -84,11 +93,6 @@ async def write_all(fd: int, data: bytes) -> None:
             await asyncio.sleep(0.005)
 
 
-def set_winsize(fd: int, width: int, height: int) -> None:
-    with contextlib.suppress(OSError):
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-
-
 def _size(query: Mapping[str, str], key: str) -> int | None:
     raw = query.get(key)
     if raw is None:
@@ -116,9 +120,10 @@ async def exec_ws(request: web.Request) -> web.StreamResponse:
         raise InvalidRequest("cwd must be an absolute path inside the container")
     tty = request.query.get("tty", "0") in ("1", "true")
     width, height = _size(request.query, "width"), _size(request.query, "height")
-    if rec.name not in c.instances.containers.running:
+    # a VM's: its kind answers (409 when it is not running or its guest agent does not answer)
+    if rec.type != InstanceType.VM and rec.name not in c.instances.containers.running:
         raise Conflict(f"{rec.name} is not running; start it first with 'ctctl start {rec.name}'")
-    ws = web.WebSocketResponse(max_msg_size=1 << 20)
+    ws = websocket()
     if not ws.can_prepare(request).ok:  # refuse before the command runs, not after
         raise InvalidRequest("exec is a WebSocket endpoint: send the WebSocket upgrade handshake")
     proc = await c.instances.exec(rec.name, command, env, cwd, tty)
@@ -167,17 +172,18 @@ async def _bridge_exec(ws: web.WebSocketResponse, proc: ExecProcess, tty: bool) 
                     set_winsize(stdin_fd, int(control.get("width", 80)), int(control.get("height", 24)))
                 elif kind == "signal":
                     with contextlib.suppress(ProcessLookupError, ValueError, TypeError, OSError):
-                        os.kill(proc.pid, int(control.get("signal", signal.SIGTERM)))
+                        proc.kill(int(control.get("signal", signal.SIGTERM)))
 
     pumps = [asyncio.create_task(pump(ch, r)) for ch, r in outputs]
     client = asyncio.create_task(from_client())
     try:
-        done, _ = await asyncio.wait([proc.exit_code, client], return_when=asyncio.FIRST_COMPLETED)
+        waiting: list[asyncio.Future[Any]] = [proc.exit_code, client]
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if proc.exit_code not in done:
             log.debug("exec %s: client left first (%s)", proc.pid, client.exception() if client.done() else None)
             # The client went away: end the command, like a hung-up terminal would.
             with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGHUP if tty else signal.SIGKILL)
+                proc.kill(signal.SIGHUP if tty else signal.SIGKILL)
             await proc.exit_code
             return
         # Output written just before exit is still in the pipes: drain it, but not forever
@@ -200,17 +206,16 @@ async def _bridge_exec(ws: web.WebSocketResponse, proc: ExecProcess, tty: bool) 
 
 @routes.get("/1.0/instances/{ref}/console")
 async def console_ws(request: web.Request) -> web.StreamResponse:
+    """A container's pty or a VM's serial line (both a ConsoleHub that ctd reads all along)."""
     c = ctx(request)
     ref = validate.instance_ref(request.match_info["ref"])
-    console = c.instances.console(ref)
-    if isinstance(console, Path):  # a VM: QEMU's serial port on a unix socket
-        return await _serial_ws(request, console)
+    console: ConsoleHub = c.instances.console(ref)
     width, height = _size(request.query, "width"), _size(request.query, "height")
     backlog = request.query.get("backlog", "1") in ("1", "true")
-    ws = web.WebSocketResponse(max_msg_size=1 << 20)
+    ws = websocket()
     await ws.prepare(request)
     if width and height:
-        set_winsize(console.master_fd, width, height)
+        console.resize(width, height)
     outgoing: asyncio.Queue[bytes] = asyncio.Queue(maxsize=256)
 
     def listener(data: bytes) -> None:
@@ -222,7 +227,7 @@ async def console_ws(request: web.Request) -> web.StreamResponse:
             await ws.send_bytes(console.backlog())
         while True:
             data = await outgoing.get()
-            if not data:  # the container stopped
+            if not data:  # the instance stopped
                 await ws.close()
                 return
             await ws.send_bytes(data)
@@ -235,31 +240,54 @@ async def console_ws(request: web.Request) -> web.StreamResponse:
                 console.write(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 with contextlib.suppress(json.JSONDecodeError, ValueError, TypeError, AttributeError,
-                                         RecursionError):
+                                         RecursionError, KeyError):
                     control = json.loads(msg.data)
                     if control.get("type") == "resize":
-                        set_winsize(console.master_fd, int(control["width"]), int(control["height"]))
+                        w, h = int(control["width"]), int(control["height"])
+                        if 0 < w < 10000 and 0 < h < 10000:
+                            console.resize(w, h)
     finally:
         console.unsubscribe(listener)
         sender.cancel()
     return ws
 
 
-async def _serial_ws(request: web.Request, path: Path) -> web.StreamResponse:
-    """Bridge a WebSocket to a VM's serial console; the recent output comes first."""
+@routes.get("/1.0/instances/{ref}/console/log")
+async def console_log(request: web.Request) -> web.Response:
+    """The console log (the guest's bytes as they came, last 1 MiB), running or stopped."""
+    c = ctx(request)
+    data = await asyncio.to_thread(c.instances.console_log, request.match_info["ref"])
+    return web.Response(body=data, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+@routes.get("/1.0/instances/{ref}/vnc")
+async def vnc_ws(request: web.Request) -> web.StreamResponse:
+    """A running VM's display: its VNC unix socket bridged to the WebSocket (noVNC speaks RFB)."""
+    c = ctx(request)
+    rec = c.instances.get(validate.instance_ref(request.match_info["ref"]))
+    if rec.type is not InstanceType.VM:
+        raise InvalidRequest(f"{rec.name} is a container: it has no display (only VMs have one); use its console")
+    shown = c.instances.kinds.of(rec).view_fields(rec).get("vm") or {}
+    if not shown.get("vnc_socket"):
+        raise Conflict(f"{rec.name} is not running; start it first with 'ctctl start {rec.name}'")
+    return await _unix_ws(request, Path(shown["vnc_socket"]), "display (VNC)")
+
+
+async def _unix_ws(request: web.Request, path: Path, what: str) -> web.StreamResponse:
+    """Bridge a WebSocket to a unix socket of QEMU's."""
+    ws = websocket()
+    if not ws.can_prepare(request).ok:   # before QEMU's socket is opened (it would stay open)
+        raise InvalidRequest(f"the {what} is a WebSocket endpoint: send the WebSocket upgrade handshake")
     try:
         reader, writer = await asyncio.open_unix_connection(str(path))
     except OSError as exc:
-        raise Conflict(f"the VM's serial console is not reachable: {exc.strerror}") from None
-    ws = web.WebSocketResponse(max_msg_size=1 << 20)
-    await ws.prepare(request)
-    log_file = path.with_name("serial.log")
-    if request.query.get("backlog", "1") in ("1", "true") and log_file.exists():
-        with log_file.open("rb") as fh:
-            fh.seek(max(0, log_file.stat().st_size - 16384))
-            tail = fh.read()
-        if tail:
-            await ws.send_bytes(tail)
+        raise Conflict(f"the VM's {what} is not reachable: {exc.strerror}") from None
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        writer.close()
+        raise
 
     async def to_client() -> None:
         while True:

@@ -19,6 +19,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -36,7 +37,6 @@ MAX_REASON = 256
 MAX_TAGS = 64
 MAX_TAG_VALUE = 256
 TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
-RENAMING = "renaming"   # options key while a rename is half done: the old name
 
 
 def _text(value: Any, what: str, limit: int, multiline: bool) -> str:
@@ -185,6 +185,14 @@ class ListFilter:
             return False
         return all(key in rec.tags and (value is None or rec.tags[key] == value) for key, value in self.tags)
 
+    def matches_view(self, view: dict[str, Any]) -> bool:
+        """The same test on an instance's view (another cluster node's, as it published it)."""
+        if self.states and view.get("state") not in self.states and not ("disabled" in self.states
+                                                                         and view.get("disabled")):
+            return False
+        tags = view.get("tags") or {}
+        return all(key in tags and (value is None or tags[key] == value) for key, value in self.tags)
+
 
 def check_filter(states: list[str], tags: list[str]) -> ListFilter:
     known = {s.value for s in PowerState} | {"disabled"}
@@ -221,13 +229,13 @@ def rename(ctx: InstanceContext, rec: InstanceRecord, new: str) -> list[str]:
     nothing else in ctd sees the half-done state; a crash is finished by finish_renames."""
     old = rec.name
     rec.name = new
-    rec.options[RENAMING] = old
+    rec.options = dataclasses.replace(rec.options, renaming=old)
     ctx.db.update_instance(rec)          # one write: the row has the new name and the note
     faults.point("rename.after_db")
     if ctx.storage.instance_path(old).exists():
         os.rename(ctx.storage.instance_path(old), ctx.storage.instance_path(new))
     faults.point("rename.after_storage")
-    del rec.options[RENAMING]
+    rec.options = dataclasses.replace(rec.options, renaming=None)
     ctx.db.update_instance(rec)
     notes = []
     if rec.hostname == old:
@@ -240,13 +248,13 @@ def finish_renames(ctx: InstanceContext) -> list[str]:
     sweeps directories no row names)."""
     done = []
     for rec in ctx.db.list_instances():
-        old = rec.options.get(RENAMING)
-        if not isinstance(old, str):
+        old = rec.options.renaming
+        if old is None:
             continue
         src, dst = ctx.storage.instance_path(old), ctx.storage.instance_path(rec.name)
         if src.exists() and not dst.exists() and ctx.db.get_instance(old) is None:
             os.rename(src, dst)
-        del rec.options[RENAMING]
+        rec.options = dataclasses.replace(rec.options, renaming=None)
         ctx.db.update_instance(rec)
         done.append(f"{old} -> {rec.name}")
     return done

@@ -43,7 +43,7 @@ FINAL = ("started", "running", "failed", "skipped")   # a step with one of these
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -194,14 +194,18 @@ class Autostart:
     # ------------------------------------------------------------- shutdown-all
 
     @staticmethod
-    def check_timeout(body: dict[str, Any], default: float) -> float:
-        value = body.get("timeout", default)
+    def check_timeout(body: dict[str, Any]) -> float | None:
+        """The timeout a shutdown-all request gave for every instance; None: each its own."""
+        value = body.get("timeout")
+        if value is None:
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 3600:
             raise InvalidRequest(f"timeout must be seconds from 0 to 3600, not {value!r}")
         return float(value)
 
-    async def shutdown_all(self, timeout: float) -> dict[str, Any]:
-        """Stop every running instance, highest boot order first (a group in parallel)."""
+    async def shutdown_all(self, timeout: float | None) -> dict[str, Any]:
+        """Stop every running instance, highest boot order first (a group in parallel), each
+        with `timeout`, or with its own stop timeout when None."""
         self._by_shutdown = True
         self._halt.set()    # a boot sequence still running starts nothing more …
         await self._idle.wait()   # … and the starts it has under way end before the stops begin

@@ -1,7 +1,8 @@
 """Autostart settings of an instance (onboot, boot order, boot delay): their checks and the
 order they give.
 
-Contract: `check_boot(body)` reads the optional keys "onboot", "boot_order" and "boot_delay" of
+Contract: `check_boot(body)` reads the optional keys "onboot", "boot_order", "boot_delay" and
+"stop_timeout" (how long a stop of it waits before it kills) of
 a create or set body and returns a BootSettings with only the given ones set (4xx naming the
 range on bad input). `boot_groups(records)` orders records for a host boot: groups of equal
 boot_order, lowest first; `shutdown_groups` is the reverse. Pure: no I/O, no daemon parts.
@@ -16,11 +17,13 @@ from typing import Any
 from ctd.errors import InvalidRequest
 from ctd.state import InstanceRecord
 
-BOOT_FIELDS = frozenset({"onboot", "boot_order", "boot_delay"})
+BOOT_FIELDS = frozenset({"onboot", "boot_order", "boot_delay", "stop_timeout"})
 MAX_BOOT_ORDER = 10000
 # As in Proxmox, an instance given no order starts after every ordered one (and stops first).
 DEFAULT_BOOT_ORDER = MAX_BOOT_ORDER
 MAX_BOOT_DELAY = 3600
+MAX_STOP_TIMEOUT = 3600
+SERVER_DEFAULT = -1  # stop_timeout "default": back to the server's stop_timeout
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,12 @@ class BootSettings:
     onboot: bool | None = None
     boot_order: int | None = None
     boot_delay: int | None = None
+    stop_timeout: int | None = None  # SERVER_DEFAULT: the server's again
 
     @property
     def given(self) -> bool:
-        return self.onboot is not None or self.boot_order is not None or self.boot_delay is not None
+        return (self.onboot is not None or self.boot_order is not None or self.boot_delay is not None
+                or self.stop_timeout is not None)
 
     def apply(self, rec: InstanceRecord) -> None:
         if self.onboot is not None:
@@ -42,6 +47,8 @@ class BootSettings:
             rec.boot_order = self.boot_order
         if self.boot_delay is not None:
             rec.boot_delay = self.boot_delay
+        if self.stop_timeout is not None:
+            rec.stop_timeout = None if self.stop_timeout == SERVER_DEFAULT else self.stop_timeout
 
 
 def _yes_no(value: Any) -> bool:
@@ -68,7 +75,15 @@ def check_boot(body: dict[str, Any]) -> BootSettings:
         boot_order=(_whole(body, "boot_order", MAX_BOOT_ORDER, "lower starts first")
                     if body.get("boot_order") is not None else None),
         boot_delay=(_whole(body, "boot_delay", MAX_BOOT_DELAY, "seconds to wait after it started")
-                    if body.get("boot_delay") is not None else None))
+                    if body.get("boot_delay") is not None else None),
+        stop_timeout=_stop_timeout(body) if body.get("stop_timeout") is not None else None)
+
+
+def _stop_timeout(body: dict[str, Any]) -> int:
+    if body["stop_timeout"] == "default":
+        return SERVER_DEFAULT
+    return _whole(body, "stop_timeout", MAX_STOP_TIMEOUT,
+                  "seconds a stop waits before it kills, or 'default' for the server's stop_timeout")
 
 
 def boot_groups(records: Iterable[InstanceRecord]) -> list[list[InstanceRecord]]:

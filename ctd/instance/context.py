@@ -7,6 +7,7 @@ settings and recovery modules get it instead of the manager, so none of them imp
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ctd.errors import InvalidRequest
 from ctd.instance.reserve import Reservations
 from ctd.network.manager import NetworkManager
 from ctd.state import InstanceRecord, InstanceType, StateDB
+from ctd.state.options import Passwd
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
@@ -50,24 +52,24 @@ class InstanceContext:
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
         """Write the instance's settings into its root (runs in a thread). A container's new
-        password is kept as its hash in rec.options["passwd"] (reinstall puts it back; the
+        password is kept as its hash in rec.options.passwd (reinstall puts it back; the
         caller saves rec)."""
         options = rec.options
         guest.apply(rootfs, guest.GuestSettings(
             hostname=rec.hostname, nics=self.network.inside_config(rec),
-            nameservers=options.get("nameservers") or [], network_style=options.get("network_style", "none"),
-            ssh_keys=options.get("ssh_keys") or [], timezone=options.get("timezone")))
+            nameservers=list(options.nameservers), network_style=options.network_style,
+            ssh_keys=list(options.ssh_keys), timezone=options.timezone))
         if userpasswd is not None:
             set_password(rec, rootfs, userpasswd)
 
 
 def set_password(rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str]) -> None:
-    """The hash into the guest's shadow, and into rec.options["passwd"] of a container
+    """The hash into the guest's shadow, and into rec.options.passwd of a container
     (reinstall puts it back; the caller saves rec). Runs in a thread."""
     hashed = guest.hash_password(userpasswd[1])
     guest.set_password_hash(rootfs, userpasswd[0], hashed)
     if rec.type is InstanceType.CONTAINER:
-        rec.options["passwd"] = {"user": userpasswd[0], "hash": hashed}
+        rec.options = dataclasses.replace(rec.options, passwd=Passwd(userpasswd[0], hashed))
 
 
 def removed_limits(changes: dict[str, int]) -> frozenset[str]:

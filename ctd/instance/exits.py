@@ -3,13 +3,13 @@ poweroff from inside, a stop or kill by ctd. Logged and kept as the instance's l
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import os
 import signal
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+
+from ctd.state.records import LastExit
 
 
 class ExitKind(str, Enum):
@@ -32,8 +32,9 @@ class ExitReport:
     signal: str | None = None
     oom_kills: int = 0
 
-    def as_dict(self) -> dict[str, Any]:
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in dataclasses.asdict(self).items()}
+    def as_dict(self) -> LastExit:
+        return {"kind": self.kind.value, "text": self.text, "at": self.at, "code": self.code,
+                "signal": self.signal, "oom_kills": self.oom_kills}
 
 
 def _signame(number: int) -> str:
@@ -44,7 +45,7 @@ def _signame(number: int) -> str:
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
 
 def describe(status: int | None, *, requested: bool, killed: bool, oom_kills: int = 0,

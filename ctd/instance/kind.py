@@ -17,7 +17,8 @@ import asyncio
 from typing import Any, Protocol
 
 from cgroups import CgroupGroup, Resources
-from ctd.instance.requests import CloneRequest, CreateRequest
+from ctd.instance.consolehub import ConsoleHub
+from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
 from ctd.network.netlink import InsideNic
@@ -42,7 +43,7 @@ class InstanceKind(Protocol):
     def view_fields(self, rec: InstanceRecord) -> dict[str, Any]: ...   # "console" and "vm" of a view
 
     # --- making one (provisioning)
-    def check_body(self, body: dict[str, Any]) -> object | None: ...   # CreateRequest.options
+    def check_body(self, body: dict[str, Any]) -> VmRequest | None: ...   # CreateRequest.vm
     def check_limits(self, limits: dict[str, int]) -> None: ...
     def clone_body(self, src: InstanceRecord, name: str) -> dict[str, Any]: ...
     def check_reinstall(self, rec: InstanceRecord) -> None: ...
@@ -58,12 +59,12 @@ class InstanceKind(Protocol):
     async def resume(self, rec: InstanceRecord) -> None: ...    # thaw / QMP cont
     async def is_suspended(self, rec: InstanceRecord) -> bool: ...   # the kernel's or QEMU's word
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]: ...
-    def console(self, rec: InstanceRecord) -> Any: ...
+    def console(self, rec: InstanceRecord) -> ConsoleHub: ...   # 409 when not running
     async def exec(self, rec: InstanceRecord, command: list[str], env: dict[str, str], cwd: str,
                    tty: bool) -> Any: ...   # a process handle the exec stream drives
 
     # --- storage
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> None: ...
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any] | None: ...
     async def rollback(self, rec: InstanceRecord, snap: str) -> None: ...
 
     # --- settings (ctd/instance/settings.py)

@@ -1,21 +1,23 @@
 """Instance lifecycle: lookup, per-instance locks, power state, and dispatch to the rooms that do
 the work — the instance's kind (ctd/instance/kind.py, through the registry in kinds.py),
-provisioning (provision.py), settings (settings.py) and recovery after a restart (recovery.py).
+provisioning (provision.py), settings (settings.py), snapshots (snapshots.py) and recovery after
+a restart (recovery.py). How an instance is shown is views.py; the list, kept current, listing.py.
 
 Every public coroutine that changes an instance takes its lock and re-reads its record first;
 checks (check_*) run before the API answers 202 and raise 4xx errors (ctd.errors).
+Each change publishes its lifecycle event (and an end of a run its exit event) on `events`
+right after its state row is written (ctd/events/bus.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins  # list[...] below the method named list
 import contextlib
-import dataclasses
 import enum
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,26 +25,34 @@ from cgroups import CgroupGroup, CgroupManager, Resources
 from ctd import faults, validate
 from ctd import limits as limits_mod
 from ctd.config import DaemonConfig
-from ctd.errors import Conflict, CtdError, NotFound
-from ctd.instance import admin, exits, recovery, settings, suspend
+from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
+from ctd.events import model as ev
+from ctd.events.bus import EventBus
+from ctd.instance import admin, consolelog, exits, recovery, settings, suspend
+from ctd.instance.backups import BackupChains
+from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.kind import InstanceKind
 from ctd.instance.kinds import Kinds
+from ctd.instance.listing import ListCache
 from ctd.instance.provision import Provisioner
 from ctd.instance.requests import CloneRequest, CreateRequest, SetRequest
 from ctd.instance.reserve import NewInstance, Reservations, new_instance
 from ctd.instance.settings import Settings
+from ctd.instance.snapshots import Snapshots
+from ctd.instance.views import ALIVE, InstanceViews
+from ctd.instance.vm import datadisks
+from ctd.instance.vm.disks import parse_disk_size
 from ctd.instance.vm.driver import VmDriver
+from ctd.instance.vm.media import check_iso
 from ctd.network.manager import NetworkManager
-from ctd.state import InstanceRecord, PowerState, StateDB
-from ctd.state.records import RUNTIME_OPTIONS
+from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
+from ctd.state.options import VmOptions
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
 log = logging.getLogger("ctd.instances")
-ALIVE = (PowerState.RUNNING, PowerState.SUSPENDED)
-DISK_CACHE_SECONDS = 5.0
 
 
 class StopOutcome(enum.Enum):
@@ -54,13 +64,20 @@ class StopOutcome(enum.Enum):
     NOT_RUNNING = "not running"
 
 
+def no_such_instance(ref: str | int) -> NotFound:
+    """The answer for a name or id that does not exist, and for one of another project (the same
+    bytes: no oracle)."""
+    return NotFound(f"no instance named {ref!r}; 'ctctl list' shows the instances")
+
+
 class InstanceManager:
     """The daemon's face for instances (the API handlers call it)."""
 
     def __init__(self, config: DaemonConfig, db: StateDB, storage: StorageDriver,
                  templates: TemplateManager, containers: ContainerDriver, cgroups: CgroupManager,
-                 network: NetworkManager) -> None:
+                 network: NetworkManager, events: EventBus | None = None) -> None:
         self.config = config
+        self.events = events or EventBus()
         self.network = network
         self.db = db
         self.storage = storage
@@ -75,10 +92,13 @@ class InstanceManager:
         self.kinds = Kinds(self.ctx, containers, self._exited)
         self.provision = Provisioner(self.ctx, self.kinds)
         self.settings = Settings(self.ctx, self.kinds)
+        self.backups = BackupChains(config, db, storage)   # schedules, chains, retention
         self._locks: dict[int, asyncio.Lock] = {}
         self._exit_tasks: dict[str, asyncio.Task[None]] = {}
         self._starting: set[str] = set()
-        self._disk_cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.views = InstanceViews(config, storage, network, self.kinds, self.backups)
+        self.snapshots = Snapshots(self, self.kinds, storage)
+        self.listing = ListCache(db, self.views)
         containers.on_stopped = self._exited
 
     # ------------------------------------------------------------- kinds
@@ -99,6 +119,10 @@ class InstanceManager:
         """The VM driver's state (GET /1.0, ctctl check); attaches it once QEMU is installed."""
         return self.kinds.vm.probe()
 
+    def emit(self, rec: InstanceRecord, action: ev.Lifecycle, **metadata: Any) -> None:
+        """A lifecycle event of rec (call it right after rec's new state is written)."""
+        self.events.publish(ev.lifecycle(rec, action, **metadata))
+
     def kind_of(self, rec: InstanceRecord) -> InstanceKind:
         return self.kinds.of(rec)
 
@@ -111,89 +135,53 @@ class InstanceManager:
         validate.instance_ref(str(ref))
         rec = self.db.get_instance(ref)
         if rec is None:
-            raise NotFound(f"no instance named {ref!r}; 'ctctl list' shows the instances")
+            raise no_such_instance(ref)
         return rec
 
     def lock(self, rec: InstanceRecord) -> asyncio.Lock:
         return self._locks.setdefault(rec.id, asyncio.Lock())
 
     def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]:
-        shown = {
-            "id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
-            "pid": rec.pid if rec.state in ALIVE else None,
-            "template": rec.template, "hostname": rec.hostname, "privileged": rec.privileged,
-            # VMs have no id range (QEMU isolates them), privileged containers the host's ids
-            "idmap": None if rec.idmap_base is None else {"uid_base": rec.idmap_base, "gid_base": rec.idmap_base,
-                                                          "count": self.config.idmap_size},
-            "limits": limits_mod.shown(rec.limits), "created_at": rec.created_at, "usage": self.usage(rec),
-            "last_exit": rec.last_exit or None,
-            "nics": self.network.counters(rec),
-            "disk": self.disk(rec, cached),
-            "console": False,
-            "cgroups": self.cgroup_dirs(rec),
-            "vm": None,
-            "onboot": rec.onboot, "boot_order": rec.boot_order, "boot_delay": rec.boot_delay,
-        }
-        shown.update(self.kinds.of(rec).view_fields(rec))
-        shown.update(admin.view_fields(rec))
-        return shown
+        """The instance's whole view (views.py)."""
+        return self.views.view(rec, cached)
 
-    def cgroup_dirs(self, rec: InstanceRecord) -> dict[str, str] | None:
-        """Where a running instance's cgroup is, per hierarchy (for monitoring; a container's
-        cgroup2 directory may carry the name of the standby it started in)."""
-        if not self.is_running(rec):
-            return None
-        return self.group_of(rec).dirs()
+    def brief(self, rec: InstanceRecord) -> dict[str, Any]:
+        """What a state change answers with (views.py)."""
+        return self.views.brief(rec)
 
     def group_of(self, rec: InstanceRecord) -> CgroupGroup:
         """The instance's cgroup handle (no side effect)."""
         return self.kinds.of(rec).group(rec)
 
-    def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
-        """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
-        now = time.monotonic()
-        hit = self._disk_cache.get(rec.name)
-        if cached and hit and now - hit[0] < DISK_CACHE_SECONDS:
-            return hit[1]
-        try:
-            value = {"used": self.storage.usage(rec.name), "limit": self.storage.quota(rec.name)}
-        except (CtdError, OSError):  # OSError: its root is going (a destroy in progress)
-            value = None
-        self._disk_cache[rec.name] = (now, value)
-        return value
-
-    def usage(self, rec: InstanceRecord) -> dict[str, Any] | None:
-        if not self.is_running(rec):
-            return None
-        try:
-            return dataclasses.asdict(self.group_of(rec).usage())
-        except (OSError, ValueError):
-            return None
-
-    def brief(self, rec: InstanceRecord) -> dict[str, Any]:
-        """What a state change answers with: cheap, no counters read (start is a hot path)."""
-        return {"id": rec.id, "name": rec.name, "type": rec.type.value, "state": rec.state.value,
-                "pid": rec.pid if rec.state in ALIVE else None, "template": rec.template}
-
-    def list(self, only: admin.ListFilter | None = None) -> list[dict[str, Any]]:
-        """Every instance, or those matching a filter (admin.check_filter: ?state=, ?tag=)."""
-        return [self.view(r, cached=True) for r in self.db.list_instances() if only is None or only.matches(r)]
+    def summaries(self) -> builtins.list[dict[str, Any]]:
+        """What a cluster node publishes of each instance (ctd/cluster/node.py): the list's
+        columns from the rows alone, no counters read (it runs every few seconds)."""
+        return [{"id": r.id, "name": r.name, "project": r.project, "type": r.type.value, "state": r.state.value,
+                 "pid": r.pid if r.state in ALIVE else None, "template": r.template, "hostname": r.hostname,
+                 "limits": limits_mod.shown(r.limits), "idmap_base": r.idmap_base, **admin.view_fields(r),
+                 "nics": [{"name": f"eth{n.idx}", "network": n.network, "mode": n.mode.value, "mac": n.mac,
+                           "addresses": n.addresses} for n in self.db.nics_of(r.id)]}
+                for r in self.db.list_instances()]
 
     # ------------------------------------------------------------- provisioning (provision.py)
 
-    def check_create(self, body: Any) -> CreateRequest:
+    def check_create(self, body: Any, project: str = "default") -> CreateRequest:
         """Everything that can be checked before work starts; raises 4xx errors."""
-        return self.provision.check_create(body)
+        return self.provision.check_create(body, project)
 
     async def create(self, req: CreateRequest) -> dict[str, Any]:
-        return self.brief(await self.provision.create(req))
+        rec = await self.provision.create(req)
+        self.emit(rec, ev.Lifecycle.CREATED)
+        return self.brief(rec)
 
     def check_clone(self, src: InstanceRecord, body: Any) -> CloneRequest:
         return self.provision.check_clone(src, body)
 
     async def clone(self, req: CloneRequest) -> dict[str, Any]:
         """A new instance from another's root (or snapshot): new id, id range, hostname, MAC, IP."""
-        return self.brief(await self.provision.clone(req, self.lock(req.source)))
+        rec = await self.provision.clone(req, self.lock(req.source))
+        self.emit(rec, ev.Lifecycle.CREATED, source=req.source.name)
+        return self.brief(rec)
 
     def check_reinstall(self, rec: InstanceRecord, template: Any, restart: bool = False) -> None:
         self.provision.check_reinstall(rec, template, restart)
@@ -206,11 +194,12 @@ class InstanceManager:
             self.check_reinstall(rec, template, restart)
             was_running = self.is_running(rec)
             if was_running:
-                await self._stop_locked(rec, self.config.stop_timeout, kill=False)
+                await self.stop_locked(rec, self.stop_timeout(rec), kill=False)
                 rec = self.get(rec.id)
             notes = await self.provision.reinstall(rec, template)
+            self.emit(self.get(rec.id), ev.Lifecycle.REINSTALLED, template=template)
             if was_running:
-                await self._start_locked(self.get(rec.id))
+                await self.start_locked(self.get(rec.id))
             return {**self.brief(self.get(rec.id)), "notes": notes}
 
     def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
@@ -223,9 +212,10 @@ class InstanceManager:
     def release(self, name: str, instance_id: int) -> None:
         self.reservations.release(name, instance_id)
 
-    def new_instance(self, name: str, instance_id: int) -> contextlib.AbstractContextManager[NewInstance]:
+    def new_instance(self, name: str, instance_id: int,
+                     project: str = "default") -> contextlib.AbstractContextManager[NewInstance]:
         """The undo block of a new instance (restore uses it too): see reserve.new_instance."""
-        return new_instance(self.reservations, self.storage, self.db, self.network, name, instance_id)
+        return new_instance(self.reservations, self.storage, self.db, self.network, name, instance_id, project)
 
     def setup_guest(self, rec: InstanceRecord, rootfs: Path, userpasswd: tuple[str, str] | None = None) -> None:
         """Write the instance's settings into its root (runs in a thread)."""
@@ -254,7 +244,7 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             self.check_start(rec)
-            await self._start_locked(rec, paused)
+            await self.start_locked(rec, paused)
             return self.brief(rec)
 
     def check_suspend(self, rec: InstanceRecord) -> None:
@@ -268,6 +258,7 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             await suspend.suspend(self.kinds.of(rec), self.db, rec)
+            self.emit(rec, ev.Lifecycle.SUSPENDED)
             return self.brief(rec)
 
     async def resume(self, rec: InstanceRecord) -> dict[str, Any]:
@@ -275,12 +266,14 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             await suspend.resume(self.kinds.of(rec), self.db, rec)
+            self.emit(rec, ev.Lifecycle.RESUMED)
             return self.brief(rec)
 
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         return await self.kinds.of(rec).hardware(rec)
 
-    async def _start_locked(self, rec: InstanceRecord, paused: bool = False) -> None:
+    async def start_locked(self, rec: InstanceRecord, paused: bool = False) -> None:
+        """Start rec; the caller holds its lock (lock())."""
         admin.refuse_start(rec)   # every start path (restart, reboot, autostart) meets it
         self._starting.add(rec.name)
         try:
@@ -289,17 +282,25 @@ class InstanceManager:
             rec.pid, rec.pid_start = await kind.start(rec, resources, paused)
             rec.state = PowerState.SUSPENDED if paused else PowerState.RUNNING
             self.db.update_instance(rec)
+            self.emit(rec, ev.Lifecycle.STARTED, pid=rec.pid)
             faults.point("start.after_db")
         finally:
             self._starting.discard(rec.name)
 
-    async def stop(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
+    def stop_timeout(self, rec: InstanceRecord) -> float:
+        """How long a stop of it waits before it kills: its own setting, else the server's."""
+        return float(rec.stop_timeout if rec.stop_timeout is not None else self.config.stop_timeout)
+
+    async def stop(self, rec: InstanceRecord, timeout: float | None, kill: bool) -> dict[str, Any]:
+        """timeout None: the instance's stop timeout (stop_timeout)."""
         async with self.lock(rec):
             rec = self.get(rec.id)
-            how = await self._stop_locked(rec, timeout, kill)
+            timeout = self.stop_timeout(rec) if timeout is None else timeout
+            how = await self.stop_locked(rec, timeout, kill)
             return {**self.brief(self.get(rec.id)), "stop": {"how": how.value, "timeout": timeout}}
 
-    async def _stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> StopOutcome:
+    async def stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> StopOutcome:
+        """Stop rec; the caller holds its lock (lock())."""
         if not self.is_running(rec):
             if rec.state is not PowerState.STOPPED:
                 await self._mark_stopped(rec)
@@ -320,12 +321,12 @@ class InstanceManager:
             return StopOutcome.KILLED
         return StopOutcome.FORCED if forced else StopOutcome.CLEAN
 
-    async def restart(self, rec: InstanceRecord, timeout: float, kill: bool) -> dict[str, Any]:
+    async def restart(self, rec: InstanceRecord, timeout: float | None, kill: bool) -> dict[str, Any]:
         async with self.lock(rec):
             rec = self.get(rec.id)
-            await self._stop_locked(rec, timeout, kill)
+            await self.stop_locked(rec, self.stop_timeout(rec) if timeout is None else timeout, kill)
             rec = self.get(rec.id)
-            await self._start_locked(rec)
+            await self.start_locked(rec)
             return self.brief(rec)
 
     def _exited(self, name: str, status: int | None) -> None:
@@ -336,6 +337,8 @@ class InstanceManager:
                                 killed=bool(facts and facts.killed), oom_kills=facts.oom_kills if facts else 0,
                                 what=self.kinds.of(rec).process_name if rec is not None else "init")
         log.info("%s: %s", name, report.text)
+        if rec is not None:
+            self.events.publish(ev.Event(ev.EventType.EXIT, name, ev.project_of(rec), report.as_dict()))
         task = asyncio.get_running_loop().create_task(self._after_exit(name, status, rec, report))
         self._exit_tasks[name] = task
         task.add_done_callback(lambda t: self._exit_tasks.pop(name, None) if self._exit_tasks.get(name) is t else None)
@@ -355,7 +358,7 @@ class InstanceManager:
                 fresh = self.db.get_instance(rec.id)
                 if fresh and fresh.state is PowerState.STOPPED:
                     try:
-                        await self._start_locked(fresh)
+                        await self.start_locked(fresh)
                     except Exception:  # noqa: BLE001
                         log.exception("restarting %s after its reboot failed", name)
 
@@ -368,19 +371,16 @@ class InstanceManager:
         fresh = self.db.get_instance(rec.id)
         if fresh is not None:
             fresh.state, fresh.pid, fresh.pid_start = PowerState.STOPPED, None, None
-            for key in RUNTIME_OPTIONS:  # what the run recorded ends with it
-                fresh.options.pop(key, None)
+            fresh.options = fresh.options.ended_run()  # what the run recorded ends with it
             if report is not None:
                 fresh.last_exit = report.as_dict()
             self.db.update_instance(fresh)
+            self.emit(fresh, ev.Lifecycle.STOPPED)
 
     # ------------------------------------------------------------- settings (settings.py)
 
     def resources(self, rec: InstanceRecord, removed: frozenset[str] = frozenset()) -> Resources:
         return self.ctx.resources(rec, removed)
-
-    def check_list_filter(self, states: list[str], tags: list[str]) -> admin.ListFilter:
-        return admin.check_filter(states, tags)
 
     def check_set(self, body: Any) -> SetRequest:
         return settings.check_set(self.ctx, body)
@@ -392,7 +392,7 @@ class InstanceManager:
             admin.check_for(rec, req.admin, self.is_running(rec))
             notes: list[str] = []
             if req.admin.disabled and self.is_running(rec):   # with stop (check_for): stopped, then disabled
-                how = await self._stop_locked(rec, self.config.stop_timeout, kill=False)
+                how = await self.stop_locked(rec, self.stop_timeout(rec), kill=False)
                 notes.append(f"stopped ({how.value}) before it was disabled")
                 rec = self.get(rec.id)
             if req.changes_settings:
@@ -401,6 +401,48 @@ class InstanceManager:
             if not req.admin.empty:
                 admin.apply(rec, req.admin)
                 self.db.update_instance(rec)
+            self.backups.apply(rec, req.backup)
+            self.emit(self.get(rec.id), ev.Lifecycle.SET, notes=notes)
+            return {**self.view(self.get(rec.id)), "notes": notes}
+
+    async def media(self, rec: InstanceRecord, body: Any | None) -> dict[str, Any]:
+        """A VM's removable ISO: inserted (body: iso, boot) or ejected (None); see vm/media.py."""
+        vms = self.kinds.vm
+        if rec.type is not InstanceType.VM:
+            raise InvalidRequest(f"{rec.name} is a container: media are a VM's CD-ROM (host files go in with --mount)")
+        iso, boot = None, False
+        if body is not None:
+            body = validate.body_fields(body, {"iso", "boot"})
+            iso, boot = check_iso(body.get("iso"), vms.forbidden_media()), validate.boolean(body, "boot")
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            notes = await vms.change_media(rec, iso, boot)
+            self.db.update_instance(rec)
+            self.emit(rec, ev.Lifecycle.SET, notes=notes)
+            return {**self.view(self.get(rec.id)), "notes": notes}
+
+    async def data_disk(self, rec: InstanceRecord, body: Any | None, name: str | None = None) -> dict[str, Any]:
+        """A VM's data disk added (body: size, name) or removed (name); see vm/datadisks.py."""
+        vms = self.kinds.vm
+        if rec.type is not InstanceType.VM:
+            raise InvalidRequest(f"{rec.name} is a container: data disks are a VM's (a container's space is its "
+                                 "diskspace limit; host directories go in with --mount)")
+        size = None
+        if body is not None:
+            body = validate.body_fields(body, {"name", "size"}, {"size"})
+            size = parse_disk_size(body["size"])
+        async with self.lock(rec):
+            rec = self.get(rec.id)
+            vm = rec.options.vm or VmOptions()
+            if size is not None:
+                assert body is not None
+                name = datadisks.check_name(body.get("name"), vm)
+                notes = await vms.add_disk(rec, name, size)
+            else:
+                assert name is not None
+                notes = await vms.remove_disk(rec, name)
+            self.db.update_instance(rec)
+            self.emit(rec, ev.Lifecycle.SET, notes=notes)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
     async def rename(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
@@ -410,54 +452,15 @@ class InstanceManager:
             new = admin.check_rename(self.ctx, rec, body, self.is_running(rec) or rec.name in self._starting)
             old = rec.name
             notes = admin.rename(self.ctx, rec, new)
-            self._disk_cache.pop(old, None)
+            self.views.forget(old)
+            self.emit(self.get(rec.id), ev.Lifecycle.RENAMED, old_name=old)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
+    def beancounters(self, rec: InstanceRecord) -> builtins.list[dict[str, Any]]:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if not self.kinds.container.is_running(rec):
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
-        return self.settings.beancounters(rec, self.disk(rec, cached=True))
-
-    # ------------------------------------------------------------- snapshots
-
-    def snapshot_name(self, value: Any) -> str:
-        return validate.instance_name(value, "snapshot name")
-
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
-        async with self.lock(rec):
-            rec = self.get(rec.id)   # its name as it is now (a rename may have come first)
-            await self.kinds.of(rec).snapshot(rec, snap)
-        return {"instance": rec.name, "snapshot": snap}
-
-    def snapshots(self, rec: InstanceRecord) -> list[str]:
-        return self.storage.list_snapshots(rec.name)
-
-    async def delete_snapshot(self, rec: InstanceRecord, snap: str) -> None:
-        if snap not in self.storage.list_snapshots(rec.name):
-            raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
-        async with self.lock(rec):
-            rec = self.get(rec.id)
-            await asyncio.to_thread(self.storage.delete_snapshot, rec.name, snap)
-
-    def check_rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> None:
-        admin.refuse_protected(rec, "rollback")
-        if snap not in self.storage.list_snapshots(rec.name):
-            raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
-        if rec.state is not PowerState.STOPPED and not restart:
-            raise Conflict(f"{rec.name} is running; stop it first or roll back with --restart")
-
-    async def rollback(self, rec: InstanceRecord, snap: str, restart: bool) -> dict[str, Any]:
-        async with self.lock(rec):
-            rec = self.get(rec.id)
-            self.check_rollback(rec, snap, restart)
-            was_running = self.is_running(rec)
-            if was_running:
-                await self._stop_locked(rec, self.config.stop_timeout, kill=False)
-            await self.kinds.of(rec).rollback(rec, snap)
-            if was_running:
-                await self._start_locked(self.get(rec.id))
-            return self.view(self.get(rec.id))
+        return self.settings.beancounters(rec, self.views.disk(rec, cached=True))
 
     # ------------------------------------------------------------- destroy
 
@@ -471,30 +474,40 @@ class InstanceManager:
             rec = self.get(rec.id)
             self.check_destroy(rec, force)
             if self.is_running(rec):
-                await self._stop_locked(rec, 0, kill=True)
+                await self.stop_locked(rec, 0, kill=True)
             await self.kinds.of(rec).destroy(rec)
+            await asyncio.to_thread(self.network.forwards.drop_instance, rec.id)
             await asyncio.to_thread(self.storage.delete_instance, rec.name)
             faults.point("destroy.after_storage")
             self.db.delete_instance(rec.id)
+            consolelog.remove(self.config.state_dir, rec.id)  # a crash before this: recovery sweeps it
+            self.views.forget(rec.name)
+            self.emit(rec, ev.Lifecycle.DESTROYED, state="destroyed")
         self._locks.pop(rec.id, None)
 
     # ------------------------------------------------------------- exec / console
 
-    async def exec(self, ref: str, command: list[str], env: dict[str, str], cwd: str, tty: bool) -> ExecProcess:
+    async def exec(self, ref: str, command: builtins.list[str], env: dict[str, str], cwd: str,
+                   tty: bool) -> ExecProcess:
         rec = self.get(ref)
         suspend.refuse_if_suspended(rec, "run commands in it")
         proc: ExecProcess = await self.kinds.of(rec).exec(rec, command, env, cwd, tty)  # VMs refuse (NotSupported)
         return proc
 
-    def console(self, ref: str) -> Any:
-        """A container's console (its pty master) or a VM's serial socket path."""
+    def console(self, ref: str) -> ConsoleHub:
+        """A running instance's console: a container's pty, a VM's serial line."""
         rec = self.get(ref)
         suspend.refuse_if_suspended(rec, "use its console")
-        return self.kinds.of(rec).console(rec)
+        hub: ConsoleHub = self.kinds.of(rec).console(rec)
+        return hub
+
+    def console_log(self, ref: str) -> bytes:
+        """The last 1 MiB the instance's console printed, running or stopped (runs in a thread)."""
+        return consolelog.read(consolelog.log_path(self.config.state_dir, self.get(ref).id))
 
     # ------------------------------------------------------------- after a daemon restart
 
-    async def recover(self) -> dict[str, list[str]]:
+    async def recover(self) -> dict[str, builtins.list[str]]:
         """Adopt instances that kept running; clean up what a crash left half-done (recovery.py)."""
         return await recovery.recover(self.ctx, self.kinds, self._mark_stopped)
 

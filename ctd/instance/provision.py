@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,19 @@ from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.instance import admin
+from ctd.instance.backups import BACKUP_FIELDS, BackupChains, check_settings
 from ctd.instance.bootorder import BOOT_FIELDS, check_boot
+from ctd.instance.container import features, hostmounts
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
 from ctd.instance.requests import CloneRequest, CreateRequest
 from ctd.instance.reserve import NewInstance, new_instance
 from ctd.network import ipam
-from ctd.state import InstanceRecord, PowerState
+from ctd.state import InstanceRecord, InstanceType, PowerState
 
-CREATE_FIELDS = {"name", "template", "id", "hostname", "privileged", "limits", "type", "nics", "nameservers",
-                 "userpasswd", "ssh_keys", "timezone", "vm", "io_uring"} | (admin.ADMIN_FIELDS - {"stop"}) | BOOT_FIELDS
+CREATE_FIELDS = ({"name", "template", "id", "hostname", "privileged", "limits", "type", "nics", "nameservers",
+                  "userpasswd", "ssh_keys", "timezone", "vm", "io_uring", "features", "mounts"}
+                 | (admin.ADMIN_FIELDS - {"stop"}) | BOOT_FIELDS | BACKUP_FIELDS)
 
 
 class Provisioner:
@@ -38,13 +42,13 @@ class Provisioner:
 
     # ------------------------------------------------------------- create
 
-    def check_create(self, body: Any) -> CreateRequest:
+    def check_create(self, body: Any, project: str = "default") -> CreateRequest:
         """Everything that can be checked before work starts; raises 4xx errors."""
         ctx = self.ctx
         body = validate.body_fields(body, CREATE_FIELDS, {"name"})
         name = validate.instance_name(body["name"])
         kind = self.kinds.named(body.get("type", "container"))
-        options = kind.check_body(body)
+        vm = kind.check_body(body)
         template_name = body.get("template")
         template = None
         if template_name is not None:
@@ -56,7 +60,18 @@ class Provisioner:
         io_uring = validate.boolean(body, "io_uring")
         if io_uring and not kind.takes_io_uring:
             raise InvalidRequest(f"io_uring is a container option; a {kind.type.value.upper()} has its own kernel")
+        wanted = features.check(body["features"]) if body.get("features") is not None else ()
+        if wanted and kind.type is not InstanceType.CONTAINER:
+            raise InvalidRequest("features are container options; a VM has its own kernel and devices")
+        features.host_lacks(wanted)
+        mounts: list[hostmounts.HostMount] = []
+        if body.get("mounts") is not None:
+            if kind.type is not InstanceType.CONTAINER:
+                raise InvalidRequest("mounts are container options; a VM has its own kernel and disks")
+            mounts = hostmounts.check(body["mounts"], ctx.config.state_dir, privileged)
         limits = limits_mod.merge({}, limits_mod.normalise(body.get("limits") or {}, len(ctx.host_cpus)))
+        if vm is not None:   # the profile's defaults, before admission counts them
+            limits = {**vm.default_limits, **limits}
         ctx.check_io_device(limits)
         kind.check_limits(limits)
         nics = ctx.network.check_nics(body.get("nics"))
@@ -68,25 +83,31 @@ class Provisioner:
         flags = admin.check_change(body)
         admin.check_for_new(flags)
         boot = check_boot(body)
+        backups = check_settings(body)
         instance_id = ctx.reservations.reserve(name, wanted_id, "choose another name")
         return CreateRequest(name=name, id=instance_id, type=kind.type, template=template.name if template else "",
                              hostname=hostname, privileged=privileged, limits=limits, nics=nics,
                              nameservers=nameservers, userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone,
-                             io_uring=io_uring, options=options, admin=flags, boot=boot)
+                             io_uring=io_uring, vm=vm, admin=flags, boot=boot,
+                             backup=backups, features=wanted, mounts=tuple(m.to_stored() for m in mounts),
+                             project=project)
 
     async def create(self, req: CreateRequest) -> InstanceRecord:
         kind = self.kinds.of_type(req.type)
         with self._new_instance(req) as new:
             rec = await kind.create(req, new)
-            if not req.admin.empty or req.boot.given:
+            if not req.admin.empty or req.boot.given or req.features or req.mounts:
                 admin.apply(rec, req.admin)
                 req.boot.apply(rec)
+                rec.features = list(req.features)
+                rec.mounts = [dict(m) for m in req.mounts]
                 self.ctx.db.update_instance(rec)
+            BackupChains(self.ctx.config, self.ctx.db, self.ctx.storage).apply(rec, req.backup)
             return rec
 
     def _new_instance(self, req: CreateRequest) -> contextlib.AbstractContextManager[NewInstance]:
         ctx = self.ctx
-        return new_instance(ctx.reservations, ctx.storage, ctx.db, ctx.network, req.name, req.id)
+        return new_instance(ctx.reservations, ctx.storage, ctx.db, ctx.network, req.name, req.id, req.project)
 
     # ------------------------------------------------------------- clone
 
@@ -100,7 +121,7 @@ class Provisioner:
         elif src.state is not PowerState.STOPPED:
             raise Conflict(f"{src.name} is running: a copy of a live root is not consistent; stop it, "
                            "or snapshot it and clone the snapshot (--snapshot)")
-        new = self.check_create(self.kinds.of(src).clone_body(src, body["name"]))
+        new = self.check_create(self.kinds.of(src).clone_body(src, body["name"]), src.project)
         return CloneRequest(new, src, snap)
 
     async def clone(self, req: CloneRequest, src_lock: asyncio.Lock) -> InstanceRecord:
@@ -109,6 +130,8 @@ class Provisioner:
             rec = await self.kinds.of(req.source).clone(req, new, src_lock)
             # Like Proxmox: description and tags are copied; disabled and protected are not
             rec.description, rec.tags = req.source.description, dict(req.source.tags)
+            rec.features = list(req.source.features)   # a copy of a VPS keeps its devices
+            rec.mounts = [dict(m) for m in req.source.mounts]   # and its host directories (Proxmox's bind mp)
             self.ctx.db.update_instance(rec)
             return rec
 
@@ -129,7 +152,7 @@ class Provisioner:
         passwords = await asyncio.to_thread(passwords_of, rec, ctx.storage.rootfs(rec.name))
         rootfs = await asyncio.to_thread(ctx.storage.reinstall_root, rec.name, template)
         rec.template, rec.init, rec.stop_signal = template, list(recipe.init), recipe.stop_signal
-        rec.options.update({"systemd": recipe.systemd, "network_style": recipe.network_style})
+        rec.options = dataclasses.replace(rec.options, systemd=recipe.systemd, network_style=recipe.network_style)
         ctx.db.update_instance(rec)
         await asyncio.to_thread(ctx.setup_guest, rec, rootfs)
         return await asyncio.to_thread(put_passwords, rootfs, passwords, template)
@@ -139,13 +162,13 @@ def passwords_of(rec: InstanceRecord, rootfs: Path) -> dict[str, str]:
     """The hashes a reinstall keeps: root's, and the user's set with --userpasswd, as they
     are in the old root (the tenant may have changed them, or locked them: then none), else
     (no such user or no readable shadow there) the hash ctd kept when it set the password."""
-    kept = rec.options.get("passwd") or {}
-    users = ["root"] + ([kept["user"]] if kept.get("user") not in (None, "root") else [])
+    kept = rec.options.passwd
+    users = ["root"] + ([kept.user] if kept is not None and kept.user != "root" else [])
     out = {}
     for user in users:
         current = guest.password_field(rootfs, user)
-        if current is None and kept.get("user") == user:
-            current = kept.get("hash")
+        if current is None and kept is not None and kept.user == user:
+            current = kept.hash
         if guest.is_password_hash(current):
             out[user] = current
     return out

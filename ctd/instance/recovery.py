@@ -13,7 +13,7 @@ import os
 from collections.abc import Awaitable, Callable
 
 from cgroups import CgroupError, CgroupManager
-from ctd.instance import admin, exits
+from ctd.instance import admin, consolelog, exits
 from ctd.instance.container.groups import STANDBY_GROUP, destroy_group_quietly
 from ctd.instance.context import InstanceContext
 from ctd.instance.kinds import Kinds
@@ -98,6 +98,9 @@ async def _remove_leftover_dirs(ctx: InstanceContext, kinds: Kinds, records: lis
             await asyncio.to_thread(storage.delete_instance, rec.name)
             ctx.db.delete_instance(rec.id)
             report["removed_records"].append(rec.name)
+    live = {r.id for r in ctx.db.list_instances()}   # logs of destroyed instances (a crash cut the destroy)
+    report["removed_dirs"] += [f"{consolelog.DIR_NAME}/{n}" for n in
+                               await asyncio.to_thread(consolelog.sweep, ctx.config.state_dir, live)]
 
 
 async def _remove_leftover_groups(ctx: InstanceContext, kinds: Kinds, records: list[InstanceRecord],
@@ -114,7 +117,7 @@ async def _remove_leftover_groups(ctx: InstanceContext, kinds: Kinds, records: l
         if group_name in own:
             await asyncio.to_thread(destroy_group_quietly, cgroups.group(group_name))
             report["removed_cgroups"].append(group_name)
-        elif STANDBY_GROUP.fullmatch(group_name) and await asyncio.to_thread(_remove_if_empty, cgroups,
+        elif STANDBY_GROUP.fullmatch(group_name) is not None and await asyncio.to_thread(_remove_if_empty, cgroups,
                                                                              group_name):
             report["removed_cgroups"].append(group_name)
         else:

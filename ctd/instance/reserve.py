@@ -12,7 +12,7 @@ restarted ctd to drop a half-made one, and the reservation is released in any ca
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ctd import idmap, validate
@@ -35,17 +35,26 @@ class Reservations:
         self._names: set[str] = set()
         self._ids: set[int] = set()
         self._bases: dict[int, int] = {}  # instance id -> its id range, until its row exists
+        # In a cluster: the ids other nodes' instances have (ctd/cluster/node.py sets it), so that
+        # an id chosen here is free cluster-wide; the cluster's transaction has the last word.
+        self.foreign_ids: Callable[[], set[int]] = set
+        # and the id ranges (start, size) other nodes' containers have, as of the last look
+        # (published, not claimed: docs/cluster.md, "One namespace")
+        self.foreign_ranges: Callable[[], list[tuple[int, int]]] = list
 
-    def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
+    def reserve(self, name: str, instance_id: int | None, hint: str, moving_in: bool = False) -> int:
         """Hold a name and an id (the given one or the lowest free from 100) for a new instance
-        until release(); a taken one is a Conflict."""
+        until release(); a taken one is a Conflict. moving_in: an instance migrating here keeps
+        its id, which the cluster knows as its source node's (ctd/cluster/migrate_receive.py)."""
         if self.db.get_instance(name) or name in self._names:
             raise Conflict(f"an instance named {name!r} already exists; {hint}")
-        taken = self.db.used_ids() | self._ids
+        foreign = set() if moving_in else self.foreign_ids()
+        taken = self.db.used_ids() | self._ids | foreign
         if instance_id is None:
             instance_id = next(i for i in range(FIRST_AUTO_ID, validate.MAX_INSTANCE_ID) if i not in taken)
         elif instance_id in taken:
-            raise Conflict(f"id {instance_id} is taken; choose another or leave it out")
+            where = " in the cluster (by another node's instance)" if instance_id in foreign else ""
+            raise Conflict(f"id {instance_id} is taken{where}; choose another or leave it out")
         self._names.add(name)
         self._ids.add(instance_id)
         return instance_id
@@ -61,7 +70,7 @@ class Reservations:
             return None
         base = idmap.allocate(self.config.idmap_base, self.config.idmap_size,
                               self.db.used_idmap_bases() | set(self._bases.values()),
-                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")),
+                              idmap.subid_ranges(Path("/etc/subuid"), Path("/etc/subgid")) + self.foreign_ranges(),
                               self.config.idmap_limit)
         self._bases[instance_id] = base
         return base
@@ -77,8 +86,9 @@ class NewInstance:
     """What one create/clone/restore has made so far; undone (newest first) unless commit()."""
 
     def __init__(self, storage: StorageDriver, db: StateDB, network: NetworkManager, name: str,
-                 undo: contextlib.ExitStack) -> None:
+                 undo: contextlib.ExitStack, project: str = "default") -> None:
         self.storage, self.db, self.network, self.name = storage, db, network, name
+        self.project = project
         self._undo = undo
         self._marker: Path | None = None
 
@@ -92,7 +102,9 @@ class NewInstance:
         self._marker.touch()
 
     def add_record(self, rec: InstanceRecord, nics: list[NicRequest]) -> None:
-        """Its row and its NICs' addresses in one transaction; the row goes again on failure."""
+        """Its row (in the project the request named) and its NICs' addresses in one
+        transaction; the row goes again on failure."""
+        rec.project = self.project
         with self.db.transaction():
             self.db.add_instance(rec)
             self.network.allocate(rec.id, nics)
@@ -107,10 +119,10 @@ class NewInstance:
 
 @contextlib.contextmanager
 def new_instance(reservations: Reservations, storage: StorageDriver, db: StateDB, network: NetworkManager,
-                 name: str, instance_id: int) -> Iterator[NewInstance]:
+                 name: str, instance_id: int, project: str = "default") -> Iterator[NewInstance]:
     """The undo block of a new instance; its name and id are released at the end either way."""
     try:
         with contextlib.ExitStack() as undo:
-            yield NewInstance(storage, db, network, name, undo)
+            yield NewInstance(storage, db, network, name, undo, project)
     finally:
         reservations.release(name, instance_id)

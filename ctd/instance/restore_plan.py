@@ -23,7 +23,7 @@ field that does not pass its check refuses the restore (400) with the field name
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -33,15 +33,15 @@ from ctd.errors import InvalidRequest, NotFound
 from ctd.instance import admin
 from ctd.network import ipam, tc
 from ctd.network.manager import MAX_NICS, NicRequest
+from ctd.state.options import InstanceOptions, Passwd
 from ctd.template.recipe import Recipe, check_stop_signal
 
 if TYPE_CHECKING:
     from ctd.instance.context import InstanceContext
+    from ctd.storage.backup.format import BackupHeader
 
 KNOWN_META = frozenset({"name", "template", "hostname", "privileged", "limits", "init", "stop_signal",
                         "options", "nics", "description", "tags"})
-# rec.options keys that are settings of the guest (all else there is runtime state)
-GUEST_OPTIONS = ("systemd", "network_style", "ssh_keys", "timezone", "nameservers", "passwd")
 NETWORK_STYLES = ("none", "ip", "networkd")
 MAX_INIT_ARGS = 64
 MAX_ARG = 4096
@@ -58,7 +58,7 @@ class RestorePlan:
     limits: dict[str, int]
     init: list[str]
     stop_signal: str
-    options: dict[str, Any]
+    options: InstanceOptions   # the guest settings alone
     nics: list[NicRequest]
     # a copy beside its source (restored under another name): a new machine-id, no ssh host keys
     new_identity: bool
@@ -81,7 +81,7 @@ def _names(keys: Any) -> str:
     return ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
 
 
-def plan_restore(manager: InstanceContext, header: dict[str, Any], body: dict[str, Any]) -> RestorePlan:
+def plan_restore(manager: InstanceContext, header: BackupHeader, body: dict[str, Any]) -> RestorePlan:
     """The settings for restoring header's backup as asked by body (a checked restore request:
     name, privileged, filter, limits); InvalidRequest names the field that is wrong."""
     meta = header.get("meta") or {}
@@ -97,10 +97,10 @@ def plan_restore(manager: InstanceContext, header: dict[str, Any], body: dict[st
     if unknown:
         notes.append(f"ignored from the backup's header: {_names(unknown)}")
 
-    template = meta.get("template") or ""
-    if template:
+    template, raw_template = "", meta.get("template")
+    if raw_template:
         with _header_field("template"):
-            template = validate.instance_name(template, "template name")
+            template = validate.instance_name(raw_template, "template name")
     if new_identity or meta.get("hostname") is None:
         hostname = name
     else:
@@ -158,7 +158,7 @@ def _recipe(manager: InstanceContext, template: str) -> Recipe | None:
         return None
 
 
-def _init(recipe: Recipe | None, meta: dict[str, Any]) -> tuple[list[str], str]:
+def _init(recipe: Recipe | None, meta: Mapping[str, object]) -> tuple[list[str], str]:
     """The init command and its stop signal: the file's if well-formed, else the template's
     recipe's (when this host knows the template), else /sbin/init and SIGTERM."""
     default_init = list(recipe.init) if recipe else ["/sbin/init"]
@@ -182,7 +182,7 @@ def _init(recipe: Recipe | None, meta: dict[str, Any]) -> tuple[list[str], str]:
     return list(init), stop_signal
 
 
-def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> dict[str, Any]:
+def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> InstanceOptions:
     """The guest settings a new instance may have; the rest (runtime state) is dropped. What
     the file leaves out comes from the template's recipe, as at create."""
     if raw is None:
@@ -190,26 +190,28 @@ def _options(raw: Any, recipe: Recipe | None, notes: list[str]) -> dict[str, Any
     with _header_field("options"):
         if not isinstance(raw, dict):
             raise InvalidRequest("options must be an object")
-        out: dict[str, Any] = {
-            "systemd": validate.boolean(raw, "systemd", recipe.systemd if recipe else False),
-            "network_style": raw.get("network_style", recipe.network_style if recipe else "none")}
-        if out["network_style"] not in NETWORK_STYLES:
-            raise InvalidRequest(f"invalid network_style {out['network_style']!r}: use {', '.join(NETWORK_STYLES)}")
-        out["ssh_keys"] = [guest.check_ssh_key(k) for k in validate.string_list(raw, "ssh_keys")]
-        out["timezone"] = guest.check_timezone(raw["timezone"]) if raw.get("timezone") is not None else None
-        out["nameservers"] = [str(ipam.parse_address(a)) for a in validate.string_list(raw, "nameservers")]
+        network_style = raw.get("network_style", recipe.network_style if recipe else "none")
+        if network_style not in NETWORK_STYLES:
+            raise InvalidRequest(f"invalid network_style {network_style!r}: use {', '.join(NETWORK_STYLES)}")
+        passwd = None
         if raw.get("passwd") is not None:
-            passwd = validate.body_fields(raw["passwd"], {"user", "hash"}, {"user", "hash"})
-            out["passwd"] = {"user": guest.check_user(passwd["user"]),
-                             "hash": guest.check_password_hash(passwd["hash"])}
-    dropped = set(raw) - set(out)
+            fields = validate.body_fields(raw["passwd"], {"user", "hash"}, {"user", "hash"})
+            passwd = Passwd(guest.check_user(fields["user"]), guest.check_password_hash(fields["hash"]))
+        out = InstanceOptions(
+            systemd=validate.boolean(raw, "systemd", recipe.systemd if recipe else False),
+            network_style=network_style,
+            ssh_keys=tuple(guest.check_ssh_key(k) for k in validate.string_list(raw, "ssh_keys")),
+            timezone=guest.check_timezone(raw["timezone"]) if raw.get("timezone") is not None else None,
+            nameservers=tuple(str(ipam.parse_address(a)) for a in validate.string_list(raw, "nameservers")),
+            passwd=passwd)
+    dropped = set(raw) - set(out.guest_stored())
     if dropped:
         notes.append(f"not restored from the backup's options (runtime state or unknown): {_names(dropped)}")
     return out
 
 
 def _nics(manager: InstanceContext, raw: Any, filtered: bool, notes: list[str]) -> list[NicRequest]:
-    """NICs on the same networks, in the same modes and rates, with new MACs and addresses;
+    """NICs on the same networks, in the same modes, rates, MTUs and VLANs, with new MACs and addresses;
     anti-spoofing on unless the admin turned it off. NICs on networks this host lacks go."""
     if raw is None:
         return []
@@ -235,9 +237,10 @@ def _nics(manager: InstanceContext, raw: Any, filtered: bool, notes: list[str]) 
                              f"NIC {index} not restored: it is on no network (routed with fixed addresses)")
                 continue
             wanted.append({"network": network, "mode": mode, "filter": filtered,
-                           **({"rate": f"{rate}bit"} if rate is not None else {})})
+                           **({"rate": f"{rate}bit"} if rate is not None else {}),
+                           **{k: nic[k] for k in ("mtu", "vlan") if nic.get(k) is not None}})  # checked below
         nics = manager.network.check_nics(wanted)
     return nics
 
 
-__all__ = ["GUEST_OPTIONS", "RestorePlan", "plan_restore"]
+__all__ = ["RestorePlan", "plan_restore"]

@@ -16,21 +16,24 @@ import os
 from typing import Any
 
 from ctd import guest, validate
-from ctd.instance import admin
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotSupported
+from ctd.instance import admin
+from ctd.instance.backups import BACKUP_FIELDS, check_settings
 from ctd.instance.bootorder import BOOT_FIELDS, check_boot
+from ctd.instance.container import features, hostmounts
 from ctd.instance.container.spec import DEFAULT_NUMPTY
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.kinds import Kinds
 from ctd.instance.requests import KEEP_RATE, SetRequest
 from ctd.instance.rollback import Rollback
+from ctd.instance.vm.disks import parse_disk_size
 from ctd.network import ipam
 from ctd.network.tc import parse_rate
-from ctd.state import InstanceRecord
+from ctd.state import InstanceRecord, InstanceType, PowerState
 
 SET_FIELDS = {"limits", "ipadd", "ipdel", "rate", "nameservers", "userpasswd", "ssh_keys", "timezone",
-              "hostname"} | admin.ADMIN_FIELDS | BOOT_FIELDS
+              "hostname", "features", "mounts", "unmount", "disk"} | admin.ADMIN_FIELDS | BOOT_FIELDS | BACKUP_FIELDS
 
 
 def open_files(pids: set[int]) -> int:
@@ -88,13 +91,25 @@ def check_set(ctx: InstanceContext, body: Any) -> SetRequest:
     timezone = guest.check_timezone(body["timezone"]) if body.get("timezone") is not None else None
     flags = admin.check_change(body)
     boot = check_boot(body)
-    if not (changes or ipadd or ipdel or rate != KEEP_RATE or nameservers or userpasswd or ssh_keys or timezone
-            or hostname or not flags.empty or boot.given):
+    backups = check_settings(body)
+    wanted = features.check(body["features"]) if body.get("features") is not None else None
+    if wanted:
+        features.host_lacks(wanted)
+    mounts = body["mounts"] if body.get("mounts") is not None else None
+    if mounts is not None and not isinstance(mounts, list):
+        raise InvalidRequest("mounts must be a list of \"SOURCE:TARGET[:ro][,idmap]\"")
+    unmount = validate.string_list(body, "unmount") or None
+    disk = parse_disk_size(body["disk"]) if body.get("disk") is not None else None
+    if disk is None and not (changes or ipadd or ipdel or rate != KEEP_RATE or nameservers or userpasswd
+                             or ssh_keys or timezone or hostname or not flags.empty or boot.given or backups.given
+                             or wanted is not None or mounts or unmount):
         raise InvalidRequest("nothing to change: give a limit, address, rate, nameserver, password, key, "
-                             "timezone, hostname, disabled, protected, description, tags, onboot, boot order or boot delay")
+                             "timezone, hostname, features, mounts, disk, disabled, protected, description, tags, "
+                             "onboot, boot order, boot delay, backup schedule or backup keep")
     ctx.check_io_device(changes)
     return SetRequest(limits=changes, ipadd=ipadd, ipdel=ipdel, rate=rate, nameservers=nameservers,
-                      userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone, hostname=hostname, admin=flags, boot=boot)
+                      userpasswd=userpasswd, ssh_keys=ssh_keys, timezone=timezone, hostname=hostname, admin=flags,
+                      boot=boot, backup=backups, features=wanted, mounts=mounts, unmount=unmount, disk=disk)
 
 
 class Settings:
@@ -115,6 +130,7 @@ class Settings:
         last). A running VM's cpus/ram follow after everything is stored, as far as QEMU can.
         Returns the notes for the answer."""
         await self._check_for(rec, req)
+        new_mounts = self._check_mounts(rec, req) if (req.mounts or req.unmount) else None
         before = copy.deepcopy(rec)
         done = Rollback(rec.name)
         notes: list[str] = []
@@ -132,6 +148,18 @@ class Settings:
             step = "guest settings"
             await self._guest_step(rec, before, req, done, notes)
             req.boot.apply(rec)
+            if req.features is not None and list(req.features) != rec.features:
+                rec.features = list(req.features)
+                if rec.state is not PowerState.STOPPED:
+                    notes.append(f"features {', '.join(rec.features) or 'none'} apply at the next start "
+                                 f"(ctctl restart {rec.name})")
+            if new_mounts is not None:
+                rec.mounts = [m.to_stored() for m in new_mounts]
+                if rec.state is not PowerState.STOPPED:
+                    notes.append(f"mounts apply at the next start (ctctl restart {rec.name})")
+            if req.disk is not None:   # last: its undo is only safe right after it
+                step = "disk"
+                await self.kinds.vm.grow_disk(rec, req.disk, done, notes)
             step = "saving the settings"
             self.ctx.db.update_instance(rec)
         except BaseException as exc:
@@ -140,10 +168,27 @@ class Settings:
             notes += await self.kinds.of(rec).after_set(rec, req.limits)
         return notes
 
+    def _check_mounts(self, rec: InstanceRecord, req: SetRequest) -> list[hostmounts.HostMount]:
+        """The instance's host mounts after the set: the kept ones (less unmount), then the added."""
+        current = hostmounts.from_stored(rec.mounts)
+        gone = set(req.unmount or [])
+        unknown = sorted(gone - {m.target for m in current})
+        if unknown:
+            raise InvalidRequest(f"{rec.name} has no mount at {', '.join(unknown)}; "
+                                 f"its mounts: {', '.join(m.text for m in current) or 'none'}")
+        kept = [m for m in current if m.target not in gone]
+        return hostmounts.check(req.mounts or [], self.ctx.config.state_dir, rec.privileged, keep=kept)
+
     async def _check_for(self, rec: InstanceRecord, req: SetRequest) -> None:
         """What check_set could not know without the instance: refused before any change."""
         ctx, kind, limits = self.ctx, self.kinds.of(rec), req.limits
         kind.check_limits(limits)
+        if (req.features or req.mounts or req.unmount) and rec.type is not InstanceType.CONTAINER:
+            raise InvalidRequest(f"features and mounts are container options; {rec.name} is a VM with its own "
+                                 "kernel, devices and disks")
+        if req.disk is not None and rec.type is not InstanceType.VM:
+            raise InvalidRequest(f"disk is a VM option; {rec.name} is a container: its space is the diskspace "
+                                 "limit (--diskspace)")
         if limits.get("diskspace", limits_mod.UNLIMITED) != limits_mod.UNLIMITED:
             if ctx.storage.name != "btrfs":
                 raise NotSupported(f"the {ctx.storage.name} storage driver cannot limit disk space; disk quotas "
@@ -204,9 +249,10 @@ class Settings:
         userpasswd = req.userpasswd
         if not (guest_changed or userpasswd):
             return
-        for key, value in (("nameservers", req.nameservers), ("ssh_keys", req.ssh_keys), ("timezone", req.timezone)):
-            if value:
-                rec.options[key] = value
+        was = rec.options
+        rec.options = dataclasses.replace(
+            was, nameservers=tuple(req.nameservers) if req.nameservers else was.nameservers,
+            ssh_keys=tuple(req.ssh_keys) if req.ssh_keys else was.ssh_keys, timezone=req.timezone or was.timezone)
         kind = self.kinds.of(rec)
         if req.hostname:
             rec.hostname = req.hostname

@@ -43,6 +43,7 @@ AT_EMPTY_PATH = 0x1000
 AT_RECURSIVE = 0x8000
 MOVE_MOUNT_F_EMPTY_PATH = 0x00000004
 MOVE_MOUNT_T_EMPTY_PATH = 0x00000040
+AT_SYMLINK_NOFOLLOW = 0x100
 MOUNT_ATTR_RDONLY = 0x00000001
 MOUNT_ATTR_NOSUID = 0x00000002
 MOUNT_ATTR_NODEV = 0x00000004
@@ -134,12 +135,15 @@ def move_mount(from_fd: int, to_path: str = "", to_fd: int = -100) -> None:
     )
 
 
-def private_clone(source: str, recursive: bool = True, userns_fd: int = 0, attr_set: int = 0) -> int:
+def private_clone(source: str, recursive: bool = True, userns_fd: int = 0, attr_set: int = 0,
+                  nofollow: bool = False) -> int:
     """A detached copy of the mount at source (and those below it, if recursive), private: a
     clone of a shared mount would stay in its peer group, and mounts made on it later would
     show on the host. With userns_fd, shown through that user namespace's id mapping; attr_set
-    adds MOUNT_ATTR_* flags (e.g. MOUNT_ATTR_NODEV) to every mount of the copy."""
-    fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0))
+    adds MOUNT_ATTR_* flags (e.g. MOUNT_ATTR_NODEV) to every mount of the copy. nofollow: a
+    symlink as the last component is refused (ELOOP) instead of followed."""
+    fd = open_tree(source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+                   | (AT_SYMLINK_NOFOLLOW if nofollow else 0))
     try:
         mount_setattr(fd, attr_set=attr_set | (MOUNT_ATTR_IDMAP if userns_fd else 0), userns_fd=userns_fd,
                       recursive=recursive, propagation=MS_PRIVATE)

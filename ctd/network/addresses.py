@@ -54,7 +54,7 @@ class AddressChanges:
                 nics.check_in_network(net, address)
             owner = self.db.address_owner(str(address))
             if owner is not None and not (owner == rec.name and str(address) in ipdel):
-                raise Conflict(f"address {address} is already used by {owner}")
+                raise Conflict(f"address {address} is already used by another instance; choose another")
 
     def restore_nics(self, rec: InstanceRecord, before: list[NicRecord], running: bool) -> list[InsideNic]:
         """NIC 0 back to its addresses and rate of before (a set that failed half-way); a NIC

@@ -2,9 +2,13 @@
 networking. It checks its settings and hands each call to the part that does it:
 
     networks.py   host networks (bridges, subnets, NAT)
-    nics.py       NICs at create: the request checked, MACs and addresses allocated
-    plumbing.py   the host side while an instance runs: links, filters, held netns, counters
+    nics.py       NICs at create (or added later): the request checked, MACs and addresses allocated
+    plumbing.py   the host side while an instance runs: links, VLAN, filters, held netns, counters;
+                  plug/unplug a NIC of a running container (ctd/instance/nicplug.py drives it)
     addresses.py  live --ipadd/--ipdel/--rate on NIC 0
+    firewalls.py  the firewall per instance (firewall.py: rules and their nft; fwstore.py: state)
+    forwards.py   port forwards (DNAT) on NAT networks
+    dhcp.py       dnsmasq per network: DHCP from ctd's allocation, DNS for instance names
 
 Methods that touch links or nft run in threads (asyncio.to_thread); allocate and check_* are
 state only.
@@ -13,13 +17,18 @@ state only.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from ctd.errors import InvalidRequest
 from ctd.network import nft, nics
 from ctd.network.addresses import AddressChanges
+from ctd.network.dhcp import DhcpServers
+from ctd.network.firewalls import Firewalls
+from ctd.network.forwards import Forwards
 from ctd.network.netlink import InsideNic
-from ctd.network.networks import DEFAULT_NETWORK, IFNAME, Networks
+from ctd.network.networks import DEFAULT_NETWORK, IFNAME, NetworkRequest, Networks
 from ctd.network.nics import MAX_NICS, NicRequest
 from ctd.network.plumbing import Plumbing
 from ctd.state import InstanceRecord, NetworkRecord, NicRecord, StateDB
@@ -29,7 +38,7 @@ __all__ = ["DEFAULT_NETWORK", "MAX_NICS", "NetworkManager", "NicRequest"]
 
 class NetworkManager:
     def __init__(self, db: StateDB, nft_table: str, nic_prefix: str = "ve",
-                 default_network: str = DEFAULT_NETWORK) -> None:
+                 default_network: str = DEFAULT_NETWORK, run_dir: Path | None = None) -> None:
         self.db = db
         self.nft_table = nft_table
         if not re.fullmatch(r"[a-z]{2}", nic_prefix):
@@ -39,9 +48,17 @@ class NetworkManager:
                                  f"'-') or \"\" for none, not {default_network!r}")
         self.default_network = default_network  # "" : no NIC unless create asks for one
         self.prefix = nic_prefix
-        self.networks = Networks(db, nft_table, default_network)
+        self.dhcp = DhcpServers(db, run_dir or Path("/run/ctd"))
+        self.networks = Networks(db, nft_table, default_network, self.dhcp)
         self.plumbing = Plumbing(db, self.networks, nic_prefix, nft_table)
         self.addresses = AddressChanges(db, self.networks, self.plumbing)
+        self.firewall = Firewalls(db, self.plumbing, nft_table)
+        self.forwards = Forwards(db, nft_table)
+        # In a cluster (ctd/cluster/nicclaims.py, set by the daemon): other nodes' MACs and
+        # addresses to avoid, and the claim that takes a new NIC's cluster-wide before it is written.
+        self.foreign: Callable[[], nics.Foreign] = nics.Foreign
+        self.claim: Callable[[str, int, list[NicRequest], int], Awaitable[None]] | None = None
+        self.claimed: Callable[[str], None] = lambda name: None   # that work ended
 
     @property
     def netns(self) -> dict[int, int]:
@@ -69,10 +86,10 @@ class NetworkManager:
     def view(self, net: NetworkRecord) -> dict[str, Any]:
         return self.networks.view(net)
 
-    def check_create_network(self, body: Any) -> dict[str, Any]:
+    def check_create_network(self, body: Any) -> NetworkRequest:
         return self.networks.check_create_network(body)
 
-    def create_network(self, checked: dict[str, Any]) -> dict[str, Any]:
+    def create_network(self, checked: NetworkRequest) -> dict[str, Any]:
         return self.networks.create_network(checked)
 
     def bring_up(self, net: NetworkRecord) -> None:
@@ -80,13 +97,15 @@ class NetworkManager:
 
     def delete_network(self, name: str) -> None:
         self.networks.delete_network(name)
+        self.forwards.apply()  # its forwards went with its row
 
     def ensure_default(self) -> NetworkRecord:
         return self.networks.ensure_default()
 
     def restore(self) -> None:
-        """After a reboot bridges are gone: bring every network back up."""
+        """After a reboot bridges are gone: bring every network back up, and the forwards."""
         self.networks.restore()
+        self.forwards.apply()
 
     # ------------------------------------------------------------- NICs at create
 
@@ -95,15 +114,19 @@ class NetworkManager:
         daemon has one; an empty list: no NIC."""
         return nics.check_nics(raw, self.default_network, self.network)
 
+    def check_nic(self, raw: Any) -> NicRequest:
+        """One NIC added after create (POST /1.0/instances/{ref}/nics)."""
+        return nics.check_nic(raw, self.default_network, self.network)
+
     def prepare(self, requests: list[NicRequest]) -> None:
         """Make the default network if a NIC needs it and it is not there yet (netlink: call it
         in a thread, before allocate, which runs on the event loop)."""
         if any(r.network and r.network == self.default_network for r in requests):
             self.ensure_default()
 
-    def allocate(self, instance_id: int, requests: list[NicRequest]) -> list[NicRecord]:
+    def allocate(self, instance_id: int, requests: list[NicRequest], first_idx: int = 0) -> list[NicRecord]:
         """Write the NICs and their addresses (inside the caller's transaction)."""
-        return nics.allocate(self.db, self.networks, instance_id, requests)
+        return nics.allocate(self.db, self.networks, instance_id, requests, first_idx, self.foreign())
 
     # ------------------------------------------------------------- at start and stop
 
@@ -113,6 +136,7 @@ class NetworkManager:
 
     def setup(self, rec: InstanceRecord, pid: int) -> list[InsideNic]:
         """Host side of every NIC of rec, whose init is pid; returns what to apply inside."""
+        self.dhcp.refresh()  # its MACs known to dnsmasq before its guest asks
         return self.plumbing.setup(rec, pid)
 
     def adopt(self, rec: InstanceRecord, pid: int) -> None:
@@ -134,6 +158,7 @@ class NetworkManager:
 
     def setup_taps(self, rec: InstanceRecord) -> None:
         """A tap per NIC of a VM, on its bridge, filtered and shaped like a container's veth."""
+        self.dhcp.refresh()
         self.plumbing.setup_taps(rec)
 
     def adopt_taps(self, rec: InstanceRecord) -> None:
@@ -145,6 +170,11 @@ class NetworkManager:
     def counters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
         return self.plumbing.counters(rec)
 
+    def counter_sources(self, rec: InstanceRecord) -> list[tuple[NicRecord, str, bool]]:
+        """What counters() reads, split: the rows (here, on the loop) and the live part, which
+        plumbing.nic_counters + netlink.link_stats may read in a thread (the list cache does)."""
+        return self.plumbing.counter_sources(rec)
+
     # ------------------------------------------------------------- live changes
 
     def check_change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
@@ -154,9 +184,13 @@ class NetworkManager:
 
     def restore_nics(self, rec: InstanceRecord, before: list[NicRecord], running: bool) -> list[InsideNic]:
         """NIC 0 back as it was before (a set that failed half-way)."""
-        return self.addresses.restore_nics(rec, before, running)
+        inside = self.addresses.restore_nics(rec, before, running)
+        self.forwards.apply()
+        return inside
 
     def change(self, rec: InstanceRecord, ipadd: list[str], ipdel: list[str], rate: int | None | str,
                running: bool) -> list[InsideNic]:
         """--ipadd/--ipdel/--rate on NIC 0; returns what to apply inside when running."""
-        return self.addresses.change(rec, ipadd, ipdel, rate, running)
+        inside = self.addresses.change(rec, ipadd, ipdel, rate, running)
+        self.forwards.apply()  # a forward follows its instance's first IPv4 address
+        return inside

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
 import struct
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +97,37 @@ def ensure_bridge(name: str, addresses: list[str], mtu: int = 1500) -> bool:
                 _add_addr(ip, index, cidr)
         ip.link("set", index=index, state="up")
     return created
+
+
+@functools.cache
+def vlan_filtering_supported() -> bool:
+    """Whether the kernel's bridges filter by VLAN (CONFIG_BRIDGE_VLAN_FILTERING): probed once,
+    on a bridge in a network namespace of its own (no host bridge is touched)."""
+    probe = ["unshare", "--net", "ip", "link", "add", "probe0", "type", "bridge", "vlan_filtering", "1"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def set_port_vlan(bridge: str, port: str, vlan: int) -> None:
+    """A bridge port on VLAN vlan only: frames from it get the tag, frames to it leave untagged;
+    its default VLAN 1 goes, so it reaches neither untagged ports nor the bridge's own address.
+    The bridge filters by VLAN from its first tagged port on (untagged ports and the bridge
+    stay on VLAN 1: they forward as before)."""
+    with _ipr() as ip:
+        bridge_index = ip.link_lookup(ifname=bridge)[0]
+        try:
+            if open(f"/sys/class/net/{bridge}/bridge/vlan_filtering").read().strip() != "1":
+                ip.link("set", index=bridge_index, kind="bridge", br_vlan_filtering=1)
+        except (OSError, NetlinkError) as exc:
+            raise OperationFailed(f"bridge {bridge} cannot filter by VLAN: {exc} (the host kernel needs "
+                                  "CONFIG_BRIDGE_VLAN_FILTERING)") from None
+        index = ip.link_lookup(ifname=port)[0]
+        ip.vlan_filter("add", index=index, vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+        if vlan != 1:
+            with contextlib.suppress(NetlinkError):  # absent when the bridge's default pvid is off
+                ip.vlan_filter("del", index=index, vlan_info={"vid": 1})
 
 
 def ensure_ifb(name: str) -> None:

@@ -10,27 +10,45 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import ipaddress
+import logging
 import os
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from ctd import validate
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
 from ctd.network import ipam, netlink, nft, sysctl
+from ctd.network.dhcp import DhcpServers, dnsmasq_path
 from ctd.state import NetworkRecord, StateDB
 
+log = logging.getLogger(__name__)
 DEFAULT_NETWORK = "ctbr0"
 IFNAME = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 IPV6_MIN_MTU = 1280  # below it, the kernel gives a link no IPv6 at all
+MIN_MTU = 576        # IPv4's minimum datagram every host must take
+
+
+@dataclass(frozen=True)
+class NetworkRequest:
+    """A network create request, checked: a free name, subnets that overlap nothing, an MTU."""
+
+    name: str
+    subnet4: str
+    subnet6: str | None
+    nat: bool
+    mtu: int
+    dhcp: bool = False   # ctd runs dnsmasq on the bridge (dhcp.py)
 
 
 class Networks:
     """The networks of one ctd (rows in its state, bridges and NAT tables on the host)."""
 
-    def __init__(self, db: StateDB, nft_table: str, default_network: str) -> None:
+    def __init__(self, db: StateDB, nft_table: str, default_network: str, dhcp: DhcpServers) -> None:
         self.db = db
         self.nft_table = nft_table
         self.default_network = default_network  # "" : no NIC unless create asks for one
+        self.dhcp = dhcp
 
     def network(self, name: str) -> NetworkRecord:
         rec = self.db.get_network(name)
@@ -43,24 +61,30 @@ class Networks:
                 "gateway": str(ipam.gateway_of(ipaddress.ip_network(net.subnet4))) if net.subnet4 else None,
                 "gateway6": str(ipam.gateway_of(ipaddress.ip_network(net.subnet6))) if net.subnet6 else None,
                 "nat": net.nat, "mtu": net.mtu, "created_at": net.created_at,
+                "dhcp": net.dhcp, "dhcp_server": self.dhcp.view(net.name) if net.dhcp else None,
                 "used_by": self.db.network_users(net.name),
                 "addresses_used": len(self.db.addresses_in(net.name))}
 
-    def check_create_network(self, body: Any) -> dict[str, Any]:
-        body = validate.body_fields(body, {"name", "subnet", "ipv6", "nat", "mtu"}, {"name"})
+    def check_create_network(self, body: Any) -> NetworkRequest:
+        body = validate.body_fields(body, {"name", "subnet", "ipv6", "nat", "mtu", "dhcp"}, {"name"})
         name = self._check_name(body["name"])
         nat = validate.boolean(body, "nat")
+        # on by default, as on Incus' managed bridges, where dnsmasq is installed (setup.sh does)
+        dhcp = validate.boolean(body, "dhcp", dnsmasq_path() is not None)
+        if dhcp and dnsmasq_path() is None:
+            raise InvalidRequest("dhcp needs dnsmasq, which this host lacks: apt-get install dnsmasq-base "
+                                 "(or create the network with --no-dhcp)")
         networks = self.db.list_networks()
         taken = netlink.host_routes() + [ipaddress.ip_network(n.subnet4) for n in networks if n.subnet4] \
             + [ipaddress.ip_network(n.subnet6) for n in networks if n.subnet6]
         subnet4 = self._check_subnet4(body.get("subnet"), taken)
         subnet6 = self._check_subnet6(body.get("ipv6"), taken)
         mtu = body.get("mtu", 1500)
-        low = IPV6_MIN_MTU if subnet6 else 576
+        low = IPV6_MIN_MTU if subnet6 else MIN_MTU
         if not isinstance(mtu, int) or isinstance(mtu, bool) or not low <= mtu <= 65535:
             raise InvalidRequest(f"invalid mtu {mtu!r}: a number from {low} to 65535")
-        return {"name": name, "subnet4": str(subnet4), "subnet6": str(subnet6) if subnet6 else None, "nat": nat,
-                "mtu": mtu}
+        return NetworkRequest(name=name, subnet4=str(subnet4), subnet6=str(subnet6) if subnet6 else None, nat=nat,
+                              mtu=mtu, dhcp=dhcp)
 
     def _check_name(self, name: Any) -> str:
         if not isinstance(name, str) or not IFNAME.match(name):
@@ -103,14 +127,21 @@ class Networks:
             raise Conflict(f"ipv6 subnet {subnet6} overlaps {clash}")
         return subnet6
 
-    def create_network(self, checked: dict[str, Any]) -> dict[str, Any]:
-        net = NetworkRecord(name=checked["name"], bridge=checked["name"], subnet4=checked["subnet4"],
-                            subnet6=checked["subnet6"], nat=checked["nat"], mtu=checked["mtu"],
-                            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+    def create_network(self, checked: NetworkRequest) -> dict[str, Any]:
+        net = NetworkRecord(name=checked.name, bridge=checked.name, subnet4=checked.subnet4,
+                            subnet6=checked.subnet6, nat=checked.nat, mtu=checked.mtu,
+                            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                            dhcp=checked.dhcp)
         try:
             self.bring_up(net)
             self.db.add_network(net)
+            if net.dhcp:
+                self.dhcp.start(net)
         except BaseException:  # nothing of a half-made network stays (a bridge once did)
+            with contextlib.suppress(Exception):
+                self.dhcp.forget(net.name)
+            with contextlib.suppress(Exception):
+                self.db.delete_network(net.name)
             if net.nat:
                 with contextlib.suppress(Exception):
                     self._nat(net, False)
@@ -156,6 +187,7 @@ class Networks:
         users = self.db.network_users(name)
         if users:
             raise Conflict(f"network {name!r} is used by {', '.join(users)}; remove their NICs or destroy them first")
+        self.dhcp.forget(name)
         if net.nat:
             self._nat(net, False)
         netlink.delete_link(net.bridge)
@@ -170,6 +202,11 @@ class Networks:
         return net
 
     def restore(self) -> None:
-        """After a reboot bridges are gone: bring every network back up."""
+        """After a reboot bridges are gone: bring every network back up, with its dnsmasq."""
         for net in self.db.list_networks():
             self.bring_up(net)
+            if net.dhcp:
+                try:
+                    self.dhcp.start(net)
+                except OSError as exc:  # the other networks must still come up
+                    log.error("network %s: dnsmasq did not start: %s", net.name, exc)

@@ -16,11 +16,14 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import ipaddress
+import json
 import subprocess
 import threading
 from dataclasses import dataclass
 
 from ctd.errors import OperationFailed
+from ctd.network import firewall
+from ctd.network.firewall import NicFirewall
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,11 @@ class NicFilter:
     bridged: bool
 
 
-def _chain(nic: NicFilter) -> str:
-    return "nic_" + nic.host_name.replace(".", "_").replace("-", "_")
+def _chain(nic: NicFilter | NicFirewall, kind: str = "nic") -> str:
+    return f"{kind}_" + nic.host_name.replace(".", "_").replace("-", "_")
 
 
-def _family(nic: NicFilter) -> str:
+def _family(nic: NicFilter | NicFirewall) -> str:
     return "bridge" if nic.bridged else "inet"
 
 
@@ -49,6 +52,23 @@ def base_script(table: str) -> str:
                   "  chain prerouting {",
                   "    type filter hook prerouting priority -300; policy accept;",
                   "    iifname vmap @nics",
+                  "  }",
+                  # the firewalls (firewall.py): after anti-spoofing, whose drop is final
+                  "  map fwin { type ifname : verdict; }",
+                  "  map fwout { type ifname : verdict; }",
+                  *[f"  set flows{v} {{ type {addr} . {addr} . inet_proto . inet_service . inet_service; "
+                    f"flags dynamic, timeout; timeout {firewall.FLOW_TIMEOUT}; size {firewall.FLOW_SET_SIZE}; }}"
+                    for v, addr in ((4, "ipv4_addr"), (6, "ipv6_addr"))],
+                  *[line for direction in firewall.DIRECTIONS for line in (
+                      f"  chain fw_accept_{direction} {{",
+                      *[f"    {rule}" for rule in firewall.accept_chain(direction, family == "bridge")], "  }")],
+                  "  chain fw_out {",
+                  "    type filter hook prerouting priority 0; policy accept;",
+                  "    iifname vmap @fwout",
+                  "  }",
+                  "  chain fw_in {",
+                  "    type filter hook postrouting priority 0; policy accept;",
+                  "    oifname vmap @fwin",
                   "  }", "}"]
     return "\n".join(lines) + "\n"
 
@@ -79,6 +99,8 @@ def _rules(nic: NicFilter) -> list[str]:
         return [f"ether saddr != {nic.mac} drop",
                 f"ether type arp arp saddr ether != {nic.mac} drop",
                 f"ether type arp arp saddr ip != {own4} drop",
+                # a DHCP client has no address yet (ctd's dnsmasq offers only the NIC's own)
+                "ether type ip ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept",
                 f"ether type ip ip saddr != {own4} drop",
                 f"ether type ip6 ip6 saddr != {own6} drop"] + [f"ether type ip6 {rule}" for rule in ndp]
     return [f"meta nfproto ipv4 ip saddr != {own4} drop",
@@ -103,6 +125,36 @@ def update_script(table: str, before: dict[str, NicFilter], after: dict[str, Nic
     return "\n".join(lines) + "\n"
 
 
+def firewall_script(table: str, before: dict[str, NicFirewall], after: dict[str, NicFirewall],
+                    bridge_reject: bool) -> str:
+    """One transaction from the firewalls in force before to those after. Per-rule counters are
+    named objects: rewriting a NIC's chains keeps them; they go with the last rule using them."""
+    lines = [f"flush map {family} {table} {m}" for family in ("bridge", "inet") for m in ("fwin", "fwout")]
+    for name, fw in before.items():
+        if name not in after or _family(after[name]) != _family(fw):
+            lines += [f"{verb} chain {_family(fw)} {table} {_chain(fw, kind)}"
+                      for kind in ("fwi", "fwo") for verb in ("flush", "delete")]
+    for name, fw in after.items():
+        family = _family(fw)
+        lines += [f"add counter {family} {table} {c}" for c in sorted(firewall.counters(fw))]
+        if before.get(name) == fw:
+            continue
+        for kind, direction in (("fwi", "in"), ("fwo", "out")):
+            chain = _chain(fw, kind)
+            lines += [f"add chain {family} {table} {chain}", f"flush chain {family} {table} {chain}"]
+            lines += [f"add rule {family} {table} {chain} {rule}"
+                      for rule in firewall.chain_rules(fw, direction, bridge_reject or family == "inet")]
+    for family in ("bridge", "inet"):
+        for kind, m in (("fwi", "fwin"), ("fwo", "fwout")):
+            elements = [f'"{f.host_name}" : jump {_chain(f, kind)}' for f in after.values() if _family(f) == family]
+            if elements:
+                lines.append(f"add element {family} {table} {m} {{ {', '.join(elements)} }}")
+    kept = {(_family(f), c) for f in after.values() for c in firewall.counters(f)}
+    gone = {(_family(f), c) for f in before.values() for c in firewall.counters(f)} - kept
+    lines += [f"delete counter {family} {table} {c}" for family, c in sorted(gone)]
+    return "\n".join(lines) + "\n"
+
+
 class LibNftables:
     """The few calls of libnftables ctd needs (nft_ctx_new, nft_run_cmd_from_buffer), through
     ctypes. One context, used under a lock: the library is not thread-safe."""
@@ -119,6 +171,7 @@ class LibNftables:
             getattr(lib, name).restype = ctypes.c_char_p
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
+        lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         self.lib = lib
         self.ctx = lib.nft_ctx_new(0)
         if not self.ctx:
@@ -128,23 +181,33 @@ class LibNftables:
         lib.nft_ctx_buffer_error(self.ctx)
         self.lock = threading.Lock()
 
-    def run(self, script: str) -> None:
-        """Run an nft script as one transaction; OSError with nft's message if it is refused."""
+    def run(self, script: str, json_output: bool = False) -> str:
+        """Run an nft script as one transaction and return its output (JSON when json_output);
+        OSError with nft's message if it is refused."""
         with self.lock:
-            rc = self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode())
-            self.lib.nft_ctx_get_output_buffer(self.ctx)  # fetching empties them for the next run
-            error = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
+            if json_output:
+                self.lib.nft_ctx_output_set_flags(self.ctx, _OUTPUT_JSON)
+            try:
+                rc = self.lib.nft_run_cmd_from_buffer(self.ctx, script.encode())
+                output = self.lib.nft_ctx_get_output_buffer(self.ctx) or b""  # fetching empties it
+                error = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
+            finally:
+                if json_output:
+                    self.lib.nft_ctx_output_set_flags(self.ctx, 0)
         if rc != 0:
             raise OSError(error.decode(errors="replace").strip() or f"nft_run_cmd_from_buffer returned {rc}")
+        return output.decode(errors="replace")
 
 
+_OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON
 _lib: LibNftables | None = None
 _lib_failed = False
 
 
-def run(script: str) -> None:
+def run(script: str, json_output: bool = False) -> str:
     """Run an nft script (one transaction) in-process, or through the `nft` command where the
-    library cannot be loaded; OSError with nft's message if it is refused."""
+    library cannot be loaded; its output (JSON when json_output); OSError with nft's message if
+    it is refused."""
     global _lib, _lib_failed
     if _lib is None and not _lib_failed:
         try:
@@ -152,11 +215,38 @@ def run(script: str) -> None:
         except (OSError, AttributeError):
             _lib_failed = True
     if _lib is not None:
-        _lib.run(script)
-        return
-    result = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True)
+        return _lib.run(script, json_output)
+    result = subprocess.run(["nft", *(["-j"] if json_output else []), "-f", "-"], input=script,
+                            capture_output=True, text=True)
     if result.returncode != 0:
         raise OSError(result.stderr.strip())
+    return result.stdout
+
+
+def counter_values(table: str) -> dict[str, tuple[int, int]]:
+    """Named counters of both of ctd's tables, added up over the families: name -> (packets, bytes)."""
+    out: dict[str, tuple[int, int]] = {}
+    for family in ("bridge", "inet"):
+        try:
+            text = run(f"list counters table {family} {table}\n", json_output=True)
+        except OSError:
+            continue  # no table (nothing runs)
+        for item in json.loads(text or "{}").get("nftables", []):
+            counter = item.get("counter")
+            if counter:
+                packets, size = out.get(counter["name"], (0, 0))
+                out[counter["name"]] = (packets + counter["packets"], size + counter["bytes"])
+    return out
+
+
+def _can_reject(table: str) -> bool:
+    """Whether the bridge family can reject here (CONFIG_NFT_BRIDGE_REJECT); else it drops."""
+    try:
+        run(f"add chain bridge {table} probe\nadd rule bridge {table} probe reject\n")
+    except OSError:
+        return False
+    run(f"delete chain bridge {table} probe\n")
+    return True
 
 
 def _run(script: str) -> None:
@@ -172,13 +262,17 @@ class Filters:
     def __init__(self, table: str) -> None:
         self.table = table
         self.applied: dict[str, NicFilter] | None = None  # None: tables not made by us yet
+        self.fw_applied: dict[str, NicFirewall] = {}
+        self.bridge_reject = False
 
-    def apply(self, nics: dict[str, NicFilter]) -> None:
+    def apply(self, nics: dict[str, NicFilter], firewalls: dict[str, NicFirewall]) -> None:
         if self.applied is None:
             _run(base_script(self.table))
-            self.applied = {}
-        _run(update_script(self.table, self.applied, nics))
-        self.applied = dict(nics)
+            self.applied, self.fw_applied = {}, {}
+            self.bridge_reject = _can_reject(self.table)
+        _run(update_script(self.table, self.applied, nics)
+             + firewall_script(self.table, self.fw_applied, firewalls, self.bridge_reject))
+        self.applied, self.fw_applied = dict(nics), dict(firewalls)
 
     def remove(self) -> None:
         for family in ("bridge", "inet"):
@@ -186,4 +280,4 @@ class Filters:
                 run(f"delete table {family} {self.table}\n")
             except OSError:
                 pass  # not there
-        self.applied = None
+        self.applied, self.fw_applied = None, {}

@@ -14,7 +14,8 @@ import threading
 from typing import Any, cast
 
 from ctd import faults
-from ctd.network import netlink, nft, nics, sysctl, tc
+from ctd.network import fwstore, netlink, nft, nics, sysctl, tc
+from ctd.network.firewall import NicFirewall
 from ctd.network.netlink import InsideNic
 from ctd.network.networks import Networks
 from ctd.state import InstanceRecord, NicMode, NicRecord, StateDB
@@ -29,6 +30,7 @@ class Plumbing:
         self.prefix = prefix
         self.netns: dict[int, int] = {}  # instance id -> netns fd held while it runs
         self.filters: dict[str, nft.NicFilter] = {}
+        self.firewalls: dict[str, NicFirewall] = {}   # host NIC name -> its instance's firewall, when on
         self.nft = nft.Filters(nft_table)
         self._filter_lock = threading.Lock()
 
@@ -60,9 +62,7 @@ class Plumbing:
         self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for nic in records:
-                netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, *self._bridge_for(nic))
-                faults.point("network.after_veth")
-                self.host_side(nic)
+                self._veth(nic, pid)
             self.refilter(records, add=True)
         except BaseException:
             self.teardown(rec)
@@ -70,15 +70,53 @@ class Plumbing:
         return [dataclasses.replace(self.inside(n), fresh=True, own_link_local=nics.own_link_local(rec))
                 for n in records]
 
+    def _veth(self, nic: NicRecord, pid: int) -> None:
+        bridge, mtu = self._bridge_for(nic)
+        netlink.create_veth(self.host_name(nic), f"eth{nic.idx}", nic.mac, pid, bridge, mtu)
+        faults.point("network.after_veth")
+        self._port_vlan(nic, bridge)
+        self.host_side(nic)
+
+    def _port_vlan(self, nic: NicRecord, bridge: str | None) -> None:
+        if nic.vlan is not None and bridge is not None:
+            netlink.set_port_vlan(bridge, self.host_name(nic), nic.vlan)
+
+    def plug(self, rec: InstanceRecord, nic: NicRecord, pid: int) -> InsideNic:
+        """A NIC added to a running container (init pid): its veth, host side and filters;
+        returns what to apply inside. Nothing of it stays when a step fails."""
+        held = rec.id in self.netns
+        if not held:
+            self.netns[rec.id] = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self._veth(nic, pid)
+            self.refilter([nic], add=True)
+        except BaseException:
+            self.unplug(rec, nic, keep_netns=held)
+            raise
+        return dataclasses.replace(self.inside(nic), fresh=True, own_link_local=nics.own_link_local(rec))
+
+    def unplug(self, rec: InstanceRecord, nic: NicRecord, keep_netns: bool = True) -> None:
+        """A NIC taken from a running instance: its host end (the container's end goes with it),
+        shaping, NDP proxies and filters."""
+        netlink.delete_link(self.host_name(nic))
+        if nic.rate:
+            netlink.delete_link(tc.ifb_name(self.host_name(nic)))
+        self._ndp_proxies(nic, [], nics.v6(nic.addresses))
+        self.refilter([nic], add=False)
+        if not keep_netns:
+            fd = self.netns.pop(rec.id, None)
+            if fd is not None and fd >= 0:
+                os.close(fd)
+
     def _bridge_for(self, nic: NicRecord) -> tuple[str | None, int]:
         """The bridge a bridged NIC plugs into, brought up (after a reboot it may be gone), and
         the MTU of its network."""
         if nic.mode is not NicMode.BRIDGED:
-            return None, 1500
+            return None, nic.mtu or 1500
         net = self.networks.network(cast(str, nic.network))  # a bridged NIC always has a network
         if not os.path.exists(f"/sys/class/net/{net.bridge}"):  # ~1 ms of netlink saved per start
             self.networks.bring_up(net)
-        return net.bridge, net.mtu
+        return net.bridge, nic.mtu or net.mtu
 
     def host_side(self, nic: NicRecord, removed: list[str] | None = None) -> None:
         """Host end of a plugged NIC; removed: addresses just taken away (live --ipdel)."""
@@ -119,16 +157,29 @@ class Plumbing:
         """Drop the filters of records' NICs, add them again when add (and the NIC filters),
         and write the table."""
         with self._filter_lock:  # starts and stops run in threads of their own
+            settings = fwstore.settings(self.db, records[0].instance_id) if records and add else None
+            rules = tuple(fwstore.rules(self.db, records[0].instance_id)) if settings and settings.enabled else ()
             for nic in records:
                 self.filters.pop(self.host_name(nic), None)
+                self.firewalls.pop(self.host_name(nic), None)
                 if add and nic.filter:
                     self.filters[self.host_name(nic)] = nft.NicFilter(
                         self.host_name(nic), nic.mac, tuple(nic.addresses), nic.mode is NicMode.BRIDGED)
-            self.nft.apply(self.filters)
+                if settings and settings.enabled:
+                    self.firewalls[self.host_name(nic)] = NicFirewall(
+                        self.host_name(nic), nic.mode is NicMode.BRIDGED, nic.instance_id, settings, rules)
+            self.nft.apply(self.filters, self.firewalls)
+
+    def refirewall(self, instance_id: int) -> None:
+        """Write an instance's firewall again after a change (nothing to do while it is stopped:
+        its start writes it)."""
+        if instance_id in self.netns:
+            self.refilter(self.db.nics_of(instance_id), add=True)
 
     def remove_filters(self) -> None:
         """No container runs any more: the anti-spoofing table goes (made again at next start)."""
         self.filters.clear()
+        self.firewalls.clear()
         self.nft.remove()
 
     # ------------------------------------------------------------- adopt and stop
@@ -175,7 +226,9 @@ class Plumbing:
         records = self.db.nics_of(rec.id)
         try:
             for nic in records:
-                netlink.create_tap(self.host_name(nic), nic.mac, *self._bridge_for(nic))
+                bridge, mtu = self._bridge_for(nic)
+                netlink.create_tap(self.host_name(nic), nic.mac, bridge, mtu)
+                self._port_vlan(nic, bridge)
                 self.host_side(nic)
             self.refilter(records, add=True)
             self.netns[rec.id] = -1  # counters are live while the taps exist
@@ -192,17 +245,26 @@ class Plumbing:
     # ------------------------------------------------------------- counters
 
     def counters(self, rec: InstanceRecord) -> list[dict[str, Any]]:
-        out = []
-        for nic in self.db.nics_of(rec.id):
-            live = netlink.link_stats(self.host_name(nic)) if rec.id in self.netns else None
-            live = live or {"rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0}
-            out.append({
-                "name": f"eth{nic.idx}", "host_name": self.host_name(nic), "network": nic.network,
-                "mode": nic.mode.value,
-                "mac": nic.mac, "addresses": nic.addresses, "filter": nic.filter, "rate": nic.rate,
-                "rx_bytes": nic.rx_bytes + live["tx_bytes"], "tx_bytes": nic.tx_bytes + live["rx_bytes"],
-                "rx_packets": nic.rx_packets + live["tx_packets"], "tx_packets": nic.tx_packets + live["rx_packets"],
-                # drops of this run only (not kept across stops): the host end's, seen from inside
-                "rx_dropped": live.get("tx_dropped", 0), "tx_dropped": live.get("rx_dropped", 0),
-            })
-        return out
+        return [nic_counters(nic, host, netlink.link_stats(host) if live else None)
+                for nic, host, live in self.counter_sources(rec)]
+
+    def counter_sources(self, rec: InstanceRecord) -> list[tuple[NicRecord, str, bool]]:
+        """Per NIC: its row, its host end's name, whether that end exists now (its live counters
+        are then read from sysfs, which a thread may do: nic_counters)."""
+        live = rec.id in self.netns
+        return [(nic, self.host_name(nic), live) for nic in self.db.nics_of(rec.id)]
+
+
+def nic_counters(nic: NicRecord, host: str, live: dict[str, int] | None) -> dict[str, Any]:
+    """How a NIC is shown: its row, and the counters of past runs plus this run's (live)."""
+    live = live or {"rx_bytes": 0, "tx_bytes": 0, "rx_packets": 0, "tx_packets": 0}
+    return {
+        "name": f"eth{nic.idx}", "host_name": host, "network": nic.network,
+        "mode": nic.mode.value,
+        "mac": nic.mac, "addresses": nic.addresses, "filter": nic.filter, "rate": nic.rate,
+        "mtu": nic.mtu, "vlan": nic.vlan,
+        "rx_bytes": nic.rx_bytes + live["tx_bytes"], "tx_bytes": nic.tx_bytes + live["rx_bytes"],
+        "rx_packets": nic.rx_packets + live["tx_packets"], "tx_packets": nic.tx_packets + live["rx_packets"],
+        # drops of this run only (not kept across stops): the host end's, seen from inside
+        "rx_dropped": live.get("tx_dropped", 0), "tx_dropped": live.get("rx_dropped", 0),
+    }

@@ -9,11 +9,13 @@ one-time secret (ctd/remote/trust_api.py)."""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import hashlib
 import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -21,7 +23,9 @@ from aiohttp.typedefs import Handler
 
 from ctd.api.errors import error_response
 from ctd.api.jsonbody import json_body, parse_json
+from ctd.api.openapi import ERROR, OBJECT, Schema, responses
 from ctd.errors import Forbidden, InvalidRequest
+from ctd.remote import policy
 from ctd.remote.audit import AuditEntry, AuditLog, parse_since
 from ctd.remote.clientcert import peer_certificate
 from ctd.remote.identity import Identity, IdentityKind, Role
@@ -35,6 +39,9 @@ MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 UNAUTHORIZED = ("authentication required: send 'Authorization: Bearer <token>' (ctctl token create makes one) "
                 "or a trusted client certificate (ctctl trust add)")
 JOIN_PATH = "/1.0/trust/join"
+# A browser cannot set Authorization on a WebSocket: the web console offers its token as a
+# subprotocol "ctd.bearer.TOKEN" beside "ctd.v1" (the one the server answers with).
+WS_BEARER = "ctd.bearer."
 
 
 @dataclass
@@ -44,12 +51,18 @@ class RemoteAccess:
     limiter: FailureLimiter = field(default_factory=FailureLimiter)
     trust: TrustStore | None = None
     server_fingerprint: str | None = None  # the HTTPS certificate's (None: no HTTPS listener)
+    # In a cluster: a certificate's SHA-256 -> the member node it belongs to (ctd/cluster/node.py);
+    # such a node is let in as an admin for the requests it forwards (ctd/cluster/forward.py).
+    peers: Callable[[str], str | None] | None = None
 
 
 ACCESS = web.AppKey("access", RemoteAccess)
-IDENTITY = "ctd.identity"  # request keys the middleware sets
-SOURCE = "ctd.source"
-STARTED = "ctd.started"
+# request keys the middleware sets (typed: request[IDENTITY] is an Identity to mypy)
+IDENTITY = web.RequestKey("identity", Identity)
+SOURCE = web.RequestKey("source", str)  # "unix", or the peer's address
+STARTED = web.RequestKey("started", datetime.datetime)
+DENIED = web.RequestKey("denied", str)  # set by the role check (ctd/remote/enforce.py): why the request was refused
+PROJECT = web.RequestKey("project", str)  # set by the scoping (ctd/api/scoping.py): the project the request acts in
 routes = web.RouteTableDef()
 
 
@@ -59,12 +72,31 @@ def identity(request: web.Request) -> Identity:
 
 def _peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    uid: int = struct.unpack("3i", creds)[1]
+    return uid
 
 
 def _bearer(header: str) -> str | None:
     scheme, _, secret = header.partition(" ")
     return secret.strip() if scheme.lower() == "bearer" and secret.strip() else None
+
+
+def _websocket_bearer(request: web.Request) -> str | None:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return None
+    for offered in request.headers.get("Sec-WebSocket-Protocol", "").split(","):
+        offered = offered.strip()
+        if offered.startswith(WS_BEARER) and len(offered) > len(WS_BEARER):
+            return offered[len(WS_BEARER):]
+    return None
+
+
+def _public(request: web.Request) -> bool:
+    """A GET of a route the policy table opens to anyone (the web console's static files)."""
+    if request.method not in ("GET", "HEAD") or request.match_info.http_exception is not None:
+        return False
+    resource = request.match_info.route.resource
+    return resource is not None and policy.rule_for(resource.canonical, request.method).role is None
 
 
 def _local_identity(request: web.Request) -> Identity | None:
@@ -110,14 +142,20 @@ def _authenticate(request: web.Request, access: RemoteAccess, source: str) -> Id
     if limited is not None:
         return limited
     header = request.headers.get("Authorization")
-    if header is not None:
-        secret = _bearer(header)
+    offered = _websocket_bearer(request) if header is None else None
+    if header is not None or offered is not None:
+        secret = _bearer(header) if header is not None else offered
         found = access.tokens.authenticate(secret) if secret else None
         return found or refuse(request, access, source, "bad, expired or revoked token")
     der = peer_certificate(request.transport)
     if der is None:
         return refuse(request, access, source, "no token and no client certificate")
     found = access.trust.authenticate(der) if access.trust is not None else None
+    if found is None and access.peers is not None:
+        fingerprint = hashlib.sha256(der).hexdigest()
+        node = access.peers(fingerprint)
+        if node is not None:
+            return Identity(f"node:{node}", IdentityKind.CERTIFICATE, Role.ADMIN, fingerprint=fingerprint)
     if found is None:
         return refuse(request, access, source, "client certificate SHA-256 "
                       f"{hashlib.sha256(der).hexdigest()} is not trusted (unknown, removed or expired)")
@@ -134,8 +172,9 @@ async def _target(request: web.Request) -> str | None:
             body = parse_json(await request.read())  # already read (and size-capped) by the handler
         except (InvalidRequest, web.HTTPException):
             return None
-        if isinstance(body, dict) and isinstance(body.get("name"), str):
-            return body["name"][:200]
+        name = body.get("name") if isinstance(body, dict) else None
+        if isinstance(name, str):
+            return name[:200]
     return None
 
 
@@ -149,6 +188,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     if who is None and request.method == "POST" and request.path == JOIN_PATH \
             and "Authorization" not in request.headers:
         return await handler(request)  # its one-time secret is checked (and rate limited) there
+    if who is None and _public(request):
+        return await handler(request)  # the same static files for everyone; no data in them
     if who is None:
         checked = _authenticate(request, access, request[SOURCE])
         if isinstance(checked, web.Response):
@@ -162,7 +203,8 @@ async def audit_response(request: web.Request, response: web.StreamResponse) -> 
     """on_response_prepare: the status is known, nothing is sent yet. A WebSocket upgrade
     (exec, console) is recorded when it is accepted (101), not when the session ends."""
     upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
-    if request.method not in MUTATING and not upgrade:
+    denied: str | None = request.get(DENIED)
+    if request.method not in MUTATING and not upgrade and denied is None:
         return
     access = request.app[ACCESS]
     who: Identity | None = request.get(IDENTITY)
@@ -171,7 +213,9 @@ async def audit_response(request: web.Request, response: web.StreamResponse) -> 
     target = await _target(request) if who is not None else None  # never read a stranger's body
     entry = AuditEntry(request.get(STARTED, utcnow()).isoformat(timespec="milliseconds"),
                        who.label if who else "anonymous", request.get(SOURCE) or request.remote or "?",
-                       request.method, request.path, target, response.status, who.fingerprint if who else None)
+                       request.method, request.path, target, response.status, who.fingerprint if who else None,
+                       who.role.value if who else None, denied,
+                       request.get(PROJECT) or (who.project if who else None))
     try:
         access.audit.write(entry)
     except OSError as exc:
@@ -199,12 +243,13 @@ async def create_token(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object: {\"name\": ..., \"expires\": \"30d\"}")
-    unknown = sorted(set(body) - {"name", "role", "expires"})
+    unknown = sorted(set(body) - {"name", "role", "expires", "project"})
     if unknown:
-        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; known: name, role, expires")
+        raise InvalidRequest(f"unknown field(s) {', '.join(unknown)}; known: name, role, expires, project")
     record, secret = request.app[ACCESS].tokens.create(body.get("name"), body.get("role", "admin"),
-                                                      body.get("expires"))
-    log.info("token %s created (role %s, expires %s)", record.name, record.role.value, record.expires_at or "never")
+                                                      body.get("expires"), body.get("project", "default"))
+    log.info("token %s created (role %s, project %s, expires %s)", record.name, record.role.value, record.project,
+             record.expires_at or "never")
     return web.json_response({"token": {**record.to_json(utcnow()), "secret": secret}}, status=201)
 
 
@@ -227,17 +272,16 @@ async def read_audit(request: web.Request) -> web.Response:
     when = parse_since(since, utcnow()) if since else None
     audit = request.app[ACCESS].audit
     entries = await asyncio.to_thread(audit.read, when) if os.path.exists(audit.path) else []
+    project = request.query.get("project")
+    if project is not None:
+        entries = [e for e in entries if e.get("project") == project]
     return web.json_response({"entries": entries})
 
 
-def schema_paths() -> dict:
+def schema_paths() -> Schema:
     """The OpenAPI description of the endpoints above (merged into /1.0/openapi.json)."""
-    error = {"description": "error", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/Error"}}}}
-
-    def ok(status: int = 200) -> dict:
-        return {str(status): {"description": "success", "content": {"application/json": {
-            "schema": {"type": "object"}}}}, "400": error, "403": error}
+    def ok(status: int = 200) -> Schema:
+        return responses(status, OBJECT, 400, 403)
 
     token_name = {"name": "name", "in": "path", "required": True,
                   "schema": {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}}
@@ -247,18 +291,23 @@ def schema_paths() -> dict:
             "post": {"summary": "make an API token; the answer holds its secret, shown once (unix socket only)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["name"], "additionalProperties": False,
-                         "properties": {"name": token_name["schema"], "role": {"type": "string", "enum": ["admin"]},
-                                        "expires": {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"}}}}}},
-                     "responses": {**ok(201), "409": error}},
+                         "properties": {"name": token_name["schema"],
+                                        "role": {"type": "string", "enum": [r.value for r in Role]},
+                                        "expires": {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"},
+                                        "project": {"type": "string"}}}}}},
+                     "responses": {**ok(201), "409": ERROR}},
         },
         "/1.0/tokens/{name}": {
             "parameters": [token_name],
-            "delete": {"summary": "revoke an API token (unix socket only)", "responses": {**ok(), "404": error}},
+            "delete": {"summary": "revoke an API token (unix socket only)", "responses": {**ok(), "404": ERROR}},
         },
         "/1.0/audit": {
             "get": {"summary": "the audit log: every mutating request",
                     "parameters": [{"name": "since", "in": "query", "required": False,
                                     "description": "a duration back from now (1h, 2d) or an ISO 8601 time",
+                                    "schema": {"type": "string"}},
+                                   {"name": "project", "in": "query", "required": False,
+                                    "description": "only requests that acted in this project",
                                     "schema": {"type": "string"}}],
                     "responses": ok()},
         },

@@ -30,6 +30,9 @@ class AuditEntry:
     target: str | None
     status: int
     fingerprint: str | None = None  # a client certificate's SHA-256, when one authenticated
+    role: str | None = None         # the identity's role (admin, operator, tenant)
+    denied: str | None = None       # a role's refusal (403): what it lacked
+    project: str | None = None      # the project acted in: the target instance's, else the identity's
 
 
 class AuditLog:
@@ -83,14 +86,14 @@ class AuditLog:
         """The log's files, oldest first."""
         return [p for p in (self.rotated(n) for n in range(self.keep, -1, -1)) if p.exists()]
 
-    def read(self, since: datetime.datetime | None = None, limit: int = MAX_ENTRIES) -> list[dict]:
+    def read(self, since: datetime.datetime | None = None, limit: int = MAX_ENTRIES) -> list[dict[str, object]]:
         """Entries at or after `since` (oldest first, across rotated files), at most the newest `limit`."""
         handles = []
         for path in self.files():  # opened first: a rotation meanwhile renames, it does not move lines
             with contextlib.suppress(FileNotFoundError):
                 if since is None or _modified(path) >= since:  # older files hold only older lines
                     handles.append(path.open("rb"))
-        found: deque[dict] = deque(maxlen=limit)
+        found: deque[dict[str, object]] = deque(maxlen=limit)
         for fh in handles:
             with fh:
                 for line in fh:

@@ -8,7 +8,21 @@ from dataclasses import dataclass
 
 
 class Role(enum.Enum):
-    ADMIN = "admin"  # everything; operator and tenant roles come with projects
+    """What an identity may do: ctd/remote/policy.py holds the table (docs/remote.md, "Roles")."""
+
+    ADMIN = "admin"        # everything, host-wide
+    OPERATOR = "operator"  # everything inside its project; nothing host-wide
+    TENANT = "tenant"      # self-service on its project's instances
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    def at_least(self, minimum: Role) -> bool:
+        return self.rank >= minimum.rank
+
+
+_RANK = {Role.TENANT: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
 
 
 class IdentityKind(enum.Enum):

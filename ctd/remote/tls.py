@@ -16,6 +16,8 @@ from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
 
 VALID_YEARS = 10
+# Seconds a peer has to complete its TLS handshake before ctd drops the connection (docs/remote.md).
+HANDSHAKE_TIMEOUT = 10.0
 log = logging.getLogger("ctd.remote")
 
 

@@ -38,6 +38,15 @@ def parse_duration(text: str) -> datetime.timedelta:
     return span
 
 
+def check_project(conn: sqlite3.Connection, project: object) -> str:
+    """A project a token or certificate is given: it must exist (ctctl project create)."""
+    if not isinstance(project, str) or conn.execute("SELECT 1 FROM projects WHERE name = ?",
+                                                    (project,)).fetchone() is None:
+        raise InvalidRequest(f"no project named {project!r}; 'ctctl project list' shows them, "
+                             "'ctctl project create' makes one")
+    return project
+
+
 def hash_secret(secret: str) -> str:
     # The secret has 256 bits of entropy: a plain SHA-256 cannot be brute-forced back.
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
@@ -55,7 +64,7 @@ class TokenRecord:
     def expired(self, now: datetime.datetime) -> bool:
         return self.expires_at is not None and datetime.datetime.fromisoformat(self.expires_at) <= now
 
-    def to_json(self, now: datetime.datetime) -> dict:
+    def to_json(self, now: datetime.datetime) -> dict[str, object]:
         return {"name": self.name, "role": self.role.value, "project": self.project,
                 "created_at": self.created_at, "expires_at": self.expires_at, "expired": self.expired(now)}
 
@@ -75,8 +84,10 @@ class TokenStore:
                                               row["expires_at"], row["secret_sha256"])
             for row in self.conn.execute("SELECT * FROM api_tokens")}
 
-    def create(self, name: object, role: object = "admin", expires: object = None) -> tuple[TokenRecord, str]:
-        """A new token and its secret (the only time the secret exists outside the client)."""
+    def create(self, name: object, role: object = "admin", expires: object = None,
+               project: object = DEFAULT_PROJECT) -> tuple[TokenRecord, str]:
+        """A new token and its secret (the only time the secret exists outside the client);
+        `project` must exist (ctctl project create)."""
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidRequest("token name must be 1-63 characters of a-z, 0-9, '.', '_', '-', "
                                  "starting with a letter or digit")
@@ -90,9 +101,10 @@ class TokenStore:
             if not isinstance(expires, str):
                 raise InvalidRequest("expires must be a string such as \"30d\"")
             expires_at = (now + parse_duration(expires)).isoformat(timespec="seconds")
+        project = check_project(self.conn, project)
         secret = SECRET_PREFIX + secrets.token_urlsafe(32)
         digest = hash_secret(secret)
-        record = TokenRecord(name, role_value, DEFAULT_PROJECT, now.isoformat(timespec="seconds"), expires_at, digest)
+        record = TokenRecord(name, role_value, project, now.isoformat(timespec="seconds"), expires_at, digest)
         try:
             self.conn.execute("INSERT INTO api_tokens (name, secret_sha256, role, project, created_at, expires_at) "
                               "VALUES (?, ?, ?, ?, ?, ?)", (name, digest, role_value.value,
@@ -101,6 +113,13 @@ class TokenStore:
             raise Conflict(f"a token named {name} exists; revoke it first or pick another name") from None
         self._by_hash[digest] = record
         return record, secret
+
+    def forget_project(self, project: str) -> int:
+        """Revoke every token of a project being deleted (a new project of that name must not
+        inherit them); how many."""
+        gone = self.conn.execute("DELETE FROM api_tokens WHERE project = ?", (project,)).rowcount
+        self._load()
+        return gone
 
     def list(self) -> list[TokenRecord]:
         return sorted(self._by_hash.values(), key=lambda r: r.name)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from ctd.errors import Conflict, InvalidRequest, NotFound
 from ctd.remote.identity import DEFAULT_PROJECT, Identity, IdentityKind, Role
-from ctd.remote.tokens import NAME_RE, Clock, hash_secret, parse_duration, utcnow
+from ctd.remote.tokens import NAME_RE, Clock, check_project, hash_secret, parse_duration, utcnow
 
 if TYPE_CHECKING:  # cryptography loads only where certificates are read
     from cryptography import x509
@@ -175,13 +175,14 @@ class TrustStore:
 
     # -------------------------------------------------------------- certificates
 
-    def add(self, pem: object, name: object = None, role: object = "admin") -> TrustedCertificate:
+    def add(self, pem: object, name: object = None, role: object = "admin",
+            project: object = DEFAULT_PROJECT) -> TrustedCertificate:
         cert = parse_pem(pem)
         if name is None:
             name = name_from(cert.common_name)
             if not name:
                 raise InvalidRequest("the certificate's common name gives no usable name: pass one (--name)")
-        return self._insert(cert, _name(name, "certificate"), _role(role), DEFAULT_PROJECT)
+        return self._insert(cert, _name(name, "certificate"), _role(role), check_project(self.conn, project))
 
     def _check_new(self, cert: ParsedCertificate, name: str) -> None:
         if cert.not_after <= self.clock():
@@ -208,6 +209,13 @@ class TrustStore:
         self._by_fingerprint[record.fingerprint] = record
         return record
 
+    def forget_project(self, project: str) -> int:
+        """Untrust the certificates and drop the join tokens of a project being deleted."""
+        gone = self.conn.execute("DELETE FROM trusted_certificates WHERE project = ?", (project,)).rowcount
+        gone += self.conn.execute("DELETE FROM trust_tokens WHERE project = ?", (project,)).rowcount
+        self._load()
+        return gone
+
     def list(self) -> list[TrustedCertificate]:
         return sorted(self._by_fingerprint.values(), key=lambda r: r.name)
 
@@ -231,8 +239,8 @@ class TrustStore:
 
     # -------------------------------------------------------------- join tokens
 
-    def create_token(self, name: object, role: object = "admin",
-                     expires: object = DEFAULT_JOIN_LIFETIME) -> tuple[JoinToken, str]:
+    def create_token(self, name: object, role: object = "admin", expires: object = DEFAULT_JOIN_LIFETIME,
+                     project: object = DEFAULT_PROJECT) -> tuple[JoinToken, str]:
         """A join token and its secret (the only time the secret exists outside the client)."""
         name = _name(name, "join token")
         role_value = _role(role)
@@ -245,7 +253,7 @@ class TrustStore:
             raise Conflict(f"a trusted certificate named {name} exists; 'ctctl trust remove {name}' first "
                            "or pick another name")
         secret = JOIN_PREFIX + secrets.token_urlsafe(32)
-        token = JoinToken(name, role_value, DEFAULT_PROJECT, _iso(now), expires_at)
+        token = JoinToken(name, role_value, check_project(self.conn, project), _iso(now), expires_at)
         try:
             self.conn.execute("INSERT INTO trust_tokens (name, secret_sha256, role, project, created_at, expires_at) "
                               "VALUES (?, ?, ?, ?, ?, ?)", (name, hash_secret(secret), role_value.value,

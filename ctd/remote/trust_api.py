@@ -13,6 +13,7 @@ import logging
 from aiohttp import web
 
 from ctd.api.jsonbody import json_body, parse_json
+from ctd.api.openapi import ERROR, OBJECT, Schema, responses
 from ctd.errors import Forbidden, InvalidRequest
 from ctd.remote.api import ACCESS, IDENTITY, SOURCE, RemoteAccess, identity, rate_limited, refuse
 from ctd.remote.clientcert import peer_certificate
@@ -55,8 +56,10 @@ async def list_trust(request: web.Request) -> web.Response:
 @routes.post("/1.0/trust")
 async def add_trust(request: web.Request) -> web.Response:
     store = _admin_store(request)
-    body = await _object(request, {"certificate", "name", "role"}, '{"certificate": "-----BEGIN ...", "name": ...}')
-    record = store.add(body.get("certificate"), body.get("name"), body.get("role", "admin"))
+    body = await _object(request, {"certificate", "name", "role", "project"},
+                         '{"certificate": "-----BEGIN ...", "name": ...}')
+    record = store.add(body.get("certificate"), body.get("name"), body.get("role", "admin"),
+                       body.get("project", "default"))
     log.info("trusted client certificate %s (SHA-256 %s, role %s)", record.name, record.fingerprint,
              record.role.value)
     return web.json_response({"certificate": record.to_json(utcnow())}, status=201)
@@ -75,9 +78,9 @@ async def create_join_token(request: web.Request) -> web.Response:
     access: RemoteAccess = request.app[ACCESS]
     if access.server_fingerprint is None:
         raise InvalidRequest("join tokens are redeemed over HTTPS: set https_address in ctd.toml and restart ctd")
-    body = await _object(request, {"name", "role", "expires"}, '{"name": ..., "expires": "1h"}')
+    body = await _object(request, {"name", "role", "expires", "project"}, '{"name": ..., "expires": "1h"}')
     token, secret = store.create_token(body.get("name"), body.get("role", "admin"),
-                                       body.get("expires", DEFAULT_JOIN_LIFETIME))
+                                       body.get("expires", DEFAULT_JOIN_LIFETIME), body.get("project", "default"))
     log.info("join token %s made (role %s, expires %s)", token.name, token.role.value, token.expires_at)
     encoded = encode_join_token(token.name, secret, access.server_fingerprint, token.expires_at)
     return web.json_response({"token": {**token.to_json(utcnow()), "token": encoded}}, status=201)
@@ -115,14 +118,10 @@ async def join(request: web.Request) -> web.Response:
     return web.json_response({"certificate": record.to_json(utcnow())}, status=201)
 
 
-def schema_paths() -> dict[str, object]:
+def schema_paths() -> Schema:
     """The OpenAPI description of the endpoints above (merged into /1.0/openapi.json)."""
-    error = {"description": "error", "content": {"application/json": {"schema": {
-        "$ref": "#/components/schemas/Error"}}}}
-
-    def ok(status: int = 200) -> dict[str, object]:
-        return {str(status): {"description": "success", "content": {"application/json": {
-            "schema": {"type": "object"}}}}, "400": error, "403": error}
+    def ok(status: int = 200) -> Schema:
+        return responses(status, OBJECT, 400, 403)
 
     name = {"type": "string", "pattern": "^[a-z0-9][a-z0-9._-]{0,62}$"}
     expires = {"type": "string", "pattern": "^[0-9]{1,6}[smhdw]$"}
@@ -134,30 +133,32 @@ def schema_paths() -> dict[str, object]:
             "post": {"summary": "trust a client certificate (PEM) by its SHA-256 fingerprint (admin)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["certificate"], "additionalProperties": False,
-                         "properties": {"certificate": {"type": "string"}, "name": name, "role": role}}}}},
-                     "responses": {**ok(201), "409": error}},
+                         "properties": {"certificate": {"type": "string"}, "name": name, "role": role,
+                                        "project": {"type": "string"}}}}}},
+                     "responses": {**ok(201), "409": ERROR}},
         },
         "/1.0/trust/{name}": {
             "parameters": [path_name],
             "delete": {"summary": "stop trusting a client certificate (by name or fingerprint; admin)",
-                       "responses": {**ok(), "404": error}},
+                       "responses": {**ok(), "404": ERROR}},
         },
         "/1.0/trust/tokens": {
             "post": {"summary": "make a one-time join token; the answer holds it, shown once (admin)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["name"], "additionalProperties": False,
-                         "properties": {"name": name, "role": role, "expires": expires}}}}},
-                     "responses": {**ok(201), "409": error}},
+                         "properties": {"name": name, "role": role, "expires": expires,
+                                        "project": {"type": "string"}}}}}},
+                     "responses": {**ok(201), "409": ERROR}},
         },
         "/1.0/trust/tokens/{name}": {
             "parameters": [path_name],
-            "delete": {"summary": "revoke a pending join token (admin)", "responses": {**ok(), "404": error}},
+            "delete": {"summary": "revoke a pending join token (admin)", "responses": {**ok(), "404": ERROR}},
         },
         "/1.0/trust/join": {
             "post": {"summary": "redeem a join token: the TLS client certificate becomes trusted (no other "
                                 "authentication)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["secret"], "properties": {"secret": {"type": "string"}}}}}},
-                     "responses": {**ok(201), "401": error}},
+                     "responses": {**ok(201), "401": ERROR}},
         },
     }

@@ -1,14 +1,22 @@
-"""SQLite state (stdlib, WAL). Used from the event loop thread only; every call is short."""
+"""SQLite state (stdlib, WAL). Used from the event loop thread only; every call is short.
+
+Every write that changes what an instance's view shows (its row, its NICs and addresses, its
+backup schedule) tells the `changed` listeners the instance's id: the list cache
+(ctd/instance/listing.py) rebuilds those instances only, instead of every row per request.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ctd.errors import Conflict
+from ctd.errors import Conflict, OperationFailed
 from ctd.state.migrations import MIGRATIONS
+from ctd.state.options import InstanceOptions
 from ctd.state.records import (
     InstanceRecord,
     InstanceType,
@@ -19,7 +27,7 @@ from ctd.state.records import (
     TemplateRecord,
 )
 
-_JSON_COLUMNS = ("limits", "init", "options", "last_exit", "tags")
+_JSON_COLUMNS = ("limits", "init", "last_exit", "tags", "features", "mounts")   # and options, through InstanceOptions
 
 
 class StateDB:
@@ -30,7 +38,14 @@ class StateDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute("PRAGMA foreign_keys=ON")
+        self.changed: list[Callable[[int], None]] = []   # called with an instance id after a write
         self._migrate()
+
+    def touched(self, instance_id: int) -> None:
+        """Something an instance's view shows was written (a rolled-back write too: a listener
+        reads the row again, so a spurious call costs one rebuild, never a wrong view)."""
+        for listener in self.changed:
+            listener(instance_id)
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -39,7 +54,7 @@ class StateDB:
 
     @property
     def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         self.conn.close()
@@ -51,33 +66,43 @@ class StateDB:
         values = dict(row)
         for column in _JSON_COLUMNS:
             values[column] = json.loads(values[column])
+        try:
+            values["options"] = InstanceOptions.from_stored(json.loads(values["options"]))
+        except ValueError as exc:
+            raise OperationFailed(f"instance {values['name']}: options.{exc}: ctd's state database was edited "
+                                  "or is damaged; restore it from a backup of /var/lib/ctd") from None
         values["type"] = InstanceType(values["type"])
         values["state"] = PowerState(values["state"])
         for flag in ("privileged", "disabled", "protected", "onboot"):
             values[flag] = bool(values[flag])
         return InstanceRecord(**values)
 
-    def add_instance(self, rec: InstanceRecord) -> None:
-        values = dataclasses.asdict(rec)
+    @staticmethod
+    def _instance_row(rec: InstanceRecord) -> dict[str, Any]:
+        values = {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
         for column in _JSON_COLUMNS:
             values[column] = json.dumps(values[column])
+        values["options"] = json.dumps(rec.options.to_stored())
         values["type"] = rec.type.value
         values["state"] = rec.state.value
+        return values
+
+    def add_instance(self, rec: InstanceRecord) -> None:
+        values = self._instance_row(rec)
         columns = ", ".join(values)
         marks = ", ".join(f":{k}" for k in values)
         self.conn.execute(f"INSERT INTO instances ({columns}) VALUES ({marks})", values)
+        self.touched(rec.id)
 
     def update_instance(self, rec: InstanceRecord) -> None:
-        values = dataclasses.asdict(rec)
-        for column in _JSON_COLUMNS:
-            values[column] = json.dumps(values[column])
-        values["type"] = rec.type.value
-        values["state"] = rec.state.value
+        values = self._instance_row(rec)
         sets = ", ".join(f"{k} = :{k}" for k in values if k != "id")
         self.conn.execute(f"UPDATE instances SET {sets} WHERE id = :id", values)
+        self.touched(rec.id)
 
     def delete_instance(self, instance_id: int) -> None:
         self.conn.execute("DELETE FROM instances WHERE id = ?", (instance_id,))
+        self.touched(instance_id)
 
     def get_instance(self, ref: str | int) -> InstanceRecord | None:
         if isinstance(ref, int) or str(ref).isdigit():
@@ -120,15 +145,15 @@ class StateDB:
 
     def add_network(self, rec: NetworkRecord) -> None:
         values = dataclasses.asdict(rec)
-        self.conn.execute("INSERT INTO networks (name, bridge, subnet4, subnet6, nat, created_at, mtu) "
-                          "VALUES (:name, :bridge, :subnet4, :subnet6, :nat, :created_at, :mtu)", values)
+        self.conn.execute("INSERT INTO networks (name, bridge, subnet4, subnet6, nat, created_at, mtu, dhcp) "
+                          "VALUES (:name, :bridge, :subnet4, :subnet6, :nat, :created_at, :mtu, :dhcp)", values)
 
     def get_network(self, name: str) -> NetworkRecord | None:
         row = self.conn.execute("SELECT * FROM networks WHERE name = ?", (name,)).fetchone()
-        return NetworkRecord(**{**dict(row), "nat": bool(row["nat"])}) if row else None
+        return NetworkRecord(**{**dict(row), "nat": bool(row["nat"]), "dhcp": bool(row["dhcp"])}) if row else None
 
     def list_networks(self) -> list[NetworkRecord]:
-        return [NetworkRecord(**{**dict(r), "nat": bool(r["nat"])})
+        return [NetworkRecord(**{**dict(r), "nat": bool(r["nat"]), "dhcp": bool(r["dhcp"])})
                 for r in self.conn.execute("SELECT * FROM networks ORDER BY name")]
 
     def delete_network(self, name: str) -> None:
@@ -150,6 +175,7 @@ class StateDB:
         self.conn.execute(f"INSERT INTO nics ({columns}) VALUES ({marks})", values)
         for address in addresses:
             self.add_address(address, nic.instance_id, nic.idx, nic.network)
+        self.touched(nic.instance_id)
 
     def update_nic(self, nic: NicRecord) -> None:
         values = dataclasses.asdict(nic)
@@ -157,6 +183,7 @@ class StateDB:
         values["mode"] = nic.mode.value
         sets = ", ".join(f"{k} = :{k}" for k in values if k not in ("instance_id", "idx"))
         self.conn.execute(f"UPDATE nics SET {sets} WHERE instance_id = :instance_id AND idx = :idx", values)
+        self.touched(nic.instance_id)
 
     def nics_of(self, instance_id: int) -> list[NicRecord]:
         nics = []
@@ -173,6 +200,7 @@ class StateDB:
     def delete_nic(self, instance_id: int, idx: int) -> None:
         self.conn.execute("DELETE FROM addresses WHERE instance_id = ? AND idx = ?", (instance_id, idx))
         self.conn.execute("DELETE FROM nics WHERE instance_id = ? AND idx = ?", (instance_id, idx))
+        self.touched(instance_id)
 
     def address_owner(self, address: str) -> str | None:
         """Name of the instance holding address, None if it is free."""
@@ -188,13 +216,15 @@ class StateDB:
             self.conn.execute("INSERT INTO addresses (address, instance_id, idx, network) VALUES (?, ?, ?, ?)",
                               (address, instance_id, idx, network))
         except sqlite3.IntegrityError:
-            owner = self.conn.execute("SELECT i.name FROM addresses a JOIN instances i ON i.id = a.instance_id "
-                                      "WHERE a.address = ?", (address,)).fetchone()
-            who = owner[0] if owner else "another instance"
-            raise Conflict(f"address {address} is already used by {who}") from None
+            # not its name: the asker may be of another project (docs/remote.md, "Projects")
+            raise Conflict(f"address {address} is already used by another instance; choose another") from None
+        self.touched(instance_id)
 
     def delete_address(self, address: str) -> None:
+        owner = self.conn.execute("SELECT instance_id FROM addresses WHERE address = ?", (address,)).fetchone()
         self.conn.execute("DELETE FROM addresses WHERE address = ?", (address,))
+        if owner is not None:
+            self.touched(owner[0])
 
     def addresses_in(self, network: str) -> list[str]:
         return [r[0] for r in self.conn.execute("SELECT address FROM addresses WHERE network = ?", (network,))]

@@ -140,4 +140,91 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (boot_id, instance_id)
     );
     """,
+    # 10: per-instance stop timeout (seconds a stop waits before it kills; NULL: the server's)
+    """
+    ALTER TABLE instances ADD COLUMN stop_timeout INTEGER;
+    """,
+    # 11: a firewall per instance (settings
+    # and rules, in the order added) and port forwards on NAT networks
+    """
+    CREATE TABLE firewall_settings (
+        instance_id INTEGER PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+        enabled     INTEGER NOT NULL DEFAULT 0,
+        policy_in   TEXT NOT NULL DEFAULT 'accept',
+        policy_out  TEXT NOT NULL DEFAULT 'accept'
+    );
+    CREATE TABLE firewall_rules (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        direction   TEXT NOT NULL,
+        proto       TEXT NOT NULL,
+        port_lo     INTEGER,
+        port_hi     INTEGER,
+        src         TEXT,
+        dst         TEXT,
+        action      TEXT NOT NULL,
+        comment     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX firewall_rules_instance ON firewall_rules(instance_id);
+    CREATE TABLE forwards (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        network     TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+        host_addr   TEXT,
+        host_port   INTEGER NOT NULL,
+        proto       TEXT NOT NULL,
+        instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        port        INTEGER NOT NULL
+    );
+    """,
+    # 12: scheduled backups: per instance the schedule, how many backups to keep and when the
+    # next run is due; every backup made into the node's backup_dir (chains: kind, parent)
+    """
+    CREATE TABLE backup_schedules (
+        instance_id INTEGER PRIMARY KEY REFERENCES instances(id) ON DELETE CASCADE,
+        schedule    TEXT NOT NULL DEFAULT '',
+        keep        INTEGER NOT NULL DEFAULT 7,
+        next_due    REAL
+    );
+    CREATE TABLE backups (
+        id          TEXT PRIMARY KEY,
+        instance_id INTEGER NOT NULL REFERENCES instances(id) ON DELETE CASCADE,
+        file        TEXT NOT NULL,
+        kind        TEXT NOT NULL,
+        parent      TEXT,
+        created     REAL NOT NULL,
+        size        INTEGER NOT NULL,
+        scheduled   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX backups_of_instance ON backups (instance_id, created);
+    """,
+    # 13: container features (a JSON list of names: "tun", "fuse"); none for existing instances
+    """
+    ALTER TABLE instances ADD COLUMN features TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 14: host directories bound into a container (a JSON list of {source, target, readonly, idmap})
+    """
+    ALTER TABLE instances ADD COLUMN mounts TEXT NOT NULL DEFAULT '[]';
+    """,
+    # 15: projects (tenants) with their limits and what they allow
+    # tenants; every instance and network belongs to one ('default' always exists)
+    """
+    CREATE TABLE projects (
+        name        TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        limits      TEXT NOT NULL DEFAULT '{}',
+        allow_exec  INTEGER NOT NULL DEFAULT 0,
+        templates   TEXT,
+        created_at  TEXT NOT NULL
+    );
+    INSERT INTO projects (name, created_at) VALUES ('default', strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now'));
+    ALTER TABLE instances ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    ALTER TABLE networks ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+    """,
+    # 16: per NIC an MTU (NULL: its network's) and a VLAN tag
+    # (NULL: untagged); per network whether ctd runs dnsmasq on it (networks made before: off)
+    """
+    ALTER TABLE nics ADD COLUMN mtu INTEGER;
+    ALTER TABLE nics ADD COLUMN vlan INTEGER;
+    ALTER TABLE networks ADD COLUMN dhcp INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

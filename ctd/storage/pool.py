@@ -36,6 +36,7 @@ from pathlib import Path
 from ctd.errors import OperationFailed
 from ctd.storage import loopdio
 from ctd.storage.base import StorageDriver
+from ctd.storage.btrfs.quota import QuotaMode
 from ctd.storage.dir import DirStorage
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ def fs_magic(path: Path) -> int:
     if _libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), str(path))
-    return buf.f_type & 0xFFFFFFFF
+    return int(buf.f_type) & 0xFFFFFFFF
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -259,11 +260,11 @@ def _module_available(name: str) -> bool:
 
 
 def _btrfs_driver(storage: Path, *, enable_quota: bool, reason: str, image: Path | None = None,
-                  device: str | None = None) -> StorageDriver:
+                  device: str | None = None, quota_mode: QuotaMode = QuotaMode.FULL) -> StorageDriver:
     """A BtrfsStorage on storage; on ctd's own pool (image and device given) with direct I/O
     switched on for its loop device where the kernel allows it."""
     from ctd.storage.btrfs import BtrfsStorage
-    driver = BtrfsStorage(storage, enable_quota=enable_quota)
+    driver = BtrfsStorage(storage, enable_quota=enable_quota, quota_mode=quota_mode)
     driver.image, driver.device, driver.reason = image, device, reason
     if image is not None and device is not None:
         dio = loopdio.switch_on(device, image)
@@ -272,11 +273,12 @@ def _btrfs_driver(storage: Path, *, enable_quota: bool, reason: str, image: Path
 
 
 def choose_storage(state_dir: Path, *, pool_size: int | None = None, allow_loop: bool = True,
-                   enable_quota: bool = True) -> StorageDriver:
+                   enable_quota: bool = True, quota_mode: QuotaMode = QuotaMode.FULL) -> StorageDriver:
     """The storage driver for state_dir (see the module doc). Mounts ctd's pool when there is
     one; call the driver's prepare() afterwards. allow_loop=False never creates a pool image
     (an existing one is still mounted: the data lives there). enable_quota turns btrfs quota
-    on for ctd's own pool image (a btrfs that is not ctd's gets quota at the first limit)."""
+    on for ctd's own pool image (a btrfs that is not ctd's gets quota at the first limit),
+    in quota_mode when it was off (ctd.toml quota_mode; full qgroups unless opted in)."""
     state_dir = Path(state_dir)
     storage = state_dir / STORAGE_NAME
     image = state_dir / IMAGE_NAME
@@ -286,7 +288,8 @@ def choose_storage(state_dir: Path, *, pool_size: int | None = None, allow_loop:
         own = image.exists() and _device_of(mounted, image) is not None
         return _btrfs_driver(storage, enable_quota=enable_quota and own,
                              reason="btrfs already mounted at the storage path",
-                             image=image if own else None, device=mounted.source if own else None)
+                             image=image if own else None, device=mounted.source if own else None,
+                             quota_mode=quota_mode)
     if mounted is not None:
         log.info("%s is a %s mount: using it as plain directories", storage, mounted.fstype)
         return _dir(storage, f"{storage} is a {mounted.fstype} mount")
@@ -295,7 +298,7 @@ def choose_storage(state_dir: Path, *, pool_size: int | None = None, allow_loop:
         device = mount_image(image, storage)
         log.info("mounted pool %s (%s) at %s", image, device, storage)
         return _btrfs_driver(storage, enable_quota=enable_quota, reason="ctd's pool image re-attached",
-                             image=image, device=device)
+                             image=image, device=device, quota_mode=quota_mode)
 
     missing = _btrfs_tools_reason()
     if on_btrfs(storage):
@@ -325,7 +328,7 @@ def choose_storage(state_dir: Path, *, pool_size: int | None = None, allow_loop:
         return _dir(storage, f"making a btrfs pool failed: {exc.message}")
     log.info("created pool %s (%d bytes, sparse) on %s, mounted at %s", image, pool_size, device, storage)
     return _btrfs_driver(storage, enable_quota=enable_quota, reason="ctd's pool image created",
-                         image=image, device=device)
+                         image=image, device=device, quota_mode=quota_mode)
 
 
 def _dir(storage: Path, reason: str) -> StorageDriver:

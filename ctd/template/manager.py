@@ -36,6 +36,18 @@ def guess_stop_signal(rootfs: Path) -> str:
     return "SIGPWR"
 
 
+def guess_recipe(name: str, rootfs: Path) -> Recipe:
+    """How to run a root that came without a recipe (an imported tarball, a Vagrant box): by
+    its init. A systemd init gets a systemd guest (tmpfs /run, its cgroup subtree) and, when
+    the root has systemd-networkd, networkd files for its NICs; anything else /sbin/init as is."""
+    stop = guess_stop_signal(rootfs)
+    systemd = stop == "SIGRTMIN+3"
+    # host paths, as guess_stop_signal: what a planted symlink could change is only this choice
+    networkd = systemd and any((rootfs / d / "systemd/systemd-networkd").exists() for d in ("lib", "usr/lib"))
+    return Recipe(name=name, builder="none", init=["/sbin/init"], stop_signal=stop, systemd=systemd,
+                  network_style="networkd" if networkd else "none")
+
+
 def tree_size(path: Path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
@@ -87,7 +99,7 @@ class TemplateManager:
             raise
         return TemplateRecord(
             name=name, recipe=str(recipe.source), path=str(path), size=tree_size(path),
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             distro=recipe.distro, release=recipe.release, arch=platform.machine(),
         )
 
@@ -103,8 +115,7 @@ class TemplateManager:
             base = load_recipes(source.parent).get(source.stem)
             if base is not None:
                 return dataclasses.replace(base, name=name)
-        return Recipe(name=name, builder="none", init=["/sbin/init"],
-                      stop_signal=guess_stop_signal(Path(rec.path) / "rootfs"))
+        return guess_recipe(name, Path(rec.path) / "rootfs")
 
     def from_instance_blocking(self, name: str, rootfs: Path, base: TemplateRecord | None) -> TemplateRecord:
         """A new template holding a copy of an (stopped) instance's root; runs in a thread."""
@@ -123,7 +134,7 @@ class TemplateManager:
             raise
         return TemplateRecord(
             name=name, recipe=base.recipe if base else "", path=str(path), size=tree_size(path),
-            built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            built_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             distro=base.distro if base else "", release=base.release if base else "",
             arch=platform.machine())
 

@@ -7,9 +7,9 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 
 from ctd.errors import InvalidRequest, OperationFailed
 from ctd.template.recipe import Recipe
@@ -64,7 +64,8 @@ def build(recipe: Recipe, rootfs: Path, ctx: BuildContext) -> None:
             hint = f" (does the mirror serve '{recipe.release}'? give another with --mirror)"
         raise OperationFailed(f"mmdebstrap failed for {recipe.name}{hint}:\n{text}")
     if recipe.files_dir is not None:
-        result = subprocess.run(["cp", "-a", "--", f"{recipe.files_dir}/.", str(rootfs)], capture_output=True, text=True)
+        result = subprocess.run(["cp", "-a", "--", f"{recipe.files_dir}/.", str(rootfs)],
+                                capture_output=True, text=True)
         if result.returncode != 0:
             raise OperationFailed(f"copying {recipe.files_dir} into the template failed: {result.stderr.strip()}")
 

@@ -57,7 +57,7 @@ def _load(path: Path) -> Recipe:
 def check_stop_signal(name: object) -> str:
     """A signal name an init can be stopped with ('SIGTERM', 'SIGRTMIN+3'); InvalidRequest else."""
     try:
-        number = signal_number(name) if isinstance(name, str) else 0  # type: ignore[arg-type]
+        number = signal_number(name) if isinstance(name, str) else 0
     except (KeyError, ValueError, AttributeError):
         number = 0
     if not 0 < number <= signal.SIGRTMAX:

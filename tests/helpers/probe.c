@@ -32,6 +32,8 @@
 #include <linux/nsfs.h>
 #include <netinet/in.h>
 #include <netinet/icmp6.h>
+#include <poll.h>
+#include <linux/fuse.h>
 
 static int report(long rc) {
     if (rc < 0) { printf("%s\n", strerrorname_np(errno)); return 1; }
@@ -250,10 +252,161 @@ static int security_cmd(int argc, char **argv) {
     return -1;
 }
 
+/* --- features (tests/host/test_features.py) ------------------------------------------- */
+#define PROBE_IFF_TUN 0x0001
+#define PROBE_IFF_NO_PI 0x1000
+#define PROBE_TUNSETIFF _IOW('T', 202, int)
+
+static int tun_open(const char *name) {          /* a tun interface NAME, its fd; -1 with errno */
+    int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return -1;
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    ifr.ifr_flags = PROBE_IFF_TUN | PROBE_IFF_NO_PI;
+    strncpy(ifr.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(fd, PROBE_TUNSETIFF, &ifr) < 0) { int e = errno; close(fd); errno = e; return -1; }
+    return fd;
+}
+
+/* tunrelay IFNAME PEER PORT SECONDS: a one-tunnel VPN. Packets the kernel routes into IFNAME go
+ * to PEER:PORT over UDP; datagrams arriving on PORT go into IFNAME. */
+static int tunrelay(const char *ifname, const char *peer, int port, int seconds) {
+    int tun = tun_open(ifname);
+    if (tun < 0) return report(-1);
+    int udp = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_in me = {.sin_family = AF_INET, .sin_port = htons(port)}, to = me;
+    if (udp < 0 || bind(udp, (struct sockaddr *)&me, sizeof me) < 0) return report(-1);
+    if (inet_pton(AF_INET, peer, &to.sin_addr) != 1) { fprintf(stderr, "bad peer %s\n", peer); return 2; }
+    printf("ready\n");
+    time_t end = time(NULL) + seconds;
+    char buf[65536];
+    struct pollfd fds[2] = {{.fd = tun, .events = POLLIN}, {.fd = udp, .events = POLLIN}};
+    while (time(NULL) < end) {
+        if (poll(fds, 2, 200) <= 0) continue;
+        if (fds[0].revents & POLLIN) {
+            ssize_t n = read(tun, buf, sizeof buf);
+            if (n > 0) sendto(udp, buf, n, 0, (struct sockaddr *)&to, sizeof to);
+        }
+        if (fds[1].revents & POLLIN) {
+            ssize_t n = recv(udp, buf, sizeof buf, 0);
+            if (n > 0 && write(tun, buf, n) < 0) perror("write tun");
+        }
+    }
+    return 0;
+}
+
+/* fuse-hello DIR SECONDS: mount a one-file FUSE filesystem on DIR (DIR/hello holds FUSE_TEXT)
+ * straight through /dev/fuse, and serve it until it is unmounted or SECONDS pass. */
+#define FUSE_TEXT "hello from fuse\n"
+
+static void fuse_attr_of(uint64_t ino, struct fuse_attr *a) {
+    memset(a, 0, sizeof *a);
+    a->ino = ino;
+    a->nlink = ino == 1 ? 2 : 1;
+    a->mode = ino == 1 ? (S_IFDIR | 0755) : (S_IFREG | 0444);
+    a->size = ino == 1 ? 0 : strlen(FUSE_TEXT);
+    a->blksize = 4096;
+}
+
+static void fuse_reply(int fd, uint64_t unique, int error, const void *data, size_t len) {
+    char out[sizeof(struct fuse_out_header) + 4096];
+    struct fuse_out_header *h = (struct fuse_out_header *)out;
+    if (len > 4096) len = 4096;
+    h->len = sizeof *h + (error ? 0 : len);
+    h->error = error;
+    h->unique = unique;
+    if (!error && len) memcpy(out + sizeof *h, data, len);
+    if (write(fd, out, h->len) < 0 && errno != ENOENT) perror("fuse reply");
+}
+
+static int fuse_hello(const char *dir, int seconds) {
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd < 0) return report(-1);
+    char opts[128];
+    snprintf(opts, sizeof opts, "fd=%d,rootmode=40000,user_id=0,group_id=0", fd);
+    if (mount("probe", dir, "fuse.probe", MS_NOSUID | MS_NODEV, opts) < 0) return report(-1);
+    printf("mounted\n");
+    static char buf[FUSE_MIN_READ_BUFFER + 65536];
+    time_t end = time(NULL) + seconds;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (time(NULL) < end) {
+        if (poll(&p, 1, 200) <= 0) continue;
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0) { if (errno == ENODEV) return 0; if (errno == EINTR || errno == ENOENT) continue; return report(-1); }
+        struct fuse_in_header *in = (struct fuse_in_header *)buf;
+        void *arg = buf + sizeof *in;
+        switch (in->opcode) {
+        case FUSE_INIT: {
+            struct fuse_init_in *ii = arg;
+            struct fuse_init_out o;
+            memset(&o, 0, sizeof o);
+            o.major = FUSE_KERNEL_VERSION;
+            o.minor = ii->minor < FUSE_KERNEL_MINOR_VERSION ? ii->minor : FUSE_KERNEL_MINOR_VERSION;
+            o.max_readahead = ii->max_readahead;
+            o.max_write = 4096;
+            fuse_reply(fd, in->unique, 0, &o, sizeof o);
+            break;
+        }
+        case FUSE_GETATTR: {
+            struct fuse_attr_out o;
+            memset(&o, 0, sizeof o);
+            fuse_attr_of(in->nodeid, &o.attr);
+            fuse_reply(fd, in->unique, 0, &o, sizeof o);
+            break;
+        }
+        case FUSE_LOOKUP: {
+            if (in->nodeid != 1 || strcmp((char *)arg, "hello")) { fuse_reply(fd, in->unique, -ENOENT, 0, 0); break; }
+            struct fuse_entry_out o;
+            memset(&o, 0, sizeof o);
+            o.nodeid = 2;
+            o.generation = 1;
+            fuse_attr_of(2, &o.attr);
+            fuse_reply(fd, in->unique, 0, &o, sizeof o);
+            break;
+        }
+        case FUSE_OPEN: case FUSE_OPENDIR: {
+            struct fuse_open_out o;
+            memset(&o, 0, sizeof o);
+            fuse_reply(fd, in->unique, 0, &o, sizeof o);
+            break;
+        }
+        case FUSE_READ: {
+            struct fuse_read_in *r = arg;
+            size_t len = strlen(FUSE_TEXT), off = r->offset < len ? r->offset : len;
+            size_t count = len - off < r->size ? len - off : r->size;
+            fuse_reply(fd, in->unique, 0, FUSE_TEXT + off, count);
+            break;
+        }
+        case FUSE_RELEASE: case FUSE_RELEASEDIR: case FUSE_FLUSH:
+            fuse_reply(fd, in->unique, 0, 0, 0);
+            break;
+        case FUSE_FORGET: case FUSE_BATCH_FORGET:
+            break;
+        case FUSE_DESTROY:
+            fuse_reply(fd, in->unique, 0, 0, 0);
+            return 0;
+        default:
+            fuse_reply(fd, in->unique, -ENOSYS, 0, 0);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
     if (argc < 2) { fprintf(stderr, "usage: probe CMD [ARGS]\n"); return 2; }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "tun-open")) {            /* tun-open: make a tun interface (then let it go) */
+        int fd = tun_open("probetun0");
+        if (fd >= 0) close(fd);
+        return report(fd);
+    }
+    if (!strcmp(cmd, "tunrelay") && argc > 5)
+        return tunrelay(argv[2], argv[3], atoi(argv[4]), atoi(argv[5]));
+    if (!strcmp(cmd, "fuse-open"))             /* fuse-open: can /dev/fuse be opened? */
+        return report(open("/dev/fuse", O_RDWR | O_CLOEXEC));
+    if (!strcmp(cmd, "fuse-hello") && argc > 3)
+        return fuse_hello(argv[2], atoi(argv[3]));
     if (!strcmp(cmd, "alloc")) {               /* alloc MB: touch that much memory */
         size_t mb = argc > 2 ? strtoul(argv[2], 0, 10) : 100;
         for (size_t i = 0; i < mb; i++) {

@@ -31,9 +31,11 @@ def boot_ctd(tmp_path: Path) -> Iterator[tuple[Daemon, Path]]:
     boot_id.write_text(f"{uuid.uuid4()}\n")
     d = _start_daemon(tmp_path, "boot", extra=f'boot_id_file = "{boot_id}"\nboot_concurrency = 2\n')
     yield d, boot_id
-    if d.proc and d.proc.poll() is not None:  # the test killed it: bring it back to clean up
-        d.start()
-    _teardown(d)
+    try:
+        if d.proc and d.proc.poll() is not None:  # the test killed it: bring it back to clean up
+            d.start()
+    finally:
+        _teardown(d)
 
 
 def create(d: Daemon, name: str, *options: str) -> None:
@@ -106,7 +108,7 @@ def test_a_host_boot_starts_the_onboot_instances_in_order_with_their_delays(boot
     assert d.instance(f)["boot_order"] == 10000
     listed = {i["name"]: i for i in json.loads(d.ok("list", "--format", "json"))}
     assert (listed[b]["onboot"], listed[b]["boot_order"], listed[off]["onboot"]) == (True, 1, False)
-    assert "yes (order 1, delay 3 s)" in d.ok("status", a)
+    assert "yes (order 1, delay 3 s, stop timeout default)" in d.ok("status", a)
     d.ok("set", e, "--boot-order", "3")
     assert d.instance(e)["boot_order"] == 3
     for name in (a, b, c, e, f, off):
@@ -121,7 +123,9 @@ def test_a_host_boot_starts_the_onboot_instances_in_order_with_their_delays(boot
     assert d.instance(off)["state"] == "stopped"
     assert all(len(wait_starts(d, n, 2)) == 2 for n in (a, b, c, e, f)) and len(starts(d, off)) == 1
     t = {n: starts(d, n)[-1] for n in (a, b, c, e, f)}
-    assert t[c] >= max(t[a], t[b]) + 3 - 0.05, t    # the group waited for a's delay
+    # the next group waited for a's delay, counted from a's own start (b, without a delay, may have
+    # come up later under load), and for every start of the group
+    assert t[c] >= t[a] + 3 - 0.05 and t[c] >= t[b], t
     assert t[a] < t[c] <= t[e] <= t[f], t
     assert "boot sequence:" in d.ok("info") and "done" in d.ok("info")
     ops = [o for o in d.client.get("/1.0/operations")["operations"] if o["kind"] == "boot"]
@@ -230,7 +234,7 @@ def test_set_refuses_an_out_of_range_order_and_changes_nothing(ctd, make_contain
     assert r.code != 0 and "from 0 to 10000" in r.err
     shown = ctd.instance(name)
     assert (shown["onboot"], shown["boot_order"], shown["boot_delay"]) == (True, 7, 0)
-    assert "onboot no (order 7, delay 5 s)" in ctd.ok("set", name, "--onboot", "no", "--boot-delay", "5")
+    assert "onboot no (order 7, delay 5 s, stop timeout default)" in ctd.ok("set", name, "--onboot", "no", "--boot-delay", "5")
     shown = ctd.instance(name)
     assert (shown["onboot"], shown["boot_delay"], shown["state"]) == (False, 5, "running")
     with pytest.raises(ApiError) as caught:
@@ -256,3 +260,49 @@ def test_stop_instances_on_exit_stops_them_when_ctd_stops_and_not_otherwise(boot
     d.start()
     assert d.instance(name)["state"] == "stopped"
     assert "stopping every instance first" in (d.log.read_text() if d.log else "")
+
+
+def frozen_init(d: Daemon, name: str) -> None:
+    """An init that cannot react to its stop signal (SIGSTOPped): only the timeout ends it."""
+    os.kill(d.instance(name)["pid"], signal.SIGSTOP)
+
+
+def test_an_instance_stop_timeout_is_what_stop_and_shutdown_all_wait(boot_ctd):
+    """Proxmox's startup down=: each instance its own wait before the kill; stop without
+    --timeout and shutdown-all use it, a --timeout given still wins, 'default' goes back."""
+    d, _ = boot_ctd
+    d.ok("create", "quick", "--template", "busybox", "--stop-timeout", "1")
+    d.ok("create", "slow", "--template", "busybox")
+    d.ok("set", "slow", "--stop-timeout", "4")
+    assert (d.instance("quick")["stop_timeout"], d.instance("slow")["stop_timeout"]) == (1, 4)
+    assert "stop timeout 4 s" in d.ok("status", "slow")
+    for name in ("quick", "slow"):
+        d.ok("start", name)
+    frozen_init(d, "quick")
+    started = time.monotonic()
+    out = d.ok("stop", "quick")
+    assert 1 <= time.monotonic() - started < 4, out
+    assert out.strip() == "Stopped quick (forced after 1 s: init ignored its stop signal)"
+    d.ok("start", "quick")
+    for name in ("quick", "slow"):
+        frozen_init(d, name)
+    started = time.monotonic()
+    d.ok("shutdown-all")   # one group (same order): the slow one's 4 s, not the server's 30
+    assert 4 <= time.monotonic() - started < 12
+    assert {d.instance(n)["state"] for n in ("quick", "slow")} == {"stopped"}
+    d.ok("start", "slow")
+    frozen_init(d, "slow")
+    assert d.ok("stop", "--timeout", "0", "slow").strip() == "Stopped slow (killed: --timeout 0 leaves it no time to shut down)"
+    d.ok("set", "slow", "--stop-timeout", "default")
+    assert d.instance("slow")["stop_timeout"] is None
+    assert "stop timeout default" in d.ok("status", "slow")
+
+
+@pytest.mark.parametrize("value, words", [("3601", "stop_timeout must be a whole number from 0 to 3600"),
+                                          ("soon", "stop_timeout must be a whole number from 0 to 3600"),
+                                          ("-1", "stop_timeout must be a whole number")])
+def test_a_bad_stop_timeout_is_refused_and_changes_nothing(ctd, make_container, value, words):
+    name = make_container(start=False)
+    r = ctd.ctl("set", name, "--stop-timeout", value)
+    assert r.code != 0 and words in r.err, r.err
+    assert ctd.instance(name)["stop_timeout"] is None

@@ -50,7 +50,15 @@ def vps(ctd, debian, key, lan):
 
 
 def system_state(ctd, name) -> str:
-    return ctd.ctl("exec", name, "--", "systemctl", "is-system-running", "--wait", timeout=120).out.strip()
+    """systemd's state once its boot is over. `--wait` waits for the boot, but only once systemctl
+    reaches the manager: an exec that comes before systemd made its socket gets nothing (and
+    "Failed to connect to bus" on stderr), so ask again until it answers."""
+    deadline = time.monotonic() + 120
+    while True:
+        r = ctd.ctl("exec", name, "--", "systemctl", "is-system-running", "--wait", timeout=120)
+        if r.out.strip() or time.monotonic() > deadline:
+            return r.out.strip() or f"(no answer: exit {r.code}, {r.err.strip()})"
+        time.sleep(0.5)
 
 
 def ssh(key: Path, address: str, command: str) -> subprocess.CompletedProcess:

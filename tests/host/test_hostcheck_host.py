@@ -16,10 +16,10 @@ from hostcheck.idmap import check_idmapped_mounts
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root and the real kernel")
 
-# Checks whose programs the set-up installs (Debian: btrfs-progs lxcfs nftables qemu-system-x86
+# Checks whose programs the set-up installs (Debian: btrfs-progs lxcfs nftables dnsmasq-base qemu-system-x86
 # ovmf swtpm swtpm-tools genisoimage mmdebstrap busybox-static; PyPI: python-prctl pyroute2).
-SETUP_TOOLS = ["tool:btrfs-progs", "tool:lxcfs", "tool:nftables", "tool:qemu", "tool:swtpm", "tool:genisoimage",
-               "tool:mmdebstrap", "tool:ovmf", "tool:busybox", "python:python-prctl",
+SETUP_TOOLS = ["tool:btrfs-progs", "tool:lxcfs", "tool:nftables", "tool:dnsmasq", "tool:qemu", "tool:swtpm",
+               "tool:genisoimage", "tool:mmdebstrap", "tool:ovmf", "tool:busybox", "python:python-prctl",
                "python:pyroute2"]
 
 

@@ -25,6 +25,7 @@ if os.geteuid() != 0:
 
 btrfsutil = pytest.importorskip("btrfsutil", reason="pip install btrfsutil==6.10 (setup.sh does)")
 from ctd.storage.btrfs import BtrfsStorage  # noqa: E402
+from ctd.storage.btrfs.quota import QuotaMode, kernel_has_simple_quota  # noqa: E402
 from tests.helpers.btrfs import _run, loop_btrfs  # noqa: E402,F401
 
 MiB = 1 << 20
@@ -39,9 +40,38 @@ def btrfs_mount(tmp_path: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def bt(btrfs_mount: Path) -> BtrfsStorage:
+    """ctd's own new pool with the default quota_mode: full qgroups."""
     driver = BtrfsStorage(btrfs_mount / "storage", enable_quota=True)
     driver.prepare()
+    assert driver.quota_mode() is QuotaMode.FULL
     return driver
+
+
+@pytest.fixture
+def bt_simple(btrfs_mount: Path) -> BtrfsStorage:
+    """ctd's own new pool opted in to simple quotas (quota_mode = "simple"; Linux >= 6.7)."""
+    if not kernel_has_simple_quota():
+        pytest.skip(f"kernel {os.uname().release} has no btrfs simple quotas (Linux 6.7)")
+    driver = BtrfsStorage(btrfs_mount / "storage", enable_quota=True, quota_mode=QuotaMode.SIMPLE)
+    driver.prepare()
+    assert driver.quota_mode() is QuotaMode.SIMPLE
+    return driver
+
+
+@pytest.fixture
+def bt_full(btrfs_mount: Path) -> BtrfsStorage:
+    """A pool whose quota an older ctd turned on: full qgroups, kept as they are."""
+    _run("btrfs", "quota", "enable", str(btrfs_mount))
+    driver = BtrfsStorage(btrfs_mount / "storage", enable_quota=True)
+    driver.prepare()
+    assert driver.quota_mode() is QuotaMode.FULL
+    return driver
+
+
+@pytest.fixture(params=["simple", "full"])
+def qbt(request: pytest.FixtureRequest) -> BtrfsStorage:
+    """Both accounting modes: the default (full) and opted-in simple quotas where the kernel has them."""
+    return request.getfixturevalue("bt_simple" if request.param == "simple" else "bt")
 
 
 @pytest.fixture(params=["btrfs", "dir"])
@@ -249,7 +279,8 @@ def test_dir_has_no_quota(tmp_path: Path) -> None:
 
 # -- btrfs only ---------------------------------------------------------------------------------
 
-def test_create_is_a_snapshot_not_a_copy(bt: BtrfsStorage) -> None:
+def test_create_is_a_snapshot_not_a_copy(qbt: BtrfsStorage) -> None:
+    bt = qbt
     make_template(bt, big=20 * MiB)
     tmpl_q = bt.subvolume_usage(bt.template_path("base") / "rootfs")
     assert tmpl_q is not None and tmpl_q["referenced"] >= 20 * MiB
@@ -259,19 +290,24 @@ def test_create_is_a_snapshot_not_a_copy(bt: BtrfsStorage) -> None:
         bt.create_instance(f"i{i}", "base")
     elapsed = time.perf_counter() - started
     growth = fs_used(bt.root) - used_before
-    print(f"\n10 btrfs instances: {elapsed * 1000 / 10:.1f} ms each, pool grew {growth // 1024} KiB")
+    print(f"\n10 btrfs instances ({bt.quota_mode()}): {elapsed * 1000 / 10:.1f} ms each, "
+          f"pool grew {growth // 1024} KiB")
     assert growth < 4 * MiB, f"10 instances of a 20 MB template took {growth} bytes"
     for i in range(10):
         q = bt.subvolume_usage(bt.rootfs(f"i{i}"), sync=False)
         assert q is not None
-        assert q["referenced"] >= 20 * MiB  # it sees the template's data …
+        if bt.quota_mode() is QuotaMode.FULL:
+            assert q["referenced"] >= 20 * MiB  # it sees the template's data …
+        else:
+            assert q["referenced"] < 256 * 1024  # simple quotas: only what it wrote
         assert q["exclusive"] < 256 * 1024  # … and owns a few metadata blocks
         assert bt.usage(f"i{i}", fresh=True) == q["referenced"]
     ids = {sid for _, sid in bt.subvolumes()}
     assert len(ids) == 11
 
 
-def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
+def test_quota_stops_dd_with_edquot(qbt: BtrfsStorage) -> None:
+    bt = qbt
     make_template(bt, big=20 * MiB)
     root = bt.create_instance("web", "base")
     assert bt.quota("web") is None
@@ -284,7 +320,11 @@ def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
     assert "Disk quota exceeded" in r.stderr, r.stderr
     used = bt.usage("web", fresh=True)
     assert limit - 8 * MiB <= used <= limit, used
-    assert (root / "fill").stat().st_size < 50 * MiB  # 64 MiB minus the 20 MB template file
+    written = (root / "fill").stat().st_size
+    if bt.quota_mode() is QuotaMode.FULL:
+        assert written < 50 * MiB  # 64 MiB minus the 20 MB template file it sees
+    else:
+        assert 56 * MiB <= written <= 64 * MiB  # only what it wrote counts
 
     bt.set_quota("web", None)
     assert bt.quota("web") is None
@@ -297,7 +337,8 @@ def test_quota_stops_dd_with_edquot(bt: BtrfsStorage) -> None:
         bt.set_quota("ghost", limit)
 
 
-def test_rollback_and_quota_survive_together(bt: BtrfsStorage) -> None:
+def test_rollback_and_quota_survive_together(qbt: BtrfsStorage) -> None:
+    bt = qbt
     make_template(bt)
     bt.create_instance("web", "base")
     bt.set_quota("web", 32 * MiB)
@@ -307,6 +348,54 @@ def test_rollback_and_quota_survive_together(bt: BtrfsStorage) -> None:
     r = subprocess.run(["dd", "if=/dev/zero", f"of={bt.rootfs('web') / 'fill'}", "bs=1M", "count=64"],
                        capture_output=True, text=True)
     assert "Disk quota exceeded" in r.stderr
+
+
+def test_rollback_does_not_reset_the_limit_under_full_qgroups(qbt: BtrfsStorage) -> None:
+    """The hostile tenant: write to the limit, snapshot, roll back, write again. Full qgroups
+    (the default) charge the rolled-back root with all it can see, so the second write hits
+    EDQUOT. Simple quotas charge the first write to the old root's subvolume: the limit then
+    counts almost nothing and the second write goes through -- the documented reason they
+    are opt-in (docs/storage.md, "Simple quotas")."""
+    bt = qbt
+    make_template(bt)
+    root = bt.create_instance("web", "base")
+    bt.set_quota("web", 32 * MiB)
+    assert _fill(root, 24).returncode == 0
+    bt.snapshot_instance("web", "s1")
+    bt.rollback("web", "s1")
+    again = subprocess.run(["dd", "if=/dev/urandom", f"of={bt.rootfs('web') / 'more'}", "bs=1M", "count=24",
+                            "conv=fsync"], capture_output=True, text=True)
+    if bt.quota_mode() is QuotaMode.FULL:
+        assert "Disk quota exceeded" in again.stderr, again
+        assert bt.usage("web", fresh=True) <= 32 * MiB
+    else:
+        assert again.returncode == 0, again.stderr  # the bypass simple quotas allow
+        assert bt.usage("web", fresh=True) < 25 * MiB  # the first 24 MiB are charged to no instance
+
+
+def test_simple_quota_counts_what_each_root_wrote(bt_simple: BtrfsStorage) -> None:
+    """Simple quotas charge data to the subvolume that wrote it: a clone, a rolled-back root
+    and a restored-from-snapshot root start at what they write themselves (docs/storage.md)."""
+    bt = bt_simple
+    info = bt.pool_info()
+    assert info["quota_mode"] == "simple" and "opted in (quota_mode)" in info["quota_mode_reason"]
+    make_template(bt)
+    root = bt.create_instance("web", "base")
+    (root / "blob").write_bytes(os.urandom(8 * MiB))
+    assert 8 * MiB <= bt.usage("web", fresh=True) < 9 * MiB
+    bt.snapshot_instance("web", "s1")
+    bt.clone_instance("web", "copy")
+    assert bt.usage("copy", fresh=True) < 256 * 1024  # the blob stays charged to web
+    (bt.rootfs("copy") / "own").write_bytes(os.urandom(2 * MiB))
+    assert 2 * MiB <= bt.usage("copy", fresh=True) < 3 * MiB
+    bt.rollback("web", "s1")
+    assert bt.usage("web", fresh=True) < 256 * 1024  # the blob is the snapshot's old root's
+    assert (bt.rootfs("web") / "blob").stat().st_size == 8 * MiB
+    bt.delete_instance("web")
+    bt.delete_instance("copy")
+    bt.wait_cleanup()
+    assert bt._read_pending() == []  # every qgroup went with its data
+    assert bt.quota_consistent() is True
 
 
 def test_delete_removes_subvolumes_snapshots_and_qgroups(bt: BtrfsStorage) -> None:
@@ -361,6 +450,7 @@ def test_template_made_as_plain_dir_still_snapshots(bt: BtrfsStorage) -> None:
 def test_pool_info_and_probe(bt: BtrfsStorage, tmp_path: Path) -> None:
     info = bt.pool_info()
     assert info["driver"] == "btrfs" and info["quota"] is True and info["quota_consistent"] is True
+    assert info["quota_mode"] == "full" and info["quota_mode_reason"] == "full qgroups: the default (quota_mode)"
     assert bt.repair_quota() is False
     assert 2 * GiB < info["size"] <= 3 * GiB and 0 < info["free"] < info["size"]
     assert bt.info().usable
@@ -383,11 +473,12 @@ def _fill(root: Path, mib: int) -> subprocess.CompletedProcess:
                            "conv=fsync"], capture_output=True, text=True)
 
 
-def test_deleting_instances_keeps_qgroup_numbers_consistent(bt: BtrfsStorage) -> None:
+def test_deleting_instances_keeps_qgroup_numbers_consistent(bt_full: BtrfsStorage) -> None:
     """The kernel marks every qgroup inconsistent (and then accounts nothing: no limit holds)
     when a qgroup is destroyed with bytes still on it, or a tall dropped subtree is not
     traced. Deleting instances and purging their qgroups as eagerly as ctd can must do
-    neither."""
+    neither. (Full qgroups only: simple quotas are never inconsistent.)"""
+    bt = bt_full
     assert (_qgroups_dir(bt) / "drop_subtree_threshold").read_text().strip() == "8"
     make_template(bt, big=4 * MiB)
     for i in range(8):
@@ -406,8 +497,9 @@ def test_deleting_instances_keeps_qgroup_numbers_consistent(bt: BtrfsStorage) ->
     assert "Disk quota exceeded" in _fill(root, 32).stderr
 
 
-def test_a_limit_set_on_inconsistent_numbers_waits_for_the_rescan(bt: BtrfsStorage,
+def test_a_limit_set_on_inconsistent_numbers_waits_for_the_rescan(bt_full: BtrfsStorage,
                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    bt = bt_full
     make_template(bt)
     root = bt.create_instance("gone", "base")
     for i in range(3000):  # a tree of more than one level, so its drop walks shared subtrees
@@ -426,3 +518,60 @@ def test_a_limit_set_on_inconsistent_numbers_waits_for_the_rescan(bt: BtrfsStora
     bt.set_quota("web", 16 * MiB)
     assert bt.quota_consistent() is True
     assert "Disk quota exceeded" in _fill(root, 32).stderr
+
+
+# -- which accounting mode a pool gets ------------------------------------------------------------
+
+def test_a_pool_on_full_qgroups_stays_on_them(btrfs_mount: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No silent switch: a pool an older ctd put on full qgroups keeps them across restarts,
+    and says so (with where to read how to convert) when the kernel could do better."""
+    _run("btrfs", "quota", "enable", str(btrfs_mount))
+    old = BtrfsStorage(btrfs_mount / "storage", enable_quota=True)
+    old.prepare()
+    make_template(old)
+    old.create_instance("web", "base")
+    old.set_quota("web", 16 * MiB)
+    caplog.clear()
+    # the next ctd start, opted in to simple quotas: too late for this pool
+    again = BtrfsStorage(btrfs_mount / "storage", enable_quota=True, quota_mode=QuotaMode.SIMPLE)
+    again.prepare()
+    info = again.pool_info()
+    assert info["quota_mode"] == "full" and info["quota_mode_reason"] == "full qgroups: quota was on before"
+    if kernel_has_simple_quota():
+        assert any("full qgroup accounting" in m and "Converting a pool" in m for m in caplog.messages)
+    assert again.quota("web") == 16 * MiB
+    assert "Disk quota exceeded" in _fill(again.rootfs("web"), 32).stderr
+
+
+def test_without_simple_quotas_a_new_pool_gets_full_qgroups(btrfs_mount: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """A kernel before 6.7 (its /sys/fs/btrfs/features has no simple_quota): full qgroups, one
+    log line saying why, and limits as before. A pool holding data gets them too."""
+    from ctd.storage.btrfs import quota
+    monkeypatch.setattr(quota, "SIMPLE_QUOTA_FEATURE", btrfs_mount / "no-such-feature")
+    bt = BtrfsStorage(btrfs_mount / "storage", enable_quota=True, quota_mode=QuotaMode.SIMPLE)
+    bt.prepare()
+    assert bt.quota_mode() is QuotaMode.FULL
+    assert "no btrfs simple quotas" in caplog.text and "Linux 6.7" in caplog.text
+    assert bt.pool_info()["quota_mode_reason"] == "full qgroups: this kernel has no simple quotas (Linux 6.7)"
+    monkeypatch.undo()
+    _run("btrfs", "quota", "disable", str(btrfs_mount))
+    make_template(bt)  # data written while quota is off
+    again = BtrfsStorage(btrfs_mount / "storage", enable_quota=True, quota_mode=QuotaMode.SIMPLE)
+    again.prepare()
+    assert again.quota_mode() is QuotaMode.FULL  # simple quotas would charge it to no one
+    assert "held data" in again.pool_info()["quota_mode_reason"]
+
+
+def test_a_simple_pool_under_the_default_setting_says_it_can_be_bypassed(
+        bt_simple: BtrfsStorage, caplog: pytest.LogCaptureFixture) -> None:
+    """A pool on simple quotas (opted in before, or made by the ctd that had them on by default)
+    keeps them when quota_mode is back to full -- converting needs a rescan and new limits --
+    but ctctl storage and the log say a tenant can exceed their limit, and where to read how
+    to go back."""
+    again = BtrfsStorage(bt_simple.root, enable_quota=True)
+    again.prepare()
+    info = again.pool_info()
+    assert info["quota_mode"] == "simple" and "can exceed their limit" in info["quota_mode_reason"]
+    assert any("though quota_mode is full" in m and "Back to full qgroups" in m for m in caplog.messages)

@@ -22,7 +22,10 @@ def test_the_embedded_default_is_a_loop_backed_btrfs_pool(ctd):
     assert info["driver"] == "btrfs", info
     assert info["image"].endswith("pool.img") and info["device"].startswith("/dev/loop")
     lines = ctd.ok("storage").splitlines()
-    assert lines[0].split() == ["driver:", "btrfs"] and "quota:   on" in lines
+    assert lines[0].split() == ["driver:", "btrfs"]
+    # full qgroups unless ctd.toml opts in to simple quotas (they let a rollback reset a limit)
+    assert info["quota_mode"] == "full" and info["quota_mode_reason"] == "full qgroups: the default (quota_mode)"
+    assert "quota:   on, full qgroups: the default (quota_mode)" in lines, lines
     # the loop reads pool.img with direct I/O: one cached copy of what the pool reads (#22)
     assert info["direct_io"] is True and "dio:     on" in lines
     assert (Path("/sys/block") / Path(info["device"]).name / "loop/dio").read_text().strip() == "1"
@@ -71,6 +74,51 @@ def test_diskspace_quota_stops_writes_inside_with_edquot(ctd, make_container):
     assert r.code == 1 and "at least" in r.err
     ctd.ok("set", name, "--diskspace", "100M")
     assert ctd.sh(name, "dd if=/dev/zero of=/root/more bs=1M count=30 2>/dev/null && echo ok").out.strip() == "ok"
+
+
+def test_rollback_or_restore_does_not_reset_the_diskspace_limit(ctd, make_container, tmp_path):
+    """The hostile tenant with snapshot, rollback, backup and restore rights, in the default
+    quota mode: fill most of the limit, snapshot, roll back (or back up and restore), write
+    again. The limit still counts the first write, so the second hits EDQUOT and the pool
+    holds no more than --diskspace for this instance. (Under opted-in simple quotas the second
+    write goes through: docs/storage.md, "Simple quotas".)"""
+    name = make_container(diskspace="32M")
+    fill = "dd if=/dev/urandom of=/root/{} bs=1M count=24 2>&1; sync"
+    assert "Disk quota exceeded" not in ctd.sh(name, fill.format("first")).out
+    ctd.ok("snapshot", name, "s1")
+    ctd.ok("rollback", "--restart", name, "s1")
+    r = ctd.sh(name, fill.format("second"))
+    assert "Disk quota exceeded" in r.out, r.out
+    assert ctd.instance(name)["disk"]["used"] <= 32 * 1024 * 1024
+    out = tmp_path / f"{name}.bak"
+    ctd.ok("backup", name, str(out), "--snapshot", "s1")
+    ctd.ok("destroy", "--force", name)
+    ctd.ok("restore", str(out))
+    ctd.ok("start", name)
+    assert ctd.instance(name)["disk"]["limit"] == 32 * 1024 * 1024
+    r = ctd.sh(name, fill.format("third"))
+    assert "Disk quota exceeded" in r.out, r.out
+    assert ctd.instance(name)["disk"]["used"] <= 32 * 1024 * 1024
+
+
+def test_a_daemon_opted_in_to_simple_quotas_says_so(tmp_path):
+    """quota_mode = "simple" in ctd.toml: a new pool gets simple quotas where the kernel has them."""
+    import uuid
+
+    from ctd.storage.btrfs.quota import kernel_has_simple_quota
+    from tests.conftest import Daemon, _teardown
+    d = Daemon(tmp_path / "state-sq", tmp_path / "sq.sock", f"ctd-test-{uuid.uuid4().hex[:8]}",
+               extra_config='quota_mode = "simple"\n')
+    d.start()
+    try:
+        info = storage(d)
+        mode = "simple" if kernel_has_simple_quota() else "full"
+        assert info["quota_mode"] == mode, info
+        if mode == "simple":
+            assert "quota:   on, simple quotas: opted in (quota_mode); each instance counts the data it wrote" \
+                in d.ok("storage").splitlines()
+    finally:
+        _teardown(d)
 
 
 def test_snapshot_change_rollback(ctd, make_container):

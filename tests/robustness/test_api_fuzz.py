@@ -77,8 +77,9 @@ def no_host_nat(case):  # type: ignore[no-untyped-def]
 class Fuzz:
     """Runs one hypothesis search per (operation, mode, target) and records what happened."""
 
-    def __init__(self, d: Daemon, base_url: str) -> None:
+    def __init__(self, d: Daemon, base_url: str, examples: int = EXAMPLES) -> None:
         self.d = d
+        self.examples = examples
         self.base_url = base_url
         self.session = requests.Session()
         self.statuses: collections.Counter[int] = collections.Counter()
@@ -103,7 +104,7 @@ class Fuzz:
     def run(self, operation, mode, **strategy_kw) -> None:  # type: ignore[no-untyped-def]
         strategy = operation.as_strategy(generation_mode=mode, **strategy_kw).map(short_stop).map(no_host_nat)
 
-        @hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+        @hypothesis.settings(max_examples=self.examples, deadline=None, database=None, derandomize=True,
                              phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate],
                              suppress_health_check=list(hypothesis.HealthCheck),
                              verbosity=hypothesis.Verbosity.quiet)
@@ -225,7 +226,11 @@ def test_exec_and_console_validate_before_the_upgrade(module_ctd: Daemon) -> Non
 
 def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
     out = []
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    # list_commands/get_command, not .commands: ctctl's root loads a noun's module on demand
+    for name in sorted(group.list_commands(ctx)):
+        cmd = group.get_command(ctx, name)
+        assert cmd is not None, name
         if isinstance(cmd, click.Group):
             out += _commands(cmd, prefix + (name,))
         else:

@@ -121,10 +121,30 @@ def fake_ldso(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# The attempts that a container feature could open a way for are made again with every feature on
+# (ctd/instance/container/features.py): a feature must add its one device and nothing else.
+FEATURE_RERUN_MODULES = ("test_devices", "test_namespaces", "test_network_and_disk", "test_host_control",
+                         "test_syscalls")
+ALL_FEATURES = "tun,fuse"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "make" in metafunc.fixturenames and metafunc.module.__name__.rsplit(".", 1)[-1] in FEATURE_RERUN_MODULES:
+        metafunc.parametrize("features", ["", ALL_FEATURES], ids=["default", "features"], indirect=True)
+
+
 @pytest.fixture
-def make(make_container):  # type: ignore[no-untyped-def]
+def features(request: pytest.FixtureRequest) -> str:
+    """The features every container of the attempt gets ("" unless the module is re-run with them)."""
+    return getattr(request, "param", "")
+
+
+@pytest.fixture
+def make(make_container, features):  # type: ignore[no-untyped-def]
     """make(privileged=False, **create options) -> name of a started container."""
     def new(privileged: bool = False, **options: str) -> str:
+        if features and "features" not in options:
+            options = {**options, "features": features}
         if privileged:
             return make_container(privileged=True, **options)
         return make_container(**options)

@@ -143,11 +143,15 @@ def _backing(path: Path) -> tuple[str, int, int, str, str]:
     return source, os.major(rdev), os.minor(rdev), fstype, inside
 
 
-def test_host_disk_is_not_in_dev(ctd, make, privileged):
+def test_host_disk_is_not_in_dev(ctd, make, privileged, features):
     name = make(privileged)
     listing = set(ctd.sh(name, "ls /dev").out.split())
+    # with the features on: their own nodes and nothing else (net holds only tun)
+    added = {"net", "fuse"} if features else set()
     assert listing <= {"null", "zero", "full", "random", "urandom", "tty", "console", "pts", "ptmx", "shm",
-                       "mqueue", "fd", "stdin", "stdout", "stderr", "log"}, listing
+                       "mqueue", "fd", "stdin", "stdout", "stderr", "log"} | added, listing
+    if features:
+        assert ctd.sh(name, "ls /dev/net").out.split() == ["tun"]
 
 
 def test_mknod_host_disk(ctd, make, privileged):

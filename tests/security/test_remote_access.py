@@ -36,15 +36,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def https_daemon(tmp: Path, tag: str) -> Iterator[Daemon]:
+    """A daemon with HTTPS on a free loopback port (its .port), torn down at the end."""
     port = free_port()
-    d = _start_daemon(tmp_path_factory.mktemp("remote"), "https", f'https_address = "127.0.0.1:{port}"\n')
+    d = _start_daemon(tmp, tag, f'https_address = "127.0.0.1:{port}"\n')
     d.port = port  # type: ignore[attr-defined]
     try:
         yield d
     finally:
         _teardown(d)
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    yield from https_daemon(tmp_path_factory.mktemp("remote"), "https")
 
 
 @pytest.fixture

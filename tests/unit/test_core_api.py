@@ -19,7 +19,6 @@ from ctd.api.errors import STATUS
 from ctd.api.server import make_app
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, NotFound, OperationFailed
-from ctd.instance.admin import check_filter
 from ctd.operations import Operations
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB, TemplateRecord
 from ctd.template.recipe import Recipe
@@ -46,17 +45,26 @@ class FakeInstances:
         self.fail: BaseException | None = None  # raised by get() when set
         self.release = asyncio.Event()  # create of "slow" waits for it
         self.calls: list[tuple] = []
+        # backups in backup_dir (ctd/instance/backups.py): none here
+        self.backups = SimpleNamespace(store=SimpleNamespace(backups_of=lambda instance_id: []),
+                                       list=lambda r: [])
+        # the rooms the handlers call: the list cache, the views, the snapshots
+        self.listing = SimpleNamespace(page=self._page)
+        self.views = SimpleNamespace(status=self._status)
+        self.snapshots = SimpleNamespace(list=lambda r: [])
 
     def _maybe_fail(self) -> None:
         if self.fail is not None:
             raise self.fail
 
-    def check_list_filter(self, states: list[str], tags: list[str]) -> Any:
-        return check_filter(states, tags)
-
-    def list(self, only: Any = None) -> list[dict[str, Any]]:
+    async def _page(self, only: Any, keep: Any, page: Any) -> bytes:
         self._maybe_fail()
-        return [self.view(r) for r in self.records.values() if only is None or only.matches(r)]
+        rows = [self.view(r) for r in self.records.values()
+                if (only is None or only.matches(r)) and (keep is None or keep(r))]
+        return json.dumps({"instances": rows, "total": len(rows), "next": None}).encode()
+
+    async def _status(self, r: InstanceRecord) -> dict[str, Any]:
+        return self.view(r)
 
     def get(self, ref: str) -> InstanceRecord:
         self._maybe_fail()
@@ -68,12 +76,13 @@ class FakeInstances:
     def view(self, r: InstanceRecord) -> dict[str, Any]:
         return {"id": r.id, "name": r.name, "state": r.state.value}
 
-    def check_create(self, body: Any) -> Any:
+    def check_create(self, body: Any, project: str = "default") -> Any:
         body = validate.body_fields(body, {"name", "template"}, {"name", "template"})
         name = validate.instance_name(body["name"])
         if name in self.records:
             raise Conflict(f"an instance named {name!r} already exists")
-        return SimpleNamespace(name=name, template=body["template"])  # a CreateRequest's fields
+        return SimpleNamespace(name=name, template=body["template"], id=102, type=InstanceType.CONTAINER,
+                               vm=None, limits={}, nics=[], project=project)  # a CreateRequest's fields
 
     async def create(self, checked: Any) -> dict[str, Any]:
         self.calls.append(("create", checked.name))
@@ -112,12 +121,15 @@ class FakeInstances:
     def console(self, ref: str) -> Any:
         raise Conflict(f"{ref} is not running; start it first")
 
+    def console_log(self, ref: str) -> bytes:
+        return b"\x1b[1mboot\x1b[0m \xff\r\n" if self.get(ref).name == "web" else b""
+
     def check_set(self, body: Any) -> dict[str, Any]:
         body = validate.body_fields(body, {"limits"}, {"limits"})
-        return {"limits": {"numproc": int(body["limits"]["numproc"])}}
+        return SimpleNamespace(limits={"numproc": int(body["limits"]["numproc"])}, ipadd=[], ipdel=[])
 
-    async def set_config(self, r: InstanceRecord, checked: dict[str, Any]) -> dict[str, Any]:
-        changes = checked["limits"]
+    async def set_config(self, r: InstanceRecord, checked: Any) -> dict[str, Any]:
+        changes = checked.limits
         self.calls.append(("set", r.name, changes))
         return {**self.view(r), "limits": changes}
 
@@ -367,8 +379,9 @@ def test_wait_refuses_bad_timeouts_and_unknown_ids(tmp_path: Path) -> None:
 
 def test_state_changes(tmp_path: Path) -> None:
     async def t(client: TestClient, env: Env) -> None:
-        for action, expected in (("start", ("start", "web")), ("stop", ("stop", "web", 12.0, False)),
-                                 ("restart", ("restart", "web", 12.0, False))):
+        # no timeout given: None, the manager uses the instance's stop timeout (else the server's)
+        for action, expected in (("start", ("start", "web")), ("stop", ("stop", "web", None, False)),
+                                 ("restart", ("restart", "web", None, False))):
             resp = await client.put("/1.0/instances/web/state", json={"action": action})
             assert resp.status == 202, await resp.text()
             op = (await resp.json())["operation"]
@@ -420,6 +433,17 @@ def test_exec_and_console_refusals_before_upgrade(tmp_path: Path) -> None:
         await error_of(await client.get("/1.0/instances/ghost/exec", params={"cmd": "ls"}), 404)
         await error_of(await client.get("/1.0/instances/Bad/console"), 400)
         await error_of(await client.get("/1.0/instances/web/console"), 409)
+    serve(tmp_path, t)
+
+
+def test_console_log_is_the_guests_bytes_as_plain_text(tmp_path: Path) -> None:
+    async def t(client: TestClient, env: Env) -> None:
+        resp = await client.get("/1.0/instances/web/console/log")   # stopped: still there
+        assert resp.status == 200 and resp.content_type == "text/plain"
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
+        assert await resp.read() == b"\x1b[1mboot\x1b[0m \xff\r\n"   # unfiltered: ctctl filters for a tty
+        assert await (await client.get("/1.0/instances/busy/console/log")).read() == b""
+        await error_of(await client.get("/1.0/instances/ghost/console/log"), 404)
     serve(tmp_path, t)
 
 
@@ -550,11 +574,11 @@ def test_disk_of_an_instance_whose_root_is_going_is_none_not_a_500() -> None:
     an OSError then); the load test saw a 500 for it."""
     from types import SimpleNamespace
 
-    from ctd.instance.manager import InstanceManager
+    from ctd.instance.views import InstanceViews
 
     def gone(name: str) -> int:
         raise FileNotFoundError(2, "Could not open", f"instances/{name}/rootfs")
 
-    manager = SimpleNamespace(_disk_cache={}, storage=SimpleNamespace(usage=gone, quota=gone))
+    views = InstanceViews(None, SimpleNamespace(usage=gone, quota=gone), None, None, None)  # type: ignore[arg-type]
     rec = SimpleNamespace(name="going")
-    assert InstanceManager.disk(manager, rec) is None  # type: ignore[arg-type]
+    assert views.disk(rec) is None  # type: ignore[arg-type]

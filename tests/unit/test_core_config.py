@@ -94,3 +94,14 @@ def test_owner_block_is_just_below_the_container_ranges() -> None:
     assert DaemonConfig().owner_base == 1_000_000 - 65536
     assert DaemonConfig(idmap_base=131072).owner_base == 65536
     assert DaemonConfig(idmap_base=100_000).owner_base == 0  # would reach the host's own users
+
+
+def test_quota_mode_is_full_unless_opted_in_to_simple(tmp_path: Path) -> None:
+    assert load_config(tmp_path / "missing.toml", {}).quota_mode == "full"
+    file = tmp_path / "ctd.toml"
+    file.write_text('quota_mode = "simple"\n')
+    assert load_config(file, {}).quota_mode == "simple"
+    for bad in ('"squota"', '"Simple"', "true"):
+        file.write_text(f"quota_mode = {bad}\n")
+        with pytest.raises(InvalidRequest, match=r'quota_mode must be "full" \(the default\) or "simple"'):
+            load_config(file, {})

@@ -54,6 +54,33 @@ def test_many_allocations_never_overlap_and_stay_aligned() -> None:
         taken.add(start)
 
 
+def _naive(base: int, size: int, taken: set[int], reserved: list[tuple[int, int]], limit: int) -> int | None:
+    start = base
+    while start + size <= min(limit, idmap.MAX_ID + 1):
+        if not any(overlaps(start, size, t, size) for t in taken) and \
+                not any(r < start + size and start < r + n for r, n in reserved):
+            return start
+        start += size
+    return None
+
+
+def test_the_sweep_picks_what_trying_every_slot_picks() -> None:
+    rng = random.Random(99)
+    for _ in range(300):
+        size = rng.choice([4, 16, SIZE])
+        base = rng.randrange(0, 50 * size)
+        taken = {base + rng.randrange(0, 30) * size + rng.choice([0, 0, 0, rng.randrange(size)])
+                 for _ in range(rng.randrange(0, 25))}
+        reserved = [(rng.randrange(0, 60 * size), rng.randrange(0, 3 * size)) for _ in range(rng.randrange(0, 5))]
+        limit = base + rng.randrange(1, 40) * size
+        want = _naive(base, size, taken, reserved, limit)
+        if want is None:
+            with pytest.raises(OperationFailed):
+                idmap.allocate(base, size, taken, reserved, limit)
+        else:
+            assert idmap.allocate(base, size, taken, reserved, limit) == want, (base, size, taken, reserved)
+
+
 def test_never_hands_out_the_invalid_uid() -> None:
     # (uid_t)-1 = 4294967295 must stay outside every range
     base = idmap.MAX_ID + 1 - 2 * SIZE

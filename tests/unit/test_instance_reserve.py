@@ -96,3 +96,15 @@ def test_a_finished_one_keeps_all_and_drops_its_marker(tmp_path: Path) -> None:
     assert set(db.rows) == {123} and network.allocated == [123]
     with pytest.raises(Conflict, match="already exists"):
         reservations.reserve("web", None, "choose another name")   # now its row holds the name
+
+
+def test_an_id_range_skips_the_ranges_other_nodes_published(tmp_path: Path) -> None:
+    reservations, _, db, _ = parts(tmp_path)
+    db.used_idmap_bases = set  # type: ignore[attr-defined]
+    config = reservations.config
+    first = reservations.reserve_idmap(1, privileged=False)
+    assert first == config.idmap_base
+    reservations.release("x", 1)
+    # another node's containers have the first two ranges (published with their size)
+    reservations.foreign_ranges = lambda: [(config.idmap_base, 2 * config.idmap_size)]
+    assert reservations.reserve_idmap(2, privileged=False) == config.idmap_base + 2 * config.idmap_size

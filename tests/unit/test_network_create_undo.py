@@ -25,7 +25,7 @@ def test_a_failed_bring_up_removes_the_bridge_and_records_nothing(tmp_path: Path
 
     monkeypatch.setattr(sysctl, "write", refuse)
     monkeypatch.setattr(networks_mod.os.path, "isdir", lambda path: True)  # the bridge "has" IPv6
-    checked = {"name": "brx", "subnet4": "10.99.1.0/24", "subnet6": None, "nat": False, "mtu": 1500}
+    checked = networks_mod.NetworkRequest(name="brx", subnet4="10.99.1.0/24", subnet6=None, nat=False, mtu=1500)
     with pytest.raises(OSError):
         net.create_network(checked)
     assert made == ["brx"] and deleted == ["brx"]

@@ -95,8 +95,8 @@ def test_a_header_as_ctd_writes_it_restores_safely() -> None:
     assert p.privileged is False and any("privileged" in n for n in p.notes)
     assert [n.filter for n in p.nics] == [True]
     assert [(n.network, n.mode, n.addresses, n.rate) for n in p.nics] == [("lan", NicMode.BRIDGED, [], 10_000_000)]
-    assert "cgroup_fixed" not in p.options and any("cgroup_fixed" in n for n in p.notes)
-    assert p.options == {"systemd": False, "network_style": "ip", "ssh_keys": [KEY], "timezone": "UTC",
+    assert "cgroup_fixed" not in p.options.to_stored() and any("cgroup_fixed" in n for n in p.notes)
+    assert p.options.to_stored() == {"systemd": False, "network_style": "ip", "ssh_keys": [KEY], "timezone": "UTC",
                          "nameservers": ["192.0.2.53"], "passwd": {"user": "root", "hash": HASH}}
     # the state's limits survive the trip (ram's barrier kept apart as ram_high)
     assert p.limits == header()["meta"]["limits"]
@@ -198,7 +198,7 @@ def test_ignored_fields_are_named_and_do_not_arrive() -> None:
     assert all(k in ignored for k in ("id", "idmap_base", "type", "created_at"))
     dropped = next(n for n in p.notes if "options" in n)
     assert all(k in dropped for k in ("cgroup_fixed", "vm", "zzz"))
-    assert set(p.options) == {"systemd", "network_style", "ssh_keys", "timezone", "nameservers"}
+    assert set(p.options.to_stored()) == {"systemd", "network_style", "ssh_keys", "timezone", "nameservers"}
 
 
 def test_nics_keep_network_mode_and_rate_but_not_address_or_mac() -> None:
@@ -238,9 +238,9 @@ def test_missing_init_comes_from_the_templates_recipe() -> None:
 
 def test_options_the_file_leaves_out_come_from_the_recipe() -> None:
     h = header(options={})
-    assert plan_restore(FakeManager(), h, {}).options["network_style"] == "ip"  # type: ignore[arg-type]
+    assert plan_restore(FakeManager(), h, {}).options.network_style == "ip"  # type: ignore[arg-type]
     h["meta"]["template"] = "gone"
-    assert plan_restore(FakeManager(), h, {}).options == {  # type: ignore[arg-type]
+    assert plan_restore(FakeManager(), h, {}).options.to_stored() == {  # type: ignore[arg-type]
         "systemd": False, "network_style": "none", "ssh_keys": [], "timezone": None, "nameservers": []}
 
 
@@ -309,18 +309,19 @@ def test_header_dict_is_not_modified_in_place() -> None:
 
 def test_a_backup_carries_guest_settings_but_no_runtime_state() -> None:
     from ctd.state import InstanceRecord, InstanceType
+    from ctd.state.options import InstanceOptions
     manager = SimpleNamespace(storage=None, db=SimpleNamespace(nics_of=lambda instance_id: []))
     rec = InstanceRecord(id=100, name="web", type=InstanceType.CONTAINER, template="busybox", hostname="web",
                          privileged=False, idmap_base=1 << 20, limits={"numproc": 100},
-                         options={"systemd": True, "network_style": "networkd", "ssh_keys": [KEY],
-                                  "passwd": {"user": "root", "hash": HASH},
-                                  "cgroup_fixed": {"unified": "ct-standby-7"}})
+                         options=InstanceOptions.from_stored({
+                             "systemd": True, "network_style": "networkd", "ssh_keys": [KEY],
+                             "passwd": {"user": "root", "hash": HASH}, "cgroup_fixed": {"unified": "ct-standby-7"}}))
     meta = Transfers(manager).meta(rec)  # type: ignore[arg-type]
     assert meta["options"] == {"systemd": True, "network_style": "networkd", "ssh_keys": [KEY],
-                               "passwd": {"user": "root", "hash": HASH}}
+                               "timezone": None, "nameservers": [], "passwd": {"user": "root", "hash": HASH}}
     # and what it writes restores as it was
     p = plan_restore(FakeManager(), {"name": "web", "meta": meta}, {})  # type: ignore[arg-type]
-    assert p.options["passwd"] == meta["options"]["passwd"] and p.limits == {"numproc": 100}
+    assert p.options.guest_stored()["passwd"] == meta["options"]["passwd"] and p.limits == {"numproc": 100}
 
 
 def test_reinstall_refuses_a_vm_and_a_running_instance_without_restart() -> None:

@@ -78,8 +78,11 @@ def test_linux_profile_argv(files: dict[str, Path]) -> None:
     assert one(argv, "-smp") == "2,sockets=1,cores=2,threads=1,maxcpus=2"
     assert one(argv, "-m") == "512M"
     assert one(argv, "-rtc") == "base=utc"
-    assert one(argv, "-chardev") == (f"socket,id=serial0,path={run}/serial.sock,server=on,wait=off,"
-                                     f"logfile={run}/serial.log")
+    assert values(argv, "-chardev") == [f"socket,id=serial0,path={run}/serial.sock,server=on,wait=off,"
+                                        f"logfile={run}/serial.log",
+                                        # the guest agent's channel (vm/agent.py), served by QEMU
+                                        f"socket,id=agent0,path={run}/agent.sock,server=on,wait=off"]
+    assert "virtserialport,bus=vserial0.0,chardev=agent0,name=org.qemu.guest_agent.0" in values(argv, "-device")
     assert one(argv, "-serial") == "chardev:serial0"
     assert one(argv, "-qmp") == f"unix:{run}/qmp.sock,server=on,wait=off"
     assert one(argv, "-display") == "none"
@@ -92,7 +95,8 @@ def test_linux_profile_argv(files: dict[str, Path]) -> None:
                                    "cache=none,discard=unmap")
     assert values(argv, "-device") == ["VGA,id=video0", "virtio-blk-pci,drive=drive-disk0,id=disk0,bootindex=1",
                                        "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:01,id=nic0",
-                                       "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
+                                       "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+                                       "virtio-serial-pci,id=vserial0", "virtserialport,bus=vserial0.0,chardev=agent0,name=org.qemu.guest_agent.0"]
     assert one(argv, "-netdev") == "tap,id=net0,ifname=vm100n0,script=no,downscript=no"
     for flag in ("-tpmdev", "-blockdev", "-global"):
         assert flag not in argv
@@ -154,7 +158,8 @@ def test_windows_profile_argv_tcg(files: dict[str, Path]) -> None:
         "ide-cd,bus=ide.0,drive=drive-cd0,id=cd0,bootindex=2",     # install ISO
         "ide-cd,bus=ide.1,drive=drive-cd1,id=cd1",                 # virtio-win drivers
         "virtio-net-pci,netdev=net0,mac=52:54:00:aa:bb:02,id=nic0",
-        "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
+        "virtio-balloon-pci,id=balloon0,free-page-reporting=on",
+        "virtio-serial-pci,id=vserial0", "virtserialport,bus=vserial0.0,chardev=agent0,name=org.qemu.guest_agent.0"]
     drives = values(argv, "-drive")
     assert drives[1] == f"file={files['win.iso']},if=none,id=drive-cd0,media=cdrom,readonly=on,format=raw"
     assert drives[2] == f"file={files['virtio-win.iso']},if=none,id=drive-cd1,media=cdrom,readonly=on,format=raw"
@@ -212,7 +217,8 @@ def test_microvm(files: dict[str, Path]) -> None:
     assert devices == ["virtio-blk-device,drive=drive-disk0,id=disk0,bootindex=1",
                        "virtio-blk-device,drive=drive-cd0,id=cd0",
                        "virtio-net-device,netdev=net0,mac=52:54:00:aa:bb:01,id=nic0",
-                       "virtio-balloon-device,id=balloon0,free-page-reporting=on"]
+                       "virtio-balloon-device,id=balloon0,free-page-reporting=on",
+                       "virtio-serial-device,id=vserial0", "virtserialport,bus=vserial0.0,chardev=agent0,name=org.qemu.guest_agent.0"]
     assert "-vnc" not in argv
 
 
@@ -324,3 +330,12 @@ def test_pick_accel_answers_with_a_reason() -> None:
 
     accel, reason = pick_accel()
     assert accel in ("kvm", "tcg") and reason
+
+
+def test_ctds_vms_have_no_growing_qemu_serial_log(files: dict[str, Path]) -> None:
+    """ctd reads the serial socket itself into a fixed-size ring (ctd/instance/vm/serial.py):
+    QEMU's logfile, which a flooding guest grows without end, is left out."""
+    run = files["run"]
+    argv = build_argv(linux(files, serial_logfile=False))
+    serial = [v for k, v in zip(argv, argv[1:]) if k == "-chardev" and "id=serial0" in v]
+    assert serial == [f"socket,id=serial0,path={run}/serial.sock,server=on,wait=off"]   # no logfile=

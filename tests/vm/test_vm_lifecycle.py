@@ -131,8 +131,28 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
     assert disk.read_bytes()[:6] == b"before"
     assert "s1" in d.ok("snapshot-list", "vmkeep")
     d.ok("start", "vmkeep")
-    r = d.ctl("snapshot", "vmkeep", "s2")
-    assert r.code == 1 and "stop the VM" in r.err
+    pid = d.instance("vmkeep")["pid"]
+    # a running VM's snapshot is live: paused for the copy, no agent here so crash-consistent
+    with disk.open("r+b") as fh:
+        fh.write(b"live!!")
+    out = d.ok("snapshot", "vmkeep", "s2")
+    assert "crash-consistent" in out and "paused" in out, out
+    inst = d.instance("vmkeep")
+    assert (inst["state"], inst["pid"]) == ("running", pid)
+    assert (d.state_dir / "storage/instances/vmkeep/snapshots/s2/disk.raw").read_bytes()[:6] == b"live!!"
+    # a live snapshot that fails half-way (the snapshot directory refuses a new entry): the VM runs
+    # on, not paused, on its own disk, and no snapshot is left
+    snaps = d.state_dir / "storage/instances/vmkeep/snapshots"
+    subprocess.run(["chattr", "+i", str(snaps)], check=True)
+    try:
+        r = d.ctl("snapshot", "vmkeep", "s3")
+    finally:
+        subprocess.run(["chattr", "-i", str(snaps)], check=True)
+    assert r.code != 0, r.out
+    inst = d.instance("vmkeep")
+    assert (inst["state"], inst["pid"]) == ("running", pid)
+    assert "s3" not in d.ok("snapshot-list", "vmkeep")
+    assert sorted(p.name for p in snaps.iterdir()) == ["s1", "s2"]
     d.ok("destroy", "--force", "vmkeep")
 
 
@@ -223,18 +243,19 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
     assert not (ctd.state_dir / "storage/instances" / name).exists()
 
 
-def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
-    """They are containers-only (docs/storage.md, ctctl help): a clear 400, no file, the VM unchanged."""
+def test_tar_backup_and_reinstall_are_refused_for_vms(ctd, tmp_path):
+    """A VM's backup is its disk image (tests/vm/test_vm_backup.py): --tar and reinstall are for
+    containers: a clear 400, no file, the VM unchanged."""
     installer = iso(tmp_path / "inst.iso", "INST")
     name = ctd.unique("vmb")
     ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer), "--disk", "1G")
     try:
         target = tmp_path / "vm.bak"
-        r = ctd.ctl("backup", name, str(target))
-        assert r.code == 1 and "is a VM: backup and restore are for containers" in r.err, r.err
+        r = ctd.ctl("backup", "--tar", name, str(target))
+        assert r.code == 1 and "--tar is for containers" in r.err, r.err
         assert not target.exists()
         with pytest.raises(ApiError) as err:
-            ctd.client.request("POST", f"/1.0/instances/{name}/backup", {"file": str(target)})
+            ctd.client.request("POST", f"/1.0/instances/{name}/backup", {"file": str(target), "driver": "tar"})
         assert err.value.status == 400
         r = ctd.ctl("reinstall", name, "--template", "busybox")
         assert r.code == 1 and "is a VM: reinstall is for containers" in r.err, r.err
@@ -245,10 +266,12 @@ def test_backup_restore_and_reinstall_are_refused_for_vms(ctd, tmp_path):
 
 def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
     """status of a VM rendered (it has no id range: once a traceback); a stop that had to end
-    QEMU says so; destroy leaves no serial.log (the next VM with this id would find it)."""
+    QEMU says so; destroy leaves no run directory and no console log (the next VM with this id
+    would find them)."""
     name = ctd.unique("vms")
     ctd.ok("create", name, "--type", "vm", "--disk", "64M", "--ram", "256M")
     run_dir = ctd.state_dir / "run/vm" / str(ctd.instance(name)["id"])
+    console_log = ctd.state_dir / "consoles" / f"{ctd.instance(name)['id']}.log"
     try:
         out = ctd.ok("status", name)
         assert "host ids:" in out and "a VM" in out and "Traceback" not in out
@@ -257,7 +280,7 @@ def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
         assert r.code == 1 and "numproc: container limits" in r.err, r.err
         assert ctd.instance(name)["hostname"] == name and "numproc" not in ctd.instance(name)["limits"]
         ctd.ok("start", name)
-        assert (run_dir / "serial.log").exists()
+        assert console_log.exists() and not (run_dir / "serial.log").exists()   # ctd's ring, not QEMU's log
         assert "state:       running" in ctd.ok("status", name)
         # a blank disk has no OS to answer the ACPI button: QEMU is ended after the timeout
         out = ctd.ok("stop", "--timeout", "2", name)
@@ -268,6 +291,7 @@ def test_vm_status_forced_stop_message_and_destroy_removes_its_run_dir(ctd):
     finally:
         ctd.ctl("destroy", "--force", name)
     assert not run_dir.exists(), sorted(p.name for p in run_dir.iterdir())
+    assert not console_log.exists()
 
 
 def test_qemu_installed_while_ctd_runs_is_used_without_a_restart(tmp_path):

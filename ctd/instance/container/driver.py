@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -22,10 +23,10 @@ from pathlib import Path
 from cgroups import CgroupError, CgroupGroup, CgroupManager, Resources
 from ctd import faults
 from ctd.errors import Conflict, OperationFailed
+from ctd.instance.consolelog import open_ring
 from ctd.instance.container.console import Console
 from ctd.instance.container.exec_session import ExecProcess, start_exec
 from ctd.instance.container.groups import (
-    FIXED_KEY,
     STANDBY_GROUP,
     StandbyGroups,
     attach,
@@ -39,7 +40,7 @@ from ctd.instance.container.lxcfs_watch import LxcfsWatch
 from ctd.instance.container.running import ExitFacts, RunningContainer
 from ctd.instance.container.spawner_client import SpawnerClient, first_reply
 from ctd.instance.container.spec import DEFAULT_NUMPTY, ContainerSpec, to_wire
-from ctd.instance.container.spec_build import IO_URING_KEY, build_spec, seccomp_deny
+from ctd.instance.container.spec_build import build_spec, seccomp_deny
 from ctd.linux.proc import is_zombie, start_time, userns_owner
 from ctd.lxcfs import Lxcfs
 from ctd.network import netlink
@@ -49,7 +50,7 @@ from ctd.template.recipe import signal_number
 
 # Names the manager and others import from here (their home is the module named above).
 __all__ = [
-    "FIXED_KEY", "IO_URING_KEY", "STANDBY_GROUP", "ContainerDriver", "ExecProcess", "ExitFacts",
+    "STANDBY_GROUP", "ContainerDriver", "ExecProcess", "ExitFacts",
     "RunningContainer", "catches", "cgroup_name", "read_to_eof", "seccomp_deny", "standby_group_name",
 ]
 
@@ -119,15 +120,16 @@ class ContainerDriver:
         return build_spec(rec, rootfs, self.lxcfs, self.cgroups, console)
 
     async def start(self, rec: InstanceRecord, rootfs: Path, resources: Resources,
-                    prepare: PrepareHook | None = None) -> RunningContainer:
-        """prepare(pid) runs after the namespaces exist and before init runs (NICs go in then)."""
+                    prepare: PrepareHook | None = None, console_log: Path | None = None) -> RunningContainer:
+        """prepare(pid) runs after the namespaces exist and before init runs (NICs go in then);
+        console_log: where the console's output is kept (consolelog.RingLog)."""
         if rec.name in self.running:
             raise Conflict(f"{rec.name} is already running")
         init_path = rootfs / rec.init[0].lstrip("/")
         if not os.path.lexists(init_path):
             raise OperationFailed(f"{rec.name}: the root filesystem has no {rec.init[0]}; "
                                   "the template is broken — reinstall or recreate the container")
-        rec.options.pop(FIXED_KEY, None)
+        rec.options = rec.options.ended_run()   # the last run's cgroup names
         staged_pid, staged = (0, None) if rec.privileged else self.standbys.take()
         with contextlib.ExitStack() as undo:
             if staged is not None:  # if the start fails before its group takes it over
@@ -137,11 +139,11 @@ class ContainerDriver:
             try:
                 if not rec.privileged:
                     # Container root must own its console, or it can't even open it.
+                    assert rec.idmap_base is not None
                     os.fchown(slave, rec.idmap_base, rec.idmap_base + TTY_GID)
                 os.fchmod(slave, 0o620)
                 spec = self.build_spec(rec, rootfs)
-                hint = {"standby": staged_pid} if staged_pid else {}
-                queue = self.spawner.request("spawn", to_wire(spec), [slave], **hint)
+                queue = self.spawner.request("spawn", to_wire(spec), [slave], standby=staged_pid or 0)
             finally:
                 os.close(slave)
             undo.callback(self.spawner.forget, queue)
@@ -191,7 +193,7 @@ class ContainerDriver:
         self.spawner.forget(queue)
         if not rec.privileged:
             self.spawner.notify("refill")  # the next standby, now that this start is done
-        console = Console(master)
+        console = Console(master, open_ring(console_log) if console_log else None)
         console.attach_loop(asyncio.get_running_loop())
         rc = RunningContainer(rec.name, pid, pidfd, start_time(pid) or 0, console, group=group,
                               privileged=rec.privileged, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY))
@@ -221,9 +223,7 @@ class ContainerDriver:
             os.close(pidfd)
             return None
         fixed = verified_fixed(self.cgroups, rec)
-        rec.options.pop(FIXED_KEY, None)
-        if fixed:
-            rec.options[FIXED_KEY] = fixed  # the caller saves the record
+        rec.options = dataclasses.replace(rec.options, cgroup_fixed=fixed)  # the caller saves the record
         rc = RunningContainer(rec.name, rec.pid, pidfd, rec.pid_start, None, adopted=True,
                               group=self.cgroups.group(cgroup_name(rec), fixed), privileged=rec.privileged)
         self._watch(rc)
@@ -325,8 +325,9 @@ class ContainerDriver:
         group = self.group(rec)
         try:
             await asyncio.to_thread(group.apply, resources)
-            if rec.options.get("systemd") and not rec.privileged:
+            if rec.options.systemd and not rec.privileged:
                 # systemd inside manages its own subtree (init.scope, system.slice …)
+                assert rec.idmap_base is not None
                 await asyncio.to_thread(group.delegate, rec.idmap_base, rec.idmap_base)
         except CgroupError as exc:
             with contextlib.suppress(CgroupError):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cgroups import CgroupGroup
@@ -25,6 +26,14 @@ class ExecProcess:
     fds: list[int]  # ctd's ends: [stdin w, stdout r, stderr r], or [pty master]
     exit_code: asyncio.Future[int]
     queue: asyncio.Queue[Reply]
+    on_signal: Callable[[int], None] | None = None   # a VM's: the guest agent passes it on
+
+    def kill(self, sig: int) -> None:
+        """Signal the command (a VM's command through on_signal; it has no host pid)."""
+        if self.on_signal is not None:
+            self.on_signal(sig)
+        elif self.pid > 0:
+            os.kill(self.pid, sig)
 
 
 async def start_exec(spawner: SpawnerClient, rec: InstanceRecord, rc: RunningContainer, group: CgroupGroup,

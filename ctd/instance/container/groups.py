@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -21,12 +22,11 @@ from cgroups import CgroupError, CgroupGroup, CgroupManager, Resources
 from cgroups.discovery import UNIFIED
 from ctd import faults
 from ctd.errors import OperationFailed
-from ctd.instance.container import devices
+from ctd.instance.container import devices, features
 from ctd.state import InstanceRecord
 
 log = logging.getLogger(__name__)
 
-FIXED_KEY = "cgroup_fixed"  # rec.options: hierarchy -> the running container's group name there
 # The only shape a recorded fixed name may have: the standby group the container started in.
 STANDBY_GROUP = re.compile(r"standby-[1-9][0-9]{0,9}")
 
@@ -73,16 +73,17 @@ def make_group(cgroups: CgroupManager, rec: InstanceRecord, resources: Resources
     undo.callback(destroy_group_quietly, group)
     # Before init runs (a staged standby sits in the group, but runs no guest code yet).
     try:
-        group.restrict_devices(devices.ALLOWED, seal=rec.privileged)
+        group.restrict_devices(devices.ALLOWED + features.device_rules(rec.features), seal=rec.privileged)
     except CgroupError as exc:  # no container runs without its device list
         raise OperationFailed(f"starting {rec.name}: ctd cannot confine its devices on this host: {exc}; "
                               "'ctctl check' shows what the host lacks") from None
     group.apply(resources)
-    if rec.options.get("systemd") and not rec.privileged:
+    if rec.options.systemd and not rec.privileged:
         # systemd inside manages its own subtree (init.scope, system.slice …)
+        assert rec.idmap_base is not None   # an unprivileged container has its id range
         group.delegate(rec.idmap_base, rec.idmap_base)
     if group.fixed:
-        rec.options[FIXED_KEY] = dict(group.fixed)
+        rec.options = dataclasses.replace(rec.options, cgroup_fixed=dict(group.fixed))
     return group, holds
 
 
@@ -103,7 +104,7 @@ def verified_fixed(cgroups: CgroupManager, rec: InstanceRecord) -> dict[str, str
                 if (STANDBY_GROUP.fullmatch(name) and bases[UNIFIED].endswith(parent)
                         and os.path.isdir(os.path.join(bases[UNIFIED], name))):
                     kept[UNIFIED] = name
-    recorded = rec.options.get(FIXED_KEY)
+    recorded = rec.options.cgroup_fixed
     if recorded and recorded != kept:
         log.warning("%s: its record names cgroup(s) %r, but its init is in %r; using what the kernel says",
                     rec.name, recorded, kept)

@@ -16,6 +16,9 @@ from typing import Any
 from cgroups import CgroupGroup, Resources
 from ctd import faults, guest
 from ctd.errors import Conflict, InvalidRequest, OperationFailed
+from ctd.instance import consolelog
+from ctd.instance.consolehub import ConsoleHub
+from ctd.instance.container import hostmounts
 from ctd.instance.container.driver import ContainerDriver, ExecProcess, cgroup_name
 from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.requests import CloneRequest, CreateRequest
@@ -24,7 +27,7 @@ from ctd.instance.rollback import Rollback
 from ctd.network.manager import NicRequest
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord, InstanceType
-from ctd.state.records import copyable_options
+from ctd.state.options import InstanceOptions
 
 FREEZE_TIMEOUT = 10.0   # seconds the kernel gets to stop every task of a container
 
@@ -32,7 +35,7 @@ log = logging.getLogger("ctd.instances")
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class ContainerKind:
@@ -56,18 +59,19 @@ class ContainerKind:
         return self.ctx.storage.rootfs(rec.name).is_dir()
 
     def group(self, rec: InstanceRecord) -> CgroupGroup:
-        return self.driver.group(rec)  # type: ignore[no-any-return]
+        return self.driver.group(rec)
 
     def group_name(self, rec: InstanceRecord) -> str:
         return cgroup_name(rec)
 
     def view_fields(self, rec: InstanceRecord) -> dict[str, Any]:
         rc = self.driver.running.get(rec.name)
-        return {"console": bool(rc and rc.console), "vm": None}
+        return {"console": bool(rc and rc.console), "vm": None, "features": list(rec.features),
+                "mounts": [dict(m) for m in rec.mounts]}
 
     # ------------------------------------------------------------- provisioning
 
-    def check_body(self, body: dict[str, Any]) -> dict[str, Any] | None:
+    def check_body(self, body: dict[str, Any]) -> None:
         if body.get("vm") is not None:
             raise InvalidRequest("vm options (disk, iso, profile …) are for --type vm only")
         if body.get("template") is None:
@@ -91,10 +95,9 @@ class ContainerKind:
             id=req.id, name=name, type=InstanceType.CONTAINER, template=req.template,
             hostname=req.hostname, privileged=req.privileged, idmap_base=base,
             limits=req.limits, created_at=_now(), init=list(recipe.init), stop_signal=recipe.stop_signal,
-            options={"systemd": recipe.systemd, "network_style": recipe.network_style,
-                     "ssh_keys": req.ssh_keys, "timezone": req.timezone,
-                     "nameservers": req.nameservers,
-                     **({"io_uring": True} if req.io_uring else {})},
+            options=InstanceOptions(systemd=recipe.systemd, network_style=recipe.network_style,
+                                    ssh_keys=tuple(req.ssh_keys), timezone=req.timezone,
+                                    nameservers=tuple(req.nameservers), io_uring=req.io_uring),
         )
         rootfs = await asyncio.to_thread(ctx.storage.create_instance, name, req.template)
         new.storage_made()
@@ -120,8 +123,8 @@ class ContainerKind:
         rec = InstanceRecord(
             id=req.new.id, name=name, type=src.type, template=src.template, hostname=name,
             privileged=src.privileged, idmap_base=base, limits=dict(src.limits), created_at=_now(),
-            init=list(src.init), stop_signal=src.stop_signal, options=copyable_options(src.options))
-        nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate)
+            init=list(src.init), stop_signal=src.stop_signal, options=src.options.copyable())
+        nics = [NicRequest(n.network, n.mode, [] if n.network else [], n.filter, n.rate, n.mtu, n.vlan)
                 for n in ctx.db.nics_of(src.id)]
         async with src_lock:
             rootfs = await asyncio.to_thread(ctx.storage.clone_instance, src.name, name, req.snapshot)
@@ -151,8 +154,11 @@ class ContainerKind:
                 log.debug("%s: NICs host side %.1f ms", rec.name, (time.perf_counter() - began) * 1000)
             return inside  # init addresses them itself before it execs
 
+        for m in hostmounts.from_stored(rec.mounts):   # a symlink swapped in since create/set stops here
+            hostmounts.check_source(m.source, self.ctx.config.state_dir)
         try:
-            rc = await self.driver.start(rec, self.ctx.storage.rootfs(rec.name), resources, plug_nics)
+            rc = await self.driver.start(rec, self.ctx.storage.rootfs(rec.name), resources, plug_nics,
+                                         consolelog.log_path(self.ctx.config.state_dir, rec.id))
         except BaseException:
             await asyncio.to_thread(network.teardown, rec)
             raise
@@ -198,7 +204,7 @@ class ContainerKind:
     async def hardware(self, rec: InstanceRecord) -> dict[str, Any]:
         raise InvalidRequest(f"{rec.name} is not a VM")
 
-    def console(self, rec: InstanceRecord) -> Any:
+    def console(self, rec: InstanceRecord) -> ConsoleHub:
         rc = self.driver.running.get(rec.name)
         if rc is None:
             raise Conflict(f"{rec.name} is not running; start it first")
@@ -221,6 +227,11 @@ class ContainerKind:
         await asyncio.to_thread(self.ctx.storage.rollback, rec.name, snap)
 
     # ------------------------------------------------------------- settings
+
+    def init_pid(self, rec: InstanceRecord) -> int | None:
+        """The running container's init, None when it is not running."""
+        rc = self.driver.running.get(rec.name)
+        return rc.pid if rc is not None else None
 
     async def configure_nics(self, rec: InstanceRecord, inside: list[InsideNic]) -> None:
         """A running container's interfaces as the state now has them (set --ipadd/--ipdel)."""
@@ -273,9 +284,10 @@ class ContainerKind:
         return []
 
     async def adopt(self, rec: InstanceRecord) -> bool:
-        if self.driver.adopt(rec) is None:
+        running = self.driver.adopt(rec)
+        if running is None:
             return False
-        await asyncio.to_thread(self.ctx.network.adopt, rec, rec.pid)
+        await asyncio.to_thread(self.ctx.network.adopt, rec, running.pid)
         return True
 
     def unavailable(self) -> str | None:

@@ -9,11 +9,15 @@ import os
 import socket
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ctd.errors import OperationFailed
 from ctd.instance.container import spawner
 
-Reply = tuple[dict, list[int]]  # a message from the spawner and the fds that came with it
+if TYPE_CHECKING:
+    from ctd.instance.container.spawner import Message, Wire
+
+Reply = tuple["Message", list[int]]  # a message from the spawner and the fds that came with it
 ExitCallback = Callable[[int, int], None]  # (pid, wait status)
 StandbyCallback = Callable[[int], None]  # (pid of an init made ahead)
 
@@ -23,14 +27,14 @@ class SpawnerClient:
         self.sock = sock
         self.pid = pid
         self._ids = itertools.count(1)
-        self._queues: dict[int, asyncio.Queue[tuple[dict, list[int]]]] = {}
+        self._queues: dict[int, asyncio.Queue[Reply]] = {}
         self.on_exit: ExitCallback | None = None
         self.on_standby: StandbyCallback | None = None
         self.on_standby_gone: StandbyCallback | None = None
         self.alive = True
         # Requests the socket could not take yet. ctd never blocks on a send: the spawner may be
         # blocked sending replies that only ctd's event loop reads (200 starts at once did that).
-        self._outbox: collections.deque[tuple[dict, list[int]]] = collections.deque()
+        self._outbox: collections.deque[Reply] = collections.deque()
         self._loop: asyncio.AbstractEventLoop | None = None
 
     @classmethod
@@ -69,10 +73,7 @@ class SpawnerClient:
             self._lost()
             return
         if "event" in message:
-            handler = {"exit": self.on_exit, "standby": self.on_standby,
-                       "standby_gone": self.on_standby_gone}.get(message["event"])
-            if handler is not None:
-                handler(*(message[k] for k in ("pid", "status") if k in message))
+            self._event(message)
             return
         queue = self._queues.get(message["id"])
         if queue is None:
@@ -82,6 +83,15 @@ class SpawnerClient:
         queue.put_nowait((message, fds))
         if "helper_exit" in message:
             self._queues.pop(message["id"], None)
+
+    def _event(self, message: Message) -> None:
+        event, pid = message["event"], message.get("pid", 0)
+        if event == "exit" and self.on_exit is not None:
+            self.on_exit(pid, message.get("status", 0))
+        elif event == "standby" and self.on_standby is not None:
+            self.on_standby(pid)
+        elif event == "standby_gone" and self.on_standby_gone is not None:
+            self.on_standby_gone(pid)
 
     def _lost(self) -> None:
         self.alive = False
@@ -94,14 +104,16 @@ class SpawnerClient:
             queue.put_nowait(({"id": rid, "error": "the spawner process died"}, []))
         self._queues.clear()
 
-    def request(self, op: str, spec: dict, fds: list[int], **extra: object) -> asyncio.Queue[tuple[dict, list[int]]]:
-        """Send a request; replies for it arrive on the returned queue."""
+    def request(self, op: str, spec: Wire, fds: list[int], standby: int = 0) -> asyncio.Queue[Reply]:
+        """Send a request (standby: spawn's staged init); replies for it arrive on the returned queue."""
         if not self.alive:
             raise OperationFailed("the spawner process is gone; restart ctd")
         rid = next(self._ids)
-        queue: asyncio.Queue[tuple[dict, list[int]]] = asyncio.Queue()
+        queue: asyncio.Queue[Reply] = asyncio.Queue()
         self._queues[rid] = queue
-        message = {"id": rid, "op": op, "spec": spec, **extra}
+        message: Message = {"id": rid, "op": op, "spec": spec}
+        if standby:
+            message["standby"] = standby
         if not self._outbox:
             try:
                 spawner.send(self.sock, message, fds)
@@ -137,7 +149,7 @@ class SpawnerClient:
         if self._loop is not None:
             self._loop.remove_writer(self.sock.fileno())
 
-    def forget(self, queue: asyncio.Queue) -> None:
+    def forget(self, queue: asyncio.Queue[Reply]) -> None:
         for rid, q in list(self._queues.items()):
             if q is queue:
                 del self._queues[rid]
@@ -150,7 +162,7 @@ class SpawnerClient:
         self.sock.close()
 
 
-async def first_reply(queue: asyncio.Queue[tuple[dict, list[int]]], what: str) -> tuple[dict, list[int]]:
+async def first_reply(queue: asyncio.Queue[Reply], what: str) -> Reply:
     message, fds = await queue.get()
     if "error" in message:
         raise OperationFailed(f"{what}: {message['error']}")

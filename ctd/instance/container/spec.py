@@ -12,6 +12,20 @@ from enum import Enum
 
 from ctd.linux import syscalls as sc
 
+TYPE_CHECKING = False   # not typing's: importing typing would grow the spawner (mypy takes it as true)
+if TYPE_CHECKING:
+    from typing import Any
+
+# An idmap host mount (hostmounts.py) is shown through a namespace mapping host ids 1..65535 to the
+# same ids inside the container (whose root is host id `base`); host id 0 is left unmapped.
+IDMAP_FIRST, IDMAP_COUNT = 1, 65535
+
+
+def idmap_lines(base: int) -> str:
+    """uid_map/gid_map of that namespace: on-disk id k (1..65535) is the container's id k."""
+    return f"{IDMAP_FIRST} {base + IDMAP_FIRST} {IDMAP_COUNT}\n"
+
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -21,6 +35,9 @@ class StepKind(str, Enum):
     MKDIR = "mkdir"
     SYMLINK = "symlink"      # target -> source
     REMOUNT_RO = "remount-ro"  # bind target onto itself, then remount it read-only
+    # a host directory or file (hostmounts.py) at target, made if missing (a directory or an
+    # empty file, as the source is); flags: MOUNT_ATTR_* of the bind; data "idmap" or None
+    BIND_HOST = "bind-host"
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,7 @@ class ExecSpec:
     nofile: int | None = None
 
 
-def to_wire(obj: ContainerSpec | ExecSpec) -> dict:
+def to_wire(obj: ContainerSpec | ExecSpec) -> dict[str, Any]:
     """JSON-ready; one level of nested dataclasses, as the specs have (asdict's deep copy
     cost 0.35 ms of every start)."""
     wire = dict(vars(obj))
@@ -89,7 +106,7 @@ def to_wire(obj: ContainerSpec | ExecSpec) -> dict:
     return wire
 
 
-def container_from_wire(raw: dict) -> ContainerSpec:
+def container_from_wire(raw: dict[str, Any]) -> ContainerSpec:
     raw = dict(raw)
     raw["uid_map"] = [IdMap(**m) for m in raw["uid_map"]]
     raw["gid_map"] = [IdMap(**m) for m in raw["gid_map"]]
@@ -97,7 +114,7 @@ def container_from_wire(raw: dict) -> ContainerSpec:
     return ContainerSpec(**raw)
 
 
-def exec_from_wire(raw: dict) -> ExecSpec:
+def exec_from_wire(raw: dict[str, Any]) -> ExecSpec:
     return ExecSpec(**raw)
 
 
@@ -130,8 +147,12 @@ def devpts_options(numpty: int) -> str:
 
 def mount_plan(*, console: bool, numpty: int = DEFAULT_NUMPTY, extra_tmpfs: tuple[tuple[str, str], ...] = (),
                lxcfs: list[tuple[str, str]] | None = None,
-               cgroupfs: list[tuple[str, str, str]] | None = None) -> list[MountStep]:
-    """cgroupfs: (path under /sys/fs/cgroup, fstype, options) of each hierarchy to mount inside,
+               cgroupfs: list[tuple[str, str, str]] | None = None,
+               feature_nodes: tuple[str, ...] = (),
+               host_binds: list[tuple[str, str, bool, bool]] | None = None) -> list[MountStep]:
+    """feature_nodes: paths below /dev of the devices the container's features add
+    (features.py: net/tun, fuse), bound from the host's nodes like the default ones.
+    cgroupfs: (path under /sys/fs/cgroup, fstype, options) of each hierarchy to mount inside,
     for guests that manage their own cgroups (systemd); they see their own subtree only, through
     the cgroup namespace."""
     """The container's /proc, /sys and /dev, executed inside its namespaces before pivot_root.
@@ -160,6 +181,10 @@ def mount_plan(*, console: bool, numpty: int = DEFAULT_NUMPTY, extra_tmpfs: tupl
         MountStep(k.MOUNT, "/dev/mqueue", "mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, optional=True),
     ]
     plan += [MountStep(k.BIND_FILE, f"/dev/{d}", f"/dev/{d}") for d in DEVICES]
+    for node in feature_nodes:
+        if "/" in node:
+            plan.append(MountStep(k.MKDIR, f"/dev/{node.rsplit('/', 1)[0]}"))
+        plan.append(MountStep(k.BIND_FILE, f"/dev/{node}", f"/dev/{node}"))
     if console:
         # source is filled in by the spawner: the host path of the console pty's slave.
         plan.append(MountStep(k.BIND_FILE, "/dev/console", "@console"))
@@ -191,4 +216,9 @@ def mount_plan(*, console: bool, numpty: int = DEFAULT_NUMPTY, extra_tmpfs: tupl
                           "size=0,mode=555", optional=True))
     plan += [MountStep(k.MOUNT, p, MASKED_DIRS[0], None, sc.MS_BIND, optional=True) for p in MASKED_DIRS[1:]]
     plan += [MountStep(k.REMOUNT_RO, p, flags=_NOSUID_NODEV_NOEXEC, optional=True) for p in READONLY_PATHS]
+    for source, target, readonly, idmap in host_binds or []:
+        attrs = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | (sc.MOUNT_ATTR_RDONLY if readonly else 0)
+        parts = target.strip("/").split("/")
+        plan += [MountStep(k.MKDIR, "/" + "/".join(parts[:i])) for i in range(1, len(parts))]
+        plan.append(MountStep(k.BIND_HOST, target, source, flags=attrs, data="idmap" if idmap else None))
     return plan

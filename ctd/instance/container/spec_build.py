@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cgroups import CgroupManager
+from ctd.instance.container import features, hostmounts
 from ctd.instance.container.spec import (
     DEFAULT_NUMPTY,
     DEFAULT_PATH,
@@ -18,17 +19,15 @@ from ctd.linux import capabilities, seccomp
 from ctd.lxcfs import Lxcfs
 from ctd.state import InstanceRecord
 
-IO_URING_KEY = "io_uring"  # rec.options: True lets the container use io_uring
-
 
 def seccomp_deny(rec: InstanceRecord) -> list[str]:
     """The container's deny list: the default one, less io_uring where it was allowed."""
-    return list(seccomp.ALWAYS_DENY if rec.options.get(IO_URING_KEY) else seccomp.DEFAULT_DENY)
+    return list(seccomp.ALWAYS_DENY if rec.options.io_uring else seccomp.DEFAULT_DENY)
 
 
 def build_spec(rec: InstanceRecord, rootfs: Path, lxcfs: Lxcfs | None, cgroups: CgroupManager,
                console: bool = True) -> ContainerSpec:
-    systemd = bool(rec.options.get("systemd"))
+    systemd = rec.options.systemd
     if rec.privileged:
         uid_map: list[IdMap] = []
         gid_map: list[IdMap] = []
@@ -42,7 +41,10 @@ def build_spec(rec: InstanceRecord, rootfs: Path, lxcfs: Lxcfs | None, cgroups: 
         mounts=mount_plan(console=console, numpty=rec.limits.get("numpty", DEFAULT_NUMPTY),
                           lxcfs=lxcfs.binds() if lxcfs else None,
                           extra_tmpfs=SYSTEMD_TMPFS if systemd else (),
-                          cgroupfs=cgroups.guest_mounts() if systemd else None),
+                          cgroupfs=cgroups.guest_mounts() if systemd else None,
+                          feature_nodes=features.device_binds(rec.features),
+                          host_binds=[(m.source, m.target, m.readonly, m.idmap)
+                                      for m in hostmounts.from_stored(rec.mounts)]),
         env=[f"PATH={DEFAULT_PATH}", "container=ctd", "TERM=linux", "HOME=/root"],
         cap_drop=list(capabilities.DEFAULT_DROP),
         seccomp_deny=seccomp_deny(rec),

@@ -4,8 +4,10 @@ After a guest has run on its disk, ctd never mounts that disk on the host again 
 driver would parse a filesystem the tenant controls). Settings changed later reach the guest
 through the seed CD-ROM instead: seed.py puts ready-made files under ctd/ on it (the same files
 ctd.guest writes into a container), and this script copies them into place at boot when the
-seed's instance-id differs from the last one it applied. Debian runs it from a systemd unit
-before networkd; the busybox template's rcS runs it before it sources /etc/ctd/network.sh.
+seed's instance-id differs from the last one it applied. At every boot it also grows the root
+filesystem to the disk's size (`ctctl set --disk`, vm/disks.py) when the seed carries
+ctd/grow-root. Debian runs it from a systemd unit before networkd; the busybox template's rcS
+runs it before it sources /etc/ctd/network.sh.
 
 The script reads no data as code: every value is a file copied, or a line passed to awk as a
 variable; the seed is ctd's own, but quoting holds anyway.
@@ -37,10 +39,16 @@ for _ in 1 2 3 4 5; do   # the CD-ROM's device can show up a moment after early 
 done
 [ -n "$dev" ] || { echo "ctd-seed: no seed CD-ROM"; exit 0; }
 modprobe isofs 2>/dev/null   # busybox guests have no udev to load it
+modprobe virtio_balloon 2>/dev/null   # nor this one: 'ctctl set --ram' on the running VM needs it
 mkdir -p "$MNT" || exit 1
 mount -t iso9660 -o ro,nosuid,nodev,noexec "$dev" "$MNT" || { rmdir "$MNT"; exit 1; }
 trap 'umount "$MNT"; rmdir "$MNT"' EXIT
 S="$MNT/ctd"
+# At every boot: a root disk ctd built (ext4 on the whole of /dev/vda) takes the space a
+# 'ctctl set --disk' gave it. resize2fs grows a mounted ext4 online; nothing to do is quick.
+if [ -f "$S/grow-root" ] && grep -q '^/dev/vda / ext4 ' /proc/mounts && command -v resize2fs >/dev/null; then
+    resize2fs /dev/vda 2>&1 | tail -n 1
+fi
 [ -r "$S/instance-id" ] || exit 0
 read -r id < "$S/instance-id"
 last=

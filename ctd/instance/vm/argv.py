@@ -47,7 +47,7 @@ def build_argv(spec: VmSpec, check_files: bool = True) -> list[str]:
 def _linux(spec: VmSpec) -> list[str]:
     return [*_base(spec, _cpu(spec, hyperv=False)), "-rtc", "base=utc",
             *_firmware(spec), *_tpm(spec), *_display(spec), *_storage(spec),
-            *_network(spec), *_balloon(spec), *_kernel(spec)]
+            *_network(spec), *_balloon(spec), *_agent(spec), *_kernel(spec)]
 
 
 def _windows(spec: VmSpec) -> list[str]:
@@ -59,7 +59,7 @@ def _windows(spec: VmSpec) -> list[str]:
             *_firmware(spec), *_tpm(spec),
             # An absolute pointer: the VNC cursor and the guest's stay together.
             "-device", "qemu-xhci,id=xhci", "-device", "usb-tablet,id=tablet0,bus=xhci.0",
-            *_display(spec), *_storage(spec), *_network(spec), *_balloon(spec), *_kernel(spec)]
+            *_display(spec), *_storage(spec), *_network(spec), *_balloon(spec), *_agent(spec), *_kernel(spec)]
 
 
 _BUILDERS: dict[str, Callable[[VmSpec], list[str]]] = {"linux": _linux, "windows": _windows}
@@ -112,10 +112,10 @@ def _base(spec: VmSpec, cpu: str) -> list[str]:
             # past the boot count are empty slots that QMP device_add fills while it runs.
             "-smp", f"{spec.cpus},sockets=1,cores={spec.cpu_slots},threads=1,maxcpus={spec.cpu_slots}",
             "-m", f"{spec.ram // MiB}M",
-            # Console: a unix socket ctd proxies; logfile keeps what nobody was reading
-            # (truncated at every start).
-            "-chardev", kv("socket", {"id": "serial0", "path": spec.serial_socket,
-                                      "server": "on", "wait": "off", "logfile": spec.serial_log}),
+            # Console: a unix socket ctd reads all the time (vm/serial.py: its console log is a
+            # fixed-size ring); QEMU's logfile, which grows without end, only if asked for.
+            "-chardev", kv("socket", {"id": "serial0", "path": spec.serial_socket, "server": "on", "wait": "off",
+                                      **({"logfile": spec.serial_log} if spec.serial_logfile else {})}),
             "-serial", "chardev:serial0",
             "-qmp", f"unix:{esc(spec.qmp_socket)},{SOCKET_OPTS}",
             "-daemonize", "-pidfile", str(spec.pidfile)]
@@ -191,7 +191,8 @@ def _storage(spec: VmSpec) -> list[str]:
     disk_boot, cd_boot = (2, 1) if spec.boot_cdrom_first and cdroms else (1, 2)
     argv: list[str] = []
     for i, disk in enumerate(spec.disks):
-        argv += ["-drive", kv("", {"file": disk.path, "if": "none", "id": f"drive-disk{i}",
+        dev = disk.id or f"disk{i}"
+        argv += ["-drive", kv("", {"file": disk.path, "if": "none", "id": f"drive-{dev}",
                                    "format": disk.format, "cache": disk.cache,
                                    "readonly": "on" if disk.readonly else None,
                                    # guest TRIM punches holes: sparse raw / qcow2 shrink again
@@ -200,10 +201,11 @@ def _storage(spec: VmSpec) -> list[str]:
         bus = _disk_bus(spec, disk)
         if bus == "virtio":
             model = "virtio-blk-device" if mmio else "virtio-blk-pci"
-            argv += ["-device", kv(model, {"drive": f"drive-disk{i}", "id": f"disk{i}", **boot})]
+            argv += ["-device", kv(model, {"drive": f"drive-{dev}", "id": dev, **boot})]
         else:
             where, extra = ports.take(bus, f"disk {disk.path}")
-            argv += [*extra, "-device", f"ide-hd,{where}," + kv("", {"drive": f"drive-disk{i}", "id": f"disk{i}", **boot})]
+            argv += [*extra, "-device",
+                     f"ide-hd,{where}," + kv("", {"drive": f"drive-{dev}", "id": dev, **boot})]
     for i, iso in enumerate(cdroms):
         argv += ["-drive", kv("", {"file": iso, "if": "none", "id": f"drive-cd{i}",
                                    "media": None if mmio else "cdrom", "readonly": "on", "format": "raw"})]
@@ -213,6 +215,13 @@ def _storage(spec: VmSpec) -> list[str]:
         else:
             where, extra = ports.take("ide", f"CD-ROM {iso}")
             argv += [*extra, "-device", f"ide-cd,{where}," + kv("", {"drive": f"drive-cd{i}", "id": f"cd{i}", **boot})]
+    if spec.media_slot and not mmio:
+        # removable (media.py); empty unless an ISO is in it; bootindex 0 beats the disk's
+        argv += ["-drive", kv("", {"file": spec.media, "if": "none", "id": "drive-media0", "media": "cdrom",
+                                   "readonly": "on", "format": "raw" if spec.media else None})]
+        where, extra = ports.take("ide", "the removable CD-ROM")
+        boot = {"bootindex": 0} if spec.boot_media else {}
+        argv += [*extra, "-device", f"ide-cd,{where}," + kv("", {"drive": "drive-media0", "id": "media0", **boot})]
     return argv
 
 
@@ -222,7 +231,7 @@ def _network(spec: VmSpec) -> list[str]:
     vhost = "on" if spec.accel == "kvm" and Path("/dev/vhost-net").exists() else None
     argv: list[str] = []
     for i, nic in enumerate(spec.nics):
-        model = "e1000" if spec.compat and nic.model == "virtio-net-pci" else nic.model
+        model: str = "e1000" if spec.compat and nic.model == "virtio-net-pci" else nic.model
         if mmio:
             model = "virtio-net-device"
         argv += ["-netdev", kv("tap", {"id": f"net{i}", "ifname": nic.ifname,
@@ -241,6 +250,19 @@ def _balloon(spec: VmSpec) -> list[str]:
     # free page reporting: pages the guest frees go back to the host too (an idle VM's RSS
     # shrinks to what it uses, not what it once touched, e.g. while unpacking its initrd)
     return ["-device", f"{model},id=balloon0,free-page-reporting=on"]
+
+
+def _agent(spec: VmSpec) -> list[str]:
+    # The guest agent's channel (vm/agent.py): a virtio-serial port the guest's qemu-ga (Linux)
+    # or virtio-win's agent (Windows) opens by this name; QEMU serves it on a unix socket ctd
+    # connects to when it needs it. A guest without an agent just never opens the port; compat
+    # guests have no virtio drivers (a Windows installer): no channel, the agent is refused.
+    if spec.compat:
+        return []
+    model = "virtio-serial-device" if spec.machine_type == "microvm" else "virtio-serial-pci"
+    return ["-chardev", kv("socket", {"id": "agent0", "path": spec.agent_socket, "server": "on", "wait": "off"}),
+            "-device", f"{model},id=vserial0",
+            "-device", "virtserialport,bus=vserial0.0,chardev=agent0,name=org.qemu.guest_agent.0"]
 
 
 def _kernel(spec: VmSpec) -> list[str]:

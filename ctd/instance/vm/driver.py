@@ -19,15 +19,19 @@ from typing import Any
 from cgroups import CgroupGroup, CgroupManager, Resources
 from ctd import guest, guestfs
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
-from ctd.instance.vm import applier, process, resize
+from ctd.instance.consolelog import log_path, open_ring
+from ctd.instance.vm import applier, datadisks, firmware, livesnap, media, process, resize, userdata
+from ctd.instance.vm.agent import GuestAgent
 from ctd.instance.vm.kernel import extract_vmlinux
 from ctd.instance.vm.qmp import Qmp
 from ctd.instance.vm.seed import Seed, SeedNic, build_seed_iso, content_id
+from ctd.instance.vm.serial import SerialConsole
 from ctd.instance.vm.spec import Disk, Firmware, Nic, VmSpec, pick_accel
 from ctd.limits import UNLIMITED
 from ctd.linux.proc import start_time
 from ctd.network.manager import NetworkManager
 from ctd.state import InstanceRecord
+from ctd.state.options import VmOptions
 from ctd.storage.base import StorageDriver
 
 log = logging.getLogger("ctd.vm")
@@ -46,7 +50,14 @@ class RunningVm:
     start_time: int
     spec: VmSpec
     qmp: Qmp | None = None
-    exited: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    console: SerialConsole | None = None
+    agent: GuestAgent | None = None   # its guest agent's channel (answering or not)
+    exited: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def _ram_limit(size: int) -> Resources:
+    """A VM's memory cgroup limit for a guest of size bytes."""
+    return Resources(memory_max=size + QEMU_OVERHEAD)
 
 
 def vm_group(rec: InstanceRecord) -> str:
@@ -59,13 +70,15 @@ def vm_uuid(rec: InstanceRecord) -> str:
 
 
 def is_linux(rec: InstanceRecord) -> bool:
-    return rec.options.get("vm", {}).get("profile", "linux") != "windows"
+    return not (rec.options.vm or VmOptions()).windows
 
 
 class VmDriver:
     def __init__(self, cgroups: CgroupManager, network: NetworkManager, storage: StorageDriver,
-                 run_root: Path) -> None:
+                 run_root: Path, state_dir: Path | None = None) -> None:
+        """state_dir: where the console logs are kept (None: not kept)."""
         self.cgroups = cgroups
+        self.state_dir = state_dir
         self.network = network
         self.storage = storage
         self.run_root = run_root
@@ -94,15 +107,18 @@ class VmDriver:
     def seed(self, rec: InstanceRecord) -> Seed:
         """What a container of the same settings gets, for cloud-init: hostname, addresses per
         MAC, DNS, root's keys, the password hash, the timezone."""
-        nameservers = list(rec.options.get("nameservers") or [])
+        nameservers = list(rec.options.nameservers)
         nics = [SeedNic(nic.mac, list(inside.addresses), inside.gateway4, inside.gateway6,
                         nameservers if i == 0 else [], onlink=inside.onlink_gateway)
                 for i, (nic, inside) in enumerate(zip(self.network.db.nics_of(rec.id),
-                                                      self.network.inside_config(rec)))]
-        passwd = rec.options.get("vm", {}).get("passwd") or {}
-        seed = Seed(instance_id="ctd", hostname=rec.hostname, ssh_authorized_keys=list(rec.options.get("ssh_keys") or []),
-                    nics=nics, root_password_hash=passwd.get("hash"), password_user=passwd.get("user", "root"),
-                    timezone=rec.options.get("timezone"))
+                                                      self.network.inside_config(rec), strict=False))]
+        passwd = (rec.options.vm or VmOptions()).passwd
+        vm_dir = self.storage.instance_path(rec.name)
+        seed = Seed(instance_id="ctd", hostname=rec.hostname, ssh_authorized_keys=list(rec.options.ssh_keys),
+                    nics=nics, root_password_hash=passwd.hash if passwd else None,
+                    password_user=passwd.user if passwd else "root", timezone=rec.options.timezone,
+                    admin_user_data=userdata.load(vm_dir, "user_data"),
+                    vendor_data=userdata.load(vm_dir, "vendor_data"))
         return dataclasses.replace(seed, instance_id=f"{vm_uuid(rec)}-{content_id(seed)}")
 
     def write_seed(self, rec: InstanceRecord) -> Path | None:
@@ -120,8 +136,8 @@ class VmDriver:
         the files ctd.guest writes into a container of these settings, made in a scratch root."""
         settings = guest.GuestSettings(
             hostname=rec.hostname, nics=self.network.inside_config(rec),
-            nameservers=rec.options.get("nameservers") or [], network_style="networkd",
-            ssh_keys=rec.options.get("ssh_keys") or [], timezone=rec.options.get("timezone"))
+            nameservers=list(rec.options.nameservers), network_style="networkd",
+            ssh_keys=list(rec.options.ssh_keys), timezone=rec.options.timezone)
         with tempfile.TemporaryDirectory(prefix="ctd-guest-") as tmp:
             root = Path(tmp)
             for d in ("/etc", "/root"):
@@ -137,17 +153,21 @@ class VmDriver:
         files = {f"{applier.SEED_DIR}/{name}": text for name, text in files.items()}
         files[f"{applier.SEED_DIR}/instance-id"] = seed.instance_id + "\n"
         files[f"{applier.SEED_DIR}/uuid"] = vm_uuid(rec) + "\n"   # a clone's differs: a new identity
+        files[f"{applier.SEED_DIR}/grow-root"] = "1\n"   # the applier grows ext4 on /dev/vda to the disk
         if seed.root_password_hash:
             files[f"{applier.SEED_DIR}/passwd"] = f"{seed.password_user}:{seed.root_password_hash}\n"
         return files
 
     def spec(self, rec: InstanceRecord, paused: bool = False) -> VmSpec:
-        vm: dict[str, Any] = rec.options.get("vm", {})
+        vm = rec.options.vm or VmOptions()
         base = self.storage.instance_path(rec.name)
-        nics = [Nic(self.network.host_name(n), n.mac, "e1000" if vm.get("compat") else "virtio-net-pci")
+        nics = [Nic(self.network.host_name(n), n.mac, "e1000" if vm.compat else "virtio-net-pci")
                 for n in self.network.db.nics_of(rec.id)]
-        kernel = vm.get("kernel")
-        windows = vm.get("profile") == "windows"
+        media_iso, boot_media = media.stored(vm)
+        # booting the rescue ISO: the firmware boots it, not the host's kernel
+        kernel = None if boot_media else vm.kernel
+        windows = vm.windows
+        fw = firmware.settings(vm)
         return VmSpec(
             name=rec.name, uuid=vm_uuid(rec),
             ram=rec.limits.get("ram", DEFAULT_RAM) // (1 << 20) * (1 << 20), cpus=rec.limits.get("cpus", 1),
@@ -155,16 +175,18 @@ class VmDriver:
             max_cpus=len(self.cgroups.host_cpus()),
             seed_iso=None if windows else self.seed_path(rec),
             run_dir=self.run_dir(rec), profile="windows" if windows else "linux", accel=self.accel,
-            machine="q35" if windows else "pc",
-            disks=[Disk(self.disk_path(rec), "raw", "ahci" if vm.get("compat") else "virtio")],
-            cdroms=[Path(vm["iso"])] if vm.get("iso") else [],
-            kernel=Path(kernel) if kernel else None, initrd=Path(vm["initrd"]) if vm.get("initrd") else None,
-            append=vm.get("append"), nics=nics,
-            firmware=Firmware.ovmf() if windows else None,
-            nvram=base / "OVMF_VARS.fd" if windows else None,
-            tpm_state_dir=base / "tpm" if windows else None,
-            compat=bool(vm.get("compat")), drivers_iso=Path(vm["drivers_iso"]) if vm.get("drivers_iso") else None,
-            paused=paused, boot_cdrom_first=bool(vm.get("iso")) and not kernel)
+            machine="q35" if fw.uefi else "pc",
+            disks=[Disk(self.disk_path(rec), "raw", "ahci" if vm.compat else "virtio"),
+                   *datadisks.spec_disks(base, vm)],
+            cdroms=[Path(vm.iso)] if vm.iso else [],
+            kernel=Path(kernel) if kernel else None, initrd=Path(vm.initrd) if kernel and vm.initrd else None,
+            append=vm.append if kernel else None, nics=nics,
+            firmware=Firmware.ovmf(fw.secure_boot) if fw.uefi else None,
+            nvram=base / "OVMF_VARS.fd" if fw.uefi else None,
+            tpm=fw.tpm, tpm_state_dir=base / "tpm" if fw.tpm else None,
+            compat=vm.compat, drivers_iso=Path(vm.drivers_iso) if vm.drivers_iso else None,
+            paused=paused, boot_cdrom_first=bool(vm.iso) and not kernel, serial_logfile=False,
+            media_slot=True, media=media_iso, boot_media=boot_media)
 
     # ------------------------------------------------------------- start / stop
 
@@ -175,7 +197,7 @@ class VmDriver:
         # instance-id, so cloud-init applies it again; an unchanged one is left alone by it).
         await asyncio.to_thread(self.write_seed, rec)
         spec = self.spec(rec, paused)
-        if spec.kernel is not None:
+        if spec.kernel is not None and spec.uefi is None:   # OVMF boots the bzImage (EFI stub) only
             spec.kernel = await asyncio.to_thread(self.boot_kernel, spec.kernel)
         spec.validate()
         group = self.cgroups.group(vm_group(rec))
@@ -183,9 +205,9 @@ class VmDriver:
         with contextlib.ExitStack() as undo:
             await asyncio.to_thread(group.create)
             undo.callback(_destroy_group, group)
-            await asyncio.to_thread(group.apply, Resources(memory_max=memory, cpu_quota_pct=resources.cpu_quota_pct,
-                                                           cpu_weight=resources.cpu_weight, io_weight=resources.io_weight,
-                                                           io_limits=resources.io_limits))
+            await asyncio.to_thread(group.apply, Resources(
+                memory_max=memory, cpu_quota_pct=resources.cpu_quota_pct, cpu_weight=resources.cpu_weight,
+                io_weight=resources.io_weight, io_limits=resources.io_limits))
             await asyncio.to_thread(self.network.setup_taps, rec)
             undo.callback(self.network.teardown_taps, rec)
             pid = await process.start(spec, group.procs_files())
@@ -193,11 +215,20 @@ class VmDriver:
             pidfd = os.pidfd_open(pid)
             undo.pop_all()
         vm = RunningVm(rec.name, pid, pidfd, start_time(pid) or 0, spec)
-        await self._attach(vm)
+        await self._attach(vm, rec)
         return vm
 
-    async def _attach(self, vm: RunningVm) -> None:
+    async def _attach(self, vm: RunningVm, rec: InstanceRecord) -> None:
         self.running[vm.name] = vm
+        ring = open_ring(log_path(self.state_dir, rec.id)) if self.state_dir else None
+        vm.console = SerialConsole(vm.spec.serial_socket, ring)
+        try:
+            await vm.console.connect()
+        except OSError as exc:
+            log.warning("VM %s: no serial console: %s", vm.name, exc)
+            vm.console.close()
+            vm.console = None
+        vm.agent = GuestAgent(vm.spec.agent_socket, vm.name, port_open=lambda: _agent_port_open(vm))
         vm.qmp = Qmp(vm.spec.qmp_socket)
         try:
             await vm.qmp.connect(timeout=10)
@@ -213,6 +244,7 @@ class VmDriver:
         self.running.pop(vm.name, None)
         if vm.qmp is not None:
             loop.create_task(vm.qmp.close())
+        # vm.console ends by itself: it reads the guest's last words up to the socket's end
         if not vm.exited.done():
             vm.exited.set_result(None)
         if self.on_stopped:
@@ -222,7 +254,8 @@ class VmDriver:
         vm = self.running.get(rec.name)
         if vm is None:
             return "gone"
-        how = await process.stop(vm.spec, vm.pid, timeout=timeout, qmp=vm.qmp, force=kill)
+        how = await process.stop(vm.spec, vm.pid, timeout=timeout, qmp=vm.qmp, force=kill,
+                                 fallback=lambda: livesnap.agent_shutdown(vm.agent, vm.pid, max(timeout, 30)))
         await asyncio.wait_for(asyncio.shield(vm.exited), 10)
         return how
 
@@ -253,7 +286,7 @@ class VmDriver:
         except ProcessLookupError:
             return None
         vm = RunningVm(rec.name, pid, pidfd, start_time(pid) or 0, spec)
-        await self._attach(vm)
+        await self._attach(vm, rec)
         await asyncio.to_thread(self.network.adopt_taps, rec)
         return vm
 
@@ -278,7 +311,9 @@ class VmDriver:
             ram, balloon = vm.spec.ram, False
         return {"status": await q.status(), "tpm": await q.query_tpm(), "block": await q.query_block(),
                 "pci": await q.query_pci(), "chardev": await q.query_chardev(), "accel": vm.spec.accel,
-                "vcpus": await q.vcpu_count(), "ram": ram, "balloon": balloon}
+                "vcpus": await q.vcpu_count(), "ram": ram, "balloon": balloon,
+                "firmware": firmware.settings(rec.options.vm or VmOptions()).words(),
+                "tpm_version": "2.0" if vm.spec.has_tpm else None}
 
     # ------------------------------------------------------------- live resizing
 
@@ -301,21 +336,22 @@ class VmDriver:
                 notes.append(f"{what}: the default applies at next start")
         cpus, ram = (None if v == UNLIMITED else v for v in (cpus, ram))
         if cpus is not None:
+            before = await vm.qmp.vcpu_count()
             r = await resize.set_vcpus(vm.qmp, cpus)
-            if r.note:
-                notes.append(f"cpus {r.wanted}: {r.note}")
+            note = r.note or resize.online_note((rec.options.vm or VmOptions()).guest_udev, r.value - before)
+            if note:
+                notes.append(f"cpus {r.wanted}: {note}")
         if ram is not None:
             boot = vm.spec.ram
-            limit = lambda size: Resources(memory_max=size + QEMU_OVERHEAD)  # noqa: E731
             try:
                 actual = await vm.qmp.balloon_actual()
             except OperationFailed:   # no balloon (compat): set_ram says so
                 actual = boot
             if ram > actual:   # room first, then the guest grows into it
-                await asyncio.to_thread(group.apply, limit(min(ram, boot)))
+                await asyncio.to_thread(group.apply, _ram_limit(min(ram, boot)))
             r = await resize.set_ram(vm.qmp, boot, ram)
             # never below what the guest still holds: the kernel would reclaim QEMU to death
-            await asyncio.to_thread(group.apply, limit(max(r.value, min(ram, boot))))
+            await asyncio.to_thread(group.apply, _ram_limit(max(r.value, min(ram, boot))))
             if r.note:
                 notes.append(f"ram: {r.note}")
         return notes
@@ -331,6 +367,13 @@ class VmDriver:
         if vm is None or vm.qmp is None:
             raise Conflict(f"{rec.name} is not running")
         await vm.qmp.cont()
+
+
+async def _agent_port_open(vm: RunningVm) -> bool | None:
+    """Has the guest opened its agent port? None: QMP cannot tell (then a ping decides)."""
+    if vm.qmp is None or not vm.qmp.connected:
+        return None
+    return await vm.qmp.frontend_open("agent0")
 
 
 def _destroy_group(group: CgroupGroup) -> None:

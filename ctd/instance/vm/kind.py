@@ -8,57 +8,53 @@ then the registry refuses what needs it with NotSupported (unavailable() says wh
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import shutil
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cgroups import CgroupGroup, Resources, parse_size
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported
-from ctd.hostfiles import input_file as transfer_input
+from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.context import InstanceContext, removed_limits
-from ctd.instance.requests import CloneRequest, CreateRequest
+from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
-from ctd.instance.vm import applier, rootdisk
-from ctd.instance.vm.driver import VmDriver, vm_group
+from ctd.instance.vm import applier, datadisks, disks, guestexec, livesnap, media, rootdisk, userdata
+from ctd.instance.vm import firmware as fwmod
+from ctd.instance.vm.agent import MISSING_HINT, NoAgent
+from ctd.instance.vm.driver import RunningVm, VmDriver, is_linux, vm_group
 from ctd.network.manager import NicRequest
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord, InstanceType
-from ctd.state.records import copyable_options
+from ctd.state.options import FirmwareType, InstanceOptions, Passwd, VmOptions
 
 log = logging.getLogger("ctd.instances")
 QEMU_BINARY, QEMU_PACKAGE = "qemu-system-x86_64", "qemu-system-x86"
 # What a VM's size and cgroup take; the rest (numproc, numfile, diskspace …) is for containers.
+# Windows 11's minimum (2 cores, 4 GB, 64 GB): the profile's defaults where create gives none.
+WINDOWS_CPUS, WINDOWS_RAM, WINDOWS_DISK = 2, 4 << 30, "64G"
 VM_LIMITS = frozenset({"ram", "ram_high", "cpus", "cpulimit", "cpuunits", "iolimit", "iopslimit", "ioprio"})
 
 
-@dataclass(frozen=True)
-class VmOptions:
-    """--type vm options, checked (CreateRequest.options of a VM)."""
-
-    profile: str            # linux or windows
-    compat: bool            # emulated devices a guest without virtio drivers knows
-    disk_size: int          # bytes
-    iso: str | None = None
-    drivers_iso: str | None = None
-
-    def stored(self) -> dict[str, Any]:
-        """As the instance's options keep them (rec.options["vm"])."""
-        out: dict[str, Any] = {"profile": self.profile, "compat": self.compat, "disk_size": self.disk_size}
-        for key in ("iso", "drivers_iso"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return out
+def check_disk_size(ctx: InstanceContext, size: int) -> None:
+    """A VM disk's size as create (and a restore's header) may ask for it."""
+    if size < (64 << 20):
+        raise InvalidRequest("the disk must be at least 64M")
+    free = ctx.storage.pool_info().get("free")
+    if free is not None and size > free * 20:  # sparse, but not absurdly larger than the pool
+        raise InvalidRequest(f"a disk of {limits_mod.human_size(size)} does not fit this pool "
+                             f"({limits_mod.human_size(free)} free)")
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class VmKind:
@@ -99,7 +95,7 @@ class VmKind:
 
     def _attach_new_driver(self) -> None:
         ctx = self.ctx
-        driver = VmDriver(ctx.cgroups, ctx.network, ctx.storage, ctx.config.run_dir / "vm")
+        driver = VmDriver(ctx.cgroups, ctx.network, ctx.storage, ctx.config.run_dir / "vm", ctx.config.state_dir)
         if driver.accel != "kvm":
             log.warning("VMs run under TCG (software emulation, slow): %s", driver.accel_reason)
         self.attach(driver)
@@ -136,41 +132,60 @@ class VmKind:
 
     def view_fields(self, rec: InstanceRecord) -> dict[str, Any]:
         vm = self.driver.running.get(rec.name) if self.driver else None
-        return {"console": vm is not None, "vm": {
-            **{k: v for k, v in rec.options.get("vm", {}).items() if k in ("profile", "iso", "drivers_iso",
-                                                                          "compat", "disk_size")},
+        options = rec.options.vm or VmOptions()
+        stored, fw = options.to_stored(), fwmod.settings(options)
+        return {"console": vm is not None and vm.console is not None, "vm": {
+            **{k: v for k, v in stored.items() if k in ("profile", "iso", "drivers_iso", "compat", "disk_size")},
+            "media": options.media, "boot_media": options.boot_media,
+            "data_disks": [d.to_stored() for d in options.data_disks],
+            "firmware": FirmwareType.UEFI.value if fw.uefi else FirmwareType.BIOS.value,
+            "secure_boot": fw.secure_boot, "tpm": fw.tpm,
             "accel": self.driver.accel if self.driver else None,
             "vnc_socket": str(vm.spec.vnc_socket) if vm else None,
-            "serial_socket": str(vm.spec.serial_socket) if vm else None}}
+            "serial_socket": str(vm.spec.serial_socket) if vm else None,
+            # the guest's own view through its agent (cached; None while stopped)
+            "guest": vm.agent.shown() if vm and vm.agent else None}}
 
     # ------------------------------------------------------------- provisioning
 
-    def check_body(self, body: dict[str, Any]) -> VmOptions:
-        """--type vm options: disk size, ISO, profile, drivers ISO, compat."""
+    def check_body(self, body: dict[str, Any]) -> VmRequest:
+        """--type vm options: disk size, ISO, profile, drivers ISO, compat, cloud-init files."""
         raw = body.get("vm") or {}
-        raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat"})
+        raw = validate.body_fields(raw, {"disk", "iso", "profile", "drivers_iso", "compat", *userdata.KINDS,
+                                         *fwmod.FIELDS})
         self._vms   # noqa: B018 - refused here, before the pool is asked, if QEMU is missing
-        out: dict[str, Any] = {"profile": raw.get("profile", "linux"), "compat": validate.boolean(raw, "compat")}
-        if out["profile"] not in ("linux", "windows"):
-            raise InvalidRequest(f"invalid profile {out['profile']!r}: use linux or windows")
+        profile = raw.get("profile", "linux")
+        if profile not in ("linux", "windows"):
+            raise InvalidRequest(f"invalid profile {profile!r}: use linux or windows")
+        compat = validate.boolean(raw, "compat")
         try:
-            out["disk_size"] = parse_size(str(raw.get("disk", "10G")))
+            disk_size = parse_size(str(raw.get("disk", WINDOWS_DISK if profile == "windows" else "10G")))
         except ValueError as exc:
             raise InvalidRequest(f"invalid disk size: {exc}") from None
-        if out["disk_size"] < (64 << 20):
-            raise InvalidRequest("the disk must be at least 64M")
-        free = self.ctx.storage.pool_info().get("free")
-        if free is not None and out["disk_size"] > free * 20:  # sparse, but not absurdly larger than the pool
-            raise InvalidRequest(f"a disk of {limits_mod.human_size(out['disk_size'])} does not fit this pool "
-                                 f"({limits_mod.human_size(free)} free)")
-        for key in ("iso", "drivers_iso"):
-            if raw.get(key) is not None:
-                out[key] = str(transfer_input(raw[key], key.replace("_", " ")))
-        if out["profile"] == "windows" and "iso" not in out and body.get("template") is None:
+        check_disk_size(self.ctx, disk_size)
+        iso, drivers_iso = (None if raw.get(key) is None else
+                            str(media.check_iso(raw[key], self.forbidden_media(), key.replace("_", " ")))
+                            for key in ("iso", "drivers_iso"))
+        user_data, vendor_data = (None if raw.get(key) is None else userdata.check(raw[key], key)
+                                  for key in userdata.KINDS)
+        fw = fwmod.check(raw, profile, body.get("template") is not None)
+        if profile == "windows" and (user_data or vendor_data):
+            raise InvalidRequest("user-data and vendor-data are for cloud-init in Linux guests; ctd gives Windows "
+                                 "VMs no seed")
+        if profile == "windows" and iso is None and body.get("template") is None:
             raise InvalidRequest("a windows VM needs its installer: give --iso FILE")
         if body.get("privileged"):
             raise InvalidRequest("privileged is a container option; VMs are isolated by QEMU")
-        return VmOptions(**out)
+        options = VmOptions(profile=profile, compat=compat, disk_size=disk_size, iso=iso, drivers_iso=drivers_iso,
+                            firmware=FirmwareType.UEFI if fw.uefi else FirmwareType.BIOS,
+                            secure_boot=fw.secure_boot, tpm=fw.tpm)
+        defaults = ({"cpus": min(WINDOWS_CPUS, len(self.ctx.host_cpus)), "ram": WINDOWS_RAM}
+                    if profile == "windows" else {})
+        return VmRequest(options, user_data, vendor_data, defaults)
+
+    def forbidden_media(self) -> list[Path]:
+        """Where no ISO may come from: ctd's state directory and its storage pool."""
+        return [self.ctx.config.state_dir, self.ctx.storage.root]
 
     def check_limits(self, limits: dict[str, int]) -> None:
         wrong = sorted(set(limits) - VM_LIMITS)
@@ -181,8 +196,8 @@ class VmKind:
     def clone_body(self, src: InstanceRecord, name: str) -> dict[str, Any]:
         # name, id and pool space checked as for a new VM; profile, ISOs and template are the
         # source's (copied as they are, even if the ISO or template has gone since)
-        vm = src.options.get("vm", {})
-        return {"name": name, "hostname": name, "type": "vm", "vm": {"disk": str(vm.get("disk_size", 64 << 20))}}
+        vm = src.options.vm or VmOptions()
+        return {"name": name, "hostname": name, "type": "vm", "vm": {"disk": str(vm.disk_size)}}
 
     def check_reinstall(self, rec: InstanceRecord) -> None:
         raise InvalidRequest(f"{rec.name} is a VM: reinstall is for containers; make a new VM from the "
@@ -191,18 +206,18 @@ class VmKind:
     async def create(self, req: CreateRequest, new: NewInstance) -> InstanceRecord:
         """A VM: its disk in the pool, made from a template's root (configured like a container
         of that template, booting the host's Debian kernel) or blank for an installer ISO."""
-        assert isinstance(req.options, VmOptions)
-        ctx, name, vm = self.ctx, req.name, req.options.stored()
+        assert req.vm is not None
+        ctx, name, vm = self.ctx, req.name, req.vm.options
         template = req.template or None
         if req.userpasswd is not None:   # the seed carries the hash, never the clear text
             user, password = req.userpasswd
-            vm["passwd"] = {"user": user, "hash": guest.hash_password(password)}
+            vm = dataclasses.replace(vm, passwd=Passwd(user, guest.hash_password(password)))
         rec = InstanceRecord(
             id=req.id, name=name, type=InstanceType.VM, template=template or "",
             hostname=req.hostname, privileged=False, idmap_base=None, limits=req.limits,
             created_at=_now(), init=[], stop_signal="ACPI",
-            options={"network_style": "networkd", "ssh_keys": req.ssh_keys, "timezone": req.timezone,
-                     "nameservers": req.nameservers, "vm": vm})
+            options=InstanceOptions(network_style="networkd", ssh_keys=tuple(req.ssh_keys), timezone=req.timezone,
+                                    nameservers=tuple(req.nameservers), vm=vm))
         await asyncio.to_thread(ctx.network.prepare, req.nics)
         new.add_record(rec, req.nics)
         base = ctx.storage.instance_path(name)
@@ -210,18 +225,27 @@ class VmKind:
         if template:
             kernel = rootdisk.host_kernel()
             rootfs = await asyncio.to_thread(ctx.storage.create_instance, name, template)
+            if (req.vm.user_data or req.vm.vendor_data) and not (rootfs / "usr/bin/cloud-init").exists():
+                raise InvalidRequest(f"template {template} has no cloud-init to read user-data or vendor-data "
+                                     "(install cloud-init in the template, or install the VM from an ISO)")
             await asyncio.to_thread(ctx.setup_guest, rec, rootfs, req.userpasswd)
             await asyncio.to_thread(rootdisk.add_kernel_modules, rootfs, kernel)
             await asyncio.to_thread(applier.install, rootfs)
-            await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm["disk_size"])
+            udev = rootdisk.has_udev(rootfs)   # before the root goes (drop_root)
+            await asyncio.to_thread(rootdisk.make_disk, rootfs, base / "disk.raw", vm.disk_size)
             await asyncio.to_thread(ctx.storage.drop_root, name)
             # no guest has run on this disk yet: ctd may still write into it (until the first start)
-            vm.update({"kernel": str(kernel.vmlinuz), "initrd": str(kernel.initrd),
-                       "append": rootdisk.kernel_cmdline(), "pristine": True})
+            vm = dataclasses.replace(vm, kernel=str(kernel.vmlinuz), initrd=str(kernel.initrd),
+                                     append=rootdisk.kernel_cmdline(), pristine=True,
+                                     # ctd's udev rule onlines hot-added vCPUs only where udev runs (resize.py)
+                                     guest_udev=udev)
         else:
             await asyncio.to_thread(ctx.storage.new_vm_dir, name)
-            await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm["disk_size"])
-        rec.options["vm"] = vm
+            await asyncio.to_thread(rootdisk.blank_disk, base / "disk.raw", vm.disk_size)
+        rec.options = dataclasses.replace(rec.options, vm=vm)
+        for key, text in (("user_data", req.vm.user_data), ("vendor_data", req.vm.vendor_data)):
+            if text is not None:
+                await asyncio.to_thread(userdata.save, base, key, text)
         await asyncio.to_thread(self._vms.write_seed, rec)
         ctx.db.update_instance(rec)
         new.commit()
@@ -234,15 +258,20 @@ class VmKind:
         the disk only if no guest has run on it yet."""
         ctx, src, name = self.ctx, req.source, req.name
         vms = self._vms
-        vm = {k: v for k, v in src.options.get("vm", {}).items() if k != "guest_pending"}
         rec = InstanceRecord(
             id=req.new.id, name=name, type=InstanceType.VM, template=src.template, hostname=name,
             privileged=False, idmap_base=None, limits=dict(src.limits), created_at=_now(),
-            init=[], stop_signal=src.stop_signal, options={**copyable_options(src.options), "vm": vm})
-        nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate) for n in ctx.db.nics_of(src.id) if n.network]
+            init=[], stop_signal=src.stop_signal, options=src.options.copyable())
+        nics = [NicRequest(n.network, n.mode, [], n.filter, n.rate, n.mtu, n.vlan)
+                for n in ctx.db.nics_of(src.id) if n.network]
         async with src_lock:
             await asyncio.to_thread(ctx.storage.clone_vm_dir, src.name, name, req.snapshot)
+            await asyncio.to_thread(userdata.copy, ctx.storage.instance_path(src.name), ctx.storage.instance_path(name))
         new.storage_made()
+        vm = rec.options.vm
+        if vm is not None and vm.data_disks:   # a snapshot from before a data disk was added lacks it
+            target = ctx.storage.instance_path(name)
+            datadisks.stored(rec, tuple(d for d in vm.data_disks if datadisks.path(target, d.name).is_file()))
         new.mark_creating()
         new.add_record(rec, nics)
         await asyncio.to_thread(self._configure_disk, rec, None, True)
@@ -256,27 +285,24 @@ class VmKind:
         create (in a thread); True if so. Once a guest has run, the disk is the tenant's and the
         host never mounts it again: the seed (and the applier in the guest) carries the settings.
         Installed VMs (blank disk + ISO) get them from the cloud-init seed only."""
-        vm = rec.options.get("vm", {})
-        if not vm.get("kernel") or not vm.get("pristine"):
+        vm = rec.options.vm
+        if vm is None or not vm.kernel or not vm.pristine:
             return False
         with rootdisk.mounted(self._vms.disk_path(rec)) as root:
             if new_identity:  # a clone of a VM that never booted
                 guest.new_identity(root)
             self.ctx.setup_guest(rec, root, userpasswd)
-            if userpasswd is None and vm.get("passwd"):
-                guest.set_password_hash(root, vm["passwd"]["user"], vm["passwd"]["hash"])
+            if userpasswd is None and vm.passwd is not None:
+                guest.set_password_hash(root, vm.passwd.user, vm.passwd.hash)
         return True
 
     # ------------------------------------------------------------- power
 
     async def start(self, rec: InstanceRecord, resources: Resources, paused: bool) -> tuple[int, int | None]:
         vms = self._vms
-        vm_options = rec.options.setdefault("vm", {})
         # from now on the guest may write its disk: ctd never mounts it again
-        stale = {"pristine", "guest_pending"} & vm_options.keys()   # guest_pending: older records
-        for key in stale:
-            del vm_options[key]
-        if stale:
+        if rec.options.vm is not None and rec.options.vm.pristine:
+            rec.options = dataclasses.replace(rec.options, vm=dataclasses.replace(rec.options.vm, pristine=False))
             self.ctx.db.update_instance(rec)
         vm = await vms.start(rec, resources, paused)
         return vm.pid, vm.start_time
@@ -310,22 +336,42 @@ class VmKind:
             raise InvalidRequest(f"{rec.name} is not a VM")
         return await self.driver.hardware(rec)
 
-    def console(self, rec: InstanceRecord) -> Any:
+    def console(self, rec: InstanceRecord) -> ConsoleHub:
         vm = self.driver.running.get(rec.name) if self.driver else None
         if vm is None:
             raise Conflict(f"{rec.name} is not running; start it first")
-        return vm.spec.serial_socket  # the stream handler connects to QEMU's serial socket
+        if vm.console is None:
+            raise Conflict(f"the serial console of {rec.name} is not reachable; "
+                           f"'ctctl restart {rec.name}' gives it a new one")
+        return vm.console
 
     async def exec(self, rec: InstanceRecord, command: list[str], env: dict[str, str], cwd: str,
                    tty: bool) -> Any:
-        raise NotSupported(f"{rec.name} is a VM: exec works for containers; use ssh or 'ctctl console {rec.name}'")
+        """Through the guest agent (guestexec.py); 409 naming what is missing without one."""
+        if tty:
+            guestexec.refuse_tty(rec.name)
+        vm = self._running_vm(rec)
+        assert vm.agent is not None
+        if not await vm.agent.ping():
+            raise NoAgent(f"{rec.name}: no guest agent answers, so ctd cannot run commands in it; {MISSING_HINT}")
+        return await guestexec.start(vm.agent, command, env, cwd, is_linux(rec))
+
+    def _running_vm(self, rec: InstanceRecord) -> RunningVm:
+        vm = self.driver.running.get(rec.name) if self.driver else None
+        if vm is None:
+            raise Conflict(f"{rec.name} is not running; start it first with 'ctctl start {rec.name}'")
+        return vm
 
     # ------------------------------------------------------------- storage
 
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> None:
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any] | None:
+        """Stopped: a reflink of its disk. Running: the same, with the guest frozen by its agent
+        (if any) and the vCPUs paused for the copy (livesnap.py)."""
         if self.is_running(rec):
-            raise Conflict(f"{rec.name} is running: stop the VM to snapshot its disk")
+            vm = self._running_vm(rec)
+            return await livesnap.snapshot(self.ctx.storage, rec.name, vm.qmp, vm.agent, snap)
         await asyncio.to_thread(self.ctx.storage.snapshot_vm_disk, rec.name, snap)
+        return None
 
     async def rollback(self, rec: InstanceRecord, snap: str) -> None:
         await asyncio.to_thread(self.ctx.storage.rollback_vm_disk, rec.name, snap)
@@ -342,21 +388,78 @@ class VmKind:
                            removed: frozenset[str], done: Rollback) -> None:
         """Stored only; a running VM's cpus/ram follow in after_set()."""
 
+    async def grow_disk(self, rec: InstanceRecord, size: int, done: Rollback, notes: list[str]) -> None:
+        """`set --disk`: the root disk grown (live through QMP when the VM runs); see disks.py."""
+        grow = disks.plan(rec, self._vms.disk_path(rec), size)
+        if not grow.changes:
+            return
+        check_disk_size(self.ctx, size)
+        running = self._vms.running.get(rec.name)
+        if running is not None and running.qmp is None:
+            raise Conflict(f"{rec.name} runs without a QMP session: stop it to grow its disk")
+        qmp = running.qmp if running is not None else None
+
+        async def undo() -> None:
+            await disks.undo(grow, qmp)
+
+        await disks.apply(grow, qmp)
+        done.done(f"disk {limits_mod.human_size(size)}", undo)
+        disks.store_size(rec, size)
+        notes.append(disks.note(rec, grow, running is not None))
+
+    async def add_disk(self, rec: InstanceRecord, name: str, size: int) -> list[str]:
+        """A data disk made (and plugged into the running VM where it can be); the caller stores
+        rec. Returns notes (datadisks.py)."""
+        check_disk_size(self.ctx, size)
+        running = self._vms.running.get(rec.name)
+        return await datadisks.add(rec, self.ctx.storage.instance_path(rec.name), name, size,
+                                   None if running is None else running.spec, None if running is None else running.qmp)
+
+    async def remove_disk(self, rec: InstanceRecord, name: str) -> list[str]:
+        """A data disk unplugged (the guest releases it) and its file deleted; the caller stores rec."""
+        running = self._vms.running.get(rec.name)
+        await datadisks.remove(rec, self.ctx.storage.instance_path(rec.name), name,
+                               None if running is None else running.spec, None if running is None else running.qmp)
+        return []
+
+    async def change_media(self, rec: InstanceRecord, iso: Path | None, boot: bool) -> list[str]:
+        """Insert (iso) or eject (None) the removable CD-ROM's ISO: kept in the settings, and live
+        in a running VM; the caller stores rec. Returns notes (media.py)."""
+        running = self._vms.running.get(rec.name) if self.driver else None
+        notes: list[str] = []
+        if running is not None:
+            if running.qmp is None or not running.spec.media_slot:
+                notes.append("media: this VM was started without a removable CD-ROM drive; the change applies at "
+                             f"its next start (ctctl restart {rec.name})")
+            elif iso is not None:
+                await media.insert(running.qmp, iso)
+            else:
+                await media.eject(running.qmp)
+        was_boot = media.stored(rec.options.vm or VmOptions())[1]
+        media.store(rec, iso, boot)
+        if boot or (was_boot and running is not None):
+            when = f"at its next start (ctctl restart {rec.name})" if running is not None else "when it starts"
+            notes.append(f"boot: from {'the ISO' if boot else 'its disk'} {when}")
+        return notes
+
     async def write_guest(self, rec: InstanceRecord, before: InstanceRecord, userpasswd: tuple[str, str] | None,
                           notes: list[str], done: Rollback) -> None:
         """Guest settings of a VM: into the cloud-init seed at once, into a template VM's disk now
         if it is stopped, else at its next start."""
         vms = self._vms
-        vm = rec.options.setdefault("vm", {})
+        vm = rec.options.vm or VmOptions()
         if userpasswd is not None:
-            vm["passwd"] = {"user": userpasswd[0], "hash": guest.hash_password(userpasswd[1])}
+            vm = dataclasses.replace(vm, passwd=Passwd(userpasswd[0], guest.hash_password(userpasswd[1])))
+        rec.options = dataclasses.replace(rec.options, vm=vm)
 
         async def undo() -> None:
             await asyncio.to_thread(vms.write_seed, before)
 
         done.done("guest settings (seed)", undo)
         await asyncio.to_thread(vms.write_seed, rec)
-        if vm.get("profile") == "windows":
+        if userpasswd is not None and self.is_running(rec):
+            notes.append(await self._live_password(rec, userpasswd))
+        if vm.windows:
             notes.append("guest settings: stored, but ctd does not configure Windows guests (no seed)")
             return
         if not self.is_running(rec) and await asyncio.to_thread(self._configure_disk, rec, userpasswd):
@@ -370,6 +473,23 @@ class VmKind:
                 done.done(f"password of {userpasswd[0]}", None)
             return
         notes.append("guest settings: on the VM's seed CD-ROM; the guest applies them at its next boot")
+
+    async def _live_password(self, rec: InstanceRecord, userpasswd: tuple[str, str]) -> str:
+        """The password set in the running guest by its agent (guest-set-user-password); a note."""
+        vm, (user, password) = self._running_vm(rec), userpasswd
+        assert vm.agent is not None
+        if not await vm.agent.ping():
+            return (f"password of {user}: no guest agent answers, so it is not set in the running guest; it "
+                    f"applies at next boot ({MISSING_HINT})")
+        try:
+            stored = rec.options.vm.passwd if rec.options.vm is not None else None
+            if is_linux(rec) and stored is not None:
+                await vm.agent.set_password(user, stored.hash, crypted=True)
+            else:
+                await vm.agent.set_password(user, password, crypted=False)
+        except CtdError as exc:
+            return f"password of {user}: the guest agent did not set it ({exc.message}); it applies at next boot"
+        return f"password of {user}: set in the running guest by its agent"
 
     async def after_set(self, rec: InstanceRecord, changes: dict[str, int]) -> list[str]:
         """A running VM's cpus/ram as far as QEMU allows; they are stored already, so a refusal

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
@@ -88,13 +89,18 @@ async def wait_exit(pid: int, timeout: float | None) -> bool:
     except ProcessLookupError:
         return True
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
     try:
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        loop.add_reader(fd, readable)
         try:
             await asyncio.wait_for(done, timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return not _alive(pid)
         finally:
             loop.remove_reader(fd)
@@ -131,7 +137,7 @@ async def _spawn_daemon(what: str, argv: list[str], cgroup_procs: list[str] | No
     try:
         # Pipes reach EOF when the daemon has redirected its stdio to /dev/null (start done).
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _kill(proc.pid)
         await proc.wait()
         raise OperationFailed(f"{what} did not finish starting within {timeout:g} s") from None
@@ -167,7 +173,7 @@ def prepare_run_dir(spec: VmSpec) -> None:
         os.chmod(tmp, 0o600)
         os.replace(tmp, nvram)   # never a half-copied store
     if find_qemu(spec) is None:
-        _unlink(spec.qmp_socket, spec.serial_socket, spec.vnc_socket, spec.pidfile)
+        _unlink(spec.qmp_socket, spec.serial_socket, spec.agent_socket, spec.vnc_socket, spec.pidfile)
     if find_swtpm(spec) is None:
         _unlink(spec.swtpm_socket, spec.swtpm_pidfile)
 
@@ -244,8 +250,8 @@ async def start(spec: VmSpec, cgroup_procs: list[str] | None = None,
             raise OperationFailed(f"VM {spec.name}: {e.message}") from None
         pid = _read_pidfile(spec.pidfile)
         if pid is None or not _alive(pid):
-            raise OperationFailed(f"VM {spec.name}: QEMU exited right after starting "
-                                  f"(serial log: {spec.serial_log})")
+            raise OperationFailed(f"VM {spec.name}: QEMU exited right after starting"
+                                  + (f" (serial log: {spec.serial_log})" if spec.serial_logfile else ""))
         return pid
     except BaseException:
         if (pid := find_qemu(spec)) is not None:   # timeout while half-started
@@ -253,14 +259,15 @@ async def start(spec: VmSpec, cgroup_procs: list[str] | None = None,
             await wait_exit(pid, 5.0)
         if started_tpm:
             await stop_swtpm(spec)
-        _unlink(spec.qmp_socket, spec.serial_socket, spec.vnc_socket, spec.pidfile)
+        _unlink(spec.qmp_socket, spec.serial_socket, spec.agent_socket, spec.vnc_socket, spec.pidfile)
         raise
 
 
 async def stop(spec: VmSpec, pid: int, timeout: float = 30.0, qmp: Qmp | None = None,
-               force: bool = False) -> str:
+               force: bool = False, fallback: Callable[[], Awaitable[bool]] | None = None) -> str:
     """Stop the VM: ACPI power button, then QMP quit after timeout, then SIGKILL.
-    Returns how it ended: 'powerdown', 'quit', 'killed' or 'gone'. Cleans run_dir and swtpm.
+    Returns how it ended: 'powerdown', 'agent' (fallback, e.g. the guest agent's shutdown,
+    ended it after the button was ignored), 'quit', 'killed' or 'gone'. Cleans run_dir and swtpm.
 
     Pass the manager's open Qmp session (QEMU serves one client at a time); without one a
     session is opened for the occasion.
@@ -268,14 +275,15 @@ async def stop(spec: VmSpec, pid: int, timeout: float = 30.0, qmp: Qmp | None = 
     how = "gone"
     try:
         if _is_ours(pid, spec.pidfile, "qemu-system"):   # never signal a recycled pid
-            how = await _stop_qemu(spec, pid, timeout, qmp, force)
+            how = await _stop_qemu(spec, pid, timeout, qmp, force, fallback)
     finally:
         await stop_swtpm(spec)
-        _unlink(spec.qmp_socket, spec.serial_socket, spec.vnc_socket, spec.pidfile)
+        _unlink(spec.qmp_socket, spec.serial_socket, spec.agent_socket, spec.vnc_socket, spec.pidfile)
     return how
 
 
-async def _stop_qemu(spec: VmSpec, pid: int, timeout: float, qmp: Qmp | None, force: bool) -> str:
+async def _stop_qemu(spec: VmSpec, pid: int, timeout: float, qmp: Qmp | None, force: bool,
+                     fallback: Callable[[], Awaitable[bool]] | None) -> str:
     own = None
     try:
         if qmp is None:
@@ -295,6 +303,8 @@ async def _stop_qemu(spec: VmSpec, pid: int, timeout: float, qmp: Qmp | None, fo
                     await qmp.powerdown()
                     if await wait_exit(pid, timeout):
                         return "powerdown"
+                    if fallback is not None and await fallback():
+                        return "agent"
         if qmp is not None:
             await qmp.quit()
             if await wait_exit(pid, 5.0):

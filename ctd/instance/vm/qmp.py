@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from qemu.qmp import ConnectError, EventListener, ExecInterruptedError, ExecuteError, QMPClient, QMPError, Runstate
 
@@ -24,6 +24,34 @@ log = logging.getLogger("ctd.vm.qmp")
 # Events a manager cares about: guest power-off / reset, host-initiated quit, pause/resume.
 LIFECYCLE_EVENTS = ("SHUTDOWN", "POWERDOWN", "RESET", "STOP", "RESUME", "GUEST_PANICKED")
 DEFAULT_TIMEOUT = 10.0
+
+
+# QEMU's answers as its QAPI schema gives them (the fields ctd reads; QEMU may send more). Those
+# ctd only shows (query-block, query-pci, query-tpm) stay JSON objects, JsonObject.
+JsonObject = dict[str, object]
+
+
+class QmpEvent(TypedDict, total=False):
+    event: str                  # SHUTDOWN, DEVICE_DELETED, BLOCK_JOB_COMPLETED…
+    data: JsonObject            # the event's own fields
+    timestamp: dict[str, int]   # seconds, microseconds
+
+
+# names with '-' need the functional form
+HotpluggableCpu = TypedDict("HotpluggableCpu", {
+    "type": str,                # the driver to device_add into the slot
+    "props": dict[str, int],    # socket-id, core-id, thread-id (node-id)
+    "qom-path": str,            # only on a present vCPU
+    "vcpus-count": int,
+}, total=False)
+ChardevInfo = TypedDict("ChardevInfo", {"label": str, "filename": str, "frontend-open": bool}, total=False)
+
+
+class BlockJob(TypedDict, total=False):
+    device: str     # the job's id (ctd names it after its target node)
+    type: str
+    offset: int     # bytes done
+    len: int        # bytes in all (an estimate while it runs)
 
 
 class Qmp:
@@ -54,7 +82,7 @@ class Qmp:
             try:
                 await asyncio.wait_for(self._client.connect(str(self.socket)), max(left, 0.01))
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._reset()
                 # Connected but no greeting: someone else holds the (single-client) monitor.
                 raise OperationFailed(f"no QMP greeting on {self.socket} within {timeout:g} s "
@@ -84,7 +112,7 @@ class Qmp:
         """Run one QMP command; OperationFailed carries QEMU's error description."""
         try:
             return await asyncio.wait_for(self._client.execute(cmd, args), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise OperationFailed(f"QMP {cmd} got no answer within {timeout:g} s") from None
         except ExecuteError as e:
             raise OperationFailed(f"QMP {cmd} failed: {e}") from None
@@ -119,37 +147,49 @@ class Qmp:
 
     # --- queries ---------------------------------------------------------------------------
 
-    async def query_block(self) -> list[dict[str, Any]]:
+    async def query_block(self) -> list[JsonObject]:
         return list(await self.execute("query-block"))
 
-    async def query_named_block_nodes(self) -> list[dict[str, Any]]:
+    async def query_named_block_nodes(self) -> list[JsonObject]:
         return list(await self.execute("query-named-block-nodes", {"flat": True}))
 
-    async def query_chardev(self) -> list[dict[str, Any]]:
+    async def query_block_jobs(self) -> list[BlockJob]:
+        return list(await self.execute("query-block-jobs"))
+
+    async def query_chardev(self) -> list[ChardevInfo]:
         return list(await self.execute("query-chardev"))
 
-    async def query_pci(self) -> list[dict[str, Any]]:
-        """Flattened: every device on every PCI bus (bridges' buses included)."""
-        devices: list[dict[str, Any]] = []
+    async def frontend_open(self, label: str) -> bool | None:
+        """Whether the guest side of chardev label is open (a virtio-serial port the guest
+        opened); None if QEMU has no such chardev."""
+        for dev in await self.query_chardev():
+            if dev.get("label") == label:
+                return bool(dev.get("frontend-open"))
+        return None
 
-        def walk(devs: list[dict[str, Any]]) -> None:
+    async def query_pci(self) -> list[JsonObject]:
+        """Flattened: every device on every PCI bus (bridges' buses included)."""
+        devices: list[JsonObject] = []
+
+        def walk(devs: list[JsonObject]) -> None:
             for d in devs:
                 devices.append(d)
-                walk(d.get("pci_bridge", {}).get("devices", []))
+                bridge = d.get("pci_bridge")
+                walk(bridge.get("devices", []) if isinstance(bridge, dict) else [])
 
         for bus in await self.execute("query-pci"):
             walk(bus["devices"])
         return devices
 
-    async def query_tpm(self) -> list[dict[str, Any]]:
+    async def query_tpm(self) -> list[JsonObject]:
         return list(await self.execute("query-tpm"))
 
-    async def query_vnc(self) -> dict[str, Any]:
+    async def query_vnc(self) -> JsonObject:
         return dict(await self.execute("query-vnc"))
 
     # --- live resizing ---------------------------------------------------------------------
 
-    async def hotpluggable_cpus(self) -> list[dict[str, Any]]:
+    async def hotpluggable_cpus(self) -> list[HotpluggableCpu]:
         """Every vCPU slot: those with a 'qom-path' are present, the others free."""
         return list(await self.execute("query-hotpluggable-cpus"))
 
@@ -184,11 +224,11 @@ class Qmp:
         with self._client.listen(listener):
             yield listener
 
-    async def wait_event(self, listener: EventListener, timeout: float) -> dict[str, Any] | None:
+    async def wait_event(self, listener: EventListener, timeout: float) -> QmpEvent | None:
         """The next event of the listener, or None after timeout (or when QEMU went away)."""
         try:
-            return dict(await asyncio.wait_for(listener.get(), timeout))
-        except asyncio.TimeoutError:
+            return _event(await asyncio.wait_for(listener.get(), timeout))
+        except TimeoutError:
             return None
 
     async def disconnected(self) -> None:
@@ -196,14 +236,14 @@ class Qmp:
         while self._client.runstate == Runstate.RUNNING:
             await self._client.runstate_changed()
 
-    def watch(self, callback: Callable[[dict[str, Any]], Awaitable[None] | None],
+    def watch(self, callback: Callable[[QmpEvent], Awaitable[None] | None],
               names: tuple[str, ...] = LIFECYCLE_EVENTS) -> asyncio.Task[None]:
         """Call callback(event) for each event, in order, until QEMU disconnects (or the task
         is cancelled); events already queued at the disconnect are still delivered."""
         listener = EventListener(names or None)
         self._client.register_listener(listener)
 
-        async def deliver(event: dict[str, Any]) -> None:
+        async def deliver(event: QmpEvent) -> None:
             result = callback(event)
             if asyncio.iscoroutine(result):
                 await result
@@ -215,11 +255,11 @@ class Qmp:
                     nxt = asyncio.ensure_future(listener.get())
                     await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
                     if nxt.done():
-                        await deliver(dict(nxt.result()))
+                        await deliver(_event(nxt.result()))
                         continue
                     nxt.cancel()
                     for event in listener.clear():
-                        await deliver(dict(event))
+                        await deliver(_event(event))
                     return
             finally:
                 gone.cancel()
@@ -227,3 +267,14 @@ class Qmp:
                     self._client.remove_listener(listener)
 
         return asyncio.get_running_loop().create_task(pump(), name=f"qmp-events:{self.socket}")
+
+
+def _event(message: Mapping[str, object]) -> QmpEvent:
+    """A QMP event message (qemu.qmp's Message: event, data, timestamp) as ctd passes it on."""
+    event = QmpEvent(event=str(message.get("event", "")))
+    data, timestamp = message.get("data"), message.get("timestamp")
+    if isinstance(data, dict):
+        event["data"] = data
+    if isinstance(timestamp, dict):
+        event["timestamp"] = timestamp
+    return event

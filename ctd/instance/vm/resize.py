@@ -2,7 +2,9 @@
 
 vCPUs: QEMU starts with `-smp N,maxcpus=M` (VmSpec.cpu_slots); adding fills free slots with
 device_add, removing asks the guest to eject vCPUs (device_del, ACPI) and counts the
-DEVICE_DELETED events that say it did. The boot vCPU (core 0) never goes.
+DEVICE_DELETED events that say it did. The boot vCPU (core 0) never goes. A hot-added vCPU
+is offline in the guest until the guest onlines it (a udev rule; ctd puts one in its template
+disks); QEMU cannot see that, so the answer says what ctd knows (online_note).
 
 RAM: a virtio balloon. Lowering asks the guest to hand pages back; raising lets it take them
 again, but never past the -m size QEMU booted with (more needs a restart). What the guest
@@ -14,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ctd.errors import OperationFailed
-from ctd.instance.vm.qmp import Qmp
+from ctd.instance.vm.qmp import HotpluggableCpu, Qmp
 
 EJECT_TIMEOUT = 15.0     # a guest under TCG takes a few seconds to offline and eject a vCPU
 BALLOON_TIMEOUT = 10.0   # and to move a few hundred MiB through its balloon (~1 s per 100 MiB)
@@ -37,7 +38,7 @@ class Resized:
         return self.note is None
 
 
-def _core(slot: dict[str, Any]) -> tuple[int, int, int]:
+def _core(slot: HotpluggableCpu) -> tuple[int, int, int]:
     props = slot.get("props", {})
     return (props.get("socket-id", 0), props.get("core-id", 0), props.get("thread-id", 0))
 
@@ -73,6 +74,19 @@ async def set_vcpus(qmp: Qmp, wanted: int, eject_timeout: float = EJECT_TIMEOUT)
         return Resized(now, wanted, f"the guest released only {len(present) - now} of {len(victims)} vCPU(s) "
                        f"within {eject_timeout:g} s (no CPU hot-unplug support?); {wanted} applies at next start")
     return Resized(now, wanted)
+
+
+def online_note(guest_udev: bool | None, added: int) -> str | None:
+    """What to tell about vCPUs just hot-added: QEMU cannot see whether the guest onlined them.
+    guest_udev: True for a disk ctd built with udev (its rule onlines them), False without
+    (busybox), None for an installed guest ctd knows nothing of."""
+    if added <= 0 or guest_udev:
+        return None
+    if guest_udev is False:
+        return (f"{added} vCPU(s) added to the VM, but this guest has no udev to bring them online: it uses them "
+                "after a restart (or: echo 1 > /sys/devices/system/cpu/cpuN/online inside)")
+    return (f"{added} vCPU(s) added to the VM; the guest must bring them online itself (most distributions do, "
+            "with a udev rule); ctd cannot see whether it did")
 
 
 async def set_ram(qmp: Qmp, boot_ram: int, wanted: int, timeout: float = BALLOON_TIMEOUT) -> Resized:

@@ -21,10 +21,11 @@ from ctd.errors import NotFound, OperationFailed
 
 # What a guest needs from the kernel's modules when its root is on virtio and its NIC too.
 # button + evdev: the ACPI power button reaches systemd-logind, so `ctctl stop` powers off cleanly.
-# virtio_balloon: `set --ram` on a running VM; sr_mod + isofs: the cloud-init seed CD-ROM is readable.
+# virtio_balloon: `set --ram` on a running VM; sr_mod + isofs: the cloud-init seed CD-ROM is readable
+# (on ata_piix, or ahci on q35: UEFI VMs).
 MODULES = ("virtio_net", "net_failover", "failover", "virtio_blk", "virtio_console", "9pnet_virtio",
            "e1000", "ext4", "crc16", "mbcache", "jbd2", "button", "evdev", "virtio_balloon",
-           "ata_piix", "sr_mod", "cdrom", "isofs")
+           "ata_piix", "ahci", "sr_mod", "cdrom", "isofs")
 # Hot-added vCPUs (`set --cpus` on a running VM) come up offline; this is the rule distributions
 # that expect hotplug (Ubuntu's 40-vm-hotadd.rules) ship.
 CPU_HOTADD_RULE = 'SUBSYSTEM=="cpu", ACTION=="add", TEST=="online", ATTR{online}=="0", ATTR{online}="1"\n'
@@ -87,6 +88,12 @@ def add_kernel_modules(rootfs: Path, kernel: Kernel) -> None:
     result = subprocess.run(["depmod", "-b", str(rootfs), kernel.version], capture_output=True, text=True)
     if result.returncode != 0:
         raise OperationFailed(f"depmod for the VM's modules failed: {result.stderr.strip()}")
+
+
+def has_udev(rootfs: Path) -> bool:
+    """Whether the guest runs udev (and so ctd's vCPU rule); busybox's template does not."""
+    # lexists: a link's target is the guest's path, never followed into the host's tree
+    return any(os.path.lexists(rootfs / d / "udevadm") for d in ("usr/bin", "usr/sbin", "bin", "sbin"))
 
 
 def make_disk(rootfs: Path, image: Path, size: int) -> None:

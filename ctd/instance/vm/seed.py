@@ -1,5 +1,6 @@
 """A cloud-init NoCloud seed: an ISO labelled 'cidata' with meta-data, user-data and
-network-config, attached as a CD-ROM (VmSpec.seed_iso).
+network-config, attached as a CD-ROM (VmSpec.seed_iso); the admin's user-data is merged after
+ctd's and vendor-data added as it is (userdata.py).
 
 The three files are YAML; they are written as JSON, which YAML parsers read as it is, so no
 YAML library is needed and no value can break out of its quoting.
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ctd.errors import InvalidRequest, NotFound, OperationFailed
+from ctd.instance.vm.userdata import merged
 from ctd.validate import hostname as check_hostname
 
 VOLUME_LABEL = "cidata"    # what cloud-init's NoCloud datasource looks for
@@ -26,7 +28,8 @@ ISO_TOOL = "genisoimage"   # Debian package genisoimage (xorriso -as mkisofs tak
 _MAC = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 # crypt(3) hashes cloud-init passes to chpasswd -e / useradd -p: SHA-512, SHA-256, yescrypt, bcrypt.
 _HASH = re.compile(r"^\$(6|5|y|2[aby])\$[./A-Za-z0-9$=,]+$")
-_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com) [A-Za-z0-9+/=]+( [^\n\r]*)?$")
+_KEY = re.compile(r"^(ssh-(ed25519|rsa|dss)|ecdsa-sha2-nistp(256|384|521)|sk-(ssh-ed25519|ecdsa-sha2-nistp256)"
+                  r"@openssh\.com) [A-Za-z0-9+/=]+( [^\n\r]*)?$")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class Seed:
     nics: list[SeedNic] = field(default_factory=list)
     password_user: str = "root"              # whose password root_password_hash is
     timezone: str | None = None
+    admin_user_data: str | None = None       # the admin's, after ctd's (userdata.py: precedence)
+    vendor_data: str | None = None
 
     def validate(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}", self.instance_id or ""):
@@ -109,7 +114,8 @@ def user_data(seed: Seed) -> str:
     if "." in seed.hostname:
         cfg["fqdn"] = seed.hostname
     if seed.root_password_hash:
-        login = root if seed.password_user == "root" else {"name": seed.password_user, "shell": "/bin/bash"}
+        login: dict[str, object] = (root if seed.password_user == "root"
+                                    else {"name": seed.password_user, "shell": "/bin/bash"})
         login.update({"lock_passwd": False, "hashed_passwd": seed.root_password_hash})
         if login is not root:
             cfg["users"] = [root, login]
@@ -119,7 +125,7 @@ def user_data(seed: Seed) -> str:
         root["ssh_authorized_keys"] = [k.strip() for k in seed.ssh_authorized_keys]
     if seed.timezone:
         cfg["timezone"] = seed.timezone
-    return "#cloud-config\n" + _yaml(cfg)
+    return merged("#cloud-config\n" + _yaml(cfg), seed.admin_user_data)
 
 
 def network_config(seed: Seed) -> str:
@@ -145,7 +151,7 @@ def network_config(seed: Seed) -> str:
 def content_id(seed: Seed) -> str:
     """A short digest of what the seed says (its instance-id aside): an instance-id built with
     it changes exactly when the settings do, so cloud-init applies them again then, and only then."""
-    text = "\0".join([seed.hostname, user_data(seed), network_config(seed)])
+    text = "\0".join([seed.hostname, user_data(seed), network_config(seed), seed.vendor_data or ""])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -162,6 +168,8 @@ def build_seed_iso(seed: Seed, dest: Path, tool: str = ISO_TOOL, files: dict[str
         (src / "meta-data").write_text(meta_data(seed))
         (src / "user-data").write_text(user_data(seed))
         (src / "network-config").write_text(network_config(seed))
+        if seed.vendor_data is not None:
+            (src / "vendor-data").write_text(seed.vendor_data)
         for rel, text in (files or {}).items():
             if Path(rel).is_absolute() or ".." in Path(rel).parts:
                 raise InvalidRequest(f"seed file {rel!r} is outside the seed")

@@ -52,6 +52,7 @@ class Disk:
     # cache=none (O_DIRECT) is the safe, fast choice on real storage; tmpfs refuses O_DIRECT.
     cache: Cache = "none"
     readonly: bool = False
+    id: str | None = None     # QEMU's device id (drive: "drive-" + id); None: disk<N>
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,10 @@ class VmSpec:
     balloon: bool = True      # virtio-balloon: RAM can be lowered (and raised back) while running
     tcg_cache_mib: int = 128  # TCG's translation cache (QEMU's default, 1 GiB, dwarfs small guests)
     boot_cdrom_first: bool = False          # installing: boot the first CD-ROM before the disk
+    serial_logfile: bool = True             # QEMU's own serial.log (grows); ctd keeps its ring instead
+    media_slot: bool = False  # a removable CD-ROM (media.py), after the others: the seed stays sr0
+    media: Path | None = None               # the ISO in it; None: empty
+    boot_media: bool = False  # boot that ISO first (a rescue)
     qemu: str = QEMU
 
     # --- resolved defaults -------------------------------------------------------------
@@ -140,6 +145,11 @@ class VmSpec:
     @property
     def serial_socket(self) -> Path:
         return self.run_dir / "serial.sock"
+
+    @property
+    def agent_socket(self) -> Path:
+        """The guest agent's virtio-serial port (org.qemu.guest_agent.0), as QEMU serves it."""
+        return self.run_dir / "agent.sock"
 
     @property
     def serial_log(self) -> Path:
@@ -265,10 +275,16 @@ def _check_values(s: VmSpec) -> None:
             raise _bad(f"disk {d.path}: microvm has only virtio (mmio) disks")
     for p in s.all_cdroms():
         _check_path_text("CD-ROM", p)
-    for p, what in ((s.kernel, "kernel"), (s.initrd, "initrd"), (s.nvram, "nvram"),
-                    (s.tpm_state_dir, "TPM state")):
-        if p is not None:
-            _check_path_text(what, p)
+    if s.media is not None:
+        _check_path_text("media ISO", s.media)
+    if (s.media is not None or s.boot_media) and (not s.media_slot or machine == "microvm"):
+        raise _bad("removable media need a media slot on machine pc or q35")
+    if s.boot_media and s.media is None:
+        raise _bad("boot from media needs an inserted ISO")
+    for path, what in ((s.kernel, "kernel"), (s.initrd, "initrd"), (s.nvram, "nvram"),
+                       (s.tpm_state_dir, "TPM state")):
+        if path is not None:
+            _check_path_text(what, path)
     macs: set[str] = set()
     ifnames: set[str] = set()
     for n in s.nics:
@@ -293,7 +309,7 @@ def _check_files(s: VmSpec) -> None:
         raise NotFound(f"{s.qemu} is not installed (Debian: apt-get install qemu-system-x86)")
     need: list[tuple[str, Path | None]] = [("kernel", s.kernel), ("initrd", s.initrd)]
     need += [(f"disk image ({d.format})", d.path) for d in s.disks]
-    need += [("CD-ROM image", p) for p in s.cdroms]
+    need += [("CD-ROM image", p) for p in [*s.cdroms, *([s.media] if s.media else [])]]
     need += [("driver ISO", s.drivers_iso), ("cloud-init seed ISO", s.seed_iso)]
     fw = s.uefi
     if fw is not None:

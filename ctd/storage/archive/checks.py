@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import cast
 
 from ctd.storage.archive.streams import MiB
+
 MAX_META_HEADER = 1 * MiB  # PAX and GNU long-name headers: xattrs, long paths; never more
 META_TYPES = {tarfile.XHDTYPE: "PAX", tarfile.XGLTYPE: "PAX global", tarfile.SOLARIS_XHDTYPE: "PAX",
               tarfile.GNUTYPE_LONGNAME: "GNU long name", tarfile.GNUTYPE_LONGLINK: "GNU long link"}
@@ -37,7 +38,9 @@ class BoundedTarInfo(tarfile.TarInfo):
             raise HeaderTooBig(f"it has a {kind} header of {self.size} bytes; ctd reads at most "
                                f"{MAX_META_HEADER} (extended attributes and long names need far "
                                "less)")
-        return super()._proc_member(tarfile_)
+        # the hook every member passes through (private to tarfile: typeshed does not show it)
+        member: tarfile.TarInfo = super()._proc_member(tarfile_)  # type: ignore[misc]
+        return member
 
 
 class Refused(Exception):

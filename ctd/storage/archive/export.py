@@ -20,9 +20,19 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from ctd.errors import InvalidRequest, OperationFailed
-from ctd.storage.archive.streams import (CHUNK, COMPRESSIONS, HOLE, XATTR_PREFIX, MiB, CountingWriter,
-                                         Progress, ProgressMeter, Writable, compression_for,
-                                         compressor)
+from ctd.storage.archive.streams import (
+    CHUNK,
+    COMPRESSIONS,
+    HOLE,
+    XATTR_PREFIX,
+    CountingWriter,
+    MiB,
+    Progress,
+    ProgressMeter,
+    Writable,
+    compression_for,
+    compressor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +167,14 @@ class Exporter:
             names = os.listxattr(fd)
         except OSError:
             return
+        headers = dict(ti.pax_headers)
         for name in sorted(names):
             try:
                 value = os.getxattr(fd, name)
             except OSError:
                 continue
-            ti.pax_headers[XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")
+            headers[XATTR_PREFIX + name] = value.decode("utf-8", "surrogateescape")
+        ti.pax_headers = headers
 
     def root(self, source: Path) -> None:
         fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -282,7 +294,7 @@ def _write_tar(source: Path, raw: Writable, comp: str, progress: Progress | None
     stream = packer if packer is not None else raw
     tf = tarfile.open(fileobj=cast(BinaryIO, stream), mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape")
-    tf.copybufsize = CHUNK
+    tf.copybufsize = CHUNK  # type: ignore[attr-defined]  # tarfile's copy buffer, not in typeshed
     exporter = Exporter(tf, prog)
     exporter.root(source)
     for dirpath, dirnames, filenames, dirfd in os.fwalk(source, follow_symlinks=False):

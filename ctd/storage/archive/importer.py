@@ -25,8 +25,18 @@ from typing import BinaryIO, TypedDict, cast
 from ctd.errors import InvalidRequest, OperationFailed
 from ctd.storage.archive.checks import BoundedTarInfo, HeaderTooBig, Refused, Space
 from ctd.storage.archive.extract import HOST_ERRNOS, Extractor
-from ctd.storage.archive.streams import (CHUNK, Corrupt, Guard, Progress, ProgressMeter, Source,
-                                         decompressor, detect, label_of, size_of)
+from ctd.storage.archive.streams import (
+    CHUNK,
+    Corrupt,
+    Guard,
+    Progress,
+    ProgressMeter,
+    Source,
+    decompressor,
+    detect,
+    label_of,
+    size_of,
+)
 
 log = logging.getLogger(__name__)
 

@@ -226,7 +226,8 @@ def detect(head: bytes) -> str:
         if head[257:262] == b"ustar":
             return "none"
         try:
-            if tarfile.nti(head[148:156]) in tarfile.calc_chksums(head[:512]):
+            # nti/calc_chksums: tarfile's own header helpers, not in typeshed
+            if tarfile.nti(head[148:156]) in tarfile.calc_chksums(head[:512]):  # type: ignore[attr-defined]
                 return "none"  # a pre-POSIX (v7) tar header
         except tarfile.HeaderError:
             pass

@@ -3,7 +3,8 @@
 A backup is an uncompressed tar (read front to back, so it can come from a pipe) of two members:
 
     ctd-backup.json     {"format": "ctd-backup", "version": 1, "driver": "btrfs-send" | "tar",
-                         "member": ..., "name": ..., "snapshot": ..., "created": ..., "meta": {...}}
+                         "member": ..., "name": ..., "snapshot": ..., "created": ..., "meta": {...},
+                         "id": ..., "kind": "full" | "incremental", "parent": {"id", "file"}}
     rootfs.btrfs        driver "btrfs-send": the output of `btrfs send` of a read-only snapshot
  or rootfs.tar.zst      driver "tar": archive.export_rootfs of the root (zstd)
 
@@ -18,9 +19,11 @@ instances/NAME only when complete: a failure at any point removes everything it 
 crash leaves only a dot-directory that discard_partial() removes at the next start.
 
 A btrfs stream comes from outside, so it is checked as it flows into `btrfs receive --chroot`:
-it must be one full subvolume (no incremental `snapshot` command, whose parent would be looked
-up among this host's subvolumes) whose `clone` commands only clone from itself (never data of
-another subvolume on the pool), and it must end with its end command. Its file data (write,
+it must be one full subvolume whose `clone` commands only clone from itself (never data of
+another subvolume on the pool), and it must end with its end command. An incremental backup
+(`btrfs send -p`, chain.py) restores only with its chain, each link checked: its stream must
+name exactly the subvolume of the previous link as its parent (a parent looked up among this
+host's subvolumes is never accepted) and clone only from itself or that parent. Its file data (write,
 fallocate) must fit the pool's free space and the disk space limit in the backup's meta, and no
 file may be truncated to more than the whole pool.
 
@@ -49,14 +52,16 @@ The package, one concern a module:
     sendstream.py  the btrfs send stream check and its mknod rewriting
     btrfs_io.py    btrfs send / receive and the placeholders' removal
     restore.py     restore_backup, discard_partial
+    chain.py       incremental chains: the kept snapshot, the next parent, resolve_chain
 """
 
 from __future__ import annotations
 
-from ctd.storage.backup.format import FORMAT, VERSION, BackupHeader, validate_header
+from ctd.storage.backup.format import FORMAT, VERSION, BackupHeader, BackupMeta, NicMeta, Parent, validate_header
 from ctd.storage.backup.reader import read_backup_header
 from ctd.storage.backup.restore import discard_partial, restore_backup
 from ctd.storage.backup.writer import create_backup
 
 __all__ = ["create_backup", "restore_backup", "read_backup_header", "validate_header",
-           "discard_partial", "FORMAT", "VERSION", "BackupHeader"]
+           "discard_partial", "FORMAT", "VERSION", "BackupHeader", "BackupMeta",
+           "NicMeta", "Parent"]

@@ -37,11 +37,14 @@ def is_subvolume(storage: StorageDriver, path: Path) -> bool:
     return bt is not None and bt.is_subvolume(path)
 
 
-def send(snap: Path, out: Writable, progress: Progress | None, total: int) -> None:
-    """btrfs send of the read-only subvolume snap into out (a file object)."""
+def send(snap: Path, out: Writable, progress: Progress | None, total: int,
+         parent: Path | None = None) -> None:
+    """btrfs send of the read-only subvolume snap into out (a file object); with parent (a
+    read-only snapshot the receiver has), only the difference (send -p)."""
+    argv = ["btrfs", "send", "-q", *(["-p", str(parent)] if parent is not None else []), str(snap)]
     with tempfile.TemporaryFile() as err:
         try:
-            proc = subprocess.Popen(["btrfs", "send", "-q", str(snap)], stdout=subprocess.PIPE,
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE,
                                     stderr=err, stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise OperationFailed("the btrfs command is missing; install btrfs-progs") from None
@@ -67,8 +70,9 @@ def send(snap: Path, out: Writable, progress: Progress | None, total: int) -> No
 
 
 def receive(bt: BtrfsStorage, data: Readable, dest: Path, label: str, check: StreamCheck) -> Path:
-    """btrfs receive of the stream data (a file object), filtered by check, into the empty dir
-    dest; returns the received read-only subvolume."""
+    """btrfs receive of the stream data (a file object), filtered by check, into dest (empty, or
+    holding the received parent of an incremental stream); returns the new read-only subvolume."""
+    before = set(dest.iterdir())
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(["btrfs", "receive", "-q", "-e", "--chroot", str(dest)],
@@ -101,7 +105,7 @@ def receive(bt: BtrfsStorage, data: Readable, dest: Path, label: str, check: Str
             err.seek(0)
             msg = err.read().decode(errors="replace").strip()
             raise InvalidRequest(f"{label}: btrfs receive refused the stream (corrupt?): {msg}")
-    entries = list(dest.iterdir())
+    entries = list(set(dest.iterdir()) - before)
     if len(entries) != 1 or not bt.is_subvolume(entries[0]):
         raise InvalidRequest(f"{label}: the btrfs stream did not make exactly one subvolume")
     return entries[0]

@@ -18,8 +18,7 @@ from typing import BinaryIO, cast
 from ctd.errors import InvalidRequest
 from ctd.storage.archive.checks import BoundedTarInfo
 from ctd.storage.archive.streams import MAGICS, label_of, size_of
-from ctd.storage.backup.format import (BLOCK, CHUNK, HEADER, MAX_HEADER, BackupHeader, Progress,
-                                       validate_header)
+from ctd.storage.backup.format import BLOCK, CHUNK, HEADER, MAX_HEADER, BackupHeader, Progress, validate_header
 
 
 class Reader:

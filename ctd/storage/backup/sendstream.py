@@ -1,9 +1,12 @@
 """The btrfs send stream as a restore checks it on its way into `btrfs receive`.
 
-StreamCheck.feed() passes the stream on command by command. It must be one full subvolume (no
-incremental `snapshot` command, whose parent would be looked up among this host's subvolumes)
-whose `clone` commands only clone from itself (never data of another subvolume on the pool),
-and end with its end command. Its file data (write, fallocate) must fit the pool's free space
+StreamCheck.feed() passes the stream on command by command. It must be one subvolume whose
+`clone` commands only clone from itself (never data of another subvolume on the pool), and end
+with its end command. It is a full stream unless the restore expects an increment: then it must
+start with a `snapshot` command naming exactly the parent the chain gives (Link: the UUID and
+ctransid the previous backup's own stream carried, never what a header claims), and may clone
+from that parent too; btrfs receive would otherwise look a named parent up among this host's
+subvolumes. Its file data (write, fallocate) must fit the pool's free space
 and the disk space limit (archive.checks.Space), and no file may be truncated to more than
 the whole pool. Each mknod is rewritten into a mknod of an empty regular file tagged with
 DROPPED_XATTR holding a per-restore nonce, so no device node exists on disk at any moment
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from dataclasses import dataclass
 
 from ctd.errors import InvalidRequest
 from ctd.storage.archive.checks import Space
@@ -25,6 +29,7 @@ SEND_MAGIC = b"btrfs-stream\0"
 # btrfs send commands and attributes (include/uapi/linux/btrfs.h's send.h in btrfs-progs)
 C_SUBVOL, C_SNAPSHOT, C_MKNOD, C_SET_XATTR, C_WRITE, C_CLONE = 1, 2, 5, 13, 15, 16
 C_TRUNCATE, C_END, C_FALLOCATE, C_ENCODED_WRITE = 17, 21, 23, 25
+A_CTRANSID, A_CLONE_CTRANSID = 2, 21
 A_UUID, A_SIZE, A_MODE, A_RDEV, A_XATTR_NAME, A_XATTR_DATA = 1, 4, 5, 8, 13, 14
 A_PATH, A_DATA, A_CLONE_UUID, A_FALLOCATE_MODE = 15, 19, 20, 25
 FALLOC_FL_PUNCH_HOLE = 2
@@ -34,6 +39,14 @@ MAX_COMMAND = 1 << 20
 # Set on the regular file a mknod command is turned into, so it can be found and removed after
 # the receive (whatever renames and hard links followed); the value is a per-restore nonce.
 DROPPED_XATTR = "trusted.ctd.dropped-device"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A received subvolume as its stream named it: what the next increment must name as parent."""
+
+    uuid: bytes
+    ctransid: bytes
 
 
 def _crc32c_table() -> list[int]:
@@ -73,12 +86,14 @@ class StreamCheck:
     (commands that follow - chmod, rename, link, even a write - then act on a harmless file),
     which receive.drop_placeholders removes after the receive. Refusals raise InvalidRequest."""
 
-    def __init__(self, label: str, space: Space | None = None) -> None:
-        self.label, self.space = label, space
-        self.nonce = os.urandom(16).hex().encode()
+    def __init__(self, label: str, space: Space | None = None, parent: Link | None = None,
+                 nonce: bytes | None = None) -> None:
+        self.label, self.space, self.parent = label, space, parent
+        self.nonce = nonce or os.urandom(16).hex().encode()   # one for all streams of a chain
         self.buf = bytearray()
         self.version = 0
         self.uuid: bytes | None = None
+        self.ctransid = b""
         self.commands = 0
         self.ended = False
         self.written = 0
@@ -149,19 +164,14 @@ class StreamCheck:
         if self.ended:
             raise self._bad("goes on after its end command")
         if self.commands == 1:
-            if cmd == C_SNAPSHOT:
-                raise self._bad("is incremental (btrfs send -p); a backup must be a full stream")
-            if cmd != C_SUBVOL:
-                raise self._bad(f"starts with command {cmd}, not a subvolume (corrupt)")
-            self.uuid = self._attrs(body).get(A_UUID)
-            if self.uuid is None:
-                raise self._bad("names no subvolume UUID (corrupt)")
+            self._first(cmd, self._attrs(body))
         elif cmd in (C_SUBVOL, C_SNAPSHOT):
             raise self._bad("holds more than one subvolume")
         elif cmd == C_CLONE:
-            if self._attrs(body).get(A_CLONE_UUID) != self.uuid:
-                raise self._bad("clones data from another subvolume, which ctd never sends and "
-                                "does not accept")
+            source = self._attrs(body).get(A_CLONE_UUID)
+            if source != self.uuid and (self.parent is None or source != self.parent.uuid):
+                raise self._bad("clones data from another subvolume (outside its backup chain), which ctd "
+                                "never sends and does not accept")
         elif cmd == C_MKNOD:
             return self._drop_node(body)
         elif cmd in (C_WRITE, C_ENCODED_WRITE):
@@ -178,6 +188,31 @@ class StreamCheck:
         elif cmd == C_END:
             self.ended = True
         return None
+
+    def _first(self, cmd: int, attrs: dict[int, bytes]) -> None:
+        """The stream's first command: a full subvolume, or the snapshot of the expected parent."""
+        if cmd == C_SNAPSHOT and self.parent is None:
+            raise self._bad("is incremental (btrfs send -p) but its backup names no parent; "
+                            "restore the chain's last backup, which names its parents")
+        if cmd == C_SUBVOL and self.parent is not None:
+            raise self._bad("is a full stream where its backup header says incremental (corrupt)")
+        if cmd not in (C_SUBVOL, C_SNAPSHOT):
+            raise self._bad(f"starts with command {cmd}, not a subvolume (corrupt)")
+        if cmd == C_SNAPSHOT:
+            assert self.parent is not None
+            if (attrs.get(A_CLONE_UUID) != self.parent.uuid
+                    or attrs.get(A_CLONE_CTRANSID) != self.parent.ctransid):
+                raise self._bad("names a parent subvolume that is not the previous backup of its "
+                                "chain (tampered, or backups of another chain)")
+        self.uuid, self.ctransid = attrs.get(A_UUID), attrs.get(A_CTRANSID, b"")
+        if self.uuid is None:
+            raise self._bad("names no subvolume UUID (corrupt)")
+
+    @property
+    def link(self) -> Link:
+        """What the next increment of the chain must name as its parent (after finish())."""
+        assert self.uuid is not None
+        return Link(self.uuid, self.ctransid)
 
     def _charge(self, n: int) -> None:
         self.written += n

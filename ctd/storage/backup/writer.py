@@ -6,29 +6,53 @@ driver). Without a snapshot name it takes a temporary read-only snapshot
 (STORAGE/.backup-NAME-XXXX, crash-consistent, deleted afterwards; restore.discard_partial
 removes one a crash left); on the dir driver it reads the live tree. A path is written aside
 and renamed into place when complete; a pipe gets a file spooled in the pool first.
+
+Chained backups (chain.py): with `parent` the stream is `btrfs send -p` against the parent's
+kept snapshot (an incremental backup); with `keep` the snapshot this backup is sent from is
+made at that path and kept once the file is complete, for the next one to be made against. A failure
+(a full target: Conflict naming it) removes the partial file and the new
+snapshot and leaves the parent's snapshot as it was.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import json
 import os
 import shutil
 import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from ctd.errors import InvalidRequest, NotFound, NotSupported, OperationFailed
+from ctd.errors import Conflict, InvalidRequest, NotFound, NotSupported, OperationFailed
 from ctd.storage.archive.export import data_size, export_rootfs
 from ctd.storage.archive.streams import CountingWriter, zstandard_module
 from ctd.storage.backup.btrfs_io import is_subvolume, send
-from ctd.storage.backup.format import (BACKUP_PREFIX, BLOCK, CHUNK, FORMAT, HEADER, MAX_HEADER, MEMBERS,
-                                       RECORD, VERSION, BackupHeader, Progress, header_block, pad)
+from ctd.storage.backup.format import (
+    BACKUP_PREFIX,
+    BLOCK,
+    CHUNK,
+    FORMAT,
+    HEADER,
+    MAX_HEADER,
+    MEMBERS,
+    RECORD,
+    VERSION,
+    BackupHeader,
+    BackupMeta,
+    Parent,
+    Progress,
+    header_block,
+    pad,
+)
 from ctd.storage.base import StorageDriver, check_component, unique_suffix
 
 
 def _write_backup(fh: BinaryIO, source: Path, driver: str, header: BackupHeader,
-                  progress: Progress | None) -> int:
+                  progress: Progress | None, parent: Path | None = None) -> int:
     """The outer tar into the seekable fh (from its current position). The rootfs member's
     header is written after its data, once its size is known: nothing is spooled."""
     base = fh.tell()
@@ -47,7 +71,7 @@ def _write_backup(fh: BinaryIO, source: Path, driver: str, header: BackupHeader,
         # root, at a fraction of what btrfs send itself costs
         z = zstandard_module().ZstdCompressor(level=3, write_checksum=True, threads=-1)
         with z.stream_writer(out, closefd=False) as sink:
-            send(source, sink, progress, total)
+            send(source, sink, progress, total, parent)
     else:
         export_rootfs(source, out, "zst", progress)
     size = out.count
@@ -64,35 +88,51 @@ def _write_backup(fh: BinaryIO, source: Path, driver: str, header: BackupHeader,
 
 
 def create_backup(storage: StorageDriver, name: str, out: Path | BinaryIO, snapshot: str | None = None,
-                  progress: Progress | None = None, meta: dict[str, Any] | None = None,
-                  driver: str | None = None) -> BackupHeader:
+                  progress: Progress | None = None, meta: BackupMeta | None = None,
+                  driver: str | None = None, parent: Parent | None = None,
+                  keep: Path | None = None, backup_id: str | None = None) -> BackupHeader:
     """Write a backup of instance name (or of its snapshot `snapshot`) to out: a path (written
     aside and renamed into place when complete) or a binary file object (a pipe is fine: the
     backup is spooled to a temporary file in the pool first, since tar needs sizes up front).
     meta: what restore_backup hands back (the instance's config). driver: "btrfs-send", "tar"
     or None (btrfs-send where the root is a btrfs subvolume, else tar).
     progress(done, total): bytes of the root processed / its file data (an estimate for
-    btrfs-send). Blocking: run it in a thread. Returns the header written, plus "size"."""
+    btrfs-send). parent: make it incremental (btrfs send -p); keep: where the snapshot it is
+    sent from is made and stays (both btrfs-send only, see the module's docstring); backup_id:
+    the header's id (default: a new one). Blocking: run it in a
+    thread. Returns the header written, plus "size"."""
     source = _source_of(storage, name, snapshot)
     driver = _pick_driver(storage, source, driver)
-    now = dt.datetime.now(dt.timezone.utc)
+    if (parent is not None or keep is not None) and (driver != "btrfs-send" or snapshot is not None):
+        raise NotSupported("a chained (incremental) backup needs btrfs storage and the live root")
+    now = dt.datetime.now(dt.UTC)
     header: BackupHeader = {
         "format": FORMAT, "version": VERSION, "driver": driver, "member": MEMBERS[driver],
         "name": name, "snapshot": snapshot, "source_storage": storage.name,
         "created": now.isoformat(timespec="seconds"), "created_ts": int(now.timestamp()),
-        "meta": meta or {}}
+        "meta": meta or {}, "id": backup_id or uuid.uuid4().hex, "kind": "full" if parent is None else "incremental"}
+    if parent is not None:
+        header["parent"] = {"id": parent.id, "file": parent.file}
 
     temp_snap: Path | None = None
     try:
         if driver == "btrfs-send":
             from ctd.storage.btrfs.lib import btrfsutil, errors
             if snapshot is None or not btrfsutil.get_subvolume_read_only(source):
-                temp_snap = storage.root / f"{BACKUP_PREFIX}{name}-{unique_suffix()}"
+                # made where it is kept: a read-only subvolume cannot move to another directory
+                temp_snap = keep or storage.root / f"{BACKUP_PREFIX}{name}-{unique_suffix()}"
                 with errors(f"snapshotting {source} for the backup"):
                     btrfsutil.create_snapshot(source, temp_snap, read_only=True)
                 source = temp_snap
-        size = _write_to(out, storage.root, source, driver, header, progress)
+        size = _write_to(out, storage.root, source, driver, header, progress,
+                         None if parent is None else parent.snapshot)
+        if keep is not None:
+            temp_snap = None   # it stays, for the next backup of the chain
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            where = Path(out).parent if isinstance(out, (str, Path)) else "the backup's target"
+            raise Conflict(f"the backup target {where} is full ({exc.strerror}); the partial file "
+                           "was removed: free space there or point backup_dir elsewhere") from None
         raise OperationFailed(f"writing the backup of {name!r} failed: {exc.strerror or exc}") from None
     finally:
         if temp_snap is not None:
@@ -126,15 +166,15 @@ def _pick_driver(storage: StorageDriver, source: Path, driver: str | None) -> st
 
 
 def _write_to(out: Path | BinaryIO, spool_dir: Path, source: Path, driver: str, header: BackupHeader,
-              progress: Progress | None) -> int:
+              progress: Progress | None, parent: Path | None) -> int:
     """The backup into out: a path, a seekable file, or anything else through a spool file
     in spool_dir (tar needs the root member's size before its data). Returns its size."""
     if isinstance(out, (str, Path)):
-        return _write_file(Path(out), source, driver, header, progress)
+        return _write_file(Path(out), source, driver, header, progress, parent)
     if _seekable(out):
-        return _write_backup(out, source, driver, header, progress)
+        return _write_backup(out, source, driver, header, progress, parent)
     with tempfile.TemporaryFile(dir=spool_dir) as spool:
-        size = _write_backup(spool, source, driver, header, progress)
+        size = _write_backup(spool, source, driver, header, progress, parent)
         spool.seek(0)
         shutil.copyfileobj(spool, out, CHUNK)
     out.flush()
@@ -142,8 +182,14 @@ def _write_to(out: Path | BinaryIO, spool_dir: Path, source: Path, driver: str, 
 
 
 def _write_file(out: Path, source: Path, driver: str, header: BackupHeader,
-                progress: Progress | None) -> int:
+                progress: Progress | None, parent: Path | None) -> int:
     """The backup written aside, synced, and renamed to out when complete (no half file)."""
+    return write_aside(out, lambda fh: _write_backup(fh, source, driver, header, progress, parent))
+
+
+def write_aside(out: Path, fill: Callable[[BinaryIO], int]) -> int:
+    """fill(fh) writes a file into a hidden .part file beside out, which is synced and renamed to
+    out when complete, and removed if anything fails (no half file, ever). Returns fill's size."""
     tmp_out = out.parent / f".{out.name}.part-{unique_suffix()}"
     try:
         fd = os.open(tmp_out, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -151,7 +197,7 @@ def _write_file(out: Path, source: Path, driver: str, header: BackupHeader,
         raise OperationFailed(f"cannot write {out}: {exc.strerror}") from None
     try:
         with os.fdopen(fd, "w+b") as fh:
-            size = _write_backup(fh, source, driver, header, progress)
+            size = fill(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_out, out)

@@ -8,9 +8,11 @@
 Subvolumes are made, listed and deleted with libbtrfsutil (`btrfsutil`, PyPI 6.10). It has no
 qgroup calls, so quota goes through the `btrfs` command (`quota enable`, `qgroup limit`,
 `qgroup destroy`); usage and limits are read from /sys/fs/btrfs/<fsid>/qgroups/0_<id>/ when
-the kernel has it, else from `btrfs qgroup show --raw`. Limits are on *referenced* bytes: all
-the data an instance's root can see, template blocks shared with other instances included —
-what `df` inside the instance would say, not what the instance alone costs the pool.
+the kernel has it, else from `btrfs qgroup show --raw`. Limits are on *referenced* bytes. With
+full qgroups (the default) that is all the data the instance's root can see, template blocks
+shared with other instances included; with simple quotas (opt-in, ctd.toml quota_mode, new
+pools on Linux >= 6.7, enabled through the ioctl: btrfs-progs 6.2 cannot) only what the root
+wrote (quota.py says why that is opt-in).
 
 The package:
 

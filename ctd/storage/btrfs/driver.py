@@ -7,7 +7,8 @@
 
 Subvolumes are made, listed and deleted with libbtrfsutil (lib.btrfsutil); a root made by
 another driver (a plain directory) is copied, reflinked, into a fresh subvolume. Quota (qgroup
-limits, usage, cleanup of deleted subvolumes' qgroups) comes from quota.QgroupQuota.
+limits, usage, cleanup of deleted subvolumes' qgroups; simple quotas or full qgroups) comes
+from quota.QgroupQuota.
 """
 
 from __future__ import annotations
@@ -20,10 +21,19 @@ from pathlib import Path
 
 from ctd import faults
 from ctd.errors import Conflict, InvalidRequest, NotFound, OperationFailed
-from ctd.storage.base import (NEW_ROOT, OLD_ROOT, SNAPSHOTS, PoolInfo, StorageDriver, StorageInfo,
-                              check_component, tree_usage, unique_suffix)
+from ctd.storage.base import (
+    NEW_ROOT,
+    OLD_ROOT,
+    SNAPSHOTS,
+    PoolInfo,
+    StorageDriver,
+    StorageInfo,
+    check_component,
+    tree_usage,
+    unique_suffix,
+)
 from ctd.storage.btrfs.lib import IMPORT_ERROR, btrfsutil, errors, is_btrfs
-from ctd.storage.btrfs.quota import QgroupQuota
+from ctd.storage.btrfs.quota import QgroupQuota, QuotaMode
 
 
 class BtrfsStorage(QgroupQuota, StorageDriver):
@@ -31,12 +41,16 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
 
     name = "btrfs"
 
-    def __init__(self, root: Path, *, enable_quota: bool = False) -> None:
+    def __init__(self, root: Path, *, enable_quota: bool = False,
+                 quota_mode: QuotaMode = QuotaMode.FULL) -> None:
         """enable_quota: turn btrfs quota on in prepare() (ctd's own pool does; on a shared
         filesystem it is turned on by the first set_quota, since qgroups cost the whole
-        filesystem a rescan and some bookkeeping on every snapshot delete)."""
+        filesystem a rescan and some bookkeeping on every snapshot delete). quota_mode: the
+        accounting a pool whose quota is off gets (ctd.toml quota_mode): full qgroups unless
+        the administrator opts in to simple quotas (quota.py says what that costs)."""
         super().__init__(root)
         self.enable_quota = enable_quota
+        self.quota_mode_wanted = quota_mode
         self._lock = threading.RLock()
         self._sysfs: Path | None = None
 
@@ -60,8 +74,14 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
         if not is_btrfs(self.root):
             raise OperationFailed(f"{self.root} is not on btrfs; the btrfs storage driver cannot use it")
         if self.enable_quota:
-            self.ensure_quota()
+            # Simple quotas only on a pool that holds nothing yet: what was written before they
+            # are on is charged to no one, so an older pool's instances would look empty.
+            self.ensure_quota(simple=self.quota_mode_wanted is QuotaMode.SIMPLE and self._holds_nothing())
             self.own_quota_accounting()
+
+    def _holds_nothing(self) -> bool:
+        return not any(any((self.root / sub).iterdir()) for sub in ("templates", "instances")
+                       if (self.root / sub).is_dir())
 
 
     # -- subvolume primitives ----------------------------------------------------------------
@@ -234,8 +254,9 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
         return self._limit_of(self._existing_rootfs(name))
 
     def usage(self, name: str, fresh: bool = False) -> int:
-        """Referenced bytes of name's root (template data it shares included); with quota off,
-        a du-like walk of the tree. fresh: commit the filesystem first (costly with many
+        """Referenced bytes of name's root: with full qgroups all it can see (template data it
+        shares included), with simple quotas what it wrote; with quota off, a du-like walk of
+        the tree. fresh: commit the filesystem first (costly with many
         subvolumes: only where a decision depends on it)."""
         rootfs = self._existing_rootfs(name)
         if self.quota_enabled():
@@ -246,9 +267,14 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
 
     def pool_info(self) -> PoolInfo:
         out = super().pool_info()
-        out["quota"] = self.quota_enabled()
-        if out["quota"]:
+        mode = self.quota_mode()
+        out["quota"] = mode is not None
+        if mode is not None:
             out["quota_consistent"] = self.quota_consistent()
+            out["quota_mode"] = mode.value
+            if not self.quota_mode_reason:
+                self._explain_mode(mode, enabled_now=False)
+            out["quota_mode_reason"] = self.quota_mode_reason
         return out
 
     def subvolumes(self) -> list[tuple[str, int]]:

@@ -10,14 +10,34 @@ once the kernel's cleaner is done with them (PENDING_QGROUPS in the storage root
 them across restarts). While the kernel marks qgroup numbers inconsistent no limit holds, so
 whatever sets a limit waits for a rescan.
 
+Two accounting modes (QuotaMode). *Simple quotas* (kernel >= 6.7) charge each extent to the
+subvolume that wrote it, for its lifetime: a snapshot starts at zero and counts only what it
+writes, no backref walk at any commit, never inconsistent, so the 1000th create costs what
+the first does. *Full qgroups* count every extent a subvolume can reach (the template's too)
+and walk backrefs at every commit, which grows with the number of snapshots sharing extents.
+Full qgroups are the default. Simple quotas are opt-in (ctd.toml quota_mode = "simple")
+because they let a tenant exceed their limit: a rollback or restore makes the instance's
+root from another subvolume and deletes the old one, and the data the old root wrote stays
+charged to that (gone) subvolume, not to the instance; write to the limit, snapshot, roll
+back, write again... fills the pool past --diskspace. (A per-instance level-1 qgroup holding
+all the instance's subvolumes would close that; docs/storage.md.) Opted in, ctd turns simple
+quotas on for a pool that holds nothing yet when the kernel has them (btrfs-progs 6.2
+cannot: ensure_quota uses the BTRFS_IOC_QUOTA_CTL ioctl itself). A pool whose quota is on
+keeps its mode either way (quota_mode_reason says which and why; a simple-quota pool under
+the default setting logs the weakness and how to convert back).
+
 QgroupQuota is a mixin of BtrfsStorage: it uses the driver's root, _lock and _sysfs.
 """
 
 from __future__ import annotations
 
+import enum
 import errno
+import fcntl
 import json
 import logging
+import os
+import struct
 import threading
 import time
 from pathlib import Path
@@ -32,6 +52,34 @@ QGROUP_LIMIT_MAX_RFER = 1
 # BTRFS_MAX_LEVEL: trace every dropped subtree, however tall (see own_quota_accounting)
 FULL_DROP_TRACING = 8
 PENDING_QGROUPS = ".qgroups-pending.json"
+# _IOWR(BTRFS_IOCTL_MAGIC 0x94, 40, struct btrfs_ioctl_quota_ctl_args { __u64 cmd, status; })
+BTRFS_IOC_QUOTA_CTL = (3 << 30) | (16 << 16) | (0x94 << 8) | 40
+BTRFS_QUOTA_CTL_ENABLE = 1
+BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA = 4
+# Present when the running kernel can do simple quotas (Linux 6.7 and later)
+SIMPLE_QUOTA_FEATURE = Path("/sys/fs/btrfs/features/simple_quota")
+CONVERT_HINT = "docs/storage.md, 'Converting a pool to simple quotas'"
+CONVERT_BACK_HINT = "docs/storage.md, 'Back to full qgroups'"
+
+
+class QuotaMode(enum.Enum):
+    """How btrfs accounts a pool's qgroups (sysfs qgroups/mode says "squota" or "qgroup")."""
+
+    SIMPLE = "simple"
+    FULL = "full"
+
+
+def kernel_has_simple_quota() -> bool:
+    return SIMPLE_QUOTA_FEATURE.exists()
+
+
+def quota_ctl(path: Path, cmd: int) -> None:
+    """BTRFS_IOC_QUOTA_CTL on the filesystem holding path (needs CAP_SYS_ADMIN)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.ioctl(fd, BTRFS_IOC_QUOTA_CTL, bytearray(struct.pack("<QQ", cmd, 0)), True)
+    finally:
+        os.close(fd)
 
 
 class QgroupNumbers(TypedDict):
@@ -48,6 +96,11 @@ class QgroupQuota:
     root: Path
     _lock: threading.RLock
     _sysfs: Path | None
+    # Why the pool has the mode it has (set by ensure_quota / prepare; `ctctl storage` shows it)
+    quota_mode_reason: str = ""
+    _mode_logged: bool = False
+    # The mode a pool whose quota is off gets (BtrfsStorage's quota_mode, from ctd.toml)
+    quota_mode_wanted: QuotaMode = QuotaMode.FULL
 
     def _sysfs_dir(self) -> Path | None:
         if self._sysfs is None:
@@ -66,15 +119,76 @@ class QgroupQuota:
             return (sysfs / "qgroups").is_dir()
         return run_btrfs("qgroup", "show", str(self.root), check=False).returncode == 0
 
-    def ensure_quota(self) -> None:
-        """Turn btrfs quota on for the filesystem once, and wait for its first rescan (instant
-        on a new pool; proportional to the data on a filesystem that already holds some)."""
+    def quota_mode(self) -> QuotaMode | None:
+        """The pool's accounting mode; None when quota is off. Kernels before 6.7 have no
+        qgroups/mode file: full qgroups is all they can do."""
+        sysfs = self._sysfs_dir()
+        if sysfs is None:
+            return QuotaMode.FULL if self.quota_enabled() else None
+        if not (sysfs / "qgroups").is_dir():
+            return None
+        try:
+            mode = (sysfs / "qgroups" / "mode").read_text().strip()
+        except FileNotFoundError:
+            return QuotaMode.FULL
+        return QuotaMode.SIMPLE if mode == "squota" else QuotaMode.FULL
+
+    def ensure_quota(self, *, simple: bool = False) -> None:
+        """Turn btrfs quota on for the filesystem once. simple: with simple quotas when the
+        kernel has them (only right on a pool holding no data yet: extents written before
+        simple quotas are on are charged to no one); else full qgroups, and wait for their
+        first rescan (instant on a new pool; proportional to the data on a filesystem that
+        already holds some). A pool whose quota is on keeps its mode."""
         with self._lock:
-            if self.quota_enabled():
+            mode = self.quota_mode()
+            if mode is not None:
+                self._explain_mode(mode, enabled_now=False)
                 return
-            log.info("enabling btrfs quota on %s", self.root)
+            if simple and kernel_has_simple_quota():
+                log.info("enabling btrfs simple quotas on %s", self.root)
+                try:
+                    quota_ctl(self.root, BTRFS_QUOTA_CTL_ENABLE_SIMPLE_QUOTA)
+                except OSError as exc:
+                    log.warning("enabling btrfs simple quotas on %s failed (%s): using full qgroup "
+                                "accounting", self.root, exc)
+                else:
+                    self._explain_mode(QuotaMode.SIMPLE, enabled_now=True)
+                    return
+            elif simple:
+                log.warning("this kernel (%s) has no btrfs simple quotas (Linux 6.7 and later have "
+                            "them): using full qgroup accounting on %s; creates with --diskspace "
+                            "slow down as instances pile up", os.uname().release, self.root)
+            log.info("enabling btrfs quota (full qgroups) on %s", self.root)
             run_btrfs("quota", "enable", str(self.root))
             run_btrfs("quota", "rescan", "-w", str(self.root), check=False)
+            self._explain_mode(QuotaMode.FULL, enabled_now=True, simple_wanted=simple)
+
+    def _explain_mode(self, mode: QuotaMode, *, enabled_now: bool, simple_wanted: bool = False) -> None:
+        opted_in = self.quota_mode_wanted is QuotaMode.SIMPLE
+        if mode is QuotaMode.SIMPLE and opted_in:
+            self.quota_mode_reason = "simple quotas: opted in (quota_mode); each instance counts the data it wrote"
+        elif mode is QuotaMode.SIMPLE:
+            self.quota_mode_reason = ("simple quotas: quota was on before (quota_mode is full); a tenant who "
+                                      "can roll back or restore can exceed their limit")
+            if not self._mode_logged:
+                log.warning("btrfs quota on %s uses simple quotas though quota_mode is full: a tenant who "
+                            "may roll back or restore can write past their --diskspace; to go back to "
+                            "full qgroups see %s", self.root, CONVERT_BACK_HINT)
+        elif enabled_now and simple_wanted:
+            self.quota_mode_reason = ("full qgroups: this kernel has no simple quotas (Linux 6.7)"
+                                      if not kernel_has_simple_quota() else
+                                      "full qgroups: enabling simple quotas failed (see the log)")
+        elif not opted_in:
+            self.quota_mode_reason = "full qgroups: the default (quota_mode)"
+        elif enabled_now:
+            self.quota_mode_reason = "full qgroups: the filesystem held data when quota was turned on"
+        else:
+            self.quota_mode_reason = "full qgroups: quota was on before"
+            if kernel_has_simple_quota() and not self._mode_logged:
+                log.warning("btrfs quota on %s uses full qgroup accounting (turned on by an older "
+                            "ctd or by hand) though quota_mode is simple; to convert see %s",
+                            self.root, CONVERT_HINT)
+        self._mode_logged = True
 
     def own_quota_accounting(self) -> None:
         """On ctd's own pool: have the kernel account every subvolume drop. By default (6.x
@@ -108,8 +222,8 @@ class QgroupQuota:
         """Start (and with wait, finish) a qgroup rescan if the numbers are inconsistent;
         returns whether one was needed. While they are, the kernel accounts nothing and no
         limit holds, so whatever sets a limit waits for the rescan."""
-        if self.quota_consistent() is not False:
-            return False
+        if self.quota_consistent() is not False or self.quota_mode() is QuotaMode.SIMPLE:
+            return False  # (simple quotas are never inconsistent and cannot be rescanned)
         log.warning("btrfs qgroup numbers on %s are inconsistent; rescanning", self.root)
         # fails harmlessly (EINPROGRESS) when one is running already; -W waits without a new one
         run_btrfs("quota", "rescan", str(self.root), check=False)

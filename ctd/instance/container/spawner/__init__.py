@@ -54,13 +54,38 @@ import socket
 import traceback
 from collections.abc import Iterator
 
+TYPE_CHECKING = False   # not typing's: importing typing would grow the spawner (mypy takes it as true)
+if TYPE_CHECKING:
+    from typing import Any, TypedDict
+
+    Wire = dict[str, Any]   # a request's arguments as JSON (spec.py's to_wire, or a few by hand)
+
+    class Message(TypedDict, total=False):
+        """A message between ctd and the spawner (JSON, one a packet). What it holds depends on
+        what it is: a request (id, op, spec, standby), a reply to one (id with ok, error, pong,
+        pid and owner, exit or helper_exit) or an event of the spawner's (event, pid, status)."""
+
+        id: int            # a request's number; its replies carry it
+        op: str            # spawn, exec, ping, owners, refill, netns_socket, devpts_max, lxcfs_rebind
+        spec: Wire
+        standby: int       # spawn: the pid of the init made ahead that ctd staged for it
+        ok: bool
+        error: str         # the request failed: what to tell the user
+        pong: int
+        pid: int           # spawn's init, exec's process; an event's process
+        owner: int         # spawn: the host uid owning the init's user namespace (0: privileged)
+        exit: int          # exec: the process' exit code
+        helper_exit: int   # the helper serving the request ended (its wait status): no more replies
+        event: str         # exit, standby, standby_gone
+        status: int        # exit: the wait status
+
 MAX_MESSAGE = 1 << 16
 _FD_SIZE = array.array("i").itemsize
 MAX_FDS = 32  # a start hands its init the root, pipes, console and every bound host file
 NO_PTY = "no pty left in the container"  # an exec's error text, which ctd turns into a Conflict
 
 
-def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = ()) -> None:
+def send(sock: socket.socket, message: Message, fds: list[int] | tuple[int, ...] = ()) -> None:
     """One message, its fds (ours still: the caller closes them) by SCM_RIGHTS."""
     data = json.dumps(message).encode()
     if fds:
@@ -69,7 +94,7 @@ def send(sock: socket.socket, message: dict, fds: list[int] | tuple[int, ...] = 
         sock.send(data)
 
 
-def recv(sock: socket.socket) -> tuple[dict | None, list[int]]:
+def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
     """One message and its fds; (None, []) when the peer has closed its end."""
     data, fds = recv_raw(sock)
     return (json.loads(data) if data else None), fds

@@ -37,11 +37,14 @@ TYPE_CHECKING = False  # typing is not imported at run time: the spawner stays l
 if TYPE_CHECKING:
     from typing import NoReturn
 
+    from ctd.instance.container.spawner import Message, Wire
+
 CONTAINER_NAMESPACES = (sc.CLONE_NEWNS | sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWNET
                         | sc.CLONE_NEWPID | sc.CLONE_NEWCGROUP)
 
 
-def dispatch(sock: socket.socket, message: dict, fds: list[int], inherited: list[int], spawner_pid: int) -> int:
+def dispatch(sock: socket.socket, message: Message, fds: list[int], inherited: list[int],
+             spawner_pid: int) -> int:
     """A request about a running container, served by a helper forked for it: its pid (the
     server reports its exit), or 0 if the request was answered at once (ping, unknown op).
     inherited: the server's fds, closed in the helper at once (but the socket to ctd)."""
@@ -86,7 +89,7 @@ def _netns_socket(sock: socket.socket, req_id: int, init_pid: int) -> None:
     send(sock, {"id": req_id, "ok": True}, [netlink_socket.fileno()])
 
 
-def _devpts_max(sock: socket.socket, req_id: int, spec: dict) -> None:
+def _devpts_max(sock: socket.socket, req_id: int, spec: Wire) -> None:
     """A new numpty for a running container: its /dev/pts remounted, as root of its user
     namespace (where the mount's gid=5 means its tty group), with every option again."""
     prctl.set_dumpable(False)
@@ -102,7 +105,7 @@ def _devpts_max(sock: socket.socket, req_id: int, spec: dict) -> None:
     send(sock, {"id": req_id, "ok": True})
 
 
-def _lxcfs_rebind(sock: socket.socket, req_id: int, spec: dict) -> None:
+def _lxcfs_rebind(sock: socket.socket, req_id: int, spec: Wire) -> None:
     """lxcfs died (its memory limit) and a new one runs: in a running container, each file of
     the dead one (ENOTCONN) is unmounted and the new one's bound in its place."""
     prctl.set_dumpable(False)

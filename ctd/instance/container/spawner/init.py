@@ -36,8 +36,8 @@ import termios
 import prctl
 
 from ctd.instance.container.spawner import describe, recv_raw, send
-from ctd.instance.container.spec import ContainerSpec, MountStep, StepKind, container_from_wire
-from ctd.linux import capabilities, seccomp
+from ctd.instance.container.spec import ContainerSpec, MountStep, StepKind, container_from_wire, idmap_lines
+from ctd.linux import capabilities, seccomp, userns
 from ctd.linux import syscalls as sc
 from ctd.linux.openat2 import open_in_root
 
@@ -244,13 +244,28 @@ def _confine_further(spec: ContainerSpec, installed: tuple[str, ...]) -> None:
         seccomp.install(extra)
 
 
-def clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, int]:
+def clone_sources(steps: list[MountStep], console_fd: int | None, idmap_base: int | None = None) -> dict[int, int]:
     """step index -> a detached mount of that step's host source file, cloned by host root
     (the container's root user may not be able to walk the host paths to them); init attaches
-    each in its own mount namespace."""
+    each in its own mount namespace. A host mount (BIND_HOST) is cloned without following a
+    symlink, with its attributes, and an idmap one through a namespace mapping host ids
+    1..65535 to the same ids inside (hostmounts.py; idmap_base: the container's first host id)."""
     sources: dict[int, int] = {}
+    idmap_fd: int | None = None
     try:
         for index, step in enumerate(steps):
+            if step.kind is StepKind.BIND_HOST and step.source:
+                ns_fd = 0
+                if step.data == "idmap":
+                    if idmap_base is None:
+                        raise OSError("an idmap mount needs an unprivileged container")
+                    if idmap_fd is None:
+                        lines = idmap_lines(idmap_base)
+                        idmap_fd = userns.with_maps(lines, lines)
+                    ns_fd = idmap_fd
+                sources[index] = sc.private_clone(step.source, recursive=False, userns_fd=ns_fd,
+                                                  attr_set=step.flags, nofollow=True)
+                continue
             if step.kind is not StepKind.BIND_FILE or not step.source:
                 continue
             path = f"/proc/self/fd/{console_fd}" if step.source == "@console" else step.source
@@ -265,6 +280,9 @@ def clone_sources(steps: list[MountStep], console_fd: int | None) -> dict[int, i
         for fd in sources.values():
             os.close(fd)
         raise
+    finally:
+        if idmap_fd is not None:
+            os.close(idmap_fd)
     return sources
 
 
@@ -291,7 +309,10 @@ def _run_mount_plan(root_fd: int, steps: list[MountStep], sources: dict[int, int
 def mount_step(root_fd: int, step: MountStep, source_tree: int | None) -> None:
     """One step; every container path is resolved inside the root, never through a symlink out."""
     k = StepKind
-    if step.kind in (k.MKDIR, k.SYMLINK, k.BIND_FILE):
+    if step.kind in (k.BIND_HOST, k.BIND_FILE):
+        _bind_onto(root_fd, step, source_tree)
+        return
+    if step.kind in (k.MKDIR, k.SYMLINK):
         parent, leaf = os.path.split(step.target)
         pfd = open_in_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
         try:
@@ -303,25 +324,12 @@ def mount_step(root_fd: int, step: MountStep, source_tree: int | None) -> None:
                 return
             if step.kind is k.SYMLINK:
                 try:
-                    os.symlink(step.source, leaf, dir_fd=pfd)
+                    os.symlink(step.source or "", leaf, dir_fd=pfd)   # spec.py: a symlink has a source
                 except FileExistsError:
                     pass
                 return
-            if source_tree is None:
-                raise FileNotFoundError(step.source)
-            try:
-                os.close(os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=pfd))
-            except FileExistsError:
-                pass
-            target_fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
         finally:
             os.close(pfd)
-        try:
-            sc.move_mount(source_tree, to_fd=target_fd)
-        finally:
-            os.close(target_fd)
-            os.close(source_tree)
-        return
     if step.kind is k.MOUNT:
         _mount_on(root_fd, step.target, step.source, step.fstype, step.flags, step.data,
                   source_in_root=bool(step.flags & sc.MS_BIND))
@@ -341,6 +349,35 @@ def mount_step(root_fd: int, step: MountStep, source_tree: int | None) -> None:
             os.close(target_fd)
         return
     raise ValueError(f"unknown mount step {step.kind}")
+
+
+def _bind_onto(root_fd: int, step: MountStep, source_tree: int | None) -> None:
+    """A detached mount (a host node, file or directory) at step.target: the target is made (a
+    directory, or an empty file, like the source) inside the root, never through a symlink out."""
+    if source_tree is None:
+        raise FileNotFoundError(step.source)
+    try:
+        is_dir = (os.fstat(source_tree).st_mode & 0o170000) == 0o040000
+        parent, leaf = os.path.split(step.target)
+        pfd = open_in_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            try:
+                if is_dir:
+                    os.mkdir(leaf, 0o755, dir_fd=pfd)
+                else:
+                    os.close(os.open(leaf, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644, dir_fd=pfd))
+            except FileExistsError:
+                pass
+            target_fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_DIRECTORY if is_dir else 0),
+                                dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            sc.move_mount(source_tree, to_fd=target_fd)
+        finally:
+            os.close(target_fd)
+    finally:
+        os.close(source_tree)
 
 
 def _mount_on(root_fd: int, target: str, source: str | None, fstype: str | None, flags: int,

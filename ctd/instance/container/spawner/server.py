@@ -34,6 +34,10 @@ from ctd.instance.container.spec import ContainerSpec, container_from_wire
 from ctd.linux import capabilities, seccomp
 from ctd.linux import syscalls as sc
 
+TYPE_CHECKING = False   # not typing's: importing typing would grow the spawner (mypy takes it as true)
+if TYPE_CHECKING:
+    from ctd.instance.container.spawner import Message
+
 RETRY_DELAY = 1.0  # s, after a standby could not be made
 REFILL_DELAY = 0.03  # s: a standby is made only a moment after the last start: earlier, it
 #                           would take a CPU from that start
@@ -117,7 +121,8 @@ class Server:
         pending = {s.control: s for s in self.standbys if not s.pid}
         idle = self.standbys or not self.owners_known
         timeout = None if idle else max(0.0, self.refill_at - time.monotonic())
-        ready, _, _ = select.select([self.sock, wake_r, *pending], [], [], timeout)
+        readable: list[int | socket.socket] = [self.sock, wake_r, *pending]
+        ready, _, _ = select.select(readable, [], [], timeout)
         if not ready:  # due, and nobody waits for us
             self.standbys.append(self.make_standby(privileged=False))
             return
@@ -135,7 +140,7 @@ class Server:
             data, fds = recv_raw(self.sock)
             if not data:
                 os._exit(0)
-            message = json.loads(data)
+            message: Message = json.loads(data)
             try:
                 if message.get("op") == "spawn":
                     if self.spawn(message, data, fds):  # the next standby after this start
@@ -261,7 +266,7 @@ class Server:
 
     # ------------------------------------------------------------ a start
 
-    def spawn(self, message: dict, data: bytes, fds: list[int]) -> bool:
+    def spawn(self, message: Message, data: bytes, fds: list[int]) -> bool:
         """Whether it was an unprivileged start (one that standbys made ahead serve)."""
         req_id = message["id"]
         unprivileged = False
@@ -274,7 +279,7 @@ class Server:
             console_fd = fds[0] if spec.console else None
             tree = _root_tree(spec, standby.pid)
             handed.append(tree)
-            sources = clone_sources(spec.mounts, console_fd)
+            sources = clone_sources(spec.mounts, console_fd, spec.uid_map[0].outside if spec.uid_map else None)
             handed += sources.values()
             root_dir = os.open(spec.rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             handed.append(root_dir)

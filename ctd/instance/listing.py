@@ -1,0 +1,176 @@
+"""GET /1.0/instances at scale: the list is served from views kept current, not recomputed per
+request.
+
+- Each instance's view is kept serialized (its JSON bytes) with the database part it was built
+  from. A write to an instance's rows (StateDB.touched: its row, NICs, addresses, backup
+  schedule) marks it dirty; the next list request rebuilds the dirty ones only, so a state
+  change is seen at once.
+- The kernel's figures (cgroup usage, NIC counters, disk use; views.live) are read in threads,
+  in chunks, never on the event loop. A request serves a running instance's figures up to FRESH
+  seconds old as they are, a stopped one's (disk use only, itself cached that long) up to
+  DISK_CACHE_SECONDS; older ones are refreshed in the background while the request answers
+  with them, and only those: on a 2-core host the refresh competes with the requests. Figures
+  older than STALE make the request wait for the refresh (the first list after a quiet spell
+  shows figures of now, not of a minute ago).
+- A request then only filters the kept entries and joins their bytes: its cost on the loop is a
+  few microseconds per instance, and pagination (?limit=, ?offset=) bounds the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ctd.errors import InvalidRequest
+from ctd.instance.admin import ListFilter
+from ctd.instance.views import ALIVE, DISK_CACHE_SECONDS, InstanceViews, Stored
+from ctd.state import InstanceRecord, StateDB
+
+log = logging.getLogger("ctd.instances")
+FRESH = 2.0     # seconds: a running instance's figures this young are served as they are
+STALE = 10.0    # seconds: figures older than this are refreshed before the answer
+CHUNK = 64      # instances per thread hand-off: the loop serves other requests between chunks
+MAX_LIMIT = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """?limit= and ?offset= of a list request (limit None: all)."""
+
+    limit: int | None = None
+    offset: int = 0
+
+
+def check_page(limit: str | None, offset: str | None) -> Page:
+    def number(name: str, text: str, low: int, high: int) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise InvalidRequest(f"query parameter {name} must be a whole number from {low} to {high}, "
+                                 f"not {text[:20]!r}")
+        return int(text)
+    return Page(None if limit is None else number("limit", limit, 1, MAX_LIMIT),
+                0 if offset is None else number("offset", offset, 0, 2**31))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    stored: Stored
+    body: bytes        # the whole view, serialized
+    live_at: float     # time.monotonic() when its figures were read
+
+
+class ListCache:
+    """The kept views, in id order."""
+
+    def __init__(self, db: StateDB, views: InstanceViews) -> None:
+        self.db = db
+        self.views = views
+        self.entries: dict[int, Entry] = {}
+        self._dirty: set[int] = set()
+        self._loaded = False
+        self._order: list[int] = []          # entries' ids, sorted (rebuilt when the set changes)
+        self._lock = asyncio.Lock()          # one rebuild of the dirty ones at a time
+        self._refresh: asyncio.Task[None] | None = None
+        self._next_due = 0.0                 # when some entry's figures are due (recount())
+        self._oldest = 0.0                   # the oldest figures' time
+        db.changed.append(self._touched)
+
+    def _touched(self, instance_id: int) -> None:
+        self._dirty.add(instance_id)
+
+    # ------------------------------------------------------------- the answer
+
+    async def page(self, only: ListFilter | None, keep: Callable[[InstanceRecord], bool], page: Page) -> bytes:
+        """The JSON answer: {"instances": [...], "total": N, "next": OFFSET or null}; `keep`
+        (the caller's projects) drops others' rows before any is looked at."""
+        await self._current()
+        rows = [e for e in (self.entries[i] for i in self._order)
+                if keep(e.stored.rec) and (only is None or only.matches(e.stored.rec))]
+        end = len(rows) if page.limit is None else page.offset + page.limit
+        shown = rows[page.offset:end]
+        after = end if end < len(rows) else None
+        return b'{"instances": [' + b", ".join(e.body for e in shown) + \
+            f'], "total": {len(rows)}, "next": {json.dumps(after)}}}'.encode()
+
+    # ------------------------------------------------------------- keeping it current
+
+    async def _current(self) -> None:
+        async with self._lock:
+            if not self._loaded:
+                self._dirty |= self.db.used_ids()
+                self._loaded = True
+            if self._dirty:
+                while self._dirty:
+                    ids, self._dirty = sorted(self._dirty), set()
+                    await self._rebuild(ids)
+                self._recount()
+        now = time.monotonic()
+        if now < self._next_due:
+            return
+        if self._refresh is None or self._refresh.done():
+            due = [i for i in self._order if now - self.entries[i].live_at > self._ttl(self.entries[i])]
+            self._refresh = asyncio.get_running_loop().create_task(self._refresh_figures(due))
+        if now - self._oldest > STALE:
+            await asyncio.shield(self._refresh)
+
+    @staticmethod
+    def _ttl(entry: Entry) -> float:
+        return FRESH if entry.stored.rec.state in ALIVE else DISK_CACHE_SECONDS
+
+    async def _rebuild(self, ids: list[int]) -> None:
+        """The dirty ones: their database part read again (on the loop), their figures in a thread."""
+        for start in range(0, len(ids), CHUNK):
+            stored = []
+            for instance_id in ids[start:start + CHUNK]:
+                rec = self.db.get_instance(instance_id)
+                if rec is None:
+                    self._drop(instance_id)
+                else:
+                    stored.append(self.views.stored(rec))
+            for entry in await asyncio.to_thread(self._build, stored):
+                if entry.stored.rec.id not in self._dirty:   # written again meanwhile: built next round
+                    self.entries[entry.stored.rec.id] = entry
+            if len(self._order) != len(self.entries):
+                self._order = sorted(self.entries)
+
+    async def _refresh_figures(self, ids: list[int]) -> None:
+        """These entries' figures read again (the database part is kept: it is current)."""
+        for start in range(0, len(ids), CHUNK):
+            stored = [self.entries[i].stored for i in ids[start:start + CHUNK] if i in self.entries]
+            for entry in await asyncio.to_thread(self._build, stored):
+                held = self.entries.get(entry.stored.rec.id)
+                if held is not None and held.stored is entry.stored:   # not rebuilt meanwhile
+                    self.entries[entry.stored.rec.id] = entry
+        self._recount()
+
+    def _recount(self) -> None:
+        """When the next figures fall due, and how old the oldest are (once per rebuild or
+        refresh: a request only compares the time with them)."""
+        inf = float("inf")
+        self._next_due = min((e.live_at + self._ttl(e) for e in self.entries.values()), default=inf)
+        self._oldest = min((e.live_at for e in self.entries.values()), default=inf)
+
+    def _build(self, stored: Iterable[Stored]) -> list[Entry]:
+        """Runs in a thread: file reads and serialization only."""
+        out = []
+        for part in stored:
+            now = time.monotonic()
+            try:
+                live = self.views.live(part, cached=True)
+            except Exception:  # noqa: BLE001 - one instance's odd figures must not take the list down
+                log.exception("reading the figures of %s for the list", part.rec.name)
+                live = {}   # the stored part's placeholders (no usage, no counters) stand
+            out.append(Entry(part, json.dumps(self.views.merge(part, live)).encode(), now))
+        return out
+
+    def _drop(self, instance_id: int) -> None:
+        if self.entries.pop(instance_id, None) is not None:
+            self._order = [i for i in self._order if i != instance_id]
+
+    def stats(self) -> dict[str, Any]:
+        """For the bench and tests: how many are kept and how many wait for a rebuild."""
+        return {"kept": len(self.entries), "dirty": len(self._dirty)}
