@@ -48,7 +48,10 @@ def test_bridged_containers_talk_over_ipv6_at_once(ctd, make_container, net6):
     got: list = []
     listener.start()
     try:
-        sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-v6 | nc -w 2 {ip_b} 5556 && exit 0; sleep 0.1; done; exit 1")
+        # the message from a file, not a pipe: busybox nc quits on the listener's early half-close
+        # (its stdin is empty) if that arrives before a piped echo has written (CI saw it)
+        sent = ctd.sh(a, f"echo hello-over-v6 > /tmp/msg; "
+            f"for i in $(seq 50); do nc -w 2 {ip_b} 5556 < /tmp/msg && exit 0; sleep 0.1; done; exit 1")
         assert sent.code == 0
     finally:
         listener.join(35)

@@ -43,7 +43,10 @@ def test_two_bridged_containers_talk_to_each_other_and_the_gateway(ctd, make_con
     listener.start()
     try:
         # the listener may take a moment on a busy host: retry until it accepts
-        sent = ctd.sh(a, f"for i in $(seq 50); do echo hello-over-tcp | nc -w 2 {ip_b} 5555 && exit 0; sleep 0.1; done; exit 1")
+        # the message from a file, not a pipe: busybox nc quits on the listener's early half-close
+        # (its stdin is empty) if that arrives before a piped echo has written (CI saw it)
+        sent = ctd.sh(a, f"echo hello-over-tcp > /tmp/msg; "
+            f"for i in $(seq 50); do nc -w 2 {ip_b} 5555 < /tmp/msg && exit 0; sleep 0.1; done; exit 1")
         assert sent.code == 0
     finally:
         listener.join(35)
