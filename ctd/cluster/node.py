@@ -474,7 +474,7 @@ class ClusterNode:
 
     async def add_token(self, node: str, lifetime: datetime.timedelta) -> dict[str, Any]:
         """A one-time join token for `node`; etcd keeps the secret's hash until the expiry."""
-        self._require_member("make join tokens")
+        self.require_member("make join tokens")
         if await self.etcd.get(keys.node(node)) is not None:
             raise Conflict(f"node {node!r} is a member already; 'ctctl cluster remove {node}' first to add it anew")
         secret = secrets.token_urlsafe(32)
@@ -517,9 +517,10 @@ class ClusterNode:
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Every member with its state (online while its lease lives) and last published stats."""
-        self._require_member("list the cluster's nodes")
+        self.require_member("list the cluster's nodes")
         members = await self.etcd.get_prefix(keys.NODES)
         alive = {keys.tail(kv.key, keys.ALIVE): kv.json() for kv in await self.etcd.get_prefix(keys.ALIVE)}
+        evacuating = await self.evacuating()
         counts: dict[str, int] = {}
         for kv in await self.etcd.get_prefix(keys.INSTANCES):
             owner = str(kv.json().get("node"))
@@ -531,14 +532,19 @@ class ClusterNode:
             stats = alive.get(name)
             out.append({**record, "name": name, "state": "online" if stats else "offline",
                         "instances": counts.get(name, 0), "self": name == self.name,
+                        "evacuating": name in evacuating,
                         **{k: stats.get(k) if stats else None for k in STAT_FIELDS}})
         return sorted(out, key=lambda n: str(n["name"]))
+
+    async def evacuating(self) -> set[str]:
+        """The nodes marked by `cluster evacuate` (placement skips them)."""
+        return {keys.tail(kv.key, keys.EVACUATING) for kv in await self.etcd.get_prefix(keys.EVACUATING)}
 
     async def remove(self, node: str, force: bool) -> dict[str, Any]:
         """Drop a member: its membership, liveness, pending token and its instances' names.
         An online node is refused without force (its instances' names would become free while
         they run); with force it notices at its next tick and runs standalone."""
-        self._require_member("remove nodes")
+        self.require_member("remove nodes")
         if await self.etcd.get(keys.node(node)) is None:
             raise NotFound(f"no node {node!r} in the cluster; 'ctctl cluster list' shows them")
         alive = await self.etcd.get(keys.alive(node))
@@ -549,7 +555,8 @@ class ClusterNode:
         numbers = [kv for kv in await self.etcd.get_prefix(keys.IDS) if kv.json().get("node") == node]
         for prefix in (keys.MACS, keys.ADDRESSES, keys.IDMAPS):
             numbers += [kv for kv in await self.etcd.get_prefix(prefix) if kv.json().get("node") == node]
-        await self.etcd.txn([], [Delete(keys.node(node)), Delete(keys.alive(node)), Delete(keys.join(node))])
+        await self.etcd.txn([], [Delete(keys.node(node)), Delete(keys.alive(node)), Delete(keys.join(node)),
+                                 Delete(keys.evacuating(node))])
         released: list[Op] = [Delete(kv.key) for kv in owned + numbers]
         for start in range(0, len(released), TXN_OPS):   # etcd's --max-txn-ops (128 by default)
             await self.etcd.txn([], released[start:start + TXN_OPS])
@@ -584,6 +591,7 @@ class ClusterNode:
             members = [keys.tail(kv.key, keys.NODES) for kv in await self.etcd.get_prefix(keys.NODES)]
             alive = {keys.tail(kv.key, keys.ALIVE): kv.json() for kv in await self.etcd.get_prefix(keys.ALIVE)}
             listed = [kv.json() for kv in await self.etcd.get_prefix(keys.INSTANCES)]
+            evacuating = await self.evacuating()
         except EtcdUnavailable as exc:
             raise EtcdUnavailable(f"{exc.message} (placement reads the nodes' room from etcd)") from None
         per_node: dict[str, list[dict[str, Any]]] = {}
@@ -593,7 +601,8 @@ class ClusterNode:
         per_node[self.name] = self.local_views()
         if self.name in alive:
             alive[self.name] = {**alive[self.name], **node_stats(self.settings.storage_root)}
-        rooms = [placement.room_of(name, alive.get(name), per_node.get(name, [])) for name in members]
+        rooms = [placement.room_of(name, alive.get(name), per_node.get(name, []), name in evacuating)
+                 for name in members]
         return placement.choose(needs, rooms, pinned)
 
     # ---------------------------------------------------------------- other nodes' instances
@@ -658,7 +667,7 @@ class ClusterNode:
         """Asked of etcd now (the tick's answer may be a few seconds old: a removal just made)."""
         return await self.etcd.get(keys.node(self.name)) is not None
 
-    def _require_member(self, what: str) -> None:
+    def require_member(self, what: str) -> None:
         if not self.member:
             raise Conflict(f"this node ({self.name}) is no member of a cluster, so it cannot {what}; "
                            "'ctctl cluster init' makes a cluster, 'ctctl cluster join TOKEN' joins one")
