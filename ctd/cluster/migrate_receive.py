@@ -175,14 +175,14 @@ def check_room(c: ApiContext, plan: RestorePlan, usage: int) -> None:
     cluster = c.cluster
     if cluster is None:
         return
-    needs = placement.needs_of(plan.limits)
-    needs = dataclasses.replace(needs, disk=max(needs.disk, usage))
+    asked = placement.needs_of(plan.limits)
+    needs = dataclasses.replace(asked, disk=max(asked.disk, usage))   # a diskspace limit, or what it uses
     room = placement.room_of(cluster.name, node_stats(cluster.settings.storage_root), cluster.local_views())
     lacks = room.lacks(needs)
     if lacks:
-        raise Conflict(f"node {cluster.name} has no room for {plan.name} ({needs.text()}"
-                       f"{f', disk use {human_size(usage)}' if usage > placement.needs_of(plan.limits).disk else ''}): "
-                       f"it has {lacks}; free room there or migrate to another node")
+        used = f" (its root uses {human_size(-(-usage >> 20) << 20)})" if usage > asked.disk else ""
+        raise Conflict(f"node {cluster.name} has no room for {plan.name} ({asked.text()}){used}: it has {lacks}; "
+                       "free room there or migrate to another node")
 
 
 async def _watch(c: ApiContext, inc: Incoming) -> None:
