@@ -169,7 +169,7 @@ def check(c: ApiContext, rec: InstanceRecord) -> BtrfsStorage:
 
 
 def snapshots_oldest_first(bt: BtrfsStorage, name: str) -> list[tuple[str, Path]]:
-    """The container's snapshots (read-only subvolumes) by creation time, oldest first: the
+    """The container's snapshots (read-only subvolumes) by creation, oldest first: the
     order they are sent in, each an increment of the one before."""
     from ctd.storage.btrfs.lib import btrfsutil, errors
     found = []
@@ -177,7 +177,9 @@ def snapshots_oldest_first(bt: BtrfsStorage, name: str) -> list[tuple[str, Path]
         path = bt.snapshot_path(name, snap)
         with errors(f"reading snapshot {snap} of {name}"):
             info = btrfsutil.subvolume_info(path)
-        found.append((info.otime, snap, path))
+        # otransid: the transaction that made it (each snapshot commits one); otime alone has
+        # whole seconds here, so two snapshots of one second would come in name order
+        found.append(((info.otransid, info.otime), snap, path))
     return [(snap, path) for _, snap, path in sorted(found)]
 
 
