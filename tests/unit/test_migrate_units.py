@@ -27,6 +27,9 @@ def test_a_refusal_of_the_target_says_its_reason() -> None:
     with pytest.raises(OperationFailed, match="refused the migration: 502"):
         _answer("node-b", PeerReply(502, b"<html>", "text/html"))
     assert _answer("node-b", PeerReply(200, b'{"round": 2}', "application/json")) == {"round": 2}
+    from ctd.errors import Conflict   # a refusal before copying (limits, room) stays a 409 for the caller
+    with pytest.raises(Conflict, match="node node-b refused the migration: project p: 0 instances of 0"):
+        _answer("node-b", PeerReply(409, b'{"error": "project p: 0 instances of 0"}', "application/json"))
 
 
 def test_a_round_counts_what_it_sent() -> None:
