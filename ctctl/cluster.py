@@ -7,12 +7,13 @@ from typing import Any
 import click
 
 from ctctl.output import emit, human_bytes, table
-from ctctl.shared import FORMAT, client
+from ctctl.shared import FORMAT, client, run_with_progress
 
 
 @click.group()
 def cluster() -> None:
-    """Nodes of the cluster: init, add, join, list, remove (needs etcd_endpoints in ctd.toml)."""
+    """Nodes of the cluster: init, add, join, list, remove, evacuate, restore (needs etcd_endpoints in
+    ctd.toml)."""
 
 
 @cluster.command(name="init")
@@ -53,7 +54,8 @@ def cluster_list(fmt: str) -> None:
     nodes = client().get("/1.0/cluster/nodes")["nodes"]
     emit(fmt, nodes, lambda rows: table(
         ["NAME", "ADDRESS", "STATE", "LOAD", "FREE", "INSTANCES", "VERSION"],
-        [[n["name"] + (" *" if n.get("self") else ""), n["address"], n["state"], n["load1"], _free(n),
+        [[n["name"] + (" *" if n.get("self") else ""), n["address"],
+          n["state"] + (", evacuating" if n.get("evacuating") else ""), n["load1"], _free(n),
           n["instances"], n["version"]] for n in rows]))
 
 
@@ -65,6 +67,36 @@ def cluster_remove(node: str, force: bool) -> None:
     done = client().request("DELETE", f"/1.0/cluster/nodes/{node}", query={"force": "true"} if force else None)
     released = done.get("released_names") or []
     click.echo(f"Removed {node}" + (f"; names released: {', '.join(released)}" if released else ""))
+
+
+@cluster.command(name="evacuate")
+@click.argument("node")
+def cluster_evacuate(node: str) -> None:
+    """Move every instance off NODE (for maintenance): it is marked evacuating (no new instance goes
+    there) and each instance migrates to the node with room, running ones running, stopped ones
+    stopped. One that cannot move stays where it was; the exit status is then 1."""
+    result = run_with_progress("POST", f"/1.0/cluster/nodes/{node}/evacuate", {})
+    for row in result.get("moved") or []:
+        took = f", downtime {row['downtime']:.3f} s" if row.get("downtime") is not None else ""
+        click.echo(f"{row['instance']}: moved to {row['node']} ({'running' if row.get('was_running') else 'stopped'}"
+                   f"{took})")
+    failed = result.get("failed") or []
+    for row in failed:
+        click.echo(f"{row['instance']}: stays on {node}: {row['error']}")
+    if failed:
+        raise click.ClickException(f"{len(failed)} instance(s) stay on {node}: "
+                                   f"{', '.join(row['instance'] for row in failed)}")
+    click.echo(f"{node} is evacuated ({len(result.get('moved') or [])} instance(s) moved); "
+               f"'ctctl cluster restore {node}' ends the evacuation")
+
+
+@cluster.command(name="restore")
+@click.argument("node")
+def cluster_restore(node: str) -> None:
+    """End NODE's evacuation: new instances may go there again (none moves back)."""
+    client().request("POST", f"/1.0/cluster/nodes/{node}/restore", {})
+    click.echo(f"{node} takes instances again; those evacuated stay where they went "
+               f"('ctctl migrate NAME --to {node}' moves one back)")
 
 
 COMMANDS = (cluster,)

@@ -391,7 +391,8 @@ async def cluster_node(config: DaemonConfig, instances: InstanceManager, events:
     if not config.etcd_endpoints:
         return None
     from ctd.cluster.etcd import Etcd
-    from ctd.cluster.node import ClusterNode, NodeSettings
+    from ctd.cluster.membership import NodeSettings
+    from ctd.cluster.node import ClusterNode
 
     address = config.node_address
     if not address and https:

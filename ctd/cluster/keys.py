@@ -29,6 +29,13 @@ INSTANCES = ROOT + "instances/"
 IDS = ROOT + "ids/"
 
 
+EVACUATING = ROOT + "evacuating/"   # a node being emptied for maintenance: placement skips it
+
+
+def evacuating(name: str) -> str:
+    return EVACUATING + name
+
+
 def node(name: str) -> str:
     return NODES + name
 

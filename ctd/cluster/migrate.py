@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ctd.cluster import keys
+from ctd.cluster.migrate_receive import MAX_SNAPSHOTS  # each snapshot is one stream; the target takes no more
 from ctd.cluster.peer import TIMEOUT, PeerReply, _Pinned, call, client_context
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound, NotSupported, OperationFailed, Unavailable
 from ctd.state import InstanceRecord, InstanceType, PowerState
@@ -81,7 +82,8 @@ def _answer(node: str, reply: PeerReply) -> dict[str, Any]:
         data = {}
     if reply.status >= 400:
         said = data.get("error") if isinstance(data, dict) else None
-        raise OperationFailed(f"node {node} refused the migration: {said or reply.status}")
+        message = f"node {node} refused the migration: {said or reply.status}"
+        raise Conflict(message) if reply.status == 409 else OperationFailed(message)
     return data if isinstance(data, dict) else {}
 
 
@@ -161,11 +163,24 @@ def check(c: ApiContext, rec: InstanceRecord) -> BtrfsStorage:
                            "with btrfs storage only (btrfs send/receive)")
     if rec.state not in (PowerState.RUNNING, PowerState.STOPPED):
         raise Conflict(f"{rec.name} is {rec.state.value}: a container migrates when it is running or stopped")
-    snaps = c.instances.storage.list_snapshots(rec.name)
-    if snaps:
-        raise Conflict(f"{rec.name} has snapshots ({', '.join(snaps[:5])}), which do not migrate: delete them "
-                       "(or back the instance up first)")
+    if len(c.instances.storage.list_snapshots(rec.name)) > MAX_SNAPSHOTS:
+        raise Conflict(f"{rec.name} has more than {MAX_SNAPSHOTS} snapshots; delete some before migrating it")
     return bt
+
+
+def snapshots_oldest_first(bt: BtrfsStorage, name: str) -> list[tuple[str, Path]]:
+    """The container's snapshots (read-only subvolumes) by creation, oldest first: the
+    order they are sent in, each an increment of the one before."""
+    from ctd.storage.btrfs.lib import btrfsutil, errors
+    found = []
+    for snap in bt.list_snapshots(name):
+        path = bt.snapshot_path(name, snap)
+        with errors(f"reading snapshot {snap} of {name}"):
+            info = btrfsutil.subvolume_info(path)
+        # otransid: the transaction that made it (each snapshot commits one); otime alone has
+        # whole seconds here, so two snapshots of one second would come in name order
+        found.append(((info.otransid, info.otime), snap, path))
+    return [(snap, path) for _, snap, path in sorted(found)]
 
 
 class _Snapshots:
@@ -230,46 +245,85 @@ def claim(rec: InstanceRecord) -> None:
     MIGRATING.add(rec.id)
 
 
-async def migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation) -> dict[str, Any]:
-    """The whole migration (the operation's work, after claim(rec)); its result says the rounds
-    and the downtime."""
+@dataclass(frozen=True)
+class Session:
+    """A migration the target has accepted (begin): it checked the header, the project's limits
+    and its room there, and holds the name and id; nothing is copied yet."""
+
+    target: Target
+    id: str
+    bt: BtrfsStorage
+    kept: list[tuple[str, Path]]   # the snapshots, oldest first (sent first)
+
+    async def abort(self) -> None:
+        with contextlib.suppress(CtdError):
+            await self.target.json("DELETE", f"{BASE}/{self.id}")
+
+
+async def begin(c: ApiContext, rec: InstanceRecord, node: str) -> Session:
+    """Asks the target to take the instance (before the operation: its refusal, such as a 409
+    for a project's limit or no room there, is the request's answer)."""
+    assert c.cluster is not None
+    bt = check(c, rec)
+    target = await target_of(c.cluster, node)
+    kept = await asyncio.to_thread(snapshots_oldest_first, bt, rec.name)
+    begun = await target.json("POST", BASE, {"header": header_of(c, rec), "id": rec.id, "project": rec.project,
+                                             # the NICs' MACs as they are (a cluster's claim may have salted them)
+                                             "macs": [n.mac for n in c.db.nics_of(rec.id)],
+                                             "snapshots": [snap for snap, _ in kept],
+                                             "usage": await asyncio.to_thread(bt.usage, rec.name)})
+    return Session(target, str(begun["migration"]["id"]), bt, kept)
+
+
+async def migrate(c: ApiContext, rec: InstanceRecord, session: Session, op: Operation) -> dict[str, Any]:
+    """The whole migration (the operation's work, after claim(rec) and begin()); its result says
+    the rounds and the downtime."""
     try:
-        return await _migrate(c, rec, node, op)
+        return await _migrate(c, rec, session, op)
     finally:
         MIGRATING.discard(rec.id)
 
 
-async def _migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation) -> dict[str, Any]:
+async def _migrate(c: ApiContext, rec: InstanceRecord, session: Session, op: Operation) -> dict[str, Any]:
     cluster, instances = c.cluster, c.instances
     assert cluster is not None
-    rec = instances.get(rec.id)
-    bt = check(c, rec)
-    target = await target_of(cluster, node)
+    target, sid, bt, kept = session.target, session.id, session.bt, session.kept
+    node = target.node
+    try:
+        rec = instances.get(rec.id)
+        check(c, rec)
+    except BaseException:
+        await session.abort()
+        raise
     running = rec.state is PowerState.RUNNING
-    begun = await target.json("POST", BASE, {"header": header_of(c, rec), "id": rec.id, "project": rec.project,
-                                                 # the NICs' MACs as they are (a cluster's claim may have salted them)
-                                                 "macs": [n.mac for n in c.db.nics_of(rec.id)]})
-    sid = str(begun["migration"]["id"])
     snaps = _Snapshots(bt, rec.name)
     sizes: list[int] = []
     stopped = False
     downtime: float | None = None
     parts: dict[str, float] = {}   # the downtime's parts: the guest's stop, the last round, the start there
 
-    async def send(parent: Path | None) -> int:
-        snap = await asyncio.to_thread(snaps.take)
+    async def send(parent: Path | None, snap: Path | None = None) -> int:
+        """One round: a snapshot kept (snap) or a new one of the root, as an increment of parent."""
+        if snap is None:
+            snap = await asyncio.to_thread(snaps.take)
         argv = ["btrfs", "send", "-q", *(["-p", str(parent)] if parent else []), str(snap)]
         op.progress = f"round {len(sizes) + 1}: sending to {node}"
         _, sent = await target.stream(f"{BASE}/{sid}/stream", argv)
-        if parent is not None:
+        if parent is not None and parent in snaps.made:
             await asyncio.to_thread(snaps.drop, parent)
         sizes.append(sent)
         return sent
 
     try:
-        sent = await send(None)
+        # the snapshots first, oldest first, each an increment of the one before; then the root's
+        newest: Path | None = None
+        for _, path in kept:
+            await send(newest, path)
+            newest = path
+        sent = await send(newest)
+        live = len(sizes)   # the rounds before the live ones (the snapshots and the root's first)
         if running:
-            while sent > SMALL_DELTA and len(sizes) <= LIVE_ROUNDS:
+            while sent > SMALL_DELTA and len(sizes) - live < LIVE_ROUNDS:
                 sent = await send(snaps.made[-1])
             t0 = time.monotonic()
             op.progress = f"stopping {rec.name} for the last round"
@@ -280,6 +334,10 @@ async def _migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation)
             parts["last_round"] = time.monotonic() - t0 - parts["stop"]
         else:
             t0 = time.monotonic()
+        now = [snap for snap, _ in await asyncio.to_thread(snapshots_oldest_first, bt, rec.name)]
+        if now != [snap for snap, _ in kept]:   # taken or deleted meanwhile: this copy would lose it
+            raise Conflict(f"{rec.name}'s snapshots changed during the migration ({', '.join(now) or 'none'} now); "
+                           "it is undone: migrate it again")
         op.progress = f"{'starting' if running else 'making'} {rec.name} on {node}"
         t1 = time.monotonic()
         made = await target.json("POST", f"{BASE}/{sid}/finish", {"start": running})
@@ -290,8 +348,7 @@ async def _migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation)
     except BaseException as exc:
         log.warning("migration of %s to %s failed (%s); undoing it", rec.name, node,
                     exc.message if isinstance(exc, CtdError) else repr(exc))
-        with contextlib.suppress(CtdError):
-            await target.json("DELETE", f"{BASE}/{sid}")
+        await session.abort()
         if stopped:
             with contextlib.suppress(CtdError):
                 await instances.start(instances.get(rec.id))

@@ -40,8 +40,13 @@ async def migrate_instance(request: web.Request) -> web.Response:
     migrate.check(c, rec)
     migrate.claim(rec)
     try:
-        op = c.operations.new("migrate", rec.name)
-        work = migrate.migrate(c, rec, body["to"], op)
+        session = await migrate.begin(c, rec, body["to"])   # the target's refusal is this request's answer
+        try:
+            op = c.operations.new("migrate", rec.name)
+            work = migrate.migrate(c, rec, session, op)
+        except BaseException:
+            await session.abort()
+            raise
     except BaseException:
         migrate.MIGRATING.discard(rec.id)
         raise
@@ -90,7 +95,7 @@ async def migration_stream(request: web.Request) -> web.Response:
     c = ctx(request)
     inc = migrate_receive._session(request.match_info["id"], _source(request))
     bt = migrate_receive._bt(c)
-    async with _exclusive(c, inc, refused=inc.rounds >= migrate_receive.MAX_ROUNDS):
+    async with _exclusive(c, inc, refused=inc.rounds >= migrate_receive.MAX_ROUNDS + len(inc.snapshots)):
         loop = asyncio.get_running_loop()
         r, w = os.pipe()
 

@@ -8,7 +8,10 @@ The source node (ctd/cluster/migrate.py) drives it over mutual TLS, as the membe
              and a staging directory STORAGE/.restore-NAME-migrate-XXXX made (0700)
     round    one btrfs send stream (the first full, each next one `send -p` of the previous):
              received through the backup's StreamCheck into staging/.received, checked to name
-             exactly the previous round's subvolume as its parent; the previous one is deleted
+             exactly the previous round's subvolume as its parent; the previous one is deleted.
+             The first rounds are the instance's snapshots, oldest first, as begin named them
+             (each name checked as a snapshot's): each is kept as staging/snapshots/NAME
+             (read-only, device-node placeholders removed); the rounds after are the root's
     finish   the last subvolume snapshotted writable as the instance's root, device-node
              placeholders removed, its row and NICs (addresses and MACs as they were) added,
              started if it ran on the source
@@ -35,11 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctd.cluster import keys
+from ctd.cluster import keys, placement
 from ctd.errors import Conflict, CtdError, Forbidden, InvalidRequest, NotFound, NotSupported
 from ctd.events.model import Lifecycle
+from ctd.instance import snapshots
 from ctd.instance.restore_plan import RestorePlan, plan_restore
+from ctd.limits import human_size
 from ctd.network.nics import NicRequest
+from ctd.project import model
 from ctd.state import InstanceRecord, InstanceType
 from ctd.storage import backup
 from ctd.storage.archive.checks import Space
@@ -47,7 +53,7 @@ from ctd.storage.backup.btrfs_io import btrfs_of, drop_placeholders, receive
 from ctd.storage.backup.format import RESTORE_PREFIX
 from ctd.storage.backup.restore import _move_into_place
 from ctd.storage.backup.sendstream import Link, StreamCheck
-from ctd.storage.base import unique_suffix
+from ctd.storage.base import SNAPSHOTS, unique_suffix
 
 if TYPE_CHECKING:
     from ctd.api.context import ApiContext
@@ -56,7 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ctd.cluster.migrate")
 
-MAX_ROUNDS = 20   # the source sends at most a few; more is a confused or hostile peer
+MAX_ROUNDS = 20   # the source sends at most a few (after the snapshots); more is a confused or hostile peer
+MAX_SNAPSHOTS = 64   # snapshots a migration may bring (the source's migrate.MAX_SNAPSHOTS)
 CLEANUP_TRIES, CLEANUP_PAUSE = 6, 1.0
 IDLE_LIMIT, IDLE_CHECK = 300, 10.0   # seconds: a source silent that long between requests is gone
 _CLEANING: set[asyncio.Task[None]] = set()   # background aborts (a reference keeps each task alive)
@@ -81,6 +88,8 @@ class Incoming:
     rounds: int = 0
     busy: bool = False
     rec: InstanceRecord | None = None   # after finish: the instance made here
+    snapshots: list[str] = field(default_factory=list)   # the first rounds are these snapshots, oldest first
+    hold: str = ""            # the project's hold (ProjectManager.admit_new) until the migration ends
     touched: float = field(default_factory=time.monotonic)   # the source's last request
 
     @property
@@ -123,25 +132,57 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> Incoming:
     if not isinstance(project, str) or c.projects.store.get(project) is None and project != "default":
         raise InvalidRequest(f"migration: project {str(project)[:60]!r} does not exist on this node; "
                              "make it here first")
+    snaps = _snapshot_names(body.get("snapshots"))
+    usage = body.get("usage", 0)
+    if isinstance(usage, bool) or not isinstance(usage, int) or not 0 <= usage < (1 << 62):
+        raise InvalidRequest("migration: usage must be the root's disk use in bytes")
+    check_room(c, plan, usage)
+    c.projects.check_instance_name(plan.name, project)
     c.instances.reservations.reserve(plan.name, instance_id, "it exists on this node already", moving_in=True)
+    try:   # the project's limits here, as for a restore (the snapshots count too); held until the end
+        hold = c.projects.admit_new(project, instance_id, model.instance_usage(
+            plan.limits, addresses=c.projects.nic_addresses(plan.nics), snapshots=len(snaps)), plan.limits)
+    except BaseException:
+        c.instances.release(plan.name, instance_id)
+        raise
     staging = bt.root / f"{RESTORE_PREFIX}{plan.name}-migrate-{unique_suffix()}"
     try:
         staging.mkdir(mode=0o700)
         (staging / ".received").mkdir(mode=0o700)
     except OSError as exc:
         c.instances.release(plan.name, instance_id)
+        c.projects.release(hold)
         with contextlib.suppress(CtdError):
             bt._remove_root(staging)
         raise Conflict(f"could not make {staging}: {exc.strerror}") from None
     quota = plan.limits.get("diskspace")
     inc = Incoming(secrets.token_hex(16), source, plan.name, instance_id, project, plan, staging,
-                   os.urandom(16).hex().encode(), quota if quota and quota > 0 else None)
+                   os.urandom(16).hex().encode(), quota if quota and quota > 0 else None, snapshots=snaps,
+                   hold=hold)
     INCOMING[inc.id] = inc
     watchdog = asyncio.get_running_loop().create_task(_watch(c, inc))
     _CLEANING.add(watchdog)
     watchdog.add_done_callback(_CLEANING.discard)
     log.info("migration %s of %s from node %s: begun", inc.id, inc.name, source)
     return inc
+
+
+def check_room(c: ApiContext, plan: RestorePlan, usage: int) -> None:
+    """Room here as placement counts it (ctd/cluster/placement.py): the RAM limit within what is
+    free and not promised, the CPUs, the disk limit or the root's disk use, whichever is more,
+    within the pool's free space not promised. A 409 before a byte is copied."""
+    from ctd.cluster.node import node_stats  # here: cluster mode only
+    cluster = c.cluster
+    if cluster is None:
+        return
+    asked = placement.needs_of(plan.limits)
+    needs = dataclasses.replace(asked, disk=max(asked.disk, usage))   # a diskspace limit, or what it uses
+    room = placement.room_of(cluster.name, node_stats(cluster.settings.storage_root), cluster.local_views())
+    lacks = room.lacks(needs)
+    if lacks:
+        used = f" (its root uses {human_size(-(-usage >> 20) << 20)})" if usage > asked.disk else ""
+        raise Conflict(f"node {cluster.name} has no room for {plan.name} ({asked.text()}){used}: it has {lacks}; "
+                       "free room there or migrate to another node")
 
 
 async def _watch(c: ApiContext, inc: Incoming) -> None:
@@ -184,6 +225,19 @@ def _nics(c: ApiContext, raw: Any) -> list[NicRequest]:
     return c.network.check_nics(wanted)
 
 
+def _snapshot_names(raw: Any) -> list[str]:
+    """The snapshots that come first, oldest first: each a valid snapshot name, none twice, at
+    most MAX_SNAPSHOTS (the source refuses more)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_SNAPSHOTS:
+        raise InvalidRequest(f"migration: snapshots must be a list of at most {MAX_SNAPSHOTS} snapshot names")
+    names = [snapshots.check_name(name) for name in raw]
+    if len(set(names)) != len(names):
+        raise InvalidRequest("migration: a snapshot name is given twice")
+    return names
+
+
 MAC = re.compile(r"02(:[0-9a-f]{2}){5}")   # ctd's locally administered unicast MACs (nics.mac_for)
 
 
@@ -208,11 +262,35 @@ def receive_round(bt: BtrfsStorage, inc: Incoming, data: Readable) -> int:
     label = f"migration of {inc.name} from {inc.source}, round {inc.rounds}"
     check = StreamCheck(label, Space(inc.recv, inc.max_bytes), parent=inc.link, nonce=inc.nonce)
     got = receive(bt, data, inc.recv, label, check)
+    if inc.rounds < len(inc.snapshots):
+        _keep_snapshot(bt, inc, got, inc.dropped + check.dropped)
     if inc.received is not None:
         bt._remove_root(inc.received)
     inc.link, inc.received, inc.dropped = check.link, got, inc.dropped + check.dropped
     inc.rounds += 1
     return inc.rounds
+
+
+def _keep_snapshot(bt: BtrfsStorage, inc: Incoming, got: Path, dropped: int) -> None:
+    """A snapshot round: what it received kept as staging/snapshots/NAME, read-only as a
+    snapshot taken here is, without the placeholders of device nodes. A writable copy is
+    cleaned, then made read-only (a copy, so the received subvolume stays the next round's
+    parent, and has no received UUID that btrfs receive could take for that parent)."""
+    from ctd.storage.btrfs.lib import btrfsutil, errors
+    name = inc.snapshots[inc.rounds]
+    base = inc.staging / SNAPSHOTS
+    base.mkdir(mode=0o700, exist_ok=True)
+    staged = base / f".new-{name}"
+    with errors(f"keeping snapshot {name} of {inc.name}"):
+        btrfsutil.create_snapshot(got, staged, read_only=False)
+    try:
+        drop_placeholders(staged, inc.nonce, f"{inc.name}'s snapshot {name}", dropped)
+        with errors(f"keeping snapshot {name} of {inc.name}"):
+            btrfsutil.set_subvolume_read_only(staged, True)
+        staged.rename(base / name)
+    except BaseException:
+        bt._remove_root(staged)
+        raise
 
 
 def _materialize(bt: BtrfsStorage, inc: Incoming) -> None:
@@ -228,8 +306,9 @@ def _materialize(bt: BtrfsStorage, inc: Incoming) -> None:
 
 async def finish(c: ApiContext, inc: Incoming, start: bool) -> dict[str, Any]:
     """The instance made here from the last round; started when it ran on the source."""
-    if inc.received is None:
-        raise Conflict(f"migration {inc.id}: no stream was received yet")
+    if inc.received is None or inc.rounds <= len(inc.snapshots):
+        raise Conflict(f"migration {inc.id}: the instance's root was not received yet (only {inc.rounds} of its "
+                       f"{len(inc.snapshots)} snapshot(s) and root)")
     bt, plan, instances = _bt(c), inc.plan, c.instances
     with instances.new_instance(inc.name, inc.instance_id, inc.project) as new:
         base = instances.reserve_idmap(inc.instance_id, plan.privileged)
@@ -248,6 +327,7 @@ async def finish(c: ApiContext, inc: Incoming, start: bool) -> dict[str, Any]:
         await asyncio.to_thread(instances.setup_guest, rec, bt.rootfs(inc.name))
         new.commit()
     inc.rec = rec
+    c.projects.release(inc.hold)   # its row counts now
     instances.emit(rec, Lifecycle.CREATED, via="migrate", source=inc.source)
     if start:
         await instances.start(instances.get(rec.id))
@@ -258,6 +338,7 @@ async def finish(c: ApiContext, inc: Incoming, start: bool) -> dict[str, Any]:
 async def abort(c: ApiContext, inc: Incoming) -> None:
     """Everything this migration made here goes (the instance too, after a finish)."""
     INCOMING.pop(inc.id, None)
+    c.projects.release(inc.hold)
     if inc.rec is not None:
         with contextlib.suppress(NotFound):
             await c.instances.destroy(c.instances.get(inc.rec.id), force=True)
@@ -280,6 +361,7 @@ def abort_soon(c: ApiContext, inc: Incoming) -> None:
     """abort() in the background: the refusal goes back to the source at once, while a removal
     that must wait (a full pool) is retried here."""
     INCOMING.pop(inc.id, None)
+    c.projects.release(inc.hold)
     task = asyncio.get_running_loop().create_task(abort(c, inc))
     _CLEANING.add(task)
     task.add_done_callback(_CLEANING.discard)

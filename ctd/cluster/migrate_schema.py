@@ -29,7 +29,13 @@ def schema_paths() -> dict[str, object]:
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["header", "id"],
                          "properties": {"header": {"type": "object"}, "id": {"type": "integer"},
-                                        "project": {"type": "string"}}}}}},
+                                        "project": {"type": "string"},
+                                        "macs": {"type": "array", "items": {"type": "string"}},
+                                        "snapshots": {"type": "array", "maxItems": 64, "items": node,
+                                                      "description": "the snapshots sent first, oldest first"},
+                                        "usage": {"type": "integer", "minimum": 0,
+                                                  "description": "the root's disk use (bytes): the target "
+                                                                 "checks its pool has room"}}}}}},
                      "responses": ok(201)}},
         "/1.0/cluster/migrations/{id}/stream": {
             "parameters": sid,

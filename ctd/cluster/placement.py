@@ -3,7 +3,8 @@
 The rule (docs/cluster.md, "Placement"), from what each node published at its last lease
 renewal (`/ctd/alive/NAME`, at most a third of the lease TTL old, and at once after a create):
 
-- a node is a candidate when it is online and has **room** for the instance's limits:
+- a node is a candidate when it is online, not being evacuated (`cluster evacuate`), and has
+  **room** for the instance's limits:
   - RAM: `ram` (the limit, not the barrier) <= min(MemAvailable, RAM total - the RAM limits its
     instances were promised); an instance without a RAM limit needs nothing here;
   - CPUs: `cpus` (a cpuset of that many CPUs) <= the node's CPU count;
@@ -56,11 +57,14 @@ class Room:
     cpus: int = 0
     disk: int = 0
     instances: int = 0
+    evacuating: bool = False   # `cluster evacuate`: no room until `cluster restore`
 
     def lacks(self, needs: Needs) -> str:
         """Why the instance does not fit here ('' when it does)."""
         if not self.online:
             return "offline"
+        if self.evacuating:
+            return "evacuating ('ctctl cluster restore' ends that)"
         short = []
         if needs.ram > self.ram:
             short.append(f"{human_size(_floor_mib(self.ram))} RAM free")
@@ -107,9 +111,10 @@ def promised(summaries: list[dict[str, Any]]) -> tuple[int, int]:
     return ram, disk
 
 
-def room_of(name: str, stats: dict[str, Any] | None, summaries: list[dict[str, Any]]) -> Room:
+def room_of(name: str, stats: dict[str, Any] | None, summaries: list[dict[str, Any]],
+            evacuating: bool = False) -> Room:
     if stats is None:
-        return Room(name, online=False, instances=len(summaries))
+        return Room(name, online=False, instances=len(summaries), evacuating=evacuating)
     ram_promised, disk_promised = promised(summaries)
     ram_unpromised = int(stats.get("ram_total") or 0) - ram_promised
     disk_total = int(stats.get("disk_total") or 0) or int(stats.get("disk_free") or 0)
@@ -118,7 +123,7 @@ def room_of(name: str, stats: dict[str, Any] | None, summaries: list[dict[str, A
                 ram_unpromised=ram_unpromised,
                 cpus=int(stats.get("cpus") or 0),
                 disk=min(int(stats.get("disk_free") or 0), disk_total - disk_promised),
-                instances=len(summaries))
+                instances=len(summaries), evacuating=evacuating)
 
 
 def choose(needs: Needs, rooms: list[Room], pinned: str | None) -> str:

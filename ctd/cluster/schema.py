@@ -41,4 +41,15 @@ def schema_paths() -> dict[str, object]:
             "delete": {"summary": "remove a member (an online one only with force) and free its instances' "
                                   "names (admin)", "responses": {**ok(), "404": error}},
         },
+        "/1.0/cluster/nodes/{name}/evacuate": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": name}],
+            "post": {"summary": "mark the node evacuating (placement skips it) and migrate each of its instances "
+                                "to a node with room (an operation; its result lists what moved and what "
+                                "stayed, and why) (admin)", "responses": {**ok(202), "404": error}},
+        },
+        "/1.0/cluster/nodes/{name}/restore": {
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": name}],
+            "post": {"summary": "clear a node's evacuating mark (its instances do not move back) (admin)",
+                     "responses": {**ok(), "404": error}},
+        },
     }

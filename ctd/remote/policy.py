@@ -216,6 +216,8 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("/1.0/cluster/nodes", "POST"): Rule(ADMIN, what="make cluster join tokens"),
     ("/1.0/cluster/join", "POST"): Rule(ADMIN, what="join a cluster"),
     ("/1.0/cluster/nodes/{name}", "DELETE"): Rule(ADMIN, what="remove cluster nodes"),
+    ("/1.0/cluster/nodes/{name}/evacuate", "POST"): Rule(ADMIN, what="evacuate cluster nodes"),
+    ("/1.0/cluster/nodes/{name}/restore", "POST"): Rule(ADMIN, what="restore evacuated cluster nodes"),
     (INST + "/migrate", "POST"): Rule(ADMIN, what="migrate instances between nodes"),
     # a migration's receiving side: admin here, and only a member node's certificate (migrate_receive.py)
     ("/1.0/cluster/migrations", "POST"): Rule(ADMIN, what="send migrations"),

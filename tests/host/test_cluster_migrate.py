@@ -197,3 +197,121 @@ def test_a_target_killed_after_the_stop_leaves_it_running_on_the_source(pair: Pa
     nothing_left_on(b, "node-b", "mig-kill")
     assert not staged(a)
     a.ok("destroy", "mig-kill", "--force")
+
+
+def test_snapshots_migrate_oldest_first_and_roll_back_on_the_target(pair: Pair) -> None:
+    """Two snapshots go first (full, then an increment of it), the root as an increment of the
+    newest; on b they are listed and a rollback to the oldest gives its data back."""
+    a, b = pair.a, pair.b
+    name = "mig-snaps"
+    a.ok("create", name, "--template", "busybox", "--node", "node-a")
+    data = a.rootfs(name) / "data.txt"
+    try:
+        for step, snap in enumerate(("zz-old", "aa-new")):   # names sorted the other way round from their age
+            data.write_text(f"v{step}\n")
+            (a.rootfs(name) / f"blob{step}").write_bytes(os.urandom(2 << 20))
+            a.ok("snapshot", name, snap)
+            time.sleep(0.05)
+        data.write_text("now\n")
+        result = a.client.run("POST", f"/1.0/instances/{name}/migrate", {"to": "node-b"})
+        rounds = result["rounds"]
+        assert len(rounds) == 3, result   # zz-old full, aa-new -p zz-old, the root -p aa-new
+        assert rounds[1] < rounds[0] and rounds[2] < (1 << 20), rounds   # increments, not copies
+        assert sorted(b.ok("snapshot-list", name).split()) == ["aa-new", "zz-old"]
+        snaps = b.state_dir / "storage" / "instances" / name / "snapshots"
+        assert (snaps / "zz-old" / "data.txt").read_text() == "v0\n"
+        assert (snaps / "aa-new" / "data.txt").read_text() == "v1\n"
+        assert subprocess.run(["btrfs", "property", "get", str(snaps / "aa-new"), "ro"], capture_output=True,
+                              text=True).stdout.strip() == "ro=true"
+        assert (b.rootfs(name) / "data.txt").read_text() == "now\n"
+        nothing_left_on(a, "node-a", name)
+        b.ok("rollback", name, "zz-old")
+        assert (b.rootfs(name) / "data.txt").read_text() == "v0\n" and not (b.rootfs(name) / "blob1").exists()
+        b.ok("start", name)
+        assert b.sh(name, "cat /data.txt").out == "v0\n"
+        assert not staged(b) and not staged(a)
+    finally:
+        for d in (a, b):
+            d.ctl("destroy", name, "--force")
+
+
+def test_the_target_refuses_before_copying_what_breaks_its_limits(pair: Pair) -> None:
+    """b refuses with 409 before a byte is sent when the container's project is full there, or
+    b lacks the RAM or disk room placement would count; a keeps it running, b stages nothing."""
+    a, b = pair.a, pair.b
+    name = "mq-web"
+    a.client.request("POST", "/1.0/projects", {"name": "mq"})
+    b.client.request("POST", "/1.0/projects", {"name": "mq", "limits": {"instances": 0}})
+    try:
+        a.client.run("POST", "/1.0/instances", {"name": name, "template": "busybox", "node": "node-a",
+                                                 "project": "mq"})
+        a.ok("start", name)
+
+        def refused() -> str:
+            with pytest.raises(ApiError) as no:
+                a.client.run("POST", f"/1.0/instances/{name}/migrate", {"to": "node-b"})
+            assert no.value.status == 409, no.value
+            assert a.instance(name)["state"] == "running" and not staged(b)
+            assert name not in {i["name"] for i in b.client.get("/1.0/instances")["instances"]
+                                if i.get("node") in ("node-b", None)}
+            return no.value.message
+
+        said = refused()
+        assert "node node-b refused the migration: project mq: 0 instances of 0" in said, said
+        b.client.request("PATCH", "/1.0/projects/mq", {"limits": {"instances": None}})
+        a.ok("set", name, "--ram", "64T")
+        said = refused()
+        assert "node node-b has no room for mq-web (ram 64T" in said and "RAM free" in said, said
+        a.ok("set", name, "--ram", "128M", "--diskspace", "64T")
+        said = refused()
+        assert "has no room for mq-web" in said and "disk free" in said, said
+        assert listed(b)[name]["node"] == "node-a"
+    finally:
+        a.ctl("destroy", name, "--force")
+        for d in (a, b):
+            d.ctl("project", "delete", "mq")
+
+
+def test_evacuate_moves_what_it_can_and_restore_ends_it(pair: Pair) -> None:
+    """cluster evacuate node-a: the running container arrives running, the stopped one stopped;
+    one no node has room for stays running on a, named in the non-zero exit; placement skips
+    node-a until cluster restore. Tenants get 403."""
+    from tests.host.test_cluster import https
+    a, b = pair.a, pair.b
+    names = ("ev-run", "ev-stop", "ev-big")
+    for n in names:
+        a.ok("create", n, "--template", "busybox", "--node", "node-a")
+    a.ok("set", "ev-big", "--ram", "64T")
+    for n in ("ev-run", "ev-big"):
+        a.ok("start", n)
+    (a.rootfs("ev-stop") / "kept.txt").write_text("kept\n")
+    secret = a.ok("token", "create", "ev-tenant", "--role", "tenant").strip()
+    try:
+        for path in ("/1.0/cluster/nodes/node-a/evacuate", "/1.0/cluster/nodes/node-a/restore"):
+            status, answer = https(a, secret, "POST", path, {})
+            assert status == 403 and "needs the admin role" in answer["error"], answer
+        began = time.monotonic()
+        r = b.ctl("cluster", "evacuate", "node-a", timeout=300)   # asked of b: made on node-a
+        took = time.monotonic() - began
+        assert r.code != 0 and "ev-big" in r.err and "1 instance(s) stay on node-a" in r.err, (r.out, r.err)
+        assert "ev-run: moved to node-b (running" in r.out and "ev-stop: moved to node-b (stopped" in r.out, r.out
+        assert "ev-big: stays on node-a: no node of the cluster has room" in r.out, r.out
+        print(f"evacuate of 3 instances (2 moved): {took:.2f} s")
+        assert b.instance("ev-run")["state"] == "running" and b.instance("ev-stop")["state"] == "stopped"
+        assert (b.rootfs("ev-stop") / "kept.txt").read_text() == "kept\n"
+        assert a.instance("ev-big")["state"] == "running"
+        assert "online, evacuating" in a.ok("cluster", "list")
+        with pytest.raises(ApiError) as skipped:
+            a.client.run("POST", "/1.0/instances", {"name": "ev-new", "template": "busybox", "node": "node-a"})
+        assert skipped.value.status == 409 and "evacuating" in skipped.value.message
+        out = a.ok("cluster", "restore", "node-a")
+        assert "those evacuated stay where they went" in out, out
+        assert "evacuating" not in a.ok("cluster", "list")
+        assert listed(a)["ev-run"]["node"] == "node-b"
+        assert not staged(a) and not staged(b)
+    finally:
+        a.ctl("cluster", "restore", "node-a")
+        a.ctl("token", "revoke", "ev-tenant")
+        for n in names:
+            for d in (a, b):
+                d.ctl("destroy", n, "--force")

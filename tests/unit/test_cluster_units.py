@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ctd.cluster import etcd
-from ctd.cluster.node import decode_token, encode_token, summary
+from ctd.cluster.membership import decode_token, encode_token
+from ctd.cluster.node import summary
 from ctd.config import load_config
 from ctd.errors import InvalidRequest
 from ctd.remote import policy
