@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ctd.cluster import migrate, vm_files
+from ctd.cluster import migrate, vm_files, vm_live
 from ctd.cluster.migrate import Target
 from ctd.cluster.peer import TIMEOUT, PeerReply, _Pinned
 from ctd.errors import Conflict, CtdError, NotSupported, Unavailable
@@ -55,9 +55,10 @@ def check(c: ApiContext, rec: InstanceRecord) -> None:
         raise Conflict("this node is no member of a cluster: there is nowhere to migrate to")
     if rec.type is not InstanceType.VM:
         raise NotSupported(f"{rec.name} is not a VM")
-    if rec.state is not PowerState.STOPPED:
-        raise Conflict(f"{rec.name} is {rec.state.value}: a VM migrates stopped so far (live migration is not "
-                       f"there yet); stop it first (ctctl stop {rec.name})")
+    if rec.state is PowerState.RUNNING:
+        vm_live.refuse(rec)
+    elif rec.state is not PowerState.STOPPED:
+        raise Conflict(f"{rec.name} is {rec.state.value}: a VM migrates running (live) or stopped")
     snaps = c.instances.storage.list_snapshots(rec.name)
     if snaps:
         raise Conflict(f"{rec.name} has snapshots ({', '.join(snaps[:5])}), which do not migrate: delete them "
@@ -136,24 +137,33 @@ async def _migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation)
         rec = instances.get(rec.id)
         check(c, rec)
         vm = rec.options.vm or VmOptions()
+        running = instances.kinds.vm.driver.running.get(rec.name) if instances.kinds.vm.driver else None
+        if rec.state is PowerState.RUNNING and running is None:
+            raise Conflict(f"{rec.name} is not running under this ctd (its QEMU is gone?)")
         files = files_of(instances.storage.instance_path(rec.name), vm)
         body = await asyncio.to_thread(begin_body, c, rec, files)
-        begun = await target.json("POST", BASE, body)
+        begun = await target.json("POST", BASE, {**body, "live": running is not None})
         sid = str(begun["migration"]["id"])
-        sent = [0]
+        sent, live = [0], None
         try:
-            for index, (name, path) in enumerate(files.items(), 1):
-                op.progress = f"file {index}/{len(files)} ({name}) to {node}"
-                await asyncio.to_thread(_put, target, f"{BASE}/{sid}/file?name={urllib.parse.quote(name)}",
-                                        vm_files.records(path, sent))
+            if running is None:
+                for index, (name, path) in enumerate(files.items(), 1):
+                    op.progress = f"file {index}/{len(files)} ({name}) to {node}"
+                    await asyncio.to_thread(_put, target, f"{BASE}/{sid}/file?name={urllib.parse.quote(name)}",
+                                            vm_files.records(path, sent))
             op.progress = f"making {rec.name} on {node}"
             made = await target.json("POST", f"{BASE}/{sid}/finish", {})
+            if running is not None:
+                live = await vm_live.send(c, running, rec, target, sid, BASE, op)
+                made = {"instance": None}
             await migrate._switch(cluster, rec, node)
         except BaseException as exc:
             log.warning("migration of VM %s to %s failed (%s); undoing it", rec.name, node,
                         exc.message if isinstance(exc, CtdError) else repr(exc))
             with contextlib.suppress(CtdError):
                 await target.json("DELETE", f"{BASE}/{sid}")
+            if running is not None and running.qmp is not None:
+                await vm_live.undo(running.qmp, [])   # the guest runs here again (after a failed switch too)
             raise
     with contextlib.suppress(CtdError):
         await target.json("POST", f"{BASE}/{sid}/done")
@@ -167,6 +177,12 @@ async def _migrate(c: ApiContext, rec: InstanceRecord, node: str, op: Operation)
     if vm.iso or vm.drivers_iso or vm.media:
         notes.append("the VM's ISO files (installer, drivers, inserted CD-ROM) are host files and did not move: "
                      "copy them to the target and insert them there if it still needs them")
+    if live is not None:
+        log.info("migrated VM %s live to %s: downtime %.3f s, %.3f s in all", rec.name, node, live["downtime"], took)
+        return {"instance": made.get("instance"), "node": node, "was_running": True, "live": True,
+                "memory": live["memory"], "downtime": round(live["downtime"], 3),
+                "downtime_parts": {k: round(v, 3) for k, v in live["parts"].items()},
+                "duration": round(took, 3), "notes": notes}
     log.info("migrated VM %s to %s: %d files, %d bytes of data, %.3f s", rec.name, node, len(files), sent[0], took)
     return {"instance": made.get("instance"), "node": node, "was_running": False, "rounds": [sent[0]],
             "files": sorted(files), "downtime": None, "duration": round(took, 3), "notes": notes}

@@ -3,7 +3,9 @@ node only (its certificate identity `node:NAME`):
 
     POST   /1.0/cluster/vm-migrations                 begin
     PUT    /1.0/cluster/vm-migrations/{id}/file?name= one file's record stream (vm_files.py)
-    POST   /1.0/cluster/vm-migrations/{id}/finish     the VM made here, stopped
+    POST   /1.0/cluster/vm-migrations/{id}/finish     the VM made here, stopped (live: QEMU waiting)
+    GET    /1.0/cluster/vm-migrations/{id}/tunnel?to= live: a WebSocket to the target QEMU (vm_tunnel.py)
+    POST   /1.0/cluster/vm-migrations/{id}/resume     live: the migration arrived, the guest runs here
     POST   /1.0/cluster/vm-migrations/{id}/done       the source moved the keys: it is this node's
     DELETE /1.0/cluster/vm-migrations/{id}            abort: nothing kept
 
@@ -23,7 +25,7 @@ from aiohttp import web
 from ctd.api.context import ApiContext
 from ctd.api.handlers import ctx
 from ctd.api.jsonbody import json_body
-from ctd.cluster import vm_files
+from ctd.cluster import vm_files, vm_live, vm_tunnel
 from ctd.cluster import vm_migrate_receive as receive
 from ctd.cluster.migrate_api import _source, _write_all
 from ctd.errors import Conflict, InvalidRequest
@@ -96,7 +98,29 @@ async def vm_migration_finish(request: web.Request) -> web.Response:
     inc = receive.session(request.match_info["id"], _source(request))
     async with _exclusive(c, inc):
         brief = await receive.finish(c, inc)
+        if inc.live and inc.rec is not None:   # QEMU waits for the source's (vm_live.py)
+            await vm_live.start_incoming(c, inc, inc.rec)
     return web.json_response({"instance": brief})
+
+
+@routes.post("/1.0/cluster/vm-migrations/{id}/resume")
+async def vm_migration_resume(request: web.Request) -> web.Response:
+    """A live migration arrived: the guest runs here (vm_live.resume)."""
+    c = ctx(request)
+    inc = receive.session(request.match_info["id"], _source(request))
+    async with _exclusive(c, inc):
+        brief = await vm_live.resume(c, inc)
+    return web.json_response({"instance": brief})
+
+
+@routes.get("/1.0/cluster/vm-migrations/{id}/tunnel")
+async def vm_migration_tunnel(request: web.Request) -> web.StreamResponse:
+    """One of the source QEMU's connections (NBD or migration), to this node's QEMU (vm_tunnel.py)."""
+    inc = receive.session(request.match_info["id"], _source(request))
+    socket = inc.sockets.get(request.query.get("to", ""))
+    if socket is None:
+        raise Conflict(f"VM migration {inc.id}: no such stream, or the target QEMU is not waiting yet")
+    return await vm_tunnel.serve(request, socket)
 
 
 @routes.post("/1.0/cluster/vm-migrations/{id}/done")

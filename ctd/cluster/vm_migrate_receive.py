@@ -11,7 +11,7 @@ ctd/cluster/vm_migrate.py). Driven by the source node over mutual TLS, as the me
              must fit the pool. The name and id are held; STORAGE/.restore-NAME-migrate-XXXX made.
     file     one file's sparse record stream (vm_files.py), each file once
     finish   every announced file received: the staging directory becomes the VM's, its row and
-             NICs added, its seed written; it stays stopped
+             NICs added, its seed written; it stays stopped (live: its QEMU waits, vm_live.py)
     abort    everything of the migration removed (after a finish too: the VM destroyed)
 
 A failed request aborts the migration here at once; a ctd killed meanwhile removes the staging
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ctd import validate
 from ctd.cluster import keys, vm_files
 from ctd.cluster.migrate_receive import _nics, _with_macs
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
@@ -77,6 +78,8 @@ class VmIncoming:
     got: set[str] = field(default_factory=set)
     busy: bool = False
     rec: InstanceRecord | None = None
+    live: bool = False                # a running VM: its disks come through NBD (vm_live.py)
+    sockets: dict[str, Path] = field(default_factory=dict)   # the target QEMU's, by tunnel stream
     touched: float = field(default_factory=time.monotonic)
 
 
@@ -160,6 +163,9 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> VmIncoming:
         raise Conflict(f"VM migration: the VM's {data >> 20} MiB of data do not fit this node's pool "
                        f"({free >> 20} MiB free space, {POOL_MARGIN >> 20} MiB kept)")
     texts = {k: userdata.check(body[k], k) for k in userdata.KINDS if body.get(k) is not None}
+    live = validate.boolean(body, "live")
+    if live and (plan.expect.vars_size is not None or plan.expect.tpm):
+        raise InvalidRequest("VM migration: a VM with UEFI variables or a TPM migrates stopped")
     instance_id = _int(body.get("id"), "id", 1)
     project = body.get("project", "default")
     if not isinstance(project, str) or c.projects.store.get(project) is None and project != "default":
@@ -172,12 +178,14 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> VmIncoming:
         staging.mkdir(mode=0o700)
         if any(f.startswith("tpm/") for f in files):
             (staging / "tpm").mkdir(mode=0o700)
+        for name, size in files.items() if live else ():   # empty: QEMU's mirror fills them
+            datadisks.make(staging / name, size)
     except OSError as exc:
         c.instances.release(name, instance_id)
         shutil.rmtree(staging, ignore_errors=True)
         raise Conflict(f"could not make {staging}: {exc.strerror}") from None
     inc = VmIncoming(secrets.token_hex(16), source, name, instance_id, project, plan, nics, staging, files,
-                     vm_files.Budget(data), texts)
+                     vm_files.Budget(data), texts, live=live, got=set(files) if live else set())
     INCOMING[inc.id] = inc
     _background(_watch(c, inc))
     log.info("VM migration %s of %s from node %s: begun (%d files)", inc.id, name, source, len(files))

@@ -27,6 +27,14 @@ def schema_paths() -> dict[str, object]:
                     "responses": ok}},
         "/1.0/cluster/vm-migrations/{id}/finish": {
             "parameters": sid, "post": {"summary": "make the VM from the files, stopped" + peer, "responses": ok}},
+        "/1.0/cluster/vm-migrations/{id}/resume": {
+            "parameters": sid, "post": {"summary": "a live migration arrived: the guest runs here" + peer,
+                                        "responses": ok}},
+        "/1.0/cluster/vm-migrations/{id}/tunnel": {
+            "parameters": [*sid, {"name": "to", "in": "query", "required": True,
+                                  "schema": {"type": "string", "enum": ["nbd", "migrate"]}}],
+            "get": {"summary": "a WebSocket carrying one of QEMU's streams (NBD or migration)" + peer,
+                    "responses": ok}},
         "/1.0/cluster/vm-migrations/{id}/done": {
             "parameters": sid, "post": {"summary": "the source moved the keys: the VM is this node's" + peer,
                                         "responses": ok}},

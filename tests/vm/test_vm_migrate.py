@@ -3,9 +3,11 @@ tests/host/test_cluster_migrate.py, the smallest guest the VM tests boot (busybo
 256M RAM, under TCG here).
 
 A stopped VM moves with its disks (a data disk with bytes written from the host, checked on
-the target), its settings, id, NIC with its address and MAC; it boots on the target. A target
-that refuses (its pool too full for the disks' data) leaves the VM where it was, and nothing on
-the target."""
+the target), its settings, id, NIC with its address and MAC; it boots on the target. A running
+one moves live: the same guest runs on (what it holds only in memory is there, its uptime goes
+on), downtime reported. A target that refuses (its pool too full for the disks' data), or whose
+ctd is killed mid-way, leaves the VM where it was (running, if it ran), and nothing on the
+target."""
 
 from __future__ import annotations
 
@@ -62,6 +64,77 @@ def test_a_stopped_vm_migrates_with_its_disks_and_boots_there(pair: Pair) -> Non
     finally:
         for d in (a, b):
             d.ctl("destroy", "--force", name)
+
+
+def uptime(d, name: str) -> float:  # type: ignore[no-untyped-def]
+    out = console_says(d, name, "echo U''P=$(cut -d' ' -f1 /proc/uptime)=", "UP=")
+    return float(out.rsplit("UP=", 1)[1].split("=", 1)[0])
+
+
+def test_a_running_vm_migrates_live_and_runs_on(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    ip, name = address(), "vmig-live"
+    a.ok("create", name, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "256M",
+         "--ipadd", ip, timeout=120)
+    try:
+        a.ok("start", name)
+        # in the guest's memory only (tmpfs), and on its disk
+        console_says(a, name, "echo in-memory > /tmp/mem.txt; echo on-disk > /root/disk.txt; sync; echo W''ROTE",
+                     "WROTE")
+        before, up = a.instance(name), uptime(a, name)
+        t0 = time.monotonic()
+        out = a.ok("migrate", name, "--to", "node-b", timeout=600)
+        took = time.monotonic() - t0
+        assert f"Migrated {name} to node-b live" in out and "downtime" in out, out
+        downtime = float(out.rsplit("downtime", 1)[1].split()[0])
+        assert 0 < downtime < 30, out
+        view = b.instance(name)
+        assert view["state"] == "running" and view["id"] == before["id"]
+        assert [n["mac"] for n in view["nics"]] == [n["mac"] for n in before["nics"]]
+        assert console_says(b, name, "cat /tmp/mem.txt /root/disk.txt", "on-disk").count("in-memory") >= 1
+        assert uptime(b, name) > up   # the same guest: no reboot
+        nothing_left_on(a, "node-a", name)
+        assert not list((a.state_dir / "run").glob("migrate/*"))
+        print(f"live VM migration: {took:.2f} s in all: {out.strip()}")
+        # and its disk is consistent there: it boots again on b
+        b.ok("stop", "--kill", name)
+        b.ok("start", name)
+        console_says(b, name, "cat /root/disk.txt", "on-disk")
+    finally:
+        for d in (a, b):
+            d.ctl("destroy", "--force", name)
+
+
+def test_a_live_migration_whose_target_dies_leaves_the_vm_running(pair: Pair) -> None:
+    """b's ctd is killed (kill -9) while the disks are copied: the source's guest runs on, b
+    back has nothing of it (its waiting QEMU ended at its start)."""
+    a, b = pair.a, pair.b
+    name = "vmig-kill"
+    a.ok("create", name, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "256M",
+         "--net", "none", timeout=120)
+    try:
+        a.ok("start", name)
+        up = uptime(a, name)
+        op_id = a.client.request("POST", f"/1.0/instances/{name}/migrate", {"to": "node-b"})["operation"]["id"]
+
+        def copying() -> bool:
+            op = a.client.get(f"/1.0/operations/{op_id}")["operation"]
+            assert op["status"] == "running", op
+            return str(op.get("progress") or "").startswith(("disks:", "memory:"))
+
+        wait_for("the copy under way", copying, timeout=120)
+        b.kill9()
+        try:
+            op = a.client.get(f"/1.0/operations/{op_id}/wait", timeout=300)["operation"]
+            assert op["status"] == "failure", op
+            assert a.instance(name)["state"] == "running" and listed(a)[name]["node"] == "node-a"
+            assert uptime(a, name) > up
+        finally:
+            b.start()
+        nothing_left_on(b, "node-b", name)
+        assert not list((a.state_dir / "run").glob("migrate/*"))
+    finally:
+        a.ctl("destroy", "--force", name)
 
 
 def test_a_vm_the_target_refuses_stays_where_it_was(pair: Pair) -> None:
