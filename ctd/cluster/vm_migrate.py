@@ -3,8 +3,9 @@
 
 A stopped VM moves with its disks (the root disk, its data disks), its UEFI variables and TPM
 state, its settings (as a VM backup's header: limits, cpus/ram, firmware, profile, tags,
-description, guest options), its cloud-init user-data/vendor-data, its numeric id and its NICs
-with their addresses and MACs (checked free on the target, as a container's). The files go
+description, guest options), its cloud-init user-data/vendor-data, its numeric id and creation time (its
+SMBIOS uuid and its seed's instance-id follow from them: the guest sees the same machine), its
+NICs with their addresses and MACs (checked free on the target, as a container's). The files go
 sparse (vm_files.py) over the nodes' mutual-TLS HTTPS, the same channel and pinning as a
 container's btrfs streams. The VM's lock is held throughout: it cannot be started meanwhile.
 
@@ -113,7 +114,7 @@ def begin_body(c: ApiContext, rec: InstanceRecord, files: dict[str, Path]) -> di
     header = {"format": FORMAT, "version": VERSION, "type": "vm", "driver": VM_DRIVER, "member": VM_DISK,
               "name": rec.name, "kind": "full", "meta": meta,
               "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
-    return {"header": header, "id": rec.id, "project": rec.project,
+    return {"header": header, "id": rec.id, "project": rec.project, "created_at": rec.created_at,
             "macs": [n.mac for n in c.db.nics_of(rec.id)],
             "data_disks": [{"name": d.name, "size": sizes[datadisks.path(base, d.name).name]} for d in vm.data_disks],
             "files": sizes, "data": sum(vm_files.data_bytes(p) for p in files.values()),

@@ -75,6 +75,7 @@ class VmIncoming:
     files: dict[str, int]             # announced: name -> size in bytes
     budget: vm_files.Budget
     texts: dict[str, str]             # user_data / vendor_data
+    created_at: str                   # the source's: the VM's uuid (and its seed's instance-id) follow from it
     got: set[str] = field(default_factory=set)
     busy: bool = False
     rec: InstanceRecord | None = None
@@ -164,6 +165,13 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> VmIncoming:
                        f"({free >> 20} MiB free space, {POOL_MARGIN >> 20} MiB kept)")
     texts = {k: userdata.check(body[k], k) for k in userdata.KINDS if body.get(k) is not None}
     live = validate.boolean(body, "live")
+    created_at = body.get("created_at")
+    try:
+        if not isinstance(created_at, str) or len(created_at) > 40:
+            raise ValueError
+        created_at = dt.datetime.fromisoformat(created_at).isoformat(timespec="seconds")
+    except ValueError:
+        raise InvalidRequest("VM migration: created_at must be the VM's creation time (ISO 8601)") from None
     if live and (plan.expect.vars_size is not None or plan.expect.tpm):
         raise InvalidRequest("VM migration: a VM with UEFI variables or a TPM migrates stopped")
     instance_id = _int(body.get("id"), "id", 1)
@@ -185,7 +193,7 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> VmIncoming:
         shutil.rmtree(staging, ignore_errors=True)
         raise Conflict(f"could not make {staging}: {exc.strerror}") from None
     inc = VmIncoming(secrets.token_hex(16), source, name, instance_id, project, plan, nics, staging, files,
-                     vm_files.Budget(data), texts, live=live, got=set(files) if live else set())
+                     vm_files.Budget(data), texts, created_at, live=live, got=set(files) if live else set())
     INCOMING[inc.id] = inc
     _background(_watch(c, inc))
     log.info("VM migration %s of %s from node %s: begun (%d files)", inc.id, name, source, len(files))
@@ -243,7 +251,7 @@ async def finish(c: ApiContext, inc: VmIncoming) -> dict[str, Any]:
         rec = InstanceRecord(
             id=inc.instance_id, name=inc.name, type=InstanceType.VM, template=p.template, hostname=p.hostname,
             privileged=False, idmap_base=None, limits=p.limits,
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), init=[], stop_signal="ACPI",
+            created_at=inc.created_at, init=[], stop_signal="ACPI",
             options=replace(p.options, vm=inc.plan.vm), description=p.description, tags=p.tags)
         await asyncio.to_thread(instances.network.prepare, inc.nics)
         target = storage.instance_path(inc.name)

@@ -45,6 +45,7 @@ def test_a_stopped_vm_migrates_with_its_disks_and_boots_there(pair: Pair) -> Non
         assert f"Migrated {name} to node-b" in out and "downtime" not in out, out
         view = b.instance(name)
         assert view["state"] == "stopped" and view["id"] == before["id"] and view["type"] == "vm"
+        assert view["created_at"] == before["created_at"]   # so the same uuid and seed instance-id
         assert view["limits"] == before["limits"] and view["tags"] == {"role": "moved"}
         assert [n["mac"] for n in view["nics"]] == [n["mac"] for n in before["nics"]]
         assert [n["addresses"] for n in view["nics"]] == [[ip]]
