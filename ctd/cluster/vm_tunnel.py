@@ -27,8 +27,6 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from ctd.errors import Unavailable
-
 if TYPE_CHECKING:
     from ctd.cluster.migrate import Target
 
@@ -136,9 +134,10 @@ class SourceRelay:
         if not hmac.compare_digest(hashlib.sha256(der or b"").hexdigest(), self.target.fingerprint):
             self.failed = (f"node {self.target.node}'s certificate is not the one its membership records; "
                            "nothing was sent")
+            log.error("%s", self.failed)
             await ws.close()
-            writer.close()
-            raise Unavailable(self.failed)
+            writer.close()   # QEMU sees the connection end: its mirror or migration fails, and is undone
+            return
         await bridge(ws, reader, writer)
 
 
