@@ -186,8 +186,8 @@ def begin(c: ApiContext, source: str, body: dict[str, Any]) -> VmIncoming:
         staging.mkdir(mode=0o700)
         if any(f.startswith("tpm/") for f in files):
             (staging / "tpm").mkdir(mode=0o700)
-        for name, size in files.items() if live else ():   # empty: QEMU's mirror fills them
-            datadisks.make(staging / name, size)
+        for file, size in files.items() if live else ():   # empty: QEMU's mirror fills them
+            datadisks.make(staging / file, size)
     except OSError as exc:
         c.instances.release(name, instance_id)
         shutil.rmtree(staging, ignore_errors=True)

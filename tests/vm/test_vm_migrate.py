@@ -97,10 +97,6 @@ def test_a_running_vm_migrates_live_and_runs_on(pair: Pair) -> None:
         nothing_left_on(a, "node-a", name)
         assert not list((a.state_dir / "run").glob("migrate/*"))
         print(f"live VM migration: {took:.2f} s in all: {out.strip()}")
-        # and its disk is consistent there: it boots again on b
-        b.ok("stop", "--kill", name)
-        b.ok("start", name)
-        console_says(b, name, "cat /root/disk.txt", "on-disk")
     finally:
         for d in (a, b):
             d.ctl("destroy", "--force", name)
@@ -152,6 +148,7 @@ def test_a_vm_the_target_refuses_stays_where_it_was(pair: Pair) -> None:
         fd = os.open(filler, os.O_CREAT | os.O_WRONLY, 0o600)
         os.posix_fallocate(fd, 0, max(1, st.f_bavail * st.f_frsize - (32 << 20)))
         os.close(fd)
+        subprocess.run(["btrfs", "filesystem", "sync", str(storage)], capture_output=True)
         with pytest.raises(ApiError) as failed:
             a.client.run("POST", f"/1.0/instances/{name}/migrate", {"to": "node-b"})
         assert "node node-b refused the migration" in failed.value.message and "free space" in failed.value.message
