@@ -139,6 +139,12 @@ def test_a_vm_the_target_refuses_stays_where_it_was(pair: Pair) -> None:
     before, b has nothing of it."""
     a, b = pair.a, pair.b
     name = "vmig-refused"
+    # only a member node's certificate may send one (not even the host's admin on the socket)
+    for method, path in (("POST", "/1.0/cluster/vm-migrations"), ("GET", "/1.0/cluster/vm-migrations/"
+                                                                          + "0" * 32 + "/tunnel?to=nbd")):
+        with pytest.raises(ApiError) as refused:
+            b.client.request(method, path, {"header": {}, "id": 4242} if method == "POST" else None)
+        assert refused.value.status == 403 and "only another node" in refused.value.message
     a.ok("create", name, "--type", "vm", "--template", "busybox", "--disk", "64M", "--ram", "256M",
          "--net", "none", timeout=120)
     storage = b.state_dir / "storage"
