@@ -4,8 +4,8 @@ a node"; Incus's `cluster evacuate`).
 Evacuate marks the node in etcd (`/ctd/evacuating/NAME`): placement gives it no room, so no new
 instance lands there, and `cluster list` shows the mark. Then the node migrates each of its
 instances, one at a time, to the node placement chooses for it (ctd/cluster/migrate.py: a running
-one arrives running, a stopped one stopped). One that cannot move (a VM, a paused container, no
-node with room, a refusal of the target) stays where it was, running if it ran, and the others go
+one arrives running, a stopped one stopped). One that cannot move (a paused container, a VM with UEFI/TPM
+that runs, no node with room, a refusal of the target) stays where it was, running if it ran, and the others go
 on; the operation's result reports each instance, and `ctctl` exits non-zero naming the ones that
 stayed. The mark stays until `cluster restore NODE`, which moves nothing back.
 
@@ -25,10 +25,11 @@ from ctd import validate
 from ctd.api.context import ApiContext
 from ctd.api.handlers import accepted, ctx
 from ctd.api.jsonbody import json_body
-from ctd.cluster import keys, migrate, placement
+from ctd.cluster import keys, migrate, placement, vm_migrate
 from ctd.cluster.api import _node, _node_name
 from ctd.errors import CtdError, NotFound
 from ctd.operations import Operation
+from ctd.state import InstanceRecord, InstanceType
 
 log = logging.getLogger("ctd.cluster.evacuate")
 routes = web.RouteTableDef()
@@ -52,14 +53,7 @@ async def evacuate(c: ApiContext, op: Operation) -> dict[str, Any]:
         op.progress = f"{number}/{len(records)}: {rec.name}"
         try:
             node = await cluster.place(placement.needs_of(rec.limits), None)   # never this node: it is marked
-            migrate.check(c, rec)
-            migrate.claim(rec)
-            try:
-                session = await migrate.begin(c, rec, node)
-            except BaseException:
-                migrate.MIGRATING.discard(rec.id)
-                raise
-            result = await migrate.migrate(c, rec, session, op)
+            result = await _move(c, rec, node, op)
         except CtdError as exc:
             log.warning("evacuating %s: %s stays here: %s", cluster.name, rec.name, exc.message)
             failed.append({"instance": rec.name, "error": exc.message})
@@ -68,6 +62,22 @@ async def evacuate(c: ApiContext, op: Operation) -> dict[str, Any]:
                       "downtime": result["downtime"]})
     log.info("evacuated %s: %d instance(s) moved, %d stayed", cluster.name, len(moved), len(failed))
     return {"node": cluster.name, "moved": moved, "failed": failed}
+
+
+async def _move(c: ApiContext, rec: InstanceRecord, node: str, op: Operation) -> dict[str, Any]:
+    """One instance migrated as `ctctl migrate` would (a VM by its own path, live if it runs)."""
+    if rec.type is InstanceType.VM:
+        vm_migrate.check(c, rec)
+        migrate.claim(rec)
+        return await vm_migrate.migrate_vm(c, rec, node, op)   # releases the claim itself
+    migrate.check(c, rec)
+    migrate.claim(rec)
+    try:
+        session = await migrate.begin(c, rec, node)
+    except BaseException:
+        migrate.MIGRATING.discard(rec.id)
+        raise
+    return await migrate.migrate(c, rec, session, op)
 
 
 @routes.post("/1.0/cluster/nodes/{name}/evacuate")

@@ -156,7 +156,7 @@ def check(c: ApiContext, rec: InstanceRecord) -> BtrfsStorage:
     if c.cluster is None or not c.cluster.member:
         raise Conflict("this node is no member of a cluster: there is nowhere to migrate to")
     if rec.type is not InstanceType.CONTAINER:
-        raise NotSupported("VMs do not migrate yet (QEMU live migration is planned); containers do")
+        raise NotSupported(f"{rec.name} is a VM: ctd/cluster/vm_migrate.py moves VMs")
     bt = btrfs_of(c.instances.storage)
     if bt is None:
         raise NotSupported(f"this node's storage is {c.instances.storage.name}: containers migrate between nodes "

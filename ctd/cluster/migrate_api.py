@@ -22,9 +22,10 @@ from ctd import validate
 from ctd.api.context import ApiContext
 from ctd.api.handlers import accepted, ctx
 from ctd.api.jsonbody import json_body
-from ctd.cluster import migrate, migrate_receive
+from ctd.cluster import migrate, migrate_receive, vm_migrate  # VMs: their own module
 from ctd.errors import Conflict, InvalidRequest
 from ctd.remote.scope import caller
+from ctd.state import InstanceType
 from ctd.storage.backup.format import CHUNK
 
 routes = web.RouteTableDef()
@@ -37,16 +38,24 @@ async def migrate_instance(request: web.Request) -> web.Response:
     body = validate.body_fields(await json_body(request), {"to"}, {"to"})
     if not isinstance(body["to"], str):
         raise InvalidRequest("to must be a node's name ('ctctl cluster list' shows them)")
-    migrate.check(c, rec)
+    is_vm = rec.type is InstanceType.VM
+    if is_vm:
+        vm_migrate.check(c, rec)
+    else:
+        migrate.check(c, rec)
     migrate.claim(rec)
     try:
-        session = await migrate.begin(c, rec, body["to"])   # the target's refusal is this request's answer
-        try:
+        if is_vm:
             op = c.operations.new("migrate", rec.name)
-            work = migrate.migrate(c, rec, session, op)
-        except BaseException:
-            await session.abort()
-            raise
+            work = vm_migrate.migrate_vm(c, rec, body["to"], op)
+        else:
+            session = await migrate.begin(c, rec, body["to"])   # the target's refusal is this request's answer
+            try:
+                op = c.operations.new("migrate", rec.name)
+                work = migrate.migrate(c, rec, session, op)
+            except BaseException:
+                await session.abort()
+                raise
     except BaseException:
         migrate.MIGRATING.discard(rec.id)
         raise

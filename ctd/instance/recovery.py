@@ -70,7 +70,15 @@ async def _adopt_or_stop(ctx: InstanceContext, kinds: Kinds, records: list[Insta
         report["removed_dirs"] += kind.release_leftovers(rec)
         if rec.state is PowerState.STOPPED:
             continue
-        if await kind.adopt(rec):   # suspended or not: the freezer's / QEMU's word, not the row's
+        adopted = await kind.adopt(rec)
+        if adopted and (ctx.storage.instance_path(rec.name) / CREATING).exists():
+            # a live migration's target QEMU whose ctd died before the guest ran here (cluster/vm_live.py):
+            # ended, and the instance dropped with the others still being made (_remove_leftover_dirs)
+            await kind.stop(rec, 0, True)
+            await kind.cleanup(rec)
+            await mark_stopped(rec, lost(rec))
+            report["stopped"].append(rec.name)
+        elif adopted:   # suspended or not: the freezer's / QEMU's word, not the row's
             rec.state = PowerState.SUSPENDED if await kind.is_suspended(rec) else PowerState.RUNNING
             ctx.db.update_instance(rec)
             report["adopted"].append(rec.name)

@@ -225,6 +225,13 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("/1.0/cluster/migrations/{id}/finish", "POST"): Rule(ADMIN, what="send migrations"),
     ("/1.0/cluster/migrations/{id}/done", "POST"): Rule(ADMIN, what="send migrations"),
     ("/1.0/cluster/migrations/{id}", "DELETE"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations", "POST"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}/file", "PUT"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}/finish", "POST"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}/done", "POST"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}/resume", "POST"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}/tunnel", "GET"): Rule(ADMIN, what="send migrations"),
+    ("/1.0/cluster/vm-migrations/{id}", "DELETE"): Rule(ADMIN, what="send migrations"),
 }
 
 DEFAULT = Rule(ADMIN)   # a route missing above: admins only

@@ -121,6 +121,8 @@ def _base(spec: VmSpec, cpu: str) -> list[str]:
             "-daemonize", "-pidfile", str(spec.pidfile)]
     if spec.paused:
         argv.append("-S")
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
     return argv
 
 

@@ -190,13 +190,16 @@ class VmDriver:
 
     # ------------------------------------------------------------- start / stop
 
-    async def start(self, rec: InstanceRecord, resources: Resources, paused: bool = False) -> RunningVm:
+    async def start(self, rec: InstanceRecord, resources: Resources, paused: bool = False,
+                    incoming: bool = False) -> RunningVm:
+        """incoming: a live migration's target (waits for QMP migrate-incoming; ctd/cluster/vm_live.py)."""
         if rec.name in self.running:
             raise Conflict(f"{rec.name} is already running")
         # Rebuilt at each start: whatever `set` changed since is in it (a changed seed has a new
         # instance-id, so cloud-init applies it again; an unchanged one is left alone by it).
         await asyncio.to_thread(self.write_seed, rec)
         spec = self.spec(rec, paused)
+        spec.incoming = incoming
         if spec.kernel is not None and spec.uefi is None:   # OVMF boots the bzImage (EFI stub) only
             spec.kernel = await asyncio.to_thread(self.boot_kernel, spec.kernel)
         spec.validate()

@@ -103,6 +103,7 @@ class VmSpec:
     seed_iso: Path | None = None            # cloud-init NoCloud seed (label cidata)
     vnc: bool = True
     paused: bool = False      # -S: the CPUs wait for QMP 'cont'
+    incoming: bool = False    # -incoming defer: a live migration's target (QMP migrate-incoming)
     max_cpus: int | None = None             # vCPUs that can be hot-added later; None: cpus
     balloon: bool = True      # virtio-balloon: RAM can be lowered (and raised back) while running
     tcg_cache_mib: int = 128  # TCG's translation cache (QEMU's default, 1 GiB, dwarfs small guests)
