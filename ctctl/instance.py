@@ -23,6 +23,7 @@ from ctctl.shared import (
     add_guest,
     add_mounts,
     add_stop_timeout,
+    apply_replication,
     boot_options,
     client,
     features_option,
@@ -31,6 +32,7 @@ from ctctl.shared import (
     limit_options,
     limits_text,
     mount_options,
+    replication_options,
 )
 
 
@@ -287,6 +289,7 @@ def destroy(instance: str, force: bool) -> None:
 @click.command(name="set")
 @INSTANCE
 @limit_options
+@replication_options
 @click.option("--ipadd", multiple=True, help="add an address to the first NIC")
 @click.option("--ipdel", multiple=True, help="remove an address from the first NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit, or 'unlimited'")
@@ -308,6 +311,7 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     """Change limits and addresses; a running container gets them at once, a running VM its
     --cpus/--ram where QEMU can ('unlimited' removes a limit) and a larger --disk."""
     body: dict[str, Any] = {"disk": disk} if disk else {}
+    replication = {k: limits.pop(k) for k in ("replicate_to", "every", "ha")}
     add_admin(body, limits)
     add_stop_timeout(body, limits)
     add_backup_settings(body, limits)
@@ -324,9 +328,14 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
             body[key] = value
     if rate:
         body["rate"] = rate
+    replicated = apply_replication(instance, replication)   # its own route (the cluster's, docs/cluster.md)
+    if replicated is not None:
+        click.echo(replicated)
+        if not body:
+            return
     if not body:
-        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5, --tag KEY=VALUE "
-                               "or --onboot yes")
+        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5, --tag KEY=VALUE, "
+                               "--onboot yes or --replicate-to NODE")
     result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"

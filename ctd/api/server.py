@@ -21,6 +21,7 @@ from ctd.api.nics_api import routes as nic_routes
 from ctd.api.scoping import scope_middleware
 from ctd.cluster.api import routes as cluster_routes
 from ctd.cluster.migrate_api import routes as migrate_routes
+from ctd.cluster.replicate_api import routes as replicate_routes
 from ctd.errors import OperationFailed
 from ctd.project.api import routes as project_routes
 from ctd.remote.api import ACCESS, RemoteAccess, access_middleware, audit_response
@@ -55,6 +56,7 @@ def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.App
     app.add_routes(project_routes)
     app.add_routes(cluster_routes)
     app.add_routes(migrate_routes)
+    app.add_routes(replicate_routes)
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)
