@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -140,3 +142,77 @@ def test_only_the_owner_may_send_a_replica(pair: Pair) -> None:
                       "application/octet-stream")
     assert garbage.status == 400, garbage
     assert replicas(b, "rep") == before
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_fencing_kills_ha_instances_when_the_lease_cannot_be_renewed(pair: Pair) -> None:
+    """etcd frozen (SIGSTOP): no node can renew; each kills its HA instances before its lease
+    could lapse (and no node can fail them over, etcd being the one to decide)."""
+    a = pair.a
+    a.ok("set", "rep", "--ha", "yes")
+    wait_for("the fence knows rep", lambda: "rep" in json.loads((a.state_dir / "fence.json").read_text())["ha"])
+    pid = a.instance("rep")["pid"]
+    os.kill(pair.etcd.proc.pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        wait_for("rep fenced", lambda: not alive(pid), timeout=TTL + 5)
+        took = time.monotonic() - stopped
+    finally:
+        os.kill(pair.etcd.proc.pid, signal.SIGCONT)
+    assert took < TTL, took   # before the lease could lapse
+    wait_for("rep stopped", lambda: a.instance("rep")["state"] == "stopped")
+    print(f"fenced {took:.1f} s after etcd froze (lease {TTL} s)")
+    wait_for("a renews again", lambda: json.loads((a.state_dir / "fence.json").read_text())["deadline"]
+             > time.monotonic() + 1)
+    # a lease that lapsed meanwhile (etcd counts the frozen time): the node takes a new one
+    wait_for("both nodes online", lambda: all(n["state"] == "online" for n in
+                                              a.client.get("/1.0/cluster/nodes")["nodes"]), timeout=TTL + 5)
+    a.ok("start", "rep")
+
+
+def test_an_ha_instance_fails_over_when_its_node_dies(pair: Pair) -> None:
+    a, b = pair.a, pair.b
+    a.sh("rep", "echo kept > /kept.txt")
+    assert "incremental" in a.ok("replica", "sync", "rep")
+    a.sh("rep", "echo lost > /lost.txt")   # after the last replication: lost with the node (the RPO)
+    old = a.instance("rep")["pid"]
+    a.kill9()
+    killed = time.monotonic()
+    both = []
+    try:
+        def running_on_b() -> bool:
+            try:
+                view = b.client.get("/1.0/instances/rep")["instance"]
+            except ApiError:
+                return False
+            on_b = view.get("node") in (None, "node-b") and view["state"] == "running"
+            if on_b and alive(old):
+                both.append(time.monotonic() - killed)
+            return on_b
+        wait_for("rep running on node-b", running_on_b, timeout=TTL + 25)
+        took = time.monotonic() - killed
+        assert not both, f"rep ran on both nodes at {both}"
+        assert not alive(old)
+        print(f"failover: rep runs on node-b {took:.1f} s after kill -9 of node-a's ctd (lease {TTL} s)")
+        assert took < 30, took
+        assert b.sh("rep", "cat /kept.txt").out == "kept\n"
+        assert b.sh("rep", "test -e /lost.txt").code != 0
+    finally:
+        a.start()
+    # the old node back: its copy is gone (kept aside read-only), it does not start it again
+    wait_for("a's stale copy removed", lambda: "rep" not in {i["name"] for i in a.client.get(
+        "/1.0/instances")["instances"] if i.get("node") in (None, "node-a")})
+    assert [p.name.startswith("rep-") for p in (a.state_dir / "storage" / ".failed-over").iterdir()] == [True]
+    assert listed(a)["rep"]["node"] == "node-b" and b.instance("rep")["state"] == "running"
+    rows = {r["name"]: r for r in a.client.get("/1.0/cluster/replicas")["replicas"]}
+    assert rows["rep"]["node"] == "node-b" and rows["rep"]["target"] == "node-a"   # reversed
+    b.ok("set", "rep", "--replicate-to", "")
+    b.ok("destroy", "rep", "--force")
+    wait_for("b's replica dropped", lambda: not replicas(a, "rep") and not sources(b, "rep"))
