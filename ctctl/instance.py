@@ -11,6 +11,7 @@ import click
 
 from ctctl import listing
 from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, status_rows
+from ctctl.errors import ApiError
 from ctctl.nic import SPEC_HELP, parse_spec
 from ctctl.output import emit, human_bytes
 from ctctl.refs import instance_ref
@@ -81,6 +82,7 @@ from ctctl.shared import (
               "must begin with PROJECT-")
 @click.option("--node", help="in a cluster: the node to make it on, or 'auto' (the default: the online node "
               "with the most room for its limits; docs/cluster.md)")
+@replication_options
 def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
@@ -90,6 +92,7 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
            project: str | None, node: str | None, **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
     body: dict[str, Any] = {"name": name, "type": kind}
+    replication = {k: limits.pop(k) for k in ("replicate_to", "every", "ha")}
     if node is not None:
         body["node"] = node
     if project is not None:
@@ -132,6 +135,13 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     what = f"template {result['template']}" if result["template"] else "a blank disk"
     click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"
                f"{result['name']} (id {result['id']}, {what})")
+    try:   # its own route, once the instance exists (docs/cluster.md, "Replication and HA")
+        replicated = apply_replication(result["name"], replication)
+    except ApiError as exc:
+        raise ApiError(f"{result['name']} was created, but its replication was refused: {exc.message}; "
+                       f"set it with 'ctctl set {result['name']} --replicate-to NODE'", exc.code, exc.status) from None
+    if replicated is not None:
+        click.echo(replicated)
 
 
 def _text_file(path: str) -> str:

@@ -119,7 +119,8 @@ def test_only_the_owner_may_send_a_replica(pair: Pair) -> None:
     with pytest.raises(ApiError) as refused:
         b.client.request("POST", "/1.0/cluster/replicas/rep", {"header": {}, "id": 1}, {"gen": "9"})
     assert refused.value.status == 403 and "only another node" in refused.value.message
-    b.ok("create", "b-own", "--template", "busybox")
+    made = b.ctl("create", "b-own", "--template", "busybox", "--replicate-to", "node-x")   # the create stands
+    assert made.code != 0 and "b-own was created, but its replication was refused: no node 'node-x'" in made.err
     try:
         reply = as_node(a, b, "GET", "/1.0/cluster/replicas/b-own")
         assert reply.status == 403 and b"does not own b-own" in reply.body, reply
