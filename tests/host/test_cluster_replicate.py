@@ -180,6 +180,7 @@ def test_fencing_kills_ha_instances_when_the_lease_cannot_be_renewed(pair: Pair)
 
 def test_an_ha_instance_fails_over_when_its_node_dies(pair: Pair) -> None:
     a, b = pair.a, pair.b
+    a.ok("set", "rep", "--onboot", "yes")   # a's autostart would start it again, were its copy kept
     a.sh("rep", "echo kept > /kept.txt")
     assert "incremental" in a.ok("replica", "sync", "rep")
     a.sh("rep", "echo lost > /lost.txt")   # after the last replication: lost with the node (the RPO)
