@@ -58,8 +58,9 @@ def read(path: str) -> dict[str, object] | None:
     return data if isinstance(data, dict) else {}
 
 
-def kill_due(data: dict[str, object], now: float) -> list[str]:
-    """The instances killed (their inits SIGKILLed) because the deadline passed."""
+def kill_due(data: dict[str, object], now: float, done: set[tuple[int, int]] | None = None) -> list[str]:
+    """The instances killed (their inits SIGKILLed) because the deadline passed; `done` holds
+    the (pid, start) already killed (a killed init stays a zombie until ctd reaps it)."""
     deadline = data.get("deadline")
     if not isinstance(deadline, (int, float)) or now <= deadline:
         return []
@@ -68,17 +69,21 @@ def kill_due(data: dict[str, object], now: float) -> list[str]:
         if not isinstance(entry, dict):
             continue
         pid, start = entry.get("pid"), entry.get("start")
-        if isinstance(pid, int) and pid > 1 and start_time(pid) == start:
+        if isinstance(pid, int) and pid > 1 and isinstance(start, int) and start_time(pid) == start \
+                and (pid, start) not in (done or set()):
             try:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(str(entry.get("name")))
             except ProcessLookupError:
                 pass
+            if done is not None:
+                done.add((pid, start))
     return killed
 
 
 def main(path: str, ctd: int) -> int:
     last: dict[str, object] = {}
+    done: set[tuple[int, int]] = set()
     while True:
         data = read(path)
         if data is None:
@@ -87,7 +92,7 @@ def main(path: str, ctd: int) -> int:
             if data.get("ctd") != ctd:
                 return 0   # a new ctd writes it now, with its own watchdog
             last = data
-        for name in kill_due(last, time.monotonic()):
+        for name in kill_due(last, time.monotonic(), done):
             print(f"ctd fence: lease not renewed by the deadline; killed HA instance {name}", file=sys.stderr,
                   flush=True)
         if not alive(ctd) and isinstance(last.get("deadline"), (int, float)) \

@@ -47,7 +47,11 @@ def test_the_watchdog_kills_past_the_deadline_and_never_a_recycled_pid() -> None
         assert fence.kill_due({"deadline": now + 5, "instances": [entry]}, now) == []
         assert fence.kill_due({"deadline": now - 1, "instances": [{**entry, "start": (start or 0) + 1}]}, now) == []
         assert proc.poll() is None
-        assert fence.kill_due({"deadline": now - 1, "instances": [entry, {"pid": 1, "start": 0}, "x"]}, now) == ["web"]
+        done: set[tuple[int, int]] = set()
+        due = {"deadline": now - 1, "instances": [entry, {"pid": 1, "start": 0}, "x"]}
+        assert fence.kill_due(due, now, done) == ["web"]
+        time.sleep(0.2)
+        assert fence.kill_due(due, now, done) == []   # a zombie until reaped: killed once, said once
         assert proc.wait(5) == -9
     finally:
         proc.kill()
