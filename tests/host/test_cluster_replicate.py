@@ -215,6 +215,36 @@ def test_an_ha_instance_fails_over_when_its_node_dies(pair: Pair) -> None:
     assert listed(a)["rep"]["node"] == "node-b" and b.instance("rep")["state"] == "running"
     rows = {r["name"]: r for r in a.client.get("/1.0/cluster/replicas")["replicas"]}
     assert rows["rep"]["node"] == "node-b" and rows["rep"]["target"] == "node-a"   # reversed
-    b.ok("set", "rep", "--replicate-to", "")
-    b.ok("destroy", "rep", "--force")
-    wait_for("b's replica dropped", lambda: not replicas(a, "rep") and not sources(b, "rep"))
+
+
+def test_a_frozen_ctd_is_fenced_and_its_instance_fails_back(pair: Pair) -> None:
+    """b's ctd frozen (SIGSTOP): its watchdog kills rep before b's lease lapses, rep comes back
+    on a from the replica b sent; b, thawed, finds it moved and removes its copy itself."""
+    a, b = pair.a, pair.b
+    b.sh("rep", "echo back > /back.txt")
+    assert "full" in b.ok("replica", "sync", "rep")   # a's first replica of it: in full
+    old = b.instance("rep")["pid"]
+    os.kill(b.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    frozen = time.monotonic()
+    both = []
+    try:
+        def running_on_a() -> bool:   # from a's own list: a request about rep would go to frozen b
+            view = listed(a).get("rep") or {}
+            on_a = view.get("node") == "node-a" and view.get("state") == "running"
+            if on_a and alive(old):
+                both.append(time.monotonic() - frozen)
+            return on_a
+        wait_for("rep running on node-a", running_on_a, timeout=TTL + 25)
+        took = time.monotonic() - frozen
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    assert not both and not alive(old), both
+    print(f"fail-back: rep runs on node-a {took:.1f} s after node-b's ctd froze (lease {TTL} s)")
+    assert a.sh("rep", "cat /back.txt /kept.txt").out == "back\nkept\n"
+    wait_for("b's stale copy removed", lambda: "rep" not in {i["name"] for i in b.client.get(
+        "/1.0/instances")["instances"] if i.get("node") in (None, "node-b")}, timeout=TTL + 10)
+    assert listed(b)["rep"]["node"] == "node-a"
+    a.ok("set", "rep", "--replicate-to", "")
+    a.ok("destroy", "rep", "--force")
+    wait_for("the replicas dropped", lambda: not replicas(b, "rep") and not sources(a, "rep")
+             and not replicas(a, "rep") and not sources(b, "rep"))
