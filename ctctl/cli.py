@@ -43,6 +43,7 @@ NOUNS: dict[str, tuple[str, ...]] = {
     "project": ("project",),
     "cluster": ("cluster",),
     "migrate": ("migrate",),
+    "replica": ("replica",),
 }
 MODULE_OF = {command: noun for noun, commands in NOUNS.items() for command in commands}
 

@@ -11,6 +11,7 @@ import click
 
 from ctctl import listing
 from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, status_rows
+from ctctl.errors import ApiError
 from ctctl.nic import SPEC_HELP, parse_spec
 from ctctl.output import emit, human_bytes
 from ctctl.refs import instance_ref
@@ -23,6 +24,7 @@ from ctctl.shared import (
     add_guest,
     add_mounts,
     add_stop_timeout,
+    apply_replication,
     boot_options,
     client,
     features_option,
@@ -31,6 +33,7 @@ from ctctl.shared import (
     limit_options,
     limits_text,
     mount_options,
+    replication_options,
 )
 
 
@@ -79,6 +82,7 @@ from ctctl.shared import (
               "must begin with PROJECT-")
 @click.option("--node", help="in a cluster: the node to make it on, or 'auto' (the default: the online node "
               "with the most room for its limits; docs/cluster.md)")
+@replication_options
 def create(name: str, template: str | None, kind: str, disk: str | None, iso: str | None, profile: str | None,
            drivers_iso: str | None, compat: bool, instance_id: int | None, hostname: str | None, privileged: bool,
            network: str | None, routed: bool, ipadd: tuple[str, ...], no_filter: bool, rate: str | None,
@@ -88,6 +92,7 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
            project: str | None, node: str | None, **limits: Any) -> None:
     """Create a container (or, with --type vm, a virtual machine)."""
     body: dict[str, Any] = {"name": name, "type": kind}
+    replication = {k: limits.pop(k) for k in ("replicate_to", "every", "ha")}
     if node is not None:
         body["node"] = node
     if project is not None:
@@ -130,6 +135,13 @@ def create(name: str, template: str | None, kind: str, disk: str | None, iso: st
     what = f"template {result['template']}" if result["template"] else "a blank disk"
     click.echo(f"Created {result['type'] if result['type'] == 'vm' else ''}{' ' if result['type'] == 'vm' else ''}"
                f"{result['name']} (id {result['id']}, {what})")
+    try:   # its own route, once the instance exists (docs/cluster.md, "Replication and HA")
+        replicated = apply_replication(result["name"], replication)
+    except ApiError as exc:
+        raise ApiError(f"{result['name']} was created, but its replication was refused: {exc.message}; "
+                       f"set it with 'ctctl set {result['name']} --replicate-to NODE'", exc.code, exc.status) from None
+    if replicated is not None:
+        click.echo(replicated)
 
 
 def _text_file(path: str) -> str:
@@ -287,6 +299,7 @@ def destroy(instance: str, force: bool) -> None:
 @click.command(name="set")
 @INSTANCE
 @limit_options
+@replication_options
 @click.option("--ipadd", multiple=True, help="add an address to the first NIC")
 @click.option("--ipdel", multiple=True, help="remove an address from the first NIC")
 @click.option("--rate", help="NIC bandwidth both ways, e.g. 10mbit, or 'unlimited'")
@@ -308,6 +321,7 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
     """Change limits and addresses; a running container gets them at once, a running VM its
     --cpus/--ram where QEMU can ('unlimited' removes a limit) and a larger --disk."""
     body: dict[str, Any] = {"disk": disk} if disk else {}
+    replication = {k: limits.pop(k) for k in ("replicate_to", "every", "ha")}
     add_admin(body, limits)
     add_stop_timeout(body, limits)
     add_backup_settings(body, limits)
@@ -324,9 +338,14 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
             body[key] = value
     if rate:
         body["rate"] = rate
+    replicated = apply_replication(instance, replication)   # its own route (the cluster's, docs/cluster.md)
+    if replicated is not None:
+        click.echo(replicated)
+        if not body:
+            return
     if not body:
-        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5, --tag KEY=VALUE "
-                               "or --onboot yes")
+        raise click.UsageError("give something to change, e.g. --ram 1G, --ipadd 10.0.0.5, --tag KEY=VALUE, "
+                               "--onboot yes or --replicate-to NODE")
     result = client().request("PATCH", f"/1.0/instances/{instance}", body)["instance"]
     addresses = [a for n in result.get("nics", []) for a in n["addresses"]]
     click.echo(f"Set {result['name']}: {limits_text(result['limits'])}"

@@ -190,3 +190,41 @@ def run_with_progress(method: str, path: str, body: dict[str, Any]) -> dict[str,
     finally:
         if tty and last[0]:
             click.echo("", err=True)
+
+
+# ------------------------------------------------------------------ replication (ctctl/replica.py)
+
+def replication_options(func: Command) -> Command:
+    """--replicate-to, --every, --ha of `ctctl set`."""
+    func = click.option("--ha", "ha", type=click.Choice(["yes", "no"]),
+                        help="start it on its replica node when this node goes offline (needs --replicate-to)")(func)
+    func = click.option("--every", "every", help="replication interval: 30s, 5m, 1h (default 5m)")(func)
+    return click.option("--replicate-to", "replicate_to",
+                        help="keep a replica on this node, updated every --every; \"\" stops it")(func)
+
+
+def apply_replication(instance: str, options: dict[str, Any]) -> str | None:
+    """Sends the replication options given (taken out of options); the line to print, or None."""
+    to, every, ha = options.pop("replicate_to", None), options.pop("every", None), options.pop("ha", None)
+    if to is None and every is None and ha is None:
+        return None
+    body: dict[str, Any] = {}
+    if to is not None:
+        body["to"] = to
+    if every is not None:
+        body["every"] = every
+    if ha is not None:
+        body["ha"] = ha == "yes"
+    shown = client().request("PUT", f"/1.0/instances/{instance}/replication", body)
+    settings = shown.get("replication")
+    if settings is None:
+        return f"Replication of {instance} stopped"
+    return (f"{instance} replicates to {settings['target']} every {every_text(settings['every'])}"
+            f"{', HA' if settings.get('ha') else ''}")
+
+
+def every_text(seconds: int) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"

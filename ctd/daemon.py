@@ -331,8 +331,12 @@ async def run(config: DaemonConfig, host: Host, https: HttpsListener | None,
     info["https"] = https[2] if https else None
     cluster = await cluster_node(config, instances, events, storage, https[2] if https else None)
     context.cluster = cluster
+    replication = None
     if cluster is not None:
         access.peers = cluster.peer_by_fingerprint
+        from ctd.cluster.ha import ClusterServices
+        replication = ClusterServices(context)   # replication, HA failover and fencing (ha.py)
+        await replication.start()   # before the boot sequence: a failed-over copy is never started
     app = make_app(context, access)
     from ctd.api import clienterrors
     clienterrors.install()
@@ -366,6 +370,8 @@ async def run(config: DaemonConfig, host: Host, https: HttpsListener | None,
         operations.start("boot", boot_id, autostart.run(boot_id, boot_op), boot_op)
     scheduler.start()
     await stop.wait()
+    if replication is not None:
+        await replication.stop()
     if cluster is not None:
         await cluster.stop()
     scheduler.stop()

@@ -11,6 +11,7 @@ from ctd.api.nics_schema import schema_paths as nic_paths
 from ctd.api.openapi import json_content as _json
 from ctd.api.openapi import responses as _responses
 from ctd.cluster.migrate_schema import schema_paths as migrate_paths
+from ctd.cluster.replicate_schema import schema_paths as replicate_paths
 from ctd.cluster.schema import schema_paths as cluster_paths
 from ctd.cluster.vm_migrate_schema import schema_paths as vm_migrate_paths
 from ctd.limits import LIMITS
@@ -79,6 +80,7 @@ def build_schema() -> dict[str, Any]:
             **cluster_paths(),
             **migrate_paths(),
             **vm_migrate_paths(),
+            **replicate_paths(),
             "/1.0/whoami": {"get": {
                 "summary": "the caller's identity (name, kind, role, project) and the instance actions its role allows",
                 "responses": _responses(200, {"type": "object", "properties": {

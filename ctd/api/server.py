@@ -22,6 +22,7 @@ from ctd.api.scoping import scope_middleware
 from ctd.cluster.api import routes as cluster_routes
 from ctd.cluster.evacuate import routes as evacuate_routes
 from ctd.cluster.migrate_api import routes as migrate_routes
+from ctd.cluster.replicate_api import routes as replicate_routes
 from ctd.cluster.vm_migrate_api import routes as vm_migrate_routes
 from ctd.errors import OperationFailed
 from ctd.project.api import routes as project_routes
@@ -59,6 +60,7 @@ def make_app(context: ApiContext, access: RemoteAccess | None = None) -> web.App
     app.add_routes(migrate_routes)
     app.add_routes(evacuate_routes)
     app.add_routes(vm_migrate_routes)
+    app.add_routes(replicate_routes)
     if access is not None:
         app[ACCESS] = access
         app.add_routes(remote_routes)

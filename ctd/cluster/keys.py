@@ -14,6 +14,9 @@ read the same layout. Everything lives below /ctd/.
     /ctd/macs/MAC           a NIC's MAC, held cluster-wide: {"node", "instance"} (nicclaims.py)
     /ctd/addresses/NET/IP   an address on network NET ("-": routed, no network): {"node", "instance"}
     /ctd/idmaps/BASE        a container's uid/gid range: {"node", "instance", "size"} (published)
+    /ctd/replication/NAME   an instance's replication: {"target", "every", "ha"} (replicate.py)
+    /ctd/replicas/NAME      the replica the target holds: {"node", "source", "gen", "at"}
+    /ctd/ha/leader          the node that runs failovers, on its lease (ha.py)
 """
 
 from __future__ import annotations
@@ -82,3 +85,16 @@ IDMAPS = ROOT + "idmaps/"
 
 def idmap(base: int) -> str:
     return f"{IDMAPS}{base}"
+
+
+REPLICATION = ROOT + "replication/"
+REPLICAS = ROOT + "replicas/"
+HA_LEADER = ROOT + "ha/leader"
+
+
+def replication(name: str) -> str:
+    return REPLICATION + name
+
+
+def replica(name: str) -> str:
+    return REPLICAS + name

@@ -26,6 +26,7 @@ import contextlib
 import logging
 import os
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -89,9 +90,11 @@ class ClusterNode(Membership):
         self.local_views = local_views     # the API views of this node's instances (the manager's list)
         self.member = False                # /ctd/nodes/NAME exists (as of the last tick)
         self.lease = 0
+        self.renewed_at = 0.0              # time.monotonic() of the last renewal asked for that etcd made
         self.last_error = ""               # why the last tick failed (etcd out of reach), "" when fine
         self._held: set[str] = set()       # names claimed for work in progress (no row yet, or a rename)
         self._held_ids: set[int] = set()   # their ids
+        self._replica_holds: dict[str, int] = {}   # of those: the replicas this node keeps (hold())
         self._foreign_ids: set[int] = set()   # ids of other nodes' instances, as of the last tick
         # ids etcd refused since: kept until a tick sees them (a tick whose read began before the
         # refusal would otherwise forget it, and the next pick would choose the same id again)
@@ -160,11 +163,13 @@ class ClusterNode(Membership):
                 self.last_error = ""
                 self._known = True
                 return
+            asked = time.monotonic()   # the lease lives at least TTL after this (fencing: ha.py)
             if not self.lease or await self.etcd.keepalive(self.lease) <= 0:
                 if self.lease:
                     log.warning("cluster: this node's lease lapsed (etcd out of reach for %d s or more); "
                                 "taking a new one", self.settings.lease_ttl)
                 self.lease = await self.etcd.grant(self.settings.lease_ttl)
+            self.renewed_at = asked
             await self.etcd.txn([], [put_json(keys.alive(self.name), self._alive(), self.lease)])
             self._peer_fingerprints = {str(kv.json().get("fingerprint")): keys.tail(kv.key, keys.NODES)
                                        for kv in await self.etcd.get_prefix(keys.NODES)
@@ -350,6 +355,18 @@ class ClusterNode(Membership):
             kv = await self.etcd.get(key)
             if kv is not None and kv.json().get("node") == self.name:
                 await self.etcd.txn([Compare.unchanged(key, kv.mod_revision)], [Delete(key)])
+
+    def hold(self, names: dict[str, int]) -> None:
+        """Names and ids (name -> id) this node may be given without a claim of its own: the
+        replicas it keeps (an HA failover makes it their owner before it has their rows; the
+        renewal must not drop their keys meanwhile). The set replaces the previous one."""
+        for name, number in self._replica_holds.items():
+            if names.get(name) != number:
+                self._held.discard(name)
+                self._held_ids.discard(number)
+        self._held |= set(names)
+        self._held_ids |= set(names.values())
+        self._replica_holds = dict(names)
 
     async def guard_new(self, name: str, instance_id: int | None, work: Awaitable[T]) -> T:
         """A create/clone/restore's (or rename's) work: what was claimed goes back if it fails."""

@@ -232,6 +232,13 @@ POLICY: dict[tuple[str, str], Rule] = {
     ("/1.0/cluster/vm-migrations/{id}/resume", "POST"): Rule(ADMIN, what="send migrations"),
     ("/1.0/cluster/vm-migrations/{id}/tunnel", "GET"): Rule(ADMIN, what="send migrations"),
     ("/1.0/cluster/vm-migrations/{id}", "DELETE"): Rule(ADMIN, what="send migrations"),
+    # replication (replicate.py): an admin's setting; the receiving side takes the owner node's certificate only
+    (INST + "/replication", "PUT"): Rule(ADMIN, what="replicate instances"),
+    (INST + "/replication/sync", "POST"): Rule(ADMIN, what="replicate instances"),
+    ("/1.0/cluster/replicas", "GET"): Rule(ADMIN, what="list replicas"),
+    ("/1.0/cluster/replicas/{name}", "GET"): Rule(ADMIN, what="send replicas"),
+    ("/1.0/cluster/replicas/{name}", "POST"): Rule(ADMIN, what="send replicas"),
+    ("/1.0/cluster/replicas/{name}/stream", "PUT"): Rule(ADMIN, what="send replicas"),
 }
 
 DEFAULT = Rule(ADMIN)   # a route missing above: admins only

@@ -42,14 +42,14 @@ class Cluster:
     c: Daemon
 
 
-def start_nodes(tmp: Path, etcd: EtcdMember, names: str, daemons: list[Daemon]) -> None:
+def start_nodes(tmp: Path, etcd: EtcdMember, names: str, daemons: list[Daemon], ttl: int = LEASE_TTL) -> None:
     """A ctd per name (node-NAME, HTTPS on a free port: node-to-node requests use it, mutual TLS),
     started at once, each added to daemons as it comes up (the caller tears them all down, also
     when one failed to start: then the first error is raised here)."""
     def start(name: str) -> Daemon:
         port = free_port()
         d = _start_daemon(tmp, name, extra=f'etcd_endpoints = ["{etcd.client_url}"]\n'
-                                           f'node_name = "node-{name}"\ncluster_lease_ttl = {LEASE_TTL}\n'
+                                           f'node_name = "node-{name}"\ncluster_lease_ttl = {ttl}\n'
                                            f'https_address = "127.0.0.1:{port}"\n')
         d.port = port  # type: ignore[attr-defined]
         d.node = f"node-{name}"  # type: ignore[attr-defined]
