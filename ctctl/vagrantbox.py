@@ -33,10 +33,16 @@ INSECURE_KEY = (
     "cWyLbIbEgE98OHlnVYCzRdK8jlqm8tehUc9c9WhQ== vagrant insecure public key\n")
 BOX_VAGRANTFILE = """# Defaults of a ctd box (made by ctctl template export --vagrant-box)
 Vagrant.configure("2") do |config|
-  config.vm.provider :ctd do |ctd|
+{guest}  config.vm.provider :ctd do |ctd|
   end
 end
 """
+# os-release ID -> Vagrant's guest plugin. The box names its guest so Vagrant does not detect it
+# over ssh at each `up` (its synced-folder step asks the guest; detection is ~40 probes: 3-4 s).
+GUESTS = {"debian": "debian", "ubuntu": "ubuntu", "alpine": "alpine", "fedora": "fedora", "centos": "centos",
+          "rhel": "redhat", "rocky": "rocky", "almalinux": "alma", "arch": "arch", "gentoo": "gentoo",
+          "opensuse-leap": "suse", "opensuse-tumbleweed": "suse", "sles": "suse", "amzn": "amazon"}
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")
 # members a Vagrant-ready root must not take from the template (made anew below)
 OWN = {"etc/sudoers.d/vagrant", "home/vagrant", "home/vagrant/.ssh", "home/vagrant/.ssh/authorized_keys"}
 
@@ -49,6 +55,15 @@ class BoxError(Exception):
 class Seen:
     passwd: bool = False
     group: bool = False
+    guest: str | None = None   # Vagrant's guest name, from os-release's ID
+
+
+def _guest(text: str) -> str | None:
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ID":
+            return GUESTS.get(value.strip().strip("\"'").lower())
+    return None
 
 
 def _norm(name: str) -> str:
@@ -89,8 +104,9 @@ def _add_file(out: tarfile.TarFile, name: str, data: bytes, mode: int, uid: int 
     out.addfile(_member(name, tarfile.REGTYPE, mode, uid, gid, len(data)), io.BytesIO(data))
 
 
-def vagrant_rootfs(source: IO[bytes], target: IO[bytes]) -> None:
-    """Copy the rootfs tarball source (gzip) into target (gzip) with the vagrant setup."""
+def vagrant_rootfs(source: IO[bytes], target: IO[bytes]) -> str | None:
+    """Copy the rootfs tarball source (gzip) into target (gzip) with the vagrant setup; the
+    Vagrant guest the rootfs's os-release names (None: not one of GUESTS)."""
     seen = Seen()
     # gzip level 1: the box is written once per export, its size matters less than the wait
     with tarfile.open(fileobj=source, mode="r|gz") as src, \
@@ -108,6 +124,12 @@ def vagrant_rootfs(source: IO[bytes], target: IO[bytes]) -> None:
                 data = _add_user(path, handle.read().decode(), seen).encode()
                 info.size = len(data)
                 out.addfile(info, io.BytesIO(data))
+            elif path in OS_RELEASE and info.isfile() and info.size < 65536:
+                handle = src.extractfile(info)
+                assert handle is not None
+                data = handle.read()
+                seen.guest = seen.guest or _guest(data.decode(errors="replace"))
+                out.addfile(info, io.BytesIO(data))
             elif info.isfile():
                 out.addfile(info, src.extractfile(info))
             else:
@@ -118,6 +140,7 @@ def vagrant_rootfs(source: IO[bytes], target: IO[bytes]) -> None:
         out.addfile(_member("./home/vagrant", tarfile.DIRTYPE, 0o755, UID, GID))
         out.addfile(_member("./home/vagrant/.ssh", tarfile.DIRTYPE, 0o700, UID, GID))
         _add_file(out, "./home/vagrant/.ssh/authorized_keys", INSECURE_KEY.encode(), 0o600, UID, GID)
+    return seen.guest
 
 
 def write_box(rootfs: Path, box: Path, template: str) -> int:
@@ -127,11 +150,12 @@ def write_box(rootfs: Path, box: Path, template: str) -> int:
     ready = box.with_name(f".{box.name}.rootfs.tar.gz")
     try:
         with rootfs.open("rb") as source, ready.open("wb") as target:
-            vagrant_rootfs(source, target)
+            guest = vagrant_rootfs(source, target)
         meta = json.dumps({"provider": "ctd", "format": "ctd-rootfs", "template": template}).encode() + b"\n"
+        vagrantfile = BOX_VAGRANTFILE.format(guest=f"  config.vm.guest = :{guest}\n" if guest else "")
         with tarfile.open(part, "w") as out:
             _add_file(out, "metadata.json", meta, 0o644)
-            _add_file(out, "Vagrantfile", BOX_VAGRANTFILE.encode(), 0o644)
+            _add_file(out, "Vagrantfile", vagrantfile.encode(), 0o644)
             out.add(str(ready), "rootfs.tar.gz")
         part.replace(box)
     finally:

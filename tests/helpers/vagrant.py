@@ -16,6 +16,7 @@ PLUGIN = REPO / "vagrant-ctd"
 class Vagrant:
     home: Path   # VAGRANT_HOME: plugins and boxes
     socket: Path  # the test daemon's socket (CTD_SOCKET)
+    launcher: tuple[str, ...] = ()  # e.g. nsenter --net=…: Vagrant in the network namespace of a test's ctd
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "VAGRANT_HOME": str(self.home), "CTD_SOCKET": str(self.socket),
@@ -23,7 +24,7 @@ class Vagrant:
                 "VAGRANT_NO_COLOR": "1", "VAGRANT_DEFAULT_PROVIDER": "ctd", **extra}
 
     def run(self, cwd: Path, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["vagrant", *args], cwd=cwd, env=self.env(**extra), capture_output=True,
+        return subprocess.run([*self.launcher, "vagrant", *args], cwd=cwd, env=self.env(**extra), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
     def ok(self, cwd: Path, *args: str, **kw) -> str:  # type: ignore[no-untyped-def]
@@ -32,11 +33,12 @@ class Vagrant:
         return r.stdout
 
 
-def install(base: Path, socket: Path) -> Vagrant:
-    """Build the gem and install it (no network: --plugin-clean-sources)."""
+def install(base: Path, socket: Path, plugin: Path = PLUGIN) -> Vagrant:
+    """Build the gem (from plugin: another checkout's vagrant-ctd/ for a bench's before/after) and
+    install it (no network: --plugin-clean-sources)."""
     base.mkdir(parents=True, exist_ok=True)
     gem = base / "vagrant-ctd.gem"
-    subprocess.run(["gem", "build", "vagrant-ctd.gemspec", f"--output={gem}"], cwd=PLUGIN, check=True,
+    subprocess.run(["gem", "build", "vagrant-ctd.gemspec", f"--output={gem}"], cwd=plugin, check=True,
                    capture_output=True, timeout=120)
     v = Vagrant(home=base / "vagrant.d", socket=socket)
     v.ok(base, "plugin", "install", "--plugin-clean-sources", str(gem), timeout=300)

@@ -93,3 +93,18 @@ def test_not_a_root_filesystem(tmp_path: Path) -> None:
         pass
     with pytest.raises(vagrantbox.BoxError, match="no /etc/passwd"):
         vagrantbox.write_box(src, tmp_path / "x.box", "t")
+
+
+@pytest.mark.parametrize("release,guest", [('ID=debian\nVERSION_ID="12"\n', ":debian"),
+                                           ('NAME="Rocky"\nID="rocky"\n', ":rocky"),
+                                           ("ID=plan9\n", None)])
+def test_box_names_its_guest_from_os_release(tmp_path: Path, release: str, guest: str | None) -> None:
+    """A known distribution's box sets config.vm.guest (no guest detection over ssh at `up`);
+    an unknown one leaves it to Vagrant."""
+    box = tmp_path / "x.box"
+    vagrantbox.write_box(rootfs(tmp_path / "r.tar.gz", extra={"./usr/lib/os-release": release.encode()}), box, "t")
+    with tarfile.open(box) as outer:
+        vagrantfile = outer.extractfile("Vagrantfile").read().decode()  # type: ignore[union-attr]
+    line = f"config.vm.guest = {guest}"
+    assert (line in vagrantfile) if guest else ("config.vm.guest" not in vagrantfile), vagrantfile
+    assert members(box)["usr/lib/os-release"][1] == release.encode()  # copied as it was

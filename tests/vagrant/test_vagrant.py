@@ -3,12 +3,16 @@ user gets wrong: an unknown box, no ctd running, a name ctd has already."""
 
 from __future__ import annotations
 
+import dataclasses
+import random
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.vagrant import Vagrant
+from tests.host.test_network_nat import netns, netns_ctd  # noqa: F401 (fixtures)
 
 # the first test of the module also builds debian-12 (1-5 min here) and exports it as a box
 pytestmark = pytest.mark.timeout(1800)
@@ -51,8 +55,9 @@ def leftovers(ctd, net: str) -> list[str]:  # type: ignore[no-untyped-def]
 def test_up_ssh_provision_snapshot_halt_destroy(ctd, vagrant: Vagrant, box: str, tmp_path: Path) -> None:
     d, net = project(tmp_path, box)
     try:
-        vagrant.ok(d, "up", "--provider=ctd")
+        said = vagrant.ok(d, "up", "--provider=ctd")
         assert ctd.instance("proj-default")["state"] == "running"
+        assert "Inserted the machine's own ssh key (through ctd)" in said, said  # no ssh round trips
         out = vagrant.ok(d, "ssh", "-c", "systemctl is-system-running; hostname; cat /vagrant/marker; "
                                          "cat ~/hello.txt; wc -l < ~/provisioned; id -un; sudo -n id -u")
         lines = out.split()
@@ -154,6 +159,70 @@ def test_package_makes_a_box_of_the_instance(ctd, vagrant: Vagrant, box: str, tm
         assert not [t for t in templates if t["name"].startswith("vagrant-package-")]  # the scratch one went
         vagrant.ok(d, "destroy", "-f")
         assert leftovers(ctd, net) == []
+    finally:
+        vagrant.run(d, "destroy", "-f")
+        for name in leftovers(ctd, net):
+            ctd.ctl("destroy", "--force", name)
+            ctd.ctl("network", "delete", name)
+
+
+def test_forwarded_port_on_a_nat_network(vagrant: Vagrant, box: str, netns_ctd, tmp_path: Path) -> None:  # noqa: F811
+    """forwarded_port as a ctd port forward of a NAT network: with a ctd (and Vagrant) in a
+    network namespace of the test's, so the NAT network switches forwarding on there, never on
+    the host. The forward is reached at the network's gateway (an address of that namespace's)
+    and answers with the guest's sshd; it goes with destroy, as the network the plugin made."""
+    d, ns = netns_ctd
+    subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+    v = dataclasses.replace(vagrant, socket=d.socket, launcher=("nsenter", f"--net=/run/netns/{ns}"))
+    port = random.randrange(20000, 30000)
+    proj, net = project(tmp_path, box, extra="ctd.network_nat = true")
+    vf = proj / "Vagrantfile"
+    vf.write_text(vf.read_text().replace(
+        '  config.vm.provider', f'  config.vm.network "forwarded_port", guest: 22, host: {port}\n  config.vm.provider'))
+    try:
+        v.ok(proj, "up", "--provider=ctd")
+        [fwd] = d.client.get(f"/1.0/networks/{net}/forwards")["forwards"]
+        assert (fwd["instance"], fwd["host_port"], fwd["port"], fwd["proto"]) == ("proj-default", port, 22, "tcp")
+        gateway = d.client.get(f"/1.0/networks/{net}")["network"]["gateway"]
+        banner = subprocess.run(
+            ["nsenter", f"--net=/run/netns/{ns}", "python3", "-c",
+             f"import socket; print(socket.create_connection(('{gateway}', {port}), 5).recv(64).decode())"],
+            capture_output=True, text=True, timeout=30)
+        assert banner.stdout.startswith("SSH-2.0-OpenSSH"), banner
+        v.ok(proj, "destroy", "-f")
+        assert leftovers(d, net) == []
+    finally:
+        v.run(proj, "destroy", "-f")
+
+
+def test_vm_request(ctd, vagrant: Vagrant, tmp_path: Path) -> None:
+    """ctd.type = "vm": the VM ctd makes for the Vagrantfile (its RAM, vCPUs, disk, NIC, hostname;
+    no host mount: a VM's synced folders are rsync'd). A Debian VM under TCG needs about a minute
+    to answer ssh here, so the guest is not booted to ssh: Vagrant's boot timeout (5 s) ends the
+    up with its own error, and destroy takes the VM and the network away. (No host mount is
+    asked for a VM: ctd would refuse the create.)"""
+    extra = 'ctd.type = "vm"\n    ctd.template = "busybox"\n    ctd.diskspace = "1G"'
+    d, net = project(tmp_path, "unused", extra=extra)
+    vf = d / "Vagrantfile"
+    vf.write_text(vf.read_text().replace('  config.vm.box = "unused"\n', "  config.vm.boot_timeout = 5\n"))
+    try:
+        err = error_of(vagrant.run(d, "up", "--provider=ctd"))
+        assert "Timed out while waiting for the machine to boot" in err, err
+        vm = ctd.instance("proj-default")
+        assert (vm["type"], vm["state"], vm["hostname"]) == ("vm", "running", "devbox"), vm
+        assert (vm["limits"]["ram"], str(vm["limits"]["cpus"])) == ("512M", "1"), vm["limits"]
+        assert vm["vm"]["disk_size"] in (1 << 30, "1G"), vm["vm"]
+        [nic] = vm["nics"]
+        assert nic["network"] == net and any("." in a for a in nic["addresses"]), nic
+        vagrant.ok(d, "destroy", "-f")
+        assert leftovers(ctd, net) == []
+        # container-only settings, and a forward to loopback (DNAT does not reach it), are
+        # refused before anything is made
+        vf.write_text(vf.read_text().replace('ctd.type = "vm"', 'ctd.type = "vm"\n    ctd.features = ["tun"]').replace(
+            "  config.vm.provider", '  config.vm.network "forwarded_port", guest: 80, host: 8080, host_ip: "127.0.0.1"\n'
+            "  config.vm.provider"))
+        err = error_of(vagrant.run(d, "validate"))
+        assert "ctd.features are container features" in err and "loopback (127.0.0.1)" in err, err
     finally:
         vagrant.run(d, "destroy", "-f")
         for name in leftovers(ctd, net):

@@ -2,6 +2,7 @@
 
 require "vagrant/action/builder"
 require_relative "action/steps"
+require_relative "action/boot"
 
 module VagrantPlugins
   module Ctd
@@ -44,7 +45,7 @@ module VagrantPlugins
             b2.use Steps::Create
             b2.use Steps::ForwardPorts
             b2.use Steps::Start
-            b2.use WaitForCommunicator, [:running]
+            b2.use Steps::WaitForSsh
           end
         end
       end

@@ -4,6 +4,7 @@ require "json"
 require "socket"
 require "uri"
 require_relative "errors"
+require_relative "exec"
 
 module VagrantPlugins
   module Ctd
@@ -41,6 +42,12 @@ module VagrantPlugins
         op["result"] || {}
       end
 
+      # a command in a running instance through ctd's exec WebSocket: Exec::Result (code, stdout, stderr)
+      def exec(name, argv, stdin: nil)
+        headers = remote? ? { "Authorization" => "Bearer #{@token}" } : {}
+        Exec.new(remote? ? open_tls : open_unix, headers).run(name, argv, stdin: stdin)
+      end
+
       def request(method, path, body = nil)
         payload = body.nil? ? nil : JSON.generate(body)
         status, text = remote? ? https(method, path, payload) : unix(method, path, payload)
@@ -55,14 +62,39 @@ module VagrantPlugins
 
       private
 
-      def unix(method, path, payload)
-        sock = begin
-          UNIXSocket.new(@socket)
-        rescue Errno::ENOENT, Errno::ECONNREFUSED
-          raise CtdError, "ctd is not running (no daemon answers on #{@socket}); start it: systemctl start ctd"
-        rescue Errno::EACCES
-          raise CtdError, "no permission to use #{@socket}: run as root or a member of group ctd"
+      def open_unix
+        UNIXSocket.new(@socket)
+      rescue Errno::ENOENT, Errno::ECONNREFUSED
+        raise CtdError, "ctd is not running (no daemon answers on #{@socket}); start it: systemctl start ctd"
+      rescue Errno::EACCES
+        raise CtdError, "no permission to use #{@socket}: run as root or a member of group ctd"
+      end
+
+      # a TLS stream to the remote ctd (for the exec WebSocket), checked as https() checks it
+      def open_tls
+        require "openssl"
+        require "digest"
+        uri = URI(@remote)
+        ctx = OpenSSL::SSL::SSLContext.new
+        ctx.verify_mode = OpenSSL::SSL::VERIFY_PEER
+        ctx.cert_store = OpenSSL::X509::Store.new.tap(&:set_default_paths)
+        pin = @fingerprint
+        ctx.verify_callback = lambda do |ok, store|
+          next ok if pin.nil?
+          cert = store.current_cert
+          cert && Digest::SHA256.hexdigest(cert.to_der) == pin
         end
+        tls = OpenSSL::SSL::SSLSocket.new(TCPSocket.new(uri.host, uri.port), ctx)
+        tls.hostname = uri.host
+        tls.sync_close = true
+        tls.connect
+        tls
+      rescue Errno::ECONNREFUSED, SocketError, OpenSSL::SSL::SSLError => e
+        raise CtdError, "cannot reach ctd at #{@remote}: #{e.message}"
+      end
+
+      def unix(method, path, payload)
+        sock = open_unix
         head = +"#{method} #{path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nAccept: application/json\r\n"
         head << "Content-Type: application/json\r\nContent-Length: #{payload.bytesize}\r\n" if payload
         sock.write(head + "\r\n" + (payload || ""))

@@ -50,10 +50,30 @@ module VagrantPlugins
         errors << "ctd.memory must be a size like 1024 (MiB) or \"1G\"" if @memory && !@memory.to_s.match?(/\A\d+[KMGT]?\z/i)
         errors << "ctd.diskspace must be a size like \"10G\"" if @diskspace && !@diskspace.to_s.match?(/\A\d+[KMGT]?\z/i)
         errors << "ctd.features must be a list of names" unless @features.is_a?(Array) && @features.all? { |f| f.is_a?(String) }
+        if @type == "vm"  # container-only settings: say so before anything is made
+          errors << "ctd.features are container features; a VM (ctd.type = \"vm\") has none" unless @features.empty?
+          errors << "ctd.privileged is for containers; a VM is isolated by QEMU" if @privileged
+        end
+        errors.concat(forward_errors(machine))
         if !@template && !machine.config.vm.box
           errors << "set config.vm.box (a box for provider ctd) or ctd.template (a ctd template)"
         end
         { "ctd provider" => errors }
+      end
+
+      # forwarded_port entries ctd cannot make, said before anything is made (Vagrant's own ssh
+      # forward, id "ssh", is not made at all: Vagrant reaches the instance at its address)
+      def forward_errors(machine)
+        machine.config.vm.networks.filter_map do |type, o|
+          next unless type == :forwarded_port && o[:id] != "ssh"
+          where = "forwarded_port #{o[:host]} => #{o[:guest]}"
+          if !%w[tcp udp].include?(o[:protocol].to_s)
+            "#{where}: protocol must be tcp or udp"
+          elsif o[:host_ip].to_s.start_with?("127.")
+            "#{where}: ctd's forwards are DNAT rules, which loopback (#{o[:host_ip]}) does not reach; " \
+              "leave host_ip out (every address of the host) or give one of the host's other addresses"
+          end
+        end
       end
 
       # ctd's size syntax: a bare number in the Vagrantfile means MiB, as other providers read it.

@@ -111,6 +111,7 @@ module VagrantPlugins
 
         class Create < Step
           def call(env)
+            Key.start(env) if Key.needed?(env[:machine])  # the key pair is made meanwhile (boot.rb)
             create(env) if env[:machine].state.id == :not_created
             @app.call(env)
           end
@@ -149,8 +150,11 @@ module VagrantPlugins
             instance = c.name || Naming.instance_for(machine)
             body = { "name" => instance, "type" => c.type, "template" => env[:ctd_template],
                      "description" => "vagrant machine #{machine.name} of #{machine.env.root_path}" }
-            limits = { "ram" => c.memory_limit, "cpus" => c.cpus&.to_s, "diskspace" => c.diskspace&.to_s }.compact
+            vm = c.type == "vm"
+            # a VM's disk size is its disk's (vm.disk), a container's a limit (diskspace)
+            limits = { "ram" => c.memory_limit, "cpus" => c.cpus&.to_s, "diskspace" => vm ? nil : c.diskspace&.to_s }.compact
             body["limits"] = limits unless limits.empty?
+            body["vm"] = { "disk" => c.diskspace.to_s } if vm && c.diskspace
             body["hostname"] = machine.config.vm.hostname if machine.config.vm.hostname
             body["features"] = c.features unless c.features.empty?
             body["privileged"] = true if c.privileged
