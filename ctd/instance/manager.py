@@ -29,6 +29,7 @@ from ctd.errors import Conflict, CtdError, NotFound
 from ctd.events import model as ev
 from ctd.events.bus import EventBus
 from ctd.instance import admin, consolelog, exits, recovery, settings, suspend
+from ctd.instance.answers import BeancounterRow
 from ctd.instance.backups import BackupChains
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
@@ -395,7 +396,7 @@ class InstanceManager:
             self.emit(self.get(rec.id), ev.Lifecycle.RENAMED, old_name=old)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    def beancounters(self, rec: InstanceRecord) -> builtins.list[dict[str, Any]]:
+    def beancounters(self, rec: InstanceRecord) -> builtins.list[BeancounterRow]:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if not self.kinds.container.is_running(rec):
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")

@@ -15,6 +15,7 @@ from ctd import validate
 from ctd.errors import Conflict, NotFound
 from ctd.events import model as ev
 from ctd.instance import admin
+from ctd.instance.answers import SnapshotTaken
 from ctd.instance.kinds import Kinds
 from ctd.instance.power import Power, restarting
 from ctd.state import InstanceRecord, PowerState
@@ -38,13 +39,15 @@ class Snapshots:
         if snap not in self.storage.list_snapshots(rec.name):
             raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
 
-    async def take(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
+    async def take(self, rec: InstanceRecord, snap: str) -> SnapshotTaken:
         p = self.power
         async with p.lock(rec):
             rec = p.get(rec.id)   # its name as it is now (a rename may have come first)
             extra = await self.kinds.of(rec).snapshot(rec, snap)   # a running VM's: live, consistency
             p.emit(rec, ev.Lifecycle.SNAPSHOT_CREATED, snapshot=snap)
-        return {"instance": rec.name, "snapshot": snap, **(extra or {})}
+        if extra is None:
+            return SnapshotTaken(instance=rec.name, snapshot=snap)
+        return SnapshotTaken(instance=rec.name, snapshot=snap, **extra)
 
     async def delete(self, rec: InstanceRecord, snap: str) -> None:
         self._require(rec, snap)

@@ -21,6 +21,7 @@ from cgroups import CgroupGroup, Resources, parse_size
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported
+from ctd.instance.answers import LiveSnapshot
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
@@ -368,7 +369,7 @@ class VmKind:
 
     # ------------------------------------------------------------- storage
 
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any] | None:
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> LiveSnapshot | None:
         """Stopped: a reflink of its disk. Running: the same, with the guest frozen by its agent
         (if any) and the vCPUs paused for the copy (livesnap.py)."""
         if self.is_running(rec):
