@@ -153,6 +153,7 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
     d.ok("destroy", "--force", "vmkeep")
 
 
+@pytest.mark.timeout(1500)   # a template build (1-3 min) and a Debian boot under TCG, as test_vm_disks's
 def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, debian, net, ssh_key):
     key = ssh_key
     name = ctd.unique("vm")
