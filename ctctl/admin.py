@@ -10,6 +10,7 @@ import click
 
 from ctctl.listing import state_text as state_text  # re-exported (ctctl/instance.py)
 from ctctl.listing import tags_text as tags_text
+from ctctl.output import notes
 from ctctl.shared import INSTANCE, client
 
 YES_NO = click.Choice(["yes", "no"])
@@ -93,8 +94,7 @@ def rename(instance: str, new: str) -> None:
     """Give a stopped instance a new name (its storage, snapshots and state follow; the hostname stays)."""
     result = client().request("POST", f"/1.0/instances/{instance}/rename", {"name": new})["instance"]
     click.echo(f"Renamed {instance} to {result['name']}")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 COMMANDS = (rename,)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ctctl.output import emit, human_bytes, table
+from ctctl.output import emit, human_bytes, notes, table
 from ctctl.shared import FORMAT, INSTANCE, client, given_limits, limit_options, run_with_progress
 
 
@@ -37,8 +37,7 @@ def backup(instance: str, file: str | None, snapshot: str | None, as_tar: bool) 
     click.echo(f"Backed up {instance} to {result['file']} ({kind}{result['driver']}, {human_bytes(result['size'])})")
     if result.get("consistency"):
         click.echo(f"Consistency: {result['consistency']}")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
     for removed in result.get("removed") or []:
         click.echo(f"Removed {removed} (--backup-keep)")
 
@@ -88,8 +87,7 @@ def restore(file: str, name: str | None, no_filter: bool, privileged: bool, proj
         body["project"] = project
     result = run_with_progress("POST", "/1.0/restore", body)
     click.echo(f"Restored {result['name']} (id {result['id']})")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 COMMANDS = (backup, backup_list, restore)

@@ -13,7 +13,7 @@ from ctctl import listing
 from ctctl.admin import add_admin, admin_options, flags_text, set_only_options, status_rows
 from ctctl.errors import ApiError
 from ctctl.nic import SPEC_HELP, parse_spec
-from ctctl.output import emit, human_bytes
+from ctctl.output import emit, human_bytes, notes
 from ctctl.refs import instance_ref
 from ctctl.shared import (
     FORMAT,
@@ -283,8 +283,7 @@ def reinstall(instance: str, template: str | None, restart: bool) -> None:
         body["restart"] = True
     result = client().run("POST", f"/1.0/instances/{instance}/reinstall", body)
     click.echo(f"Reinstalled {result['name']} from {result['template']}")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 @click.command()
@@ -356,8 +355,7 @@ def set_(instance: str, ipadd: tuple[str, ...], ipdel: tuple[str, ...], rate: st
                + (f"; features {', '.join(result.get('features') or []) or 'none'}" if "features" in body else "")
                + (f"; mounts {_mounts_text(result)}" if {"mounts", "unmount"} & set(body) else "")
                + (f"; disk {human_bytes(result['vm']['disk_size'])}" if "disk" in body and result.get("vm") else ""))
-    for note in result.get("notes") or []:   # what a running VM could not take live, features at next start
-        click.echo(f"Note: {note}")
+    notes(result)   # what a running VM could not take live, features at next start
 
 
 @click.command(name="list")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import click
 
@@ -20,3 +20,9 @@ def emit(fmt: str, data: Data, render: Callable[[Data], str]) -> None:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         click.echo(render(data))
+
+
+def notes(result: Mapping[str, Any], indent: str = "") -> None:
+    """The answer's notes (what ctd did other than asked, or later), one "Note:" line each."""
+    for note in result.get("notes") or []:
+        click.echo(f"{indent}Note: {note}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ctctl.output import emit
+from ctctl.output import emit, notes
 from ctctl.refs import instance_ref
 from ctctl.shared import FORMAT, INSTANCE, client, complete_instance
 
@@ -22,8 +22,7 @@ def snapshot(instance: str, snapshot: str) -> None:
     click.echo(f"Snapshot {snapshot} of {instance} taken")
     if result.get("live"):
         click.echo(f"  {result.get('consistency')}; the VM was paused {result.get('paused_ms')} ms")
-    for note in result.get("notes") or []:
-        click.echo(f"  Note: {note}")
+    notes(result, indent="  ")
 
 
 @click.command(name="snapshot-list")

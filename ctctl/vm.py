@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ctctl.client import ApiError
-from ctctl.output import emit, human_bytes
+from ctctl.output import emit, human_bytes, notes
 from ctctl.shared import FORMAT, INSTANCE, client
 
 
@@ -70,8 +70,7 @@ def media_insert(instance: str, iso: str, boot: bool) -> None:
     path = os.path.abspath(iso)   # not resolved: ctd refuses a path through a symlink, and says so
     result = client().request("POST", f"/1.0/instances/{instance}/media", {"iso": path, "boot": boot})["instance"]
     click.echo(f"{result['name']}: {path} in the CD-ROM drive" + ("; boots from it" if boot else ""))
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 @media.command(name="eject")
@@ -80,8 +79,7 @@ def media_eject(instance: str) -> None:
     """Empty the VM's CD-ROM drive; it boots from its disk again."""
     result = client().request("DELETE", f"/1.0/instances/{instance}/media")["instance"]
     click.echo(f"{result['name']}: CD-ROM drive empty")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 @click.group()
@@ -99,8 +97,7 @@ def disk_add(instance: str, size: str, disk_name: str | None) -> None:
     result = client().request("POST", f"/1.0/instances/{instance}/disks", body)["instance"]
     added = result["vm"]["data_disks"][-1]
     click.echo(f"{result['name']}: data disk {added['name']} ({human_bytes(added['size'])}) added")
-    for note in result.get("notes") or []:
-        click.echo(f"Note: {note}")
+    notes(result)
 
 
 @disk.command(name="remove")

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import exposition, generate_latest
 from prometheus_client.core import (
@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 from cgroups import CgroupError
 from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
+from ctd.instance.answers import BeancounterRow
 from ctd.state import InstanceRecord, InstanceType, PowerState
 
 log = logging.getLogger("ctd.metrics")
@@ -39,7 +40,7 @@ class InstanceSource(Protocol):
     """What the collector reads: InstanceManager, or a fake in unit tests."""
 
     def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]: ...
-    def beancounters(self, rec: InstanceRecord) -> list[dict[str, Any]]: ...
+    def beancounters(self, rec: InstanceRecord) -> list[BeancounterRow]: ...
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ NIC_FIGURES = [("rx_bytes", "ctd_instance_nic_receive_bytes", "bytes the instanc
                ("tx_packets", "ctd_instance_nic_transmit_packets", "packets the instance sent"),
                ("rx_dropped", "ctd_instance_nic_receive_drops", "received packets dropped (this run)"),
                ("tx_dropped", "ctd_instance_nic_transmit_drops", "packets to send that were dropped (this run)")]
-BEANCOUNTER_FIELDS = ["held", "maxheld", "barrier", "limit"]
+BEANCOUNTER_FIELDS: tuple[Literal["held", "maxheld", "barrier", "limit"], ...] = ("held", "maxheld", "barrier", "limit")
 
 
 class CtdCollector(Collector):
@@ -228,7 +229,7 @@ class CtdCollector(Collector):
                     families.counter(name, doc, INSTANCE + ["direction"]).add_metric(
                         labels + [direction], usage[key])
 
-    def _beancounters(self, families: Families, labels: list[str], rows: list[dict[str, Any]]) -> None:
+    def _beancounters(self, families: Families, labels: list[str], rows: list[BeancounterRow]) -> None:
         for row in rows:
             row_labels = labels + [row["name"]]
             for field in BEANCOUNTER_FIELDS:

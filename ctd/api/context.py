@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,7 @@ from ctd.events.bus import EventBus
 from ctd.instance.autostart import Autostart
 from ctd.instance.manager import InstanceManager
 from ctd.instance.transfer import Transfers
+from ctd.instance.vm.devices import VmDevices
 from ctd.network.manager import NetworkManager
 from ctd.operations import Operations
 from ctd.project.manager import ProjectManager
@@ -37,3 +39,8 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.projects = ProjectManager(self.db, self.instances)
+
+    @functools.cached_property
+    def vm_devices(self) -> VmDevices:
+        """A VM's media and data disks (made on first use: tests of the API alone never ask)."""
+        return VmDevices(self.instances, self.db, self.instances.kinds.vm)

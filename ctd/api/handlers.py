@@ -611,7 +611,7 @@ async def vm_media_insert(request: web.Request) -> web.Response:
     """{"iso": PATH, "boot": bool}: the VM's removable CD-ROM takes the ISO (live if it runs)."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    return web.json_response({"instance": await c.instances.media(rec, await json_body(request))})
+    return web.json_response({"instance": await c.vm_devices.media(rec, await json_body(request))})
 
 
 @routes.delete("/1.0/instances/{ref}/media")
@@ -619,7 +619,7 @@ async def vm_media_eject(request: web.Request) -> web.Response:
     """The VM's removable CD-ROM emptied; it boots from its disk again."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    return web.json_response({"instance": await c.instances.media(rec, None)})
+    return web.json_response({"instance": await c.vm_devices.media(rec, None)})
 
 
 @routes.post("/1.0/instances/{ref}/disks")
@@ -627,7 +627,7 @@ async def vm_disk_add(request: web.Request) -> web.Response:
     """{"size": "20G", "name": "data1"}: a data disk for the VM (live where it can be)."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    return web.json_response({"instance": await c.instances.data_disk(rec, await json_body(request))}, status=201)
+    return web.json_response({"instance": await c.vm_devices.data_disk(rec, await json_body(request))}, status=201)
 
 
 @routes.delete("/1.0/instances/{ref}/disks/{disk}")
@@ -635,4 +635,4 @@ async def vm_disk_remove(request: web.Request) -> web.Response:
     """The VM's data disk given back by the guest and deleted (its data is gone)."""
     c = ctx(request)
     rec = c.instances.get(request.match_info["ref"])
-    return web.json_response({"instance": await c.instances.data_disk(rec, None, request.match_info["disk"])})
+    return web.json_response({"instance": await c.vm_devices.data_disk(rec, None, request.match_info["disk"])})

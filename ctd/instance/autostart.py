@@ -29,7 +29,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from ctd.errors import CtdError, InvalidRequest
 from ctd.instance.bootorder import boot_groups, shutdown_groups
@@ -52,6 +52,43 @@ class Step:
     outcome: str    # starting, started, running (already), failed, skipped (no longer onboot)
     at: float       # seconds since the epoch
     detail: str = ""
+
+
+class StepView(TypedDict):
+    """A step as the status and the boot sequence's result show it."""
+
+    name: str
+    outcome: str
+    at: float
+    detail: str
+
+
+class BootResult(TypedDict):
+    """What a boot sequence's operation ends with."""
+
+    boot_id: str
+    state: str
+    steps: list[StepView]
+    failed: list[str]
+
+
+class Stopped(TypedDict):
+    name: str
+    how: str    # StopOutcome's value
+    at: float
+
+
+class NotStopped(TypedDict):
+    name: str
+    error: str
+
+
+class ShutdownResult(TypedDict):
+    """What POST /1.0/shutdown's operation ends with."""
+
+    stopped: list[Stopped]
+    failed: list[NotStopped]
+    timeout: float | None
 
 
 class Autostart:
@@ -110,8 +147,8 @@ class Autostart:
                                     (boot_id,))
         return {r["instance_id"]: Step(r["name"], r["outcome"], r["at"], r["detail"]) for r in rows}
 
-    def _steps_json(self, boot_id: str) -> list[dict[str, Any]]:
-        return [{"name": s.name, "outcome": s.outcome, "at": s.at, "detail": s.detail}
+    def _steps_json(self, boot_id: str) -> list[StepView]:
+        return [StepView(name=s.name, outcome=s.outcome, at=s.at, detail=s.detail)
                 for s in sorted(self._steps(boot_id).values(), key=lambda s: s.at)]
 
     def _record(self, boot_id: str, rec: InstanceRecord, outcome: str, detail: str = "") -> Step:
@@ -122,7 +159,7 @@ class Autostart:
         self.status["steps"] = self._steps_json(boot_id)
         return step
 
-    async def run(self, boot_id: str, op: Operation | None = None) -> dict[str, Any]:
+    async def run(self, boot_id: str, op: Operation | None = None) -> BootResult:
         """Start the onboot instances, group after group (see the module's contract)."""
         self._idle.clear()
         try:
@@ -130,7 +167,7 @@ class Autostart:
         finally:
             self._idle.set()
 
-    async def _run(self, boot_id: str, op: Operation | None) -> dict[str, Any]:
+    async def _run(self, boot_id: str, op: Operation | None) -> BootResult:
         self.status.update(state="running", started_at=_now())
         onboot = [r for r in self.db.list_instances() if r.onboot]
         groups = boot_groups(onboot)
@@ -162,8 +199,8 @@ class Autostart:
         failed = [s["name"] for s in self.status.get("steps", []) if s["outcome"] == "failed"]
         log.info("boot sequence %s: %d onboot instance(s), %d failed%s", self.status["state"], len(onboot),
                  len(failed), f" ({', '.join(failed)})" if failed else "")
-        return {"boot_id": boot_id, "state": self.status["state"], "steps": self.status.get("steps", []),
-                "failed": failed}
+        return BootResult(boot_id=boot_id, state=self.status["state"], steps=self.status.get("steps", []),
+                          failed=failed)
 
     async def _start_one(self, boot_id: str, rec: InstanceRecord, gate: asyncio.Semaphore) -> Step:
         done = self._steps(boot_id).get(rec.id)
@@ -203,15 +240,15 @@ class Autostart:
             raise InvalidRequest(f"timeout must be seconds from 0 to 3600, not {value!r}")
         return float(value)
 
-    async def shutdown_all(self, timeout: float | None) -> dict[str, Any]:
+    async def shutdown_all(self, timeout: float | None) -> ShutdownResult:
         """Stop every running instance, highest boot order first (a group in parallel), each
         with `timeout`, or with its own stop timeout when None."""
         self._by_shutdown = True
         self._halt.set()    # a boot sequence still running starts nothing more …
         await self._idle.wait()   # … and the starts it has under way end before the stops begin
         running = [r for r in self.db.list_instances() if self.instances.is_running(r)]
-        stopped: list[dict[str, Any]] = []
-        failed: list[dict[str, str]] = []
+        stopped: list[Stopped] = []
+        failed: list[NotStopped] = []
         for group in shutdown_groups(running):
             log.info("shutdown-all: stopping %s", ", ".join(r.name for r in group))
             results = await asyncio.gather(*(self.instances.stop(r, timeout, kill=False) for r in group),
@@ -220,7 +257,7 @@ class Autostart:
                 if isinstance(result, BaseException):
                     message = result.message if isinstance(result, CtdError) else str(result)
                     log.warning("shutdown-all: %s did not stop: %s", rec.name, message)
-                    failed.append({"name": rec.name, "error": message})
+                    failed.append(NotStopped(name=rec.name, error=message))
                 else:
-                    stopped.append({"name": rec.name, "how": result["stop"]["how"], "at": time.time()})
-        return {"stopped": stopped, "failed": failed, "timeout": timeout}
+                    stopped.append(Stopped(name=rec.name, how=result["stop"]["how"], at=time.time()))
+        return ShutdownResult(stopped=stopped, failed=failed, timeout=timeout)

@@ -17,6 +17,7 @@ import asyncio
 from typing import Any, Protocol
 
 from cgroups import CgroupGroup, Resources
+from ctd.instance.answers import LiveSnapshot
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
 from ctd.instance.reserve import NewInstance
@@ -64,7 +65,7 @@ class InstanceKind(Protocol):
                    tty: bool) -> Any: ...   # a process handle the exec stream drives
 
     # --- storage
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any] | None: ...
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> LiveSnapshot | None: ...
     async def rollback(self, rec: InstanceRecord, snap: str) -> None: ...
 
     # --- settings (ctd/instance/settings.py)

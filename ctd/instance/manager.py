@@ -25,10 +25,11 @@ from cgroups import CgroupGroup, CgroupManager, Resources
 from ctd import faults, validate
 from ctd import limits as limits_mod
 from ctd.config import DaemonConfig
-from ctd.errors import Conflict, CtdError, InvalidRequest, NotFound
+from ctd.errors import Conflict, CtdError, NotFound
 from ctd.events import model as ev
 from ctd.events.bus import EventBus
 from ctd.instance import admin, consolelog, exits, recovery, settings, suspend
+from ctd.instance.answers import BeancounterRow
 from ctd.instance.backups import BackupChains
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
@@ -36,19 +37,15 @@ from ctd.instance.context import InstanceContext, set_password
 from ctd.instance.kind import InstanceKind
 from ctd.instance.kinds import Kinds
 from ctd.instance.listing import ListCache
+from ctd.instance.power import restarting
 from ctd.instance.provision import Provisioner
 from ctd.instance.requests import CloneRequest, CreateRequest, SetRequest
 from ctd.instance.reserve import NewInstance, Reservations, new_instance
 from ctd.instance.settings import Settings
 from ctd.instance.snapshots import Snapshots
 from ctd.instance.views import ALIVE, InstanceViews
-from ctd.instance.vm import datadisks
-from ctd.instance.vm.disks import parse_disk_size
-from ctd.instance.vm.driver import VmDriver
-from ctd.instance.vm.media import check_iso
 from ctd.network.manager import NetworkManager
-from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
-from ctd.state.options import VmOptions
+from ctd.state import InstanceRecord, PowerState, StateDB
 from ctd.storage.base import StorageDriver
 from ctd.template.manager import TemplateManager
 
@@ -102,18 +99,6 @@ class InstanceManager:
         containers.on_stopped = self._exited
 
     # ------------------------------------------------------------- kinds
-
-    @property
-    def vms(self) -> VmDriver | None:
-        """The VM driver, once QEMU was found (None before)."""
-        return self.kinds.vm.driver
-
-    @property
-    def vm_state(self) -> dict[str, Any]:
-        return self.kinds.vm.state
-
-    def attach_vms(self, vms: VmDriver) -> None:
-        self.kinds.vm.attach(vms)
 
     def probe_vms(self) -> dict[str, Any]:
         """The VM driver's state (GET /1.0, ctctl check); attaches it once QEMU is installed."""
@@ -192,14 +177,9 @@ class InstanceManager:
         async with self.lock(rec):
             rec = self.get(rec.id)
             self.check_reinstall(rec, template, restart)
-            was_running = self.is_running(rec)
-            if was_running:
-                await self.stop_locked(rec, self.stop_timeout(rec), kill=False)
-                rec = self.get(rec.id)
-            notes = await self.provision.reinstall(rec, template)
-            self.emit(self.get(rec.id), ev.Lifecycle.REINSTALLED, template=template)
-            if was_running:
-                await self.start_locked(self.get(rec.id))
+            async with restarting(self, rec) as rec:
+                notes = await self.provision.reinstall(rec, template)
+                self.emit(self.get(rec.id), ev.Lifecycle.REINSTALLED, template=template)
             return {**self.brief(self.get(rec.id)), "notes": notes}
 
     def reserve(self, name: str, instance_id: int | None, hint: str) -> int:
@@ -405,46 +385,6 @@ class InstanceManager:
             self.emit(self.get(rec.id), ev.Lifecycle.SET, notes=notes)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    async def media(self, rec: InstanceRecord, body: Any | None) -> dict[str, Any]:
-        """A VM's removable ISO: inserted (body: iso, boot) or ejected (None); see vm/media.py."""
-        vms = self.kinds.vm
-        if rec.type is not InstanceType.VM:
-            raise InvalidRequest(f"{rec.name} is a container: media are a VM's CD-ROM (host files go in with --mount)")
-        iso, boot = None, False
-        if body is not None:
-            body = validate.body_fields(body, {"iso", "boot"})
-            iso, boot = check_iso(body.get("iso"), vms.forbidden_media()), validate.boolean(body, "boot")
-        async with self.lock(rec):
-            rec = self.get(rec.id)
-            notes = await vms.change_media(rec, iso, boot)
-            self.db.update_instance(rec)
-            self.emit(rec, ev.Lifecycle.SET, notes=notes)
-            return {**self.view(self.get(rec.id)), "notes": notes}
-
-    async def data_disk(self, rec: InstanceRecord, body: Any | None, name: str | None = None) -> dict[str, Any]:
-        """A VM's data disk added (body: size, name) or removed (name); see vm/datadisks.py."""
-        vms = self.kinds.vm
-        if rec.type is not InstanceType.VM:
-            raise InvalidRequest(f"{rec.name} is a container: data disks are a VM's (a container's space is its "
-                                 "diskspace limit; host directories go in with --mount)")
-        size = None
-        if body is not None:
-            body = validate.body_fields(body, {"name", "size"}, {"size"})
-            size = parse_disk_size(body["size"])
-        async with self.lock(rec):
-            rec = self.get(rec.id)
-            vm = rec.options.vm or VmOptions()
-            if size is not None:
-                assert body is not None
-                name = datadisks.check_name(body.get("name"), vm)
-                notes = await vms.add_disk(rec, name, size)
-            else:
-                assert name is not None
-                notes = await vms.remove_disk(rec, name)
-            self.db.update_instance(rec)
-            self.emit(rec, ev.Lifecycle.SET, notes=notes)
-            return {**self.view(self.get(rec.id)), "notes": notes}
-
     async def rename(self, rec: InstanceRecord, body: Any) -> dict[str, Any]:
         """A stopped instance takes a new name (admin.rename: storage, snapshots and row follow)."""
         async with self.lock(rec):
@@ -456,7 +396,7 @@ class InstanceManager:
             self.emit(self.get(rec.id), ev.Lifecycle.RENAMED, old_name=old)
             return {**self.view(self.get(rec.id)), "notes": notes}
 
-    def beancounters(self, rec: InstanceRecord) -> builtins.list[dict[str, Any]]:
+    def beancounters(self, rec: InstanceRecord) -> builtins.list[BeancounterRow]:
         """OpenVZ's /proc/user_beancounters rows for one running container."""
         if not self.kinds.container.is_running(rec):
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")

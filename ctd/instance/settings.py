@@ -19,6 +19,7 @@ from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotSupported
 from ctd.instance import admin
+from ctd.instance.answers import BeancounterRow
 from ctd.instance.backups import BACKUP_FIELDS, check_settings
 from ctd.instance.bootorder import BOOT_FIELDS, check_boot
 from ctd.instance.container import features, hostmounts
@@ -262,28 +263,28 @@ class Settings:
 
     # ------------------------------------------------------------- beancounters
 
-    def beancounters(self, rec: InstanceRecord, disk: dict[str, Any] | None) -> list[dict[str, Any]]:
+    def beancounters(self, rec: InstanceRecord, disk: dict[str, Any] | None) -> list[BeancounterRow]:
         """OpenVZ's /proc/user_beancounters rows for one running container (disk: its disk
         use, as the manager shows it)."""
         containers = self.kinds.container
         if not containers.is_running(rec):
             raise Conflict(f"{rec.name} is not running: its counters live in its cgroup")
         group = containers.group(rec)
-        rows = [dataclasses.asdict(b) for b in group.beancounters(self.ctx.resources(rec))]
+        rows = [BeancounterRow(name=b.name, held=b.held, maxheld=b.maxheld, barrier=b.barrier, limit=b.limit,
+                               failcnt=b.failcnt) for b in group.beancounters(self.ctx.resources(rec))]
         held = open_files(group.pids())
         limit = rec.limits.get("numfile")
         peak = self._numfile_peak[rec.name] = max(self._numfile_peak.get(rec.name, 0), held)
-        rows.append({"name": "numfile", "held": held, "maxheld": peak, "barrier": limit or limits_mod.UNLIMITED,
-                     "limit": limit or limits_mod.UNLIMITED, "failcnt": 0})
+        rows.append(BeancounterRow(name="numfile", held=held, maxheld=peak, barrier=limit or limits_mod.UNLIMITED,
+                                   limit=limit or limits_mod.UNLIMITED, failcnt=0))
         ptys = ptys_held(group.pids())
         numpty = rec.limits.get("numpty", DEFAULT_NUMPTY)
         peak = self._numpty_peak[rec.name] = max(self._numpty_peak.get(rec.name, 0), ptys)
-        rows.append({"name": "numpty", "held": ptys, "maxheld": peak, "barrier": numpty, "limit": numpty,
-                     "failcnt": 0})
+        rows.append(BeancounterRow(name="numpty", held=ptys, maxheld=peak, barrier=numpty, limit=numpty, failcnt=0))
         if disk is not None:
             quota = disk["limit"] or limits_mod.UNLIMITED
             full = int(quota != limits_mod.UNLIMITED and disk["used"] >= quota - (1 << 20))
             peak = self._disk_peak[rec.name] = max(self._disk_peak.get(rec.name, 0), disk["used"])
-            rows.append({"name": "diskspace", "held": disk["used"], "maxheld": peak, "barrier": quota,
-                         "limit": quota, "failcnt": full})
+            rows.append(BeancounterRow(name="diskspace", held=disk["used"], maxheld=peak, barrier=quota, limit=quota,
+                                       failcnt=full))
         return rows

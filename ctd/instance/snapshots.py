@@ -1,36 +1,25 @@
 """Snapshots of an instance's root: take, list, delete, roll back.
 
 The manager keeps locks and power; this room asks it for them through `Power` (a protocol the
-manager implements), so it reaches into nothing private. Every change takes the instance's lock
-and re-reads its record first, like the manager's own coroutines; checks (check_*, name) run
-before the API answers 202.
+manager implements, ctd/instance/power.py), so it reaches into nothing private. Every change takes
+the instance's lock and re-reads its record first, like the manager's own coroutines; checks
+(check_*, name) run before the API answers 202. A rollback with restart is power.restarting().
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from typing import Any
 
 from ctd import validate
 from ctd.errors import Conflict, NotFound
 from ctd.events import model as ev
 from ctd.instance import admin
+from ctd.instance.answers import SnapshotTaken
 from ctd.instance.kinds import Kinds
+from ctd.instance.power import Power, restarting
 from ctd.state import InstanceRecord, PowerState
 from ctd.storage.base import StorageDriver
-
-
-class Power(Protocol):
-    """What snapshots need of the manager."""
-
-    def get(self, ref: str | int) -> InstanceRecord: ...
-    def lock(self, rec: InstanceRecord) -> asyncio.Lock: ...
-    def is_running(self, rec: InstanceRecord) -> bool: ...
-    def stop_timeout(self, rec: InstanceRecord) -> float: ...
-    def emit(self, rec: InstanceRecord, action: ev.Lifecycle, **metadata: Any) -> None: ...
-    def view(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any]: ...
-    async def stop_locked(self, rec: InstanceRecord, timeout: float, kill: bool) -> Any: ...
-    async def start_locked(self, rec: InstanceRecord, paused: bool = False) -> None: ...
 
 
 def check_name(value: Any) -> str:
@@ -50,13 +39,15 @@ class Snapshots:
         if snap not in self.storage.list_snapshots(rec.name):
             raise NotFound(f"{rec.name} has no snapshot {snap!r}; 'ctctl snapshot-list {rec.name}' shows them")
 
-    async def take(self, rec: InstanceRecord, snap: str) -> dict[str, Any]:
+    async def take(self, rec: InstanceRecord, snap: str) -> SnapshotTaken:
         p = self.power
         async with p.lock(rec):
             rec = p.get(rec.id)   # its name as it is now (a rename may have come first)
             extra = await self.kinds.of(rec).snapshot(rec, snap)   # a running VM's: live, consistency
             p.emit(rec, ev.Lifecycle.SNAPSHOT_CREATED, snapshot=snap)
-        return {"instance": rec.name, "snapshot": snap, **(extra or {})}
+        if extra is None:
+            return SnapshotTaken(instance=rec.name, snapshot=snap)
+        return SnapshotTaken(instance=rec.name, snapshot=snap, **extra)
 
     async def delete(self, rec: InstanceRecord, snap: str) -> None:
         self._require(rec, snap)
@@ -77,11 +68,7 @@ class Snapshots:
         async with p.lock(rec):
             rec = p.get(rec.id)
             self.check_rollback(rec, snap, restart)
-            was_running = p.is_running(rec)
-            if was_running:
-                await p.stop_locked(rec, p.stop_timeout(rec), kill=False)
-            await self.kinds.of(rec).rollback(rec, snap)
-            p.emit(p.get(rec.id), ev.Lifecycle.ROLLED_BACK, snapshot=snap)
-            if was_running:
-                await p.start_locked(p.get(rec.id))
+            async with restarting(p, rec) as rec:
+                await self.kinds.of(rec).rollback(rec, snap)
+                p.emit(p.get(rec.id), ev.Lifecycle.ROLLED_BACK, snapshot=snap)
             return p.view(p.get(rec.id))

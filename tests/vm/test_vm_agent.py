@@ -8,12 +8,10 @@ import os
 import stat
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 
-from ctctl.client import Client
 
 pytestmark = pytest.mark.slow
 
@@ -49,12 +47,8 @@ def _wait_agent(ctd, name: str, deadline_s: float = 480) -> None:  # type: ignor
 
 
 @pytest.mark.timeout(2400)
-def test_debian_vm_agent_exec_password_ips_live_snapshot_rollback(ctd, tmp_path):
-    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})  # 1-3 min
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    net = f"ta{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", net)
+def test_debian_vm_agent_exec_password_ips_live_snapshot_rollback(ctd, debian, net, ssh_key, tmp_path):
+    key = ssh_key
     name = ctd.unique("vma")
     try:
         ctd.ok("create", name, "--type", "vm", "--template", "debian-12", "--net", net, "--ram", "1G",
@@ -134,4 +128,3 @@ def test_debian_vm_agent_exec_password_ips_live_snapshot_rollback(ctd, tmp_path)
         assert [int(x[5:]) for x in lines] == list(range(1, len(lines) + 1))
     finally:
         ctd.ctl("destroy", "--force", name, timeout=180)
-        ctd.ctl("network", "delete", net)

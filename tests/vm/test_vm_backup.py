@@ -68,14 +68,6 @@ def left_behind(ctd, name: str) -> list[str]:  # type: ignore[no-untyped-def]
     return found
 
 
-@pytest.fixture
-def net(ctd):
-    name = f"tb{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name)
-    yield name
-    ctd.ctl("network", "delete", name)
-
-
 def test_a_running_vm_is_backed_up_live_keeps_running_and_its_restore_boots_with_the_file(ctd, net, tmp_path):
     src, dst = ctd.unique("vbs"), ctd.unique("vbd")
     live, paused = tmp_path / "live.backup", tmp_path / "paused.backup"

@@ -12,7 +12,6 @@ import subprocess
 import re
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -49,21 +48,6 @@ def memory_limit(pid: int) -> int:
     return int(Path("/sys/fs/cgroup/memory", line.split(":", 2)[2].lstrip("/"), "memory.limit_in_bytes").read_text())
 
 
-@pytest.fixture
-def net(ctd):
-    name = f"tc{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", name)
-    yield name
-    ctd.ctl("network", "delete", name)
-
-
-@pytest.fixture
-def ssh_key(tmp_path):
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    return Path(f"{key}.pub")
-
-
 def test_seed_carries_the_settings_set_follows_and_vcpus_and_ram_change_live(ctd, net, ssh_key, tmp_path):
     name = ctd.unique("seed")
     vmdir = ctd.state_dir / "storage/instances" / name
@@ -71,7 +55,7 @@ def test_seed_carries_the_settings_set_follows_and_vcpus_and_ram_change_live(ctd
     before = qemu_pids()
     try:
         ctd.ok("create", name, "--type", "vm", "--disk", "64M", "--ram", "256M", "--cpus", "1", "--net", net,
-               "--ssh-key", str(ssh_key), "--userpasswd", "root:s3cret", "--nameserver", "192.0.2.53")
+               "--ssh-key", f"{ssh_key}.pub", "--userpasswd", "root:s3cret", "--nameserver", "192.0.2.53")
         inst = ctd.instance(name)
         nic = inst["nics"][0]
         address = nic["addresses"][0]
@@ -83,7 +67,7 @@ def test_seed_carries_the_settings_set_follows_and_vcpus_and_ram_change_live(ctd
         assert meta["local-hostname"] == name and meta["instance-id"]
         assert user["hostname"] == name
         root = user["users"][0]
-        assert root["name"] == "root" and root["ssh_authorized_keys"] == [ssh_key.read_text().strip()]
+        assert root["name"] == "root" and root["ssh_authorized_keys"] == [Path(f"{ssh_key}.pub").read_text().strip()]
         assert root["hashed_passwd"].startswith("$6$") and "s3cret" not in iso_file(seed, "user-data")
         eth0 = netcfg["ethernets"]["eth0"]
         assert eth0["match"]["macaddress"] == nic["mac"]

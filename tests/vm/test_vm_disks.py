@@ -7,11 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-import uuid
 
 import pytest
 
-from ctctl.client import Client
 from tests.vm.test_vm_lifecycle import iso, qemu_pids
 
 pytestmark = pytest.mark.slow
@@ -71,13 +69,9 @@ def test_windows_profile_defaults_to_two_vcpus_4g_and_64g(ctd, tmp_path):
 
 
 @pytest.mark.timeout(1500)   # a template build (1-3 min) and a Debian boot under TCG
-def test_debian_vm_root_filesystem_follows_set_disk(ctd, tmp_path):
+def test_debian_vm_root_filesystem_follows_set_disk(ctd, debian, net, ssh_key):
     """df inside after a grow while stopped (ctd's applier at boot), lsblk inside after a live grow."""
-    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})  # 1-3 min
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    net = f"tg{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", net)
+    key = ssh_key
     name = ctd.unique("grow")
     before = qemu_pids()
     try:
@@ -118,5 +112,4 @@ def test_debian_vm_root_filesystem_follows_set_disk(ctd, tmp_path):
         assert seen == str(2 * GiB), f"the guest sees /dev/vda as {seen} bytes"
     finally:
         ctd.ctl("destroy", "--force", name)
-        ctd.ctl("network", "delete", net)
     assert not (qemu_pids() - before)

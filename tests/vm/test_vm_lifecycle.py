@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ctctl.client import ApiError, Client
+from ctctl.client import ApiError
 
 pytestmark = pytest.mark.slow
 
@@ -72,11 +72,9 @@ def test_vm_options_only_for_vms_and_a_missing_iso_is_refused(ctd):
     assert not (ctd.state_dir / "storage/instances/vmx").exists()
 
 
-def test_windows_profile_starts_paused_with_tpm_pflash_disk_nic_and_both_cdroms(ctd, tmp_path):
+def test_windows_profile_starts_paused_with_tpm_pflash_disk_nic_and_both_cdroms(ctd, net, tmp_path):
     installer, drivers = iso(tmp_path / "win.iso", "WIN"), iso(tmp_path / "virtio-win.iso", "VIRTIO")
     name = ctd.unique("win")
-    net = f"tw{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", net)
     tpm_before = swtpm_pids()
     try:
         ctd.ok("create", name, "--type", "vm", "--profile", "windows", "--iso", str(installer),
@@ -97,7 +95,6 @@ def test_windows_profile_starts_paused_with_tpm_pflash_disk_nic_and_both_cdroms(
         assert "tpm: tpm-crb" in out
     finally:
         ctd.ctl("destroy", "--force", name)
-        ctd.ctl("network", "delete", net)
     time.sleep(0.5)
     assert not (swtpm_pids() - tpm_before), "swtpm left behind"
     assert not (ctd.state_dir / "storage/instances" / name).exists()
@@ -156,12 +153,9 @@ def test_kill9_of_ctd_leaves_the_vm_running_and_a_new_ctd_stops_it(fresh_ctd):
     d.ok("destroy", "--force", "vmkeep")
 
 
-def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, tmp_path):
-    Client(str(ctd.socket), timeout=900).run("POST", "/1.0/templates", {"name": "debian-12"})  # 1-3 min
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    net = f"tv{uuid.uuid4().hex[:6]}"
-    ctd.ok("network", "create", net)
+@pytest.mark.timeout(1500)   # a template build (1-3 min) and a Debian boot under TCG, as test_vm_disks's
+def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ctd, debian, net, ssh_key):
+    key = ssh_key
     name = ctd.unique("vm")
     before = qemu_pids()
     try:
@@ -238,7 +232,6 @@ def test_debian_vm_boots_takes_its_address_answers_ssh_and_powers_off_by_acpi(ct
         assert guest("hostname").strip() == "deb-renamed", f"no ssh answer as deb-renamed at {moved}"
     finally:
         ctd.ctl("destroy", "--force", name)
-        ctd.ctl("network", "delete", net)
     assert not (qemu_pids() - before)
     assert not (ctd.state_dir / "storage/instances" / name).exists()
 

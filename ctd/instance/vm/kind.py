@@ -21,6 +21,7 @@ from cgroups import CgroupGroup, Resources, parse_size
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported
+from ctd.instance.answers import LiveSnapshot
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
@@ -356,6 +357,10 @@ class VmKind:
             raise NoAgent(f"{rec.name}: no guest agent answers, so ctd cannot run commands in it; {MISSING_HINT}")
         return await guestexec.start(vm.agent, command, env, cwd, is_linux(rec))
 
+    def running_or_none(self, rec: InstanceRecord) -> RunningVm | None:
+        """rec's QEMU if it runs, None if not; NotSupported without a driver (vm/devices.py)."""
+        return self._vms.running.get(rec.name)
+
     def _running_vm(self, rec: InstanceRecord) -> RunningVm:
         vm = self.driver.running.get(rec.name) if self.driver else None
         if vm is None:
@@ -364,7 +369,7 @@ class VmKind:
 
     # ------------------------------------------------------------- storage
 
-    async def snapshot(self, rec: InstanceRecord, snap: str) -> dict[str, Any] | None:
+    async def snapshot(self, rec: InstanceRecord, snap: str) -> LiveSnapshot | None:
         """Stopped: a reflink of its disk. Running: the same, with the guest frozen by its agent
         (if any) and the vCPUs paused for the copy (livesnap.py)."""
         if self.is_running(rec):
@@ -394,7 +399,7 @@ class VmKind:
         if not grow.changes:
             return
         check_disk_size(self.ctx, size)
-        running = self._vms.running.get(rec.name)
+        running = self.running_or_none(rec)
         if running is not None and running.qmp is None:
             raise Conflict(f"{rec.name} runs without a QMP session: stop it to grow its disk")
         qmp = running.qmp if running is not None else None
@@ -406,41 +411,6 @@ class VmKind:
         done.done(f"disk {limits_mod.human_size(size)}", undo)
         disks.store_size(rec, size)
         notes.append(disks.note(rec, grow, running is not None))
-
-    async def add_disk(self, rec: InstanceRecord, name: str, size: int) -> list[str]:
-        """A data disk made (and plugged into the running VM where it can be); the caller stores
-        rec. Returns notes (datadisks.py)."""
-        check_disk_size(self.ctx, size)
-        running = self._vms.running.get(rec.name)
-        return await datadisks.add(rec, self.ctx.storage.instance_path(rec.name), name, size,
-                                   None if running is None else running.spec, None if running is None else running.qmp)
-
-    async def remove_disk(self, rec: InstanceRecord, name: str) -> list[str]:
-        """A data disk unplugged (the guest releases it) and its file deleted; the caller stores rec."""
-        running = self._vms.running.get(rec.name)
-        await datadisks.remove(rec, self.ctx.storage.instance_path(rec.name), name,
-                               None if running is None else running.spec, None if running is None else running.qmp)
-        return []
-
-    async def change_media(self, rec: InstanceRecord, iso: Path | None, boot: bool) -> list[str]:
-        """Insert (iso) or eject (None) the removable CD-ROM's ISO: kept in the settings, and live
-        in a running VM; the caller stores rec. Returns notes (media.py)."""
-        running = self._vms.running.get(rec.name) if self.driver else None
-        notes: list[str] = []
-        if running is not None:
-            if running.qmp is None or not running.spec.media_slot:
-                notes.append("media: this VM was started without a removable CD-ROM drive; the change applies at "
-                             f"its next start (ctctl restart {rec.name})")
-            elif iso is not None:
-                await media.insert(running.qmp, iso)
-            else:
-                await media.eject(running.qmp)
-        was_boot = media.stored(rec.options.vm or VmOptions())[1]
-        media.store(rec, iso, boot)
-        if boot or (was_boot and running is not None):
-            when = f"at its next start (ctctl restart {rec.name})" if running is not None else "when it starts"
-            notes.append(f"boot: from {'the ISO' if boot else 'its disk'} {when}")
-        return notes
 
     async def write_guest(self, rec: InstanceRecord, before: InstanceRecord, userpasswd: tuple[str, str] | None,
                           notes: list[str], done: Rollback) -> None:

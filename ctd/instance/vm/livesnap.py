@@ -26,9 +26,9 @@ import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from ctd.errors import Conflict, CtdError
+from ctd.instance.answers import LiveSnapshot
 from ctd.instance.vm.agent import GuestAgent
 from ctd.instance.vm.process import wait_exit
 from ctd.instance.vm.qmp import Qmp
@@ -62,7 +62,7 @@ async def frozen(agent: GuestAgent | None, notes: list[str]) -> AsyncIterator[in
 
 
 async def snapshot(storage: StorageDriver, name: str, qmp: Qmp | None, agent: GuestAgent | None,
-                   snap: str) -> dict[str, Any]:
+                   snap: str) -> LiveSnapshot:
     """Snapshot a running VM's disk (see the module docstring); what the answer shows."""
     if qmp is None or not qmp.connected:
         raise Conflict(f"{name} runs without a QMP session to ctd; stop it to snapshot its disk")
@@ -83,8 +83,8 @@ async def snapshot(storage: StorageDriver, name: str, qmp: Qmp | None, agent: Gu
                 await qmp.cont()
             paused_ms = round((time.monotonic() - started) * 1000, 1)
     consistency = FROZEN.format(n=count) if count is not None else CRASH
-    return {"live": True, "consistency": consistency, "paused_ms": paused_ms if was_running else 0,
-            "copy_ms": copy_ms, "notes": notes}
+    return LiveSnapshot(live=True, consistency=consistency, paused_ms=paused_ms if was_running else 0,
+                        copy_ms=copy_ms, notes=notes)
 
 
 def _writeback(disk: Path) -> None:
