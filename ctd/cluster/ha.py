@@ -246,6 +246,7 @@ class ClusterServices:
         inc = migrate_receive.begin(c, state.source, {"header": state.header, "id": state.instance_id,
                                                       "project": state.project, "macs": state.macs or None})
         inc.received, inc.nonce, inc.dropped = replica_store.snapshot(bt, state), state.nonce.encode(), state.dropped
+        inc.rounds = len(inc.snapshots) + 1   # the replica stands for the root's round (a replica has no snapshots)
         try:
             await migrate_receive.finish(c, inc, start)
         except BaseException:
