@@ -212,14 +212,24 @@ class SourceSnapshots:
 LOCKS: dict[str, asyncio.Lock] = {}   # one round of an instance at a time (a sync waits for the running one)
 
 
+# Monotonic time each instance's last round began, whoever asked for it (the scheduler or a
+# `replica sync`): the interval counts from the last round, as Proxmox's schedule does.
+STARTED: dict[str, float] = {}
+
+
 def busy(name: str) -> bool:
     lock = LOCKS.get(name)
     return lock is not None and lock.locked()
 
 
-async def replicate(c: ApiContext, rec: InstanceRecord) -> dict[str, Any]:
-    """One round now: a snapshot sent to the target (incremental when it holds our parent)."""
+async def replicate(c: ApiContext, rec: InstanceRecord, unless_run_since: float | None = None) -> dict[str, Any] | None:
+    """One round now: a snapshot sent to the target (incremental when it holds our parent).
+    The scheduler's rounds pass `unless_run_since` (when it found the round due): a round begun
+    since then (a `replica sync`) makes this one needless, and None is returned."""
     async with LOCKS.setdefault(rec.name, asyncio.Lock()):
+        if unless_run_since is not None and STARTED.get(rec.name, 0.0) >= unless_run_since:
+            return None
+        STARTED[rec.name] = time.monotonic()
         try:
             result = await _replicate(c, c.instances.get(rec.id))
         except CtdError as exc:
@@ -322,10 +332,10 @@ class Replicator:
             rec = local.get(name)
             if settings is None or rec is None or busy(name) or settings.target == cluster.name:
                 continue
-            if now - self.last.get(name, 0.0) < settings.every:
+            if now - max(self.last.get(name, 0.0), STARTED.get(name, 0.0)) < settings.every:
                 continue
             self.last[name] = now
-            task = asyncio.get_running_loop().create_task(self._round(rec))
+            task = asyncio.get_running_loop().create_task(self._round(rec, now))
             self._rounds.add(task)
             task.add_done_callback(self._rounds.discard)
         # this node's snapshots of instances it no longer replicates (stopped, destroyed, moved)
@@ -337,8 +347,8 @@ class Replicator:
                 if (wanted is None or path.name not in local) and not busy(path.name):
                     await asyncio.to_thread(SourceSnapshots(bt, path.name).drop_all)
 
-    async def _round(self, rec: InstanceRecord) -> None:
+    async def _round(self, rec: InstanceRecord, due_at: float) -> None:
         try:
-            await replicate(self.c, rec)
+            await replicate(self.c, rec, unless_run_since=due_at)
         except CtdError as exc:
             log.warning("replication of %s failed: %s (tried again in its interval)", rec.name, exc.message)
