@@ -8,10 +8,10 @@ request.
 - The kernel's figures (cgroup usage, NIC counters, disk use; views.live) are read in threads,
   in chunks, never on the event loop. A request serves a running instance's figures up to FRESH
   seconds old as they are, a stopped one's (disk use only, itself cached that long) up to
-  DISK_CACHE_SECONDS; older ones are refreshed in the background while the request answers
-  with them, and only those: on a 2-core host the refresh competes with the requests. Figures
-  older than STALE make the request wait for the refresh (the first list after a quiet spell
-  shows figures of now, not of a minute ago).
+  views.disk_ttl() (5 s with btrfs qgroups, 60 s where it walks the root); older ones are
+  refreshed in the background while the request answers with them, and only those: on a 2-core
+  host the refresh competes with the requests. Figures more than STALE seconds past due make the
+  request wait for the refresh (the first list after a quiet spell shows figures of now).
 - A request's whole answer (its rows filtered, paged, joined) is kept as bytes too, and its gzip
   form for clients that accept it (answers.py): encoded once per change of the kept views, so a
   request that finds its answer current costs the loop the handler chain and the write only.
@@ -33,7 +33,7 @@ from typing import Any
 from ctd.errors import InvalidRequest
 from ctd.instance.admin import ListFilter
 from ctd.instance.answers import GZIP_MIN, Answer, AnswerCache, Reply
-from ctd.instance.views import ALIVE, DISK_CACHE_SECONDS, InstanceViews, Stored
+from ctd.instance.views import ALIVE, InstanceViews, Stored
 from ctd.state import InstanceRecord, StateDB
 
 log = logging.getLogger("ctd.instances")
@@ -106,7 +106,6 @@ class ListCache:
         self._lock = asyncio.Lock()          # one rebuild of the dirty ones at a time
         self._refresh: asyncio.Task[None] | None = None
         self._next_due = 0.0                 # when some entry's figures are due (recount())
-        self._oldest = 0.0                   # the oldest figures' time
         db.changed.append(self._touched)
 
     def _touched(self, instance_id: int) -> None:
@@ -159,14 +158,16 @@ class ListCache:
         if now < self._next_due:
             return
         if self._refresh is None or self._refresh.done():
-            due = [i for i in self._order if now - self.entries[i].live_at > self._ttl(self.entries[i])]
+            stopped = self.views.disk_ttl()
+            due = [i for i in self._order if now - self.entries[i].live_at > self._ttl(self.entries[i], stopped)]
             self._refresh = asyncio.get_running_loop().create_task(self._refresh_figures(due))
-        if now - self._oldest > STALE:
+        if now - self._next_due > STALE:
             await asyncio.shield(self._refresh)
 
     @staticmethod
-    def _ttl(entry: Entry) -> float:
-        return FRESH if entry.stored.rec.state in ALIVE else DISK_CACHE_SECONDS
+    def _ttl(entry: Entry, stopped: float) -> float:
+        """A stopped instance's one figure is its disk use: kept as long as the views keep it."""
+        return FRESH if entry.stored.rec.state in ALIVE else stopped
 
     async def _rebuild(self, ids: list[int]) -> None:
         """The dirty ones: their database part read again (on the loop), their figures in a thread."""
@@ -200,11 +201,10 @@ class ListCache:
         self.generation += 1
 
     def _recount(self) -> None:
-        """When the next figures fall due, and how old the oldest are (once per rebuild or
-        refresh: a request only compares the time with them)."""
-        inf = float("inf")
-        self._next_due = min((e.live_at + self._ttl(e) for e in self.entries.values()), default=inf)
-        self._oldest = min((e.live_at for e in self.entries.values()), default=inf)
+        """When the next figures fall due (once per rebuild or refresh: a request only compares
+        the time with it)."""
+        stopped = self.views.disk_ttl()
+        self._next_due = min((e.live_at + self._ttl(e, stopped) for e in self.entries.values()), default=float("inf"))
 
     def _build(self, stored: Iterable[tuple[Stored, int]]) -> list[Entry]:
         """Runs in a thread: file reads and serialization only."""

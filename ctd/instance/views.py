@@ -31,6 +31,8 @@ from ctd.storage.base import StorageDriver
 
 ALIVE = (PowerState.RUNNING, PowerState.SUSPENDED)
 DISK_CACHE_SECONDS = 5.0   # a qgroup query per instance is the dearest figure: list reuses it this long
+DISK_WALK_SECONDS = 60.0   # where disk use is a walk of the root (no qgroups): this long (700 stopped
+                           # busybox roots walked every 5 s took ~40% of a core and the GIL from the loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +135,17 @@ class InstanceViews:
             return None
         return kind.group(rec).dirs()
 
+    def disk_ttl(self) -> float:
+        """How long the list reuses a disk use: a few seconds where it is a few sysfs files, a
+        minute where it walks the root."""
+        return DISK_CACHE_SECONDS if self.storage.usage_is_cheap() else DISK_WALK_SECONDS
+
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
-        """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
+        """Disk use of the root (btrfs: from its qgroup); list asks for it cached (disk_ttl)."""
         now = time.monotonic()
         with self._disk_lock:
             hit = self._disk_cache.get(rec.name)
-        if cached and hit and now - hit[0] < DISK_CACHE_SECONDS:
+        if cached and hit and now - hit[0] < self.disk_ttl():
             return hit[1]
         try:
             value = {"used": self.storage.usage(rec.name), "limit": self.storage.quota(rec.name)}

@@ -43,6 +43,9 @@ class Views:
         self.reads += 1
         return {"usage": {"reads": self.reads}}
 
+    def disk_ttl(self) -> float:
+        return 5.0
+
     @staticmethod
     def merge(stored: Stored, live: dict[str, Any]) -> dict[str, Any]:
         return {**stored.fields, **live}
@@ -105,7 +108,7 @@ def test_an_answer_is_kept_between_changes_and_every_change_is_in_the_next_list(
         # figures read again (the refresh after FRESH seconds) make a new answer too
         monkeypatch.setattr(listing, "FRESH", 0.0)
         monkeypatch.setattr(listing, "STALE", 0.0)
-        monkeypatch.setattr(listing, "DISK_CACHE_SECONDS", 0.0)
+        monkeypatch.setattr(Views, "disk_ttl", lambda self: 0.0)
         cache._recount()   # the next figures are due now
         before = json.loads((await cache.page(None, Scope(), Page())).body)["instances"][0]["usage"]
         after = json.loads((await cache.page(None, Scope(), Page())).body)["instances"][0]["usage"]

@@ -40,6 +40,9 @@ class Views:
         self.live_reads += 1
         return {"usage": {"reads": self.live_reads}}
 
+    def disk_ttl(self) -> float:
+        return 5.0
+
     @staticmethod
     def merge(stored: Stored, live: dict[str, Any]) -> dict[str, Any]:
         return {**stored.fields, **live}
