@@ -193,7 +193,10 @@ class ListCache:
             for entry in await asyncio.to_thread(self._build, stored):
                 held = self.entries.get(entry.stored.rec.id)
                 if held is not None and held.stored is entry.stored:   # not rebuilt meanwhile
-                    self._keep(entry)
+                    self.entries[entry.stored.rec.id] = entry
+        # one new generation per pass, not per chunk: figures may be FRESH seconds old anyway,
+        # and each generation costs an answer's encoding (and its gzip) again
+        self.generation += 1
         self._recount()
 
     def _keep(self, entry: Entry) -> None:
