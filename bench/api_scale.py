@@ -6,8 +6,9 @@ and 20 concurrent ones, and `ctctl list` as a whole process.
 A private ctd (bench/ctd_side.py; no default network: a /24 holds 250 NICs) gets N busybox
 containers, M of them running; then, measured from this process (threads speaking raw HTTP on
 the socket; replies read whole, not parsed, so the client's JSON work does not count):
-- list: the whole list, 1 client x 20 requests, then 20 clients x 10 requests each;
-  one page (?limit=50) the same way;
+- list: the whole list, 1 client x 20 requests, then 20 clients x 10 requests each; the same
+  with Accept-Encoding: gzip (the reply decompressed within the time); one page (?limit=50);
+  the concurrent clients are processes (--threads: threads of this process, as before);
 - status of random instances: 1 client x 100, then 20 clients x 25 each;
 - `ctctl list` (the CLI process, a hyperfine-like loop of 20 runs) with --limit 20 and in full;
 - the create and start rates, ctd's RSS.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import resource
@@ -28,9 +30,11 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -52,17 +56,54 @@ def shown(ms: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": round(max(ms), 2)}
 
 
+GZIP = "gzip:"   # a target so marked is asked with Accept-Encoding: gzip (and its reply unpacked)
+
+
 def get(sock: str, target: str) -> tuple[float, int]:
+    """One request; (ms, bytes on the wire). A gzip reply is decompressed within the time: what a
+    client pays to read it."""
+    packed = target.startswith(GZIP)
+    target = target.removeprefix(GZIP)
     t0 = time.perf_counter()
-    reply = unix_exchange(sock, 60, "GET", target, None, {})
+    reply = unix_exchange(sock, 60, "GET", target, None, {"Accept-Encoding": "gzip"} if packed else {})
+    body = zlib.decompress(reply.body, wbits=31) if reply.body[:2] == b"\x1f\x8b" else reply.body
     took = (time.perf_counter() - t0) * 1000
-    if reply.status != 200:
+    if reply.status != 200 or not body.startswith(b"{"):
         raise RuntimeError(f"GET {target}: HTTP {reply.status}: {reply.body[:200]!r}")
     return took, len(reply.body)
 
 
-def hammer(sock: str, targets: Callable[[], str], clients: int, each: int) -> tuple[list[float], int]:
-    """`clients` threads, each `each` requests back to back; all latencies (ms), last body size."""
+def _client(sock: str, targets: Callable[[], str], each: int, start: Any, out: Any) -> None:
+    """One client process: `each` requests back to back, after every client is ready."""
+    random.seed(os.getpid())   # forked: each its own random instances
+    start.wait()
+    times, size = [], 0
+    for _ in range(each):
+        took, size = get(sock, targets())
+        times.append(took)
+    out.put((times, size))
+
+
+def hammer(sock: str, targets: Callable[[], str], clients: int, each: int,
+           threads: bool = False) -> tuple[list[float], int]:
+    """`clients` clients, each `each` requests back to back; all latencies (ms), last body size.
+    The clients are processes (as real ones are: threads of one Python process would measure its
+    own GIL, ~20 x a 1 MB read queued behind one another); threads=True: threads, as before
+    2026-12-08."""
+    if threads:
+        return _threads(sock, targets, clients, each)
+    ctx = multiprocessing.get_context("fork")
+    start, out = ctx.Barrier(clients), ctx.Queue()
+    procs = [ctx.Process(target=_client, args=(sock, targets, each, start, out)) for _ in range(clients)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    return [t for times, _ in got for t in times], got[-1][1]
+
+
+def _threads(sock: str, targets: Callable[[], str], clients: int, each: int) -> tuple[list[float], int]:
     times: list[float] = []
     size = 0
     lock = threading.Lock()
@@ -122,7 +163,7 @@ def cpu_ms(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
-def measure(d: CtdDaemon, names: list[str], clients: int) -> dict[str, object]:
+def measure(d: CtdDaemon, names: list[str], clients: int, threads: bool = False) -> dict[str, object]:
     """Latencies, and ctd's CPU time per request under the 20 clients: what a request costs the
     daemon whatever else runs on the host (with N clients queued, a request waits ~N x that)."""
     sock = str(d.socket)
@@ -131,12 +172,13 @@ def measure(d: CtdDaemon, names: list[str], clients: int) -> dict[str, object]:
     def phase(label: str, targets: Callable[[], str], one_n: int, many_n: int, extra: dict[str, object]) -> None:
         one, size = hammer(sock, targets, 1, one_n)
         before = cpu_ms(d.pid)
-        many, _ = hammer(sock, targets, clients, many_n)
+        many, _ = hammer(sock, targets, clients, many_n, threads)
         per = (cpu_ms(d.pid) - before) / len(many)
         out[label] = {**extra, "bytes": size, "1_client": shown(one), f"{clients}_clients": shown(many),
                       "ctd_cpu_ms_per_request": round(per, 2)}
 
-    for label, target in (("list_all", "/1.0/instances"), ("list_page50", "/1.0/instances?limit=50")):
+    for label, target in (("list_all", "/1.0/instances"), ("list_all_gzip", GZIP + "/1.0/instances"),
+                          ("list_page50", "/1.0/instances?limit=50")):
         get(sock, target)   # the first answer builds the kept views
         phase(label, lambda t=target: t, 20, 10, {})   # type: ignore[misc]
     phase("status", lambda: f"/1.0/instances/{random.choice(names)}", 100, 25, {})
@@ -149,6 +191,8 @@ def main() -> int:
     ap.add_argument("--running", type=int, default=30)
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--workers", type=int, default=4, help="threads creating and starting containers")
+    ap.add_argument("--threads", action="store_true", help="the concurrent clients are threads of this process "
+                    "(the way before 2026-12-08), not processes")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     ap.add_argument("--workdir", default="/var/tmp")
     a = ap.parse_args()
@@ -177,7 +221,7 @@ def main() -> int:
             log("start_per_s", make(d, names[:a.running], a.workers, d.start_ct))
             log("instances", {"total": total, "running": a.running})
             log("ctd_rss_kb", d.rss())
-            log("api", measure(d, names, a.clients))
+            log("api", measure(d, names, a.clients, a.threads))
             log("ctctl_at_all", ctctl_part(str(d.socket)))
             log("ctd_rss_kb_after", d.rss())
             log("load_after", os.getloadavg())

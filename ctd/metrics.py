@@ -1,14 +1,16 @@
 """Prometheus metrics: one collector that reads ctd's current view of every instance at scrape
-time (nothing to keep in sync), rendered by prometheus-client in a worker thread."""
+time (the list cache's kept views: ctd/instance/listing.py; nothing more to keep in sync),
+rendered by prometheus-client in a worker thread."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -26,7 +28,7 @@ from prometheus_client.registry import Collector
 from cgroups import CgroupError
 from ctd import validate
 from ctd.errors import CtdError, InvalidRequest
-from ctd.instance.answers import BeancounterRow
+from ctd.instance.shapes import BeancounterRow
 from ctd.state import InstanceRecord, InstanceType, PowerState
 
 log = logging.getLogger("ctd.metrics")
@@ -143,6 +145,15 @@ NIC_FIGURES = [("rx_bytes", "ctd_instance_nic_receive_bytes", "bytes the instanc
 BEANCOUNTER_FIELDS: tuple[Literal["held", "maxheld", "barrier", "limit"], ...] = ("held", "maxheld", "barrier", "limit")
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """What one scrape shows, taken on the event loop (the state database's thread): the rows,
+    and the list cache's kept views (their JSON: parsed in the render's thread)."""
+
+    records: list[InstanceRecord]
+    kept: dict[int, bytes]
+
+
 class CtdCollector(Collector):
     """Everything `ctctl status`, `ctctl beancounters` and `GET /1.0` show, as metric families."""
 
@@ -152,10 +163,13 @@ class CtdCollector(Collector):
         self.records = records
         self.info = info
         self.started_at = process_start_time() or time.time()
+        self.snapshot: Snapshot | None = None   # set by MetricsExporter.scrape for its render
 
     def collect(self) -> Iterable[Metric]:
         families = Families()
-        records = self.records()
+        snapshot = self.snapshot
+        records = snapshot.records if snapshot is not None else self.records()
+        self._kept = snapshot.kept if snapshot is not None else {}
         for rec in records:
             try:
                 self._instance(families, rec)
@@ -167,7 +181,8 @@ class CtdCollector(Collector):
     # ------------------------------------------------------------- per instance
 
     def _instance(self, families: Families, rec: InstanceRecord) -> None:
-        view = self.instances.view(rec, cached=True)
+        body = self._kept.get(rec.id)
+        view = json.loads(body) if body is not None else self.instances.view(rec, cached=True)
         labels = [rec.name, rec.type.value]
         families.gauge("ctd_instance_info", "one per instance; its id and template as labels",
                        INSTANCE + ["id", "template"]).add_metric(labels + [str(rec.id), rec.template or ""], 1)
@@ -278,12 +293,16 @@ class CtdCollector(Collector):
 
 
 class MetricsExporter:
-    """The registry with ctd's collector; scrape() renders it off the event loop, one at a time."""
+    """The registry with ctd's collector; scrape() renders it off the event loop, one at a time.
+    kept: the list cache's views by instance id (ListCache.bodies), so a scrape builds no view
+    of its own (with none, or for an instance not kept, the collector asks instances.view)."""
 
     def __init__(self, instances: InstanceSource, records: Callable[[], list[InstanceRecord]],
-                 info: dict[str, Any]) -> None:
+                 info: dict[str, Any], kept: Callable[[], Awaitable[dict[int, bytes]]] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(CtdCollector(instances, records, info))
+        self.collector = CtdCollector(instances, records, info)
+        self.registry.register(self.collector)
+        self.kept = kept
         self._lock: asyncio.Lock | None = None
 
     def render(self) -> bytes:
@@ -293,4 +312,9 @@ class MetricsExporter:
         # Many scrapers at once share the work queue instead of each taking a thread.
         self._lock = self._lock or asyncio.Lock()
         async with self._lock:
-            return await asyncio.to_thread(self.render)
+            kept = await self.kept() if self.kept is not None else {}
+            self.collector.snapshot = Snapshot(self.collector.records(), kept)
+            try:
+                return await asyncio.to_thread(self.render)
+            finally:
+                self.collector.snapshot = None

@@ -6,6 +6,8 @@ import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiohttp import web
+
 from ctd.config import DaemonConfig
 from ctd.events.bus import EventBus
 from ctd.instance.autostart import Autostart
@@ -15,11 +17,15 @@ from ctd.instance.vm.devices import VmDevices
 from ctd.network.manager import NetworkManager
 from ctd.operations import Operations
 from ctd.project.manager import ProjectManager
-from ctd.state import StateDB
+from ctd.state import InstanceRecord, StateDB
 from ctd.template.manager import TemplateManager
 
 if TYPE_CHECKING:   # cluster mode only: a standalone ctd never loads ctd.cluster.node (nor etcd's client)
     from ctd.cluster.node import ClusterNode
+
+
+# the instance of a route with {ref}, as the scoping read it (ctd/api/scoping.py)
+INSTANCE = web.RequestKey("instance", InstanceRecord)
 
 
 @dataclass

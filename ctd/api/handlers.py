@@ -11,17 +11,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from ctd import validate
-from ctd.api.context import ApiContext
+from ctd.api.context import INSTANCE, ApiContext
 from ctd.api.jsonbody import json_body
 from ctd.cluster.create import place_create
 from ctd.cluster.errors import IdTaken
 from ctd.errors import Conflict, CtdError, InvalidRequest, Unavailable
 from ctd.instance import admin, snapshots
-from ctd.instance.listing import Page, check_page
+from ctd.instance.answers import accepts_gzip
+from ctd.instance.listing import Page, Scope, check_page
 from ctd.operations import OP_PROJECT, Operation
 from ctd.remote.policy import visible_info
-from ctd.remote.scope import caller, is_admin, request_project, sees
-from ctd.state import InstanceRecord, NetworkRecord
+from ctd.remote.scope import caller, is_admin, request_project, sees, visible_projects
+from ctd.state import NetworkRecord
 from ctd.template.mmdebstrap import BuildContext
 
 if TYPE_CHECKING:
@@ -73,27 +74,27 @@ async def list_instances(request: web.Request) -> web.Response:
     """?state=running and ?tag=KEY=VALUE (or ?tag=KEY), repeatable: every condition must hold;
     ?project=NAME: that project's only. Another project's instances are dropped unseen.
     ?limit=N&offset=M: one page ("total" counts the matches, "next" is the next page's offset).
-    Served from the kept views (ctd/instance/listing.py)."""
+    Served from the kept views and answers (ctd/instance/listing.py), gzip-compressed for a
+    client that sends Accept-Encoding: gzip."""
     c = ctx(request)
     only = admin.check_filter(request.query.getall("state", []), request.query.getall("tag", []))
     page = check_page(request.query.get("limit"), request.query.get("offset"))
-    wanted = request.query.get("project")
-
-    def keep(r: InstanceRecord) -> bool:
-        return sees(request, r.project) and wanted in (None, r.project)
-
+    scope = Scope(visible_projects(caller(request))).narrowed(request.query.get("project"))
     if c.cluster is None or not c.cluster.member:
-        body = await c.instances.listing.page(only, keep, page)
-        return web.Response(body=body, content_type="application/json")
+        reply = await c.instances.listing.page(only, scope, page, accepts_gzip(request.headers.get("Accept-Encoding")))
+        headers = {"Vary": "Accept-Encoding"}
+        if reply.encoding is not None:
+            headers["Content-Encoding"] = reply.encoding
+        return web.Response(body=reply.body, content_type="application/json", headers=headers)
     # every node's, each row with its NODE; with etcd out of reach, this node's own and why
-    own = json.loads(await c.instances.listing.page(only, keep, Page(None, 0)))["instances"]
+    own = json.loads((await c.instances.listing.page(only, scope, Page(None, 0))).body)["instances"]
     listed = [{**i, "node": c.cluster.name, "node_online": True} for i in own]
     answer: dict[str, Any] = {}
     try:
         remote = await c.cluster.remote_instances()
     except Unavailable as exc:
         remote, answer["cluster_error"] = [], exc.message
-    listed += sorted((i for i in remote if sees(request, str(i.get("project"))) and wanted in (None, i.get("project"))
+    listed += sorted((i for i in remote if scope.shows(str(i.get("project")))
                       and (only is None or only.matches_view(i))), key=lambda i: str(i.get("name")))
     end = len(listed) if page.limit is None else page.offset + page.limit
     return web.json_response({"instances": listed[page.offset:end], "total": len(listed),
@@ -166,8 +167,10 @@ async def create_instance(request: web.Request) -> web.Response:
 
 @routes.get("/1.0/instances/{ref}")
 async def get_instance(request: web.Request) -> web.Response:
+    """Its row as the scoping read it a moment ago (nothing awaited since), figures read now."""
     c = ctx(request)
-    return web.json_response({"instance": await c.instances.views.status(c.instances.get(request.match_info["ref"]))})
+    rec = request.get(INSTANCE) or c.instances.get(request.match_info["ref"])
+    return web.json_response({"instance": await c.instances.views.status(rec)})
 
 
 @routes.delete("/1.0/instances/{ref}")

@@ -15,7 +15,8 @@ routes = web.RouteTableDef()
 
 
 def exporter_for(context: ApiContext) -> MetricsExporter:
-    return MetricsExporter(context.instances, context.db.list_instances, context.info)
+    return MetricsExporter(context.instances, context.db.list_instances, context.info,
+                           lambda: context.instances.listing.bodies())
 
 
 async def _serve(exporter: MetricsExporter) -> web.Response:
@@ -31,7 +32,8 @@ async def metrics(request: web.Request) -> web.Response:
         return await _serve(request.app[METRICS])
     context = request.app[CTX]
     scoped = MetricsExporter(context.instances,
-                             lambda: [r for r in context.db.list_instances() if sees(request, r.project)], {})
+                             lambda: [r for r in context.db.list_instances() if sees(request, r.project)], {},
+                             lambda: context.instances.listing.bodies())
     return await _serve(scoped)
 
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ctd import validate
+from ctd.api.context import INSTANCE
 from ctd.api.handlers import CTX
 from ctd.cluster.forward import forward_if_remote
 from ctd.instance.manager import no_such_instance
@@ -42,4 +43,5 @@ async def scope_middleware(request: web.Request, handler: Handler) -> web.Stream
             raise no_such_instance(ref)
         OP_PROJECT.set(rec.project)
         request[PROJECT] = rec.project
+        request[INSTANCE] = rec
     return await handler(request)

@@ -17,11 +17,11 @@ import asyncio
 from typing import Any, Protocol
 
 from cgroups import CgroupGroup, Resources
-from ctd.instance.answers import LiveSnapshot
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
+from ctd.instance.shapes import LiveSnapshot
 from ctd.network.netlink import InsideNic
 from ctd.state import InstanceRecord, InstanceType
 

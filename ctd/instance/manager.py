@@ -29,7 +29,6 @@ from ctd.errors import Conflict, CtdError, NotFound
 from ctd.events import model as ev
 from ctd.events.bus import EventBus
 from ctd.instance import admin, consolelog, exits, recovery, settings, suspend
-from ctd.instance.answers import BeancounterRow
 from ctd.instance.backups import BackupChains
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.container.driver import ContainerDriver, ExecProcess
@@ -42,6 +41,7 @@ from ctd.instance.provision import Provisioner
 from ctd.instance.requests import CloneRequest, CreateRequest, SetRequest
 from ctd.instance.reserve import NewInstance, Reservations, new_instance
 from ctd.instance.settings import Settings
+from ctd.instance.shapes import BeancounterRow
 from ctd.instance.snapshots import Snapshots
 from ctd.instance.views import ALIVE, InstanceViews
 from ctd.network.manager import NetworkManager

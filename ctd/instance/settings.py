@@ -19,7 +19,6 @@ from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, InvalidRequest, NotSupported
 from ctd.instance import admin
-from ctd.instance.answers import BeancounterRow
 from ctd.instance.backups import BACKUP_FIELDS, check_settings
 from ctd.instance.bootorder import BOOT_FIELDS, check_boot
 from ctd.instance.container import features, hostmounts
@@ -28,6 +27,7 @@ from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.kinds import Kinds
 from ctd.instance.requests import KEEP_RATE, SetRequest
 from ctd.instance.rollback import Rollback
+from ctd.instance.shapes import BeancounterRow
 from ctd.instance.vm.disks import parse_disk_size
 from ctd.network import ipam
 from ctd.network.tc import parse_rate

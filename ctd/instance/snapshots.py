@@ -15,9 +15,9 @@ from ctd import validate
 from ctd.errors import Conflict, NotFound
 from ctd.events import model as ev
 from ctd.instance import admin
-from ctd.instance.answers import SnapshotTaken
 from ctd.instance.kinds import Kinds
 from ctd.instance.power import Power, restarting
+from ctd.instance.shapes import SnapshotTaken
 from ctd.state import InstanceRecord, PowerState
 from ctd.storage.base import StorageDriver
 

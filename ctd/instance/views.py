@@ -11,6 +11,7 @@ A view has two parts:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 import time
@@ -30,6 +31,8 @@ from ctd.storage.base import StorageDriver
 
 ALIVE = (PowerState.RUNNING, PowerState.SUSPENDED)
 DISK_CACHE_SECONDS = 5.0   # a qgroup query per instance is the dearest figure: list reuses it this long
+DISK_WALK_SECONDS = 60.0   # where disk use is a walk of the root (no qgroups): this long (700 stopped
+                           # busybox roots walked every 5 s took ~40% of a core and the GIL from the loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +80,14 @@ class InstanceViews:
         fields.update(self.backups.view_fields(rec))
         return Stored(rec, fields, self.network.counter_sources(rec))
 
-    def live(self, stored: Stored, cached: bool = False) -> dict[str, Any]:
-        """The kernel's and the drivers' part: file reads only, safe in a thread."""
+    def live(self, stored: Stored, cached: bool = False, disk: bool = True) -> dict[str, Any]:
+        """The kernel's and the drivers' part: file reads only, safe in a thread (disk=False:
+        without the disk use, the one figure that may walk a tree)."""
         rec = stored.rec
         return {
             "usage": self.usage(rec),
             "nics": [nic_counters(nic, host, link_stats(host) if on else None) for nic, host, on in stored.nics],
-            "disk": self.disk(rec, cached),
+            "disk": self.disk(rec, cached) if disk else None,
             "cgroups": self.cgroup_dirs(rec),
             **self.kinds.of(rec).view_fields(rec),   # console, vm (its guest agent's cached view), …
         }
@@ -104,9 +108,23 @@ class InstanceViews:
 
     async def status(self, rec: InstanceRecord) -> dict[str, Any]:
         """The whole view for GET /1.0/instances/NAME, read at the time of the request. On the
-        loop: one instance's files cost ~0.3 ms, less than the hand-off to a thread, which
-        measured p99 12.7 ms against 3.1 ms (bench/api_scale.py, 1,000 instances, 1 client)."""
-        return self.view(rec)
+        loop: one instance's cgroup and NIC files cost ~0.3 ms, less than the hand-off to a
+        thread, which measured p99 12.7 ms against 3.1 ms (bench/api_scale.py, 1,000 instances,
+        1 client). The disk use too where it is a few sysfs files (btrfs qgroups); where it is a
+        walk of the root (no quota: a Debian root is tens of thousands of files) or a `btrfs`
+        run, the one the list keeps (up to disk_ttl() old; the list's refresh keeps it), else
+        one read in a thread: a walk on the loop would hold every other request."""
+        stored = self.stored(rec)
+        if self.storage.usage_is_cheap():
+            return self.merge(stored, self.live(stored))
+        live = self.live(stored, disk=False)
+        with self._disk_lock:
+            hit = self._disk_cache.get(rec.name)
+        if hit is not None and time.monotonic() - hit[0] < self.disk_ttl():
+            live["disk"] = hit[1]
+        else:
+            live["disk"] = await asyncio.to_thread(self.disk, rec)
+        return self.merge(stored, live)
 
     def brief(self, rec: InstanceRecord) -> dict[str, Any]:
         """What a state change answers with: cheap, no counters read (start is a hot path)."""
@@ -123,12 +141,17 @@ class InstanceViews:
             return None
         return kind.group(rec).dirs()
 
+    def disk_ttl(self) -> float:
+        """How long the list reuses a disk use: a few seconds where it is a few sysfs files, a
+        minute where it walks the root."""
+        return DISK_CACHE_SECONDS if self.storage.usage_is_cheap() else DISK_WALK_SECONDS
+
     def disk(self, rec: InstanceRecord, cached: bool = False) -> dict[str, Any] | None:
-        """Disk use of the root (btrfs: from its qgroup); list asks for it cached a few seconds."""
+        """Disk use of the root (btrfs: from its qgroup); list asks for it cached (disk_ttl)."""
         now = time.monotonic()
         with self._disk_lock:
             hit = self._disk_cache.get(rec.name)
-        if cached and hit and now - hit[0] < DISK_CACHE_SECONDS:
+        if cached and hit and now - hit[0] < self.disk_ttl():
             return hit[1]
         try:
             value = {"used": self.storage.usage(rec.name), "limit": self.storage.quota(rec.name)}

@@ -22,6 +22,11 @@ def visible(identity: Identity | None, project: str) -> bool:
     return identity is None or identity.role is Role.ADMIN or identity.project == project
 
 
+def visible_projects(identity: Identity | None) -> frozenset[str] | None:
+    """The projects visible() lets `identity` see: None for every one, else its own."""
+    return None if identity is None or identity.role is Role.ADMIN else frozenset({identity.project})
+
+
 def caller(request: web.Request) -> Identity | None:
     return request.get(IDENTITY)
 

@@ -467,6 +467,11 @@ class StorageDriver(ABC):
         """Bytes name's root holds (btrfs: qgroup referenced bytes; here: a du-like walk)."""
         return tree_usage(self._existing_rootfs(name))
 
+    def usage_is_cheap(self) -> bool:
+        """Whether usage() and quota() read a few small files (may run on the event loop), not
+        walk a tree or run a program (a thread's work)."""
+        return False
+
     def pool_info(self) -> PoolInfo:
         """driver, path, size, used, free (bytes, of the filesystem holding root); image and
         device when the pool is ctd's loop-backed image, and direct_io (whether its loop device reads

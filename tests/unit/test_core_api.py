@@ -5,6 +5,7 @@ import asyncio
 import json
 import io
 import re
+import zlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,6 +20,7 @@ from ctd.api.errors import STATUS
 from ctd.api.server import make_app
 from ctd.config import DaemonConfig
 from ctd.errors import Conflict, NotFound, OperationFailed
+from ctd.instance.answers import Reply
 from ctd.operations import Operations
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB, TemplateRecord
 from ctd.template.recipe import Recipe
@@ -57,11 +59,12 @@ class FakeInstances:
         if self.fail is not None:
             raise self.fail
 
-    async def _page(self, only: Any, keep: Any, page: Any) -> bytes:
+    async def _page(self, only: Any, scope: Any, page: Any, gzip: bool = False) -> Reply:
         self._maybe_fail()
         rows = [self.view(r) for r in self.records.values()
-                if (only is None or only.matches(r)) and (keep is None or keep(r))]
-        return json.dumps({"instances": rows, "total": len(rows), "next": None}).encode()
+                if (only is None or only.matches(r)) and scope.keeps(r)]
+        body = json.dumps({"instances": rows, "total": len(rows), "next": None}).encode()
+        return Reply(zlib.compress(body, wbits=31), "gzip") if gzip else Reply(body, None)
 
     async def _status(self, r: InstanceRecord) -> dict[str, Any]:
         return self.view(r)
@@ -304,6 +307,10 @@ def test_server_info_and_list(tmp_path: Path) -> None:
         assert resp.status == 200 and await resp.json() == {"version": "test", "api": "1.0"}
         resp = await client.get("/1.0/instances")
         assert [i["name"] for i in (await resp.json())["instances"]] == ["web", "busy"]
+        for accept, encoding in (("gzip, deflate", "gzip"), ("identity", None), ("gzip;q=0", None)):
+            resp = await client.get("/1.0/instances", headers={"Accept-Encoding": accept})
+            assert resp.headers.get("Content-Encoding") == encoding and resp.headers["Vary"] == "Accept-Encoding"
+            assert [i["name"] for i in (await resp.json())["instances"]] == ["web", "busy"]
         resp = await client.get("/1.0/instances/100")
         assert (await resp.json())["instance"] == {"id": 100, "name": "web", "state": "stopped"}
         await error_of(await client.get("/1.0/instances/ghost"), 404)

@@ -1,6 +1,8 @@
 """The list cache (ctd/instance/listing.py) on a real state database: a write to an instance is
-seen by the next list (nothing stale after create, state change, rename, destroy); pages;
-figures are read off the event loop's thread; bad ?limit=/?offset= are refused by name."""
+seen by the next list (nothing stale after create, state change, set, rename, destroy), though
+a whole answer is kept as bytes between changes; pages; a caller's projects (Scope) choose its
+rows and its kept answer; gzip; figures are read off the event loop's thread; bad
+?limit=/?offset= are refused by name."""
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +15,7 @@ import pytest
 
 from ctd.errors import InvalidRequest
 from ctd.instance.admin import check_filter
-from ctd.instance.listing import ListCache, Page, check_page
+from ctd.instance.listing import ListCache, Page, Scope, check_page
 from ctd.instance.views import Stored
 from ctd.state import InstanceRecord, InstanceType, PowerState, StateDB
 
@@ -38,6 +40,9 @@ class Views:
         self.live_reads += 1
         return {"usage": {"reads": self.live_reads}}
 
+    def disk_ttl(self) -> float:
+        return 5.0
+
     @staticmethod
     def merge(stored: Stored, live: dict[str, Any]) -> dict[str, Any]:
         return {**stored.fields, **live}
@@ -49,7 +54,7 @@ def test_the_list_follows_every_write_and_pages(tmp_path: Path) -> None:
     cache = ListCache(db, views)  # type: ignore[arg-type]
 
     async def listed(only: Any = None, page: Page | None = None) -> dict[str, Any]:
-        return dict(json.loads(await cache.page(only, lambda r: True, page or Page())))
+        return dict(json.loads((await cache.page(only, Scope(), page or Page())).body))
 
     async def main() -> None:
         for i in range(1, 6):
@@ -99,5 +104,46 @@ def test_an_instance_whose_figures_fail_is_listed_without_them(tmp_path: Path) -
     cache = ListCache(db, Odd())  # type: ignore[arg-type]
     db.add_instance(rec(1, "odd"))
     db.add_instance(rec(2, "fine"))
-    shown = json.loads(asyncio.run(cache.page(None, lambda r: True, Page())))["instances"]
+    shown = json.loads(asyncio.run(cache.page(None, Scope(), Page())).body)["instances"]
     assert [(i["name"], "usage" in i) for i in shown] == [("odd", False), ("fine", True)]
+
+
+@pytest.mark.parametrize("cheap", [True, False])
+def test_status_walks_a_root_for_its_disk_use_off_the_loop_only(tmp_path: Path, cheap: bool) -> None:
+    """GET /1.0/instances/NAME reads its figures now; the disk use on the loop where it is a few
+    sysfs files; where it walks the root (quota off) or runs btrfs, the kept one (the list's),
+    else once in a thread."""
+    from types import SimpleNamespace
+
+    from ctd.config import DaemonConfig
+    from ctd.instance.views import InstanceViews
+
+    where: list[int] = []
+
+    class Storage:
+        def usage_is_cheap(self) -> bool:
+            return cheap
+
+        def usage(self, name: str) -> int:
+            where.append(threading.get_ident())
+            return 4096
+
+        def quota(self, name: str) -> int | None:
+            return None
+
+    kind = SimpleNamespace(is_running=lambda r: False, view_fields=lambda r: {"console": False})
+    views = InstanceViews(DaemonConfig(state_dir=tmp_path), Storage(),  # type: ignore[arg-type]
+                          SimpleNamespace(counter_sources=lambda r: []),  # type: ignore[arg-type]
+                          SimpleNamespace(of=lambda r: kind),  # type: ignore[arg-type]
+                          SimpleNamespace(view_fields=lambda r: {}))  # type: ignore[arg-type]
+
+    async def main() -> tuple[dict[str, Any], int]:
+        first = await views.status(rec(1, "ct1"))
+        assert await views.status(rec(1, "ct1")) == first
+        return first, threading.get_ident()
+
+    shown, loop_thread = asyncio.run(main())
+    assert shown["disk"] == {"used": 4096, "limit": None} and shown["name"] == "ct1"
+    assert list(shown)[:2] == ["id", "name"]
+    # cheap: read on the loop each time; a walk: once, in a thread, then the kept one (disk_ttl)
+    assert where == [loop_thread] * 2 if cheap else (len(where) == 1 and where[0] != loop_thread)

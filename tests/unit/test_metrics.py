@@ -195,3 +195,39 @@ def test_loopback_app_serves_only_metrics() -> None:
             assert all(r.status == 200 for r in texts)
 
     asyncio.run(t())
+
+
+def test_a_scrape_shows_the_kept_views_and_reads_the_rows_on_the_loop() -> None:
+    """With the list cache's kept views (ListCache.bodies) a scrape builds no view of its own; the
+    rows are read on the event loop's thread (the state database's), the text rendered off it."""
+    import json
+    import threading
+
+    fake = FakeInstances()
+    threads: dict[str, int] = {}
+
+    def records() -> list[InstanceRecord]:
+        threads["records"] = threading.get_ident()
+        return fake.records
+
+    async def kept() -> dict[int, bytes]:
+        out = {}
+        for rec in fake.records[:3]:   # "vanished" is not kept: asked of the manager
+            view = fake.view(rec, cached=True)
+            if rec.name == "web":
+                view["usage"]["pids_current"] = 11   # the kept figure, not a new one
+            out[rec.id] = json.dumps(view).encode()
+        return out
+
+    exporter = MetricsExporter(fake, records, {"version": "9.9"}, kept)
+
+    async def t() -> tuple[bytes, int]:
+        fake.view_calls = 0
+        return await exporter.scrape(), threading.get_ident()
+
+    text, loop_thread = asyncio.run(t())
+    assert threads["records"] == loop_thread
+    assert fake.view_calls == 3 + 1   # three by kept() above, one by the collector (vanished)
+    samples = {(s.name, s.labels.get("name")): s.value
+               for f in text_string_to_metric_families(text.decode()) for s in f.samples}
+    assert samples[("ctd_instance_pids", "web")] == 11 and ("ctd_instance_running", "vanished") in samples

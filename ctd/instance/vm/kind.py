@@ -21,12 +21,12 @@ from cgroups import CgroupGroup, Resources, parse_size
 from ctd import guest, validate
 from ctd import limits as limits_mod
 from ctd.errors import Conflict, CtdError, InvalidRequest, NotSupported
-from ctd.instance.answers import LiveSnapshot
 from ctd.instance.consolehub import ConsoleHub
 from ctd.instance.context import InstanceContext, removed_limits
 from ctd.instance.requests import CloneRequest, CreateRequest, VmRequest
 from ctd.instance.reserve import NewInstance
 from ctd.instance.rollback import Rollback
+from ctd.instance.shapes import LiveSnapshot
 from ctd.instance.vm import applier, datadisks, disks, guestexec, livesnap, media, rootdisk, userdata
 from ctd.instance.vm import firmware as fwmod
 from ctd.instance.vm.agent import MISSING_HINT, NoAgent

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ctd.errors import Conflict, CtdError
-from ctd.instance.answers import LiveSnapshot
+from ctd.instance.shapes import LiveSnapshot
 from ctd.instance.vm.agent import GuestAgent
 from ctd.instance.vm.process import wait_exit
 from ctd.instance.vm.qmp import Qmp

@@ -265,6 +265,10 @@ class BtrfsStorage(QgroupQuota, StorageDriver):
                 return q["referenced"]
         return tree_usage(rootfs)
 
+    def usage_is_cheap(self) -> bool:
+        """With qgroups read from sysfs: a few small files; else a walk of the tree or `btrfs`."""
+        return self._sysfs_dir() is not None and self.quota_enabled()
+
     def pool_info(self) -> PoolInfo:
         out = super().pool_info()
         mode = self.quota_mode()
