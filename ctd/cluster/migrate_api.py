@@ -14,7 +14,8 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import BinaryIO, TypeVar
 
 from aiohttp import web
 
@@ -29,6 +30,7 @@ from ctd.state import InstanceType
 from ctd.storage.backup.format import CHUNK
 
 routes = web.RouteTableDef()
+T = TypeVar("T")
 
 
 @routes.post("/1.0/instances/{ref}/migrate")
@@ -82,6 +84,36 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+async def pipe_body(request: web.Request, receive: Callable[[BinaryIO], T]) -> T:
+    """The request's body piped as it arrives into `receive`, which reads it in a thread (a
+    checked btrfs receive, a VM file's records); its answer. A receive that ends early (refused
+    the stream) ends the piping; its error is the answer. On any failure the receive has ended
+    before this returns, so an abort after it never races it."""
+    loop = asyncio.get_running_loop()
+    r, w = os.pipe()
+
+    def receiving() -> T:
+        with os.fdopen(r, "rb") as reader:
+            return receive(reader)
+
+    fut = loop.run_in_executor(None, receiving)
+    try:
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                if fut.done():
+                    break
+                await loop.run_in_executor(None, _write_all, w, chunk)
+        except BrokenPipeError:
+            pass   # the receive ended early: its answer says why
+        finally:
+            os.close(w)
+        return await fut
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
+
+
 @contextlib.asynccontextmanager
 async def _exclusive(c: ApiContext, inc: migrate_receive.Incoming, refused: bool = False) -> AsyncIterator[None]:
     """One request at a time works on a migration (refused: a round the caller may not start);
@@ -105,29 +137,7 @@ async def migration_stream(request: web.Request) -> web.Response:
     inc = migrate_receive._session(request.match_info["id"], _source(request))
     bt = migrate_receive._bt(c)
     async with _exclusive(c, inc, refused=inc.rounds >= migrate_receive.MAX_ROUNDS + len(inc.snapshots)):
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
-
-        def receiving() -> int:
-            with os.fdopen(r, "rb") as reader:
-                return migrate_receive.receive_round(bt, inc, reader)
-
-        fut = loop.run_in_executor(None, receiving)
-        try:
-            try:
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    if fut.done():
-                        break
-                    await loop.run_in_executor(None, _write_all, w, chunk)
-            except BrokenPipeError:
-                pass   # the receive ended early: its answer says why
-            finally:
-                os.close(w)
-            number = await fut
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await fut   # the receive's own end, before the abort removes what it made
-            raise
+        number = await pipe_body(request, lambda reader: migrate_receive.receive_round(bt, inc, reader))
     return web.json_response({"round": number})
 
 

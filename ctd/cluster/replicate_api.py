@@ -10,18 +10,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
-
 from aiohttp import web
 
 from ctd.api.handlers import accepted, ctx
 from ctd.api.jsonbody import json_body
 from ctd.cluster import replica_store, replicate
-from ctd.cluster.migrate_api import _source, _write_all
+from ctd.cluster.migrate_api import _source, pipe_body
 from ctd.errors import Conflict
-from ctd.storage.backup.format import CHUNK
 
 routes = web.RouteTableDef()
 
@@ -74,29 +69,7 @@ async def replica_stream(request: web.Request) -> web.Response:
     bt = replica_store._bt(c)
     pending = replica_store.claim(source, name)
     try:
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
-
-        def receiving() -> replica_store.ReplicaState:
-            with os.fdopen(r, "rb") as reader:
-                return replica_store.receive_round(bt, name, pending, reader)
-
-        fut = loop.run_in_executor(None, receiving)
-        try:
-            try:
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    if fut.done():
-                        break
-                    await loop.run_in_executor(None, _write_all, w, chunk)
-            except BrokenPipeError:
-                pass   # the receive ended early: its answer says why
-            finally:
-                os.close(w)
-            state = await fut
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await fut
-            raise
+        state = await pipe_body(request, lambda reader: replica_store.receive_round(bt, name, pending, reader))
         await replica_store.publish(c, state)
     finally:
         replica_store.BUSY.discard(name)

@@ -14,9 +14,7 @@ node only (its certificate identity `node:NAME`):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
 import time
 from collections.abc import AsyncIterator
 
@@ -27,9 +25,8 @@ from ctd.api.handlers import ctx
 from ctd.api.jsonbody import json_body
 from ctd.cluster import vm_files, vm_live, vm_tunnel
 from ctd.cluster import vm_migrate_receive as receive
-from ctd.cluster.migrate_api import _source, _write_all
+from ctd.cluster.migrate_api import _source, pipe_body
 from ctd.errors import Conflict, InvalidRequest
-from ctd.storage.backup.format import CHUNK
 
 routes = web.RouteTableDef()
 
@@ -65,30 +62,8 @@ async def vm_migration_file(request: web.Request) -> web.Response:
     inc = receive.session(request.match_info["id"], _source(request))
     async with _exclusive(c, inc):
         dest, size = receive.file_target(inc, request.query.get("name", ""))
-        loop = asyncio.get_running_loop()
-        r, w = os.pipe()
         label = f"VM migration of {inc.name} from {inc.source}, {dest.name}"
-
-        def receiving() -> int:
-            with os.fdopen(r, "rb") as reader:
-                return vm_files.receive(reader, dest, size, inc.budget, label)
-
-        fut = loop.run_in_executor(None, receiving)
-        try:
-            try:
-                async for chunk in request.content.iter_chunked(CHUNK):
-                    if fut.done():
-                        break
-                    await loop.run_in_executor(None, _write_all, w, chunk)
-            except BrokenPipeError:
-                pass   # the receive ended early: its answer says why
-            finally:
-                os.close(w)
-            written = await fut
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await fut
-            raise
+        written = await pipe_body(request, lambda reader: vm_files.receive(reader, dest, size, inc.budget, label))
     return web.json_response({"file": dest.name, "data": written})
 
 
