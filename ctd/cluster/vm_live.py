@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 READY_TIMEOUT = 3600.0   # the disks' copy: as long as it takes, while the guest lets it converge
 MIGRATE_TIMEOUT = 3600.0
 POLL = 0.2
+ARRIVAL_WAIT = 30.0   # the last bytes of a completed migration still crossing the relay
 
 
 def devices(vm: VmOptions) -> list[str]:
@@ -104,9 +105,7 @@ async def resume(c: ApiContext, inc: VmIncoming) -> dict[str, Any]:
     if vm is None:
         raise OperationFailed(f"the target QEMU of {inc.name} is gone")
     q = _qmp(vm)
-    status = (await q.execute("query-migrate")).get("status")
-    if status != "completed":
-        raise Conflict(f"the migration of {inc.name} has not arrived here (QEMU says {status})")
+    await _arrived(q, inc.name)
     await q.execute("nbd-server-stop")
     (instances.storage.instance_path(inc.name) / CREATING).unlink(missing_ok=True)
     async with instances.lock(inc.rec):
@@ -116,6 +115,19 @@ async def resume(c: ApiContext, inc: VmIncoming) -> dict[str, Any]:
         instances.db.update_instance(rec)
         instances.emit(rec, Lifecycle.STARTED, pid=rec.pid, via="migrate")
     return instances.brief(instances.get(inc.rec.id))
+
+
+async def _arrived(q: Qmp, name: str) -> None:
+    """The incoming migration completed here. The source's QEMU says `completed` once it has sent
+    the last bytes; they still cross ctd's relay, so the target may be `active` a moment longer."""
+    deadline = time.monotonic() + ARRIVAL_WAIT
+    while True:
+        status = (await q.execute("query-migrate")).get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled") or time.monotonic() > deadline:
+            raise Conflict(f"the migration of {name} has not arrived here (QEMU says {status})")
+        await asyncio.sleep(0.02)
 
 
 def _qmp(vm: RunningVm) -> Qmp:
