@@ -99,11 +99,30 @@ class _Counting:
         return data
 
 
-def _send_stream(target: Target, path: str, argv: list[str]) -> tuple[dict[str, Any], int]:
-    """`btrfs send` straight into a chunked PUT to the target (blocking: run in a thread)."""
+def put_body(target: Target, path: str, body: Any, chunked: bool = False) -> PeerReply:
+    """A streamed body (a file-like object or an iterator of bytes) PUT to the target over its
+    pinned TLS, and its reply (blocking: run in a thread). A target that answers before reading
+    it all (a refusal) is heard out: its answer says why."""
     url = urllib.parse.urlsplit(target.address)
     conn = _Pinned(url.hostname or "", url.port or 8443, target.fingerprint, target.context, TIMEOUT)
     conn.blocksize = 1 << 20
+    try:
+        try:
+            conn.request("PUT", path, body, {"Content-Type": "application/octet-stream"}, encode_chunked=chunked)
+        except OSError as exc:
+            if conn.sock is None:   # no connection at all
+                raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
+        try:
+            resp = conn.getresponse()
+            return PeerReply(resp.status, resp.read(), resp.getheader("Content-Type") or "")
+        except (OSError, AttributeError, http.client.HTTPException) as exc:
+            raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
+    finally:
+        conn.close()
+
+
+def _send_stream(target: Target, path: str, argv: list[str]) -> tuple[dict[str, Any], int]:
+    """`btrfs send` straight into a chunked PUT to the target (blocking: run in a thread)."""
     with tempfile.TemporaryFile() as err:
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
@@ -112,23 +131,12 @@ def _send_stream(target: Target, path: str, argv: list[str]) -> tuple[dict[str, 
         assert proc.stdout is not None
         body = _Counting(proc.stdout)
         try:
-            try:
-                conn.request("PUT", path, body, {"Content-Type": "application/octet-stream"})
-            except OSError as exc:
-                if conn.sock is None:   # no connection at all
-                    raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
-                # else the target answered before reading it all (a refusal): its answer says why
-            try:
-                resp = conn.getresponse()
-                reply = PeerReply(resp.status, resp.read(), resp.getheader("Content-Type") or "")
-            except (OSError, AttributeError, http.client.HTTPException) as exc:
-                raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
+            reply = put_body(target, path, body)
         finally:
             proc.stdout.close()
             if proc.poll() is None:
                 proc.kill()
             rc = proc.wait()
-            conn.close()
         answer = _answer(target.node, reply)
         if rc != 0:
             err.seek(0)

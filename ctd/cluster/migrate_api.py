@@ -15,7 +15,8 @@ import contextlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import BinaryIO, TypeVar
+from contextlib import AbstractAsyncContextManager
+from typing import BinaryIO, Protocol, TypeVar
 
 from aiohttp import web
 
@@ -114,20 +115,33 @@ async def pipe_body(request: web.Request, receive: Callable[[BinaryIO], T]) -> T
         raise
 
 
+class Session(Protocol):
+    """What exclusive() needs of a migration arriving here (a container's or a VM's)."""
+
+    id: str
+    busy: bool
+    touched: float
+
+
 @contextlib.asynccontextmanager
-async def _exclusive(c: ApiContext, inc: migrate_receive.Incoming, refused: bool = False) -> AsyncIterator[None]:
+async def exclusive(inc: Session, abort_soon: Callable[[], object], refused: bool = False) -> AsyncIterator[None]:
     """One request at a time works on a migration (refused: a round the caller may not start);
-    a failure in it aborts the whole migration here (nothing is kept)."""
+    a failure in it aborts the whole migration here (nothing is kept), through abort_soon."""
     if inc.busy or refused:
-        raise Conflict(f"migration {inc.id}: a round is under way, or too many rounds")
+        raise Conflict(f"migration {inc.id}: a request or round is under way, or too many rounds")
     inc.busy = True
     try:
         yield
     except BaseException:
-        migrate_receive.abort_soon(c, inc)
+        abort_soon()
         raise
     finally:
         inc.busy, inc.touched = False, time.monotonic()
+
+
+def _exclusive(c: ApiContext, inc: migrate_receive.Incoming,
+               refused: bool = False) -> AbstractAsyncContextManager[None]:
+    return exclusive(inc, lambda: migrate_receive.abort_soon(c, inc), refused)
 
 
 @routes.put("/1.0/cluster/migrations/{id}/stream")

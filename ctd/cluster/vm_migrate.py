@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import http.client
 import logging
 import time
 import urllib.parse
@@ -31,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctd.cluster import migrate, vm_files, vm_live
 from ctd.cluster.migrate import Target
-from ctd.cluster.peer import TIMEOUT, PeerReply, _Pinned
-from ctd.errors import Conflict, CtdError, NotSupported, Unavailable
+from ctd.errors import Conflict, CtdError, NotSupported
 from ctd.instance.vm import datadisks, userdata
 from ctd.instance.vm.backup import VmBackups
 from ctd.instance.vm.firmware import settings as firmware_settings
@@ -87,22 +85,7 @@ def files_of(base: Path, vm: VmOptions) -> dict[str, Path]:
 
 def _put(target: Target, path: str, body: Iterator[bytes]) -> dict[str, Any]:
     """One file's record stream as a chunked PUT to the target (blocking: run in a thread)."""
-    url = urllib.parse.urlsplit(target.address)
-    conn = _Pinned(url.hostname or "", url.port or 8443, target.fingerprint, target.context, TIMEOUT)
-    try:
-        try:
-            conn.request("PUT", path, body, {"Content-Type": "application/octet-stream"}, encode_chunked=True)
-        except OSError as exc:
-            if conn.sock is None:
-                raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
-        try:
-            resp = conn.getresponse()
-            reply = PeerReply(resp.status, resp.read(), resp.getheader("Content-Type") or "")
-        except (OSError, AttributeError, http.client.HTTPException) as exc:
-            raise Unavailable(f"node {target.node} did not answer during the migration ({exc})") from None
-    finally:
-        conn.close()
-    return migrate._answer(target.node, reply)
+    return migrate._answer(target.node, migrate.put_body(target, path, body, chunked=True))
 
 
 def begin_body(c: ApiContext, rec: InstanceRecord, files: dict[str, Path]) -> dict[str, Any]:

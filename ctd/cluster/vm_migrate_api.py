@@ -14,9 +14,7 @@ node only (its certificate identity `node:NAME`):
 
 from __future__ import annotations
 
-import contextlib
-import time
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 
 from aiohttp import web
 
@@ -25,7 +23,7 @@ from ctd.api.handlers import ctx
 from ctd.api.jsonbody import json_body
 from ctd.cluster import vm_files, vm_live, vm_tunnel
 from ctd.cluster import vm_migrate_receive as receive
-from ctd.cluster.migrate_api import _source, pipe_body
+from ctd.cluster.migrate_api import _source, exclusive, pipe_body
 from ctd.errors import Conflict, InvalidRequest
 
 routes = web.RouteTableDef()
@@ -41,19 +39,8 @@ async def vm_migration_begin(request: web.Request) -> web.Response:
     return web.json_response({"migration": {"id": inc.id, "name": inc.name}}, status=201)
 
 
-@contextlib.asynccontextmanager
-async def _exclusive(c: ApiContext, inc: receive.VmIncoming) -> AsyncIterator[None]:
-    """One request at a time; a failure aborts the whole migration here."""
-    if inc.busy:
-        raise Conflict(f"VM migration {inc.id}: a request is under way")
-    inc.busy = True
-    try:
-        yield
-    except BaseException:
-        receive.abort_soon(c, inc)
-        raise
-    finally:
-        inc.busy, inc.touched = False, time.monotonic()
+def _exclusive(c: ApiContext, inc: receive.VmIncoming) -> AbstractAsyncContextManager[None]:
+    return exclusive(inc, lambda: receive.abort_soon(c, inc))
 
 
 @routes.put("/1.0/cluster/vm-migrations/{id}/file")
