@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import http.client
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +66,31 @@ def start_nodes(tmp: Path, etcd: EtcdMember, names: str, daemons: list[Daemon], 
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+@contextlib.contextmanager
+def joined_pair(tmp: Path, ttl: int = LEASE_TTL) -> Iterator[tuple[EtcdMember, Daemon, Daemon]]:
+    """A real etcd member and two nodes (node-a, node-b) joined and online. Torn down however a
+    test left them: a stopped etcd is continued, a killed ctd started again so that its teardown
+    removes what it made."""
+    etcd = start_etcd(tmp / "etcd")
+    daemons: list[Daemon] = []
+    try:
+        start_nodes(tmp, etcd, "ab", daemons, ttl=ttl)
+        a, b = daemons
+        a.ok("cluster", "init")
+        b.ok("cluster", "join", a.ok("cluster", "add", "node-b").strip())
+        wait_for("both nodes online", lambda: all(n["state"] == "online" for n in
+                                                  a.client.get("/1.0/cluster/nodes")["nodes"]))
+        yield etcd, a, b
+    finally:
+        if etcd.proc.poll() is None:
+            os.kill(etcd.proc.pid, signal.SIGCONT)
+        for d in daemons:
+            if d.proc is not None and d.proc.poll() is not None:
+                d.start()
+            _teardown(d)
+        etcd.stop()
 
 
 @pytest.fixture(scope="module")

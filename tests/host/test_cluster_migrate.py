@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from ctctl.client import ApiError
-from tests.conftest import Daemon, _teardown, needs_root
-from tests.helpers.etcd import EtcdMember, start_etcd
-from tests.host.test_cluster import listed, start_nodes, wait_for
+from tests.conftest import Daemon, needs_root
+from tests.helpers.etcd import EtcdMember
+from tests.host.test_cluster import joined_pair, listed, wait_for
 
 
 @dataclass
@@ -35,21 +35,8 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     needs_root()
-    tmp = tmp_path_factory.mktemp("migrate")
-    etcd = start_etcd(tmp / "etcd")
-    daemons: list[Daemon] = []
-    try:
-        start_nodes(tmp, etcd, "ab", daemons)
-        a, b = daemons
-        a.ok("cluster", "init")
-        b.ok("cluster", "join", a.ok("cluster", "add", "node-b").strip())
-        wait_for("both nodes online", lambda: all(n["state"] == "online" for n in
-                                                  a.client.get("/1.0/cluster/nodes")["nodes"]))
+    with joined_pair(tmp_path_factory.mktemp("migrate")) as (etcd, a, b):
         yield Pair(etcd, a, b)
-    finally:
-        for d in daemons:
-            _teardown(d)
-        etcd.stop()
 
 
 def address() -> str:

@@ -22,9 +22,9 @@ import pytest
 from ctctl.client import ApiError
 from ctd.cluster.peer import PeerReply, call, client_context
 from ctd.storage.backup.format import FORMAT, VERSION
-from tests.conftest import Daemon, _teardown, needs_root
-from tests.helpers.etcd import EtcdMember, start_etcd
-from tests.host.test_cluster import listed, start_nodes, wait_for
+from tests.conftest import Daemon, needs_root
+from tests.helpers.etcd import EtcdMember
+from tests.host.test_cluster import joined_pair, listed, wait_for
 
 TTL = 10
 
@@ -39,25 +39,8 @@ class Pair:
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     needs_root()
-    tmp = tmp_path_factory.mktemp("replicate")
-    etcd = start_etcd(tmp / "etcd")
-    daemons: list[Daemon] = []
-    try:
-        start_nodes(tmp, etcd, "ab", daemons, ttl=TTL)
-        a, b = daemons
-        a.ok("cluster", "init")
-        b.ok("cluster", "join", a.ok("cluster", "add", "node-b").strip())
-        wait_for("both nodes online", lambda: all(n["state"] == "online" for n in
-                                                  a.client.get("/1.0/cluster/nodes")["nodes"]))
+    with joined_pair(tmp_path_factory.mktemp("replicate"), ttl=TTL) as (etcd, a, b):
         yield Pair(etcd, a, b)
-    finally:
-        if etcd.proc.poll() is None:
-            os.kill(etcd.proc.pid, signal.SIGCONT)
-        for d in daemons:
-            if d.proc is not None and d.proc.poll() is not None:
-                d.start()
-            _teardown(d)
-        etcd.stop()
 
 
 def replicas(d: Daemon, name: str) -> list[str]:
